@@ -1,0 +1,29 @@
+# Two commands: `make run` (install + start the app) and `make test` (install + run the tests).
+# Installs into .venv with the CPU build of torch; see README for a GPU box.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install run test bench prepare clean-cache
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+prepare: install
+	$(PY) -m engine models prepare gemma-3-270m
+
+run: install
+	$(VENV)/bin/streamlit run app.py
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean-cache:
+	rm -rf cache/models cache/gguf

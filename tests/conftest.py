@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random models built from configs, the real embedded models, shared data.
+
+The embedded Gemma 3 270M and MiniLM load once per test session. The first run on a fresh clone
+converts the GGUF into cache/ (about a minute); later runs load the cache in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_gemma3(tmp_path_factory.mktemp("tiny") / "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    return tiny_models.build_tiny_gemma3_vlm(tmp_path_factory.mktemp("tiny") / "gemma3_vlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_gemma3_dir):
+    from engine.models import load_model
+
+    return load_model(str(tiny_gemma3_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    from engine.models import load_model
+
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    """The real embedded Gemma 3 270M (float32, CPU), loaded once for the whole session."""
+    from engine.models import EMBEDDED_LM, load_model
+
+    return load_model(EMBEDDED_LM)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real all-MiniLM-L6-v2 sentence embedder from its PyPI package."""
+    from engine.embedder import load_embedder
+
+    return load_embedder()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (CI has it); tests that need it skip on a user's fresh clone."""
+    from engine.paths import shared_data_dir
+
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is not beside this checkout (it is in CI): real-data test skipped")
+    return path

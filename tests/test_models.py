@@ -1,0 +1,124 @@
+"""Model registry and cache: tiny models by folder, the embedded GGUF cache, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine import models
+from engine.errors import LabError
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gemma3_dir", "tiny_llama_dir", "tiny_gpt2_dir"])
+def test_any_causal_lm_loads_from_a_folder(fixture, request):
+    folder = request.getfixturevalue(fixture)
+    lm = models.load_model(str(folder))
+    assert not lm.is_vlm and lm.device == "cpu" and lm.dtype == "float32"
+    ids = lm.tokenizer("The cat sat on the mat", return_tensors="pt")
+    with lm.lock, torch.no_grad():
+        out = lm.model(**ids, output_attentions=True)
+    assert out.logits.shape[:2] == ids["input_ids"].shape
+    # Eager attention returns real weights: every row sums to one.
+    assert torch.allclose(out.attentions[0].sum(-1), torch.ones(1), atol=1e-5)
+
+
+def test_vision_language_gemma3_loads_with_processor(tiny_vlm_dir):
+    from PIL import Image
+
+    lm = models.load_model(str(tiny_vlm_dir))
+    assert lm.is_vlm and lm.processor is not None
+    assert type(lm.model).__name__ == "Gemma3ForConditionalGeneration"
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    inputs = lm.processor(text="Look: <start_of_image> what is it?", images=image, return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model(**inputs)
+    assert out.logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_unknown_model_gives_one_line_error():
+    with pytest.raises(LabError) as err:
+        models.load_model("no-such-org/no-such-model-xyz")
+    message = str(err.value)
+    assert "no-such-org/no-such-model-xyz" in message and "\n" not in message and "offline" in message
+
+
+def test_missing_folder_and_folder_without_config(tmp_path):
+    with pytest.raises(LabError, match="does not exist"):
+        models.load_model(str(tmp_path / "nope" / "x" / "y"))
+    with pytest.raises(LabError, match="no config.json"):
+        models.load_model(str(tmp_path))
+
+
+def test_quantization_on_cpu_is_refused_with_reason(tiny_llama_dir):
+    if models.cuda_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(LabError, match="CUDA GPU"):
+        models.load_model(str(tiny_llama_dir), quantization="4bit")
+    with pytest.raises(LabError, match="Unknown quantization"):
+        models.load_model(str(tiny_llama_dir), quantization="3bit")
+
+
+def test_cache_problem_detects_truncation_and_missing_manifest(tmp_path, tiny_llama_dir):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_llama_dir, folder)
+    assert models.cache_problem(folder) == "no manifest (half-written?)"
+    models._write_manifest(folder, "abc", "x.gguf")
+    assert models.cache_problem(folder) is None
+    assert models.cache_problem(folder, "other-sha") == "converted from a different GGUF file"
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert models.cache_problem(folder) == "model.safetensors has the wrong size"
+    weights.write_bytes(data[:-8] + b"\0" * 8)  # same size, corrupted tail
+    assert models.cache_problem(folder) == "model.safetensors is corrupted"
+    (folder / models.MANIFEST).write_text("{not json")
+    assert models.cache_problem(folder) == "manifest unreadable"
+
+
+def test_embedded_cache_matches_gguf_and_corruption_is_rebuilt(embedded_lm):
+    """GGUF -> cache -> reload gives the same logits (<= 1e-4); a corrupted cache is rebuilt, not loaded."""
+    gguf_model, tokenizer = models.load_embedded_from_gguf()
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        direct = gguf_model(**ids).logits
+        cached = embedded_lm.model(**ids).logits
+    assert (direct - cached).abs().max().item() <= 1e-4
+    del gguf_model
+
+    folder = models.embedded_cache_path()
+    manifest = json.loads((folder / models.MANIFEST).read_text())
+    _, sha = models.embedded_gguf_info()
+    assert manifest["source_sha256"] == sha
+    assert models.cache_problem(folder, sha) is None
+
+
+def test_corrupted_embedded_cache_is_rebuilt(tmp_path, monkeypatch, embedded_lm):
+    """Copy the good cache elsewhere, corrupt it, and check prepare_embedded() rebuilds it."""
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    target = models.embedded_cache_path()
+    shutil.copytree(embedded_lm.source, target)
+    (target / "config.json").write_text("{}")  # corrupt: size and fingerprint no longer match
+    assert models.cache_problem(target) is not None
+    messages = []
+    models.prepare_embedded(log=messages.append)
+    assert any("Rebuilding" in m for m in messages)
+    assert models.cache_problem(target) is None
+
+
+def test_embedded_greedy_continuation_knows_paris(embedded_lm):
+    tok = embedded_lm.tokenizer
+    ids = tok("Q: What is the capital of France?\nA:", return_tensors="pt")
+    with embedded_lm.lock, torch.no_grad():
+        out = embedded_lm.model.generate(**ids, max_new_tokens=12, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text
+
+
+def test_minilm_ranks_paraphrase_above_unrelated(embedder):
+    from engine.embedder import embed
+
+    vecs = embed(embedder, ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell today."])
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.3

@@ -1,0 +1,129 @@
+"""Model choice shared by all pages of a session, and the process-wide model cache.
+
+A model loads once per process (`st.cache_resource`) and is shared by every session of the lab
+demo; its `LoadedModel.lock` serialises use. The choice lives in `st.session_state` so it follows
+the user from page to page. A failed load leaves the previous, working model selected.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine import models
+from engine.embedder import EMBEDDED_EMBEDDER, load_embedder
+from engine.errors import LabError
+
+CHOICE_KEY = "lab_model_choice"  # (name, quantization) of the model in use
+ERROR_KEY = "lab_model_error"
+CUSTOM = "Other (HF id or local folder)..."
+_LOADED_IN_PROCESS: set[tuple[str, str]] = set()  # choices this process holds (for the load state)
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
+def _load_cached(name: str, quantization: str) -> models.LoadedModel:
+    return models.load_model(name, quantization=quantization)
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _load_embedder_cached(name: str):
+    return load_embedder(name)
+
+
+def current_choice() -> tuple[str, str]:
+    return st.session_state.get(CHOICE_KEY, (models.EMBEDDED_LM, "none"))
+
+
+def is_loaded(choice: tuple[str, str]) -> bool:
+    """Whether this process already holds the model (without loading it)."""
+    return choice in _LOADED_IN_PROCESS
+
+
+def get_model() -> models.LoadedModel | None:
+    """The session's model, loading it once per process; None (and a message) when it cannot load.
+
+    On failure the previous working choice is restored, so the page keeps working with it.
+    """
+    choice = current_choice()
+    try:
+        with st.spinner(f"Loading {choice[0]} (first time in this process: up to a minute)..."):
+            lm = _load_cached(*choice)
+    except LabError as err:
+        st.session_state[ERROR_KEY] = str(err)
+        previous = st.session_state.get("lab_last_good_choice")
+        st.error(f"{err}" + (f" Keeping {previous[0]}." if previous and previous != choice else ""))
+        if previous and previous != choice:
+            st.session_state[CHOICE_KEY] = previous
+            return _load_cached(*previous)
+        return None
+    st.session_state["lab_last_good_choice"] = choice
+    _LOADED_IN_PROCESS.add(choice)
+    st.session_state.pop(ERROR_KEY, None)
+    return lm
+
+
+def get_embedder(name: str = EMBEDDED_EMBEDDER):
+    """The sentence embedder (MiniLM by default), loaded once per process."""
+    try:
+        with st.spinner(f"Loading sentence embedder {name}..."):
+            return _load_embedder_cached(name)
+    except LabError as err:
+        st.error(str(err))
+        return None
+
+
+def _apply_choice() -> None:
+    picked = st.session_state["lab_model_picker"]
+    name = st.session_state.get("lab_model_custom", "").strip() if picked == CUSTOM else picked
+    if not name:
+        return
+    quant = st.session_state.get("lab_model_quant", "none")
+    st.session_state[CHOICE_KEY] = (name, quant)
+
+
+def render_sidebar() -> None:
+    """Sidebar model picker and load state; call it at the top of every page."""
+    name, quant = current_choice()
+    options = list(models.KNOWN_MODELS) + [CUSTOM]
+    with st.sidebar:
+        st.subheader("Model")
+        index = options.index(name) if name in options else options.index(CUSTOM)
+        st.selectbox(
+            "Language model",
+            options,
+            index=index,
+            key="lab_model_picker",
+            on_change=_apply_choice,
+            help="The embedded Gemma 3 270M works offline. Others load from a local folder or the "
+            "Hugging Face cache.",
+        )
+        if st.session_state.get("lab_model_picker") == CUSTOM:
+            st.text_input(
+                "HF id or local folder",
+                value="" if name in models.KNOWN_MODELS else name,
+                key="lab_model_custom",
+                on_change=_apply_choice,
+                placeholder="google/gemma-3-1b-it or /path/to/model",
+            )
+        reason = models.quantization_unavailable_reason()
+        st.radio(
+            "Precision",
+            models.QUANTIZATIONS,
+            index=models.QUANTIZATIONS.index(quant) if reason is None else 0,
+            key="lab_model_quant",
+            on_change=_apply_choice,
+            horizontal=True,
+            disabled=reason is not None,
+            help=reason or "bitsandbytes 8-bit / 4-bit weights on the GPU.",
+            format_func=lambda q: {"none": "bf16/fp32", "8bit": "8-bit", "4bit": "4-bit"}[q],
+        )
+        choice = current_choice()
+        if ERROR_KEY in st.session_state:
+            st.caption(f"Last load failed: {st.session_state[ERROR_KEY]}")
+        if is_loaded(choice):
+            lm = _load_cached(*choice)
+            st.success(f"Loaded: {lm.describe()}", icon="✅")
+        else:
+            st.info(f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon="⏳")
+            if st.button("Load now", key="lab_model_load_now"):
+                if get_model() is not None:
+                    st.rerun()

@@ -1,0 +1,55 @@
+"""Shared output for benchmarks: each script has `run(quick=False) -> list[dict]` and prints a table.
+
+A row: {"benchmark", "metric", "value", "unit", "target", "passed"} (`passed` None when no target).
+`benchmarks/run_all.py` collects every script's rows into one Markdown table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def row(benchmark: str, metric: str, value: float, unit: str = "", target: str = "", passed: bool | None = None) -> dict:
+    return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "target": target, "passed": passed}
+
+
+def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
+    """Median wall time of `repeats` calls of fn() (seconds), and all times."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| benchmark | metric | value | target | ok |", "|---|---|---|---|---|"]
+    for r in rows:
+        value = r["value"]
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        ok = "" if r["passed"] is None else ("yes" if r["passed"] else "**no**")
+        lines.append(f"| {r['benchmark']} | {r['metric']} | {shown} {r['unit']} | {r['target']} | {ok} |")
+    return "\n".join(lines)
+
+
+def print_report(rows: list[dict]) -> None:
+    print(f"Machine: {machine()}  \nDate: {datetime.date.today().isoformat()}\n")
+    print(markdown_table(rows))

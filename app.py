@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui.models import render_sidebar
 
-st.set_page_config(page_title="LLM internals lab", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="LLM internals lab", page_icon=":material/biotech:", layout="wide")
 render_sidebar()
 
 st.title("LLM internals lab")
@@ -24,7 +24,7 @@ with col1:
         "it **groks** modular arithmetic (Power et al. 2022) and see whether super weights appear, "
         "and when, relative to grokking."
     )
-    st.page_link("pages/1_Super_weights_and_grokking.py", label="Open super weights & grokking", icon="🏋️")
+    st.page_link("pages/1_Super_weights_and_grokking.py", label="Open super weights & grokking", icon=":material/fitness_center:")
 with col2:
     st.subheader("2 · Semantic vs surface uncertainty")
     st.markdown(
@@ -33,7 +33,7 @@ with col2:
         "uncertainty (semantic entropy, semantic entropy probes, a semantic/surface subspace split "
         "of the hidden states)."
     )
-    st.page_link("pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon="🎯")
+    st.page_link("pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/target:")
 with col3:
     st.subheader("3 · Self-interpretation of attention")
     st.markdown(
@@ -41,7 +41,7 @@ with col3:
         "tokens per token); find head functions across many prompts; ask the model to explain a "
         "head and **score its explanation** against external detectors."
     )
-    st.page_link("pages/3_Attention_self_interpretation.py", label="Open attention", icon="👁️")
+    st.page_link("pages/3_Attention_self_interpretation.py", label="Open attention", icon=":material/visibility:")
 
 st.divider()
 st.caption(

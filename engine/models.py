@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -406,10 +407,10 @@ def load_model(
     _check_fits_in_memory(source, device, quantization)
     processor = None
     try:
-        from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if vlm:
-            from transformers import AutoModelForImageTextToText
+            from transformers import AutoModelForImageTextToText, AutoProcessor
 
             model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
             processor = AutoProcessor.from_pretrained(source, local_files_only=kwargs["local_files_only"])
@@ -417,8 +418,11 @@ def load_model(
                 source, local_files_only=kwargs["local_files_only"]
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=kwargs["local_files_only"])
+            # The tokenizer (33 MB of JSON for Gemma 3) parses in a thread while the weights load.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(AutoTokenizer.from_pretrained, source, local_files_only=kwargs["local_files_only"])
+                model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+                tokenizer = pending.result()
     except (torch.OutOfMemoryError, MemoryError) as err:
         raise LabError(
             f"Out of memory while loading '{name}' on {device}: pick a smaller model"

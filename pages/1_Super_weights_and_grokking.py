@@ -6,7 +6,7 @@ from ui.grokking_tab import render as render_grokking
 from ui.models import render_sidebar
 from ui.superweights_tab import render as render_superweights
 
-st.set_page_config(page_title="Super weights and grokking", page_icon="🏋️", layout="wide")
+st.set_page_config(page_title="Super weights and grokking", page_icon=":material/fitness_center:", layout="wide")
 render_sidebar()
 st.title("Super weights and grokking")
 scan_tab, grok_tab = st.tabs(["Super weights of a pretrained LLM", "Grokking lab"])

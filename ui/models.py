@@ -121,9 +121,9 @@ def render_sidebar() -> None:
             st.caption(f"Last load failed: {st.session_state[ERROR_KEY]}")
         if is_loaded(choice):
             lm = _load_cached(*choice)
-            st.success(f"Loaded: {lm.describe()}", icon="✅")
+            st.success(f"Loaded: {lm.describe()}", icon=":material/check_circle:")
         else:
-            st.info(f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon="⏳")
+            st.info(f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon=":material/hourglass_empty:")
             if st.button("Load now", key="lab_model_load_now"):
                 if get_model() is not None:
                     st.rerun()

@@ -1,0 +1,514 @@
+"""Super weights of a pretrained LLM: hooked scan of the MLP down projections, detection, inspection.
+
+Yu et al., "The Super Weight in Large Language Models" (arXiv 2411.07191; code mengxiayu/LLMSuperWeight):
+a super weight is one scalar W_down[r, c] of an early layer's MLP down projection. On most inputs it
+turns an input spike x[t, c] into a massive output y[t, r] = sum_c' W[r, c'] x[t, c'] (the "super
+activation"), which the residual stream then carries through the later layers. It is found data-free:
+hook every down projection, look for the layer whose max |output| stands out, read r (output
+channel of the spike) and c (input channel of the spike at the same token), zero it, re-scan, repeat.
+
+Orientation: W is always shown as [row = output channel, col = input channel] (nn.Linear's layout).
+GPT-2's `mlp.c_proj` is a Conv1D whose stored weight is [in, out]: we work on its transpose (a view),
+so coordinates mean the same thing in every family and in-place edits write through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine.architecture import _get_path, decoder_layers
+from engine.errors import LabError
+from engine.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
+
+DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's prompt
+ABSOLUTE_THRESHOLD = 50.0  # the paper's fixed threshold on max |down_proj output|
+RELATIVE_FACTOR = 5.0  # default: a layer's max |output| >= 5 x the median over layers of that max
+PERSIST_FACTOR = 10.0  # residual |h[t, r]| >= 10 x median |h| of that layer counts as "massive"
+PUBLISHED_FILE = Path(__file__).resolve().parent / "data" / "superweights_published.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter table: where each family keeps its MLP down projection (inside one decoder layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class DownProjSpec:
+    path: str  # attribute path inside a decoder layer
+    transposed: bool  # True for GPT-2 Conv1D (stored weight is [in, out])
+
+
+DOWN_PROJ: dict[str, DownProjSpec] = {
+    **{
+        t: DownProjSpec("mlp.down_proj", False)
+        for t in (
+            "llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3",
+            "olmo", "olmo2", "phi3", "smollm3", "granite", "cohere",
+        )
+    },
+    "gpt2": DownProjSpec("mlp.c_proj", True),
+    "gpt_neox": DownProjSpec("mlp.dense_4h_to_h", False),
+    "falcon": DownProjSpec("mlp.dense_4h_to_h", False),
+    "gptj": DownProjSpec("mlp.fc_out", False),
+    "opt": DownProjSpec("fc2", False),
+}
+
+
+def _model_type(model: Any) -> str:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "model_type", "") or ""
+
+
+def down_proj_spec(model: Any) -> DownProjSpec:
+    """The adapter entry for this model's family; LabError when its down projection is unknown."""
+    model_type = _model_type(model)
+    spec = DOWN_PROJ.get(model_type) or DOWN_PROJ.get(getattr(model.config, "model_type", ""))
+    layers = decoder_layers(model)
+    if spec is not None and _get_path(layers[0], spec.path) is not None:
+        return spec
+    known = ", ".join(sorted(DOWN_PROJ))
+    raise LabError(
+        f"Unknown architecture '{model_type or type(model).__name__}': no known MLP down projection "
+        f"(supported families: {known})."
+    )
+
+
+def down_projections(model: Any) -> list[torch.nn.Module]:
+    """The down-projection module of every decoder layer, in layer order."""
+    spec = down_proj_spec(model)
+    return [_get_path(layer, spec.path) for layer in decoder_layers(model)]
+
+
+def out_in_weight(module: torch.nn.Module, transposed: bool | None = None) -> torch.Tensor:
+    """The module's weight as [out, in] (a view: in-place edits write through to the parameter)."""
+    if transposed is None:
+        transposed = type(module).__name__ == "Conv1D"
+    weight = module.weight.data
+    return weight.t() if transposed else weight
+
+
+def down_weight(model: Any, layer: int) -> torch.Tensor:
+    """W_down of one layer as [row = output channel, col = input channel] (view)."""
+    spec = down_proj_spec(model)
+    return out_in_weight(down_projections(model)[layer], spec.transposed)
+
+
+def weights_edit_problem(lm) -> str | None:
+    """Why the weights of this model cannot be edited in place (None when they can)."""
+    if getattr(lm, "quantization", "none") != "none":
+        return (
+            f"The model is loaded {lm.quantization} (bitsandbytes). The scan and detection work (hooks read "
+            "activations), but a quantized weight is packed with its block's scale: zeroing or scaling one "
+            "scalar would rewrite the block and cannot be restored bit-for-bit, and its value/rank are not "
+            "those of the original weight. Load the model in bf16/fp32 to ablate or quantize."
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and forward passes
+
+
+def clean_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """Non-empty prompts (one per line when a string); LabError when none is left."""
+    if isinstance(prompts, str):
+        prompts = prompts.splitlines()
+    cleaned = [p.strip() for p in prompts if p and p.strip()]
+    if not cleaned:
+        raise LabError("No prompt given: enter at least one non-empty prompt (one per line).")
+    return cleaned
+
+
+def encode(lm, text: str) -> torch.Tensor:
+    """Token ids [1, T] of one prompt, with the tokenizer's special tokens (BOS), on the model's device."""
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids
+    return ids.to(lm.model.device if hasattr(lm.model, "device") else lm.device)
+
+
+def body(model: Any) -> Any:
+    """The transformer without its LM head (no 262k-wide logits for a scan)."""
+    return model.base_model
+
+
+@torch.no_grad()
+def run_body(lm, ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden state [B, T, d] of the model body (final norm applied, no LM head)."""
+    return body(lm.model)(input_ids=ids).last_hidden_state
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Scan
+
+
+@dataclasses.dataclass
+class LayerScan:
+    """Largest |input| and |output| of one layer's down projection over all prompts and tokens."""
+
+    layer: int
+    max_abs_input: float
+    input_channel: int
+    input_token: int
+    input_prompt: int
+    max_abs_output: float
+    output_value: float  # signed y[t, r] at the output spike
+    output_channel: int  # r
+    output_token: int  # t
+    output_prompt: int
+    spike_input_channel: int  # c = argmax_c |x[t, c]| at the output spike's token
+    spike_input_value: float  # x[t, c]
+
+
+@dataclasses.dataclass
+class ScanResult:
+    prompts: list[str]
+    tokens: list[list[str]]
+    layers: list[LayerScan]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([dataclasses.asdict(s) for s in self.layers])
+
+    def to_json(self) -> dict:
+        return {"prompts": self.prompts, "tokens": self.tokens, "layers": [dataclasses.asdict(s) for s in self.layers]}
+
+
+class _ScanHook:
+    def __init__(self, layer: int):
+        self.layer = layer
+        self.best: LayerScan | None = None
+        self.prompt = 0
+
+    def __call__(self, module, inputs, output):
+        x = inputs[0].detach()[0].float()  # [T, I]
+        y = (output[0] if isinstance(output, tuple) else output).detach()[0].float()  # [T, H]
+        ax, ay = x.abs(), y.abs()
+        in_flat, out_flat = int(ax.argmax()), int(ay.argmax())
+        t_in, c_in = divmod(in_flat, ax.shape[1])
+        t_out, r = divmod(out_flat, ay.shape[1])
+        c_spike = int(ax[t_out].argmax())
+        best = self.best
+        if best is None or ax[t_in, c_in].item() > best.max_abs_input:
+            in_part = (ax[t_in, c_in].item(), c_in, t_in, self.prompt)
+        else:
+            in_part = (best.max_abs_input, best.input_channel, best.input_token, best.input_prompt)
+        if best is None or ay[t_out, r].item() > best.max_abs_output:
+            out_part = (ay[t_out, r].item(), y[t_out, r].item(), r, t_out, self.prompt, c_spike, x[t_out, c_spike].item())
+        else:
+            out_part = (
+                best.max_abs_output, best.output_value, best.output_channel, best.output_token,
+                best.output_prompt, best.spike_input_channel, best.spike_input_value,
+            )
+        self.best = LayerScan(self.layer, *in_part, *out_part)
+
+
+def scan(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT) -> ScanResult:
+    """Per layer: max |input| and max |output| of the MLP down projection (channel, token, prompt).
+
+    Forward hooks on each layer's down projection during one forward pass of the model body per prompt
+    (Yu et al. 2024, Sec. 3.1 / Fig. 3). Works on quantized models too (it only reads activations).
+    """
+    prompts = clean_prompts(prompts)
+    modules = down_projections(lm.model)
+    hooks = [_ScanHook(i) for i in range(len(modules))]
+    tokens = []
+    with lm.lock:
+        handles = [m.register_forward_hook(h) for m, h in zip(modules, hooks)]
+        try:
+            for p, prompt in enumerate(prompts):
+                ids = encode(lm, prompt)
+                tokens.append(lm.tokenizer.convert_ids_to_tokens(ids[0].tolist()))
+                for h in hooks:
+                    h.prompt = p
+                run_body(lm, ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return ScanResult(prompts, tokens, [h.best for h in hooks])
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual stream: where a massive activation persists
+
+
+@torch.no_grad()
+def residual_trace(lm, prompt: str, token: int, channel: int) -> pd.DataFrame:
+    """|h_l[token, channel]| after every decoder layer l, and the median |h_l| of that layer.
+
+    Read with forward hooks on the decoder layers (the residual stream before the final norm).
+    """
+    layers = decoder_layers(lm.model)
+    values: list[tuple[float, float]] = [(0.0, 0.0)] * len(layers)
+
+    def make(i):
+        def hook(module, inputs, output):
+            h = (output[0] if isinstance(output, tuple) else output).detach()[0].float()
+            values[i] = (h[token, channel].item(), h.abs().median().item())
+
+        return hook
+
+    with lm.lock:
+        handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]
+        try:
+            run_body(lm, encode(lm, prompt))
+        finally:
+            for handle in handles:
+                handle.remove()
+    frame = pd.DataFrame(values, columns=["value", "median_abs"])
+    frame.insert(0, "layer", range(len(layers)))
+    frame["ratio"] = frame["value"].abs() / frame["median_abs"].replace(0, np.nan)
+    return frame
+
+
+def persisting_layers(trace: pd.DataFrame, factor: float = PERSIST_FACTOR) -> list[int]:
+    """Layers where |h_l[t, r]| >= factor x median |h_l| (the massive activation is still there)."""
+    return [int(layer) for layer in trace.loc[trace["ratio"] >= factor, "layer"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Detect (the paper's iterative procedure)
+
+
+@dataclasses.dataclass
+class Candidate:
+    iteration: int
+    layer: int
+    row: int  # output channel of the spike
+    col: int  # input channel of the spike
+    weight: float  # W[row, col] (NaN for quantized weights)
+    rank: int  # 1-based rank of |W[row, col]| in its matrix (0 when unknown)
+    matrix_size: int
+    super_activation: float  # signed down_proj output y[t, row] at the spike
+    spike_ratio: float  # max |output| of the layer / reference median over layers
+    input_value: float  # x[t, col]
+    share: float  # W[row, col] * x[t, col] / y[t, row]: how much of the spike this one weight makes
+    prompt: int
+    token: int
+    token_text: str
+    residual_value: float  # h[t, row] after the layer (what the residual stream carries)
+    persists_in_layers: list[int]
+
+    @property
+    def coord(self) -> tuple[int, int, int]:
+        return (self.layer, self.row, self.col)
+
+
+@dataclasses.dataclass
+class Detection:
+    candidates: list[Candidate]
+    scans: list[ScanResult]  # scans[0]: the original model; scans[i]: after removing candidates < i
+    reference: float  # median over layers of max |output| in the original scan
+    threshold: float  # absolute value a layer's max |output| had to reach
+    rule: str
+    stop_reason: str
+    note: str = ""
+
+    def frame(self) -> pd.DataFrame:
+        rows = [dataclasses.asdict(c) for c in self.candidates]
+        frame = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Candidate)])
+        frame["persists_in_layers"] = frame["persists_in_layers"].map(lambda v: ",".join(map(str, v)))
+        return frame
+
+    def to_json(self) -> dict:
+        return {
+            "rule": self.rule,
+            "reference_median_max_abs_output": self.reference,
+            "threshold": self.threshold,
+            "stop_reason": self.stop_reason,
+            "note": self.note,
+            "candidates": [dataclasses.asdict(c) for c in self.candidates],
+            "scans": [s.to_json() for s in self.scans],
+        }
+
+
+def spike_threshold(result: ScanResult, mode: str = "relative", factor: float = RELATIVE_FACTOR,
+                    absolute: float = ABSOLUTE_THRESHOLD) -> tuple[float, float, str]:
+    """(threshold, reference median, rule text) for 'relative' (default) or 'absolute' (paper: 50)."""
+    maxima = np.array([s.max_abs_output for s in result.layers])
+    reference = float(np.median(maxima))
+    if mode == "relative":
+        if not factor > 1:
+            raise LabError(f"The relative factor must be > 1 (got {factor}).")
+        return factor * reference, reference, f"max |down_proj output| >= {factor:g} x median over layers ({reference:.3g})"
+    if mode == "absolute":
+        if not absolute > 0:
+            raise LabError(f"The absolute threshold must be > 0 (got {absolute}).")
+        return absolute, reference, f"max |down_proj output| >= {absolute:g} (paper's absolute threshold)"
+    raise LabError(f"Unknown threshold mode '{mode}': use 'relative' or 'absolute'.")
+
+
+def _candidate(lm, result: ScanResult, s: LayerScan, iteration: int, reference: float,
+               persist_factor: float) -> Candidate:
+    quantized = weights_edit_problem(lm) is not None
+    if quantized:
+        weight, rank, size = float("nan"), 0, 0
+    else:
+        w = down_weight(lm.model, s.layer)
+        weight = float(w[s.output_channel, s.spike_input_channel].item())
+        rank = rank_by_magnitude(w, (s.output_channel, s.spike_input_channel))
+        size = w.numel()
+    share = weight * s.spike_input_value / s.output_value if s.output_value else float("nan")
+    trace = residual_trace(lm, result.prompts[s.output_prompt], s.output_token, s.output_channel)
+    return Candidate(
+        iteration=iteration,
+        layer=s.layer,
+        row=s.output_channel,
+        col=s.spike_input_channel,
+        weight=weight,
+        rank=rank,
+        matrix_size=size,
+        super_activation=s.output_value,
+        spike_ratio=s.max_abs_output / reference if reference else float("inf"),
+        input_value=s.spike_input_value,
+        share=float(share),
+        prompt=s.output_prompt,
+        token=s.output_token,
+        token_text=result.tokens[s.output_prompt][s.output_token],
+        residual_value=float(trace["value"].iloc[s.layer]),
+        persists_in_layers=persisting_layers(trace.iloc[s.layer:], persist_factor),
+    )
+
+
+def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relative",
+           factor: float = RELATIVE_FACTOR, absolute: float = ABSOLUTE_THRESHOLD, max_iterations: int = 5,
+           persist_factor: float = PERSIST_FACTOR) -> Detection:
+    """The paper's iterative procedure: scan, take the strongest spiking layer's W[r, c], zero it, re-scan.
+
+    Stops when no layer's max |output| reaches the threshold (fixed from the original scan), when the
+    same coordinate comes back, or after `max_iterations`. All zeroed weights are restored bit-for-bit
+    (checked) before returning. On a quantized model only the first scan's candidate is reported.
+    """
+    import contextlib
+
+    from engine.ablation import ElementEdit, edited_weights
+
+    if max_iterations < 1:
+        raise LabError(f"max_iterations must be >= 1 (got {max_iterations}).")
+    prompts = clean_prompts(prompts)
+    editable = weights_edit_problem(lm) is None
+    note = "" if editable else "Quantized model: one scan only (the iterative removal needs in-place weight edits)."
+    with lm.lock, contextlib.ExitStack() as removed:  # unwinds (restores every weight) on exit
+        current = scan(lm, prompts)
+        threshold, reference, rule = spike_threshold(current, mode, factor, absolute)
+        scans, candidates = [current], []
+        stop = f"stopped after {max_iterations} iteration(s)"
+        for iteration in range(max_iterations if editable else 1):
+            spiking = [s for s in current.layers if s.max_abs_output >= threshold]
+            if not spiking:
+                stop = "no layer's max |output| reaches the threshold" + (" any more" if iteration else "")
+                break
+            top = max(spiking, key=lambda s: s.max_abs_output)
+            coord = (top.layer, top.output_channel, top.spike_input_channel)
+            if any(c.coord == coord for c in candidates):
+                stop = f"the spike at {coord} remains after zeroing that weight (not a single-weight effect)"
+                break
+            candidates.append(_candidate(lm, current, top, iteration, reference, persist_factor))
+            if not editable or iteration == max_iterations - 1:
+                break
+            removed.enter_context(edited_weights(lm, [ElementEdit.zero(lm.model, *coord)]))
+            current = scan(lm, prompts)
+            scans.append(current)
+    return Detection(candidates, scans, reference, threshold, rule, stop, note)
+
+
+# ---------------------------------------------------------------------------------------------
+# Published coordinates
+
+
+@lru_cache(maxsize=1)
+def published_table() -> dict:
+    """The shipped table of published super weights (Yu et al. 2024 Table 2 / their code)."""
+    return json.loads(PUBLISHED_FILE.read_text())
+
+
+def published_for(model_name: str) -> list[tuple[int, int, int]] | None:
+    """Published (layer, row, col) for a model id, alias or folder named like one; None if not listed."""
+    table = published_table()["models"]
+    name = (model_name or "").strip().rstrip("/")
+    keys = {name.lower(), name.split("/")[-1].lower()}
+    for model_id, entry in table.items():
+        names = {model_id.lower(), model_id.split("/")[-1].lower(), *(a.lower() for a in entry.get("aliases", []))}
+        if keys & names:
+            return [tuple(c) for c in entry["super_weights"]]
+    return None
+
+
+def compare_with_published(candidates: Sequence[Candidate], published: Sequence[tuple[int, int, int]]) -> pd.DataFrame:
+    """One row per coordinate in either list: published?, detected?, and the detection's iteration."""
+    detected = {c.coord: c for c in candidates}
+    rows = []
+    for coord in list(dict.fromkeys([tuple(p) for p in published] + list(detected))):
+        c = detected.get(coord)
+        rows.append({
+            "layer": coord[0], "row": coord[1], "col": coord[2],
+            "published": coord in {tuple(p) for p in published},
+            "detected": c is not None,
+            "iteration": c.iteration if c else None,
+        })
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Weights, layer by layer
+
+
+def linear_weights(model: Any) -> list[tuple[int, str, torch.nn.Module]]:
+    """(layer, name, module) of every nn.Linear / Conv1D inside the decoder layers."""
+    found = []
+    for i, layer in enumerate(decoder_layers(model)):
+        for name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+                if getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+                    found.append((i, name, module))
+    return found
+
+
+def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per layer and projection: max|w|/median|w|, excess kurtosis, max |w| and its (row, col) in [out, in]."""
+    if weights_edit_problem(lm):
+        raise LabError("Weight statistics need unquantized weights: " + weights_edit_problem(lm))
+    rows = []
+    with lm.lock:
+        for i, name, module in linear_weights(lm.model):
+            if layers is not None and i not in layers:
+                continue
+            stats = matrix_stats(out_in_weight(module))
+            rows.append({
+                "layer": i, "projection": name, "shape": "x".join(map(str, out_in_weight(module).shape)),
+                "max_over_median": stats["max_over_median"], "kurtosis": stats["kurtosis"],
+                "max_abs": stats["max_abs"], "row": stats["argmax"][0], "col": stats["argmax"][1],
+            })
+    return pd.DataFrame(rows)
+
+
+def top_weights(lm, layer: int, k: int = 10) -> pd.DataFrame:
+    """The k largest |w| of one layer's down projection with (row, col), value and rank."""
+    if k < 1:
+        raise LabError(f"k must be >= 1 (got {k}).")
+    w = down_weight(lm.model, layer)
+    coords = top_k_coordinates(w, k)
+    return pd.DataFrame([
+        {"rank": n + 1, "row": r, "col": c, "value": float(w[r, c].item())} for n, (r, c) in enumerate(coords)
+    ])
+
+
+def neighbourhood(lm, layer: int, row: int, col: int, radius: int = 8) -> pd.DataFrame:
+    """W[row, col - radius .. col + radius] and W[row - radius .. row + radius, col] around a weight."""
+    w = down_weight(lm.model, layer)
+    n_out, n_in = w.shape
+    if not (0 <= row < n_out and 0 <= col < n_in):
+        raise LabError(f"({row}, {col}) is outside layer {layer}'s down projection of shape {n_out}x{n_in}.")
+    rows = []
+    for offset in range(-radius, radius + 1):
+        if 0 <= col + offset < n_in:
+            rows.append({"along": "row (same output channel)", "offset": offset, "row": row, "col": col + offset,
+                         "value": float(w[row, col + offset].item())})
+        if 0 <= row + offset < n_out:
+            rows.append({"along": "column (same input channel)", "offset": offset, "row": row + offset, "col": col,
+                         "value": float(w[row + offset, col].item())})
+    return pd.DataFrame(rows)

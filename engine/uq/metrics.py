@@ -1,0 +1,255 @@
+"""How well an uncertainty score separates right from wrong answers: A1 / A2 / A3 and their evidence.
+
+Conventions: `unc` higher = more uncertain; `correct` 1/0 per question. A NaN score counts as the most
+uncertain (rejected first). Rejecting the most uncertain questions first gives the accuracy-rejection
+curve; ties in `unc` are averaged there (expected accuracy over a random order inside a tie), as
+sklearn's AUROC does. The 50%-coverage set (A2, A3) is a definite set: see `retained_mask`.
+Intervals: percentile bootstrap (95%) resampling questions with a seeded generator, the same
+resamples for every score (paired); resamples where a metric is undefined are left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import LabError
+
+METRICS = ("acc50", "auroc", "prr", "auarc")
+
+
+def _unc(unc) -> np.ndarray:
+    u = np.asarray(unc, dtype=np.float64).copy()
+    u[np.isnan(u)] = np.inf
+    return u
+
+
+def retained_mask(unc) -> np.ndarray:
+    """The 50% most certain questions: a stable sort by (unc, position), keeping the first ceil(n/2).
+
+    Every kept question has unc <= quantile(unc, 0.5); at a tie across the cut the questions earlier in
+    the list are kept, so exactly ceil(n/2) are kept whatever the ties. NaN scores sort last.
+    """
+    u = _unc(unc)
+    keep = np.zeros(u.size, dtype=bool)
+    keep[np.argsort(u, kind="stable")[: math.ceil(u.size / 2)]] = True
+    return keep
+
+
+class _Sorted:
+    """Rows of (unc, correct) sorted by (unc, position), with tie blocks numbered across all rows."""
+
+    def __init__(self, unc: np.ndarray, correct: np.ndarray):
+        order = np.argsort(unc, axis=1, kind="stable")
+        u = np.take_along_axis(unc, order, 1)
+        self.correct = np.take_along_axis(correct, order, 1)
+        self.rows, self.n = u.shape
+        new = np.ones(u.shape, dtype=bool)
+        new[:, 1:] = u[:, 1:] != u[:, :-1]
+        self.block = np.cumsum(new.ravel()) - 1  # global tie-block id of each sorted entry
+        self.block_size = np.bincount(self.block)
+        self.block_row = np.repeat(np.arange(self.rows), self.n)[new.ravel()]
+
+    def block_sum(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.block, weights=values.ravel(), minlength=self.block_size.size)
+
+    def accuracy_curves(self) -> np.ndarray:
+        """[rows, n]: expected accuracy on the m most certain (column m - 1), correctness averaged in ties."""
+        averaged = (self.block_sum(self.correct) / self.block_size)[self.block].reshape(self.rows, self.n)
+        return np.cumsum(averaged, axis=1) / np.arange(1, self.n + 1)
+
+    def acc50(self) -> np.ndarray:
+        return self.correct[:, : math.ceil(self.n / 2)].mean(axis=1)
+
+    def auroc(self) -> np.ndarray:
+        """P(unc_wrong > unc_right) + P(tie) / 2 per row: the Mann-Whitney form sklearn's AUROC equals."""
+        right = self.block_sum(self.correct)
+        wrong = self.block_size - right
+        before = np.cumsum(right) - right  # right answers in earlier blocks (all rows)
+        row_start = np.flatnonzero(np.r_[True, self.block_row[1:] != self.block_row[:-1]])
+        before -= np.repeat(before[row_start], np.diff(np.r_[row_start, right.size]))
+        pairs = np.bincount(self.block_row, weights=wrong * (before + right / 2), minlength=self.rows)
+        n_right = self.correct.sum(axis=1)
+        denom = n_right * (self.n - n_right)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, pairs / denom, np.nan)
+
+
+def _batch_metrics(unc: np.ndarray, correct: np.ndarray) -> dict:
+    """acc50, AUROC, PRR, AUARC for each row of unc / correct [rows, n] (NaN unc: most uncertain)."""
+    unc = np.where(np.isnan(unc), np.inf, unc)
+    rows = _Sorted(unc, correct)
+    auarc = rows.accuracy_curves().mean(axis=1)
+    n = rows.n
+    n_correct = correct.sum(axis=1)
+    harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
+    oracle = (n_correct + n_correct * (harmonic[n] - harmonic[n_correct.astype(int)])) / n  # right first
+    acc = n_correct / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prr = np.where(oracle - acc > 1e-12, (auarc - acc) / (oracle - acc), np.nan)
+    return {"acc50": rows.acc50(), "auroc": rows.auroc(), "prr": prr, "auarc": auarc}
+
+
+def accuracy_curve(unc, correct) -> np.ndarray:
+    """acc[m - 1] = expected accuracy on the m most certain questions (m = 1..n), ties averaged."""
+    u = np.asarray(unc, dtype=np.float64)
+    u = np.where(np.isnan(u), np.inf, u)
+    return _Sorted(u[None], np.asarray(correct, dtype=np.float64)[None]).accuracy_curves()[0]
+
+
+def _auroc(unc, correct) -> float:
+    """sklearn roc_auc_score with wrong = positive, score = unc; NaN with one class; NaN unc ranked highest."""
+    from sklearn.metrics import roc_auc_score
+
+    wrong = 1 - np.asarray(correct, dtype=int)
+    if wrong.min() == wrong.max():
+        return float("nan")
+    u = _unc(unc)
+    finite = np.isfinite(u)
+    if not finite.all():
+        u[~finite] = (u[finite].max() + 1.0) if finite.any() else 0.0
+    return float(roc_auc_score(wrong, u))
+
+
+def _nan_metrics(n_tied: int = 0) -> dict:
+    nan = float("nan")
+    out = {}
+    for name in METRICS:
+        out[name], out[f"{name}_ci"] = nan, [nan, nan]
+    out["n_tied_at_cutoff"] = n_tied
+    return out
+
+
+def _tied_at_cutoff(unc: np.ndarray) -> int:
+    """How many questions share the score at the 50% cut while some of them are kept and some not."""
+    u, keep = _unc(unc), retained_mask(unc)
+    if keep.all() or not keep.any():
+        return 0
+    cut = u[keep].max()
+    tied = u == cut
+    return int(tied.sum()) if (~keep & tied).any() else 0
+
+
+def method_metrics(unc, correct, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy at 50% coverage, AUROC for wrong answers, PRR (Malinin et al.), AUARC; 95% bootstrap CIs.
+
+    Returns {"acc50", "acc50_ci", "auroc", "auroc_ci", "prr", "prr_ci", "auarc", "auarc_ci",
+    "n_tied_at_cutoff"}; NaN where undefined (all answers right or all wrong: AUROC and PRR; a score
+    that is NaN everywhere: all). CIs: 2.5 / 97.5 percentiles of `n_boot` question resamples (seeded).
+    """
+    unc = np.asarray(unc, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if unc.shape != correct.shape or unc.ndim != 1:
+        raise LabError(f"Scores ({unc.shape}) and correctness ({correct.shape}) must be two equal-length lists.")
+    if unc.size == 0 or np.isnan(unc).all():
+        return _nan_metrics()
+    out = {"n_tied_at_cutoff": _tied_at_cutoff(unc)}
+    point = {name: float(v[0]) for name, v in _batch_metrics(unc[None], correct[None]).items()}
+    point["auroc"] = _auroc(unc, correct)  # the headline AUROC is sklearn's; the resamples use the same formula
+    boot = {name: np.zeros(0) for name in METRICS}
+    if n_boot > 0:
+        idx = np.random.default_rng(seed).integers(0, unc.size, size=(n_boot, unc.size))
+        boot = _batch_metrics(unc[idx], correct[idx])
+    for name in METRICS:
+        values = boot[name][~np.isnan(boot[name])]
+        ci = np.percentile(values, [2.5, 97.5]) if values.size and not np.isnan(point[name]) else [np.nan, np.nan]
+        out[name], out[f"{name}_ci"] = point[name], [float(ci[0]), float(ci[1])]
+    return out
+
+
+def _aligned_correct(scores_df: pd.DataFrame, correct) -> np.ndarray:
+    if isinstance(correct, pd.Series):
+        missing = scores_df.index.difference(correct.index)
+        if len(missing):
+            raise LabError(f"No correctness for {len(missing)} question(s), e.g. {missing[0]!r}.")
+        correct = correct.reindex(scores_df.index)
+    values = np.asarray(correct, dtype=np.float64)
+    if values.shape != (len(scores_df),):
+        raise LabError(f"Got {values.size} correctness values for {len(scores_df)} scored questions.")
+    if np.isnan(values).any():
+        raise LabError("Some answers are not graded (correctness is missing).")
+    return values
+
+
+def comparison(
+    scores_df: pd.DataFrame,
+    correct,
+    *,
+    usual: str = "mean_token_nll",
+    semantic: str = "semantic_entropy",
+    kinds: dict[str, str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """A1 (accuracy on all), A2 (on the 50% most certain by `usual`), A3 (same by `semantic`), and
+    `method_metrics` for every column of `scores_df` (JSON-serialisable; NaN where undefined).
+
+    `correct`: bools in the row order of scores_df, or a Series indexed by question id.
+    """
+    from engine.uq.estimators import ESTIMATORS
+
+    for role, name in (("usual", usual), ("semantic", semantic)):
+        if name not in scores_df.columns:
+            raise LabError(f"The {role} score '{name}' is not among the scores: {list(scores_df.columns)}.")
+    values = _aligned_correct(scores_df, correct)
+    kinds = dict(kinds or {})
+    methods = {}
+    for name in scores_df.columns:
+        kind = kinds.get(name) or (ESTIMATORS[name].kind if name in ESTIMATORS else "other")
+        methods[name] = {"kind": kind, **method_metrics(scores_df[name].to_numpy(), values, n_boot=n_boot, seed=seed)}
+    return {
+        "n": int(values.size),
+        "A1": float(np.mean(values)) if values.size else float("nan"),
+        "A2": methods[usual]["acc50"],
+        "A3": methods[semantic]["acc50"],
+        "usual_method": usual,
+        "semantic_method": semantic,
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "methods": methods,
+    }
+
+
+def rejection_curves(scores_df: pd.DataFrame, correct) -> pd.DataFrame:
+    """Accuracy-rejection curves: (method, rejected_fraction, accuracy), rejecting the most uncertain first."""
+    values = _aligned_correct(scores_df, correct)
+    n = values.size
+    rejected = (n - np.arange(n, 0, -1)) / n if n else np.zeros(0)
+    frames = [
+        pd.DataFrame({"method": name, "rejected_fraction": rejected, "accuracy": accuracy_curve(scores_df[name], values)[::-1]})
+        for name in scores_df.columns
+        if n and not scores_df[name].isna().all()
+    ]
+    if not frames:
+        return pd.DataFrame({"method": [], "rejected_fraction": [], "accuracy": []})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _fmt(value: float, ci: list[float] | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.3f}"
+    if ci and not any(math.isnan(x) for x in ci):
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
+def summary_markdown(comparison_dict: dict) -> str:
+    """A1 / A2 / A3 in one line and a Markdown table of every score's metrics with 95% intervals."""
+    c = comparison_dict
+    lines = [
+        f"**A1** = {_fmt(c['A1'])} (all {c['n']} questions) · "
+        f"**A2** = {_fmt(c['A2'])} (50% most certain by `{c['usual_method']}`) · "
+        f"**A3** = {_fmt(c['A3'])} (50% most certain by `{c['semantic_method']}`)",
+        "",
+        "| score | kind | accuracy at 50% | AUROC (wrong) | PRR | AUARC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in c["methods"].items():
+        cells = [_fmt(m[k], m[f"{k}_ci"]) for k in METRICS]
+        lines.append(f"| {name} | {m['kind']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Brackets: 95% bootstrap intervals ({c.get('n_boot', '?')} resamples of the questions).")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""Grokking engine: input checks, data, a small run that groks in seconds, cache round-trip,
+stop/resume with usable checkpoints, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine import grok_analysis as ga
+from engine.errors import LabError
+from engine.grokking import GrokConfig, RunCache, evaluate, make_dataset, train, validate
+
+# p = 23 with 80% of the pairs for training groks in about 1000 full-batch steps (MLP + Grokfast)
+SMALL = GrokConfig(p=23, train_frac=0.8, steps=1500, eval_every=25, checkpoint_every=100, stop_after_grok=100)
+
+
+@pytest.fixture(scope="module")
+def grokked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grok")
+    rows = []
+    summary = ga.run_experiment(SMALL, root=root, on_eval=rows.append, threads=1)
+    return root, rows, summary
+
+
+def test_bad_input_is_refused_with_a_reason():
+    validate(GrokConfig(task="add", p=12))  # + and - work for any modulus
+    validate(GrokConfig(task="sub", p=12))
+    with pytest.raises(LabError, match="not prime.*13"):
+        validate(GrokConfig(task="div", p=12))
+    for frac in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(LabError, match="strictly between 0 and 1"):
+            validate(GrokConfig(train_frac=frac))
+    with pytest.raises(LabError, match="GiB"):
+        validate(GrokConfig(p=20000))  # 4e8 pairs: refused before anything is allocated
+
+
+def test_dataset_labels_and_split():
+    data = make_dataset(GrokConfig(task="div", p=7, train_frac=0.5))
+    x = torch.cat([data.x_train, data.x_test])
+    y = torch.cat([data.y_train, data.y_test])
+    assert len(y) == 7 * 6 and (x[:, 1] != 0).all()
+    assert ((y * x[:, 1]) % 7 == x[:, 0]).all()  # c = a / b  <=>  c * b = a (mod p)
+    assert len(data.y_train) == 21
+    sq = make_dataset(GrokConfig(task="sq_sum", p=11, train_frac=0.5))
+    assert ((sq.x_train[:, 0] ** 2 + sq.x_train[:, 1] ** 2) % 11 == sq.y_train).all()
+
+
+def test_small_config_groks_with_a_delay(grokked):
+    root, rows, summary = grokked
+    assert summary["grokked"] and summary["state"] == "finished"
+    assert summary["memorisation_step"] < summary["grok_50_step"] <= summary["grok_95_step"]
+    assert summary["grokking_delay"] >= 200  # a visible delay after memorisation
+    assert rows[-1]["test_acc"] >= 0.95
+    cache = RunCache(SMALL, root)
+    assert json.loads(cache.summary_path.read_text())["grok_95_step"] == summary["grok_95_step"]
+    # one measures row per matrix / layer per checkpoint, and the events are consistent with metrics.csv
+    measures = pd.read_csv(cache.measures_path)
+    assert sorted(measures["step"].unique()) == cache.checkpoint_steps()
+    # a checkpoint loads with weights_only=True and reproduces the logged test accuracy
+    step = cache.checkpoint_steps()[-1]
+    model = cache.load_model(step)
+    data = make_dataset(SMALL)
+    _, acc = evaluate(model, data.x_test, data.y_test)
+    assert acc == pytest.approx(float(cache.metrics().set_index("step").loc[step, "test_acc"]))
+
+
+def test_cache_round_trip_is_identical_and_instant(grokked):
+    root, rows, summary = grokked
+    again = ga.run_experiment(SMALL, root=root, on_eval=lambda r: pytest.fail("a finished run must not train"))
+    assert again == {k: v for k, v in summary.items() if k != "seconds"} or again["grok_95_step"] == summary["grok_95_step"]
+    metrics = RunCache(SMALL, root).metrics()
+    expected = pd.DataFrame(rows)[metrics.columns]
+    pd.testing.assert_frame_equal(metrics.reset_index(drop=True), expected, check_exact=True, check_dtype=False)
+
+
+def test_stopped_run_keeps_checkpoints_and_resumes_to_the_same_numbers(tmp_path):
+    config = GrokConfig(p=23, train_frac=0.8, steps=120, eval_every=10, checkpoint_every=40, stop_after_grok=-1)
+    seen = []
+    first = train(config, root=tmp_path / "a", on_eval=seen.append, stop=lambda: len(seen) >= 7, threads=1)  # stop at step 60
+    assert first.state == "stopped" and first.step == 60
+    cache = RunCache(config, tmp_path / "a")
+    assert cache.status()["state"] == "stopped" and "resumes from step 60" in cache.status()["message"]
+    assert cache.checkpoint_steps() == [0, 40, 60]
+    cache.load_model(60)  # usable
+    second = train(config, root=tmp_path / "a", threads=1)
+    assert second.state == "finished" and second.step == 120
+    straight = train(config, root=tmp_path / "b", threads=1)
+    resumed, direct = RunCache(config, tmp_path / "a").metrics(), RunCache(config, tmp_path / "b").metrics()
+    assert resumed["step"].tolist() == list(range(0, 121, 10))
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"]
+    np.testing.assert_allclose(resumed[cols].to_numpy(), direct[cols].to_numpy(), rtol=1e-5)
+    assert straight.from_cache is False and train(config, root=tmp_path / "b").from_cache
+
+
+def test_cli_grok_writes_metrics_checkpoints_and_summary(tmp_path, capsys):
+    from engine.cli import main
+
+    code = main(["grok", "--op", "add", "--p", "23", "--train-frac", "0.8", "--steps", "50", "--eval-every", "10",
+                 "--checkpoint-every", "20", "--out", str(tmp_path)])
+    assert code == 0
+    config = GrokConfig(p=23, train_frac=0.8, steps=50, eval_every=10, checkpoint_every=20)
+    cache = RunCache(config, run_dir=tmp_path)
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "summary.json").exists()
+    assert cache.metrics()["step"].tolist() == [0, 10, 20, 30, 40, 50]
+    assert cache.checkpoint_steps() == [0, 20, 40, 50]
+    summary = json.loads(cache.summary_path.read_text())
+    assert set(summary["onsets"]) == set(ga.MEASURES) and "memorisation_step" in summary
+    assert main(["grok", "--op", "div", "--p", "12", "--out", str(tmp_path)]) == 2
+    assert "not prime" in capsys.readouterr().err
+    assert main(["grok", "--p", "29", "--steps", "10", "--out", str(tmp_path)]) == 2  # another config: nothing overwritten
+    assert "another configuration" in capsys.readouterr().err
+    assert cache.metrics()["step"].tolist()[-1] == 50
+
+
+def test_transformer_trains_and_is_measured(tmp_path):
+    config = GrokConfig(model="transformer", n_layers=2, p=11, train_frac=0.5, steps=20, eval_every=10, checkpoint_every=10)
+    summary = ga.run_experiment(config, root=tmp_path, threads=1)
+    assert summary["state"] == "finished" and summary["last_step"] == 20
+    measures = pd.read_csv(RunCache(config, tmp_path).measures_path)
+    names = set(measures["name"])
+    assert {"blocks.0.W_Q.weight", "blocks.1.W_out.weight", "embed.weight", "unembed.weight"} <= names
+    assert {"block0.resid_out", "block1.resid_out"} <= set(measures.loc[measures["kind"] == "activation", "name"])
+    assert len(measures) == 3 * (len(names))  # 3 checkpoints (0, 10, 20), one row per matrix / layer each

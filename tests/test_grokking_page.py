@@ -1,0 +1,104 @@
+"""AppTest of the grokking tab: start a short run, see live curves and the summary, a sweep, bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Super_weights_and_grokking.py")
+
+
+def _tab_app():
+    from ui.grokking_tab import render
+
+    render()
+
+
+def _wait(at: AppTest, done, seconds: float = 90.0) -> AppTest:
+    """Rerun the script (as the page's polling fragment would) until done(at) or the time is up."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        at.run()
+        if done(at):
+            break
+    return at
+
+
+
+def test_start_a_short_run_see_curves_summary_and_a_sweep(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_function(_tab_app, default_timeout=60)
+    at.run()
+    assert not at.exception
+    at.number_input(key="grok_p").set_value(23)
+    at.number_input(key="grok_frac").set_value(0.8)
+    at.number_input(key="grok_steps").set_value(200)
+    at.number_input(key="grok_eval").set_value(20)
+    at.run()
+    at.button(key="grok_start").click().run()
+    assert not at.exception
+    _wait(at, lambda a: len(a.success) > 0)
+    assert not at.exception
+    summary = at.success[0].value
+    assert "Train accuracy reached 99% at step" in summary and "super weight (causal)" in summary
+    assert len(at.get("vega_lite_chart")) + len(at.get("arrow_vega_lite_chart")) >= 7  # 3 curves + 4 measure panels
+    assert int(at.metric[0].value) == 200  # the run went to its last step
+    # the sweep of the same configuration (1 seed x 1 weight decay) reopens the cached run at once
+    at.text_input(key="grok_sweep_seeds").set_value("0")
+    at.text_input(key="grok_sweep_wds").set_value("1.0")
+    at.run()
+    at.button(key="grok_sweep_start").click().run()
+    _wait(at, lambda a: len(a.info) and any("runs grokked" in i.value for i in a.info), 30)
+    texts = " ".join(i.value for i in at.info)
+    assert "0 of 1 runs grokked" in texts and "no connection found" in texts.lower()
+
+
+def test_bad_input_shows_a_reason_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_function(_tab_app, default_timeout=60)
+    at.run()
+    at.selectbox(key="grok_task").set_value("div")
+    at.number_input(key="grok_p").set_value(12)
+    at.run()
+    assert not at.exception
+    assert "not prime" in at.error[0].value
+    assert len(at.button) == 0 or all(b.key != "grok_start" for b in at.button)  # nothing can start
+    at.number_input(key="grok_p").set_value(13)
+    at.number_input(key="grok_frac").set_value(1.0)
+    at.run()
+    assert "strictly between 0 and 1" in at.error[0].value
+
+
+def test_full_page_renders_with_both_tabs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any(b.key == "grok_start" for b in at.button)
+
+
+def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_function(_tab_app, default_timeout=60)
+    at.run()
+    at.number_input(key="grok_p").set_value(23)
+    at.number_input(key="grok_frac").set_value(0.3)  # does not grok soon: the run is still going when stopped
+    at.number_input(key="grok_steps").set_value(100_000)
+    at.run()
+    at.button(key="grok_start").click().run()
+    _wait(at, lambda a: any(b.key == "grok_stop" for b in a.button), 30)
+    at.button(key="grok_stop").click().run()
+    _wait(at, lambda a: any("Press Start to resume" in w.value for w in a.warning), 30)
+    assert not at.exception
+    warning = next(w.value for w in at.warning if "Press Start to resume" in w.value)
+    assert "checkpoints up to here are kept" in warning
+    from engine.grokking import GrokConfig, RunCache
+
+    step = int(warning.split("stopped at step ")[1].split(";")[0])
+    config = GrokConfig(p=23, train_frac=0.3, steps=100_000)
+    cache = RunCache(config)
+    assert cache.checkpoint_steps()[-1] == step
+    cache.load_model(step)  # the checkpoint of the stop is usable

@@ -1,0 +1,133 @@
+"""A1 / A2 / A3, AUROC, PRR, AUARC and bootstrap intervals (engine/uq/metrics.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from engine.errors import LabError
+from engine.uq.metrics import (
+    _batch_metrics,
+    accuracy_curve,
+    comparison,
+    method_metrics,
+    rejection_curves,
+    retained_mask,
+    summary_markdown,
+)
+
+
+def test_retained_mask_breaks_ties_by_position():
+    assert retained_mask([1, 0, 0, 0, 2]).tolist() == [False, True, True, True, False]  # ceil(5/2) = 3
+    assert retained_mask([0, 1, 1, 1]).tolist() == [True, True, False, False]  # the earlier tie is kept
+    assert retained_mask([np.nan, 5, 1, 3]).tolist() == [False, False, True, True]  # NaN: most uncertain
+    unc = np.random.default_rng(0).integers(0, 4, 101).astype(float)
+    keep = retained_mask(unc)
+    assert keep.sum() == 51 and (unc[keep] <= np.quantile(unc, 0.5)).all()
+
+
+def test_a1_a2_a3_with_ties():
+    correct = np.array([1, 0, 1, 1, 0, 0], dtype=bool)
+    scores = pd.DataFrame(
+        {
+            "mean_token_nll": [0.1, 0.1, 0.1, 0.1, 0.9, 0.9],  # a 4-way tie across the cut: keep q0, q1, q2
+            "semantic_entropy": [0.0, 1.0, 0.0, 0.5, 2.0, 0.0],  # kept: q0, q2, q5
+        },
+        index=[f"q{i}" for i in range(6)],
+    )
+    c = comparison(scores, correct, n_boot=50)
+    assert c["A1"] == pytest.approx(0.5)
+    assert c["A2"] == pytest.approx(2 / 3)
+    assert c["A3"] == pytest.approx(2 / 3)
+    assert c["methods"]["mean_token_nll"]["n_tied_at_cutoff"] == 4
+    assert c["methods"]["semantic_entropy"]["n_tied_at_cutoff"] == 0
+    assert c["methods"]["semantic_entropy"]["kind"] == "semantic"
+    assert c["usual_method"] == "mean_token_nll" and c["n"] == 6
+
+
+def test_auroc_is_sklearns_including_ties_and_resamples():
+    rng = np.random.default_rng(0)
+    unc = rng.integers(0, 5, 80).astype(float)
+    correct = (rng.random(80) < 0.6).astype(float)
+    m = method_metrics(unc, correct, n_boot=10)
+    assert m["auroc"] == pytest.approx(roc_auc_score(1 - correct, unc))
+    idx = rng.integers(0, 80, size=(20, 80))  # the vectorised bootstrap path gives sklearn's value per resample
+    batch = _batch_metrics(unc[idx], correct[idx])["auroc"]
+    np.testing.assert_allclose(batch, [roc_auc_score(1 - correct[i], unc[i]) for i in idx], atol=1e-12)
+
+
+def test_prr_oracle_random_and_auarc():
+    correct = np.array([1, 0, 1, 0], dtype=float)
+    oracle = method_metrics(1 - correct, correct, n_boot=0)
+    assert oracle["prr"] == pytest.approx(1.0)
+    assert oracle["auarc"] == pytest.approx((1 + 1 + 2 / 3 + 1 / 2) / 4)
+    assert oracle["auroc"] == pytest.approx(1.0) and oracle["acc50"] == pytest.approx(1.0)
+    rng = np.random.default_rng(1)
+    correct = (rng.random(4000) < 0.5).astype(float)
+    assert abs(method_metrics(rng.random(4000), correct, n_boot=0)["prr"]) < 0.08
+    assert method_metrics(correct, correct, n_boot=0)["prr"] == pytest.approx(-1.0, abs=0.15)  # anti-oracle
+
+
+def test_accuracy_curve_averages_ties():
+    correct = np.array([1, 0, 0, 1, 1])
+    np.testing.assert_allclose(accuracy_curve(np.zeros(5), correct), np.full(5, 0.6))
+    np.testing.assert_allclose(accuracy_curve([0, 1, 2, 3, 4], correct), [1, 0.5, 1 / 3, 0.5, 0.6])
+
+
+def test_bootstrap_interval_contains_point_and_is_seeded():
+    rng = np.random.default_rng(2)
+    correct = (rng.random(150) < 0.6).astype(float)
+    unc = rng.normal(size=150) - correct  # informative
+    a = method_metrics(unc, correct, n_boot=300, seed=5)
+    b = method_metrics(unc, correct, n_boot=300, seed=5)
+    c = method_metrics(unc, correct, n_boot=300, seed=6)
+    assert a == b and a["auroc_ci"] != c["auroc_ci"]
+    for name in ("acc50", "auroc", "prr", "auarc"):
+        lo, hi = a[f"{name}_ci"]
+        assert lo < a[name] < hi
+    assert a["auroc"] > 0.6
+
+
+def test_comparison_all_correct_is_nan_not_a_crash():
+    scores = pd.DataFrame({"mean_token_nll": [0.3, 0.1, 0.2], "semantic_entropy": [0.0, 0.0, 1.0]}, index=["a", "b", "c"])
+    c = comparison(scores, [True, True, True], n_boot=20)
+    m = c["methods"]["mean_token_nll"]
+    assert np.isnan(m["auroc"]) and np.isnan(m["prr"]) and np.isnan(m["auroc_ci"][0])
+    assert c["A1"] == 1.0 and c["A2"] == 1.0 and m["auarc"] == 1.0
+    json.dumps(c)  # JSON-serialisable (NaN as NaN)
+    assert "n/a" in summary_markdown(c)
+
+
+def test_comparison_aligns_series_by_id_and_rejects_bad_input():
+    scores = pd.DataFrame({"mean_token_nll": [0.1, 0.9], "semantic_entropy": [0.9, 0.1]}, index=["a", "b"])
+    c = comparison(scores, pd.Series({"b": False, "a": True}), n_boot=0)
+    assert c["A2"] == 1.0 and c["A3"] == 0.0
+    assert c["methods"]["semantic_entropy"]["auroc"] == 0.0
+    with pytest.raises(LabError, match="not among"):
+        comparison(scores, [True, False], semantic="sep")
+    with pytest.raises(LabError, match="No correctness"):
+        comparison(scores, pd.Series({"a": True}))
+    nan_col = scores.assign(sep=np.nan)
+    assert np.isnan(comparison(nan_col, [True, False], n_boot=5)["methods"]["sep"]["acc50"])
+
+
+def test_rejection_curves_and_summary():
+    scores = pd.DataFrame(
+        {"mean_token_nll": [0.1, 0.2, 0.3, 0.4], "semantic_entropy": [0.4, 0.3, 0.2, 0.1], "sep": np.nan},
+        index=list("abcd"),
+    )
+    correct = [True, True, False, False]
+    curves = rejection_curves(scores, correct)
+    assert list(curves.columns) == ["method", "rejected_fraction", "accuracy"]
+    nll = curves[curves.method == "mean_token_nll"]
+    assert nll.rejected_fraction.tolist() == [0, 0.25, 0.5, 0.75]
+    assert nll.accuracy.tolist() == pytest.approx([0.5, 2 / 3, 1.0, 1.0])
+    assert "sep" not in set(curves.method)  # an all-NaN score has no curve
+    c = comparison(scores, correct, n_boot=20)
+    text = summary_markdown(c)
+    assert "**A1** = 0.500" in text and "**A2** = 1.000" in text and "**A3** = 0.000" in text
+    assert "| semantic_entropy | semantic |" in text

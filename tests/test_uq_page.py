@@ -1,0 +1,57 @@
+"""AppTest of the uncertainty page: upload a CSV, generate (tiny model), see A1/A2/A3; bad uploads show a message."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from engine.uq import runs
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Semantic_uncertainty.py")
+CSV = (b"id,question,answer\nq1,the cat,cat\nq2,the dog,dog\nq3,<script>alert(1)</script> a bird?,bird\n"
+       b"q4,the sky,sky | blue\n")
+
+
+def _app(model_dir, tmp_path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["lab_model_choice"] = (str(model_dir), "none")
+    at.run()
+    assert not at.exception
+    at.radio(key="uq_source").set_value("Upload a file").run()
+    return at
+
+
+def test_upload_run_and_table(tiny_gemma3_dir, embedder, tmp_path, monkeypatch):
+    at = _app(tiny_gemma3_dir, tmp_path, monkeypatch)
+    at.file_uploader(key="uq_upload").upload("q.csv", CSV, "text/csv").run()
+    assert not at.exception and not at.error
+    assert "4 questions." in [c.value for c in at.caption]
+    at.number_input(key="uq_k").set_value(2)
+    at.number_input(key="uq_max_new").set_value(4)
+    at.text_area(key="uq_prompt").set_value("Q: {question}\nA:")
+    at.button(key="uq_start").click().run()
+    assert not at.exception
+    run_id = at.session_state["uq_run_id"]
+    runs.JOBS[run_id].thread.join(180)
+    assert runs.JOBS[run_id].error is None
+    at.run()
+    assert not at.exception, at.exception
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Questions"] == "4" and "A1 (all)" in labels and "A3 (semantic, 50%)" in labels
+    assert at.dataframe and at.data_editor  # the score table and the editable results table render
+    store = runs.get_run(run_id)
+    assert len(store.load_records()) == 4
+    # the CLI's engine call on the same run gives the page's numbers
+    page = at.session_state["uq_eval"][1].summary
+    cli = runs.evaluate_run(store, embedder, runs.EvalOptions(seed=0)).summary
+    assert (page["A1"], page["A2"], page["A3"]) == (cli["A1"], cli["A2"], cli["A3"])
+    assert page["methods"]["mean_token_nll"]["auroc_ci"] == cli["methods"]["mean_token_nll"]["auroc_ci"]
+
+
+def test_malformed_uploads_show_messages(tiny_gemma3_dir, tmp_path, monkeypatch):
+    at = _app(tiny_gemma3_dir, tmp_path, monkeypatch)
+    for content, message in ((b"foo,bar\nx,y\n", "No 'question' column"), (b"", "empty"),
+                             (b"\x00\x01\x02binary" * 50, "binary")):
+        at.file_uploader(key="uq_upload").upload("bad.csv", content, "text/csv").run()
+        assert not at.exception
+        assert any(message in e.value for e in at.error), (message, [e.value for e in at.error], [i.value for i in at.info])

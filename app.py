@@ -1,5 +1,9 @@
 """Home page of the LLM internals lab: `streamlit run app.py`. Loads no model."""
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see engine/__init__.py)
+
 import streamlit as st
 
 from ui.models import render_sidebar

@@ -23,7 +23,7 @@ LAYER_PATHS = (
 )
 
 
-def _get_path(obj: Any, path: str) -> Any:
+def get_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
@@ -34,7 +34,7 @@ def _get_path(obj: Any, path: str) -> Any:
 def decoder_layers(model: Any):
     """The model's decoder layers (a torch ModuleList); LabError for an unknown architecture."""
     for path in LAYER_PATHS:
-        layers = _get_path(model, path)
+        layers = get_path(model, path)
         if layers is not None and hasattr(layers, "__len__") and len(layers) > 0:
             return layers
     arch = type(model).__name__

@@ -337,7 +337,7 @@ def is_vision_language(config) -> bool:
     return getattr(config, "model_type", "") == "gemma3" or any("ConditionalGeneration" in a for a in archs)
 
 
-def _available_memory_bytes() -> int | None:
+def available_memory_bytes() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -355,7 +355,7 @@ def _check_fits_in_memory(source: str, device: str, quantization: str) -> None:
     weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) + sum(
         p.stat().st_size for p in path.glob("*.bin")
     )
-    available = _available_memory_bytes()
+    available = available_memory_bytes()
     if available and weights * 1.1 > available:
         raise LabError(
             f"Out of memory: '{path.name}' needs about {weights / 2**30:.1f} GiB but only "

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.architecture import _get_path, decoder_layers
+from engine.architecture import get_path, decoder_layers
 from engine.errors import LabError
 from engine.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
 
@@ -71,7 +71,7 @@ def down_proj_spec(model: Any) -> DownProjSpec:
     model_type = _model_type(model)
     spec = DOWN_PROJ.get(model_type) or DOWN_PROJ.get(getattr(model.config, "model_type", ""))
     layers = decoder_layers(model)
-    if spec is not None and _get_path(layers[0], spec.path) is not None:
+    if spec is not None and get_path(layers[0], spec.path) is not None:
         return spec
     known = ", ".join(sorted(DOWN_PROJ))
     raise LabError(
@@ -83,7 +83,7 @@ def down_proj_spec(model: Any) -> DownProjSpec:
 def down_projections(model: Any) -> list[torch.nn.Module]:
     """The down-projection module of every decoder layer, in layer order."""
     spec = down_proj_spec(model)
-    return [_get_path(layer, spec.path) for layer in decoder_layers(model)]
+    return [get_path(layer, spec.path) for layer in decoder_layers(model)]
 
 
 def out_in_weight(module: torch.nn.Module, transposed: bool | None = None) -> torch.Tensor:

@@ -105,10 +105,10 @@ def quantized_copies(lm, candidates: Sequence, bits: int, block_size: int, metho
 
 
 def _check_memory(lm) -> None:
-    from engine.models import _available_memory_bytes
+    from engine.models import available_memory_bytes
 
     need = 2 * sum(m.weight.numel() * m.weight.element_size() for _, _, m in linear_weights(lm.model))
-    free = _available_memory_bytes()
+    free = available_memory_bytes()
     if free and need > free:
         raise LabError(
             f"The quantization sweep keeps a copy of the decoder weights (~{need / 2**30:.1f} GiB) but only "

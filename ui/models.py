@@ -15,6 +15,7 @@ from engine.errors import LabError
 
 CHOICE_KEY = "lab_model_choice"  # (name, quantization) of the model in use
 ERROR_KEY = "lab_model_error"
+STATUS_SLOT_KEY = "_lab_model_status_slot"  # the sidebar's load-state element of the current run
 CUSTOM = "Other (HF id or local folder)..."
 _LOADED_IN_PROCESS: set[tuple[str, str]] = set()  # choices this process holds (for the load state)
 
@@ -57,6 +58,9 @@ def get_model() -> models.LoadedModel | None:
         return None
     st.session_state["lab_last_good_choice"] = choice
     _LOADED_IN_PROCESS.add(choice)
+    slot = st.session_state.get(STATUS_SLOT_KEY)
+    if slot is not None:  # the sidebar rendered "not loaded yet" earlier in this run: update it
+        _show_loaded(slot, lm)
     st.session_state.pop(ERROR_KEY, None)
     return lm
 
@@ -119,11 +123,17 @@ def render_sidebar() -> None:
         choice = current_choice()
         if ERROR_KEY in st.session_state:
             st.caption(f"Last load failed: {st.session_state[ERROR_KEY]}")
+        slot = st.empty()
+        st.session_state[STATUS_SLOT_KEY] = slot
         if is_loaded(choice):
-            lm = _load_cached(*choice)
-            st.success(f"Loaded: {lm.describe()}", icon=":material/check_circle:")
+            _show_loaded(slot, _load_cached(*choice))
         else:
-            st.info(f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon=":material/hourglass_empty:")
-            if st.button("Load now", key="lab_model_load_now"):
-                if get_model() is not None:
-                    st.rerun()
+            with slot.container():  # replaced whole by the "Loaded" note once a page loads the model
+                st.info(f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon=":material/hourglass_empty:")
+                load_now = st.button("Load now", key="lab_model_load_now")
+            if load_now and get_model() is not None:
+                st.rerun()
+
+
+def _show_loaded(slot, lm: models.LoadedModel) -> None:
+    slot.success(f"Loaded: {lm.describe()}", icon=":material/check_circle:")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -657,3 +658,13 @@ def list_runs(root: Path | None = None) -> list[tuple[GrokConfig, dict]]:
         runs.append((config, RunCache(config, root).status(), cfg_path.stat().st_mtime))
     runs.sort(key=lambda r: -r[2])
     return [(c, s) for c, s, _ in runs]
+
+
+def delete_run(config: GrokConfig, root: Path | None = None) -> None:
+    """Remove a cached run (metrics, checkpoints, summary); refused while it is training."""
+    if is_training(config, root):
+        raise LabError("This run is training right now: stop it before deleting it.")
+    base = Path(root) if root else cache_dir(CACHE_TOPIC)
+    target = base / config.key()
+    if target.is_dir():
+        shutil.rmtree(target)

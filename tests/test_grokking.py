@@ -125,3 +125,16 @@ def test_transformer_trains_and_is_measured(tmp_path):
     assert {"blocks.0.W_Q.weight", "blocks.1.W_out.weight", "embed.weight", "unembed.weight"} <= names
     assert {"block0.resid_out", "block1.resid_out"} <= set(measures.loc[measures["kind"] == "activation", "name"])
     assert len(measures) == 3 * (len(names))  # 3 checkpoints (0, 10, 20), one row per matrix / layer each
+
+
+def test_delete_run_removes_it_from_the_cache(tmp_path):
+    from engine.grokking import delete_run, list_runs
+
+    config = GrokConfig(p=23, train_frac=0.8, steps=30, eval_every=10, checkpoint_every=10, stop_after_grok=-1)
+    ga.run_experiment(config, root=tmp_path, threads=1)
+    other = config.replace(seed=1)
+    ga.run_experiment(other, root=tmp_path, threads=1)
+    assert {c.key() for c, _ in list_runs(tmp_path)} == {config.key(), other.key()}
+    delete_run(config, tmp_path)
+    assert [c.key() for c, _ in list_runs(tmp_path)] == [other.key()]
+    assert not (tmp_path / config.key()).exists() and (tmp_path / other.key()).is_dir()

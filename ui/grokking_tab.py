@@ -277,6 +277,17 @@ def _reopen_picker() -> None:
     if pick != "—" and st.session_state.get("grok_reopened") != pick:
         st.session_state["grok_reopened"] = pick
         st.session_state["grok_view"] = configs[pick]
+    if pick != "—" and st.button("Delete this cached run", key="grok_delete", icon=":material/delete:"):
+        try:
+            grokking.delete_run(configs[pick])
+        except LabError as err:
+            st.error(str(err), icon=":material/error:")
+            return
+        st.session_state.pop("grok_reopened", None)
+        st.session_state.pop("grok_reopen", None)
+        if st.session_state.get("grok_view") == configs[pick]:
+            st.session_state.pop("grok_view", None)
+        st.rerun()
 
 
 def render() -> None:

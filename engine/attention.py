@@ -220,6 +220,7 @@ def forward_attentions(lm: Any, token_ids: list[int]) -> np.ndarray:
                 out = lm.model(**kwargs)
     except (torch.OutOfMemoryError, MemoryError) as err:
         raise LabError(f"Out of memory running '{lm.name}' on {len(token_ids)} tokens: lower the token limit.") from err
+    # Some attention implementations (sdpa, flash) raise these when asked for weights: one line, not a traceback.
     except (ValueError, RuntimeError, NotImplementedError, TypeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         if "attention" in first.lower() or "attn" in first.lower():

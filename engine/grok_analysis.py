@@ -33,6 +33,7 @@ import pandas as pd
 from engine import grokking
 from engine.grok_superweights import MEASURE_COLUMNS, MeasureSettings, measure_checkpoint
 from engine.grokking import GrokConfig, RunCache
+from engine.paths import atomic_write
 
 MEASURES = ("super_weight", "max_over_median", "kurtosis", "top_coordinate", "massive_activation")
 MEASURE_LABELS = {
@@ -144,7 +145,7 @@ def summarize(cache: RunCache, settings: OnsetSettings = OnsetSettings()) -> dic
     summary = {"key": cache.config.key(), "config": asdict(cache.config), "state": status.get("state"),
                "message": status.get("message", ""), "onset_settings": asdict(settings),
                **run_events(cache.metrics(), _read_measures(cache), settings)}
-    grokking._atomic_write(cache.summary_path, json.dumps(summary, indent=1))
+    atomic_write(cache.summary_path, json.dumps(summary, indent=1))
     return summary
 
 

@@ -21,6 +21,7 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from engine.errors import LabError
-from engine.paths import cache_dir
+from engine.paths import atomic_write, cache_dir
 
 CACHE_TOPIC = "grokking"
 FORMAT_VERSION = 1
@@ -340,7 +341,7 @@ class RunCache:
             return {"state": "new", "step": 0, "message": ""}
 
     def set_status(self, state: str, step: int, message: str = "") -> None:
-        _atomic_write(self.status_path, json.dumps({"state": state, "step": step, "message": message, "time": time.time()}))
+        atomic_write(self.status_path, json.dumps({"state": state, "step": step, "message": message, "time": time.time()}))
 
     def is_finished(self) -> bool:
         return self.status().get("state") == "finished" and self.metrics_path.exists()
@@ -378,16 +379,11 @@ class RunCache:
             return None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}.{threading.get_ident()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically (see engine.paths.atomic_write)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 _ACTIVE: dict[str, threading.Event] = {}  # run dir -> stop event of the run training it in this process
@@ -640,7 +636,7 @@ def _truncate_after(cache: RunCache, step: int) -> None:
         if path.exists():
             frame = pd.read_csv(path)
             frame = frame[frame["step"] <= step]
-            _atomic_write(path, frame.to_csv(index=False))
+            atomic_write(path, frame.to_csv(index=False))
 
 
 def list_runs(root: Path | None = None) -> list[tuple[GrokConfig, dict]]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import LabError
-from engine.paths import cache_dir
+from engine.paths import atomic_write, cache_dir
 from engine.uq.generation import GenerationConfig, default_hidden_layers, generate_record, n_layers_of
 from engine.uq.records import QuestionRecord
 
@@ -34,17 +34,8 @@ _RECORD_FIELDS = ("id", "question", "references", "answer", "answer_token_logpro
                   "sample_token_logprobs", "hidden_layers", "seconds")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=True).encode("utf-8"))
+    atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=True).encode("utf-8"))
 
 
 def _read_json(path: Path, default):
@@ -116,7 +107,7 @@ class RunStore:
         return sorted(out)
 
     def write_record(self, index: int, record: QuestionRecord) -> None:
-        _atomic_write(self.record_path(index), record_to_bytes(record))
+        atomic_write(self.record_path(index), record_to_bytes(record))
 
     def load_records(self, limit: int | None = None) -> list[QuestionRecord]:
         """Saved records in question order (the first `limit` questions only, when given)."""
@@ -172,7 +163,7 @@ def open_run(model_name: str, questions: pd.DataFrame, generation: GenerationCon
         (store.path / "records").mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({"id": q, "question": t, "references": list(r)}, ensure_ascii=False)
                  for q, t, r in zip(questions["id"], questions["question"], questions["references"])]
-        _atomic_write(store.path / "questions.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
+        atomic_write(store.path / "questions.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
         _write_json(store.path / "config.json", {
             "model": model_name, "generation": dataclasses.asdict(generation), "questions_hash": qhash,
             "n_questions": len(questions), "source": source, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -502,7 +493,7 @@ def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.csv", out / "summary.json", out / "summary.md"]
-    _atomic_write(paths[0], results_csv(evaluation))
-    _atomic_write(paths[1], summary_json(evaluation).encode("utf-8"))
-    _atomic_write(paths[2], summary_md(evaluation).encode("utf-8"))
+    atomic_write(paths[0], results_csv(evaluation))
+    atomic_write(paths[1], summary_json(evaluation).encode("utf-8"))
+    atomic_write(paths[2], summary_md(evaluation).encode("utf-8"))
     return paths

@@ -4,8 +4,9 @@ Targets (issue "Super weights page, part 1"): the hooked scan costs <= 1.5x a pl
 same model body on the same tokens; the ablation table (5 conditions: perplexity over ~4k tokens of the
 bundled text, stopword shift on 8 prompts, 3 greedy continuations of 8 tokens) takes <= 60 s.
 The 2 cores are shared: the load average is reported beside the timings, and the ablation is timed both
-with torch's default thread count and with one thread (OpenMP spin-waiting makes 2 threads slow on a
-busy machine).
+with torch's default thread count (the target) and with one thread (what a session gets when another
+keeps the second core busy). Perplexity, the bulk of the table, runs the 262k-vocabulary LM head one
+vocabulary tile at a time (engine.ablation.next_token_nll).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def run(quick: bool = False) -> list[dict]:
         start = time.perf_counter()
         result = ablation.ablation_table(lm, candidates, max_tokens=tokens)
         seconds = time.perf_counter() - start
-        target = "<= 60 s" if tokens >= 4096 else ""
-        rows.append(row("super weights", f"ablation table, {result.eval_tokens} tokens, {n} thread(s), load {load:.1f}",
+        # The target is for this CPU (its 2 cores, torch's default); the 1-thread run shows what a
+        # session gets when another one keeps the second core busy, and carries no target.
+        target = "<= 60 s" if tokens >= 4096 and n == threads else ""
+        label = "" if n == threads else " (other core busy; no target)"
+        rows.append(row("super weights", f"ablation table, {result.eval_tokens} tokens, {n} thread(s), load {load:.1f}{label}",
                         seconds, "s", target, seconds <= 60 if target else None))
     torch.set_num_threads(threads)
     return rows

@@ -1,6 +1,8 @@
 """Run every benchmark in benchmarks/ and write one Markdown table (machine, date, figure vs target).
 
 Usage: python benchmarks/run_all.py [--quick] [--only NAME ...]; writes benchmarks/RESULTS.md.
+With --only, the rows of the benchmarks that were rerun replace theirs in the existing file and the
+other rows are kept (with a line saying which rows are newer).
 """
 
 from __future__ import annotations
@@ -16,6 +18,36 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import machine, markdown_table, row  # noqa: E402
+
+
+RESULTS = HERE / "RESULTS.md"
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def merged_table(old_report: str, new_table: str) -> tuple[str, str]:
+    """The old report's table with the rows of each benchmark in `new_table` replaced (in place;
+    benchmarks new to the file go last), and the old header lines (machine, date, earlier reruns)."""
+    lines = old_report.splitlines()
+    old_rows = [l for l in lines if l.startswith("| ") and not l.startswith("| benchmark |")]
+    header = "\n".join(l for l in lines if l and not l.startswith("|") and not l.startswith("# "))
+    new_lines = new_table.splitlines()
+    new_rows = new_lines[2:]
+    groups: dict[str, list[str]] = {}
+    for line in new_rows:
+        groups.setdefault(_cells(line)[0], []).append(line)
+    out, placed = [], set()
+    for line in old_rows:
+        name = _cells(line)[0]
+        if name not in groups:
+            out.append(line)
+        elif name not in placed:
+            out.extend(groups[name])
+            placed.add(name)
+    out.extend(l for name, ls in groups.items() if name not in placed for l in ls)
+    return "\n".join(new_lines[:2] + out), header
 
 
 def main(argv: list[str]) -> int:
@@ -34,12 +66,15 @@ def main(argv: list[str]) -> int:
             traceback.print_exc()
             rows.append(row(name, "FAILED (see log)", float("nan")))
         print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    report = (
-        "# Benchmark results\n\n"
-        f"Machine: {machine()}  \nDate: {datetime.date.today().isoformat()}"
-        f"{'  (quick mode)' if quick else ''}\n\n{markdown_table(rows)}\n"
-    )
-    (HERE / "RESULTS.md").write_text(report)
+    today = datetime.date.today().isoformat()
+    table = markdown_table(rows)
+    header = f"Machine: {machine()}  \nDate: {today}{'  (quick mode)' if quick else ''}"
+    if only and RESULTS.exists():
+        table, kept_header = merged_table(RESULTS.read_text(), table)
+        rerun = ", ".join(sorted({r["benchmark"] for r in rows}))
+        header = f"{kept_header}  \nRerun on {today}{' (quick mode)' if quick else ''}: {rerun}"
+    report = f"# Benchmark results\n\n{header}\n\n{table}\n"
+    RESULTS.write_text(report)
     print(report)
     return 0
 

@@ -213,24 +213,55 @@ def eval_windows(lm, text: str | None = None, window: int = 512, max_tokens: int
     return windows
 
 
-def _logits(lm, hidden: torch.Tensor) -> torch.Tensor:
-    """LM-head logits of some hidden states, with the family's final soft-capping (Gemma 2)."""
-    logits = lm.model.get_output_embeddings()(hidden).float()
-    cap = getattr(lm.text_config, "final_logit_softcapping", None)
+def _cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """The family's final logit soft-capping, cap * tanh(logits / cap) (Gemma 2); identity without one."""
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def _logits(lm, hidden: torch.Tensor) -> torch.Tensor:
+    """LM-head logits (float32) of a few hidden states, soft-capped as the model does."""
+    logits = lm.model.get_output_embeddings()(hidden).float()
+    return _cap(logits, getattr(lm.text_config, "final_logit_softcapping", None))
+
+
 @torch.no_grad()
-def perplexity(lm, windows: Sequence[torch.Tensor], head_rows: int = 256) -> float:
-    """exp(mean next-token NLL) over all windows; the LM head runs `head_rows` positions at a time."""
+def next_token_nll(lm, hidden: torch.Tensor, targets: torch.Tensor, vocab_tile: int = 4096) -> torch.Tensor:
+    """-log softmax(head(h_t))[y_t] for each row of `hidden` [T, d] (float32, [T]).
+
+    The log-partition is accumulated one vocabulary tile at a time with a running max and rescaled sum
+    (the "online softmax" of Milakov & Gimelshein 2018), so the [T, vocab] logits never exist at once;
+    the target logit is read from its tile. Equal to cross-entropy on the full logits up to float
+    rounding, and faster on a CPU: each [T, tile] block stays in cache between the matmul and the exp.
+    """
+    head = lm.model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    cap = getattr(lm.text_config, "final_logit_softcapping", None)
+    hidden, targets = hidden.to(weight.device, weight.dtype), targets.to(weight.device)
+    n = hidden.shape[0]
+    rows = torch.arange(n, device=hidden.device)
+    run_max = torch.full((n,), -math.inf, device=hidden.device)
+    run_sum = torch.zeros(n, device=hidden.device)
+    target_logit = torch.zeros(n, device=hidden.device)
+    for v in range(0, weight.shape[0], vocab_tile):
+        b = None if bias is None else bias[v:v + vocab_tile]
+        x = _cap(F.linear(hidden, weight[v:v + vocab_tile], b).float(), cap)
+        inside = (targets >= v) & (targets < v + x.shape[1])
+        target_logit[inside] = x[rows[inside], targets[inside] - v]
+        new_max = torch.maximum(run_max, x.amax(dim=-1))
+        run_sum = run_sum * torch.exp(run_max - new_max) + x.sub_(new_max[:, None]).exp_().sum(dim=-1)
+        run_max = new_max
+    return run_max + run_sum.log() - target_logit
+
+
+@torch.no_grad()
+def perplexity(lm, windows: Sequence[torch.Tensor], vocab_tile: int = 4096) -> float:
+    """exp(mean next-token NLL) over all windows (the NLL from `next_token_nll`)."""
     total, count = 0.0, 0
     with lm.lock:
         for ids in windows:
             hidden = body(lm.model)(input_ids=ids).last_hidden_state[0, :-1]
             targets = ids[0, 1:]
-            for start in range(0, hidden.shape[0], head_rows):
-                logits = _logits(lm, hidden[start:start + head_rows])
-                total += F.cross_entropy(logits, targets[start:start + head_rows], reduction="sum").item()
+            total += next_token_nll(lm, hidden, targets, vocab_tile).sum().item()
             count += targets.numel()
     return math.exp(total / count) if count else float("nan")
 
@@ -249,41 +280,64 @@ def stopword_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def left_padded(lm, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids and attention mask [N, width] of the prompts (with BOS), left-padded so that every
+    prompt ends at the last column; and the pad id used (the tokenizer's, else its EOS)."""
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = [encode(lm, p)[0] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return ids, mask, pad
+
+
 @torch.no_grad()
-def next_token_probs(lm, prompt: str) -> torch.Tensor:
-    """Softmax of the next-token logits after a prompt (float32, [vocab])."""
-    hidden = body(lm.model)(input_ids=encode(lm, prompt)).last_hidden_state[0, -1:]
-    return torch.softmax(_logits(lm, hidden)[0], dim=-1)
+def next_token_probs(lm, prompts: Sequence[str]) -> torch.Tensor:
+    """Softmax of the next-token logits after each prompt (float32, [N, vocab]), all prompts in one
+    left-padded forward pass (positions counted from each prompt's first token)."""
+    ids, mask, _ = left_padded(lm, prompts)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    hidden = body(lm.model)(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -1]
+    return torch.softmax(_logits(lm, hidden), dim=-1)
 
 
-def stopword_shift(lm, prompts: Sequence[tuple[str, str]] = STOPWORD_PROMPTS) -> pd.DataFrame:
+def stopword_shift(lm, prompts: Sequence[tuple[str, str]] = STOPWORD_PROMPTS,
+                   stop_ids: Sequence[int] | None = None) -> pd.DataFrame:
     """Per prompt: P(next token is a stopword) and P(expected content word's first token), top-1 token."""
-    stop = torch.tensor(stopword_ids(lm.tokenizer))
-    rows = []
+    stop = torch.tensor(stopword_ids(lm.tokenizer) if stop_ids is None else list(stop_ids))
     with lm.lock:
-        for prompt, expected in prompts:
-            probs = next_token_probs(lm, prompt)
-            target = lm.tokenizer(expected, add_special_tokens=False).input_ids[0]
-            top = int(probs.argmax())
-            rows.append({
-                "prompt": prompt, "expected": expected.strip(),
-                "p_stopwords": float(probs[stop.to(probs.device)].sum()),
-                "p_expected": float(probs[target]),
-                "top1": lm.tokenizer.decode([top]),
-            })
+        probs = next_token_probs(lm, [prompt for prompt, _ in prompts]) if prompts else None
+    rows = []
+    for i, (prompt, expected) in enumerate(prompts):
+        target = lm.tokenizer(expected, add_special_tokens=False).input_ids[0]
+        top = int(probs[i].argmax())
+        rows.append({
+            "prompt": prompt, "expected": expected.strip(),
+            "p_stopwords": float(probs[i, stop.to(probs.device)].sum()),
+            "p_expected": float(probs[i, target]),
+            "top1": lm.tokenizer.decode([top]),
+        })
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def greedy_continuation(lm, prompt: str, max_new_tokens: int = 8) -> str:
-    """Greedy decoding of a few tokens after the prompt (the new text only)."""
-    ids = encode(lm, prompt)
+def greedy_continuations(lm, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+    """Greedy decoding of a few tokens after each prompt (the new text only), all prompts in one batch
+    (left-padded; a decoding step costs about as much for three prompts as for one)."""
+    if not prompts:
+        return []
+    ids, mask, pad = left_padded(lm, prompts)
+    width = ids.shape[1]
     with lm.lock:
         out = lm.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-            do_sample=False, top_p=None, top_k=None, pad_token_id=lm.tokenizer.pad_token_id,
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+            do_sample=False, top_p=None, top_k=None, pad_token_id=pad,
         )
-    return lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return [lm.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,13 +478,14 @@ def ablation_table(
     conditions = build_conditions(k_used, scales)
     windows = eval_windows(lm, eval_text, window, max_tokens)
     n_tokens = sum(w.shape[1] - 1 for w in windows)
+    stop_ids = stopword_ids(lm.tokenizer)
     rows, stops, conts = [], [], []
     with lm.lock:
         for cond in conditions:
             with applied(lm, cond, candidates):
                 ppl = perplexity(lm, windows)
-                sw = stopword_shift(lm, stopword_prompts)
-                texts = [greedy_continuation(lm, p, max_new_tokens) for p in continuation_prompts]
+                sw = stopword_shift(lm, stopword_prompts, stop_ids)
+                texts = greedy_continuations(lm, continuation_prompts, max_new_tokens)
             rows.append({
                 "condition": cond.name, "perplexity": ppl,
                 "p_stopwords": float(sw["p_stopwords"].mean()), "p_expected": float(sw["p_expected"].mean()),

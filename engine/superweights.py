@@ -307,9 +307,10 @@ class Detection:
     rule: str
     stop_reason: str
     note: str = ""
+    rejected: list[Candidate] = dataclasses.field(default_factory=list)  # their spike survived their removal
 
-    def frame(self) -> pd.DataFrame:
-        rows = [dataclasses.asdict(c) for c in self.candidates]
+    def frame(self, rejected: bool = False) -> pd.DataFrame:
+        rows = [dataclasses.asdict(c) for c in (self.rejected if rejected else self.candidates)]
         frame = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Candidate)])
         frame["persists_in_layers"] = frame["persists_in_layers"].map(lambda v: ",".join(map(str, v)))
         return frame
@@ -322,6 +323,7 @@ class Detection:
             "stop_reason": self.stop_reason,
             "note": self.note,
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
+            "rejected": [dataclasses.asdict(c) for c in self.rejected],
             "scans": [s.to_json() for s in self.scans],
         }
 
@@ -380,7 +382,8 @@ def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relat
     """The paper's iterative procedure: scan, take the strongest spiking layer's W[r, c], zero it, re-scan.
 
     Stops when no layer's max |output| reaches the threshold (fixed from the original scan), when the
-    same coordinate comes back, or after `max_iterations`. All zeroed weights are restored bit-for-bit
+    same coordinate comes back (zeroing that weight did not remove the spike, so it is moved from the
+    candidates to `rejected`), or after `max_iterations`. All zeroed weights are restored bit-for-bit
     (checked) before returning. On a quantized model only the first scan's candidate is reported.
     """
     import contextlib
@@ -395,7 +398,7 @@ def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relat
     with lm.lock, contextlib.ExitStack() as removed:  # unwinds (restores every weight) on exit
         current = scan(lm, prompts)
         threshold, reference, rule = spike_threshold(current, mode, factor, absolute)
-        scans, candidates = [current], []
+        scans, candidates, rejected = [current], [], []
         stop = f"stopped after {max_iterations} iteration(s)"
         for iteration in range(max_iterations if editable else 1):
             spiking = [s for s in current.layers if s.max_abs_output >= threshold]
@@ -404,8 +407,11 @@ def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relat
                 break
             top = max(spiking, key=lambda s: s.max_abs_output)
             coord = (top.layer, top.output_channel, top.spike_input_channel)
-            if any(c.coord == coord for c in candidates):
-                stop = f"the spike at {coord} remains after zeroing that weight (not a single-weight effect)"
+            if any(c.coord == coord for c in candidates):  # zeroing W[r, c] left the spike where it was
+                rejected = [c for c in candidates if c.coord == coord]
+                candidates = [c for c in candidates if c.coord != coord]
+                stop = (f"the spike at {coord} remains after zeroing that weight (not a single-weight effect; "
+                        "listed as rejected, not as a super weight)")
                 break
             candidates.append(_candidate(lm, current, top, iteration, reference, persist_factor))
             if not editable or iteration == max_iterations - 1:
@@ -413,7 +419,7 @@ def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relat
             removed.enter_context(edited_weights(lm, [ElementEdit.zero(lm.model, *coord)]))
             current = scan(lm, prompts)
             scans.append(current)
-    return Detection(candidates, scans, reference, threshold, rule, stop, note)
+    return Detection(candidates, scans, reference, threshold, rule, stop, note, rejected)
 
 
 # ---------------------------------------------------------------------------------------------

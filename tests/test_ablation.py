@@ -121,22 +121,53 @@ def test_chunked_perplexity_equals_the_library_loss(lm):
             nll += out.loss.item() * (w.shape[1] - 1)
             n += w.shape[1] - 1
     expected = math.exp(nll / n)
-    assert ab.perplexity(lm, windows, head_rows=5) == pytest.approx(expected, rel=1e-5)
-    assert ab.perplexity(lm, windows, head_rows=1000) == pytest.approx(expected, rel=1e-5)
+    assert ab.perplexity(lm, windows, vocab_tile=7) == pytest.approx(expected, rel=1e-5)
+    assert ab.perplexity(lm, windows, vocab_tile=10**6) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(LabError, match="empty"):
         ab.eval_windows(lm, "   ")
+
+
+@pytest.mark.parametrize("cap", [None, 0.5])
+def test_tiled_nll_equals_cross_entropy_on_full_logits(lm, cap, monkeypatch):
+    monkeypatch.setattr(lm.text_config, "final_logit_softcapping", cap, raising=False)
+    ids = sw.encode(lm, "The cat sat on the mat. Summer is hot. Winter is cold.")
+    with torch.no_grad():
+        hidden = sw.run_body(lm, ids)[0, :-1]
+    targets = ids[0, 1:]
+    logits = ab._logits(lm, hidden)
+    if cap:
+        assert logits.abs().max() < cap  # soft-capping was applied
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    for tile in (1, 7, vocab - 1, vocab, 10**6):  # uneven tiles, a target in the last partial tile
+        got = ab.next_token_nll(lm, hidden, targets, vocab_tile=tile)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_stopword_shift_and_continuation(lm):
     ids = ab.stopword_ids(lm.tokenizer)
     the = lm.tokenizer(" the", add_special_tokens=False).input_ids
     assert len(the) == 1 and the[0] in ids
-    frame = ab.stopword_shift(lm, [("The cat sat on", " mat")])
-    probs = ab.next_token_probs(lm, "The cat sat on")
-    assert frame.loc[0, "p_stopwords"] == pytest.approx(float(probs[torch.tensor(ids)].sum()), rel=1e-6)
+    frame = ab.stopword_shift(lm, [("The cat sat on", " mat"), ("Summer is", " hot")])
+    for i, prompt in enumerate(["The cat sat on", "Summer is"]):  # left-padded batch = each prompt alone
+        with torch.no_grad():
+            probs = torch.softmax(lm.model(sw.encode(lm, prompt)).logits[0, -1].float(), dim=-1)
+        assert frame.loc[i, "p_stopwords"] == pytest.approx(float(probs[torch.tensor(ids)].sum()), rel=1e-5)
+        mat = lm.tokenizer(" mat" if i == 0 else " hot", add_special_tokens=False).input_ids[0]
+        assert frame.loc[i, "p_expected"] == pytest.approx(float(probs[mat]), rel=1e-5)
     assert 0 < frame.loc[0, "p_expected"] < 1
-    text = ab.greedy_continuation(lm, "The cat", max_new_tokens=3)
-    assert isinstance(text, str)
+    prompts = ["The cat", "Apple Inc. is a worldwide tech", "Summer is hot. Winter is"]  # unequal lengths
+    batched = ab.greedy_continuations(lm, prompts, max_new_tokens=4)
+    alone = [ab.greedy_continuations(lm, [p], max_new_tokens=4)[0] for p in prompts]
+    assert batched == alone and all(batched)  # left padding changes nothing
+    for prompt, text in zip(prompts, batched):  # = a plain argmax loop without a KV cache
+        ids = sw.encode(lm, prompt)
+        start = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(4):
+                ids = torch.cat([ids, lm.model(ids).logits[:, -1:].argmax(-1)], dim=1)
+        assert text == lm.tokenizer.decode(ids[0, start:], skip_special_tokens=True)
+    assert ab.greedy_continuations(lm, []) == []
 
 
 def test_ablation_refused_on_quantized_model(lm, candidates):

@@ -38,6 +38,7 @@ def attention_session(prompt: str) -> tuple:
     at = AppTest.from_file(ATTENTION, default_timeout=600)
     at.run()
     at.text_area(key="attn_prompt").set_value(prompt).run()
+    assert not at.exception and not at.error, (list(at.exception), [e.value for e in at.error])
     at.selectbox(key="attn_layer").set_value(5)
     at.selectbox(key="attn_head").set_value(1)
     at.run()
@@ -77,6 +78,10 @@ def uq_session() -> tuple:
     return run_id, answers
 
 
+def _app_test_on(get_option):
+    return lambda name: True if name == "global.appTest" else get_option(name)
+
+
 def _loaded_copies() -> int:
     gc.collect()
     return sum(1 for o in gc.get_objects() if isinstance(o, LoadedModel) and o.name == EMBEDDED_LM)
@@ -113,6 +118,13 @@ def test_four_sessions_at_once(tmp_path, monkeypatch):
         except BaseException as err:  # noqa: BLE001 - reported below
             errors[name] = err
 
+    # AppTest turns its "global.appTest" option on for each run by patching streamlit's config.get_option
+    # process-wide and restoring it afterwards: with runs in threads, one run's restore switches the option
+    # off under another run, which then fails to record its widgets' format functions (a KeyError inside
+    # AppTest, not in the app). Holding the option on for the whole test makes every restore harmless.
+    from streamlit import config
+
+    monkeypatch.setattr(config, "get_option", _app_test_on(config.get_option))
     threads = [threading.Thread(target=work, args=(n, fn, a)) for n, (fn, a) in jobs.items()]
     for t in threads:
         t.start()

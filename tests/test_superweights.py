@@ -85,6 +85,23 @@ def test_planted_super_weight_is_detected_exactly(llama_lm):
     assert sw.down_weight(llama_lm.model, 1)[17, 42].item() == 200.0
 
 
+def test_a_spike_that_survives_zeroing_its_weight_is_rejected():
+    """Layer 2's channel-5 spike comes from W[5, 7] x[7], but the spike token's largest input is channel 42:
+    zeroing W[5, 42] leaves the spike, so that coordinate is rejected, not called a super weight."""
+    lm = planted_llama()
+    mlp = lm.model.model.layers[2].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[42] *= 3
+        mlp.up_proj.weight[42] *= 3
+        mlp.down_proj.weight[5, 7] = 3000.0
+    det = sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0)
+    assert [c.coord for c in det.candidates] == [PLANT]
+    assert [c.coord for c in det.rejected] == [(2, 5, 42)]
+    assert abs(det.rejected[0].share) < 0.05 and "rejected" in det.stop_reason
+    assert list(det.frame(rejected=True)["row"]) == [5]
+    assert sw.down_weight(lm.model, 2)[5, 42].item() != 0.0  # restored
+
+
 def test_zeroing_changes_output_and_restoring_gives_identical_logits(llama_lm):
     from engine.ablation import ElementEdit, edited_weights
 
@@ -213,3 +230,12 @@ def test_embedded_gemma_scan_matches_independent_hooks(embedded_lm):
         assert (s.output_token, s.output_channel) == (t, r)
         assert s.spike_input_channel == int(x[t].abs().argmax())
         assert s.output_value == pytest.approx(y[t, r].item(), rel=1e-6)
+
+
+def test_embedded_gemma_detection_keeps_only_weights_that_make_their_spike(embedded_lm):
+    """The README's finding: one super-weight candidate, layer 0 W[400, 1405], which makes ~99% of its spike;
+    whatever the iterative procedure rejects made less than half of its own."""
+    det = sw.detect(embedded_lm, sw.DEFAULT_PROMPT)
+    assert [c.coord for c in det.candidates] == [(0, 400, 1405)]
+    assert det.candidates[0].share > 0.9
+    assert all(abs(c.share) < 0.5 for c in det.rejected)

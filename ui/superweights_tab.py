@@ -173,6 +173,11 @@ def _render_scan(lm, detection: sw.Detection) -> None:
 
     st.subheader("2. Detected super-weight candidates")
     st.caption(f"Rule: {detection.rule}. Stopped: {detection.stop_reason}. {detection.note}")
+    if detection.rejected:
+        with st.expander(f"Rejected: {len(detection.rejected)} spike(s) that survived zeroing their weight"):
+            st.caption("Zeroing W[r, c] left the spike at the same place: the weight is not what makes it "
+                       "(see 'share': W[r, c]·x[t, c] / y[t, r]). Not ablated below.")
+            st.dataframe(detection.frame(rejected=True), hide_index=True, width="stretch")
     if not detection.candidates:
         st.warning("No layer's down-projection output stands out: no super-weight candidate for this model and "
                    "these prompts.", icon=":material/search_off:")

@@ -54,6 +54,10 @@ def run(args) -> int:
     for c in detection.candidates:
         print(f"  layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g} (rank {c.rank}), super activation "
               f"{c.super_activation:.4g} at token {c.token} {c.token_text!r}, persists in layers {c.persists_in_layers}")
+    if detection.rejected:
+        detection.frame(rejected=True).to_csv(out / "rejected.csv", index=False)
+    for c in detection.rejected:
+        print(f"  rejected: layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g}, share of its spike {c.share:.2f}")
     published = superweights.published_for(lm.name)
     if published:
         compare = superweights.compare_with_published(detection.candidates, published)

@@ -18,6 +18,7 @@ Answers stop at the first newline (brief answers) or EOS; the newline is trimmed
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 
 import numpy as np
@@ -117,6 +118,18 @@ class _NewlineTable:
         return hit
 
 
+def kv_cache_argument(model) -> str:
+    """The forward keyword for the KV cache: `cache` in recent transformers (5.2x, where
+    `past_key_values` is deprecated and goes in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def kv_cache_of(output):
+    """The KV cache of a forward output under either name (see `kv_cache_argument`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def _sample(logprobs, temperature: float, top_p: float, generator):
     """Sample one token per row from softmax(logprobs / T), nucleus-filtered when top_p < 1."""
     import torch
@@ -164,9 +177,10 @@ def generate_record(lm, question: str, config: GenerationConfig, *, qid: str = "
     hidden = np.zeros((rows, len(layers), lm.text_config.hidden_size), dtype=np.float32)
     finished = [False] * rows
     start = time.perf_counter()
+    cache_arg = kv_cache_argument(lm.model)
     with lm.lock, torch.no_grad():
         out = lm.model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = kv_cache_of(out)
         cache.batch_repeat_interleave(rows)
         logits = out.logits[:, -1].float().expand(rows, -1)
         states = [out.hidden_states[layer][:, -1].float().expand(rows, -1) for layer in layers]
@@ -198,8 +212,8 @@ def generate_record(lm, question: str, config: GenerationConfig, *, qid: str = "
             if all(finished):
                 break
             step_ids = torch.tensor(chosen_list, device=lm.device)[:, None]
-            out = lm.model(input_ids=step_ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
-            cache = out.past_key_values
+            out = lm.model(input_ids=step_ids, use_cache=True, output_hidden_states=True, **{cache_arg: cache})
+            cache = kv_cache_of(out)
             logits = out.logits[:, -1]
             states = [out.hidden_states[layer][:, -1] for layer in layers]
         for row in range(rows):  # cut by max_new_tokens: `states` already read the last token

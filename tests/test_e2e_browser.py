@@ -94,11 +94,18 @@ def test_superweights_scan(lab):
     url, page = lab
     _open(page, url, "Super_weights_and_grokking")
     page.get_by_role("button", name="Scan").click()
+    wait_text(page, "2. Detected super-weight candidates")  # the model loads first on a fresh server
     wait_idle(page, timeout_ms=240_000)
     assert_no_exception(page)
     text = page.locator('[data-testid="stMain"]').inner_text()
-    assert "down_proj" in text or "Layer" in text or "layer" in text
+    assert "1. Scan, layer by layer" in text
+    # Gemma 3 270M: one candidate; the spike at layer 0 W[540, 1702] survives zeroing it and is rejected
+    assert "Rejected: 1 spike(s)" in text
     _shot(page, "superweights")
+    page.get_by_text("Rejected: 1 spike(s)").click()
+    wait_idle(page)
+    page.get_by_text("Rejected: 1 spike(s)").scroll_into_view_if_needed()
+    _shot(page, "superweights_rejected")
 
 
 def test_grokking_short_run(lab):

@@ -86,6 +86,16 @@ def _current(key: str, run: dict):
     return state["result"] if state is not None and state["run"] == run else None
 
 
+def _show_rejected(detection) -> None:
+    """Spikes the iterative procedure rejected: zeroing their weight left them in place."""
+    if not detection.rejected:
+        return
+    with st.expander(f"Rejected: {len(detection.rejected)} spike(s) that survived zeroing their weight"):
+        st.caption("Zeroing W[r, c] left the spike at the same place: the weight is not what makes it "
+                   "(see 'share': W[r, c]·x[t, c] / y[t, r]). Not ablated below.")
+        st.dataframe(detection.frame(rejected=True), hide_index=True, width="stretch")
+
+
 def _download(frame: pd.DataFrame, name: str, key: str) -> None:
     st.download_button(f"Download {name}", frame.to_csv(index=False), file_name=name, mime="text/csv", key=key)
 
@@ -173,18 +183,15 @@ def _render_scan(lm, detection: sw.Detection) -> None:
 
     st.subheader("2. Detected super-weight candidates")
     st.caption(f"Rule: {detection.rule}. Stopped: {detection.stop_reason}. {detection.note}")
-    if detection.rejected:
-        with st.expander(f"Rejected: {len(detection.rejected)} spike(s) that survived zeroing their weight"):
-            st.caption("Zeroing W[r, c] left the spike at the same place: the weight is not what makes it "
-                       "(see 'share': W[r, c]·x[t, c] / y[t, r]). Not ablated below.")
-            st.dataframe(detection.frame(rejected=True), hide_index=True, width="stretch")
     if not detection.candidates:
         st.warning("No layer's down-projection output stands out: no super-weight candidate for this model and "
                    "these prompts.", icon=":material/search_off:")
+        _show_rejected(detection)
         return
     frame = detection.frame()
     st.dataframe(frame, hide_index=True, width="stretch")
     _download(frame, "superweight_candidates.csv", "sw_dl_candidates")
+    _show_rejected(detection)
     published = sw.published_for(lm.name)
     if published:
         st.markdown("**Detected vs published** (Yu et al. 2024, Table 2 / their code)")

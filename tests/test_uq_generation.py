@@ -62,3 +62,26 @@ def test_real_model_brief_answer_stops_at_newline(embedded_lm):
     assert "\n" not in record.answer and all("\n" not in s for s in record.samples)
     assert record.hidden_layers == [9, 14, 18] and record.sample_hidden.shape == (3, 3, 640)
     assert len(record.answer_token_logprobs) == 1 and -3 < record.answer_token_logprobs[0] < 0
+
+
+def test_bf16_model_records_float32_hidden_states(tiny_gemma3, monkeypatch):
+    """On CUDA the lab loads models in bf16: a row that ends after the first decoding step must still
+    store its hidden state (numpy has no bf16). Every token after the first is made to end the answer."""
+    import copy
+    import dataclasses
+
+    from engine.uq import generation
+
+    lm = dataclasses.replace(tiny_gemma3, model=copy.deepcopy(tiny_gemma3.model).to(torch.bfloat16))
+    calls = {"n": 0}
+
+    def newline(self, token):
+        calls["n"] += 1
+        return (calls["n"] > 3, "x")  # 3 rows: step 0 goes on, step 1 ends every row
+
+    monkeypatch.setattr(generation._NewlineTable, "__call__", newline)
+    config = GenerationConfig(prompt_template=PROMPT, samples=2, max_new_tokens=6, seed=0)
+    record = generate_record(lm, "the cat", config, index=0)
+    assert len(record.answer_token_logprobs) == 2  # the first token, then the ending token's text "x"
+    assert record.answer_hidden.dtype == np.float32 and np.isfinite(record.answer_hidden).all()
+    assert np.isfinite(record.sample_hidden).all()

@@ -215,11 +215,11 @@ def generate_record(lm, question: str, config: GenerationConfig, *, qid: str = "
             out = lm.model(input_ids=step_ids, use_cache=True, output_hidden_states=True, **{cache_arg: cache})
             cache = kv_cache_of(out)
             logits = out.logits[:, -1]
-            states = [out.hidden_states[layer][:, -1] for layer in layers]
+            states = [out.hidden_states[layer][:, -1].float() for layer in layers]  # bf16 on CUDA
         for row in range(rows):  # cut by max_new_tokens: `states` already read the last token
             if not finished[row]:
                 for j, layer_state in enumerate(states):
-                    hidden[row, j] = layer_state[row].float().cpu().numpy()
+                    hidden[row, j] = layer_state[row].cpu().numpy()
     texts = []
     for row in range(rows):
         body = tokens[row][:-1] if tails[row] else tokens[row]

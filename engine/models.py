@@ -77,6 +77,20 @@ class LoadedModel:
         """True when the tokenizer has a chat template (then pages use it for prompts)."""
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    def chat_text(self, content: str) -> str:
+        """A user message as prompt text: inside the chat template (with the generation prompt) when the
+        tokenizer has one, else the text itself."""
+        if not self.is_instruction_tuned:
+            return content
+        messages = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_inputs(self, content: str) -> Any:
+        """Tokenized `chat_text(content)` (input_ids, attention_mask; [1, T] tensors on the CPU). The
+        tokenizer adds its special tokens (BOS) only outside a chat template, which already holds them."""
+        return self.tokenizer(self.chat_text(content), return_tensors="pt",
+                              add_special_tokens=not self.is_instruction_tuned)
+
     @property
     def text_config(self) -> Any:
         config = self.model.config

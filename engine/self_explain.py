@@ -143,14 +143,8 @@ def explain_head(
     text = build_explain_prompt(template, description, mode)
     chat = lm.is_instruction_tuned or bool(getattr(lm.processor, "chat_template", None))
     if mode == "text":
-        if chat and lm.is_instruction_tuned:
-            prompt = lm.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-            ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        else:
-            prompt = text
-            ids = lm.tokenizer(prompt, return_tensors="pt")
+        prompt = lm.chat_text(text)
+        ids = lm.prompt_inputs(text)
         inputs = {k: v.to(lm.device) for k, v in ids.items() if k in ("input_ids", "attention_mask")}
     else:
         from engine.attention_png import heatmap_image

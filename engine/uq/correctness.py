@@ -145,11 +145,7 @@ def llm_judge(lm, questions: list[str], references: list[list[str]], answers: li
         if not refs:
             verdicts.append(None)
         else:
-            prompt = judge_prompt(question, refs, answer)
-            if lm.is_instruction_tuned:
-                prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                       add_generation_prompt=True)
-            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not lm.is_instruction_tuned).input_ids
+            ids = lm.prompt_inputs(judge_prompt(question, refs, answer)).input_ids
             with lm.lock, torch.no_grad():
                 logits = lm.model(input_ids=ids.to(lm.device), logits_to_keep=1).logits[0, -1].float()
             probs = torch.softmax(logits, -1)

@@ -77,11 +77,7 @@ def n_layers_of(lm) -> int:
 
 def build_prompt(lm, template: str, question: str) -> str:
     """The prompt text: the template with the question in it, inside the chat template when there is one."""
-    content = template.replace("{question}", question)
-    if lm.is_instruction_tuned:
-        messages = [{"role": "user", "content": content}]
-        return lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return content
+    return lm.chat_text(template.replace("{question}", question))
 
 
 def question_seed(seed: int, index: int) -> int:
@@ -162,9 +158,7 @@ def generate_record(lm, question: str, config: GenerationConfig, *, qid: str = "
     if any(not 0 <= layer <= n_layers for layer in layers):
         raise LabError(f"Hidden layers must be between 0 and {n_layers} for this model.")
     tokenizer = lm.tokenizer
-    prompt = build_prompt(lm, config.prompt_template, question)
-    add_special = not lm.is_instruction_tuned  # the chat template already has <bos>
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special).input_ids.to(lm.device)
+    ids = lm.prompt_inputs(config.prompt_template.replace("{question}", question)).input_ids.to(lm.device)
     rows = config.samples + 1
     eos = _eos_ids(lm)
     newline = _NewlineTable(tokenizer)

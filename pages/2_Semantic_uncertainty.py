@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import LabError
+from engine.uq import correctness, estimators
 from engine.uq import questions as qmod
 from engine.uq import runs
 from engine.uq.generation import CHAT_TEMPLATE, FEW_SHOT_TEMPLATE, GenerationConfig
@@ -38,13 +39,8 @@ with st.expander("Method", icon=":material/info:"):
         "accuracy at 50% coverage, AUROC for detecting wrong answers, PRR, area under the accuracy-rejection "
         "curve, each with a 95% bootstrap interval over questions.\n"
         "- Every score is *higher = more uncertain*.")
-    try:
-        from engine.uq.estimators import ESTIMATORS
-
-        st.dataframe(pd.DataFrame([{"score": e.name, "kind": e.kind, "formula": e.formula} for e in ESTIMATORS.values()]),
-                     hide_index=True, width="stretch")
-    except ImportError:
-        st.info("The estimators module is not installed in this checkout.")
+    st.dataframe(pd.DataFrame([{"score": e.name, "kind": e.kind, "formula": e.formula}
+                               for e in estimators.ESTIMATORS.values()]), hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------------------------------------
 # 1. Question set
@@ -172,12 +168,12 @@ if done == 0:
 # 3. Correctness and 5. the table
 st.header("3. Correctness")
 c1, c2, c3 = st.columns(3)
-judge = c1.selectbox("Judge", ["auto", "contains", "f1", "embedding", "llm"], key="uq_judge",
+judge = c1.selectbox("Judge", list(correctness.JUDGES), key="uq_judge",
                      help="auto: normalised reference contained in the answer, or SQuAD token F1 >= threshold. "
                           "embedding: MiniLM cosine to the best reference >= threshold. llm: the Nature paper's "
                           "yes/no prompt to the loaded model (run it below). Manual marks override every judge.")
-f1_threshold = float(c2.slider("F1 threshold", 0.1, 1.0, 0.5, 0.05, key="uq_f1"))
-emb_threshold = float(c3.slider("Embedding threshold", 0.3, 1.0, 0.7, 0.05, key="uq_emb"))
+f1_threshold = float(c2.slider("F1 threshold", 0.1, 1.0, correctness.F1_THRESHOLD, 0.05, key="uq_f1"))
+emb_threshold = float(c3.slider("Embedding threshold", 0.3, 1.0, correctness.EMBEDDING_THRESHOLD, 0.05, key="uq_emb"))
 if st.button("Run the LLM judge (loaded model)", key="uq_llm_judge", icon=":material/gavel:"):
     judge_lm = get_model()
     if judge_lm is not None:
@@ -257,8 +253,8 @@ if new_marks != store.marks():
     st.rerun()
 
 st.subheader("Drill-down")
-pick = st.selectbox("Question", list(view["id"]), key="uq_drill",
-                    format_func=lambda i: f"{i}: {view.set_index('id').loc[i, 'question'][:80]}")
+question_of = dict(zip(view["id"], view["question"]))
+pick = st.selectbox("Question", list(view["id"]), key="uq_drill", format_func=lambda i: f"{i}: {question_of[i][:80]}")
 record = next(r for r in evaluation.records if r.id == pick)
 st.text(f"Question: {record.question}\nReferences: {' | '.join(record.references)}\nGraded answer: {record.answer}")
 labels_of = evaluation.clusters.get(pick, [])

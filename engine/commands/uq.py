@@ -10,6 +10,8 @@ import sys
 
 
 def register(subparsers) -> None:
+    from engine.uq import correctness
+
     parser = subparsers.add_parser(
         "uq", help="semantic vs surface uncertainty: A1/A2/A3 on a question set (results.csv, summary.json/.md)")
     parser.add_argument("--questions", required=True,
@@ -26,11 +28,11 @@ def register(subparsers) -> None:
     parser.add_argument("--question-column", default=None, help="column holding the questions (default: guessed)")
     parser.add_argument("--answer-column", default=None, help="column holding the references (default: guessed)")
     parser.add_argument("--id-column", default=None, help="column holding ids (default: guessed, else row number)")
-    parser.add_argument("--judge", default="auto", choices=["auto", "contains", "f1", "embedding", "llm"],
+    parser.add_argument("--judge", default="auto", choices=correctness.JUDGES,
                         help="correctness judge (auto = normalised containment or F1 >= --f1-threshold)")
     parser.add_argument("--judge-model", default=None, help="model for --judge llm (default: the generating model)")
-    parser.add_argument("--f1-threshold", type=float, default=0.5)
-    parser.add_argument("--embedding-threshold", type=float, default=0.7)
+    parser.add_argument("--f1-threshold", type=float, default=correctness.F1_THRESHOLD)
+    parser.add_argument("--embedding-threshold", type=float, default=correctness.EMBEDDING_THRESHOLD)
     parser.add_argument("--usual", default="mean_token_nll", help="score behind A2 (default mean_token_nll)")
     parser.add_argument("--semantic", default="semantic_entropy", help="score behind A3 (default semantic_entropy)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+import weakref
+from typing import Any
 
 import numpy as np
 
@@ -99,11 +101,12 @@ def _eos_ids(lm) -> set[int]:
 class _NewlineTable:
     """Token id -> (has newline, text before the newline), decoded lazily and memoised per tokenizer."""
 
-    _tables: dict[int, dict[int, tuple[bool, str]]] = {}
+    # Keyed by the tokenizer object itself (weakly): an id() could be reused by the next tokenizer loaded.
+    _tables: "weakref.WeakKeyDictionary[Any, dict[int, tuple[bool, str]]]" = weakref.WeakKeyDictionary()
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.table = self._tables.setdefault(id(tokenizer), {})
+        self.table = self._tables.setdefault(tokenizer, {})
 
     def __call__(self, token: int) -> tuple[bool, str]:
         hit = self.table.get(token)
@@ -133,8 +136,8 @@ def _sample(logprobs, temperature: float, top_p: float, generator):
     scaled = logprobs / temperature
     if top_p < 1.0:
         sorted_lp, order = torch.sort(scaled, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_lp, -1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_lp, -1) >= top_p  # keep the smallest set reaching top_p
+        probs = torch.softmax(sorted_lp, -1)
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest set reaching top_p
         sorted_lp = sorted_lp.masked_fill(drop, float("-inf"))
         scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_lp)
     # Inverse-CDF sampling (one uniform per row): the same law as torch.multinomial, 4x faster on a

@@ -216,7 +216,7 @@ def rejection_curves(scores_df: pd.DataFrame, correct) -> pd.DataFrame:
     """Accuracy-rejection curves: (method, rejected_fraction, accuracy), rejecting the most uncertain first."""
     values = _aligned_correct(scores_df, correct)
     n = values.size
-    rejected = (n - np.arange(n, 0, -1)) / n if n else np.zeros(0)
+    rejected = np.arange(n) / n if n else np.zeros(0)
     frames = [
         pd.DataFrame({"method": name, "rejected_fraction": rejected, "accuracy": accuracy_curve(scores_df[name], values)[::-1]})
         for name in scores_df.columns

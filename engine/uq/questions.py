@@ -181,20 +181,11 @@ def split_references(value) -> list[str]:
             try:
                 parsed = json.loads(text)
                 if isinstance(parsed, list):
-                    return _dedupe([str(v).strip() for v in parsed if str(v).strip()])
+                    return list(dict.fromkeys(str(v).strip() for v in parsed if str(v).strip()))
             except json.JSONDecodeError:
                 pass
         items = text.split("|")
-    return _dedupe([s.strip() for s in items if s and s.strip()])
-
-
-def _dedupe(items: list[str]) -> list[str]:
-    seen, out = set(), []
-    for item in items:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-    return out
+    return list(dict.fromkeys(s.strip() for s in items if s and s.strip()))  # deduplicated, in order
 
 
 def prepare_questions(frame: pd.DataFrame, question_col: str | None = None, answer_col: str | None = None,

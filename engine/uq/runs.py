@@ -26,6 +26,7 @@ import pandas as pd
 
 from engine.errors import LabError
 from engine.paths import atomic_write, cache_dir
+from engine.uq import correctness
 from engine.uq.generation import GenerationConfig, default_hidden_layers, generate_record, n_layers_of
 from engine.uq.records import QuestionRecord
 
@@ -295,8 +296,8 @@ def start_job(lm, store: RunStore, limit: int | None = None) -> Job:
 @dataclasses.dataclass
 class EvalOptions:
     judge: str = "auto"  # contains | f1 | auto | embedding | llm
-    f1_threshold: float = 0.5
-    embedding_threshold: float = 0.7
+    f1_threshold: float = correctness.F1_THRESHOLD
+    embedding_threshold: float = correctness.EMBEDDING_THRESHOLD
     judge_model: str = ""  # for "llm": whose saved verdicts to use (default: the run's model)
     usual: str = "mean_token_nll"
     semantic: str = "semantic_entropy"
@@ -322,12 +323,12 @@ def _score_cache_key(records: list[QuestionRecord], options: EvalOptions) -> str
     from engine.uq import estimators
 
     key = json.dumps([[r.id for r in records], options.n_folds, options.seed, options.cluster_threshold,
-                      getattr(estimators, "SCORES_VERSION", 0), options.layer])
+                      estimators.SCORES_VERSION, options.layer])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def score_run(store: RunStore | None, records: list[QuestionRecord], embedder, options: EvalOptions):
-    """E's score_records on the records, cached in the run folder (scores depend on records only)."""
+    """`estimators.score_records` on the records, cached in the run folder (scores depend on records only)."""
     from engine.uq.estimators import ScoreResult, score_records
 
     path = store.path / "scores" / f"{_score_cache_key(records, options)}.json" if store is not None else None
@@ -355,7 +356,6 @@ def evaluate_records(records: list[QuestionRecord], embedder, options: EvalOptio
                      marks: dict[str, bool] | None = None, llm_verdicts: dict | None = None,
                      store: RunStore | None = None) -> Evaluation:
     """Results table, A1/A2/A3 and every score's metrics for these records (the page and the CLI)."""
-    from engine.uq import correctness
     from engine.uq.metrics import comparison, rejection_curves
 
     options = options or EvalOptions()

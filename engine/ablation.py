@@ -280,26 +280,17 @@ def stopword_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def left_padded(lm, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+def left_padded(lm, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask [N, width] of the prompts (with BOS), left-padded so that every
-    prompt ends at the last column; and the pad id used (the tokenizer's, else its EOS)."""
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = [encode(lm, p)[0] for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=rows[0].device)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask, pad
+    prompt ends at the last column (`LoadedModel.left_padded`)."""
+    return lm.left_padded([encode(lm, p)[0].tolist() for p in prompts])
 
 
 @torch.no_grad()
 def next_token_probs(lm, prompts: Sequence[str]) -> torch.Tensor:
     """Softmax of the next-token logits after each prompt (float32, [N, vocab]), all prompts in one
     left-padded forward pass (positions counted from each prompt's first token)."""
-    ids, mask, _ = left_padded(lm, prompts)
+    ids, mask = left_padded(lm, prompts)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     hidden = body(lm.model)(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -1]
     return torch.softmax(_logits(lm, hidden), dim=-1)
@@ -330,12 +321,12 @@ def greedy_continuations(lm, prompts: Sequence[str], max_new_tokens: int = 8) ->
     (left-padded; a decoding step costs about as much for three prompts as for one)."""
     if not prompts:
         return []
-    ids, mask, pad = left_padded(lm, prompts)
+    ids, mask = left_padded(lm, prompts)
     width = ids.shape[1]
     with lm.lock:
         out = lm.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=False, top_p=None, top_k=None, pad_token_id=pad,
+            do_sample=False, top_p=None, top_k=None, pad_token_id=lm.pad_id,
         )
     return [lm.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 

@@ -214,18 +214,17 @@ def forward_attentions(lm: Any, token_ids: list[int]) -> np.ndarray:
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
     try:
         with lm.lock, torch.no_grad():
-            try:
-                out = lm.model(**kwargs, logits_to_keep=1)
-            except TypeError:
-                out = lm.model(**kwargs)
+            out = lm.model(**kwargs, logits_to_keep=1)
     except (torch.OutOfMemoryError, MemoryError) as err:
         raise LabError(f"Out of memory running '{lm.name}' on {len(token_ids)} tokens: lower the token limit.") from err
-    # Some attention implementations (sdpa, flash) raise these when asked for weights: one line, not a traceback.
-    except (ValueError, RuntimeError, NotImplementedError, TypeError) as err:
+    # An attention implementation that cannot return weights may refuse with an error naming attention
+    # (most, e.g. sdpa in transformers 5, return none instead: checked below). Anything else is a real
+    # error and keeps its traceback.
+    except (ValueError, NotImplementedError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         if "attention" in first.lower() or "attn" in first.lower():
             raise _no_weights_error(lm, first) from err
-        raise LabError(f"The forward pass of '{lm.name}' failed: {first}") from err
+        raise
     attentions = getattr(out, "attentions", None)
     if not attentions or any(a is None for a in attentions):
         raise _no_weights_error(lm)

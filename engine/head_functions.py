@@ -289,13 +289,15 @@ class HeadFunctionTable:
         """One row per head, one column per function mean (and *_std), plus best label and score."""
         n_layers, n_heads = self.shape
         labels = best_labels(self)
+        means = {fn: self.mean(fn) for fn in FUNCTIONS}
+        stds = {fn: self.std(fn) for fn in FUNCTIONS}
         rows = []
         for layer in range(n_layers):
             for head in range(n_heads):
                 row: dict[str, Any] = {"layer.head": f"{layer}.{head}", "layer": layer, "head": head}
                 for fn in FUNCTIONS:
-                    row[fn] = float(self.mean(fn)[layer, head])
-                    row[f"{fn}_std"] = float(self.std(fn)[layer, head])
+                    row[fn] = float(means[fn][layer, head])
+                    row[f"{fn}_std"] = float(stds[fn][layer, head])
                 row["best_label"], row["best_score"] = labels[layer][head]
                 rows.append(row)
         return pd.DataFrame(rows)
@@ -342,27 +344,35 @@ def run_prompt_set(
 
     if not prompts:
         raise LabError("No prompts: choose the built-in set or type at least one prompt.")
-    per: dict[str, list[np.ndarray]] = {fn: [] for fn in FUNCTIONS}
-    names, n_tokens = [], []
-    ceilings: dict[str, list[float]] = {fn: [] for fn in PATTERN_FUNCTIONS}
-    result = None
+    results = []
     for k, spec in enumerate(prompts):
         if progress:
             progress(k, len(prompts), spec.name)
-        result = run_attention(lm, spec.text, max_tokens=max_tokens, token_ids=list(spec.token_ids) if spec.token_ids else None)
+        token_ids = list(spec.token_ids) if spec.token_ids else None
+        results.append(run_attention(lm, spec.text, max_tokens=max_tokens, token_ids=token_ids))
+    if progress:
+        progress(len(prompts), len(prompts), "done")
+    return table_from_results(lm.name, [spec.name for spec in prompts], results)
+
+
+def table_from_results(model_name: str, names: list[str], results: list[Any]) -> HeadFunctionTable:
+    """Score every head of attention results already computed (one per prompt; no forward pass)."""
+    if not results:
+        raise LabError("No prompts: choose the built-in set or type at least one prompt.")
+    per: dict[str, list[np.ndarray]] = {fn: [] for fn in FUNCTIONS}
+    n_tokens = []
+    ceilings: dict[str, list[float]] = {fn: [] for fn in PATTERN_FUNCTIONS}
+    for result in results:
         scores = score_heads(result.maps, result.token_ids)
         defined = defined_functions(result.token_ids)
         for fn in FUNCTIONS:
             per[fn].append(scores[fn] if defined[fn] else np.full(scores[fn].shape, np.nan))
         for fn, value in pattern_ceilings(result.token_ids).items():
             ceilings[fn].append(value)
-        names.append(spec.name)
         n_tokens.append(len(result.token_ids))
-    if progress:
-        progress(len(prompts), len(prompts), "done")
     return HeadFunctionTable(
-        model_name=lm.name,
-        prompt_names=names,
+        model_name=model_name,
+        prompt_names=list(names),
         per_prompt={fn: np.stack(v) for fn, v in per.items()},
         layer_types=result.layer_types,
         num_kv_heads=result.num_kv_heads,

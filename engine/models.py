@@ -92,6 +92,27 @@ class LoadedModel:
                               add_special_tokens=not self.is_instruction_tuned)
 
     @property
+    def pad_id(self) -> int:
+        """The id padded batches use: the tokenizer's pad token, else its EOS, else 0 (always masked out)."""
+        for value in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def left_padded(self, sequences: list[list[int]]) -> tuple[Any, Any]:
+        """Token-id lists as one left-padded batch: (ids, attention mask) [N, width] on the model's device,
+        every sequence ending at the last column (so the last position is each one's next-token slot)."""
+        import torch
+
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, seq in enumerate(sequences):
+            ids[i, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @property
     def text_config(self) -> Any:
         config = self.model.config
         return config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -110,7 +110,7 @@ def _generate(lm: Any, inputs: dict, max_new_tokens: int) -> str:
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            pad_token_id=lm.pad_id,
         )
     new = out[0, inputs["input_ids"].shape[1] :]
     return tok.decode(new, skip_special_tokens=True)
@@ -218,24 +218,13 @@ def simulate_with_lm(
             f"(write other braces as {{{{ }}}}): {err!r}"
         ) from err
     cand = np.asarray(_candidate_ids(tok, result.tokens))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     encoded = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
     logprobs: list[np.ndarray] = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(e) for e in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, e in enumerate(chunk):
-            ids[r, width - len(e) :] = torch.tensor(e)
-            mask[r, width - len(e) :] = 1
+        ids, mask = lm.left_padded(encoded[start : start + batch_size])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with lm.lock, torch.no_grad():
-            kwargs = dict(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), position_ids=positions.to(lm.device))
-            try:
-                logits = lm.model(**kwargs, logits_to_keep=1).logits[:, -1]
-            except TypeError:
-                logits = lm.model(**kwargs).logits[:, -1]
+            logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
         logprobs.extend(torch.log_softmax(logits.float(), dim=-1)[:, torch.as_tensor(cand)].cpu().numpy())
     preds = {}
     for i, lp in zip(queries, logprobs):

@@ -64,13 +64,13 @@ An explanation tells something about the head only where it beats the control an
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def forward(_lm, model_name: str, prompt: str, max_tokens: int):
+def forward(_lm, model_key: tuple[str, str], prompt: str, max_tokens: int):
     """One eager forward pass: all maps of the prompt (cached by model, prompt and token limit)."""
     return run_attention(_lm, prompt, max_tokens=max_tokens)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def heldout_results(_lm, model_name: str, max_tokens: int):
+def heldout_results(_lm, model_key: tuple[str, str], max_tokens: int):
     return se.run_heldout(_lm, se.heldout_prompts(_lm.tokenizer), max_tokens=max_tokens)
 
 
@@ -202,10 +202,11 @@ if not prompt.strip():
 lm = get_model()
 if lm is None:
     st.stop()
+model_key = (lm.name, lm.quantization)  # cache key: the same model at another precision gives other maps
 
 try:
     with st.spinner("Forward pass..."):
-        result = forward(lm, lm.name, prompt, max_tokens)
+        result = forward(lm, model_key, prompt, max_tokens)
 except LabError as err:
     st.error(str(err), icon=":material/error:")
     st.stop()
@@ -287,7 +288,7 @@ with tab_fn:
     with c2:
         user_text = st.text_area("Your prompts (one per line)", value="", key="attn_hf_user", height=80)
     specs = hf.builtin_prompts(lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)
-    hf_key = (lm.name, tuple(specs), max_tokens)
+    hf_key = (model_key, tuple(specs), max_tokens)
     if st.button(f"Score all heads on {len(specs)} prompts", key="attn_hf_run", disabled=not specs):
         bar = st.progress(0.0, text="starting")
         try:
@@ -317,10 +318,10 @@ with tab_fn:
 
 def detector_labels() -> tuple[dict[tuple[int, int], str], str]:
     saved = st.session_state.get("attn_hf_result")
-    if saved and saved[0][0] == lm.name:
+    if saved and saved[0][0] == model_key:
         table, source = saved[1], f"head-function table over {len(saved[1].prompt_names)} prompts"
     else:
-        table = hf.run_prompt_set(lm, [hf.PromptSpec("prompt", "user", text=None, token_ids=tuple(result.token_ids))], max_tokens=max_tokens)
+        table = hf.table_from_results(lm.name, ["prompt"], [result])  # the page's forward pass, scored
         source = "this prompt only (the same evidence the model saw); run Head functions for labels over many prompts"
     labels = hf.best_labels(table)
     return {(a, b): labels[a][b][0] for a in range(len(labels)) for b in range(len(labels[a]))}, source
@@ -339,7 +340,7 @@ with tab_ask:
                     help="A vision-language Gemma 3 can read a PNG of the heatmap (with token labels) instead of, or beside, the text.")
     if mode != "text":
         st.image(heatmap_png(result.head(layer, head), result.labels, title=f"layer {layer} head {head}"), caption="image sent to the model")
-    ask_key = (lm.name, prompt, max_tokens, layer, head, template, mode)
+    ask_key = (model_key, prompt, max_tokens, layer, head, template, mode)
     if st.button("Ask the model", key="attn_explain"):
         try:
             with st.spinner("Generating..."):
@@ -377,12 +378,10 @@ with tab_score:
         with s2:
             top = int(st.number_input("Top", 1, 16, 3, key="attn_score_top"))
         saved = st.session_state.get("attn_hf_result")
-        if saved and saved[0][0] == lm.name:
+        if saved and saved[0][0] == model_key:
             ranking = saved[1].ranking(fn, top)
         else:
-            one = hf.score_heads(result.maps, result.token_ids)[fn]
-            order = np.argsort(-one, axis=None, kind="stable")[:top]
-            ranking = [(int(i // one.shape[1]), int(i % one.shape[1]), float(one.flat[i])) for i in order]
+            ranking = hf.table_from_results(lm.name, ["prompt"], [result]).ranking(fn, top)
             st.caption("Ranked on this prompt (run *Head functions* to rank over many prompts).")
         heads = [(a, b) for a, b, _ in ranking]
         st.caption("Heads: " + ", ".join(f"{a}.{b}" for a, b in heads))
@@ -396,14 +395,14 @@ with tab_score:
                                 key="attn_sim_template", height=110,
                                 help="The candidate earlier token's text is scored as the next token after this prompt.")
     st.caption(f"About {len(heads) * (2 if control else 1) * 3 * queries} simulator rows plus {len(heads)} explanation(s) of up to 40 tokens.")
-    score_key = (lm.name, prompt, max_tokens, tuple(heads), queries, control, template, mode, sim_template)
+    score_key = (model_key, prompt, max_tokens, tuple(heads), queries, control, template, mode, sim_template)
     if st.button("Explain, simulate and score", key="attn_score_run", disabled=not heads):
         bar = st.progress(0.0, text="held-out forward passes")
         try:
             labels, source = detector_labels()
-            heldout = heldout_results(lm, lm.name, 24)
+            heldout = heldout_results(lm, model_key, 24)
             reuse = {(e.layer, e.head): e.text for k, e in st.session_state.get("attn_explanations", {}).items()
-                     if k[:3] == (lm.name, prompt, max_tokens) and k[5:] == (template, mode)}
+                     if k[:3] == (model_key, prompt, max_tokens) and k[5:] == (template, mode)}
             evaluations = se.explain_and_score(
                 lm, result, heads, labels, heldout=heldout, template=template, mode=mode, max_queries=queries,
                 control=control, explanations=reuse, simulate_template=sim_template, progress=lambda k, n, what: bar.progress(k / n, text=f"{k}/{n}: {what}"),

@@ -98,7 +98,7 @@ def run(args) -> int:
             json.dumps({"model": lm.name, "tokens": result.labels, "note": result.note, "heads": descriptions},
                        indent=2, ensure_ascii=False), encoding="utf-8"
         )
-        table = hf.run_prompt_set(lm, [hf.PromptSpec("prompt", "user", text=args.prompt)], max_tokens=args.max_tokens)
+        table = hf.table_from_results(lm.name, ["prompt"], [result])  # the forward pass above, scored
         table.wide().to_csv(out / "head_scores.csv", index=False)
         print(f"{len(result.token_ids)} tokens, {result.n_layers} layers x {result.n_heads} heads -> {out}")
     else:

@@ -93,7 +93,8 @@ class ElementEdit:
         return cls.at(model, layer, row, col, float(w[row, col].item()) * scale)
 
 
-def _check_editable(lm) -> None:
+def check_editable(lm) -> None:
+    """LabError when the weights cannot be edited in place (a quantized model)."""
     problem = weights_edit_problem(lm)
     if problem:
         raise LabError(problem)
@@ -106,7 +107,7 @@ def edited_weights(lm, edits: Sequence[ElementEdit], full_check_bytes: int = FUL
     The touched elements are always compared with `torch.equal`; whole matrices too when their
     snapshots fit in `full_check_bytes` (they do for every single-weight ablation).
     """
-    _check_editable(lm)
+    check_editable(lm)
     with lm.lock, torch.no_grad():
         saved = [e.weight[e.rows, e.cols].clone() for e in edits]
         unique = {e.weight.untyped_storage().data_ptr(): e.weight for e in edits}
@@ -131,7 +132,7 @@ def replaced_weights(lm, replacements: Sequence[tuple[torch.Tensor, torch.Tensor
 
     The originals are kept on the CPU; the check is `torch.equal` on every replaced tensor.
     """
-    _check_editable(lm)
+    check_editable(lm)
     with lm.lock, torch.no_grad():
         saved = [target.to("cpu", copy=True) for target, _ in replacements]
         try:
@@ -463,7 +464,7 @@ def ablation_table(
     max_new_tokens: int = 8,
 ) -> AblationResult:
     """Perplexity, stopword shift and greedy continuations under each condition (see module doc)."""
-    _check_editable(lm)
+    check_editable(lm)
     start = time.perf_counter()
     k_used = paper_k(lm) if k is None else int(k)
     conditions = build_conditions(k_used, scales)

@@ -41,9 +41,14 @@ def decoder_layers(model: Any):
     raise LabError(f"Unknown architecture {arch}: cannot find its decoder layers (tried {', '.join(LAYER_PATHS)}).")
 
 
+def text_config(model: Any) -> Any:
+    """The language model's config (the text part of a vision-language config)."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def layer_types(model: Any) -> list[str]:
     """Per layer, 'sliding_attention' (local) or 'full_attention' (global); all 'full' when unknown."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     n = len(decoder_layers(model))
     types = getattr(config, "layer_types", None)
     if types and len(types) == n:

@@ -199,8 +199,6 @@ class SweepProgress:
     done: int = 0
     current: str = ""
     summaries: list = field(default_factory=list)
-    error: str = ""
-    finished: bool = False
 
 
 def sweep_configs(base: GrokConfig, seeds: list[int], weight_decays: list[float]) -> list[GrokConfig]:
@@ -225,7 +223,6 @@ def run_sweep(base: GrokConfig, seeds: list[int], weight_decays: list[float], *,
         progress.done += 1
         if on_run:
             on_run(summary)
-    progress.finished = True
     return summaries
 
 

@@ -118,10 +118,7 @@ def activation_measures(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     model(x, acts=acts)
     rows = []
     for name, a in acts.items():
-        a = a.abs().flatten().float()
-        median = a.median().item()
-        rows.append({"name": name, "max_over_median": float("inf") if median == 0 else a.max().item() / median,
-                     "max_abs": a.max().item()})
+        rows.append({"name": name, "max_over_median": weight_stats.max_over_median(a), "max_abs": a.abs().max().item()})
     return pd.DataFrame(rows)
 
 

@@ -386,7 +386,7 @@ def _atomic_save(obj, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-_ACTIVE: dict[str, threading.Event] = {}  # run dir -> stop event of the run training it in this process
+_ACTIVE: set[str] = set()  # run dirs being trained in this process
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -403,12 +403,12 @@ def _claim(cache: RunCache) -> None:
         if other and other != os.getpid() and _pid_alive(other):
             raise LabError(f"This configuration is already being trained by process {other}; wait or pick another seed.")
         lock.write_text(str(os.getpid()))
-        _ACTIVE[str(cache.dir)] = threading.Event()
+        _ACTIVE.add(str(cache.dir))
 
 
 def _release(cache: RunCache) -> None:
     with _ACTIVE_LOCK:
-        _ACTIVE.pop(str(cache.dir), None)
+        _ACTIVE.discard(str(cache.dir))
         (cache.dir / "lock").unlink(missing_ok=True)
 
 

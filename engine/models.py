@@ -114,8 +114,9 @@ class LoadedModel:
 
     @property
     def text_config(self) -> Any:
-        config = self.model.config
-        return config.get_text_config() if hasattr(config, "get_text_config") else config
+        from engine.architecture import text_config
+
+        return text_config(self.model)
 
     @property
     def n_params(self) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.architecture import get_path, decoder_layers
+from engine.architecture import decoder_layers, get_path, text_config
 from engine.errors import LabError
 from engine.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
 
@@ -62,8 +62,7 @@ DOWN_PROJ: dict[str, DownProjSpec] = {
 
 
 def _model_type(model: Any) -> str:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "model_type", "") or ""
+    return getattr(text_config(model), "model_type", "") or ""
 
 
 def down_proj_spec(model: Any) -> DownProjSpec:
@@ -476,8 +475,9 @@ def linear_weights(model: Any) -> list[tuple[int, str, torch.nn.Module]]:
 
 def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
     """Per layer and projection: max|w|/median|w|, excess kurtosis, max |w| and its (row, col) in [out, in]."""
-    if weights_edit_problem(lm):
-        raise LabError("Weight statistics need unquantized weights: " + weights_edit_problem(lm))
+    problem = weights_edit_problem(lm)
+    if problem:
+        raise LabError("Weight statistics need unquantized weights: " + problem)
     rows = []
     with lm.lock:
         for i, name, module in linear_weights(lm.model):
@@ -497,10 +497,11 @@ def top_weights(lm, layer: int, k: int = 10) -> pd.DataFrame:
     if k < 1:
         raise LabError(f"k must be >= 1 (got {k}).")
     w = down_weight(lm.model, layer)
-    coords = top_k_coordinates(w, k)
-    return pd.DataFrame([
-        {"rank": n + 1, "row": r, "col": c, "value": float(w[r, c].item())} for n, (r, c) in enumerate(coords)
-    ])
+    with lm.lock:  # never read a weight another session has ablated for the moment
+        coords = top_k_coordinates(w, k)
+        return pd.DataFrame([
+            {"rank": n + 1, "row": r, "col": c, "value": float(w[r, c].item())} for n, (r, c) in enumerate(coords)
+        ])
 
 
 def neighbourhood(lm, layer: int, row: int, col: int, radius: int = 8) -> pd.DataFrame:
@@ -510,11 +511,12 @@ def neighbourhood(lm, layer: int, row: int, col: int, radius: int = 8) -> pd.Dat
     if not (0 <= row < n_out and 0 <= col < n_in):
         raise LabError(f"({row}, {col}) is outside layer {layer}'s down projection of shape {n_out}x{n_in}.")
     rows = []
-    for offset in range(-radius, radius + 1):
-        if 0 <= col + offset < n_in:
-            rows.append({"along": "row (same output channel)", "offset": offset, "row": row, "col": col + offset,
-                         "value": float(w[row, col + offset].item())})
-        if 0 <= row + offset < n_out:
-            rows.append({"along": "column (same input channel)", "offset": offset, "row": row + offset, "col": col,
-                         "value": float(w[row + offset, col].item())})
+    with lm.lock:  # as in top_weights
+        for offset in range(-radius, radius + 1):
+            if 0 <= col + offset < n_in:
+                rows.append({"along": "row (same output channel)", "offset": offset, "row": row, "col": col + offset,
+                             "value": float(w[row, col + offset].item())})
+            if 0 <= row + offset < n_out:
+                rows.append({"along": "column (same input channel)", "offset": offset, "row": row + offset, "col": col,
+                             "value": float(w[row + offset, col].item())})
     return pd.DataFrame(rows)

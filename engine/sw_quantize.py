@@ -24,10 +24,10 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from engine.ablation import eval_windows, perplexity, replaced_weights
+from engine.ablation import check_editable, eval_windows, perplexity, replaced_weights
 from engine.errors import LabError
 from engine.architecture import decoder_layers
-from engine.superweights import down_projections, linear_weights, out_in_weight, weights_edit_problem
+from engine.superweights import down_projections, linear_weights, out_in_weight
 
 DEFAULT_BLOCK_SIZES = (64, 256, 1024, 4096)
 METHODS = ("rtn", "rtn, super weight held", "rtn, super weight + outliers held")
@@ -123,9 +123,7 @@ def quantization_table(lm, candidates: Sequence, block_sizes: Sequence[int] = DE
 
     The weights are replaced in place and restored bit-for-bit (checked) after each evaluation.
     """
-    problem = weights_edit_problem(lm)
-    if problem:
-        raise LabError(problem)
+    check_editable(lm)
     if not block_sizes:
         raise LabError("Pick at least one block size.")
     if not 0 <= clip_fraction < 0.5:

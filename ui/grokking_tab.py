@@ -71,9 +71,6 @@ def _start(key: str, target, *args, progress=None) -> _Job:
                 job.error = str(err)
             except Exception as err:  # noqa: BLE001 - shown to the user as one line, run cache stays
                 job.error = f"{type(err).__name__}: {err}"
-            finally:
-                if job.progress is not None:
-                    job.progress.finished = True
 
         job.thread = threading.Thread(target=work, daemon=True, name=f"grok-{key}")
         _JOBS[key] = job

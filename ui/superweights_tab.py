@@ -66,6 +66,16 @@ def _trace(_lm, model_key, prompt: str, token: int, channel: int) -> pd.DataFram
     return sw.residual_trace(_lm, prompt, token, channel)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _top_weights(_lm, model_key, layer: int, k: int) -> pd.DataFrame:
+    return sw.top_weights(_lm, layer, k)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _neighbourhood(_lm, model_key, layer: int, row: int, col: int, radius: int) -> pd.DataFrame:
+    return sw.neighbourhood(_lm, layer, row, col, radius)
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def _weight_stats(_lm, model_key) -> pd.DataFrame:
     return sw.layer_weight_stats(_lm)
@@ -232,14 +242,14 @@ def _render_weights(lm, detection: sw.Detection) -> None:
     c1, c2 = st.columns(2)
     layer = c1.number_input("Layer", 0, n_layers - 1, default_layer, key="sw_layer")
     k = c2.number_input("Top-k largest |w| of its down projection", 1, 200, 10, key="sw_topk")
-    top = sw.top_weights(lm, int(layer), int(k))
+    top = _top_weights(lm, current_choice(), int(layer), int(k))
     st.dataframe(top, hide_index=True)
     if detection.candidates:
         labels = [f"layer {c.layer} W[{c.row}, {c.col}]" for c in detection.candidates]
         pick = st.selectbox("Row and column around a candidate", labels, key="sw_neigh_pick")
         radius = st.slider("Radius", 2, 32, 8, key="sw_radius")
         c = detection.candidates[labels.index(pick)]
-        around = sw.neighbourhood(lm, c.layer, c.row, c.col, radius)
+        around = _neighbourhood(lm, current_choice(), c.layer, c.row, c.col, int(radius))
         chart = alt.Chart(around).mark_bar().encode(
             x=alt.X("offset:O", title="offset from the candidate"), y="value:Q",
             color=alt.condition(alt.datum.offset == 0, alt.value("crimson"), alt.value("steelblue")),

@@ -38,6 +38,10 @@ def run(args) -> int:
     from engine.errors import LabError
     from engine.models import load_model
 
+    try:  # bad block sizes fail before the model loads
+        blocks = [int(b) for b in args.block_sizes.split(",") if b.strip()] if args.quantize else []
+    except ValueError as err:
+        raise LabError(f"--block-sizes must be comma-separated integers (got {args.block_sizes!r}).") from err
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model, quantization=args.quantization)
@@ -82,10 +86,6 @@ def run(args) -> int:
     }, indent=1))
     print(f"ablation over {result.eval_tokens} tokens ({result.seconds:.0f} s):\n" + result.table.to_string(index=False))
     if args.quantize:
-        try:
-            blocks = [int(b) for b in args.block_sizes.split(",") if b.strip()]
-        except ValueError as err:
-            raise LabError(f"--block-sizes must be comma-separated integers (got {args.block_sizes!r}).") from err
         table = sw_quantize.quantization_table(
             lm, detection.candidates, blocks, window=args.window, max_tokens=args.eval_tokens
         )

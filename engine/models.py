@@ -291,7 +291,7 @@ def prepare_embedded(force: bool = False, log=print) -> Path:
     import torch
 
     target = embedded_cache_path()
-    _, expected_sha = embedded_gguf_info()
+    gguf_name, expected_sha = embedded_gguf_info()
     with _file_lock(target.parent / f".{EMBEDDED_LM}.lock"):
         problem = cache_problem(target, expected_sha)
         if problem is None and not force:
@@ -306,8 +306,7 @@ def prepare_embedded(force: bool = False, log=print) -> Path:
             model, tokenizer = load_embedded_from_gguf(torch.float32)
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-            name, _ = embedded_gguf_info()
-            _write_manifest(tmp, expected_sha, name)
+            _write_manifest(tmp, expected_sha, gguf_name)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

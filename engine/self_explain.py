@@ -125,7 +125,6 @@ def explain_head(
     mode: str = "text",
     max_queries: int = 32,
     max_new_tokens: int = 40,
-    image_kwargs: dict | None = None,
 ) -> Explanation:
     """Ask the model what head layer.head does from its text description and/or heatmap PNG.
 
@@ -149,7 +148,7 @@ def explain_head(
     else:
         from engine.attention_png import heatmap_image
 
-        image = heatmap_image(result.head(layer, head), result.labels, title=f"layer {layer} head {head}", **(image_kwargs or {}))
+        image = heatmap_image(result.head(layer, head), result.labels, title=f"layer {layer} head {head}")
         processor = lm.processor
         if getattr(processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]

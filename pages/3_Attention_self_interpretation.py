@@ -88,14 +88,16 @@ def block_mean(pattern: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     return out, edges
 
 
-def model_view_frame(result, hide_bos: bool, per_head_scale: bool, bins: int = 16) -> pd.DataFrame:
-    maps = result.maps.copy()
+@st.cache_data(max_entries=16, show_spinner=False)
+def model_view_frame(_result, result_key: tuple, hide_bos: bool, per_head_scale: bool, bins: int = 16) -> pd.DataFrame:
+    """Every head's map in bins x bins blocks (cached: picking a head does not rebuild it)."""
+    maps = _result.maps.copy()
     if hide_bos and maps.shape[-1] > 1:
         maps[..., 0] = np.nan
     rows = []
-    layers, heads = result.layer_labels(), result.head_labels()
-    for layer in range(result.n_layers):
-        for head in range(result.n_heads):
+    layers, heads = _result.layer_labels(), _result.head_labels()
+    for layer in range(_result.n_layers):
+        for head in range(_result.n_heads):
             pattern = maps[layer, head]
             if per_head_scale:
                 top = np.nanmax(np.where(np.tril(np.ones_like(pattern, bool)), pattern, np.nan))
@@ -111,8 +113,8 @@ def model_view_frame(result, hide_bos: bool, per_head_scale: bool, bins: int = 1
     return pd.DataFrame(rows)
 
 
-def model_view_chart(result, hide_bos: bool, per_head_scale: bool) -> alt.FacetChart:
-    df = model_view_frame(result, hide_bos, per_head_scale)
+def model_view_chart(result, result_key: tuple, hide_bos: bool, per_head_scale: bool) -> alt.FacetChart:
+    df = model_view_frame(result, result_key, hide_bos, per_head_scale)
     base = (
         alt.Chart(df)
         .mark_rect()
@@ -262,7 +264,7 @@ with tab_all:
     per_head = st.checkbox("Scale each head to its own maximum", value=True, key="attn_mv_scale")
     st.caption("Rows are layers (local = sliding window, global = full attention), columns heads (kvK = shared key/value head). "
                "Long prompts are averaged into at most 16 x 16 blocks per head.")
-    st.altair_chart(model_view_chart(result, hide_bos, per_head), key="attn_model_view")
+    st.altair_chart(model_view_chart(result, (model_key, prompt, max_tokens), hide_bos, per_head), key="attn_model_view")
 
 # ---------------------------------------------------------------------------------------------
 with tab_desc:

@@ -13,6 +13,7 @@ Manual marks (id -> bool) override every automatic judge.
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import string
 import unicodedata
@@ -83,9 +84,18 @@ def grade_automatic(answers: list[str], references: list[list[str]], *, f1_thres
                      "auto": contains or f1 >= f1_threshold})
     frame = pd.DataFrame(rows, columns=["contains", "f1", "f1_correct", "auto"])
     if embedder is not None:
-        frame["embedding_sim"] = embedding_similarity(embedder, answers, references)
+        frame["embedding_sim"] = _similarity_memo(embedder, tuple(answers), tuple(map(tuple, references))).copy()
         frame["embedding"] = [None if np.isnan(s) else bool(s >= embedding_threshold) for s in frame["embedding_sim"]]
     return frame
+
+
+@functools.lru_cache(maxsize=8)
+def _similarity_memo(embedder, answers: tuple[str, ...], references: tuple[tuple[str, ...], ...]) -> np.ndarray:
+    """`embedding_similarity`, remembered: the page re-grades on every mark or threshold change, and
+    the similarities depend on the texts only (read-only array)."""
+    sims = embedding_similarity(embedder, list(answers), [list(r) for r in references])
+    sims.flags.writeable = False
+    return sims
 
 
 def embedding_similarity(embedder, answers: list[str], references: list[list[str]]) -> np.ndarray:

@@ -1,25 +1,29 @@
-# Two commands: `make run` (install + start the app) and `make test` (install + run the tests).
+# Two commands: `make run` (install + start the app) and `make test` (install + lint + run the tests).
 # Installs into .venv with the CPU build of torch; see README for a GPU box.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test bench prepare clean-cache
+.PHONY: install run test lint bench prepare clean-cache
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
 
 prepare: install
-	$(PY) -m engine models prepare gemma-3-270m
+	$(VENV)/bin/lab models prepare gemma-3-270m
 
 run: install
 	$(VENV)/bin/streamlit run app.py
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: install

@@ -28,7 +28,9 @@ with col1:
         "it **groks** modular arithmetic (Power et al. 2022) and see whether super weights appear, "
         "and when, relative to grokking."
     )
-    st.page_link("pages/1_Super_weights_and_grokking.py", label="Open super weights & grokking", icon=":material/fitness_center:")
+    st.page_link(
+        "pages/1_Super_weights_and_grokking.py", label="Open super weights & grokking", icon=":material/fitness_center:"
+    )
 with col2:
     st.subheader("2 · Semantic vs surface uncertainty")
     st.markdown(

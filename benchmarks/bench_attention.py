@@ -21,10 +21,10 @@ PROMPT_64 = (
 
 
 def run(quick: bool = False) -> list[dict]:
-    from engine import head_functions as hf
-    from engine import self_explain as se
-    from engine.attention import all_descriptions, run_attention
-    from engine.models import load_model
+    from engine.attention import head_functions as hf
+    from engine.attention import self_explain as se
+    from engine.attention.maps import all_descriptions, run_attention
+    from engine.core.loading import load_model
 
     lm = load_model()
     ids = lm.tokenizer(PROMPT_64)["input_ids"]
@@ -38,7 +38,14 @@ def run(quick: bool = False) -> list[dict]:
     threads = torch.get_num_threads()
     median, _ = timed(lambda: all_descriptions(run_attention(lm, token_ids=ids)), repeats=3 if quick else 7)
     rows = [
-        row("attention", f"forward + 72 descriptions, 64 tokens (median, {threads} threads, load {load:.1f})", median, "s", "<= 1 s", median <= 1.0)
+        row(
+            "attention",
+            f"forward + 72 descriptions, 64 tokens (median, {threads} threads, load {load:.1f})",
+            median,
+            "s",
+            "<= 1 s",
+            median <= 1.0,
+        )
     ]
     # On a shared, oversubscribed 2-core box torch's spinning OpenMP threads can slow a forward
     # pass 20x; one thread shows the cost of the work itself.
@@ -52,7 +59,7 @@ def run(quick: bool = False) -> list[dict]:
     # must reuse the first forward pass (st.cache_data keyed by model, prompt and limit, not the head).
     from streamlit.testing.v1 import AppTest
 
-    import engine.attention as attention_module
+    import engine.attention.maps as attention_module
 
     calls = {"n": 0}
 
@@ -74,21 +81,38 @@ def run(quick: bool = False) -> list[dict]:
         assert not at.exception, at.exception
     finally:
         attention_module.run_attention = run_attention
-    rows.append(row("attention", "forward passes for 10 head changes (page, AppTest)", float(calls["n"] - first), "",
-                    "== 0", calls["n"] == first))
+    rows.append(
+        row(
+            "attention",
+            "forward passes for 10 head changes (page, AppTest)",
+            float(calls["n"] - first),
+            "",
+            "== 0",
+            calls["n"] == first,
+        )
+    )
     rows.append(row("attention", "10 head changes on the page (reruns)", seconds, "s"))
 
     specs = hf.builtin_prompts(lm.tokenizer, n_random=2)
     t0 = time.perf_counter()
     hf.run_prompt_set(lm, specs if not quick else specs[-2:], max_tokens=64)
-    rows.append(row("attention", f"head functions over {len(specs) if not quick else 2} prompts", time.perf_counter() - t0, "s"))
+    rows.append(
+        row("attention", f"head functions over {len(specs) if not quick else 2} prompts", time.perf_counter() - t0, "s")
+    )
 
     if not quick:
         res = run_attention(lm, PROMPT_64, max_tokens=32)
         heldout = se.run_heldout(lm, se.heldout_prompts(lm.tokenizer), max_tokens=24)
         t0 = time.perf_counter()
         se.explain_and_score(lm, res, [(2, 3)], {(2, 3): "previous_token"}, heldout=heldout, max_queries=8)
-        rows.append(row("attention", "explain + simulate + score one head (8 queries x 3 prompts, control)", time.perf_counter() - t0, "s"))
+        rows.append(
+            row(
+                "attention",
+                "explain + simulate + score one head (8 queries x 3 prompts, control)",
+                time.perf_counter() - t0,
+                "s",
+            )
+        )
     return rows
 
 

@@ -16,7 +16,7 @@ from common import print_report, row
 
 
 def _run(config, measure: bool, threads: int):
-    from engine.grok_analysis import run_experiment
+    from engine.grokking.analysis import run_experiment
 
     start = time.perf_counter()
     summary = run_experiment(config, root=tempfile.mkdtemp(prefix="bench_grok_"), measure=measure, threads=threads)
@@ -24,20 +24,48 @@ def _run(config, measure: bool, threads: int):
 
 
 def run(quick: bool = False) -> list[dict]:
-    from engine.grokking import GrokConfig
-
     import torch
 
+    from engine.grokking.training import GrokConfig
+
     d = GrokConfig()
-    rows = [row("grokking", "default config", 0.0, d.describe() + f", eval every {d.eval_every}, checkpoint every {d.checkpoint_every}")]
+    rows = [
+        row(
+            "grokking",
+            "default config",
+            0.0,
+            d.describe() + f", eval every {d.eval_every}, checkpoint every {d.checkpoint_every}",
+        )
+    ]
     _run(d.replace(steps=100), True, 1)  # warm imports (torch optimiser, scipy, pandas paths)
     with_m, t_with = _run(d, True, 1)
     first_wall = t_with
     rows += [
-        row("grokking", "wall time to finish (grokked + stop_after_grok steps), 1 thread", first_wall, "s", "<= 60 s", first_wall <= 60 and with_m["grokked"]),
+        row(
+            "grokking",
+            "wall time to finish (grokked + stop_after_grok steps), 1 thread",
+            first_wall,
+            "s",
+            "<= 60 s",
+            first_wall <= 60 and with_m["grokked"],
+        ),
         row("grokking", "memorisation step (train acc 99%)", float(with_m["memorisation_step"] or -1), "steps"),
-        row("grokking", "grokking step (test acc 95%)", float(with_m["grok_95_step"] or -1), "steps", "reached", with_m["grokked"]),
-        row("grokking", "delay grokking - memorisation", float(with_m["grokking_delay"] or -1), "steps", ">= 200", (with_m["grokking_delay"] or 0) >= 200),
+        row(
+            "grokking",
+            "grokking step (test acc 95%)",
+            float(with_m["grok_95_step"] or -1),
+            "steps",
+            "reached",
+            with_m["grokked"],
+        ),
+        row(
+            "grokking",
+            "delay grokking - memorisation",
+            float(with_m["grokking_delay"] or -1),
+            "steps",
+            ">= 200",
+            (with_m["grokking_delay"] or 0) >= 200,
+        ),
         row("grokking", "steps per second with measures, 1 thread", with_m["last_step"] / t_with, "steps/s"),
     ]
     if not quick:
@@ -50,12 +78,20 @@ def run(quick: bool = False) -> list[dict]:
         overhead = t_with / t_without - 1
         rows += [
             row("grokking", "steps per second without measures, 1 thread", without["last_step"] / t_without, "steps/s"),
-            row("grokking", "measure overhead on wall time", 100 * overhead, "%", "<= 20%", overhead <= 0.20 and same_steps),
+            row(
+                "grokking",
+                "measure overhead on wall time",
+                100 * overhead,
+                "%",
+                "<= 20%",
+                overhead <= 0.20 and same_steps,
+            ),
         ]
         # a steadier estimate: time of the measures at one checkpoint x checkpoints / training time
         from common import timed
-        from engine.grok_superweights import measure_checkpoint
-        from engine.grokking import build_model, make_dataset
+
+        from engine.grokking.measures import measure_checkpoint
+        from engine.grokking.training import build_model, make_dataset
 
         torch.set_num_threads(1)
         model, data = build_model(d), make_dataset(d)
@@ -63,13 +99,21 @@ def run(quick: bool = False) -> list[dict]:
         n_ckpt = without["last_step"] // d.checkpoint_every + 2
         rows += [
             row("grokking", "measures at one checkpoint (median of 5)", 1000 * per_ckpt, "ms"),
-            row("grokking", "estimated measure overhead (checkpoints x per-checkpoint / run without)", 100 * n_ckpt * per_ckpt / t_without,
-                "%", "<= 20%", n_ckpt * per_ckpt / t_without <= 0.20),
+            row(
+                "grokking",
+                "estimated measure overhead (checkpoints x per-checkpoint / run without)",
+                100 * n_ckpt * per_ckpt / t_without,
+                "%",
+                "<= 20%",
+                n_ckpt * per_ckpt / t_without <= 0.20,
+            ),
         ]
         short = d.replace(steps=300, stop_after_grok=-1)
         for threads in (1, 2):
             _, t = _run(short, False, threads)
-            rows.append(row("grokking", f"steps per second, 300 steps, {threads} thread(s), no measures", 300 / t, "steps/s"))
+            rows.append(
+                row("grokking", f"steps per second, 300 steps, {threads} thread(s), no measures", 300 / t, "steps/s")
+            )
         torch.set_num_threads(2)
     return rows
 

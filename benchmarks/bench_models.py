@@ -22,7 +22,7 @@ def _time_in_subprocess(code: str) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from engine.models import prepare_embedded
+    from engine.core.embedded import prepare_embedded
 
     prepare_embedded()  # make sure the cache exists, so warm loads measure loading only
     repeats = 1 if quick else 3

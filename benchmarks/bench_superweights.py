@@ -6,7 +6,7 @@ bundled text, stopword shift on 8 prompts, 3 greedy continuations of 8 tokens) t
 The 2 cores are shared: the load average is reported beside the timings, and the ablation is timed both
 with torch's default thread count (the target) and with one thread (what a session gets when another
 keeps the second core busy). Perplexity, the bulk of the table, runs the 262k-vocabulary LM head one
-vocabulary tile at a time (engine.ablation.next_token_nll).
+vocabulary tile at a time (engine.core.lm_eval.next_token_nll).
 """
 
 from __future__ import annotations
@@ -21,17 +21,20 @@ from common import print_report, row, timed
 def run(quick: bool = False) -> list[dict]:
     import torch
 
-    from engine import ablation, superweights
-    from engine.models import EMBEDDED_LM, load_model
+    from engine.core import lm_eval
+    from engine.core.embedded import EMBEDDED_LM
+    from engine.core.loading import load_model
+    from engine.superweights import ablation
+    from engine.superweights import detect as superweights
 
     lm = load_model(EMBEDDED_LM)
-    text = ablation.load_eval_text()[:1500]  # ~300 tokens
-    ids = superweights.encode(lm, text)
+    text = lm_eval.load_eval_text()[:1500]  # ~300 tokens
+    ids = lm_eval.encode(lm, text)
     superweights.scan(lm, [text])  # warm-up
     repeats = 5 if quick else 11
     plain_times, hooked_times = [], []
     for _ in range(repeats):  # interleaved, so both see the same load on the shared cores
-        plain_times.append(timed(lambda: superweights.run_body(lm, ids), 1)[0])
+        plain_times.append(timed(lambda: lm_eval.run_body(lm, ids), 1)[0])
         hooked_times.append(timed(lambda: superweights.scan(lm, [text]), 1)[0])
     plain, hooked = min(plain_times), min(hooked_times)  # min: the least disturbed run of each
     ratio = hooked / plain
@@ -43,7 +46,7 @@ def run(quick: bool = False) -> list[dict]:
     candidates = superweights.detect(lm, superweights.DEFAULT_PROMPT, max_iterations=1).candidates
     tokens = 1024 if quick else 4096
     threads = torch.get_num_threads()
-    for n in ([threads] if quick else [threads, 1]):
+    for n in [threads] if quick else [threads, 1]:
         torch.set_num_threads(n)
         load = os.getloadavg()[0]
         start = time.perf_counter()
@@ -53,8 +56,16 @@ def run(quick: bool = False) -> list[dict]:
         # session gets when another one keeps the second core busy, and carries no target.
         target = "<= 60 s" if tokens >= 4096 and n == threads else ""
         label = "" if n == threads else " (other core busy; no target)"
-        rows.append(row("super weights", f"ablation table, {result.eval_tokens} tokens, {n} thread(s), load {load:.1f}{label}",
-                        seconds, "s", target, seconds <= 60 if target else None))
+        rows.append(
+            row(
+                "super weights",
+                f"ablation table, {result.eval_tokens} tokens, {n} thread(s), load {load:.1f}{label}",
+                seconds,
+                "s",
+                target,
+                seconds <= 60 if target else None,
+            )
+        )
     torch.set_num_threads(threads)
     return rows
 

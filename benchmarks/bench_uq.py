@@ -20,8 +20,9 @@ QUESTIONS = 12
 def run(quick: bool = False) -> list[dict]:
     import torch
 
-    from engine.embedder import load_embedder
-    from engine.models import EMBEDDED_LM, load_model
+    from engine.core.embedded import EMBEDDED_LM
+    from engine.core.embedder import load_embedder
+    from engine.core.loading import load_model
     from engine.uq.estimators import score_records
     from engine.uq.generation import GenerationConfig, build_prompt, generate_record
     from engine.uq.questions import default_questions
@@ -38,12 +39,23 @@ def run(quick: bool = False) -> list[dict]:
         record = generate_record(lm, question, config, qid=qid, index=index)
         ours.append(time.perf_counter() - start)
         records.append(record)
-        steps = min(config.max_new_tokens, max(len(x) for x in [record.answer_token_logprobs, *record.sample_token_logprobs]) + 1)
+        steps = min(
+            config.max_new_tokens,
+            max(len(x) for x in [record.answer_token_logprobs, *record.sample_token_logprobs]) + 1,
+        )
         ids = lm.tokenizer(build_prompt(lm, config.prompt_template, question), return_tensors="pt").input_ids
         start = time.perf_counter()
         with lm.lock, torch.no_grad():
-            lm.model.generate(ids, do_sample=True, num_return_sequences=config.samples + 1, max_new_tokens=steps,
-                              min_new_tokens=steps, top_k=0, top_p=1.0, pad_token_id=lm.tokenizer.pad_token_id)
+            lm.model.generate(
+                ids,
+                do_sample=True,
+                num_return_sequences=config.samples + 1,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=lm.tokenizer.pad_token_id,
+            )
         bare.append(time.perf_counter() - start)
     start = time.perf_counter()
     score_records(records, embedder)

@@ -10,20 +10,19 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # Before anything imports torch: the engine sets OMP_WAIT_POLICY=PASSIVE, as the app and the CLI run
 # (measured without it, the ablation table was ~15% faster on an idle machine and far slower on a busy one).
-import engine  # noqa: E402,F401
+import engine  # noqa: E402, F401
 
 
-def row(benchmark: str, metric: str, value: float, unit: str = "", target: str = "", passed: bool | None = None) -> dict:
+def row(
+    benchmark: str, metric: str, value: float, unit: str = "", target: str = "", passed: bool | None = None
+) -> dict:
     return {"benchmark": benchmark, "metric": metric, "value": value, "unit": unit, "target": target, "passed": passed}
 
 
@@ -41,7 +40,8 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {python}"
 
 
 def markdown_table(rows: list[dict]) -> str:

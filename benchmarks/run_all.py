@@ -14,11 +14,9 @@ import time
 import traceback
 from pathlib import Path
 
+from common import machine, markdown_table, row
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import machine, markdown_table, row  # noqa: E402
-
 
 RESULTS = HERE / "RESULTS.md"
 
@@ -31,8 +29,8 @@ def merged_table(old_report: str, new_table: str) -> tuple[str, str]:
     """The old report's table with the rows of each benchmark in `new_table` replaced (in place;
     benchmarks new to the file go last), and the old header lines (machine, date, earlier reruns)."""
     lines = old_report.splitlines()
-    old_rows = [l for l in lines if l.startswith("| ") and not l.startswith("| benchmark |")]
-    header = "\n".join(l for l in lines if l and not l.startswith("|") and not l.startswith("# "))
+    old_rows = [line for line in lines if line.startswith("| ") and not line.startswith("| benchmark |")]
+    header = "\n".join(line for line in lines if line and not line.startswith("|") and not line.startswith("# "))
     new_lines = new_table.splitlines()
     new_rows = new_lines[2:]
     groups: dict[str, list[str]] = {}
@@ -46,7 +44,7 @@ def merged_table(old_report: str, new_table: str) -> tuple[str, str]:
         elif name not in placed:
             out.extend(groups[name])
             placed.add(name)
-    out.extend(l for name, ls in groups.items() if name not in placed for l in ls)
+    out.extend(line for name, ls in groups.items() if name not in placed for line in ls)
     return "\n".join(new_lines[:2] + out), header
 
 

@@ -1,4 +1,4 @@
-"""`python -m engine`: one subcommand per module in `engine/commands/`.
+"""`python -m engine` (or the `lab` console script): one subcommand per module in `engine/commands/`.
 
 Each command module defines `register(subparsers)`, which adds its parser(s) and sets `func`
 (a callable taking the parsed args and returning an exit code). User errors (`LabError`) end
@@ -11,13 +11,14 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engine",
+        prog="lab" if Path(sys.argv[0]).name == "lab" else "python -m engine",
         description="LLM internals lab: super weights, grokking, semantic uncertainty, attention.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import head_functions as hf
-from engine import self_explain as se
-from engine.attention import DEFAULT_MAX_TOKENS, describe_head, description_text, kv_groups, run_attention
-from engine.attention_png import heatmap_png
-from engine.errors import LabError
+from engine.attention import head_functions as hf
+from engine.attention import self_explain as se
+from engine.attention.maps import DEFAULT_MAX_TOKENS, describe_head, description_text, kv_groups, run_attention
+from engine.attention.png import heatmap_png
+from engine.core.errors import LabError
 from ui.models import get_model, render_sidebar
 
 st.set_page_config(page_title="Attention self-interpretation", page_icon=":material/visibility:", layout="wide")
@@ -107,8 +107,15 @@ def model_view_frame(_result, result_key: tuple, hide_bos: bool, per_head_scale:
                 for b in range(a + 1):
                     if not np.isnan(blocks[a, b]):
                         rows.append(
-                            {"layer": layers[layer], "head": heads[head], "q": a, "k": b, "weight": float(blocks[a, b]),
-                             "queries": f"{edges[a]}-{edges[a + 1] - 1}", "keys": f"{edges[b]}-{edges[b + 1] - 1}"}
+                            {
+                                "layer": layers[layer],
+                                "head": heads[head],
+                                "q": a,
+                                "k": b,
+                                "weight": float(blocks[a, b]),
+                                "queries": f"{edges[a]}-{edges[a + 1] - 1}",
+                                "keys": f"{edges[b]}-{edges[b + 1] - 1}",
+                            }
                         )
     return pd.DataFrame(rows)
 
@@ -121,13 +128,17 @@ def model_view_chart(result, result_key: tuple, hide_bos: bool, per_head_scale: 
         .encode(
             x=alt.X("k:O", axis=None),
             y=alt.Y("q:O", axis=None),
-            color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues"), title="weight" + (" / head max" if per_head_scale else "")),
+            color=alt.Color(
+                "weight:Q", scale=alt.Scale(scheme="blues"), title="weight" + (" / head max" if per_head_scale else "")
+            ),
             tooltip=["layer", "head", "queries", "keys", alt.Tooltip("weight:Q", format=".3f")],
         )
         .properties(width=64, height=64)
     )
     return base.facet(
-        row=alt.Row("layer:N", sort=result.layer_labels(), title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
+        row=alt.Row(
+            "layer:N", sort=result.layer_labels(), title=None, header=alt.Header(labelAngle=0, labelAlign="left")
+        ),
         column=alt.Column("head:N", sort=result.head_labels(), title=None),
         spacing=4,
     )
@@ -155,8 +166,18 @@ def head_chart(result, layer: int, head: int, hide_bos: bool, scale: str) -> alt
         alt.Chart(df)
         .mark_rect()
         .encode(
-            x=alt.X("key:N", sort=list(keys), title="key (attended) token", axis=alt.Axis(labelAngle=-60, labelLimit=120, labelOverlap=False)),
-            y=alt.Y("query:N", sort=list(result.labels), title="query token", axis=alt.Axis(labelLimit=120, labelOverlap=False)),
+            x=alt.X(
+                "key:N",
+                sort=list(keys),
+                title="key (attended) token",
+                axis=alt.Axis(labelAngle=-60, labelLimit=120, labelOverlap=False),
+            ),
+            y=alt.Y(
+                "query:N",
+                sort=list(result.labels),
+                title="query token",
+                axis=alt.Axis(labelLimit=120, labelOverlap=False),
+            ),
             color=alt.Color("weight:Q", scale=color_scale),
             tooltip=["i", "query", "j", "key", alt.Tooltip("weight:Q", format=".4f")],
         )
@@ -167,8 +188,17 @@ def head_chart(result, layer: int, head: int, hide_bos: bool, scale: str) -> alt
 def function_heatmap(table: hf.HeadFunctionTable, fn: str) -> alt.Chart:
     mean, std, n = table.mean(fn), table.std(fn), table.n_defined(fn)
     df = pd.DataFrame(
-        [{"layer": layer, "head": head, "mean": float(mean[layer, head]), "std": float(std[layer, head]), "n_prompts": int(n[layer, head])}
-         for layer in range(mean.shape[0]) for head in range(mean.shape[1])]
+        [
+            {
+                "layer": layer,
+                "head": head,
+                "mean": float(mean[layer, head]),
+                "std": float(std[layer, head]),
+                "n_prompts": int(n[layer, head]),
+            }
+            for layer in range(mean.shape[0])
+            for head in range(mean.shape[1])
+        ]
     )
     return (
         alt.Chart(df)
@@ -177,7 +207,13 @@ def function_heatmap(table: hf.HeadFunctionTable, fn: str) -> alt.Chart:
             x=alt.X("head:O"),
             y=alt.Y("layer:O"),
             color=alt.Color("mean:Q", scale=alt.Scale(scheme="viridis"), title=hf.FUNCTION_TITLES[fn]),
-            tooltip=["layer", "head", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("std:Q", format=".3f"), "n_prompts"],
+            tooltip=[
+                "layer",
+                "head",
+                alt.Tooltip("mean:Q", format=".3f"),
+                alt.Tooltip("std:Q", format=".3f"),
+                "n_prompts",
+            ],
         )
         .properties(width=220, height=18 * mean.shape[0], title=f"{hf.FUNCTION_TITLES[fn]}: mean over prompts")
     )
@@ -192,7 +228,12 @@ with col_prompt:
 with col_opts:
     max_tokens = int(
         st.number_input(
-            "Token limit", min_value=4, max_value=256, value=DEFAULT_MAX_TOKENS, step=8, key="attn_max_tokens",
+            "Token limit",
+            min_value=4,
+            max_value=256,
+            value=DEFAULT_MAX_TOKENS,
+            step=8,
+            key="attn_max_tokens",
             help="Longer prompts are truncated to this many tokens (BOS included); cost grows with n².",
         )
     )
@@ -220,16 +261,29 @@ groups = result.n_heads // result.num_kv_heads
 st.caption(
     f"{len(result.token_ids)} tokens · {result.n_layers} layers ({kinds}) x {result.n_heads} query heads · "
     f"{result.num_kv_heads} key/value head(s): heads marked kvK share KV head K ({groups} per group)"
-    + (f" · local layers see the last {result.sliding_window} tokens" if "local" in kinds and result.sliding_window else "")
+    + (
+        f" · local layers see the last {result.sliding_window} tokens"
+        if "local" in kinds and result.sliding_window
+        else ""
+    )
 )
 
 pick1, pick2, pick3, pick4 = st.columns([1, 1, 1, 1])
 with pick1:
-    layer = st.selectbox("Layer", list(range(result.n_layers)), key="attn_layer", format_func=lambda i: result.layer_labels()[i])
+    layer = st.selectbox(
+        "Layer", list(range(result.n_layers)), key="attn_layer", format_func=lambda i: result.layer_labels()[i]
+    )
 with pick2:
-    head = st.selectbox("Head", list(range(result.n_heads)), key="attn_head", format_func=lambda h: result.head_labels()[h])
+    head = st.selectbox(
+        "Head", list(range(result.n_heads)), key="attn_head", format_func=lambda h: result.head_labels()[h]
+    )
 with pick3:
-    hide_bos = st.checkbox("Hide BOS column", value=False, key="attn_hide_bos", help="Attention sinks put most weight on position 0 and wash out the colour scale.")
+    hide_bos = st.checkbox(
+        "Hide BOS column",
+        value=False,
+        key="attn_hide_bos",
+        help="Attention sinks put most weight on position 0 and wash out the colour scale.",
+    )
 with pick4:
     scale = st.radio("Colour scale", ["0 to visible max", "0 to 1", "log"], key="attn_scale", horizontal=False)
 layer = min(int(layer), result.n_layers - 1)
@@ -254,28 +308,43 @@ with tab_all:
         defined = hf.defined_functions(result.token_ids)
         st.dataframe(
             pd.DataFrame(
-                [{"function": hf.FUNCTION_TITLES[fn], "score on this prompt": float(scores[fn][0, 0]) if defined[fn] else None}
-                 for fn in hf.FUNCTIONS]
+                [
+                    {
+                        "function": hf.FUNCTION_TITLES[fn],
+                        "score on this prompt": float(scores[fn][0, 0]) if defined[fn] else None,
+                    }
+                    for fn in hf.FUNCTIONS
+                ]
             ),
             hide_index=True,
         )
-        st.caption("Detector scores of this head on this prompt only; see *Head functions* for averages over many prompts.")
+        st.caption(
+            "Detector scores of this head on this prompt only; see *Head functions* for averages over many prompts."
+        )
     st.subheader("Model view")
     per_head = st.checkbox("Scale each head to its own maximum", value=True, key="attn_mv_scale")
-    st.caption("Rows are layers (local = sliding window, global = full attention), columns heads (kvK = shared key/value head). "
-               "Long prompts are averaged into at most 16 x 16 blocks per head.")
-    st.altair_chart(model_view_chart(result, (model_key, prompt, max_tokens), hide_bos, per_head), key="attn_model_view")
+    st.caption(
+        "Rows are layers (local = sliding window, global = full attention), columns heads (kvK = shared key/value head). "
+        "Long prompts are averaged into at most 16 x 16 blocks per head."
+    )
+    st.altair_chart(
+        model_view_chart(result, (model_key, prompt, max_tokens), hide_bos, per_head), key="attn_model_view"
+    )
 
 # ---------------------------------------------------------------------------------------------
 with tab_desc:
-    st.markdown(f"Top-5 attended tokens for every query token of **layer {layer}, head {head}**: the text given to the model.")
+    st.markdown(
+        f"Top-5 attended tokens for every query token of **layer {layer}, head {head}**: the text given to the model."
+    )
     desc_df = describe_head(result, layer, head)
     st.dataframe(desc_df, hide_index=True, key="attn_desc_table")
     text = description_text(result, layer, head)
     st.code(text, language=None)
     st.download_button("Download description (txt)", text, file_name=f"head_{layer}_{head}.txt", key="attn_desc_dl")
-    st.caption("Markers stripped (SentencePiece ▁, byte-level Ġ); special tokens as ⟨bos⟩; repeated tokens as text@position; "
-               "↵ newline, ␣ space, \\uXXXX invisible characters.")
+    st.caption(
+        "Markers stripped (SentencePiece ▁, byte-level Ġ); special tokens as ⟨bos⟩; repeated tokens as text@position; "
+        "↵ newline, ␣ space, \\uXXXX invisible characters."
+    )
 
 # ---------------------------------------------------------------------------------------------
 with tab_fn:
@@ -283,10 +352,22 @@ with tab_fn:
         st.markdown(FORMULAS)
     c1, c2 = st.columns([1, 2])
     with c1:
-        use_builtin = st.checkbox("Built-in texts", value=True, key="attn_hf_builtin",
-                                  help="8 prompts: natural sentences, code snippets and lists (engine/data/attention_prompts.json).")
-        n_random = int(st.number_input("Random-token sequences repeated twice", 0, 8, 2, key="attn_hf_random",
-                                       help="BOS + 20 random word tokens + the same 20 again (seeds 0, 1, ...): induction heads light up on the second copy."))
+        use_builtin = st.checkbox(
+            "Built-in texts",
+            value=True,
+            key="attn_hf_builtin",
+            help="8 prompts: natural sentences, code snippets and lists (engine/data/attention_prompts.json).",
+        )
+        n_random = int(
+            st.number_input(
+                "Random-token sequences repeated twice",
+                0,
+                8,
+                2,
+                key="attn_hf_random",
+                help="BOS + 20 random word tokens + the same 20 again (seeds 0, 1, ...): induction heads light up on the second copy.",
+            )
+        )
     with c2:
         user_text = st.text_area("Your prompts (one per line)", value="", key="attn_hf_user", height=80)
     specs = hf.builtin_prompts(lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)
@@ -294,8 +375,12 @@ with tab_fn:
     if st.button(f"Score all heads on {len(specs)} prompts", key="attn_hf_run", disabled=not specs):
         bar = st.progress(0.0, text="starting")
         try:
-            table = hf.run_prompt_set(lm, specs, max_tokens=max_tokens,
-                                      progress=lambda k, n, what: bar.progress(k / n, text=f"{k}/{n}: {what}"))
+            table = hf.run_prompt_set(
+                lm,
+                specs,
+                max_tokens=max_tokens,
+                progress=lambda k, n, what: bar.progress(k / n, text=f"{k}/{n}: {what}"),
+            )
             st.session_state["attn_hf_result"] = (hf_key, table)
         except LabError as err:
             st.error(str(err))
@@ -308,10 +393,17 @@ with tab_fn:
         st.altair_chart(function_heatmap(table, fn), key="attn_hf_chart")
         wide = table.wide()
         st.dataframe(wide.sort_values(fn, ascending=False), hide_index=True, key="attn_hf_table")
-        st.download_button("Download head-function table (csv)", table.table().to_csv(index=False),
-                           file_name="head_functions.csv", key="attn_hf_dl")
+        st.download_button(
+            "Download head-function table (csv)",
+            table.table().to_csv(index=False),
+            file_name="head_functions.csv",
+            key="attn_hf_dl",
+        )
         for f in ("induction", "previous_token"):
-            st.caption(f"Top {hf.FUNCTION_TITLES[f]} heads: " + ", ".join(f"{a}.{b} ({s:.2f})" for a, b, s in table.ranking(f, 3)))
+            st.caption(
+                f"Top {hf.FUNCTION_TITLES[f]} heads: "
+                + ", ".join(f"{a}.{b} ({s:.2f})" for a, b, s in table.ranking(f, 3))
+            )
     elif saved:
         st.info("Inputs changed since the last run: press the button to score the heads again.")
 
@@ -332,16 +424,31 @@ def detector_labels() -> tuple[dict[tuple[int, int], str], str]:
 with tab_ask:
     st.markdown(
         f"The model reads layer {layer}, head {head}'s text description (detector scores withheld) and says what the head does. "
-        + ("Instruction-tuned: the chat template wraps the prompt." if lm.is_instruction_tuned else
-           "Base model: a completion-style prompt; the answer is cut at the first line break.")
+        + (
+            "Instruction-tuned: the chat template wraps the prompt."
+            if lm.is_instruction_tuned
+            else "Base model: a completion-style prompt; the answer is cut at the first line break."
+        )
     )
-    template = st.text_area("Explanation template ({description} is replaced)", value=se.default_template(lm),
-                            key=f"attn_template_{int(lm.is_instruction_tuned)}", height=200)
+    template = st.text_area(
+        "Explanation template ({description} is replaced)",
+        value=se.default_template(lm),
+        key=f"attn_template_{int(lm.is_instruction_tuned)}",
+        height=200,
+    )
     modes = ["text", "image", "text+image"] if lm.is_vlm else ["text"]
-    mode = st.radio("Show the model", modes, key="attn_mode", horizontal=True,
-                    help="A vision-language Gemma 3 can read a PNG of the heatmap (with token labels) instead of, or beside, the text.")
+    mode = st.radio(
+        "Show the model",
+        modes,
+        key="attn_mode",
+        horizontal=True,
+        help="A vision-language Gemma 3 can read a PNG of the heatmap (with token labels) instead of, or beside, the text.",
+    )
     if mode != "text":
-        st.image(heatmap_png(result.head(layer, head), result.labels, title=f"layer {layer} head {head}"), caption="image sent to the model")
+        st.image(
+            heatmap_png(result.head(layer, head), result.labels, title=f"layer {layer} head {head}"),
+            caption="image sent to the model",
+        )
     ask_key = (model_key, prompt, max_tokens, layer, head, template, mode)
     if st.button("Ask the model", key="attn_explain"):
         try:
@@ -361,8 +468,13 @@ with tab_ask:
 with tab_score:
     with st.expander("How explanations are scored", expanded=False):
         st.markdown(SCORING_HELP)
-    scope = st.radio("Heads", ["selected head", "chosen heads", "all heads of a layer", "top heads by a detector"],
-                     key="attn_score_scope", horizontal=True, help="The selected head is the one picked above the tabs.")
+    scope = st.radio(
+        "Heads",
+        ["selected head", "chosen heads", "all heads of a layer", "top heads by a detector"],
+        key="attn_score_scope",
+        horizontal=True,
+        help="The selected head is the one picked above the tabs.",
+    )
     all_heads = [f"{a}.{b}" for a in range(result.n_layers) for b in range(result.n_heads)]
     if scope == "selected head":
         heads = [(layer, head)]
@@ -371,12 +483,22 @@ with tab_score:
         chosen = st.multiselect("Heads (LAYER.HEAD)", all_heads, default=[f"{layer}.{head}"], key="attn_score_heads")
         heads = [tuple(int(x) for x in h.split(".")) for h in chosen]
     elif scope == "all heads of a layer":
-        lay = st.selectbox("Layer", list(range(result.n_layers)), key="attn_score_layer", format_func=lambda i: result.layer_labels()[i])
+        lay = st.selectbox(
+            "Layer",
+            list(range(result.n_layers)),
+            key="attn_score_layer",
+            format_func=lambda i: result.layer_labels()[i],
+        )
         heads = [(int(lay), b) for b in range(result.n_heads)]
     else:
         s1, s2 = st.columns(2)
         with s1:
-            fn = st.selectbox("Detector", list(hf.PATTERN_FUNCTIONS) + ["bos_sink", "self"], key="attn_score_fn", format_func=lambda f: hf.FUNCTION_TITLES[f])
+            fn = st.selectbox(
+                "Detector",
+                list(hf.PATTERN_FUNCTIONS) + ["bos_sink", "self"],
+                key="attn_score_fn",
+                format_func=lambda f: hf.FUNCTION_TITLES[f],
+            )
         with s2:
             top = int(st.number_input("Top", 1, 16, 3, key="attn_score_top"))
         saved = st.session_state.get("attn_hf_result")
@@ -389,25 +511,52 @@ with tab_score:
         st.caption("Heads: " + ", ".join(f"{a}.{b}" for a, b in heads))
     q1, q2 = st.columns(2)
     with q1:
-        queries = int(st.number_input("Query tokens per held-out prompt", 2, 20, 8, key="attn_score_queries",
-                                      help="Bounds the cost: one simulator row per query token and predictor that uses the model."))
+        queries = int(
+            st.number_input(
+                "Query tokens per held-out prompt",
+                2,
+                20,
+                8,
+                key="attn_score_queries",
+                help="Bounds the cost: one simulator row per query token and predictor that uses the model.",
+            )
+        )
     with q2:
         control = st.checkbox("Control: simulator with no explanation", value=True, key="attn_score_control")
-    sim_template = st.text_area("Simulation template ({explanation}, {tokens}, {position}, {token})", value=se.SIMULATE_TEMPLATE,
-                                key="attn_sim_template", height=110,
-                                help="The candidate earlier token's text is scored as the next token after this prompt.")
-    st.caption(f"About {len(heads) * (2 if control else 1) * 3 * queries} simulator rows plus {len(heads)} explanation(s) of up to 40 tokens.")
+    sim_template = st.text_area(
+        "Simulation template ({explanation}, {tokens}, {position}, {token})",
+        value=se.SIMULATE_TEMPLATE,
+        key="attn_sim_template",
+        height=110,
+        help="The candidate earlier token's text is scored as the next token after this prompt.",
+    )
+    st.caption(
+        f"About {len(heads) * (2 if control else 1) * 3 * queries} simulator rows plus {len(heads)} explanation(s) of up to 40 tokens."
+    )
     score_key = (model_key, prompt, max_tokens, tuple(heads), queries, control, template, mode, sim_template)
     if st.button("Explain, simulate and score", key="attn_score_run", disabled=not heads):
         bar = st.progress(0.0, text="held-out forward passes")
         try:
             labels, source = detector_labels()
             heldout = heldout_results(lm, model_key, 24)
-            reuse = {(e.layer, e.head): e.text for k, e in st.session_state.get("attn_explanations", {}).items()
-                     if k[:3] == (model_key, prompt, max_tokens) and k[5:] == (template, mode)}
+            reuse = {
+                (e.layer, e.head): e.text
+                for k, e in st.session_state.get("attn_explanations", {}).items()
+                if k[:3] == (model_key, prompt, max_tokens) and k[5:] == (template, mode)
+            }
             evaluations = se.explain_and_score(
-                lm, result, heads, labels, heldout=heldout, template=template, mode=mode, max_queries=queries,
-                control=control, explanations=reuse, simulate_template=sim_template, progress=lambda k, n, what: bar.progress(k / n, text=f"{k}/{n}: {what}"),
+                lm,
+                result,
+                heads,
+                labels,
+                heldout=heldout,
+                template=template,
+                mode=mode,
+                max_queries=queries,
+                control=control,
+                explanations=reuse,
+                simulate_template=sim_template,
+                progress=lambda k, n, what: bar.progress(k / n, text=f"{k}/{n}: {what}"),
             )
             st.session_state["attn_score_result"] = (score_key, evaluations, source)
         except LabError as err:
@@ -417,14 +566,18 @@ with tab_score:
         evaluations, source = saved[1], saved[2]
         st.caption(f"Detector labels from: {source}.")
         table = se.evaluations_table(evaluations)
-        summary = table.pivot_table(index=["layer.head", "detector_label", "verdict"], columns="predictor", values="top1_agreement").reset_index()
+        summary = table.pivot_table(
+            index=["layer.head", "detector_label", "verdict"], columns="predictor", values="top1_agreement"
+        ).reset_index()
         st.markdown("**Top-1 agreement with the real argmax** (per head and predictor)")
         st.dataframe(summary, hide_index=True, key="attn_score_summary")
         st.markdown("**All scores**")
         st.dataframe(table.drop(columns=["explanation"]), hide_index=True, key="attn_score_table")
         for e in evaluations:
             st.markdown(f"- **{e.layer}.{e.head}** ({e.detector_label}): _{e.explanation}_ → {e.verdict}")
-        st.download_button("Download scores (csv)", table.to_csv(index=False), file_name="explanation_scores.csv", key="attn_score_dl")
+        st.download_button(
+            "Download scores (csv)", table.to_csv(index=False), file_name="explanation_scores.csv", key="attn_score_dl"
+        )
         st.caption(
             "Read with care: a few dozen query rows per head, one greedy explanation, and a small model as its own "
             "simulator. Top-1 agreement near the BOS baseline mostly measures the attention sink, not understanding."

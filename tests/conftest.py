@@ -7,14 +7,11 @@ converts the GGUF into cache/ (about a minute); later runs load the cache in sec
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
@@ -43,14 +40,14 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gemma3(tiny_gemma3_dir):
-    from engine.models import load_model
+    from engine.core.loading import load_model
 
     return load_model(str(tiny_gemma3_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
-    from engine.models import load_model
+    from engine.core.loading import load_model
 
     return load_model(str(tiny_llama_dir))
 
@@ -58,7 +55,8 @@ def tiny_llama(tiny_llama_dir):
 @pytest.fixture(scope="session")
 def embedded_lm():
     """The real embedded Gemma 3 270M (float32, CPU), loaded once for the whole session."""
-    from engine.models import EMBEDDED_LM, load_model
+    from engine.core.embedded import EMBEDDED_LM
+    from engine.core.loading import load_model
 
     return load_model(EMBEDDED_LM)
 
@@ -66,7 +64,7 @@ def embedded_lm():
 @pytest.fixture(scope="session")
 def embedder():
     """The real all-MiniLM-L6-v2 sentence embedder from its PyPI package."""
-    from engine.embedder import load_embedder
+    from engine.core.embedder import load_embedder
 
     return load_embedder()
 
@@ -74,7 +72,7 @@ def embedder():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (CI has it); tests that need it skip on a user's fresh clone."""
-    from engine.paths import shared_data_dir
+    from engine.core.paths import shared_data_dir
 
     path = shared_data_dir()
     if path is None:

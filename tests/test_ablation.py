@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
-
-from engine import ablation as ab
-from engine import superweights as sw
-from engine import sw_quantize as swq
-from engine.errors import LabError
 from test_superweights import PLANT, PROMPTS, one_torch_thread, planted_llama  # noqa: F401 (autouse fixture)
+
+from engine.core import architecture, lm_eval, weight_edits
+from engine.core.errors import LabError
+from engine.superweights import ablation as ab
+from engine.superweights import detect as sw
+from engine.superweights import quantize as swq
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _same(model, snap) -> bool:
 
 def test_every_condition_restores_the_weights_bit_for_bit(lm, candidates):
     snap = _snapshot(lm.model)
-    ids = sw.encode(lm, PROMPTS[0])
+    ids = lm_eval.encode(lm, PROMPTS[0])
     with torch.no_grad():
         base = lm.model(ids).logits.clone()
     for cond in ab.build_conditions(k=5, scales=[0.0, 3.0]):
@@ -52,17 +53,17 @@ def test_every_condition_restores_the_weights_bit_for_bit(lm, candidates):
 
 
 def test_restore_check_raises_when_something_else_changed(lm):
-    w = sw.down_weight(lm.model, 1)
+    w = architecture.down_weight(lm.model, 1)
     old = w[0, 0].item()
-    with pytest.raises(ab.RestoreError):
-        with ab.edited_weights(lm, [ab.ElementEdit.zero(lm.model, *PLANT)]):
+    with pytest.raises(weight_edits.RestoreError):
+        with weight_edits.edited_weights(lm, [weight_edits.ElementEdit.zero(lm.model, *PLANT)]):
             w[0, 0] = old + 1.0  # an edit the context manager did not make
     w[0, 0] = old
     assert w[PLANT[1], PLANT[2]].item() == 200.0
 
 
 def test_scale_and_topk_edits(lm, candidates):
-    w = sw.down_weight(lm.model, 1)
+    w = architecture.down_weight(lm.model, 1)
     with ab.applied(lm, ab.Condition("x", "scale", 2.5), candidates):
         assert w[17, 42].item() == 500.0
     assert w[17, 42].item() == 200.0
@@ -74,18 +75,20 @@ def test_scale_and_topk_edits(lm, candidates):
     coords = [(float(e.weight[r, c].abs()), e) for e in edits for r, c in zip(e.rows.tolist(), e.cols.tolist())]
     assert len(coords) == 7
     # the 7 largest |w| of all decoder linear layers apart from the super weight
-    all_abs = torch.cat([sw.out_in_weight(m).abs().flatten() for _, _, m in sw.linear_weights(lm.model)])
+    all_abs = torch.cat(
+        [architecture.out_in_weight(m).abs().flatten() for _, _, m in architecture.linear_weights(lm.model)]
+    )
     expected = torch.topk(all_abs, 8).values[1:]
     assert sorted(v for v, _ in coords) == pytest.approx(sorted(expected.tolist()))
-    with ab.edited_weights(lm, edits):
+    with weight_edits.edited_weights(lm, edits):
         assert w[17, 42].item() == 200.0
     assert ab.paper_k(lm) == max(1, round(1e-6 * ab.decoder_linear_count(lm)))
 
 
 def test_restoring_the_super_activation_gives_back_the_original_spike(lm, candidates):
     c = candidates[0]
-    ids = sw.encode(lm, PROMPTS[1])
-    mod = sw.down_projections(lm.model)[c.layer]
+    ids = lm_eval.encode(lm, PROMPTS[1])
+    mod = architecture.down_projections(lm.model)[c.layer]
 
     def spike_column(condition=None):
         out = {}
@@ -93,9 +96,11 @@ def test_restoring_the_super_activation_gives_back_the_original_spike(lm, candid
             if condition:
                 stack.enter_context(ab.applied(lm, condition, [c]))
             # registered after the condition's own hook, so it sees the final output
-            stack.callback(mod.register_forward_hook(lambda m, i, o: out.__setitem__("y", o[0, :, c.row].clone())).remove)
+            stack.callback(
+                mod.register_forward_hook(lambda m, i, o: out.__setitem__("y", o[0, :, c.row].clone())).remove
+            )
             with torch.no_grad():
-                sw.run_body(lm, ids)
+                lm_eval.run_body(lm, ids)
         return out["y"]
 
     original = spike_column()
@@ -111,7 +116,7 @@ def test_restoring_the_super_activation_gives_back_the_original_spike(lm, candid
 
 def test_chunked_perplexity_equals_the_library_loss(lm):
     text = "The cat sat on the mat. Summer is hot. Winter is cold. " * 6
-    windows = ab.eval_windows(lm, text, window=32, max_tokens=60)
+    windows = lm_eval.eval_windows(lm, text, window=32, max_tokens=60)
     assert all(w[0, 0].item() == lm.tokenizer.bos_token_id for w in windows)
     assert sum(w.shape[1] - 1 for w in windows) == 60 and all(w.shape[1] <= 32 for w in windows)
     nll, n = 0.0, 0
@@ -121,26 +126,26 @@ def test_chunked_perplexity_equals_the_library_loss(lm):
             nll += out.loss.item() * (w.shape[1] - 1)
             n += w.shape[1] - 1
     expected = math.exp(nll / n)
-    assert ab.perplexity(lm, windows, vocab_tile=7) == pytest.approx(expected, rel=1e-5)
-    assert ab.perplexity(lm, windows, vocab_tile=10**6) == pytest.approx(expected, rel=1e-5)
+    assert lm_eval.perplexity(lm, windows, vocab_tile=7) == pytest.approx(expected, rel=1e-5)
+    assert lm_eval.perplexity(lm, windows, vocab_tile=10**6) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(LabError, match="empty"):
-        ab.eval_windows(lm, "   ")
+        lm_eval.eval_windows(lm, "   ")
 
 
 @pytest.mark.parametrize("cap", [None, 0.5])
 def test_tiled_nll_equals_cross_entropy_on_full_logits(lm, cap, monkeypatch):
     monkeypatch.setattr(lm.text_config, "final_logit_softcapping", cap, raising=False)
-    ids = sw.encode(lm, "The cat sat on the mat. Summer is hot. Winter is cold.")
+    ids = lm_eval.encode(lm, "The cat sat on the mat. Summer is hot. Winter is cold.")
     with torch.no_grad():
-        hidden = sw.run_body(lm, ids)[0, :-1]
+        hidden = lm_eval.run_body(lm, ids)[0, :-1]
     targets = ids[0, 1:]
-    logits = ab._logits(lm, hidden)
+    logits = lm_eval.logits_of(lm, hidden)
     if cap:
         assert logits.abs().max() < cap  # soft-capping was applied
     expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     for tile in (1, 7, vocab - 1, vocab, 10**6):  # uneven tiles, a target in the last partial tile
-        got = ab.next_token_nll(lm, hidden, targets, vocab_tile=tile)
+        got = lm_eval.next_token_nll(lm, hidden, targets, vocab_tile=tile)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -151,7 +156,7 @@ def test_stopword_shift_and_continuation(lm):
     frame = ab.stopword_shift(lm, [("The cat sat on", " mat"), ("Summer is", " hot")])
     for i, prompt in enumerate(["The cat sat on", "Summer is"]):  # left-padded batch = each prompt alone
         with torch.no_grad():
-            probs = torch.softmax(lm.model(sw.encode(lm, prompt)).logits[0, -1].float(), dim=-1)
+            probs = torch.softmax(lm.model(lm_eval.encode(lm, prompt)).logits[0, -1].float(), dim=-1)
         assert frame.loc[i, "p_stopwords"] == pytest.approx(float(probs[torch.tensor(ids)].sum()), rel=1e-5)
         mat = lm.tokenizer(" mat" if i == 0 else " hot", add_special_tokens=False).input_ids[0]
         assert frame.loc[i, "p_expected"] == pytest.approx(float(probs[mat]), rel=1e-5)
@@ -161,7 +166,7 @@ def test_stopword_shift_and_continuation(lm):
     alone = [ab.greedy_continuations(lm, [p], max_new_tokens=4)[0] for p in prompts]
     assert batched == alone and all(batched)  # left padding changes nothing
     for prompt, text in zip(prompts, batched):  # = a plain argmax loop without a KV cache
-        ids = sw.encode(lm, prompt)
+        ids = lm_eval.encode(lm, prompt)
         start = ids.shape[1]
         with torch.no_grad():
             for _ in range(4):
@@ -211,7 +216,7 @@ def test_quantization_table_restores_weights(lm, candidates):
     assert rows.loc[(1024, "rtn, super weight + outliers held"), "held_weights"] > 1
     assert table["perplexity"].map(math.isfinite).all()
     # at a large block size the planted weight wipes out its block under plain RTN; holding it does not
-    w = sw.down_weight(lm.model, 1)
+    w = architecture.down_weight(lm.model, 1)
     errors = {}
     for method in ("rtn", "rtn, super weight held"):
         pairs, _ = swq.quantized_copies(lm, candidates, 4, 1024, method, 0.0)
@@ -229,21 +234,31 @@ def test_embedded_gemma_ablation_table(embedded_lm):
     det = sw.detect(embedded_lm, sw.DEFAULT_PROMPT, max_iterations=1)
     assert len(det.candidates) == 1
     c = det.candidates[0]
-    w = sw.down_weight(embedded_lm.model, c.layer)
+    w = architecture.down_weight(embedded_lm.model, c.layer)
     before = w.clone()
     result = ab.ablation_table(
-        embedded_lm, det.candidates, k=20, scales=[2.0], window=64, max_tokens=63,
-        continuation_prompts=["Summer is hot. Winter is"], stopword_prompts=ab.STOPWORD_PROMPTS[:2], max_new_tokens=3,
+        embedded_lm,
+        det.candidates,
+        k=20,
+        scales=[2.0],
+        window=64,
+        max_tokens=63,
+        continuation_prompts=["Summer is hot. Winter is"],
+        stopword_prompts=ab.STOPWORD_PROMPTS[:2],
+        max_new_tokens=3,
     )
     assert list(result.table["condition"]) == [
-        "original", "super weight zeroed", "zeroed, super activation restored", "top-20 other weights zeroed",
+        "original",
+        "super weight zeroed",
+        "zeroed, super activation restored",
+        "top-20 other weights zeroed",
         "super weight x 2",
     ]
     assert result.table["perplexity"].map(math.isfinite).all() and (result.table["perplexity"] > 1).all()
     assert result.eval_tokens == 63 and len(result.continuations) == 5
     assert torch.equal(w, before)
     # the original row equals an independent perplexity via the library's own loss
-    windows = ab.eval_windows(embedded_lm, None, 64, 63)
+    windows = lm_eval.eval_windows(embedded_lm, None, 64, 63)
     assert len(windows) == 1
     with torch.no_grad():
         loss = embedded_lm.model(windows[0], labels=windows[0]).loss.item()

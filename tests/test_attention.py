@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import attention as att
-from engine.errors import LabError
+from engine.attention import maps as att
+from engine.core.errors import LabError
 
 
 def test_readable_tokens_and_unique_labels():
@@ -51,12 +51,14 @@ def test_tiny_gemma3_maps_equal_hand_computed_softmax(tiny_gemma3):
     q kᵀ · query_pre_attn_scalar^-0.5 + causal (and sliding-window) mask, softmax; equals the map."""
     lm = tiny_gemma3
     cfg = lm.text_config
-    from engine.architecture import decoder_layers
+    from engine.core.architecture import decoder_layers
 
     captured = {}
     hooks = [
         layer.self_attn.register_forward_pre_hook(
-            lambda mod, args, kwargs, i=i: captured.__setitem__(i, (kwargs.get("hidden_states", args[0] if args else None), kwargs["position_embeddings"])),
+            lambda mod, args, kwargs, i=i: captured.__setitem__(
+                i, (kwargs.get("hidden_states", args[0] if args else None), kwargs["position_embeddings"])
+            ),
             with_kwargs=True,
         )
         for i, layer in enumerate(decoder_layers(lm.model))
@@ -114,7 +116,7 @@ def test_run_attention_tiny_model_shapes_truncation_and_bad_input(tiny_gemma3):
 
 
 def test_model_without_attention_weights_names_the_model(tiny_llama_dir):
-    from engine.models import load_model
+    from engine.core.loading import load_model
 
     lm = load_model(str(tiny_llama_dir), attn_implementation="sdpa")
     with pytest.raises(LabError) as err:
@@ -125,8 +127,18 @@ def test_model_without_attention_weights_names_the_model(tiny_llama_dir):
 def fake_result(pattern: np.ndarray, labels: list[str]) -> att.AttentionResult:
     n = pattern.shape[0]
     return att.AttentionResult(
-        "m", "p", list(range(n)), labels, labels, labels, pattern[None, None].astype(np.float32),
-        ["full_attention"], 1, None, n, 64,
+        "m",
+        "p",
+        list(range(n)),
+        labels,
+        labels,
+        labels,
+        pattern[None, None].astype(np.float32),
+        ["full_attention"],
+        1,
+        None,
+        n,
+        64,
     )
 
 

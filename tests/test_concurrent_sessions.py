@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from engine.models import EMBEDDED_LM, LoadedModel
+from engine.core.embedded import EMBEDDED_LM
+from engine.core.model import LoadedModel
 from engine.uq import runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def _equal(a, b) -> bool:
 
 def test_four_sessions_at_once(tmp_path, monkeypatch):
     # Runs go to a fresh cache; the converted model is linked in so nothing converts again.
-    from engine.models import prepare_embedded
+    from engine.core.embedded import prepare_embedded
 
     (tmp_path / "models").symlink_to(prepare_embedded().parent)
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
-
-from browser import CHROMIUM, CHROMIUM_ARGS, ROOT, assert_no_exception, browser_missing_reason, streamlit_server, wait_idle
+from browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    assert_no_exception,
+    browser_missing_reason,
+    streamlit_server,
+    wait_idle,
+)
 
 reason = browser_missing_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
@@ -36,7 +42,8 @@ def wait_text(page, text: str, timeout_ms: int = 240_000) -> None:
     """Wait until the main area shows `text` (what a person would wait for)."""
     page.wait_for_function(
         "t => (document.querySelector('[data-testid=\"stMain\"]') || document.body).innerText.includes(t)",
-        arg=text, timeout=timeout_ms,
+        arg=text,
+        timeout=timeout_ms,
     )
 
 
@@ -53,7 +60,7 @@ def lab(tmp_path_factory):
 
     runs_dir = tmp_path_factory.mktemp("lab_cache")
     # Runs go to a fresh cache; the converted model is linked in so the server does not convert again.
-    from engine.models import prepare_embedded
+    from engine.core.embedded import prepare_embedded
 
     models_dir = prepare_embedded().parent
     (runs_dir / "models").symlink_to(models_dir)

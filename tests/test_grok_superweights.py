@@ -8,8 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from engine import grok_analysis as ga
-from engine.grok_superweights import MeasureSettings, activation_measures, causal_test, measure_checkpoint, weight_measures
+from engine.grokking import analysis as ga
+from engine.grokking.measures import (
+    MeasureSettings,
+    activation_measures,
+    causal_test,
+    measure_checkpoint,
+    weight_measures,
+)
 
 
 class Planted(nn.Module):
@@ -90,22 +96,53 @@ def test_stays_on_from_and_onsets_on_a_hand_made_table():
     rows = []
     for step, (ratio, kurt, arg, sup, act) in zip(
         [0, 100, 200, 300, 400],
-        [(5, 0, "(0,0)", False, 3), (6, 1, "(1,1)", False, 7), (11, 6, "(2,2)", True, 6.5), (9, 7, "(2,2)", False, 8), (12, 8, "(2,2)", True, 9)],
+        [
+            (5, 0, "(0,0)", False, 3),
+            (6, 1, "(1,1)", False, 7),
+            (11, 6, "(2,2)", True, 6.5),
+            (9, 7, "(2,2)", False, 8),
+            (12, 8, "(2,2)", True, 9),
+        ],
     ):
-        rows.append({"step": step, "kind": "weight", "name": "W", "max_over_median": ratio, "kurtosis": kurt, "argmax": arg, "is_super": sup})
+        rows.append(
+            {
+                "step": step,
+                "kind": "weight",
+                "name": "W",
+                "max_over_median": ratio,
+                "kurtosis": kurt,
+                "argmax": arg,
+                "is_super": sup,
+            }
+        )
         rows.append({"step": step, "kind": "activation", "name": "L", "max_over_median": act})
     got = ga.onsets(pd.DataFrame(rows))
-    assert got == {"super_weight": 400, "max_over_median": 400, "kurtosis": 200, "top_coordinate": 200, "massive_activation": 100}
+    assert got == {
+        "super_weight": 400,
+        "max_over_median": 400,
+        "kurtosis": 200,
+        "top_coordinate": 200,
+        "massive_activation": 100,
+    }
 
 
 def _table(onsets, groks):
-    return pd.DataFrame({"onset_step": onsets, "grok_95_step": groks, "grokked": [g is not None for g in groks],
-                         "lag": [None if o is None or g is None else o - g for o, g in zip(onsets, groks)],
-                         "final_test_acc": [1.0] * len(groks)}).astype({"onset_step": float, "grok_95_step": float, "lag": float})
+    return pd.DataFrame(
+        {
+            "onset_step": onsets,
+            "grok_95_step": groks,
+            "grokked": [g is not None for g in groks],
+            "lag": [None if o is None or g is None else o - g for o, g in zip(onsets, groks)],
+            "final_test_acc": [1.0] * len(groks),
+        }
+    ).astype({"onset_step": float, "grok_95_step": float, "lag": float})
 
 
 def test_connection_and_plain_summary_follow_the_numbers():
-    lead = _table([100, 300, 500, 700, 900, 1100, 1300, 1500, 1700, 1900], [400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200])
+    lead = _table(
+        [100, 300, 500, 700, 900, 1100, 1300, 1500, 1700, 1900],
+        [400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200],
+    )
     stats = ga.connection(lead)
     assert stats["n_before"] == 10 and stats["median_lag"] == -300
     assert stats["r"] == pytest.approx(1.0) and stats["ci_low"] > 0.9
@@ -119,4 +156,7 @@ def test_connection_and_plain_summary_follow_the_numbers():
     assert not ga.connection_found(mstats) or mstats["r"] < 0
     none = _table([None, None, 500], [None, None, None])
     assert "no connection found" in ga.plain_summary(ga.connection(none)).lower()
-    assert "Contrast: 1 of 3 runs that did not grok" in ga.plain_summary(ga.connection(none)) or ga.connection(none)["n_grokked"] == 0
+    assert (
+        "Contrast: 1 of 3 runs that did not grok" in ga.plain_summary(ga.connection(none))
+        or ga.connection(none)["n_grokked"] == 0
+    )

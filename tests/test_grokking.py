@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from engine import grok_analysis as ga
-from engine.errors import LabError
-from engine.grokking import GrokConfig, RunCache, evaluate, make_dataset, train, validate
+from engine.core.errors import LabError
+from engine.grokking import analysis as ga
+from engine.grokking.training import GrokConfig, RunCache, evaluate, make_dataset, train, validate
 
 # p = 23 with 80% of the pairs for training groks in about 1000 full-batch steps (MLP + Grokfast)
 SMALL = GrokConfig(p=23, train_frac=0.8, steps=1500, eval_every=25, checkpoint_every=100, stop_after_grok=100)
@@ -71,7 +71,10 @@ def test_small_config_groks_with_a_delay(grokked):
 def test_cache_round_trip_is_identical_and_instant(grokked):
     root, rows, summary = grokked
     again = ga.run_experiment(SMALL, root=root, on_eval=lambda r: pytest.fail("a finished run must not train"))
-    assert again == {k: v for k, v in summary.items() if k != "seconds"} or again["grok_95_step"] == summary["grok_95_step"]
+    assert (
+        again == {k: v for k, v in summary.items() if k != "seconds"}
+        or again["grok_95_step"] == summary["grok_95_step"]
+    )
     metrics = RunCache(SMALL, root).metrics()
     expected = pd.DataFrame(rows)[metrics.columns]
     pd.testing.assert_frame_equal(metrics.reset_index(drop=True), expected, check_exact=True, check_dtype=False)
@@ -80,7 +83,9 @@ def test_cache_round_trip_is_identical_and_instant(grokked):
 def test_stopped_run_keeps_checkpoints_and_resumes_to_the_same_numbers(tmp_path):
     config = GrokConfig(p=23, train_frac=0.8, steps=120, eval_every=10, checkpoint_every=40, stop_after_grok=-1)
     seen = []
-    first = train(config, root=tmp_path / "a", on_eval=seen.append, stop=lambda: len(seen) >= 7, threads=1)  # stop at step 60
+    first = train(
+        config, root=tmp_path / "a", on_eval=seen.append, stop=lambda: len(seen) >= 7, threads=1
+    )  # stop at step 60
     assert first.state == "stopped" and first.step == 60
     cache = RunCache(config, tmp_path / "a")
     assert cache.status()["state"] == "stopped" and "resumes from step 60" in cache.status()["message"]
@@ -99,8 +104,25 @@ def test_stopped_run_keeps_checkpoints_and_resumes_to_the_same_numbers(tmp_path)
 def test_cli_grok_writes_metrics_checkpoints_and_summary(tmp_path, capsys):
     from engine.cli import main
 
-    code = main(["grok", "--op", "add", "--p", "23", "--train-frac", "0.8", "--steps", "50", "--eval-every", "10",
-                 "--checkpoint-every", "20", "--out", str(tmp_path)])
+    code = main(
+        [
+            "grok",
+            "--op",
+            "add",
+            "--p",
+            "23",
+            "--train-frac",
+            "0.8",
+            "--steps",
+            "50",
+            "--eval-every",
+            "10",
+            "--checkpoint-every",
+            "20",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     config = GrokConfig(p=23, train_frac=0.8, steps=50, eval_every=10, checkpoint_every=20)
     cache = RunCache(config, run_dir=tmp_path)
@@ -111,13 +133,17 @@ def test_cli_grok_writes_metrics_checkpoints_and_summary(tmp_path, capsys):
     assert set(summary["onsets"]) == set(ga.MEASURES) and "memorisation_step" in summary
     assert main(["grok", "--op", "div", "--p", "12", "--out", str(tmp_path)]) == 2
     assert "not prime" in capsys.readouterr().err
-    assert main(["grok", "--p", "29", "--steps", "10", "--out", str(tmp_path)]) == 2  # another config: nothing overwritten
+    assert (
+        main(["grok", "--p", "29", "--steps", "10", "--out", str(tmp_path)]) == 2
+    )  # another config: nothing overwritten
     assert "another configuration" in capsys.readouterr().err
     assert cache.metrics()["step"].tolist()[-1] == 50
 
 
 def test_transformer_trains_and_is_measured(tmp_path):
-    config = GrokConfig(model="transformer", n_layers=2, p=11, train_frac=0.5, steps=20, eval_every=10, checkpoint_every=10)
+    config = GrokConfig(
+        model="transformer", n_layers=2, p=11, train_frac=0.5, steps=20, eval_every=10, checkpoint_every=10
+    )
     summary = ga.run_experiment(config, root=tmp_path, threads=1)
     assert summary["state"] == "finished" and summary["last_step"] == 20
     measures = pd.read_csv(RunCache(config, tmp_path).measures_path)
@@ -128,7 +154,7 @@ def test_transformer_trains_and_is_measured(tmp_path):
 
 
 def test_delete_run_removes_it_from_the_cache(tmp_path):
-    from engine.grokking import delete_run, list_runs
+    from engine.grokking.training import delete_run, list_runs
 
     config = GrokConfig(p=23, train_frac=0.8, steps=30, eval_every=10, checkpoint_every=10, stop_after_grok=-1)
     ga.run_experiment(config, root=tmp_path, threads=1)

@@ -27,7 +27,6 @@ def _wait(at: AppTest, done, seconds: float = 90.0) -> AppTest:
     return at
 
 
-
 def test_start_a_short_run_see_curves_summary_and_a_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
     at = AppTest.from_function(_tab_app, default_timeout=60)
@@ -95,7 +94,7 @@ def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
     assert not at.exception
     warning = next(w.value for w in at.warning if "Press Start to resume" in w.value)
     assert "checkpoints up to here are kept" in warning
-    from engine.grokking import GrokConfig, RunCache
+    from engine.grokking.training import GrokConfig, RunCache
 
     step = int(warning.split("stopped at step ")[1].split(";")[0])
     config = GrokConfig(p=23, train_frac=0.3, steps=100_000)

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from engine import head_functions as hf
-from engine.errors import LabError
+from engine.attention import head_functions as hf
+from engine.core.errors import LabError
 
 
 def one_hot_rows(n: int, targets: dict[int, int]) -> np.ndarray:
@@ -86,7 +86,11 @@ def test_aggregation_mean_std_skip_undefined_and_best_labels():
     spread = np.array([[[0.2, 0.5, 1.5]], [[0.4, 0.5, 1.7]]])
     table = make_table(
         {"induction": induction, "previous_token": prev, "bos_sink": bos, "spread": spread},
-        ceilings={"induction": np.array([0.25, 0.5]), "previous_token": np.array([0.9, 0.9]), "duplicate_token": np.array([0.0, 0.0])},
+        ceilings={
+            "induction": np.array([0.25, 0.5]),
+            "previous_token": np.array([0.9, 0.9]),
+            "duplicate_token": np.array([0.0, 0.0]),
+        },
     )
     assert table.mean("induction")[0].tolist()[:2] == pytest.approx([0.2, 0.2])
     assert np.isnan(table.mean("induction")[0, 2])  # defined on no prompt
@@ -100,7 +104,14 @@ def test_aggregation_mean_std_skip_undefined_and_best_labels():
     assert labels[2] == ("diffuse", pytest.approx(1.6))
     assert [h for _, h, _ in table.ranking("previous_token")][:1] == [1]
     long = table.table()
-    assert len(long) == 3 * len(hf.FUNCTIONS) and set(long.columns) >= {"layer", "head", "function", "mean", "std", "n_prompts"}
+    assert len(long) == 3 * len(hf.FUNCTIONS) and set(long.columns) >= {
+        "layer",
+        "head",
+        "function",
+        "mean",
+        "std",
+        "n_prompts",
+    }
 
 
 def test_random_repeated_sequences_and_prompt_files(tmp_path, tiny_gemma3):
@@ -124,7 +135,7 @@ def test_random_repeated_sequences_and_prompt_files(tmp_path, tiny_gemma3):
 def test_real_model_induction_heads_on_repeated_random_tokens(embedded_lm):
     """Top induction head on random tokens x2 scores far above the same positional stripe on
     unrepeated random tokens of the same length; the top previous-token head is a strong one."""
-    from engine.attention import run_attention
+    from engine.attention.maps import run_attention
 
     tok = embedded_lm.tokenizer
     table = hf.run_prompt_set(embedded_lm, hf.builtin_prompts(tok, n_random=2, texts=False))

@@ -8,14 +8,14 @@ import shutil
 import pytest
 import torch
 
-from engine import models
-from engine.errors import LabError
+from engine.core import device, embedded, loading
+from engine.core.errors import LabError
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gemma3_dir", "tiny_llama_dir", "tiny_gpt2_dir"])
 def test_any_causal_lm_loads_from_a_folder(fixture, request):
     folder = request.getfixturevalue(fixture)
-    lm = models.load_model(str(folder))
+    lm = loading.load_model(str(folder))
     assert not lm.is_vlm and lm.device == "cpu" and lm.dtype == "float32"
     ids = lm.tokenizer("The cat sat on the mat", return_tensors="pt")
     with lm.lock, torch.no_grad():
@@ -28,7 +28,7 @@ def test_any_causal_lm_loads_from_a_folder(fixture, request):
 def test_vision_language_gemma3_loads_with_processor(tiny_vlm_dir):
     from PIL import Image
 
-    lm = models.load_model(str(tiny_vlm_dir))
+    lm = loading.load_model(str(tiny_vlm_dir))
     assert lm.is_vlm and lm.processor is not None
     assert type(lm.model).__name__ == "Gemma3ForConditionalGeneration"
     image = Image.new("RGB", (32, 32), (200, 30, 30))
@@ -40,47 +40,47 @@ def test_vision_language_gemma3_loads_with_processor(tiny_vlm_dir):
 
 def test_unknown_model_gives_one_line_error():
     with pytest.raises(LabError) as err:
-        models.load_model("no-such-org/no-such-model-xyz")
+        loading.load_model("no-such-org/no-such-model-xyz")
     message = str(err.value)
     assert "no-such-org/no-such-model-xyz" in message and "\n" not in message and "offline" in message
 
 
 def test_missing_folder_and_folder_without_config(tmp_path):
     with pytest.raises(LabError, match="does not exist"):
-        models.load_model(str(tmp_path / "nope" / "x" / "y"))
+        loading.load_model(str(tmp_path / "nope" / "x" / "y"))
     with pytest.raises(LabError, match="no config.json"):
-        models.load_model(str(tmp_path))
+        loading.load_model(str(tmp_path))
 
 
 def test_quantization_on_cpu_is_refused_with_reason(tiny_llama_dir):
-    if models.cuda_available():
+    if device.cuda_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(LabError, match="CUDA GPU"):
-        models.load_model(str(tiny_llama_dir), quantization="4bit")
+        loading.load_model(str(tiny_llama_dir), quantization="4bit")
     with pytest.raises(LabError, match="Unknown quantization"):
-        models.load_model(str(tiny_llama_dir), quantization="3bit")
+        loading.load_model(str(tiny_llama_dir), quantization="3bit")
 
 
 def test_cache_problem_detects_truncation_and_missing_manifest(tmp_path, tiny_llama_dir):
     folder = tmp_path / "m"
     shutil.copytree(tiny_llama_dir, folder)
-    assert models.cache_problem(folder) == "no manifest (half-written?)"
-    models._write_manifest(folder, "abc", "x.gguf")
-    assert models.cache_problem(folder) is None
-    assert models.cache_problem(folder, "other-sha") == "converted from a different GGUF file"
+    assert embedded.cache_problem(folder) == "no manifest (half-written?)"
+    embedded._write_manifest(folder, "abc", "x.gguf")
+    assert embedded.cache_problem(folder) is None
+    assert embedded.cache_problem(folder, "other-sha") == "converted from a different GGUF file"
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    assert models.cache_problem(folder) == "model.safetensors has the wrong size"
+    assert embedded.cache_problem(folder) == "model.safetensors has the wrong size"
     weights.write_bytes(data[:-8] + b"\0" * 8)  # same size, corrupted tail
-    assert models.cache_problem(folder) == "model.safetensors is corrupted"
-    (folder / models.MANIFEST).write_text("{not json")
-    assert models.cache_problem(folder) == "manifest unreadable"
+    assert embedded.cache_problem(folder) == "model.safetensors is corrupted"
+    (folder / embedded.MANIFEST).write_text("{not json")
+    assert embedded.cache_problem(folder) == "manifest unreadable"
 
 
 def test_embedded_cache_matches_gguf(embedded_lm):
     """GGUF -> cache -> reload gives the same logits (max abs diff <= 1e-4); the manifest names the GGUF."""
-    gguf_model, tokenizer = models.load_embedded_from_gguf()
+    gguf_model, tokenizer = embedded.load_embedded_from_gguf()
     ids = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         direct = gguf_model(**ids).logits
@@ -88,11 +88,11 @@ def test_embedded_cache_matches_gguf(embedded_lm):
     assert (direct - cached).abs().max().item() <= 1e-4
     del gguf_model
 
-    folder = models.embedded_cache_path()
-    manifest = json.loads((folder / models.MANIFEST).read_text())
-    _, sha = models.embedded_gguf_info()
+    folder = embedded.embedded_cache_path()
+    manifest = json.loads((folder / embedded.MANIFEST).read_text())
+    _, sha = embedded.embedded_gguf_info()
     assert manifest["source_sha256"] == sha
-    assert models.cache_problem(folder, sha) is None
+    assert embedded.cache_problem(folder, sha) is None
 
 
 def test_corrupted_embedded_cache_is_rebuilt(tmp_path, monkeypatch, tiny_gemma3_dir):
@@ -107,17 +107,17 @@ def test_corrupted_embedded_cache_is_rebuilt(tmp_path, monkeypatch, tiny_gemma3_
         conversions.append(1)
         return AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir), AutoTokenizer.from_pretrained(tiny_gemma3_dir)
 
-    monkeypatch.setattr(models, "load_embedded_from_gguf", fake_convert)
-    target = models.prepare_embedded()
-    assert conversions == [1] and models.cache_problem(target) is None
-    models.prepare_embedded()
+    monkeypatch.setattr(embedded, "load_embedded_from_gguf", fake_convert)
+    target = embedded.prepare_embedded()
+    assert conversions == [1] and embedded.cache_problem(target) is None
+    embedded.prepare_embedded()
     assert conversions == [1]  # a valid cache is reused, not rebuilt
     (target / "config.json").write_text("{}")  # corrupt it
-    assert models.cache_problem(target) is not None
+    assert embedded.cache_problem(target) is not None
     messages = []
-    models.prepare_embedded(log=messages.append)
+    embedded.prepare_embedded(log=messages.append)
     assert conversions == [1, 1] and any("Rebuilding" in m for m in messages)
-    assert models.cache_problem(target) is None
+    assert embedded.cache_problem(target) is None
     assert not list(target.parent.glob(".*.tmp-*"))  # no temporary folder left behind
 
 
@@ -126,12 +126,12 @@ def test_embedded_greedy_continuation_knows_paris(embedded_lm):
     ids = tok("Q: What is the capital of France?\nA:", return_tensors="pt")
     with embedded_lm.lock, torch.no_grad():
         out = embedded_lm.model.generate(**ids, max_new_tokens=12, do_sample=False)
-    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text
 
 
 def test_minilm_ranks_paraphrase_above_unrelated(embedder):
-    from engine.embedder import embed
+    from engine.core.embedder import embed
 
     vecs = embed(embedder, ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell today."])
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.3

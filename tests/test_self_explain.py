@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import self_explain as se
-from engine.attention import run_attention
-from engine.errors import LabError
+from engine.attention import self_explain as se
+from engine.attention.maps import run_attention
+from engine.core.errors import LabError
 
 
 def test_rule_predictions_follow_detector_labels():
@@ -65,7 +65,9 @@ def test_verdicts():
 
 
 def test_explain_prompt_template_and_modes():
-    assert "{description}" in se.EXPLAIN_COMPLETION_TEMPLATE and se.EXPLAIN_COMPLETION_TEMPLATE.endswith(se.COMPLETION_PREFIX)
+    assert "{description}" in se.EXPLAIN_COMPLETION_TEMPLATE and se.EXPLAIN_COMPLETION_TEMPLATE.endswith(
+        se.COMPLETION_PREFIX
+    )
     text = se.build_explain_prompt("A {description} B", "DESC")
     assert text == "A DESC B"
     assert "DESC" not in se.build_explain_prompt("A {description} B", "DESC", mode="image")
@@ -92,8 +94,15 @@ def test_simulator_and_pipeline_on_tiny_model(tiny_gemma3):
     heldout = [run_attention(lm, "My sister planted tomatoes in the garden")]
     calls = []
     evals = se.explain_and_score(
-        lm, res, [(0, 1), (1, 3)], {(0, 1): "previous_token"}, heldout=heldout, max_queries=3,
-        max_new_tokens=4, progress=lambda k, n, what: calls.append((k, n)), explanations={(1, 3): "given"},
+        lm,
+        res,
+        [(0, 1), (1, 3)],
+        {(0, 1): "previous_token"},
+        heldout=heldout,
+        max_queries=3,
+        max_new_tokens=4,
+        progress=lambda k, n, what: calls.append((k, n)),
+        explanations={(1, 3): "given"},
     )
     assert calls[0] == (0, 2) and calls[-1] == (2, 2)
     assert evals[1].explanation == "given" and evals[1].detector_label == "diffuse"
@@ -108,7 +117,7 @@ def test_simulator_and_pipeline_on_tiny_model(tiny_gemma3):
 
 
 def test_chat_template_path(tiny_gemma3_dir):
-    from engine.models import load_model
+    from engine.core.loading import load_model
 
     lm = load_model(str(tiny_gemma3_dir))
     lm.tokenizer.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}<|assistant|>"
@@ -120,7 +129,7 @@ def test_chat_template_path(tiny_gemma3_dir):
 
 
 def test_vlm_explains_from_png_heatmap(tiny_vlm_dir):
-    from engine.models import load_model
+    from engine.core.loading import load_model
 
     lm = load_model(str(tiny_vlm_dir))
     res = run_attention(lm, "The cat sat on the mat")
@@ -134,7 +143,7 @@ def test_vlm_explains_from_png_heatmap(tiny_vlm_dir):
 def test_png_heatmap_renders_labels_and_values():
     from PIL import Image
 
-    from engine.attention_png import heatmap_image, heatmap_png
+    from engine.attention.png import heatmap_image, heatmap_png
 
     a = np.array([[1.0, 0, 0], [0.5, 0.5, 0], [0.0, 1.0, 0.0]])
     img = heatmap_image(a, ["\u27e8bos\u27e9", "cat", "sat"], cell=20)
@@ -150,15 +159,21 @@ def test_png_heatmap_renders_labels_and_values():
 def test_real_model_detector_rule_beats_bos_on_previous_token_head(embedded_lm):
     """On held-out prompts, the previous-token rule predicts the strongest previous-token head far
     better than always-BOS, and the LM simulator runs on the real model (bounded: 3 queries)."""
-    from engine import head_functions as hf
+    from engine.attention import head_functions as hf
 
     tok = embedded_lm.tokenizer
     table = hf.run_prompt_set(embedded_lm, hf.builtin_prompts(tok, n_random=1, texts=False))
     layer, head, _ = table.ranking("previous_token", 1)[0]
     heldout = se.run_heldout(embedded_lm, se.heldout_prompts(tok)[:1], max_tokens=16)
     ev = se.evaluate_explanation(
-        embedded_lm, layer, head, "attends to the token just before the current one", "previous_token", heldout,
-        max_queries=3, control=False,
+        embedded_lm,
+        layer,
+        head,
+        "attends to the token just before the current one",
+        "previous_token",
+        heldout,
+        max_queries=3,
+        control=False,
     )
     assert ev.scores["detector label"]["top1"] >= 2 / 3
     assert ev.scores["detector label"]["top1"] > ev.scores["baseline: BOS"]["top1"]

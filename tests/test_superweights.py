@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import tiny_models
 import torch
 
-import tiny_models
-from engine import superweights as sw
-from engine.errors import LabError
-from engine.models import LoadedModel
+from engine.core import architecture, lm_eval
+from engine.core.errors import LabError
+from engine.core.model import LoadedModel
+from engine.superweights import detect as sw
 
 PLANT = (1, 17, 42)  # (layer, row = output channel, col = input channel)
 PROMPTS = ["The cat sat on the mat.", "Apple Inc. is a worldwide tech company."]
@@ -18,8 +19,18 @@ PROMPTS = ["The cat sat on the mat.", "Apple Inc. is a worldwide tech company."]
 
 def _lm(model, name: str, quantization: str = "none") -> LoadedModel:
     tokenizer = tiny_models.build_tokenizer()
-    return LoadedModel(name=name, model=model.eval(), tokenizer=tokenizer, processor=None, device="cpu",
-                       dtype="float32", quantization=quantization, is_vlm=False, source="test", load_seconds=0.0)
+    return LoadedModel(
+        name=name,
+        model=model.eval(),
+        tokenizer=tokenizer,
+        processor=None,
+        device="cpu",
+        dtype="float32",
+        quantization=quantization,
+        is_vlm=False,
+        source="test",
+        load_seconds=0.0,
+    )
 
 
 def planted_llama(layers: int = 4) -> LoadedModel:
@@ -27,9 +38,18 @@ def planted_llama(layers: int = 4) -> LoadedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     model = LlamaForCausalLM(config)
     layer, row, col = PLANT
     with torch.no_grad():
@@ -45,8 +65,9 @@ def planted_gpt2() -> LoadedModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=384, n_embd=64, n_layer=3, n_head=4, n_positions=256,
-                                       bos_token_id=2, eos_token_id=1))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=384, n_embd=64, n_layer=3, n_head=4, n_positions=256, bos_token_id=2, eos_token_id=1)
+    )
     layer, row, col = PLANT
     with torch.no_grad():
         mlp = model.transformer.h[layer].mlp
@@ -82,7 +103,7 @@ def test_planted_super_weight_is_detected_exactly(llama_lm):
     assert c.persists_in_layers[0] == PLANT[0] and len(c.persists_in_layers) >= 2
     assert abs(c.super_activation) == pytest.approx(det.scans[0].layers[1].max_abs_output)
     # the weight was restored after the iterative procedure
-    assert sw.down_weight(llama_lm.model, 1)[17, 42].item() == 200.0
+    assert architecture.down_weight(llama_lm.model, 1)[17, 42].item() == 200.0
 
 
 def test_a_spike_that_survives_zeroing_its_weight_is_rejected():
@@ -99,13 +120,13 @@ def test_a_spike_that_survives_zeroing_its_weight_is_rejected():
     assert [c.coord for c in det.rejected] == [(2, 5, 42)]
     assert abs(det.rejected[0].share) < 0.05 and "rejected" in det.stop_reason
     assert list(det.frame(rejected=True)["row"]) == [5]
-    assert sw.down_weight(lm.model, 2)[5, 42].item() != 0.0  # restored
+    assert architecture.down_weight(lm.model, 2)[5, 42].item() != 0.0  # restored
 
 
 def test_zeroing_changes_output_and_restoring_gives_identical_logits(llama_lm):
-    from engine.ablation import ElementEdit, edited_weights
+    from engine.superweights.ablation import ElementEdit, edited_weights
 
-    ids = sw.encode(llama_lm, sw.DEFAULT_PROMPT)
+    ids = lm_eval.encode(llama_lm, sw.DEFAULT_PROMPT)
     with torch.no_grad():
         before = llama_lm.model(ids).logits.clone()
         with edited_weights(llama_lm, [ElementEdit.zero(llama_lm.model, *PLANT)]):
@@ -127,9 +148,9 @@ def test_absolute_threshold_and_scan_table(llama_lm):
 
 def test_gpt2_conv1d_orientation():
     lm = planted_gpt2()
-    spec = sw.down_proj_spec(lm.model)
-    assert spec.path == "mlp.c_proj" and spec.transposed
-    w = sw.down_weight(lm.model, 1)
+    spec = architecture.down_proj_spec(lm.model)
+    assert spec.path == "mlp.c_proj" and architecture.is_conv1d(architecture.down_projections(lm.model)[1])
+    w = architecture.down_weight(lm.model, 1)
     stored = lm.model.transformer.h[1].mlp.c_proj.weight
     assert w.shape == (64, 256) and w[17, 42].item() == stored[42, 17].item() == 200.0
     det = sw.detect(lm, sw.DEFAULT_PROMPT)
@@ -140,7 +161,7 @@ def test_gpt2_conv1d_orientation():
     mlp = lm.model.transformer.h[1].mlp
     handle = mlp.c_proj.register_forward_hook(lambda m, i, o: captured.update(x=i[0][0], y=o[0]))
     with torch.no_grad():
-        sw.run_body(lm, sw.encode(lm, sw.DEFAULT_PROMPT))
+        lm_eval.run_body(lm, lm_eval.encode(lm, sw.DEFAULT_PROMPT))
     handle.remove()
     by_hand = captured["x"] @ w.T + mlp.c_proj.bias
     assert by_hand.abs().max().item() == pytest.approx(det.scans[0].layers[1].max_abs_output, rel=1e-5)
@@ -154,7 +175,7 @@ def test_unknown_architecture_and_bad_input(llama_lm):
             self.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
 
     with pytest.raises(LabError, match="Unknown architecture 'odd'"):
-        sw.down_projections(Odd())
+        architecture.down_projections(Odd())
     with pytest.raises(LabError, match="No prompt"):
         sw.scan(llama_lm, ["", "   "])
     with pytest.raises(LabError, match="No prompt"):
@@ -166,7 +187,7 @@ def test_unknown_architecture_and_bad_input(llama_lm):
 
 
 def test_quantized_model_scan_works_ablation_refused(llama_lm):
-    from engine.ablation import ElementEdit, edited_weights
+    from engine.superweights.ablation import ElementEdit, edited_weights
 
     q = dataclasses.replace(llama_lm, quantization="4bit")
     det = sw.detect(q, sw.DEFAULT_PROMPT)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
-
 from test_superweights import one_torch_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

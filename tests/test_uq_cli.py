@@ -6,7 +6,7 @@ import os
 import pandas as pd
 
 from engine.cli import main
-from engine.paths import REPO_ROOT
+from engine.core.paths import REPO_ROOT
 
 
 def _isolated_cache(tmp_path, monkeypatch):
@@ -19,8 +19,22 @@ def _isolated_cache(tmp_path, monkeypatch):
 def test_cli_on_webquestions(shared_data, embedded_lm, tmp_path, monkeypatch, capsys):
     _isolated_cache(tmp_path, monkeypatch)
     out = tmp_path / "out"
-    argv = ["uq", "--questions", str(shared_data / "webquestions_test.csv"), "--out", str(out), "--limit", "3",
-            "--samples", "3", "--max-new-tokens", "8", "--bootstrap", "50", "--quiet"]
+    argv = [
+        "uq",
+        "--questions",
+        str(shared_data / "webquestions_test.csv"),
+        "--out",
+        str(out),
+        "--limit",
+        "3",
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--bootstrap",
+        "50",
+        "--quiet",
+    ]
     assert main(argv) == 0
     results = pd.read_csv(out / "results.csv")
     assert list(results["id"]) == ["wqs000000", "wqs000001", "wqs000002"]

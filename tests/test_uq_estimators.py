@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq.clustering import semantic_clusters
 from engine.uq.estimators import (
-    ESTIMATORS,
     EIGENSCORE_ALPHA,
+    ESTIMATORS,
     best_variance_split,
     cluster_entropy,
     eigenscore,
@@ -25,7 +25,13 @@ D = 8
 
 
 def record(
-    qid="q", samples=("a", "b"), sample_lps=None, answer_lps=(-1.0,), sample_hidden=None, answer_hidden=None, layers=(2, 5, 8)
+    qid="q",
+    samples=("a", "b"),
+    sample_lps=None,
+    answer_lps=(-1.0,),
+    sample_hidden=None,
+    answer_hidden=None,
+    layers=(2, 5, 8),
 ) -> QuestionRecord:
     k = len(samples)
     rng = np.random.default_rng(abs(hash(qid)) % 2**32)
@@ -38,7 +44,9 @@ def record(
         answer_hidden=rng.normal(size=(len(layers), D)).astype(np.float32) if answer_hidden is None else answer_hidden,
         samples=list(samples),
         sample_token_logprobs=[[-1.0]] * k if sample_lps is None else [list(x) for x in sample_lps],
-        sample_hidden=rng.normal(size=(k, len(layers), D)).astype(np.float32) if sample_hidden is None else sample_hidden,
+        sample_hidden=rng.normal(size=(k, len(layers), D)).astype(np.float32)
+        if sample_hidden is None
+        else sample_hidden,
         hidden_layers=list(layers),
     )
 
@@ -49,7 +57,9 @@ def exact_meaning(a: str, b: str) -> bool:
 
 
 def test_logprob_scores_have_exact_values():
-    rec = record(answer_lps=[-1.0, -2.0, -3.0], samples=["a", "b", "c"], sample_lps=[[-1.0, -1.0], [-2.0], [-3.0, -3.0, -3.0]])
+    rec = record(
+        answer_lps=[-1.0, -2.0, -3.0], samples=["a", "b", "c"], sample_lps=[[-1.0, -1.0], [-2.0], [-3.0, -3.0, -3.0]]
+    )
     scores = score_records([rec], None, estimators=["mean_token_nll", "max_seq_prob", "predictive_entropy"]).scores
     assert scores.loc["q", "mean_token_nll"] == pytest.approx(2.0)
     assert scores.loc["q", "max_seq_prob"] == pytest.approx(-math.exp(-6.0))  # negated confidence
@@ -80,7 +90,9 @@ def test_eigenscore_on_a_known_covariance():
     # so C = var * 11^T has one eigenvalue K var and K - 1 zeros
     same = np.tile(np.arange(6.0), (4, 1))
     var = np.var(np.arange(6.0), ddof=1)
-    assert eigenscore(same) == pytest.approx((math.log(4 * var + EIGENSCORE_ALPHA) + 3 * math.log(EIGENSCORE_ALPHA)) / 4)
+    assert eigenscore(same) == pytest.approx(
+        (math.log(4 * var + EIGENSCORE_ALPHA) + 3 * math.log(EIGENSCORE_ALPHA)) / 4
+    )
     # through score_records at the chosen layer (layer 8 = position 2)
     hidden = np.zeros((3, 3, D))
     hidden[:, 2, :6] = h
@@ -116,7 +128,7 @@ def test_semantic_entropy_through_score_records(embedder):
 
 
 def test_clusters_by_embedding(embedder):
-    from engine.embedder import embed
+    from engine.core.embedder import embed
 
     texts = ["Paris", "paris.", "It is Paris", "London", "london"]
     assert semantic_clusters(texts, embed(embedder, texts)).tolist() == [0, 0, 0, 1, 1]
@@ -182,7 +194,10 @@ def test_score_records_shape_layer_and_graceful_nans(embedder):
         assert result.scores[name].isna().all() and "at least" in result.info["notes"][name]
     assert result.scores["discrete_semantic_entropy"].tolist() == pytest.approx([0, math.log(2)] * 2)
     no_embedder = score_records(recs, None, estimators=["semantic_entropy", "mean_token_nll"])
-    assert no_embedder.scores["semantic_entropy"].isna().all() and "embedder" in no_embedder.info["notes"]["semantic_entropy"]
+    assert (
+        no_embedder.scores["semantic_entropy"].isna().all()
+        and "embedder" in no_embedder.info["notes"]["semantic_entropy"]
+    )
     single = score_records([record(f"s{i}", samples=["Paris"]) for i in range(12)], embedder)  # K = 1
     assert single.scores[["eigenscore", "lexical_similarity", "semantic_subspace_spread"]].isna().all().all()
     assert (single.scores["semantic_entropy"] == 0).all() and "single class" in single.info["notes"]["sep"]

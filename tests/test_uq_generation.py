@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq.generation import GenerationConfig, build_prompt, default_hidden_layers, generate_record
 
 PROMPT = "Question: {question}\nAnswer:"
@@ -22,9 +22,10 @@ def test_greedy_row_matches_a_teacher_forced_forward_pass(tiny_gemma3):
     record = generate_record(lm, "what is the sky", config, qid="q", index=0)
     ids = lm.tokenizer(build_prompt(lm, PROMPT, "what is the sky"), return_tensors="pt").input_ids
     # greedy continuation by HF generate with raw logits, as an independent reference
-    out = lm.model.generate(ids, do_sample=False, max_new_tokens=6, output_logits=True, return_dict_in_generate=True,
-                            pad_token_id=0)
-    new = out.sequences[0, ids.shape[1]:]
+    out = lm.model.generate(
+        ids, do_sample=False, max_new_tokens=6, output_logits=True, return_dict_in_generate=True, pad_token_id=0
+    )
+    new = out.sequences[0, ids.shape[1] :]
     n = len(record.answer_token_logprobs)
     assert n >= 1
     expected = [torch.log_softmax(out.logits[t][0].float(), -1)[new[t]].item() for t in range(n)]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq.metrics import (
     _batch_metrics,
     accuracy_curve,
@@ -93,7 +93,9 @@ def test_bootstrap_interval_contains_point_and_is_seeded():
 
 
 def test_comparison_all_correct_is_nan_not_a_crash():
-    scores = pd.DataFrame({"mean_token_nll": [0.3, 0.1, 0.2], "semantic_entropy": [0.0, 0.0, 1.0]}, index=["a", "b", "c"])
+    scores = pd.DataFrame(
+        {"mean_token_nll": [0.3, 0.1, 0.2], "semantic_entropy": [0.0, 0.0, 1.0]}, index=["a", "b", "c"]
+    )
     c = comparison(scores, [True, True, True], n_boot=20)
     m = c["methods"]["mean_token_nll"]
     assert np.isnan(m["auroc"]) and np.isnan(m["prr"]) and np.isnan(m["auroc_ci"][0])

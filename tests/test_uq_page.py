@@ -7,8 +7,10 @@ from streamlit.testing.v1 import AppTest
 from engine.uq import runs
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Semantic_uncertainty.py")
-CSV = (b"id,question,answer\nq1,the cat,cat\nq2,the dog,dog\nq3,<script>alert(1)</script> a bird?,bird\n"
-       b"q4,the sky,sky | blue\n")
+CSV = (
+    b"id,question,answer\nq1,the cat,cat\nq2,the dog,dog\nq3,<script>alert(1)</script> a bird?,bird\n"
+    b"q4,the sky,sky | blue\n"
+)
 
 
 def _app(model_dir, tmp_path, monkeypatch) -> AppTest:
@@ -50,8 +52,15 @@ def test_upload_run_and_table(tiny_gemma3_dir, embedder, tmp_path, monkeypatch):
 
 def test_malformed_uploads_show_messages(tiny_gemma3_dir, tmp_path, monkeypatch):
     at = _app(tiny_gemma3_dir, tmp_path, monkeypatch)
-    for content, message in ((b"foo,bar\nx,y\n", "No 'question' column"), (b"", "empty"),
-                             (b"\x00\x01\x02binary" * 50, "binary")):
+    for content, message in (
+        (b"foo,bar\nx,y\n", "No 'question' column"),
+        (b"", "empty"),
+        (b"\x00\x01\x02binary" * 50, "binary"),
+    ):
         at.file_uploader(key="uq_upload").upload("bad.csv", content, "text/csv").run()
         assert not at.exception
-        assert any(message in e.value for e in at.error), (message, [e.value for e in at.error], [i.value for i in at.info])
+        assert any(message in e.value for e in at.error), (
+            message,
+            [e.value for e in at.error],
+            [i.value for i in at.info],
+        )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq import questions as qm
 
 
@@ -37,14 +37,17 @@ def test_semicolon_and_tab_delimiters():
         assert list(qs.frame["question"]) == ["Who?", "What?"]
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty"),
-    (b"   \n\n", "empty"),
-    (b"question,answer\n", "header but no rows"),
-    (b"prompt_text,gold\nhi,there\n", "No 'question' column"),
-    (b"question,answer\n ,x\n\t,y\n", "blank"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00" * 20, "binary"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"   \n\n", "empty"),
+        (b"question,answer\n", "header but no rows"),
+        (b"prompt_text,gold\nhi,there\n", "No 'question' column"),
+        (b"question,answer\n ,x\n\t,y\n", "blank"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00" * 20, "binary"),
+    ],
+)
 def test_bad_files_give_one_clear_message(data, match):
     with pytest.raises(LabError, match=match):
         qm.load_questions(data, "bad.csv")

@@ -6,18 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq import runs
 from engine.uq.generation import GenerationConfig
 
-QUESTIONS = pd.DataFrame({"id": ["a", "b", "c", "d"], "question": ["the cat", "the dog", "a bird", "the sky"],
-                          "references": [["cat"], ["dog"], ["bird"], ["sky"]]})
+QUESTIONS = pd.DataFrame(
+    {
+        "id": ["a", "b", "c", "d"],
+        "question": ["the cat", "the dog", "a bird", "the sky"],
+        "references": [["cat"], ["dog"], ["bird"], ["sky"]],
+    }
+)
 CONFIG = GenerationConfig(prompt_template="Q: {question}\nA:", samples=2, max_new_tokens=4, seed=5)
 
 
 def _records(store):
-    return [(r.id, r.answer, r.samples, r.answer_token_logprobs, r.sample_token_logprobs, r.sample_hidden.tolist())
-            for r in store.load_records()]
+    return [
+        (r.id, r.answer, r.samples, r.answer_token_logprobs, r.sample_token_logprobs, r.sample_hidden.tolist())
+        for r in store.load_records()
+    ]
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_gemma3, tmp_path, monkeypatch):
@@ -66,8 +73,19 @@ def test_background_job_marks_and_evaluation(tiny_gemma3, embedder, tmp_path, mo
 def test_record_roundtrip(tmp_path):
     from engine.uq.records import QuestionRecord
 
-    rec = QuestionRecord("x", "q?", ["r"], "ans", [-0.5], np.ones((2, 3), np.float32), ["s1", "s2"],
-                         [[-1.0], [-2.0, -0.1]], np.zeros((2, 2, 3), np.float32), [1, 2], 0.25)
+    rec = QuestionRecord(
+        "x",
+        "q?",
+        ["r"],
+        "ans",
+        [-0.5],
+        np.ones((2, 3), np.float32),
+        ["s1", "s2"],
+        [[-1.0], [-2.0, -0.1]],
+        np.zeros((2, 2, 3), np.float32),
+        [1, 2],
+        0.25,
+    )
     path = tmp_path / "r.npz"
     path.write_bytes(runs.record_to_bytes(rec))
     back = runs.record_from_file(path)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import models
-from engine.embedder import EMBEDDED_EMBEDDER, load_embedder
-from engine.errors import LabError
+from engine.core import device, embedded, loading, model, registry
+from engine.core.embedder import EMBEDDED_EMBEDDER, load_embedder
+from engine.core.errors import LabError
 
 CHOICE_KEY = "lab_model_choice"  # (name, quantization) of the model in use
 ERROR_KEY = "lab_model_error"
@@ -21,8 +21,8 @@ _LOADED_IN_PROCESS: set[tuple[str, str]] = set()  # choices this process holds (
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
-def _load_cached(name: str, quantization: str) -> models.LoadedModel:
-    return models.load_model(name, quantization=quantization)
+def _load_cached(name: str, quantization: str) -> model.LoadedModel:
+    return loading.load_model(name, quantization=quantization)
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
@@ -31,7 +31,7 @@ def _load_embedder_cached(name: str):
 
 
 def current_choice() -> tuple[str, str]:
-    return st.session_state.get(CHOICE_KEY, (models.EMBEDDED_LM, "none"))
+    return st.session_state.get(CHOICE_KEY, (embedded.EMBEDDED_LM, "none"))
 
 
 def is_loaded(choice: tuple[str, str]) -> bool:
@@ -39,7 +39,7 @@ def is_loaded(choice: tuple[str, str]) -> bool:
     return choice in _LOADED_IN_PROCESS
 
 
-def get_model() -> models.LoadedModel | None:
+def get_model() -> model.LoadedModel | None:
     """The session's model, loading it once per process; None (and a message) when it cannot load.
 
     On failure the previous working choice is restored, so the page keeps working with it.
@@ -87,7 +87,7 @@ def _apply_choice() -> None:
 def render_sidebar() -> None:
     """Sidebar model picker and load state; call it at the top of every page."""
     name, quant = current_choice()
-    options = list(models.KNOWN_MODELS) + [CUSTOM]
+    options = list(registry.KNOWN_MODELS) + [CUSTOM]
     with st.sidebar:
         st.subheader("Model")
         index = options.index(name) if name in options else options.index(CUSTOM)
@@ -97,22 +97,21 @@ def render_sidebar() -> None:
             index=index,
             key="lab_model_picker",
             on_change=_apply_choice,
-            help="The embedded Gemma 3 270M works offline. Others load from a local folder or the "
-            "Hugging Face cache.",
+            help="The embedded Gemma 3 270M works offline. Others load from a local folder or the Hugging Face cache.",
         )
         if st.session_state.get("lab_model_picker") == CUSTOM:
             st.text_input(
                 "HF id or local folder",
-                value="" if name in models.KNOWN_MODELS else name,
+                value="" if name in registry.KNOWN_MODELS else name,
                 key="lab_model_custom",
                 on_change=_apply_choice,
                 placeholder="google/gemma-3-1b-it or /path/to/model",
             )
-        reason = models.quantization_unavailable_reason()
+        reason = device.quantization_unavailable_reason()
         st.radio(
             "Precision",
-            models.QUANTIZATIONS,
-            index=models.QUANTIZATIONS.index(quant) if reason is None else 0,
+            model.QUANTIZATIONS,
+            index=model.QUANTIZATIONS.index(quant) if reason is None else 0,
             key="lab_model_quant",
             on_change=_apply_choice,
             horizontal=True,
@@ -129,11 +128,13 @@ def render_sidebar() -> None:
             _show_loaded(slot, _load_cached(*choice))
         else:
             with slot.container():  # replaced whole by the "Loaded" note once a page loads the model
-                st.info(f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon=":material/hourglass_empty:")
+                st.info(
+                    f"{choice[0]}: not loaded yet; it loads when a page needs it.", icon=":material/hourglass_empty:"
+                )
                 load_now = st.button("Load now", key="lab_model_load_now")
             if load_now and get_model() is not None:
                 st.rerun()
 
 
-def _show_loaded(slot, lm: models.LoadedModel) -> None:
+def _show_loaded(slot, lm: model.LoadedModel) -> None:
     slot.success(f"Loaded: {lm.describe()}", icon=":material/check_circle:")

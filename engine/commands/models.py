@@ -16,18 +16,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from engine import models
+    from engine.core import embedded, loading, registry
 
     if args.action in (None, "list"):
-        rows = models.list_models()
+        rows = registry.list_models()
         width = max(len(r["name"]) for r in rows)
         for row in rows:
             print(f"{row['name']:<{width}}  {row['state']:<24}  {row['description']}")
         return 0
-    if args.name == models.EMBEDDED_LM:
-        path = models.prepare_embedded(force=args.force, log=lambda m: print(m, file=sys.stderr))
+    if args.name == embedded.EMBEDDED_LM:
+        path = embedded.prepare_embedded(force=args.force, log=lambda m: print(m, file=sys.stderr))
         print(path)
         return 0
-    lm = models.load_model(args.name)
+    lm = loading.load_model(args.name)
     print(f"{lm.describe()} (loaded in {lm.load_seconds:.1f} s from {lm.source})")
     return 0

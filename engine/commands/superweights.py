@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("--absolute", type=float, default=50.0, help="absolute threshold (paper: 50)")
     parser.add_argument("--max-iterations", type=int, default=5)
     parser.add_argument("--k", type=int, default=None, help="other weights to zero (default: 1e-6 of the weights)")
-    parser.add_argument("--scale", type=float, action="append", help="super-weight scale in [0, 3] (repeatable; default 2)")
+    parser.add_argument(
+        "--scale", type=float, action="append", help="super-weight scale in [0, 3] (repeatable; default 2)"
+    )
     parser.add_argument("--eval-tokens", type=int, default=4096, help="tokens of the bundled text for perplexity")
     parser.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
     parser.add_argument("--no-ablation", action="store_true", help="scan and detect only")
@@ -34,9 +36,12 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from engine import ablation, superweights, sw_quantize
-    from engine.errors import LabError
-    from engine.models import load_model
+    from engine.core import weight_edits
+    from engine.core.errors import LabError
+    from engine.core.loading import load_model
+    from engine.superweights import ablation
+    from engine.superweights import detect as superweights
+    from engine.superweights import quantize as sw_quantize
 
     try:  # bad block sizes fail before the model loads
         blocks = [int(b) for b in args.block_sizes.split(",") if b.strip()] if args.quantize else []
@@ -56,8 +61,10 @@ def run(args) -> int:
     detection.frame().to_csv(out / "candidates.csv", index=False)
     print(f"{lm.describe()}\n{detection.rule}: {len(detection.candidates)} candidate(s); stop: {detection.stop_reason}")
     for c in detection.candidates:
-        print(f"  layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g} (rank {c.rank}), super activation "
-              f"{c.super_activation:.4g} at token {c.token} {c.token_text!r}, persists in layers {c.persists_in_layers}")
+        print(
+            f"  layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g} (rank {c.rank}), super activation "
+            f"{c.super_activation:.4g} at token {c.token} {c.token_text!r}, persists in layers {c.persists_in_layers}"
+        )
     if detection.rejected:
         detection.frame(rejected=True).to_csv(out / "rejected.csv", index=False)
     for c in detection.rejected:
@@ -69,7 +76,7 @@ def run(args) -> int:
         print("published vs detected:\n" + compare.to_string(index=False))
     if args.no_ablation:
         return 0
-    problem = superweights.weights_edit_problem(lm)
+    problem = weight_edits.weights_edit_problem(lm)
     if problem:
         print(f"ablation skipped: {problem}", file=sys.stderr)
         return 0
@@ -79,12 +86,22 @@ def run(args) -> int:
     result.table.to_csv(out / "ablation.csv", index=False)
     result.stopwords.to_csv(out / "stopword_shift.csv", index=False)
     result.continuations.to_csv(out / "continuations.csv", index=False)
-    (out / "ablation.json").write_text(json.dumps({
-        "model": lm.name, "eval_tokens": result.eval_tokens, "k": result.k, "seconds": result.seconds,
-        "candidates": [list(c.coord) for c in detection.candidates],
-        "table": result.table.to_dict(orient="records"),
-    }, indent=1))
-    print(f"ablation over {result.eval_tokens} tokens ({result.seconds:.0f} s):\n" + result.table.to_string(index=False))
+    (out / "ablation.json").write_text(
+        json.dumps(
+            {
+                "model": lm.name,
+                "eval_tokens": result.eval_tokens,
+                "k": result.k,
+                "seconds": result.seconds,
+                "candidates": [list(c.coord) for c in detection.candidates],
+                "table": result.table.to_dict(orient="records"),
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"ablation over {result.eval_tokens} tokens ({result.seconds:.0f} s):\n" + result.table.to_string(index=False)
+    )
     if args.quantize:
         table = sw_quantize.quantization_table(
             lm, detection.candidates, blocks, window=args.window, max_tokens=args.eval_tokens

@@ -13,9 +13,13 @@ def register(subparsers) -> None:
     from engine.uq import correctness
 
     parser = subparsers.add_parser(
-        "uq", help="semantic vs surface uncertainty: A1/A2/A3 on a question set (results.csv, summary.json/.md)")
-    parser.add_argument("--questions", required=True,
-                        help="CSV or JSONL with a question column (answer: references separated by |), or 'default'")
+        "uq", help="semantic vs surface uncertainty: A1/A2/A3 on a question set (results.csv, summary.json/.md)"
+    )
+    parser.add_argument(
+        "--questions",
+        required=True,
+        help="CSV or JSONL with a question column (answer: references separated by |), or 'default'",
+    )
     parser.add_argument("--out", required=True, help="output folder for results.csv, summary.json, summary.md")
     parser.add_argument("--model", default=None, help="model name, HF id or folder (default: gemma-3-270m)")
     parser.add_argument("--samples", "-k", type=int, default=10, help="K sampled answers per question (default 10)")
@@ -28,8 +32,12 @@ def register(subparsers) -> None:
     parser.add_argument("--question-column", default=None, help="column holding the questions (default: guessed)")
     parser.add_argument("--answer-column", default=None, help="column holding the references (default: guessed)")
     parser.add_argument("--id-column", default=None, help="column holding ids (default: guessed, else row number)")
-    parser.add_argument("--judge", default="auto", choices=correctness.JUDGES,
-                        help="correctness judge (auto = normalised containment or F1 >= --f1-threshold)")
+    parser.add_argument(
+        "--judge",
+        default="auto",
+        choices=correctness.JUDGES,
+        help="correctness judge (auto = normalised containment or F1 >= --f1-threshold)",
+    )
     parser.add_argument("--judge-model", default=None, help="model for --judge llm (default: the generating model)")
     parser.add_argument("--f1-threshold", type=float, default=correctness.F1_THRESHOLD)
     parser.add_argument("--embedding-threshold", type=float, default=correctness.EMBEDDING_THRESHOLD)
@@ -44,9 +52,10 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from engine.embedder import load_embedder
-    from engine.errors import LabError
-    from engine.models import EMBEDDED_LM, load_model
+    from engine.core.embedded import EMBEDDED_LM
+    from engine.core.embedder import load_embedder
+    from engine.core.errors import LabError
+    from engine.core.loading import load_model
     from engine.uq import questions as qmod
     from engine.uq import runs
     from engine.uq.generation import GenerationConfig, default_template
@@ -54,7 +63,9 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise LabError("--limit must be at least 1.")
     columns = {"question_col": args.question_column, "answer_col": args.answer_column, "id_col": args.id_column}
-    qset = qmod.default_questions() if args.questions == "default" else qmod.load_question_file(args.questions, **columns)
+    qset = (
+        qmod.default_questions() if args.questions == "default" else qmod.load_question_file(args.questions, **columns)
+    )
     for message in qset.messages:
         print(f"note: {message}", file=sys.stderr)
     lm = load_model(args.model or EMBEDDED_LM)
@@ -64,8 +75,14 @@ def run(args) -> int:
             template = Path(args.prompt_file).read_text(encoding="utf-8")
         except OSError as err:
             raise LabError(f"Cannot read the prompt file: {err}") from err
-    generation = GenerationConfig(prompt_template=template, samples=args.samples, temperature=args.temperature,
-                                  top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    generation = GenerationConfig(
+        prompt_template=template,
+        samples=args.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     store = runs.open_run_for(lm, qset.frame, generation, source=Path(args.questions).name)
     total = len(qset) if args.limit is None else min(args.limit, len(qset))
     already = len([i for i in store.done_indices() if i < total])
@@ -79,10 +96,16 @@ def run(args) -> int:
     written = runs.generate_run(lm, store, limit=total, progress=progress)
     if not args.quiet:
         print(f"\nrun {store.run_id}: {written} generated now, {total - written} resumed from cache", file=sys.stderr)
-    options = runs.EvalOptions(judge=args.judge, f1_threshold=args.f1_threshold,
-                               embedding_threshold=args.embedding_threshold, usual=args.usual,
-                               semantic=args.semantic, n_boot=args.bootstrap, seed=args.seed,
-                               judge_model=args.judge_model or "")
+    options = runs.EvalOptions(
+        judge=args.judge,
+        f1_threshold=args.f1_threshold,
+        embedding_threshold=args.embedding_threshold,
+        usual=args.usual,
+        semantic=args.semantic,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        judge_model=args.judge_model or "",
+    )
     if args.judge == "llm":
         judge_lm = lm if not args.judge_model else load_model(args.judge_model)
         options.judge_model = judge_lm.name
@@ -90,7 +113,9 @@ def run(args) -> int:
     evaluation = runs.evaluate_run(store, load_embedder(), options, limit=total)
     paths = runs.write_outputs(evaluation, args.out)
     s = evaluation.summary
-    print(f"n={s['n']}  A1={s['A1']:.3f}  A2={s['A2']:.3f} ({s['usual_method']})  A3={s['A3']:.3f} ({s['semantic_method']})")
+    print(
+        f"n={s['n']}  A1={s['A1']:.3f}  A2={s['A2']:.3f} ({s['usual_method']})  A3={s['A3']:.3f} ({s['semantic_method']})"
+    )
     for path in paths:
         print(path)
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 
 
 def _by_first_appearance(labels) -> np.ndarray:

@@ -67,8 +67,14 @@ def best_f1(answer: str, references: list[str]) -> float:
     return max((token_f1(answer, r) for r in references), default=float("nan"))
 
 
-def grade_automatic(answers: list[str], references: list[list[str]], *, f1_threshold: float = F1_THRESHOLD,
-                    embedder=None, embedding_threshold: float = EMBEDDING_THRESHOLD) -> pd.DataFrame:
+def grade_automatic(
+    answers: list[str],
+    references: list[list[str]],
+    *,
+    f1_threshold: float = F1_THRESHOLD,
+    embedder=None,
+    embedding_threshold: float = EMBEDDING_THRESHOLD,
+) -> pd.DataFrame:
     """Per answer: contains, f1, the auto verdict and (with an embedder) the embedding verdict.
 
     Questions without references get NaN scores and missing (None) verdicts.
@@ -80,8 +86,9 @@ def grade_automatic(answers: list[str], references: list[list[str]], *, f1_thres
             continue
         contains = contains_reference(answer, refs)
         f1 = best_f1(answer, refs)
-        rows.append({"contains": contains, "f1": f1, "f1_correct": f1 >= f1_threshold,
-                     "auto": contains or f1 >= f1_threshold})
+        rows.append(
+            {"contains": contains, "f1": f1, "f1_correct": f1 >= f1_threshold, "auto": contains or f1 >= f1_threshold}
+        )
     frame = pd.DataFrame(rows, columns=["contains", "f1", "f1_correct", "auto"])
     if embedder is not None:
         frame["embedding_sim"] = _similarity_memo(embedder, tuple(answers), tuple(map(tuple, references))).copy()
@@ -100,7 +107,7 @@ def _similarity_memo(embedder, answers: tuple[str, ...], references: tuple[tuple
 
 def embedding_similarity(embedder, answers: list[str], references: list[list[str]]) -> np.ndarray:
     """Best cosine similarity (MiniLM, unit-norm) between each answer and its references; NaN without any."""
-    from engine.embedder import embed
+    from engine.core.embedder import embed
 
     flat = [r for refs in references for r in refs]
     if not flat:
@@ -111,7 +118,7 @@ def embedding_similarity(embedder, answers: list[str], references: list[list[str
     start = 0
     for i, refs in enumerate(references):
         if refs:
-            out[i] = float(np.max(ref_emb[start:start + len(refs)] @ ans_emb[i]))
+            out[i] = float(np.max(ref_emb[start : start + len(refs)] @ ans_emb[i]))
         start += len(refs)
     return out
 
@@ -135,8 +142,9 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
     return sorted(ids)
 
 
-def llm_judge(lm, questions: list[str], references: list[list[str]], answers: list[str], *,
-              progress=None, stop=None) -> list[bool | None]:
+def llm_judge(
+    lm, questions: list[str], references: list[list[str]], answers: list[str], *, progress=None, stop=None
+) -> list[bool | None]:
     """Yes/no verdicts of `lm` with the Nature prompt: p(yes) > p(no) at the first response token.
 
     None for questions without references (or when stopped). `progress(done, total)` is called after
@@ -181,7 +189,7 @@ def agreement(judges: pd.DataFrame) -> pd.DataFrame:
     rows = []
     names = list(judges.columns)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             both = judges[[a, b]].dropna()
             n = len(both)
             if n == 0:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq.clustering import semantic_clusters
 from engine.uq.records import QuestionRecord
 from engine.uq.subspace import single_blas_thread, subspace_spreads
@@ -37,11 +37,11 @@ class Estimator:
     kind: str  # "usual" | "semantic"
     needs: tuple[str, ...]
     formula: str  # one line for the page
-    compute: Callable[["Stats"], np.ndarray]
+    compute: Callable[[Stats], np.ndarray]
 
 
 ESTIMATORS: dict[str, Estimator] = {}
-_STATS: dict[str, Callable[["Stats"], object]] = {}
+_STATS: dict[str, Callable[[Stats], object]] = {}
 
 
 def _estimator(name: str, kind: str, needs: tuple[str, ...], formula: str):
@@ -103,7 +103,7 @@ def _sample_embeddings(s: Stats) -> list[np.ndarray]:
     """Unit-norm MiniLM embeddings [K_i, e] of each question's samples: one batched call, unique texts once."""
     if s.embedder is None:
         raise Unavailable("no sentence embedder was given")
-    from engine.embedder import embed
+    from engine.core.embedder import embed
 
     unique = sorted({t for r in s.records for t in r.samples})
     vectors = np.asarray(embed(s.embedder, unique)) if unique else np.zeros((0, 1), dtype=np.float32)
@@ -145,7 +145,10 @@ def _semantic_entropy_stat(s: Stats) -> np.ndarray:
 def _subspace(s: Stats):
     fit = subspace_spreads(s["sample_hidden"], s["sample_embeddings"], n_folds=s.n_folds, seed=s.seed)
     s.info["subspace"] = {
-        "folds": fit.folds.tolist(), "ranks": fit.ranks, "ridge_alphas": fit.alphas, "heldout_r2": fit.heldout_r2
+        "folds": fit.folds.tolist(),
+        "ranks": fit.ranks,
+        "ridge_alphas": fit.alphas,
+        "heldout_r2": fit.heldout_r2,
     }
     return fit
 
@@ -287,13 +290,17 @@ def _mean_token_nll(s: Stats) -> np.ndarray:
     return np.array([-_nan_mean(list(lp)) for lp in s["answer_logprobs"]])
 
 
-@_estimator("max_seq_prob", "usual", ("answer_logprobs",), "-prod_t p(y_t | y_<t, x) = -exp(sum_t log p) of the graded answer")
+@_estimator(
+    "max_seq_prob", "usual", ("answer_logprobs",), "-prod_t p(y_t | y_<t, x) = -exp(sum_t log p) of the graded answer"
+)
 def _max_seq_prob(s: Stats) -> np.ndarray:
     return np.array([-np.exp(np.sum(lp)) for lp in s["answer_logprobs"]])
 
 
 @_estimator(
-    "predictive_entropy", "usual", ("sample_logprobs",),
+    "predictive_entropy",
+    "usual",
+    ("sample_logprobs",),
     "naive predictive entropy, length-normalised: -(1/K) sum_k (1/T_k) sum_t log p(s_k,t) over the K samples",
 )
 def _predictive_entropy(s: Stats) -> np.ndarray:
@@ -306,7 +313,9 @@ def _lexical_similarity(s: Stats) -> np.ndarray:
 
 
 @_estimator(
-    "eigenscore", "usual", ("sample_hidden",),
+    "eigenscore",
+    "usual",
+    ("sample_hidden",),
     "INSIDE EigenScore: (1/K) log det(Cov(samples' hidden states) + 1e-3 I), K x K covariance",
 )
 def _eigenscore(s: Stats) -> np.ndarray:
@@ -314,20 +323,26 @@ def _eigenscore(s: Stats) -> np.ndarray:
 
 
 @_estimator(
-    "semantic_entropy", "semantic", ("clusters", "sample_logprobs", "semantic_entropy"),
+    "semantic_entropy",
+    "semantic",
+    ("clusters", "sample_logprobs", "semantic_entropy"),
     "-sum_c p_c log p_c, p_c = share of exp(mean token log-prob) of the samples in meaning cluster c",
 )
 def _semantic_entropy(s: Stats) -> np.ndarray:
     return s["semantic_entropy"]
 
 
-@_estimator("discrete_semantic_entropy", "semantic", ("clusters",), "-sum_c p_c log p_c, p_c = |c| / K (cluster counts)")
+@_estimator(
+    "discrete_semantic_entropy", "semantic", ("clusters",), "-sum_c p_c log p_c, p_c = |c| / K (cluster counts)"
+)
 def _discrete_semantic_entropy(s: Stats) -> np.ndarray:
     return np.array([cluster_entropy(c) for c in s["clusters"]])
 
 
 @_estimator(
-    "sep", "semantic", ("answer_hidden", "semantic_entropy"),
+    "sep",
+    "semantic",
+    ("answer_hidden", "semantic_entropy"),
     "semantic entropy probe: out-of-fold logistic regression P(high SE | graded answer's hidden state)",
 )
 def _sep(s: Stats) -> np.ndarray:
@@ -347,11 +362,13 @@ def _subspace_estimator(name: str, part: str, formula: str) -> None:
 
 
 _subspace_estimator(
-    "semantic_subspace_spread", "semantic",
+    "semantic_subspace_spread",
+    "semantic",
     "spread of the samples' hidden states inside the semantic subspace (row space of a cross-fitted hidden->meaning map)",
 )
 _subspace_estimator(
-    "surface_subspace_spread", "surface",
+    "surface_subspace_spread",
+    "surface",
     "for contrast: spread of the samples' hidden states in the surface subspace (orthogonal complement of the semantic one)",
 )
 
@@ -417,7 +434,9 @@ def score_records(
     stats.info.update(
         version=SCORES_VERSION,
         layer=layer_index,
-        clustering="bidirectional entailment" if entails is not None else f"MiniLM cosine, average linkage, similarity > {threshold}",
+        clustering="bidirectional entailment"
+        if entails is not None
+        else f"MiniLM cosine, average linkage, similarity > {threshold}",
         semantic_entropy_weights="length-normalised: exp(mean token log-prob) per sample",
         eigenscore_alpha=EIGENSCORE_ALPHA,
         formulas={n: ESTIMATORS[n].formula for n in names},

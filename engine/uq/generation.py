@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 from engine.uq.records import QuestionRecord
 
 FEW_SHOT_TEMPLATE = (
@@ -102,7 +102,7 @@ class _NewlineTable:
     """Token id -> (has newline, text before the newline), decoded lazily and memoised per tokenizer."""
 
     # Keyed by the tokenizer object itself (weakly): an id() could be reused by the next tokenizer loaded.
-    _tables: "weakref.WeakKeyDictionary[Any, dict[int, tuple[bool, str]]]" = weakref.WeakKeyDictionary()
+    _tables: weakref.WeakKeyDictionary[Any, dict[int, tuple[bool, str]]] = weakref.WeakKeyDictionary()
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -147,8 +147,9 @@ def _sample(logprobs, temperature: float, top_p: float, generator):
     return torch.searchsorted(cdf, uniform).squeeze(1).clamp_max(cdf.shape[1] - 1)
 
 
-def generate_record(lm, question: str, config: GenerationConfig, *, qid: str = "", references=None,
-                    index: int = 0) -> QuestionRecord:
+def generate_record(
+    lm, question: str, config: GenerationConfig, *, qid: str = "", references=None, index: int = 0
+) -> QuestionRecord:
     """Graded answer + K samples for one question with their token log-probs and hidden states.
 
     Holds `lm.lock` for the whole decoding loop. Deterministic given (config.seed, index).

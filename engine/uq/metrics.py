@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 
 METRICS = ("acc50", "auroc", "prr", "auarc")
 
@@ -218,7 +218,9 @@ def rejection_curves(scores_df: pd.DataFrame, correct) -> pd.DataFrame:
     n = values.size
     rejected = np.arange(n) / n if n else np.zeros(0)
     frames = [
-        pd.DataFrame({"method": name, "rejected_fraction": rejected, "accuracy": accuracy_curve(scores_df[name], values)[::-1]})
+        pd.DataFrame(
+            {"method": name, "rejected_fraction": rejected, "accuracy": accuracy_curve(scores_df[name], values)[::-1]}
+        )
         for name in scores_df.columns
         if n and not scores_df[name].isna().all()
     ]

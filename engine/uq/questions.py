@@ -17,15 +17,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.errors import LabError
+from engine.core.errors import LabError
+from engine.core.paths import DATA_DIR
 
-DEFAULT_SET = Path(__file__).resolve().parent.parent / "data" / "uq_default_questions.csv"
+DEFAULT_SET = DATA_DIR / "uq_default_questions.csv"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # 50 MB
 MAX_ROWS = 100_000  # larger files are cut to their first MAX_ROWS questions (with a warning)
 MAX_QUESTION_CHARS = 2_000
 QUESTION_ALIASES = ("question", "questions", "q", "query", "prompt", "input", "text")
-ANSWER_ALIASES = ("answer", "answers", "reference", "references", "gold", "target", "label", "output",
-                  "answer_text", "normalized_aliases", "aliases")
+ANSWER_ALIASES = (
+    "answer",
+    "answers",
+    "reference",
+    "references",
+    "gold",
+    "target",
+    "label",
+    "output",
+    "answer_text",
+    "normalized_aliases",
+    "aliases",
+)
 ID_ALIASES = ("id", "qid", "question_id", "idx", "index", "uid")
 
 
@@ -55,8 +67,11 @@ def decode_bytes(data: bytes) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16", errors="replace")
     sample = data[:4096]
-    if sample and sample.count(b"\x00") > len(sample) // 4 and (sample[1::2].count(0) > len(sample) // 3 or
-                                                                sample[0::2].count(0) > len(sample) // 3):
+    if (
+        sample
+        and sample.count(b"\x00") > len(sample) // 4
+        and (sample[1::2].count(0) > len(sample) // 3 or sample[0::2].count(0) > len(sample) // 3)
+    ):
         # UTF-16 without BOM: every other byte is NUL for ASCII text.
         codec = "utf-16-le" if sample[1::2].count(0) > sample[0::2].count(0) else "utf-16-be"
         return data.decode(codec, errors="replace")
@@ -91,14 +106,17 @@ def _sniff_delimiter(text: str) -> str:
         return best if counts[best] else ","
 
 
-def read_table(data: bytes, filename: str = "upload.csv", *, max_bytes: int = MAX_UPLOAD_BYTES,
-               max_rows: int = MAX_ROWS) -> pd.DataFrame:
+def read_table(
+    data: bytes, filename: str = "upload.csv", *, max_bytes: int = MAX_UPLOAD_BYTES, max_rows: int = MAX_ROWS
+) -> pd.DataFrame:
     """Parse an uploaded CSV (delimiter , ; or tab, sniffed) or JSONL into a DataFrame of strings/lists.
 
     CSV reading stops after max_rows + 1 rows (prepare_questions then says the file was cut)."""
     if len(data) > max_bytes:
-        raise LabError(f"The file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB. "
-                       "Split it or pass --limit on the command line.")
+        raise LabError(
+            f"The file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB. "
+            "Split it or pass --limit on the command line."
+        )
     if not data.strip():
         raise LabError("The file is empty.")
     text = decode_bytes(data)
@@ -109,9 +127,16 @@ def read_table(data: bytes, filename: str = "upload.csv", *, max_bytes: int = MA
         return _read_jsonl(text)
     delimiter = _sniff_delimiter(text)
     try:
-        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False,
-                            skipinitialspace=True, on_bad_lines="skip", engine="c",
-                            nrows=max_rows + 1)
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=delimiter,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            on_bad_lines="skip",
+            engine="c",
+            nrows=max_rows + 1,
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError) as err:
         raise LabError(f"Cannot read this file as CSV: {str(err).splitlines()[0]}") from err
     frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
@@ -188,8 +213,15 @@ def split_references(value) -> list[str]:
     return list(dict.fromkeys(s.strip() for s in items if s and s.strip()))  # deduplicated, in order
 
 
-def prepare_questions(frame: pd.DataFrame, question_col: str | None = None, answer_col: str | None = None,
-                      id_col: str | None = None, *, source: str = "", max_rows: int = MAX_ROWS) -> QuestionSet:
+def prepare_questions(
+    frame: pd.DataFrame,
+    question_col: str | None = None,
+    answer_col: str | None = None,
+    id_col: str | None = None,
+    *,
+    source: str = "",
+    max_rows: int = MAX_ROWS,
+) -> QuestionSet:
     """Clean a raw table into a QuestionSet (columns guessed by name when not given).
 
     Blank questions are dropped, exact duplicate rows are dropped, duplicate ids get a suffix, over-long
@@ -214,10 +246,14 @@ def prepare_questions(frame: pd.DataFrame, question_col: str | None = None, answ
     if len(frame) > max_rows:
         messages.append(f"The file has more than {max_rows:,} rows; only the first {max_rows:,} are kept.")
         frame = frame.iloc[:max_rows]
-    questions = frame[question_col].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v))
-                                        else " ".join(str(v).split()))
-    refs = frame[answer_col].map(split_references) if answer_col in frame.columns else pd.Series(
-        [[] for _ in range(len(frame))], index=frame.index)
+    questions = frame[question_col].map(
+        lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else " ".join(str(v).split())
+    )
+    refs = (
+        frame[answer_col].map(split_references)
+        if answer_col in frame.columns
+        else pd.Series([[] for _ in range(len(frame))], index=frame.index)
+    )
     if id_col in frame.columns:
         ids = frame[id_col].map(lambda v: str(v).strip())
     else:
@@ -254,8 +290,10 @@ def prepare_questions(frame: pd.DataFrame, question_col: str | None = None, answ
         out["id"] = new_ids
         messages.append(f"{int(dup_id.sum())} row(s) shared an id; a #n suffix makes them unique.")
     if not out["references"].map(bool).any():
-        messages.append("No reference answers: automatic correctness needs them; mark answers by hand "
-                        "or use a set with an answer column.")
+        messages.append(
+            "No reference answers: automatic correctness needs them; mark answers by hand "
+            "or use a set with an answer column."
+        )
     return QuestionSet(out.reset_index(drop=True), messages, source)
 
 

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 import threading
 import time
@@ -24,15 +23,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.errors import LabError
-from engine.paths import atomic_write, cache_dir
+from engine.core.errors import LabError
+from engine.core.paths import atomic_write, cache_dir
 from engine.uq import correctness
 from engine.uq.generation import GenerationConfig, default_hidden_layers, generate_record, n_layers_of
 from engine.uq.records import QuestionRecord
 
 TOPIC = "uq"
-_RECORD_FIELDS = ("id", "question", "references", "answer", "answer_token_logprobs", "samples",
-                  "sample_token_logprobs", "hidden_layers", "seconds")
+_RECORD_FIELDS = (
+    "id",
+    "question",
+    "references",
+    "answer",
+    "answer_token_logprobs",
+    "samples",
+    "sample_token_logprobs",
+    "hidden_layers",
+    "seconds",
+)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -50,9 +58,12 @@ def record_to_bytes(record: QuestionRecord) -> bytes:
     """One record as .npz bytes (no pickles): the hidden arrays plus a JSON string of the rest."""
     meta = {field: getattr(record, field) for field in _RECORD_FIELDS}
     buffer = io.BytesIO()
-    np.savez(buffer, answer_hidden=np.asarray(record.answer_hidden, dtype=np.float32),
-             sample_hidden=np.asarray(record.sample_hidden, dtype=np.float32),
-             meta=np.array(json.dumps(meta, ensure_ascii=False)))
+    np.savez(
+        buffer,
+        answer_hidden=np.asarray(record.answer_hidden, dtype=np.float32),
+        sample_hidden=np.asarray(record.sample_hidden, dtype=np.float32),
+        meta=np.array(json.dumps(meta, ensure_ascii=False)),
+    )
     return buffer.getvalue()
 
 
@@ -68,8 +79,9 @@ def record_from_file(path: Path) -> QuestionRecord:
 
 def run_id_for(model_name: str, generation: GenerationConfig, questions_hash: str) -> str:
     """Hash of everything that determines the generated text: same inputs -> same run (resume)."""
-    key = json.dumps({"model": model_name, "generation": dataclasses.asdict(generation),
-                      "questions": questions_hash}, sort_keys=True)
+    key = json.dumps(
+        {"model": model_name, "generation": dataclasses.asdict(generation), "questions": questions_hash}, sort_keys=True
+    )
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
@@ -139,18 +151,30 @@ class RunStore:
 
     def summary(self) -> dict:
         cfg = self.config
-        return {"run_id": self.run_id, "model": cfg.get("model"), "source": cfg.get("source"),
-                "n_questions": cfg.get("n_questions"), "done": len(self.done_indices()),
-                "samples": cfg.get("generation", {}).get("samples"), "seed": cfg.get("generation", {}).get("seed"),
-                "created": cfg.get("created")}
+        return {
+            "run_id": self.run_id,
+            "model": cfg.get("model"),
+            "source": cfg.get("source"),
+            "n_questions": cfg.get("n_questions"),
+            "done": len(self.done_indices()),
+            "samples": cfg.get("generation", {}).get("samples"),
+            "seed": cfg.get("generation", {}).get("seed"),
+            "created": cfg.get("created"),
+        }
 
 
 def runs_root() -> Path:
     return cache_dir(TOPIC)
 
 
-def open_run(model_name: str, questions: pd.DataFrame, generation: GenerationConfig, *, source: str = "",
-             n_layers: int | None = None) -> RunStore:
+def open_run(
+    model_name: str,
+    questions: pd.DataFrame,
+    generation: GenerationConfig,
+    *,
+    source: str = "",
+    n_layers: int | None = None,
+) -> RunStore:
     """The run for these inputs, created when new (resumed otherwise). Hidden layers are resolved first."""
     from engine.uq.questions import questions_hash
 
@@ -162,12 +186,22 @@ def open_run(model_name: str, questions: pd.DataFrame, generation: GenerationCon
     store = RunStore(runs_root() / run_id)
     if not (store.path / "config.json").exists():
         (store.path / "records").mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps({"id": q, "question": t, "references": list(r)}, ensure_ascii=False)
-                 for q, t, r in zip(questions["id"], questions["question"], questions["references"])]
+        lines = [
+            json.dumps({"id": q, "question": t, "references": list(r)}, ensure_ascii=False)
+            for q, t, r in zip(questions["id"], questions["question"], questions["references"])
+        ]
         atomic_write(store.path / "questions.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
-        _write_json(store.path / "config.json", {
-            "model": model_name, "generation": dataclasses.asdict(generation), "questions_hash": qhash,
-            "n_questions": len(questions), "source": source, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+        _write_json(
+            store.path / "config.json",
+            {
+                "model": model_name,
+                "generation": dataclasses.asdict(generation),
+                "questions_hash": qhash,
+                "n_questions": len(questions),
+                "source": source,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        )
     return store
 
 
@@ -322,8 +356,16 @@ class Evaluation:
 def _score_cache_key(records: list[QuestionRecord], options: EvalOptions) -> str:
     from engine.uq import estimators
 
-    key = json.dumps([[r.id for r in records], options.n_folds, options.seed, options.cluster_threshold,
-                      estimators.SCORES_VERSION, options.layer])
+    key = json.dumps(
+        [
+            [r.id for r in records],
+            options.n_folds,
+            options.seed,
+            options.cluster_threshold,
+            estimators.SCORES_VERSION,
+            options.layer,
+        ]
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -339,12 +381,24 @@ def score_run(store: RunStore | None, records: list[QuestionRecord], embedder, o
             scores.index = scores.index.astype(str)
             scores.index.name = "id"
             return ScoreResult(scores, cached["clusters"], cached["info"])
-    result = score_records(records, embedder, n_folds=options.n_folds, seed=options.seed,
-                           threshold=options.cluster_threshold, layer=options.layer)
+    result = score_records(
+        records,
+        embedder,
+        n_folds=options.n_folds,
+        seed=options.seed,
+        threshold=options.cluster_threshold,
+        layer=options.layer,
+    )
     if path is not None:
         path.parent.mkdir(exist_ok=True)
-        _write_json(path, {"scores": result.scores.to_json(orient="split", double_precision=15),
-                           "clusters": result.clusters, "info": _jsonable(result.info)})
+        _write_json(
+            path,
+            {
+                "scores": result.scores.to_json(orient="split", double_precision=15),
+                "clusters": result.clusters,
+                "info": _jsonable(result.info),
+            },
+        )
     return result
 
 
@@ -352,9 +406,15 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def evaluate_records(records: list[QuestionRecord], embedder, options: EvalOptions | None = None, *,
-                     marks: dict[str, bool] | None = None, llm_verdicts: dict | None = None,
-                     store: RunStore | None = None) -> Evaluation:
+def evaluate_records(
+    records: list[QuestionRecord],
+    embedder,
+    options: EvalOptions | None = None,
+    *,
+    marks: dict[str, bool] | None = None,
+    llm_verdicts: dict | None = None,
+    store: RunStore | None = None,
+) -> Evaluation:
     """Results table, A1/A2/A3 and every score's metrics for these records (the page and the CLI)."""
     from engine.uq.metrics import comparison, rejection_curves
 
@@ -365,9 +425,13 @@ def evaluate_records(records: list[QuestionRecord], embedder, options: EvalOptio
         raise LabError("No generated answers yet: run generation first.")
     marks = marks or {}
     ids = [r.id for r in records]
-    auto = correctness.grade_automatic([r.answer for r in records], [r.references for r in records],
-                                       f1_threshold=options.f1_threshold, embedder=embedder,
-                                       embedding_threshold=options.embedding_threshold)
+    auto = correctness.grade_automatic(
+        [r.answer for r in records],
+        [r.references for r in records],
+        f1_threshold=options.f1_threshold,
+        embedder=embedder,
+        embedding_threshold=options.embedding_threshold,
+    )
     auto.index = pd.Index(ids, name="id")
     if llm_verdicts:
         auto["llm"] = [llm_verdicts.get(i) for i in ids]
@@ -382,23 +446,32 @@ def evaluate_records(records: list[QuestionRecord], embedder, options: EvalOptio
     scores = result.scores.loc[ids]
     graded = ~ungraded.to_numpy()
     correct = final[graded].astype(bool)
-    comp = comparison(scores[graded], correct.to_numpy(), usual=options.usual, semantic=options.semantic,
-                      kinds=result.kinds, n_boot=options.n_boot, seed=options.seed)
+    comp = comparison(
+        scores[graded],
+        correct.to_numpy(),
+        usual=options.usual,
+        semantic=options.semantic,
+        kinds=result.kinds,
+        n_boot=options.n_boot,
+        seed=options.seed,
+    )
     curves = rejection_curves(scores[graded], correct.to_numpy())
     judge_cols = [c for c in ("contains", "f1_correct", "auto", "embedding", "llm") if c in auto.columns]
     judges = auto[judge_cols].copy()
     judges["manual"] = [marks.get(i) for i in ids]
     agree = correctness.agreement(judges)
-    results = pd.DataFrame({
-        "id": ids,
-        "question": [r.question for r in records],
-        "reference": [" | ".join(r.references) for r in records],
-        "answer": [r.answer for r in records],
-        "correct": [None if pd.isna(v) else bool(v) for v in final],
-        "manual": [marks.get(i) for i in ids],
-        "judge": [None if pd.isna(v) else bool(v) for v in verdict],
-        "f1": auto["f1"].to_numpy(),
-    })
+    results = pd.DataFrame(
+        {
+            "id": ids,
+            "question": [r.question for r in records],
+            "reference": [" | ".join(r.references) for r in records],
+            "answer": [r.answer for r in records],
+            "correct": [None if pd.isna(v) else bool(v) for v in final],
+            "manual": [marks.get(i) for i in ids],
+            "judge": [None if pd.isna(v) else bool(v) for v in verdict],
+            "f1": auto["f1"].to_numpy(),
+        }
+    )
     if "embedding_sim" in auto.columns:
         results["embedding_sim"] = auto["embedding_sim"].to_numpy()
     if "llm" in auto.columns:
@@ -407,18 +480,25 @@ def evaluate_records(records: list[QuestionRecord], embedder, options: EvalOptio
         results[column] = scores[column].to_numpy()
     summary = dict(comp)
     summary.update(
-        judge=options.judge, n_graded=int(graded.sum()), n_ungraded=int((~graded).sum()),
+        judge=options.judge,
+        n_graded=int(graded.sum()),
+        n_ungraded=int((~graded).sum()),
         n_manual=int(sum(i in marks for i in ids)),
         agreement=_jsonable(agree.to_dict(orient="records")),
         score_info=_jsonable({k: v for k, v in result.info.items() if k != "seconds"}),
     )
     if store is not None:
-        summary["run"] = {"run_id": store.run_id, **{k: store.config.get(k) for k in ("model", "source", "questions_hash")},
-                          "generation": store.config.get("generation")}
+        summary["run"] = {
+            "run_id": store.run_id,
+            **{k: store.config.get(k) for k in ("model", "source", "questions_hash")},
+            "generation": store.config.get("generation"),
+        }
     return Evaluation(results, summary, curves, result.clusters, result.info, agree, records)
 
 
-def evaluate_run(store: RunStore, embedder, options: EvalOptions | None = None, *, limit: int | None = None) -> Evaluation:
+def evaluate_run(
+    store: RunStore, embedder, options: EvalOptions | None = None, *, limit: int | None = None
+) -> Evaluation:
     """evaluate_records on a saved run with its manual marks and saved LLM verdicts."""
     options = options or EvalOptions()
     records = store.load_records(limit)
@@ -434,8 +514,14 @@ def run_llm_judge(judge_lm, store: RunStore, *, limit: int | None = None, progre
     records = store.load_records(limit)
     saved = store.llm_verdicts(judge_lm.name)
     todo = [r for r in records if r.id not in saved]
-    verdicts = llm_judge(judge_lm, [r.question for r in todo], [r.references for r in todo],
-                         [r.answer for r in todo], progress=progress, stop=stop)
+    verdicts = llm_judge(
+        judge_lm,
+        [r.question for r in todo],
+        [r.references for r in todo],
+        [r.answer for r in todo],
+        progress=progress,
+        stop=stop,
+    )
     new = {r.id: v for r, v in zip(todo, verdicts) if v is not None or not r.references}
     store.save_llm_verdicts(judge_lm.name, new)
     return {**saved, **new}
@@ -451,7 +537,8 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
             out[column] = out[column].map(
-                lambda v: "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v)
+                lambda v: "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+            )
     return out
 
 
@@ -480,10 +567,14 @@ def summary_md(evaluation: Evaluation) -> str:
     run = s.get("run") or {}
     if run:
         gen = run.get("generation") or {}
-        head.append(f"Model `{run.get('model')}`, questions `{run.get('source')}` (hash {run.get('questions_hash')}), "
-                    f"K = {gen.get('samples')} samples at T = {gen.get('temperature')}, seed {gen.get('seed')}, "
-                    f"run `{run.get('run_id')}`.")
-    head.append(f"Judge: `{s.get('judge')}`; {s.get('n_graded')} graded questions ({s.get('n_manual')} marked by hand).")
+        head.append(
+            f"Model `{run.get('model')}`, questions `{run.get('source')}` (hash {run.get('questions_hash')}), "
+            f"K = {gen.get('samples')} samples at T = {gen.get('temperature')}, seed {gen.get('seed')}, "
+            f"run `{run.get('run_id')}`."
+        )
+    head.append(
+        f"Judge: `{s.get('judge')}`; {s.get('n_graded')} graded questions ({s.get('n_manual')} marked by hand)."
+    )
     head.append("")
     return "\n".join(head) + summary_markdown(s) + "\n"
 

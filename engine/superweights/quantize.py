@@ -19,22 +19,23 @@ Gemma 3) stay in full precision, as in the paper's weight quantization, and to k
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 
-from engine.ablation import check_editable, eval_windows, perplexity, replaced_weights
-from engine.errors import LabError
-from engine.architecture import decoder_layers
-from engine.superweights import down_projections, linear_weights, out_in_weight
+from engine.core.architecture import decoder_layers, down_projections, linear_weights, out_in_weight, to_stored_layout
+from engine.core.errors import LabError
+from engine.core.lm_eval import eval_windows, perplexity
+from engine.core.weight_edits import check_editable, replaced_weights
 
 DEFAULT_BLOCK_SIZES = (64, 256, 1024, 4096)
 METHODS = ("rtn", "rtn, super weight held", "rtn, super weight + outliers held")
 
 
-def rtn_blockwise(weight: torch.Tensor, bits: int = 4, block_size: int = 128,
-                  hold: torch.Tensor | None = None) -> torch.Tensor:
+def rtn_blockwise(
+    weight: torch.Tensor, bits: int = 4, block_size: int = 128, hold: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dequantized asymmetric min-max RTN of `weight` ([out, in]) in row-major blocks of `block_size`.
 
     `hold` (bool mask like `weight`): those entries are clipped to the largest non-held |w| before the
@@ -81,8 +82,9 @@ def hold_mask(weight: torch.Tensor, coords: Sequence[tuple[int, int]] = (), clip
     return mask
 
 
-def quantized_copies(lm, candidates: Sequence, bits: int, block_size: int, method: str,
-                     clip_fraction: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+def quantized_copies(
+    lm, candidates: Sequence, bits: int, block_size: int, method: str, clip_fraction: float
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
     """(parameter tensor, quantized replacement in its stored layout) for every decoder linear weight,
     and the number of weights held in full precision."""
     if method not in METHODS:
@@ -99,13 +101,12 @@ def quantized_copies(lm, candidates: Sequence, bits: int, block_size: int, metho
         mask = hold_mask(w, coords, fraction) if (coords or fraction) else None
         held += int(mask.sum()) if mask is not None else 0
         q = rtn_blockwise(w, bits, block_size, mask)
-        conv1d = type(module).__name__ == "Conv1D"  # GPT-2: stored [in, out]
-        pairs.append((module.weight.data, q.t() if conv1d else q))
+        pairs.append((module.weight.data, to_stored_layout(module, q)))
     return pairs, held
 
 
 def _check_memory(lm) -> None:
-    from engine.models import available_memory_bytes
+    from engine.core.device import available_memory_bytes
 
     need = 2 * sum(m.weight.numel() * m.weight.element_size() for _, _, m in linear_weights(lm.model))
     free = available_memory_bytes()
@@ -116,9 +117,17 @@ def _check_memory(lm) -> None:
         )
 
 
-def quantization_table(lm, candidates: Sequence, block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
-                       bits: int = 4, clip_fraction: float = 1e-4, methods: Sequence[str] = METHODS,
-                       eval_text: str | None = None, window: int = 512, max_tokens: int | None = 4096) -> pd.DataFrame:
+def quantization_table(
+    lm,
+    candidates: Sequence,
+    block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
+    bits: int = 4,
+    clip_fraction: float = 1e-4,
+    methods: Sequence[str] = METHODS,
+    eval_text: str | None = None,
+    window: int = 512,
+    max_tokens: int | None = 4096,
+) -> pd.DataFrame:
     """Perplexity of the original model and of each (block size, method) RTN quantization of it.
 
     The weights are replaced in place and restored bit-for-bit (checked) after each evaluation.
@@ -135,16 +144,32 @@ def quantization_table(lm, candidates: Sequence, block_sizes: Sequence[int] = DE
     rows = []
     with lm.lock:
         base = perplexity(lm, windows)
-        rows.append({"block_size": None, "method": "original (no quantization)", "bits": None,
-                     "perplexity": base, "ppl_ratio": 1.0, "held_weights": 0})
+        rows.append(
+            {
+                "block_size": None,
+                "method": "original (no quantization)",
+                "bits": None,
+                "perplexity": base,
+                "ppl_ratio": 1.0,
+                "held_weights": 0,
+            }
+        )
         for block in block_sizes:
             for method in methods:
                 pairs, held = quantized_copies(lm, candidates, bits, int(block), method, clip_fraction)
                 with replaced_weights(lm, pairs):
                     ppl = perplexity(lm, windows)
                 del pairs
-                rows.append({"block_size": int(block), "method": method, "bits": bits, "perplexity": ppl,
-                             "ppl_ratio": ppl / base, "held_weights": held})
+                rows.append(
+                    {
+                        "block_size": int(block),
+                        "method": method,
+                        "bits": bits,
+                        "perplexity": ppl,
+                        "ppl_ratio": ppl / base,
+                        "held_weights": held,
+                    }
+                )
     frame = pd.DataFrame(rows)
     frame.attrs["layers"] = len(decoder_layers(lm.model))
     return frame

@@ -10,10 +10,10 @@ Events of one run (steps; None when the event does not happen within the run):
   * top_coordinate: the coordinate of a matrix's largest |w| no longer changes, counted only when
     that stretch covers >= `min_span` (default 3) checkpoints;
   * massive_activation: max|a|/median|a| of a layer >= `ratio_factor` x its value at step 0;
-  * super_weight: some matrix has a super weight (causal test of engine.grok_superweights).
+  * super_weight: some matrix has a super weight (causal test of engine.grokking.measures).
 - lag of a measure = onset - grok_95 (negative: the measure came first).
 
-A run = `run_experiment(config)`: train (engine.grokking) + measures at every checkpoint +
+A run = `run_experiment(config)`: train (engine.grokking.training) + measures at every checkpoint +
 summary.json. A sweep = seeds x weight decays, each run cached. `connection` correlates onset with
 grokking step over grokked runs (Pearson r with its 95% CI from scipy) and counts how often the
 onset precedes grokking (two-sided sign test, scipy.stats.binomtest); `plain_summary` words it.
@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from engine import grokking
-from engine.grok_superweights import MEASURE_COLUMNS, MeasureSettings, measure_checkpoint
-from engine.grokking import GrokConfig, RunCache
-from engine.paths import atomic_write
+from engine.core.paths import atomic_write
+from engine.grokking import training as grokking
+from engine.grokking.measures import MEASURE_COLUMNS, MeasureSettings, measure_checkpoint
+from engine.grokking.training import GrokConfig, RunCache
 
 MEASURES = ("super_weight", "max_over_median", "kurtosis", "top_coordinate", "massive_activation")
 MEASURE_LABELS = {
@@ -80,7 +80,9 @@ def onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) ->
     steps = sorted(measures["step"].unique().tolist())
     weights = measures[measures["kind"] == "weight"]
     acts = measures[measures["kind"] == "activation"]
-    super_on = weights.groupby("step")["is_super"].apply(lambda s: bool(s.astype(bool).any())).reindex(steps, fill_value=False)
+    super_on = (
+        weights.groupby("step")["is_super"].apply(lambda s: bool(s.astype(bool).any())).reindex(steps, fill_value=False)
+    )
     out["super_weight"] = stays_on_from(steps, super_on.tolist())
 
     def earliest(frame: pd.DataFrame, make_flags) -> int | None:
@@ -142,9 +144,14 @@ def _read_measures(cache: RunCache) -> pd.DataFrame:
 def summarize(cache: RunCache, settings: OnsetSettings = OnsetSettings()) -> dict:
     """summary.json of a run: config, key, state, events (written next to metrics.csv)."""
     status = cache.status()
-    summary = {"key": cache.config.key(), "config": asdict(cache.config), "state": status.get("state"),
-               "message": status.get("message", ""), "onset_settings": asdict(settings),
-               **run_events(cache.metrics(), _read_measures(cache), settings)}
+    summary = {
+        "key": cache.config.key(),
+        "config": asdict(cache.config),
+        "state": status.get("state"),
+        "message": status.get("message", ""),
+        "onset_settings": asdict(settings),
+        **run_events(cache.metrics(), _read_measures(cache), settings),
+    }
     atomic_write(cache.summary_path, json.dumps(summary, indent=1))
     return summary
 
@@ -176,7 +183,9 @@ def run_experiment(
         header = not cache.measures_path.exists()
         rows.to_csv(cache.measures_path, mode="a", header=header, index=False)
 
-    result = grokking.train(config, root=root, run_dir=run_dir, on_eval=on_eval, on_checkpoint=on_checkpoint, stop=stop, threads=threads)
+    result = grokking.train(
+        config, root=root, run_dir=run_dir, on_eval=on_eval, on_checkpoint=on_checkpoint, stop=stop, threads=threads
+    )
     summary = summarize(result.cache)
     summary["seconds"] = result.seconds
     return summary
@@ -205,9 +214,17 @@ def sweep_configs(base: GrokConfig, seeds: list[int], weight_decays: list[float]
     return [base.replace(seed=int(s), weight_decay=float(wd)) for wd in weight_decays for s in seeds]
 
 
-def run_sweep(base: GrokConfig, seeds: list[int], weight_decays: list[float], *, root: Path | None = None,
-              progress: SweepProgress | None = None, stop: threading.Event | None = None,
-              on_run: Callable[[dict], None] | None = None, threads: int | None = None) -> list[dict]:
+def run_sweep(
+    base: GrokConfig,
+    seeds: list[int],
+    weight_decays: list[float],
+    *,
+    root: Path | None = None,
+    progress: SweepProgress | None = None,
+    stop: threading.Event | None = None,
+    on_run: Callable[[dict], None] | None = None,
+    threads: int | None = None,
+) -> list[dict]:
     """Run (or reopen) every seed x weight decay configuration; each run is cached on its own."""
     configs = sweep_configs(base, seeds, weight_decays)
     progress = progress or SweepProgress()
@@ -230,10 +247,21 @@ def sweep_table(summaries: list[dict], measure: str = "super_weight") -> pd.Data
     """One row per run: seed, weight decay, memorisation / grokking steps, onset and lag of `measure`."""
     rows = []
     for s in summaries:
-        rows.append({"seed": s["config"]["seed"], "weight_decay": s["config"]["weight_decay"], "state": s.get("state"),
-                     "memorisation_step": s["memorisation_step"], "grok_50_step": s["grok_50_step"],
-                     "grok_95_step": s["grok_95_step"], "grokked": s["grokked"], "onset_step": s["onsets"].get(measure),
-                     "lag": s["lags"].get(measure), "final_test_acc": s["final_test_acc"], "key": s["key"]})
+        rows.append(
+            {
+                "seed": s["config"]["seed"],
+                "weight_decay": s["config"]["weight_decay"],
+                "state": s.get("state"),
+                "memorisation_step": s["memorisation_step"],
+                "grok_50_step": s["grok_50_step"],
+                "grok_95_step": s["grok_95_step"],
+                "grokked": s["grokked"],
+                "onset_step": s["onsets"].get(measure),
+                "lag": s["lags"].get(measure),
+                "final_test_acc": s["final_test_acc"],
+                "key": s["key"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -249,12 +277,22 @@ def connection(table: pd.DataFrame) -> dict:
 
     grokked = table[table["grokked"].astype(bool)]
     both = grokked.dropna(subset=["onset_step"])
-    out = {"n_runs": len(table), "n_grokked": len(grokked), "n_with_onset": len(both),
-           "n_not_grokked": len(table) - len(grokked),
-           "n_not_grokked_with_onset": int(table[~table["grokked"].astype(bool)]["onset_step"].notna().sum()),
-           "n_before": int((both["lag"] < 0).sum()), "n_after": int((both["lag"] > 0).sum()),
-           "n_same": int((both["lag"] == 0).sum()), "median_lag": float(both["lag"].median()) if len(both) else None,
-           "r": None, "ci_low": None, "ci_high": None, "p_r": None, "p_sign": None}
+    out = {
+        "n_runs": len(table),
+        "n_grokked": len(grokked),
+        "n_with_onset": len(both),
+        "n_not_grokked": len(table) - len(grokked),
+        "n_not_grokked_with_onset": int(table[~table["grokked"].astype(bool)]["onset_step"].notna().sum()),
+        "n_before": int((both["lag"] < 0).sum()),
+        "n_after": int((both["lag"] > 0).sum()),
+        "n_same": int((both["lag"] == 0).sum()),
+        "median_lag": float(both["lag"].median()) if len(both) else None,
+        "r": None,
+        "ci_low": None,
+        "ci_high": None,
+        "p_r": None,
+        "p_sign": None,
+    }
     x, y = both["onset_step"].astype(float).to_numpy(), both["grok_95_step"].astype(float).to_numpy()
     if len(both) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0:
         res = stats.pearsonr(x, y)
@@ -279,25 +317,40 @@ def plain_summary(stats_: dict, measure: str = "super_weight") -> str:
     n, g, w = stats_["n_runs"], stats_["n_grokked"], stats_["n_with_onset"]
     parts = [f"{g} of {n} runs grokked (test accuracy >= 95%)."]
     if g == 0:
-        parts.append(f"With no grokked run there is nothing to compare: no connection found between {label} and grokking.")
+        parts.append(
+            f"With no grokked run there is nothing to compare: no connection found between {label} and grokking."
+        )
         return " ".join(parts)
     if w == 0:
         parts.append(f"In none of them did a {label} appear (and stay): no connection found.")
     else:
         lag = stats_["median_lag"]
-        when = f"a median of {abs(lag):.0f} steps {'before' if lag < 0 else 'after'} grokking" if lag else "at the grokking step (median)"
-        parts.append(f"In {w} of {g} grokked runs a {label} appeared, {when} "
-                     f"(before in {stats_['n_before']}, after in {stats_['n_after']}, same checkpoint in {stats_['n_same']}).")
+        when = (
+            f"a median of {abs(lag):.0f} steps {'before' if lag < 0 else 'after'} grokking"
+            if lag
+            else "at the grokking step (median)"
+        )
+        parts.append(
+            f"In {w} of {g} grokked runs a {label} appeared, {when} "
+            f"(before in {stats_['n_before']}, after in {stats_['n_after']}, same checkpoint in {stats_['n_same']})."
+        )
         if stats_["r"] is not None:
-            parts.append(f"Onset vs grokking step: Pearson r = {stats_['r']:.2f} (95% CI {stats_['ci_low']:.2f} to {stats_['ci_high']:.2f}, n = {w}).")
+            parts.append(
+                f"Onset vs grokking step: Pearson r = {stats_['r']:.2f} (95% CI {stats_['ci_low']:.2f} to {stats_['ci_high']:.2f}, n = {w})."
+            )
         else:
             parts.append(f"Too few runs with both events (n = {w}, need >= 4 with varying steps) for a correlation.")
         if stats_["p_sign"] is not None:
             parts.append(f"Sign test of 'onset before grokking': p = {stats_['p_sign']:.2g}.")
-        parts.append("A connection is supported by these numbers." if connection_found(stats_)
-                     else "No connection found: the correlation's CI includes 0 and the order is not consistent beyond chance.")
+        parts.append(
+            "A connection is supported by these numbers."
+            if connection_found(stats_)
+            else "No connection found: the correlation's CI includes 0 and the order is not consistent beyond chance."
+        )
     if stats_["n_not_grokked"]:
-        parts.append(f"Contrast: {stats_['n_not_grokked_with_onset']} of {stats_['n_not_grokked']} runs that did not grok also showed a {label}.")
+        parts.append(
+            f"Contrast: {stats_['n_not_grokked_with_onset']} of {stats_['n_not_grokked']} runs that did not grok also showed a {label}."
+        )
     return " ".join(parts)
 
 
@@ -306,10 +359,18 @@ def run_summary_text(summary: dict) -> str:
     mem, g50, g95 = summary["memorisation_step"], summary["grok_50_step"], summary["grok_95_step"]
     parts = [f"Train accuracy reached 99% at step {mem}." if mem is not None else "Train accuracy never reached 99%."]
     if g95 is not None:
-        parts.append(f"Test accuracy crossed 50% at step {g50} and 95% at step {g95}"
-                     + (f", {summary['grokking_delay']} steps after memorisation." if summary["grokking_delay"] is not None else "."))
+        parts.append(
+            f"Test accuracy crossed 50% at step {g50} and 95% at step {g95}"
+            + (
+                f", {summary['grokking_delay']} steps after memorisation."
+                if summary["grokking_delay"] is not None
+                else "."
+            )
+        )
     else:
-        parts.append(f"The run did not grok by step {summary['last_step']} (final test accuracy {summary['final_test_acc']:.1%}).")
+        parts.append(
+            f"The run did not grok by step {summary['last_step']} (final test accuracy {summary['final_test_acc']:.1%})."
+        )
     for m in MEASURES:
         onset, lag = summary["onsets"].get(m), summary["lags"].get(m)
         if onset is None:
@@ -317,6 +378,14 @@ def run_summary_text(summary: dict) -> str:
         elif lag is None:
             parts.append(f"{MEASURE_LABELS[m]}: onset at step {onset}.")
         else:
-            parts.append(f"{MEASURE_LABELS[m]}: onset at step {onset}, "
-                         + (f"{-lag} steps before grokking." if lag < 0 else f"{lag} steps after grokking." if lag > 0 else "at the grokking step."))
+            parts.append(
+                f"{MEASURE_LABELS[m]}: onset at step {onset}, "
+                + (
+                    f"{-lag} steps before grokking."
+                    if lag < 0
+                    else f"{lag} steps after grokking."
+                    if lag > 0
+                    else "at the grokking step."
+                )
+            )
     return " ".join(parts)

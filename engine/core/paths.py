@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "engine" / "data"  # bundled data (evaluation text, question set, prompts, coordinates)
 
 
 def cache_dir(*parts: str) -> Path:

@@ -10,7 +10,7 @@ gradient filter g <- g + lamb * EMA_alpha(g) (Lee et al. 2024, arXiv 2405.20233)
 A run lives in `cache/grokking/<key>/` where key is a hash of its configuration: `config.json`,
 `metrics.csv` (one row per evaluation step), `checkpoints/step_XXXXXXX.pt` (model state_dict,
 `torch.save`, read back with `torch.load(weights_only=True)`), `resume.pt` (optimiser and
-Grokfast state of the last checkpoint), `status.json`, and (written by `engine.grok_analysis`)
+Grokfast state of the last checkpoint), `status.json`, and (written by `engine.grokking.analysis`)
 `measures.csv` and `summary.json`. A stopped run keeps every checkpoint written so far and
 resumes from the last one; a finished run reopens without training.
 """
@@ -28,16 +28,16 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.errors import LabError
-from engine.paths import atomic_write, cache_dir
+from engine.core.errors import LabError
+from engine.core.paths import atomic_write, cache_dir
 
 CACHE_TOPIC = "grokking"
 FORMAT_VERSION = 1
@@ -93,12 +93,15 @@ class GrokConfig:
         blob = json.dumps({"v": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def replace(self, **changes) -> "GrokConfig":
+    def replace(self, **changes) -> GrokConfig:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
-        model = (f"transformer {self.n_layers}L d{self.d_model} {self.n_heads}h" if self.model == "transformer"
-                 else f"MLP {self.n_layers}x{self.mlp_width}")
+        model = (
+            f"transformer {self.n_layers}L d{self.d_model} {self.n_heads}h"
+            if self.model == "transformer"
+            else f"MLP {self.n_layers}x{self.mlp_width}"
+        )
         opt = f"AdamW lr {self.lr:g} wd {self.weight_decay:g}" + (" + Grokfast" if self.grokfast else "")
         return f"{TASKS[self.task][0]}, p={self.p}, train {self.train_frac:.0%}, seed {self.seed}, {model}, {opt}"
 
@@ -153,8 +156,15 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
     if config.steps < 1 or config.eval_every < 1 or config.checkpoint_every < 1:
         raise LabError("steps, eval_every and checkpoint_every must be positive.")
     if config.checkpoint_every % config.eval_every:
-        raise LabError(f"checkpoint_every ({config.checkpoint_every}) must be a multiple of eval_every ({config.eval_every}).")
-    if config.n_layers not in (1, 2, 3, 4) or config.d_model < 4 or config.n_heads < 1 or config.d_model % config.n_heads:
+        raise LabError(
+            f"checkpoint_every ({config.checkpoint_every}) must be a multiple of eval_every ({config.eval_every})."
+        )
+    if (
+        config.n_layers not in (1, 2, 3, 4)
+        or config.d_model < 4
+        or config.n_heads < 1
+        or config.d_model % config.n_heads
+    ):
         raise LabError("Need 1-4 layers and d_model divisible by the number of heads.")
     if config.batch_size < 0:
         raise LabError("Batch size must be >= 0 (0 = full batch).")
@@ -164,7 +174,11 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
     n_train = int(round(config.train_frac * n_pairs))
     if n_train < 1 or n_train >= n_pairs:
         raise LabError(f"Train fraction {config.train_frac} leaves an empty train or test set for p={config.p}.")
-    limit = memory_limit_gb if memory_limit_gb is not None else float(os.environ.get("LAB_GROK_MEMORY_GB", DEFAULT_MEMORY_LIMIT_GB))
+    limit = (
+        memory_limit_gb
+        if memory_limit_gb is not None
+        else float(os.environ.get("LAB_GROK_MEMORY_GB", DEFAULT_MEMORY_LIMIT_GB))
+    )
     need = estimate_memory_bytes(config)
     if need > limit * 2**30:
         raise LabError(
@@ -228,7 +242,9 @@ class Block(nn.Module):
         def split(z):
             return z.view(n, t, h, d // h).transpose(1, 2)
 
-        attn = nn.functional.scaled_dot_product_attention(split(self.W_Q(x)), split(self.W_K(x)), split(self.W_V(x)), is_causal=True)
+        attn = nn.functional.scaled_dot_product_attention(
+            split(self.W_Q(x)), split(self.W_K(x)), split(self.W_V(x)), is_causal=True
+        )
         x = x + self.W_O(attn.transpose(1, 2).reshape(n, t, d))
         return x + self.W_out(torch.relu(self.W_in(x)))
 
@@ -341,7 +357,9 @@ class RunCache:
             return {"state": "new", "step": 0, "message": ""}
 
     def set_status(self, state: str, step: int, message: str = "") -> None:
-        atomic_write(self.status_path, json.dumps({"state": state, "step": step, "message": message, "time": time.time()}))
+        atomic_write(
+            self.status_path, json.dumps({"state": state, "step": step, "message": message, "time": time.time()})
+        )
 
     def is_finished(self) -> bool:
         return self.status().get("state") == "finished" and self.metrics_path.exists()
@@ -401,7 +419,9 @@ def _claim(cache: RunCache) -> None:
         except (OSError, ValueError):
             other = None
         if other and other != os.getpid() and _pid_alive(other):
-            raise LabError(f"This configuration is already being trained by process {other}; wait or pick another seed.")
+            raise LabError(
+                f"This configuration is already being trained by process {other}; wait or pick another seed."
+            )
         lock.write_text(str(os.getpid()))
         _ACTIVE.add(str(cache.dir))
 
@@ -494,7 +514,9 @@ def train(
     try:
         return _train_locked(config, cache, on_eval, on_checkpoint, stop, start_time)
     except BaseException as err:
-        cache.set_status("failed" if not isinstance(err, KeyboardInterrupt) else "stopped", cache.status().get("step", 0), str(err))
+        cache.set_status(
+            "failed" if not isinstance(err, KeyboardInterrupt) else "stopped", cache.status().get("step", 0), str(err)
+        )
         raise
     finally:
         if threads:
@@ -531,7 +553,9 @@ def _should_stop(stop) -> bool:
 def _train_locked(config, cache, on_eval, on_checkpoint, stop, start_time) -> TrainResult:
     data = make_dataset(config)
     model = build_model(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
+    )
     ema = _GrokfastEMA(config.grokfast_alpha, config.grokfast_lamb) if config.grokfast else None
     step, elapsed0, grok_step = 0, 0.0, None
     cache.dir.joinpath("config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
@@ -588,8 +612,15 @@ def _train_locked(config, cache, on_eval, on_checkpoint, stop, start_time) -> Tr
                 else:
                     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
                 test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
-                row = {"step": step, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                       "test_acc": test_acc, "weight_norm": weight_norm(model), "elapsed_s": time.perf_counter() - t0}
+                row = {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "test_loss": test_loss,
+                    "test_acc": test_acc,
+                    "weight_norm": weight_norm(model),
+                    "elapsed_s": time.perf_counter() - t0,
+                }
                 writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in METRIC_COLUMNS])
                 handle.flush()
                 if grok_step is None and test_acc >= 0.95:
@@ -603,15 +634,26 @@ def _train_locked(config, cache, on_eval, on_checkpoint, stop, start_time) -> Tr
             if (step % config.checkpoint_every == 0 or done or stopping) and step not in saved:
                 model.eval()
                 _atomic_save(model.state_dict(), cache.checkpoint_path(step))
-                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "ema": ema.mu if ema else {}, "step": step, "grok_step": -1 if grok_step is None else grok_step},
-                             cache.resume_path)
+                _atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "ema": ema.mu if ema else {},
+                        "step": step,
+                        "grok_step": -1 if grok_step is None else grok_step,
+                    },
+                    cache.resume_path,
+                )
                 saved.add(step)
                 if on_checkpoint:
                     on_checkpoint(step, copy.deepcopy(model).eval(), data)  # a copy: the step's graph is alive
             if done or stopping:
                 state = "finished" if done else "stopped"
-                message = "" if done else f"stopped at step {step}; checkpoints up to here are kept and the run resumes from step {step}"
+                message = (
+                    ""
+                    if done
+                    else f"stopped at step {step}; checkpoints up to here are kept and the run resumes from step {step}"
+                )
                 cache.set_status(state, step, message)
                 return TrainResult(cache, state, step, False, time.perf_counter() - start_time)
             optimizer.zero_grad(set_to_none=True)
@@ -646,7 +688,9 @@ def list_runs(root: Path | None = None) -> list[tuple[GrokConfig, dict]]:
     for cfg_path in base.glob("*/config.json"):
         try:
             fields = json.loads(cfg_path.read_text())
-            config = GrokConfig(**{k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(GrokConfig)}})
+            config = GrokConfig(
+                **{k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(GrokConfig)}}
+            )
         except (ValueError, TypeError):
             continue
         if config.key() != cfg_path.parent.name:

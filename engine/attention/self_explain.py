@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.attention import AttentionResult, description_text, run_attention
-from engine.errors import LabError
-from engine.head_functions import PROMPTS_FILE, PromptSpec, random_token_ids
+from engine.attention.head_functions import PROMPTS_FILE, PromptSpec, random_token_ids
+from engine.attention.maps import AttentionResult, description_text, run_attention
+from engine.core.errors import LabError
 
 EXPLAIN_COMPLETION_TEMPLATE = (
     "Below is a record of one attention head of a language model. Each line gives a token of a text "
@@ -146,12 +146,14 @@ def explain_head(
         ids = lm.prompt_inputs(text)
         inputs = {k: v.to(lm.device) for k, v in ids.items() if k in ("input_ids", "attention_mask")}
     else:
-        from engine.attention_png import heatmap_image
+        from engine.attention.png import heatmap_image
 
         image = heatmap_image(result.head(layer, head), result.labels, title=f"layer {layer} head {head}")
         processor = lm.processor
         if getattr(processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+            messages = [
+                {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}
+            ]
             inputs = processor.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
             )
@@ -209,7 +211,8 @@ def simulate_with_lm(
     listing = " ".join(f"{j}:{t}" for j, t in enumerate(result.tokens))
     try:
         texts = [
-            template.format(explanation=explanation, tokens=listing, position=i, token=result.tokens[i]) for i in queries
+            template.format(explanation=explanation, tokens=listing, position=i, token=result.tokens[i])
+            for i in queries
         ]
     except (KeyError, IndexError, ValueError) as err:
         raise LabError(
@@ -223,7 +226,9 @@ def simulate_with_lm(
         ids, mask = lm.left_padded(encoded[start : start + batch_size])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with lm.lock, torch.no_grad():
-            logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+            logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[
+                :, -1
+            ]
         logprobs.extend(torch.log_softmax(logits.float(), dim=-1)[:, torch.as_tensor(cand)].cpu().numpy())
     preds = {}
     for i, lp in zip(queries, logprobs):
@@ -319,14 +324,21 @@ def heldout_prompts(tokenizer: Any, n_random: int = 1, random_len: int = 10, see
     data = json.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
     specs = [PromptSpec(p["name"], p["kind"], text=p["text"]) for p in data["heldout"]]
     for r in range(n_random):
-        specs.append(PromptSpec(f"held-out random x2 #{r}", "repeated-random", token_ids=random_token_ids(tokenizer, random_len, seed + r)))
+        specs.append(
+            PromptSpec(
+                f"held-out random x2 #{r}",
+                "repeated-random",
+                token_ids=random_token_ids(tokenizer, random_len, seed + r),
+            )
+        )
     return specs
 
 
 def run_heldout(lm: Any, specs: list[PromptSpec], max_tokens: int = 24) -> list[AttentionResult]:
     """Forward pass of each held-out prompt once (shared by every head scored)."""
     return [
-        run_attention(lm, s.text, max_tokens=max_tokens, token_ids=list(s.token_ids) if s.token_ids else None) for s in specs
+        run_attention(lm, s.text, max_tokens=max_tokens, token_ids=list(s.token_ids) if s.token_ids else None)
+        for s in specs
     ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 
 EMBEDDED_EMBEDDER = "all-MiniLM-L6-v2"
 _ALIASES = {EMBEDDED_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"}

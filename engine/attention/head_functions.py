@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.errors import LabError
+from engine.core.errors import LabError
+from engine.core.paths import DATA_DIR
 
 PATTERN_FUNCTIONS = ("previous_token", "duplicate_token", "induction")
 FUNCTIONS = PATTERN_FUNCTIONS + ("bos_sink", "self", "spread")
@@ -39,7 +40,7 @@ FUNCTION_TITLES = {
     "spread": "spread (row entropy, nats)",
 }
 LABEL_THRESHOLD = 0.3  # a head is labelled by a pattern when its mean score reaches this
-PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "attention_prompts.json"
+PROMPTS_FILE = DATA_DIR / "attention_prompts.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def run_prompt_set(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> HeadFunctionTable:
     """Run every prompt once (one forward each), score every head, keep per-prompt scores."""
-    from engine.attention import run_attention
+    from engine.attention.maps import run_attention
 
     if not prompts:
         raise LabError("No prompts: choose the built-in set or type at least one prompt.")

@@ -2,7 +2,7 @@
 
 Three kinds of rows, all in one long table (one row per matrix or layer):
 - "weight": per 2-D weight matrix W, max|w| / median|w|, excess kurtosis, the coordinate of the
-  largest |w| (from `engine.weight_stats`, shared with the super-weight scan of a pretrained LLM);
+  largest |w| (from `engine.core.weight_stats`, shared with the super-weight scan of a pretrained LLM);
 - "activation": per layer, max|a| / median|a| of its output on the test inputs (massive
   activations, Sun et al. 2024, arXiv 2402.17762);
 - "causal" (columns on the weight rows): test accuracy and loss after zeroing the single
@@ -21,13 +21,29 @@ import pandas as pd
 import torch
 from torch import nn
 
-from engine import weight_stats
-from engine.grokking import evaluate, weight_matrices
+from engine.core import weight_stats
+from engine.grokking.training import evaluate, weight_matrices
 
 MEASURE_COLUMNS = [
-    "step", "kind", "name", "max_over_median", "kurtosis", "argmax", "max_abs",
-    "acc_base", "loss_base", "acc_top1", "loss_top1", "acc_topk", "loss_topk", "acc_random", "loss_random",
-    "drop_top1", "drop_topk", "drop_random", "is_super",
+    "step",
+    "kind",
+    "name",
+    "max_over_median",
+    "kurtosis",
+    "argmax",
+    "max_abs",
+    "acc_base",
+    "loss_base",
+    "acc_top1",
+    "loss_top1",
+    "acc_topk",
+    "loss_topk",
+    "acc_random",
+    "loss_random",
+    "drop_top1",
+    "drop_topk",
+    "drop_random",
+    "is_super",
 ]
 
 
@@ -66,7 +82,9 @@ def _ablated(model: nn.Module, weight: torch.Tensor, coords: list[tuple[int, ...
 
 
 @torch.no_grad()
-def causal_test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: MeasureSettings = MeasureSettings()) -> pd.DataFrame:
+def causal_test(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: MeasureSettings = MeasureSettings()
+) -> pd.DataFrame:
     """Per 2-D weight matrix: accuracy/loss after zeroing its top-1, its top-k and k random weights.
 
     drop_* = acc_base - acc_*; is_super = drop_top1 > threshold and drop_random <= threshold.
@@ -91,22 +109,40 @@ def causal_test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Me
             rand_losses.append(loss_r)
             rand_accs.append(acc_r)
         acc_r, loss_r = float(np.mean(rand_accs)), float(np.mean(rand_losses))
-        rows.append({
-            "name": name, "acc_base": acc_base, "loss_base": loss_base, "acc_top1": acc1, "loss_top1": loss1,
-            "acc_topk": acck, "loss_topk": lossk, "acc_random": acc_r, "loss_random": loss_r,
-            "drop_top1": acc_base - acc1, "drop_topk": acc_base - acck, "drop_random": acc_base - acc_r,
-            "is_super": bool(acc_base - acc1 > settings.threshold and acc_base - acc_r <= settings.threshold),
-        })
+        rows.append(
+            {
+                "name": name,
+                "acc_base": acc_base,
+                "loss_base": loss_base,
+                "acc_top1": acc1,
+                "loss_top1": loss1,
+                "acc_topk": acck,
+                "loss_topk": lossk,
+                "acc_random": acc_r,
+                "loss_random": loss_r,
+                "drop_top1": acc_base - acc1,
+                "drop_topk": acc_base - acck,
+                "drop_random": acc_base - acc_r,
+                "is_super": bool(acc_base - acc1 > settings.threshold and acc_base - acc_r <= settings.threshold),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def weight_measures(model: nn.Module) -> pd.DataFrame:
-    """Per 2-D weight matrix: max/median, kurtosis, max|w| and its coordinate (engine.weight_stats)."""
+    """Per 2-D weight matrix: max/median, kurtosis, max|w| and its coordinate (engine.core.weight_stats)."""
     rows = []
     for name, weight in weight_matrices(model).items():
         stats = weight_stats.matrix_stats(weight)
-        rows.append({"name": name, "max_over_median": stats["max_over_median"], "kurtosis": stats["kurtosis"],
-                     "argmax": "(" + ",".join(str(i) for i in stats["argmax"]) + ")", "max_abs": stats["max_abs"]})
+        rows.append(
+            {
+                "name": name,
+                "max_over_median": stats["max_over_median"],
+                "kurtosis": stats["kurtosis"],
+                "argmax": "(" + ",".join(str(i) for i in stats["argmax"]) + ")",
+                "max_abs": stats["max_abs"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -122,8 +158,13 @@ def activation_measures(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def measure_checkpoint(step: int, model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor,
-                       settings: MeasureSettings = MeasureSettings()) -> pd.DataFrame:
+def measure_checkpoint(
+    step: int,
+    model: nn.Module,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    settings: MeasureSettings = MeasureSettings(),
+) -> pd.DataFrame:
     """All measures of one checkpoint as rows with MEASURE_COLUMNS (kind "weight" or "activation")."""
     weights = weight_measures(model).merge(causal_test(model, x_test, y_test, settings), on="name")
     weights["kind"] = "weight"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.errors import LabError
+from engine.core.errors import LabError
 
 DEFAULT_MAX_TOKENS = 64
 TOP_K = 5
@@ -241,7 +241,7 @@ def run_attention(
 
     Raises LabError for an empty prompt, a limit below 2, or a model that gives no weights.
     """
-    from engine.architecture import layer_types
+    from engine.core.architecture import layer_types
 
     if max_tokens is None or int(max_tokens) < 2:
         raise LabError("The token limit must be at least 2.")
@@ -340,6 +340,11 @@ def parse_head(spec: str, n_layers: int | None = None, n_heads: int | None = Non
         layer, head = int(layer_s), int(head_s)
     except ValueError as err:
         raise LabError(f"Bad head '{spec}': write LAYER.HEAD, e.g. 3.1.") from err
-    if layer < 0 or head < 0 or (n_layers is not None and layer >= n_layers) or (n_heads is not None and head >= n_heads):
+    if (
+        layer < 0
+        or head < 0
+        or (n_layers is not None and layer >= n_layers)
+        or (n_heads is not None and head >= n_heads)
+    ):
         raise LabError(f"No head {spec}: the model has {n_layers} layers x {n_heads} heads (0-based).")
     return layer, head

@@ -16,99 +16,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from engine.architecture import decoder_layers, get_path, text_config
-from engine.errors import LabError
-from engine.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
+from engine.core.architecture import (
+    decoder_layers,
+    down_projections,
+    down_weight,
+    linear_weights,
+    out_in_weight,
+)
+from engine.core.errors import LabError
+from engine.core.lm_eval import encode, run_body
+from engine.core.paths import DATA_DIR
+from engine.core.weight_edits import ElementEdit, edited_weights, weights_edit_problem
+from engine.core.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's prompt
 ABSOLUTE_THRESHOLD = 50.0  # the paper's fixed threshold on max |down_proj output|
 RELATIVE_FACTOR = 5.0  # default: a layer's max |output| >= 5 x the median over layers of that max
 PERSIST_FACTOR = 10.0  # residual |h[t, r]| >= 10 x median |h| of that layer counts as "massive"
-PUBLISHED_FILE = Path(__file__).resolve().parent / "data" / "superweights_published.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Adapter table: where each family keeps its MLP down projection (inside one decoder layer)
-
-
-@dataclasses.dataclass(frozen=True)
-class DownProjSpec:
-    path: str  # attribute path inside a decoder layer
-    transposed: bool  # True for GPT-2 Conv1D (stored weight is [in, out])
-
-
-DOWN_PROJ: dict[str, DownProjSpec] = {
-    **{
-        t: DownProjSpec("mlp.down_proj", False)
-        for t in (
-            "llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3",
-            "olmo", "olmo2", "phi3", "smollm3", "granite", "cohere",
-        )
-    },
-    "gpt2": DownProjSpec("mlp.c_proj", True),
-    "gpt_neox": DownProjSpec("mlp.dense_4h_to_h", False),
-    "falcon": DownProjSpec("mlp.dense_4h_to_h", False),
-    "gptj": DownProjSpec("mlp.fc_out", False),
-    "opt": DownProjSpec("fc2", False),
-}
-
-
-def _model_type(model: Any) -> str:
-    return getattr(text_config(model), "model_type", "") or ""
-
-
-def down_proj_spec(model: Any) -> DownProjSpec:
-    """The adapter entry for this model's family; LabError when its down projection is unknown."""
-    model_type = _model_type(model)
-    spec = DOWN_PROJ.get(model_type) or DOWN_PROJ.get(getattr(model.config, "model_type", ""))
-    layers = decoder_layers(model)
-    if spec is not None and get_path(layers[0], spec.path) is not None:
-        return spec
-    known = ", ".join(sorted(DOWN_PROJ))
-    raise LabError(
-        f"Unknown architecture '{model_type or type(model).__name__}': no known MLP down projection "
-        f"(supported families: {known})."
-    )
-
-
-def down_projections(model: Any) -> list[torch.nn.Module]:
-    """The down-projection module of every decoder layer, in layer order."""
-    spec = down_proj_spec(model)
-    return [get_path(layer, spec.path) for layer in decoder_layers(model)]
-
-
-def out_in_weight(module: torch.nn.Module, transposed: bool | None = None) -> torch.Tensor:
-    """The module's weight as [out, in] (a view: in-place edits write through to the parameter)."""
-    if transposed is None:
-        transposed = type(module).__name__ == "Conv1D"
-    weight = module.weight.data
-    return weight.t() if transposed else weight
-
-
-def down_weight(model: Any, layer: int) -> torch.Tensor:
-    """W_down of one layer as [row = output channel, col = input channel] (view)."""
-    spec = down_proj_spec(model)
-    return out_in_weight(down_projections(model)[layer], spec.transposed)
-
-
-def weights_edit_problem(lm) -> str | None:
-    """Why the weights of this model cannot be edited in place (None when they can)."""
-    if getattr(lm, "quantization", "none") != "none":
-        return (
-            f"The model is loaded {lm.quantization} (bitsandbytes). The scan and detection work (hooks read "
-            "activations), but a quantized weight is packed with its block's scale: zeroing or scaling one "
-            "scalar would rewrite the block and cannot be restored bit-for-bit, and its value/rank are not "
-            "those of the original weight. Load the model in bf16/fp32 to ablate or quantize."
-        )
-    return None
+PUBLISHED_FILE = DATA_DIR / "superweights_published.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,23 +55,6 @@ def clean_prompts(prompts: str | Sequence[str]) -> list[str]:
     if not cleaned:
         raise LabError("No prompt given: enter at least one non-empty prompt (one per line).")
     return cleaned
-
-
-def encode(lm, text: str) -> torch.Tensor:
-    """Token ids [1, T] of one prompt, with the tokenizer's special tokens (BOS), on the model's device."""
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids
-    return ids.to(lm.model.device if hasattr(lm.model, "device") else lm.device)
-
-
-def body(model: Any) -> Any:
-    """The transformer without its LM head (no 262k-wide logits for a scan)."""
-    return model.base_model
-
-
-@torch.no_grad()
-def run_body(lm, ids: torch.Tensor) -> torch.Tensor:
-    """Last hidden state [B, T, d] of the model body (final norm applied, no LM head)."""
-    return body(lm.model)(input_ids=ids).last_hidden_state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,11 +112,24 @@ class _ScanHook:
         else:
             in_part = (best.max_abs_input, best.input_channel, best.input_token, best.input_prompt)
         if best is None or ay[t_out, r].item() > best.max_abs_output:
-            out_part = (ay[t_out, r].item(), y[t_out, r].item(), r, t_out, self.prompt, c_spike, x[t_out, c_spike].item())
+            out_part = (
+                ay[t_out, r].item(),
+                y[t_out, r].item(),
+                r,
+                t_out,
+                self.prompt,
+                c_spike,
+                x[t_out, c_spike].item(),
+            )
         else:
             out_part = (
-                best.max_abs_output, best.output_value, best.output_channel, best.output_token,
-                best.output_prompt, best.spike_input_channel, best.spike_input_value,
+                best.max_abs_output,
+                best.output_value,
+                best.output_channel,
+                best.output_token,
+                best.output_prompt,
+                best.spike_input_channel,
+                best.spike_input_value,
             )
         self.best = LayerScan(self.layer, *in_part, *out_part)
 
@@ -327,15 +255,20 @@ class Detection:
         }
 
 
-def spike_threshold(result: ScanResult, mode: str = "relative", factor: float = RELATIVE_FACTOR,
-                    absolute: float = ABSOLUTE_THRESHOLD) -> tuple[float, float, str]:
+def spike_threshold(
+    result: ScanResult, mode: str = "relative", factor: float = RELATIVE_FACTOR, absolute: float = ABSOLUTE_THRESHOLD
+) -> tuple[float, float, str]:
     """(threshold, reference median, rule text) for 'relative' (default) or 'absolute' (paper: 50)."""
     maxima = np.array([s.max_abs_output for s in result.layers])
     reference = float(np.median(maxima))
     if mode == "relative":
         if not factor > 1:
             raise LabError(f"The relative factor must be > 1 (got {factor}).")
-        return factor * reference, reference, f"max |down_proj output| >= {factor:g} x median over layers ({reference:.3g})"
+        return (
+            factor * reference,
+            reference,
+            f"max |down_proj output| >= {factor:g} x median over layers ({reference:.3g})",
+        )
     if mode == "absolute":
         if not absolute > 0:
             raise LabError(f"The absolute threshold must be > 0 (got {absolute}).")
@@ -343,8 +276,9 @@ def spike_threshold(result: ScanResult, mode: str = "relative", factor: float = 
     raise LabError(f"Unknown threshold mode '{mode}': use 'relative' or 'absolute'.")
 
 
-def _candidate(lm, result: ScanResult, s: LayerScan, iteration: int, reference: float,
-               persist_factor: float) -> Candidate:
+def _candidate(
+    lm, result: ScanResult, s: LayerScan, iteration: int, reference: float, persist_factor: float
+) -> Candidate:
     quantized = weights_edit_problem(lm) is not None
     if quantized:
         weight, rank, size = float("nan"), 0, 0
@@ -371,13 +305,19 @@ def _candidate(lm, result: ScanResult, s: LayerScan, iteration: int, reference: 
         token=s.output_token,
         token_text=result.tokens[s.output_prompt][s.output_token],
         residual_value=float(trace["value"].iloc[s.layer]),
-        persists_in_layers=persisting_layers(trace.iloc[s.layer:], persist_factor),
+        persists_in_layers=persisting_layers(trace.iloc[s.layer :], persist_factor),
     )
 
 
-def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relative",
-           factor: float = RELATIVE_FACTOR, absolute: float = ABSOLUTE_THRESHOLD, max_iterations: int = 5,
-           persist_factor: float = PERSIST_FACTOR) -> Detection:
+def detect(
+    lm,
+    prompts: str | Sequence[str] = DEFAULT_PROMPT,
+    mode: str = "relative",
+    factor: float = RELATIVE_FACTOR,
+    absolute: float = ABSOLUTE_THRESHOLD,
+    max_iterations: int = 5,
+    persist_factor: float = PERSIST_FACTOR,
+) -> Detection:
     """The paper's iterative procedure: scan, take the strongest spiking layer's W[r, c], zero it, re-scan.
 
     Stops when no layer's max |output| reaches the threshold (fixed from the original scan), when the
@@ -386,8 +326,6 @@ def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relat
     (checked) before returning. On a quantized model only the first scan's candidate is reported.
     """
     import contextlib
-
-    from engine.ablation import ElementEdit, edited_weights
 
     if max_iterations < 1:
         raise LabError(f"max_iterations must be >= 1 (got {max_iterations}).")
@@ -409,8 +347,10 @@ def detect(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT, mode: str = "relat
             if any(c.coord == coord for c in candidates):  # zeroing W[r, c] left the spike where it was
                 rejected = [c for c in candidates if c.coord == coord]
                 candidates = [c for c in candidates if c.coord != coord]
-                stop = (f"the spike at {coord} remains after zeroing that weight (not a single-weight effect; "
-                        "listed as rejected, not as a super weight)")
+                stop = (
+                    f"the spike at {coord} remains after zeroing that weight (not a single-weight effect; "
+                    "listed as rejected, not as a super weight)"
+                )
                 break
             candidates.append(_candidate(lm, current, top, iteration, reference, persist_factor))
             if not editable or iteration == max_iterations - 1:
@@ -449,28 +389,21 @@ def compare_with_published(candidates: Sequence[Candidate], published: Sequence[
     rows = []
     for coord in list(dict.fromkeys([tuple(p) for p in published] + list(detected))):
         c = detected.get(coord)
-        rows.append({
-            "layer": coord[0], "row": coord[1], "col": coord[2],
-            "published": coord in {tuple(p) for p in published},
-            "detected": c is not None,
-            "iteration": c.iteration if c else None,
-        })
+        rows.append(
+            {
+                "layer": coord[0],
+                "row": coord[1],
+                "col": coord[2],
+                "published": coord in {tuple(p) for p in published},
+                "detected": c is not None,
+                "iteration": c.iteration if c else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. Weights, layer by layer
-
-
-def linear_weights(model: Any) -> list[tuple[int, str, torch.nn.Module]]:
-    """(layer, name, module) of every nn.Linear / Conv1D inside the decoder layers."""
-    found = []
-    for i, layer in enumerate(decoder_layers(model)):
-        for name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-                if getattr(module, "weight", None) is not None and module.weight.dim() == 2:
-                    found.append((i, name, module))
-    return found
 
 
 def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
@@ -484,11 +417,18 @@ def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
             if layers is not None and i not in layers:
                 continue
             stats = matrix_stats(out_in_weight(module))
-            rows.append({
-                "layer": i, "projection": name, "shape": "x".join(map(str, out_in_weight(module).shape)),
-                "max_over_median": stats["max_over_median"], "kurtosis": stats["kurtosis"],
-                "max_abs": stats["max_abs"], "row": stats["argmax"][0], "col": stats["argmax"][1],
-            })
+            rows.append(
+                {
+                    "layer": i,
+                    "projection": name,
+                    "shape": "x".join(map(str, out_in_weight(module).shape)),
+                    "max_over_median": stats["max_over_median"],
+                    "kurtosis": stats["kurtosis"],
+                    "max_abs": stats["max_abs"],
+                    "row": stats["argmax"][0],
+                    "col": stats["argmax"][1],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -499,9 +439,9 @@ def top_weights(lm, layer: int, k: int = 10) -> pd.DataFrame:
     w = down_weight(lm.model, layer)
     with lm.lock:  # never read a weight another session has ablated for the moment
         coords = top_k_coordinates(w, k)
-        return pd.DataFrame([
-            {"rank": n + 1, "row": r, "col": c, "value": float(w[r, c].item())} for n, (r, c) in enumerate(coords)
-        ])
+        return pd.DataFrame(
+            [{"rank": n + 1, "row": r, "col": c, "value": float(w[r, c].item())} for n, (r, c) in enumerate(coords)]
+        )
 
 
 def neighbourhood(lm, layer: int, row: int, col: int, radius: int = 8) -> pd.DataFrame:
@@ -514,9 +454,23 @@ def neighbourhood(lm, layer: int, row: int, col: int, radius: int = 8) -> pd.Dat
     with lm.lock:  # as in top_weights
         for offset in range(-radius, radius + 1):
             if 0 <= col + offset < n_in:
-                rows.append({"along": "row (same output channel)", "offset": offset, "row": row, "col": col + offset,
-                             "value": float(w[row, col + offset].item())})
+                rows.append(
+                    {
+                        "along": "row (same output channel)",
+                        "offset": offset,
+                        "row": row,
+                        "col": col + offset,
+                        "value": float(w[row, col + offset].item()),
+                    }
+                )
             if 0 <= row + offset < n_out:
-                rows.append({"along": "column (same input channel)", "offset": offset, "row": row + offset, "col": col,
-                             "value": float(w[row + offset, col].item())})
+                rows.append(
+                    {
+                        "along": "column (same input channel)",
+                        "offset": offset,
+                        "row": row + offset,
+                        "col": col,
+                        "value": float(w[row + offset, col].item()),
+                    }
+                )
     return pd.DataFrame(rows)

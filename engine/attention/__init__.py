@@ -1,0 +1,1 @@
+"""Self-interpretation of attention: maps, text descriptions, head functions, self-explanations and their scores."""

@@ -1,0 +1,136 @@
+"""The house rules, checked: imports point one way (pages -> ui -> features -> core; commands ->
+features), no import cycle in engine/ (function-level imports count: a lazy import does not hide an
+edge), no Streamlit below ui/, thin pages, and `lab` is `python -m engine`."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = ("superweights", "grokking", "attention", "uq")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module imported anywhere in the file (top level or inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    package = module_name(path).rsplit(".", 0 if path.name == "__init__.py" else 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def engine_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in (ROOT / "engine").rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        graph[name] = {m for m in imports_of(path) if m in files and m != name}
+    return graph
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "engine" or len(parts) == 1:
+        return "root"
+    return parts[1] if parts[1] in ("core", "commands", *FEATURES) else "root"
+
+
+def test_no_import_cycle_in_engine():
+    graph = engine_graph()
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+    counter = [0]
+
+    def strongconnect(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            strongconnect(v)
+    # a package's __init__ importing its own modules is not a cycle of ideas; everything else is
+    assert cycles == [], f"import cycles in engine/: {cycles}"
+
+
+def test_dependencies_point_down():
+    graph = engine_graph()
+    bad = []
+    for module, targets in graph.items():
+        here = layer(module)
+        for target in targets:
+            there = layer(target)
+            if here == "core" and there != "core":
+                bad.append((module, target))  # the core knows no feature
+            if here in FEATURES and there in ("commands", "root") and target not in ("engine",):
+                bad.append((module, target))  # features never import the CLI
+    assert bad == [], f"imports that point upward: {bad}"
+
+
+def test_no_streamlit_below_ui():
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "engine").rglob("*.py")
+                 if any(m == "streamlit" or m.startswith("streamlit.") for m in imports_of(p))]
+    assert offenders == []
+    ui_importing_pages = [str(p.relative_to(ROOT)) for p in (ROOT / "ui").rglob("*.py")
+                          if any(m.startswith("pages") for m in imports_of(p))]
+    assert ui_importing_pages == []
+
+
+def test_pages_are_thin_shells():
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "pages").glob("*.py")}
+    assert sizes and all(n <= 80 for n in sizes.values()), sizes
+
+
+def test_config_modules_do_not_import_torch():
+    """`--help` stays instant: the modules that hold config dataclasses never import torch."""
+    code = ("import sys; import engine.cli as c; c.build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(shutil.which("lab") is None and not (Path(sys.executable).parent / "lab").exists(),
+                    reason="the `lab` console script is not installed (pip install -e .)")
+def test_lab_script_is_python_m_engine():
+    lab = shutil.which("lab") or str(Path(sys.executable).parent / "lab")
+    a = subprocess.run([lab, "--help"], capture_output=True, text=True, check=True).stdout
+    b = subprocess.run([sys.executable, "-m", "engine", "--help"], capture_output=True, text=True, check=True).stdout
+    commands = lambda text: text.split("{", 1)[1].split("}", 1)[0]  # noqa: E731
+    assert commands(a) == commands(b) and "superweights" in commands(a)

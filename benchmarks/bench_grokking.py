@@ -26,7 +26,7 @@ def _run(config, measure: bool, threads: int):
 def run(quick: bool = False) -> list[dict]:
     import torch
 
-    from engine.grokking.training import GrokConfig
+    from engine.grokking.config import GrokConfig
 
     d = GrokConfig()
     rows = [
@@ -91,7 +91,8 @@ def run(quick: bool = False) -> list[dict]:
         from common import timed
 
         from engine.grokking.measures import measure_checkpoint
-        from engine.grokking.training import build_model, make_dataset
+        from engine.grokking.models import build_model
+        from engine.grokking.tasks import make_dataset
 
         torch.set_num_threads(1)
         model, data = build_model(d), make_dataset(d)

@@ -26,6 +26,7 @@ def run(quick: bool = False) -> list[dict]:
     from engine.core.loading import load_model
     from engine.superweights import ablation
     from engine.superweights import detect as superweights
+    from engine.superweights.config import DEFAULT_PROMPT
 
     lm = load_model(EMBEDDED_LM)
     text = lm_eval.load_eval_text()[:1500]  # ~300 tokens
@@ -43,7 +44,7 @@ def run(quick: bool = False) -> list[dict]:
         row("super weights", f"hooked scan, same tokens (min of {repeats})", hooked, "s"),
         row("super weights", "hooked scan / plain forward", ratio, "x", "<= 1.5", ratio <= 1.5),
     ]
-    candidates = superweights.detect(lm, superweights.DEFAULT_PROMPT, max_iterations=1).candidates
+    candidates = superweights.detect(lm, DEFAULT_PROMPT, max_iterations=1).candidates
     tokens = 1024 if quick else 4096
     threads = torch.get_num_threads()
     for n in [threads] if quick else [threads, 1]:

@@ -23,8 +23,9 @@ def run(quick: bool = False) -> list[dict]:
     from engine.core.embedded import EMBEDDED_LM
     from engine.core.embedder import load_embedder
     from engine.core.loading import load_model
+    from engine.uq.config import GenerationConfig
     from engine.uq.estimators import score_records
-    from engine.uq.generation import GenerationConfig, build_prompt, generate_record
+    from engine.uq.generation import build_prompt, generate_record
     from engine.uq.questions import default_questions
 
     lm = load_model(EMBEDDED_LM)

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from ui.grokking_tab import render as render_grokking
+from ui.grokking_view import render as render_grokking
 from ui.models import render_sidebar
-from ui.superweights_tab import render as render_superweights
+from ui.superweights_view import render as render_superweights
 
 st.set_page_config(page_title="Super weights and grokking", page_icon=":material/fitness_center:", layout="wide")
 render_sidebar()

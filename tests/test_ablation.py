@@ -15,6 +15,7 @@ from engine.core.errors import LabError
 from engine.superweights import ablation as ab
 from engine.superweights import detect as sw
 from engine.superweights import quantize as swq
+from engine.superweights.config import DEFAULT_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -229,9 +230,31 @@ def test_quantization_table_restores_weights(lm, candidates):
     assert errors["rtn, super weight held"] < errors["rtn"] / 10
 
 
+def test_plain_rtn_copies_are_shared_across_methods_with_the_same_numbers(lm, candidates):
+    """Per block size the plain RTN copy of a matrix is computed once and reused by every method that holds
+    nothing in it: the replacements equal those computed afresh, and the table keeps the order of `methods`."""
+    plain: dict[int, torch.Tensor] = {}
+    for method in ("rtn", "rtn, super weight held", "rtn, super weight + outliers held"):
+        shared, held_shared = swq.quantized_copies(lm, candidates, 4, 64, method, 1e-3, plain)
+        fresh, held_fresh = swq.quantized_copies(lm, candidates, 4, 64, method, 1e-3)
+        assert held_shared == held_fresh
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(shared, fresh))
+    n = len(architecture.linear_weights(lm.model))
+    assert len(plain) == n
+    text = "The cat sat on the mat. Summer is hot. Winter is cold. " * 4
+    methods = ["rtn, super weight + outliers held", "rtn", "rtn, super weight held"]
+    table = swq.quantization_table(lm, candidates, [64], methods=methods, eval_text=text, window=32, max_tokens=40)
+    assert list(table["method"])[1:] == methods
+    windows = lm_eval.eval_windows(lm, text, 32, 40)
+    for method, ppl in zip(methods, table["perplexity"][1:]):
+        pairs, _ = swq.quantized_copies(lm, candidates, 4, 64, method, 1e-4)
+        with weight_edits.replaced_weights(lm, pairs):
+            assert lm_eval.perplexity(lm, windows) == ppl
+
+
 def test_embedded_gemma_ablation_table(embedded_lm):
     """The table on the real model, reported whatever it shows; the shared model is left unchanged."""
-    det = sw.detect(embedded_lm, sw.DEFAULT_PROMPT, max_iterations=1)
+    det = sw.detect(embedded_lm, DEFAULT_PROMPT, max_iterations=1)
     assert len(det.candidates) == 1
     c = det.candidates[0]
     w = architecture.down_weight(embedded_lm.model, c.layer)

@@ -15,8 +15,10 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from engine.core.embedded import EMBEDDED_LM
+from engine.core.jobs import RUNNER
 from engine.core.model import LoadedModel
-from engine.uq import runs
+from engine.uq import store
+from engine.uq.generation import job_key
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTENTION = str(ROOT / "pages" / "3_Attention_self_interpretation.py")
@@ -28,7 +30,7 @@ def _superweights_tab():
     import streamlit as st
 
     from ui.models import render_sidebar
-    from ui.superweights_tab import render
+    from ui.superweights_view import render
 
     st.set_page_config(page_title="Super weights", layout="wide")
     render_sidebar()
@@ -68,13 +70,13 @@ def uq_session() -> tuple:
     at.button(key="uq_start").click().run()
     assert not at.exception, at.exception
     run_id = at.session_state["uq_run_id"]
-    job = runs.JOBS.get(run_id)
+    job = RUNNER.get(job_key(run_id))
     if job is not None:
-        job.thread.join(600)
+        job.wait(600)
         assert job.error is None
     at.run()
     assert not at.exception, at.exception
-    records = runs.get_run(run_id).load_records()
+    records = store.get_run(run_id).load_records()
     answers = tuple((r.id, r.answer, tuple(r.samples)) for r in records)
     return run_id, answers
 
@@ -148,6 +150,6 @@ def test_four_sessions_at_once(tmp_path, monkeypatch):
         fn, args = jobs[name]
         assert _equal(together[name], fn(*args)), name
     run_id, answers = together["uncertainty"]
-    runs.delete_run(run_id)
+    store.delete_run(run_id)
     alone_id, alone_answers = uq_session()
     assert alone_id == run_id and alone_answers == answers

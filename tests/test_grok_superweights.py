@@ -144,19 +144,19 @@ def test_connection_and_plain_summary_follow_the_numbers():
         [400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200],
     )
     stats = ga.connection(lead)
-    assert stats["n_before"] == 10 and stats["median_lag"] == -300
-    assert stats["r"] == pytest.approx(1.0) and stats["ci_low"] > 0.9
+    assert stats.n_before == 10 and stats.median_lag == -300
+    assert stats.r == pytest.approx(1.0) and stats.ci_low > 0.9
     assert ga.connection_found(stats)
     text = ga.plain_summary(stats)
     assert "In 10 of 10 grokked runs" in text and "300 steps before grokking" in text and "No connection" not in text
 
     mixed = _table([900, 100, 700, 300, 500, 200], [400, 800, 300, 900, 450, 700])
     mstats = ga.connection(mixed)
-    assert mstats["ci_low"] < 0 < mstats["ci_high"] or mstats["ci_high"] < 0
-    assert not ga.connection_found(mstats) or mstats["r"] < 0
+    assert mstats.ci_low < 0 < mstats.ci_high or mstats.ci_high < 0
+    assert not ga.connection_found(mstats) or mstats.r < 0
     none = _table([None, None, 500], [None, None, None])
     assert "no connection found" in ga.plain_summary(ga.connection(none)).lower()
     assert (
         "Contrast: 1 of 3 runs that did not grok" in ga.plain_summary(ga.connection(none))
-        or ga.connection(none)["n_grokked"] == 0
+        or ga.connection(none).n_grokked == 0
     )

@@ -11,7 +11,7 @@ PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Super_weights_a
 
 
 def _tab_app():
-    from ui.grokking_tab import render
+    from ui.grokking_view import render
 
     render()
 
@@ -94,10 +94,11 @@ def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
     assert not at.exception
     warning = next(w.value for w in at.warning if "Press Start to resume" in w.value)
     assert "checkpoints up to here are kept" in warning
-    from engine.grokking.training import GrokConfig, RunCache
+    from engine.grokking.config import GrokConfig
+    from engine.grokking.runs import run_for
 
     step = int(warning.split("stopped at step ")[1].split(";")[0])
     config = GrokConfig(p=23, train_frac=0.3, steps=100_000)
-    cache = RunCache(config)
+    cache = run_for(config)
     assert cache.checkpoint_steps()[-1] == step
     cache.load_model(step)  # the checkpoint of the stop is usable

@@ -11,7 +11,9 @@ import torch
 from engine.core import architecture, lm_eval
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
+from engine.core.weight_edits import ElementEdit, edited_weights
 from engine.superweights import detect as sw
+from engine.superweights.config import DEFAULT_PROMPT
 
 PLANT = (1, 17, 42)  # (layer, row = output channel, col = input channel)
 PROMPTS = ["The cat sat on the mat.", "Apple Inc. is a worldwide tech company."]
@@ -124,9 +126,7 @@ def test_a_spike_that_survives_zeroing_its_weight_is_rejected():
 
 
 def test_zeroing_changes_output_and_restoring_gives_identical_logits(llama_lm):
-    from engine.superweights.ablation import ElementEdit, edited_weights
-
-    ids = lm_eval.encode(llama_lm, sw.DEFAULT_PROMPT)
+    ids = lm_eval.encode(llama_lm, DEFAULT_PROMPT)
     with torch.no_grad():
         before = llama_lm.model(ids).logits.clone()
         with edited_weights(llama_lm, [ElementEdit.zero(llama_lm.model, *PLANT)]):
@@ -142,7 +142,7 @@ def test_absolute_threshold_and_scan_table(llama_lm):
     frame = det.scans[0].frame()
     assert list(frame["layer"]) == [0, 1, 2, 3]
     assert frame.loc[1, "output_channel"] == 17 and frame.loc[1, "spike_input_channel"] == 42
-    det_high = sw.detect(llama_lm, sw.DEFAULT_PROMPT, mode="absolute", absolute=1e6)
+    det_high = sw.detect(llama_lm, DEFAULT_PROMPT, mode="absolute", absolute=1e6)
     assert det_high.candidates == []
 
 
@@ -153,7 +153,7 @@ def test_gpt2_conv1d_orientation():
     w = architecture.down_weight(lm.model, 1)
     stored = lm.model.transformer.h[1].mlp.c_proj.weight
     assert w.shape == (64, 256) and w[17, 42].item() == stored[42, 17].item() == 200.0
-    det = sw.detect(lm, sw.DEFAULT_PROMPT)
+    det = sw.detect(lm, DEFAULT_PROMPT)
     assert det.candidates[0].coord == PLANT
     assert det.candidates[0].rank == 1
     # the scan's output spike equals y = x @ W_stored + b computed by hand
@@ -161,7 +161,7 @@ def test_gpt2_conv1d_orientation():
     mlp = lm.model.transformer.h[1].mlp
     handle = mlp.c_proj.register_forward_hook(lambda m, i, o: captured.update(x=i[0][0], y=o[0]))
     with torch.no_grad():
-        lm_eval.run_body(lm, lm_eval.encode(lm, sw.DEFAULT_PROMPT))
+        lm_eval.run_body(lm, lm_eval.encode(lm, DEFAULT_PROMPT))
     handle.remove()
     by_hand = captured["x"] @ w.T + mlp.c_proj.bias
     assert by_hand.abs().max().item() == pytest.approx(det.scans[0].layers[1].max_abs_output, rel=1e-5)
@@ -187,10 +187,8 @@ def test_unknown_architecture_and_bad_input(llama_lm):
 
 
 def test_quantized_model_scan_works_ablation_refused(llama_lm):
-    from engine.superweights.ablation import ElementEdit, edited_weights
-
     q = dataclasses.replace(llama_lm, quantization="4bit")
-    det = sw.detect(q, sw.DEFAULT_PROMPT)
+    det = sw.detect(q, DEFAULT_PROMPT)
     assert [c.coord for c in det.candidates] == [PLANT]  # found through hooks only
     assert len(det.scans) == 1 and "Quantized" in det.note
     assert det.candidates[0].rank == 0  # value/rank of a packed weight are not reported
@@ -226,7 +224,7 @@ def test_published_coordinates_ship_with_their_source():
 
 
 def test_embedded_gemma_scan_matches_independent_hooks(embedded_lm):
-    prompt = sw.DEFAULT_PROMPT
+    prompt = DEFAULT_PROMPT
     result = sw.scan(embedded_lm, [prompt])
     layers = embedded_lm.model.model.layers
     seen = {}
@@ -256,7 +254,7 @@ def test_embedded_gemma_scan_matches_independent_hooks(embedded_lm):
 def test_embedded_gemma_detection_keeps_only_weights_that_make_their_spike(embedded_lm):
     """The README's finding: one super-weight candidate, layer 0 W[400, 1405], which makes ~99% of its spike;
     whatever the iterative procedure rejects made less than half of its own."""
-    det = sw.detect(embedded_lm, sw.DEFAULT_PROMPT)
+    det = sw.detect(embedded_lm, DEFAULT_PROMPT)
     assert [c.coord for c in det.candidates] == [(0, 400, 1405)]
     assert det.candidates[0].share > 0.9
     assert all(abs(c.share) < 0.5 for c in det.rejected)

@@ -1,13 +1,11 @@
 """AppTest of the super-weights tab: nothing loads before Scan; scan, ablation and quantization run and render.
 
 The tab is rendered through a small script (AppTest.from_function) so this test does not depend on the
-grokking tab of the same page; the full page file is rendered too (with a stub grokking tab while
-ui/grokking_tab.py does not exist yet).
+grokking tab of the same page; the full page file is rendered too.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -21,7 +19,7 @@ def _tab_script():
     import streamlit as st
 
     from ui.models import render_sidebar
-    from ui.superweights_tab import render
+    from ui.superweights_view import render
 
     st.set_page_config(page_title="Super weights", layout="wide")
     render_sidebar()
@@ -81,16 +79,10 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     assert not any("ppl_ratio" in f.columns for f in _frames(at))
 
 
-def test_full_page_renders_both_tabs_without_loading_the_model(monkeypatch):
-    """The real page file. While ui/grokking_tab.py (another issue) is absent, a stub stands in for it."""
-    import types
-
+def test_full_page_renders_both_tabs_without_loading_the_model():
+    """The real page file, both tabs."""
     import ui.models as ui_models
 
-    if not (ROOT / "ui" / "grokking_tab.py").exists():
-        stub = types.ModuleType("ui.grokking_tab")
-        stub.render = lambda: None
-        monkeypatch.setitem(sys.modules, "ui.grokking_tab", stub)
     loaded_before = set(ui_models._LOADED_IN_PROCESS)
     at = AppTest.from_file(str(PAGE), default_timeout=120)
     at.run()

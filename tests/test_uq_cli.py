@@ -56,3 +56,19 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert main(["uq", "--questions", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "No 'question' column" in capsys.readouterr().err
     assert main(["uq", "--questions", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_flags_come_from_the_config_dataclasses():
+    """Defaults and flags are the dataclasses' own: one --seed for generation and scores, as on the page."""
+    from engine.cli import build_parser
+    from engine.core.options import from_args
+    from engine.uq.config import EvalOptions, GenerationConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["uq", "--questions", "q.csv", "--out", "o"])
+    assert from_args(GenerationConfig, args) == GenerationConfig()
+    assert from_args(EvalOptions, args) == EvalOptions()
+    argv = ["uq", "--questions", "q.csv", "--out", "o", "-k", "3", "--bootstrap", "50", "--seed", "7", "--judge", "f1"]
+    args = parser.parse_args(argv)
+    assert from_args(GenerationConfig, args) == GenerationConfig(samples=3, seed=7)
+    assert from_args(EvalOptions, args) == EvalOptions(judge="f1", n_boot=50, seed=7)

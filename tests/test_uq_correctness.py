@@ -5,7 +5,7 @@ import math
 import pandas as pd
 
 from engine.uq import correctness as c
-from engine.uq.runs import spreadsheet_safe
+from engine.uq.export import spreadsheet_safe
 
 
 def test_normalisation_and_f1_known_values():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.core.errors import LabError
-from engine.uq.generation import GenerationConfig, build_prompt, default_hidden_layers, generate_record
+from engine.uq.config import GenerationConfig, default_hidden_layers
+from engine.uq.generation import build_prompt, generate_record
 
 PROMPT = "Question: {question}\nAnswer:"
 

@@ -4,7 +4,11 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from engine.uq import runs
+from engine.core.jobs import RUNNER
+from engine.uq import store
+from engine.uq.config import EvalOptions
+from engine.uq.evaluation import evaluate_run
+from engine.uq.generation import job_key
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Semantic_uncertainty.py")
 CSV = (
@@ -34,20 +38,21 @@ def test_upload_run_and_table(tiny_gemma3_dir, embedder, tmp_path, monkeypatch):
     at.button(key="uq_start").click().run()
     assert not at.exception
     run_id = at.session_state["uq_run_id"]
-    runs.JOBS[run_id].thread.join(180)
-    assert runs.JOBS[run_id].error is None
+    job = RUNNER.get(job_key(run_id))
+    job.wait(180)
+    assert job.error is None
     at.run()
     assert not at.exception, at.exception
     labels = {m.label: m.value for m in at.metric}
     assert labels["Questions"] == "4" and "A1 (all)" in labels and "A3 (semantic, 50%)" in labels
     assert at.dataframe and at.data_editor  # the score table and the editable results table render
-    store = runs.get_run(run_id)
-    assert len(store.load_records()) == 4
+    run = store.get_run(run_id)
+    assert len(run.load_records()) == 4
     # the CLI's engine call on the same run gives the page's numbers
-    page = at.session_state["uq_eval"][1].summary
-    cli = runs.evaluate_run(store, embedder, runs.EvalOptions(seed=0)).summary
-    assert (page["A1"], page["A2"], page["A3"]) == (cli["A1"], cli["A2"], cli["A3"])
-    assert page["methods"]["mean_token_nll"]["auroc_ci"] == cli["methods"]["mean_token_nll"]["auroc_ci"]
+    page = at.session_state["_lab_slot_uq_eval"][-1][1].summary  # ui.state's slot "uq_eval"
+    cli = evaluate_run(run, embedder, EvalOptions(seed=0)).summary
+    assert (page.A1, page.A2, page.A3) == (cli.A1, cli.A2, cli.A3)
+    assert page.methods["mean_token_nll"]["auroc_ci"] == cli.methods["mean_token_nll"]["auroc_ci"]
 
 
 def test_malformed_uploads_show_messages(tiny_gemma3_dir, tmp_path, monkeypatch):

@@ -15,7 +15,10 @@ def test_csv_with_references_and_ids():
 
 
 def test_jsonl_nq_open_style_and_triviaqa_columns():
-    data = b'{"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"]}\n{"question": "q2", "answer": ["x"]}\n'
+    data = (
+        b'{"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"]}\n'
+        b'{"question": "q2", "answer": ["x"]}\n'
+    )
     qs = qm.load_questions(data, "nq.jsonl")
     assert qs.frame["references"][0] == ["Shakespeare", "William Shakespeare"]
     assert list(qs.frame["id"]) == ["q00000", "q00001"]

@@ -1,8 +1,30 @@
-"""`python -m engine superweights --model M --out DIR`: scan, detected candidates, ablation table."""
+"""`python -m engine superweights --model M --out DIR`: scan, detected candidates, ablation table.
+
+The detection, ablation and quantization flags come from the config dataclasses of
+`engine.superweights.config` (defaults and help in one place); that module is torch-free, so `--help`
+is instant.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from engine.core.embedded import EMBEDDED_LM
+from engine.core.model import QUANTIZATIONS
+from engine.core.options import add_options, default_of, from_args, help_of
+from engine.superweights.config import DEFAULT_PROMPT, AblationConfig, DetectionConfig, QuantizationConfig, number
+
+
+def block_sizes(text: str) -> tuple[int, ...]:
+    """`--block-sizes 64,256`: comma-separated integers, checked while parsing (before the model loads)."""
+    try:
+        sizes = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers (got {text!r})") from err
+    if not sizes:
+        raise argparse.ArgumentTypeError("pick at least one block size")
+    return sizes
 
 
 def register(subparsers) -> None:
@@ -12,48 +34,52 @@ def register(subparsers) -> None:
         description="Hooked scan of every MLP down projection, the paper's iterative super-weight detection, "
         "and the ablation table (perplexity, stopword shift, greedy continuations). Writes json/csv to --out.",
     )
-    parser.add_argument("--model", default="gemma-3-270m", help="model name, HF id or folder (default: embedded)")
+    parser.add_argument("--model", default=EMBEDDED_LM, help="model name, HF id or folder (default: embedded)")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--prompt", action="append", help="scan prompt (repeatable; default: the paper's prompt)")
-    parser.add_argument("--threshold", choices=["relative", "absolute"], default="relative")
-    parser.add_argument("--factor", type=float, default=5.0, help="relative threshold: x median over layers")
-    parser.add_argument("--absolute", type=float, default=50.0, help="absolute threshold (paper: 50)")
-    parser.add_argument("--max-iterations", type=int, default=5)
-    parser.add_argument("--k", type=int, default=None, help="other weights to zero (default: 1e-6 of the weights)")
+    add_options(parser, DetectionConfig)
+    add_options(parser, AblationConfig)
+    scales = default_of(AblationConfig, "scales")
     parser.add_argument(
-        "--scale", type=float, action="append", help="super-weight scale in [0, 3] (repeatable; default 2)"
+        "--scale",
+        type=float,
+        action="append",
+        help=f"{help_of(AblationConfig, 'scales')} (repeatable; default {','.join(map(number, scales))})",
     )
-    parser.add_argument("--eval-tokens", type=int, default=4096, help="tokens of the bundled text for perplexity")
-    parser.add_argument("--window", type=int, default=512, help="perplexity window (tokens)")
     parser.add_argument("--no-ablation", action="store_true", help="scan and detect only")
-    parser.add_argument("--quantize", action="store_true", help="also run the super-weight-aware 4-bit RTN sweep")
-    parser.add_argument("--block-sizes", default="64,256,1024,4096", help="comma-separated RTN block sizes")
-    parser.add_argument("--quantization", choices=["none", "8bit", "4bit"], default="none", help="load precision")
+    bits = default_of(QuantizationConfig, "bits")
+    parser.add_argument("--quantize", action="store_true", help=f"also run the super-weight-aware {bits}-bit RTN sweep")
+    parser.add_argument(
+        "--block-sizes",
+        dest="block_sizes",
+        type=block_sizes,
+        default=default_of(QuantizationConfig, "block_sizes"),
+        metavar="A,B,...",
+        help=f"{help_of(QuantizationConfig, 'block_sizes')}, comma-separated "
+        f"(default: {','.join(map(str, default_of(QuantizationConfig, 'block_sizes')))})",
+    )
+    parser.add_argument("--quantization", choices=list(QUANTIZATIONS), default="none", help="load precision")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import dataclasses
     import json
     from pathlib import Path
 
     from engine.core import weight_edits
-    from engine.core.errors import LabError
     from engine.core.loading import load_model
-    from engine.superweights import ablation
+    from engine.superweights import ablation, quantize
     from engine.superweights import detect as superweights
-    from engine.superweights import quantize as sw_quantize
 
-    try:  # bad block sizes fail before the model loads
-        blocks = [int(b) for b in args.block_sizes.split(",") if b.strip()] if args.quantize else []
-    except ValueError as err:
-        raise LabError(f"--block-sizes must be comma-separated integers (got {args.block_sizes!r}).") from err
+    detect_config = from_args(DetectionConfig, args)
+    ablation_config = from_args(AblationConfig, args, scales=tuple(args.scale or default_of(AblationConfig, "scales")))
+    quantization_config = from_args(QuantizationConfig, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model, quantization=args.quantization)
-    prompts = superweights.clean_prompts(args.prompt or [superweights.DEFAULT_PROMPT])
-    detection = superweights.detect(
-        lm, prompts, mode=args.threshold, factor=args.factor, absolute=args.absolute, max_iterations=args.max_iterations
-    )
+    prompts = superweights.clean_prompts(args.prompt or [DEFAULT_PROMPT])
+    detection = superweights.detect(lm, prompts, **dataclasses.asdict(detect_config))
     first = detection.scans[0]
     first.frame().to_csv(out / "scan.csv", index=False)
     (out / "scan.json").write_text(json.dumps({"model": lm.name, **first.to_json()}, indent=1))
@@ -80,9 +106,7 @@ def run(args) -> int:
     if problem:
         print(f"ablation skipped: {problem}", file=sys.stderr)
         return 0
-    result = ablation.ablation_table(
-        lm, detection.candidates, k=args.k, scales=args.scale or [2.0], window=args.window, max_tokens=args.eval_tokens
-    )
+    result = ablation.ablation_table(lm, detection.candidates, **dataclasses.asdict(ablation_config))
     result.table.to_csv(out / "ablation.csv", index=False)
     result.stopwords.to_csv(out / "stopword_shift.csv", index=False)
     result.continuations.to_csv(out / "continuations.csv", index=False)
@@ -103,10 +127,14 @@ def run(args) -> int:
         f"ablation over {result.eval_tokens} tokens ({result.seconds:.0f} s):\n" + result.table.to_string(index=False)
     )
     if args.quantize:
-        table = sw_quantize.quantization_table(
-            lm, detection.candidates, blocks, window=args.window, max_tokens=args.eval_tokens
+        table = quantize.quantization_table(
+            lm,
+            detection.candidates,
+            **dataclasses.asdict(quantization_config),
+            window=ablation_config.window,
+            max_tokens=ablation_config.max_tokens,
         )
         table.to_csv(out / "quantization.csv", index=False)
-        print("4-bit RTN (decoder linear layers):\n" + table.to_string(index=False))
+        print(f"{quantization_config.bits}-bit RTN (decoder linear layers):\n" + table.to_string(index=False))
     print(f"wrote {out}")
     return 0

@@ -11,6 +11,7 @@ and checks `job.stopping` between steps; whatever it returns is `job.result`; a 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -131,7 +132,8 @@ class JobRunner:
                     job.ended = time.time()
                     claim.__exit__(None, None, None)
 
-            job.thread = threading.Thread(target=target, name=f"lab-job-{key}", daemon=True)
+            context = contextvars.copy_context()  # the job acts for whoever started it (engine.core.queue)
+            job.thread = threading.Thread(target=context.run, args=(target,), name=f"lab-job-{key}", daemon=True)
             self._jobs[key] = job
             try:
                 job.thread.start()

@@ -6,10 +6,10 @@ Tensor shapes in docstrings: B batch, T tokens, D hidden size, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any, Literal
 
 from engine.core.architecture import text_config
+from engine.core.queue import FairLock
 
 Quantization = Literal["none", "8bit", "4bit"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("none", "8bit", "4bit")
@@ -21,7 +21,8 @@ class LoadedModel:
 
     `lock` serialises use of the model: concurrent sessions of the lab demo share one copy, and
     hooks, in-place ablations and generation must never interleave. Hold it with `with lm.lock:`
-    around any forward pass or weight edit.
+    around any forward pass or weight edit. It is the one place that serialises model use: a fair
+    queue over people (engine.core.queue.FairLock), reentrant like an RLock.
     """
 
     name: str
@@ -30,11 +31,11 @@ class LoadedModel:
     processor: Any | None
     device: str
     dtype: str
-    quantization: str
+    quantization: Quantization
     is_vlm: bool
     source: str
     load_seconds: float
-    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock, repr=False)
+    lock: FairLock = dataclasses.field(default_factory=FairLock, repr=False)
 
     @property
     def is_instruction_tuned(self) -> bool:

@@ -31,7 +31,7 @@ LEGACY_FILES = ("lock",)  # a pid file written by lab versions before the run st
 
 def run_id_for(key: dict[str, Any], digits: int = 12) -> str:
     """First `digits` hex digits of sha256 of the key's sorted JSON: same key, same run."""
-    blob = json.dumps(key, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(key, sort_keys=True)  # ASCII-escaped, as run ids were always computed
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:digits]
 
 

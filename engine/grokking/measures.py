@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine.core import weight_stats
-from engine.grokking.training import evaluate, weight_matrices
+from engine.grokking.models import evaluate, weight_matrices
 
 MEASURE_COLUMNS = [
     "step",
@@ -68,8 +68,10 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.
 
 
 @torch.no_grad()
-def _ablated(model: nn.Module, weight: torch.Tensor, coords: list[tuple[int, ...]], x, y) -> tuple[float, float]:
-    """(test loss, test accuracy) with W[coords] set to 0, restored afterwards."""
+def _ablated(
+    model: nn.Module, weight: torch.Tensor, coords: list[tuple[int, ...]], x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float]:
+    """(test loss, test accuracy) on x [n, ...], y [n] with W[coords] set to 0, restored afterwards."""
     saved = [weight[c].clone() for c in coords]
     for c in coords:
         weight[c] = 0.0
@@ -85,7 +87,8 @@ def _ablated(model: nn.Module, weight: torch.Tensor, coords: list[tuple[int, ...
 def causal_test(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: MeasureSettings = MeasureSettings()
 ) -> pd.DataFrame:
-    """Per 2-D weight matrix: accuracy/loss after zeroing its top-1, its top-k and k random weights.
+    """Per 2-D weight matrix: accuracy/loss on (x [n, ...], y [n]) after zeroing its top-1, its top-k and
+    k random weights.
 
     drop_* = acc_base - acc_*; is_super = drop_top1 > threshold and drop_random <= threshold.
     Works for any module whose forward is model(x) -> logits.
@@ -148,7 +151,7 @@ def weight_measures(model: nn.Module) -> pd.DataFrame:
 
 @torch.no_grad()
 def activation_measures(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
-    """Per layer: max|a| / median|a| of the layer's output over all test inputs (and positions)."""
+    """Per layer: max|a| / median|a| of the layer's output over all inputs x [n, ...] (and positions)."""
     model.eval()
     acts: dict[str, torch.Tensor] = {}
     model(x, acts=acts)

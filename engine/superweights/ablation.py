@@ -11,8 +11,10 @@ next-token probability mass on stopwords vs the probability of the expected cont
 set (the paper's stopword shift, Fig. 4), and greedy continuations.
 
 Every ablation edits the weights in place inside a context manager that holds `lm.lock`, and restores
-them bit-for-bit on exit; the restore is checked with `torch.equal` and a `RestoreError` is raised if
-it fails, so the shared model is never left altered.
+them bit-for-bit on exit (`engine.core.weight_edits`); the restore is checked with `torch.equal` and a
+`RestoreError` is raised if it fails, so the shared model is never left altered.
+
+Shapes: B batch, T tokens, D hidden size, F MLP width, N prompts, V vocabulary.
 """
 
 from __future__ import annotations
@@ -29,11 +31,18 @@ import torch
 from engine.core.architecture import down_projections, linear_weights, out_in_weight
 from engine.core.errors import LabError
 from engine.core.lm_eval import eval_windows, next_token_probs, perplexity, prompt_batch
+from engine.core.model import LoadedModel
 from engine.core.weight_edits import ElementEdit, check_editable, edited_weights
-
-PAPER_TOPK_FRACTION = 1e-6
-SCALE_RANGE = (0.0, 3.0)
-RESTORE_SA_FRACTION = 0.5  # also restore y[t, r] where |original y[t, r]| >= 0.5 x |super activation|
+from engine.superweights.config import (
+    DEFAULT_SCALE,
+    EVAL_TOKENS,
+    EVAL_WINDOW,
+    PAPER_TOPK_FRACTION,
+    RESTORE_SA_FRACTION,
+    SCALE_RANGE,
+    ConditionKind,
+)
+from engine.superweights.detect import Candidate
 
 CONTINUATION_PROMPTS = ("Summer is hot. Winter is", "The capital of France is", "My favourite food is")
 # (prompt, expected content word): the paper's stopword-shift probe, on prompts with an obvious next word.
@@ -54,8 +63,10 @@ STOPWORD_PROMPTS = (
 
 
 @contextlib.contextmanager
-def restored_super_activation(lm, candidates: Sequence, fraction: float = RESTORE_SA_FRACTION) -> Iterator[None]:
-    """Hooks that put W[r, c] * x[t, c] back into y[t, r] at the super activation.
+def restored_super_activation(
+    lm: LoadedModel, candidates: Sequence[Candidate], fraction: float = RESTORE_SA_FRACTION
+) -> Iterator[None]:
+    """Hooks that put W[r, c] * x[t, c] back into y[t, r] at the super activation (x [B, T, F], y [B, T, D]).
 
     With W[r, c] zeroed, y_orig[t, r] = y[t, r] + W_orig[r, c] * x[t, c] exactly (the down projection is
     linear in its weights). Restored tokens: the largest |y_orig[:, r]| of each input sequence (the paper's
@@ -108,9 +119,10 @@ def stopword_ids(tokenizer) -> list[int]:
 
 
 def stopword_shift(
-    lm, prompts: Sequence[tuple[str, str]] = STOPWORD_PROMPTS, stop_ids: Sequence[int] | None = None
+    lm: LoadedModel, prompts: Sequence[tuple[str, str]] = STOPWORD_PROMPTS, stop_ids: Sequence[int] | None = None
 ) -> pd.DataFrame:
-    """Per prompt: P(next token is a stopword) and P(expected content word's first token), top-1 token."""
+    """Per prompt: P(next token is a stopword) and P(expected content word's first token), top-1 token,
+    read from the next-token probabilities [N, V] of one left-padded batch."""
     stop = torch.tensor(stopword_ids(lm.tokenizer) if stop_ids is None else list(stop_ids))
     with lm.lock:
         probs = next_token_probs(lm, [prompt for prompt, _ in prompts]) if prompts else None
@@ -131,7 +143,7 @@ def stopword_shift(
 
 
 @torch.no_grad()
-def greedy_continuations(lm, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+def greedy_continuations(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
     """Greedy decoding of a few tokens after each prompt (the new text only), all prompts in one batch
     (left-padded; a decoding step costs about as much for three prompts as for one)."""
     if not prompts:
@@ -155,18 +167,18 @@ def greedy_continuations(lm, prompts: Sequence[str], max_new_tokens: int = 8) ->
 # Conditions
 
 
-def decoder_linear_count(lm) -> int:
+def decoder_linear_count(lm: LoadedModel) -> int:
     """Number of weights in the decoder layers' linear layers (the base of the paper's 1e-6 fraction)."""
     return sum(m.weight.numel() for _, _, m in linear_weights(lm.model))
 
 
-def paper_k(lm) -> int:
-    """k = round(1e-6 x decoder linear weights), at least 1 (Llama-7B: ~6,500; Gemma 3 270M: ~100)."""
+def paper_k(lm: LoadedModel) -> int:
+    """k = round(PAPER_TOPK_FRACTION x decoder linear weights), at least 1 (Llama-7B: ~6,500; Gemma 3 270M: ~100)."""
     return max(1, round(PAPER_TOPK_FRACTION * decoder_linear_count(lm)))
 
 
 @torch.no_grad()
-def largest_other_weights(lm, k: int, exclude: Sequence[tuple[int, int, int]] = ()) -> list[ElementEdit]:
+def largest_other_weights(lm: LoadedModel, k: int, exclude: Sequence[tuple[int, int, int]] = ()) -> list[ElementEdit]:
     """Edits zeroing the k largest |w| over all decoder linear layers, skipping the excluded down-proj
     coordinates (layer, row, col)."""
     if k < 1:
@@ -207,12 +219,16 @@ def largest_other_weights(lm, k: int, exclude: Sequence[tuple[int, int, int]] = 
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
+    """One column of the ablation table: a name to show and what is done to the model."""
+
     name: str
-    kind: str  # original | zero | zero_restore_sa | zero_topk_others | scale
+    kind: ConditionKind
     value: float | None = None  # k for zero_topk_others, s for scale
 
 
-def build_conditions(k: int | None = None, scales: Sequence[float] = (2.0,), k_default: int = 1) -> list[Condition]:
+def build_conditions(
+    k: int | None = None, scales: Sequence[float] = (DEFAULT_SCALE,), k_default: int = 1
+) -> list[Condition]:
     """The issue's conditions; k None means the paper's fraction (`k_default`)."""
     k = k_default if k is None else int(k)
     if k < 1:
@@ -231,7 +247,7 @@ def build_conditions(k: int | None = None, scales: Sequence[float] = (2.0,), k_d
 
 
 @contextlib.contextmanager
-def applied(lm, condition: Condition, candidates: Sequence) -> Iterator[None]:
+def applied(lm: LoadedModel, condition: Condition, candidates: Sequence[Candidate]) -> Iterator[None]:
     """The model under one condition (in place, restored and checked on exit)."""
     if condition.kind == "original":
         with lm.lock:
@@ -262,6 +278,8 @@ def applied(lm, condition: Condition, candidates: Sequence) -> Iterator[None]:
 
 @dataclasses.dataclass
 class AblationResult:
+    """The ablation table and its details; `k` is the number of other weights zeroed."""
+
     table: pd.DataFrame  # one row per condition
     stopwords: pd.DataFrame  # condition x prompt
     continuations: pd.DataFrame  # condition x prompt
@@ -271,18 +289,21 @@ class AblationResult:
 
 
 def ablation_table(
-    lm,
-    candidates: Sequence,
+    lm: LoadedModel,
+    candidates: Sequence[Candidate],
     k: int | None = None,
-    scales: Sequence[float] = (2.0,),
+    scales: Sequence[float] = (DEFAULT_SCALE,),
     eval_text: str | None = None,
-    window: int = 512,
-    max_tokens: int | None = 4096,
+    window: int = EVAL_WINDOW,
+    max_tokens: int | None = EVAL_TOKENS,
     continuation_prompts: Sequence[str] = CONTINUATION_PROMPTS,
     stopword_prompts: Sequence[tuple[str, str]] = STOPWORD_PROMPTS,
     max_new_tokens: int = 8,
 ) -> AblationResult:
-    """Perplexity, stopword shift and greedy continuations under each condition (see module doc)."""
+    """Perplexity, stopword shift and greedy continuations under each condition (see module doc).
+
+    `k`, `scales`, `window` and `max_tokens` are the fields of `engine.superweights.config.AblationConfig`;
+    k None means the paper's fraction (`paper_k`)."""
     check_editable(lm)
     start = time.perf_counter()
     k_used = paper_k(lm) if k is None else int(k)

@@ -7,13 +7,16 @@ activation"), which the residual stream then carries through the later layers. I
 hook every down projection, look for the layer whose max |output| stands out, read r (output
 channel of the spike) and c (input channel of the spike at the same token), zero it, re-scan, repeat.
 
-Orientation: W is always shown as [row = output channel, col = input channel] (nn.Linear's layout).
-GPT-2's `mlp.c_proj` is a Conv1D whose stored weight is [in, out]: we work on its transpose (a view),
-so coordinates mean the same thing in every family and in-place edits write through.
+Orientation: W is always read as [row = output channel, col = input channel] (nn.Linear's layout)
+through `engine.core.architecture.down_weight` / `out_in_weight` (a view, whatever layout the family
+stores), so coordinates mean the same thing in every family and in-place edits write through.
+
+Shapes: T tokens, D hidden size (output channels r), F MLP width (input channels c), L layers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -32,14 +35,20 @@ from engine.core.architecture import (
 )
 from engine.core.errors import LabError
 from engine.core.lm_eval import encode, run_body
+from engine.core.model import LoadedModel
 from engine.core.paths import DATA_DIR
 from engine.core.weight_edits import ElementEdit, edited_weights, weights_edit_problem
 from engine.core.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
+from engine.superweights.config import (
+    ABSOLUTE_THRESHOLD,
+    DEFAULT_MODE,
+    DEFAULT_PROMPT,
+    MAX_ITERATIONS,
+    PERSIST_FACTOR,
+    RELATIVE_FACTOR,
+    ThresholdMode,
+)
 
-DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's prompt
-ABSOLUTE_THRESHOLD = 50.0  # the paper's fixed threshold on max |down_proj output|
-RELATIVE_FACTOR = 5.0  # default: a layer's max |output| >= 5 x the median over layers of that max
-PERSIST_FACTOR = 10.0  # residual |h[t, r]| >= 10 x median |h| of that layer counts as "massive"
 PUBLISHED_FILE = DATA_DIR / "superweights_published.json"
 
 
@@ -81,6 +90,8 @@ class LayerScan:
 
 @dataclasses.dataclass
 class ScanResult:
+    """One scan: the prompts, their tokens, and one `LayerScan` per decoder layer (L of them)."""
+
     prompts: list[str]
     tokens: list[list[str]]
     layers: list[LayerScan]
@@ -93,6 +104,8 @@ class ScanResult:
 
 
 class _ScanHook:
+    """Forward hook on one down projection: keeps the running maxima of |x| [T, F] and |y| [T, D]."""
+
     def __init__(self, layer: int):
         self.layer = layer
         self.best: LayerScan | None = None
@@ -134,8 +147,9 @@ class _ScanHook:
         self.best = LayerScan(self.layer, *in_part, *out_part)
 
 
-def scan(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT) -> ScanResult:
-    """Per layer: max |input| and max |output| of the MLP down projection (channel, token, prompt).
+def scan(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT) -> ScanResult:
+    """Per layer: max |x| over the down projection's inputs x [T, F] and max |y| over its outputs y [T, D]
+    (with channel, token and prompt), over all prompts.
 
     Forward hooks on each layer's down projection during one forward pass of the model body per prompt
     (Yu et al. 2024, Sec. 3.1 / Fig. 3). Works on quantized models too (it only reads activations).
@@ -164,8 +178,9 @@ def scan(lm, prompts: str | Sequence[str] = DEFAULT_PROMPT) -> ScanResult:
 
 
 @torch.no_grad()
-def residual_trace(lm, prompt: str, token: int, channel: int) -> pd.DataFrame:
-    """|h_l[token, channel]| after every decoder layer l, and the median |h_l| of that layer.
+def residual_trace(lm: LoadedModel, prompt: str, token: int, channel: int) -> pd.DataFrame:
+    """h_l[token, channel] after every decoder layer l, the median |h_l| over that layer's [T, D] output,
+    and their ratio (one row per layer).
 
     Read with forward hooks on the decoder layers (the residual stream before the final norm).
     """
@@ -203,6 +218,8 @@ def persisting_layers(trace: pd.DataFrame, factor: float = PERSIST_FACTOR) -> li
 
 @dataclasses.dataclass
 class Candidate:
+    """One super-weight candidate W_down[row, col] of `layer`, with the spike it was found from."""
+
     iteration: int
     layer: int
     row: int  # output channel of the spike
@@ -227,6 +244,8 @@ class Candidate:
 
 @dataclasses.dataclass
 class Detection:
+    """The iterative procedure's outcome: candidates, every scan, the threshold and why it stopped."""
+
     candidates: list[Candidate]
     scans: list[ScanResult]  # scans[0]: the original model; scans[i]: after removing candidates < i
     reference: float  # median over layers of max |output| in the original scan
@@ -256,9 +275,13 @@ class Detection:
 
 
 def spike_threshold(
-    result: ScanResult, mode: str = "relative", factor: float = RELATIVE_FACTOR, absolute: float = ABSOLUTE_THRESHOLD
+    result: ScanResult,
+    mode: ThresholdMode = DEFAULT_MODE,
+    factor: float = RELATIVE_FACTOR,
+    absolute: float = ABSOLUTE_THRESHOLD,
 ) -> tuple[float, float, str]:
-    """(threshold, reference median, rule text) for 'relative' (default) or 'absolute' (paper: 50)."""
+    """(threshold, reference median, rule text): `factor` x the median over layers of max |y| ('relative'),
+    or the fixed `absolute` value ('absolute', the paper's)."""
     maxima = np.array([s.max_abs_output for s in result.layers])
     reference = float(np.median(maxima))
     if mode == "relative":
@@ -277,7 +300,7 @@ def spike_threshold(
 
 
 def _candidate(
-    lm, result: ScanResult, s: LayerScan, iteration: int, reference: float, persist_factor: float
+    lm: LoadedModel, result: ScanResult, s: LayerScan, iteration: int, reference: float, persist_factor: float
 ) -> Candidate:
     quantized = weights_edit_problem(lm) is not None
     if quantized:
@@ -310,12 +333,12 @@ def _candidate(
 
 
 def detect(
-    lm,
+    lm: LoadedModel,
     prompts: str | Sequence[str] = DEFAULT_PROMPT,
-    mode: str = "relative",
+    mode: ThresholdMode = DEFAULT_MODE,
     factor: float = RELATIVE_FACTOR,
     absolute: float = ABSOLUTE_THRESHOLD,
-    max_iterations: int = 5,
+    max_iterations: int = MAX_ITERATIONS,
     persist_factor: float = PERSIST_FACTOR,
 ) -> Detection:
     """The paper's iterative procedure: scan, take the strongest spiking layer's W[r, c], zero it, re-scan.
@@ -324,9 +347,8 @@ def detect(
     same coordinate comes back (zeroing that weight did not remove the spike, so it is moved from the
     candidates to `rejected`), or after `max_iterations`. All zeroed weights are restored bit-for-bit
     (checked) before returning. On a quantized model only the first scan's candidate is reported.
+    The keyword arguments are the fields of `engine.superweights.config.DetectionConfig`.
     """
-    import contextlib
-
     if max_iterations < 1:
         raise LabError(f"max_iterations must be >= 1 (got {max_iterations}).")
     prompts = clean_prompts(prompts)
@@ -406,7 +428,7 @@ def compare_with_published(candidates: Sequence[Candidate], published: Sequence[
 # 3. Weights, layer by layer
 
 
-def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
+def layer_weight_stats(lm: LoadedModel, layers: Sequence[int] | None = None) -> pd.DataFrame:
     """Per layer and projection: max|w|/median|w|, excess kurtosis, max |w| and its (row, col) in [out, in]."""
     problem = weights_edit_problem(lm)
     if problem:
@@ -416,12 +438,13 @@ def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
         for i, name, module in linear_weights(lm.model):
             if layers is not None and i not in layers:
                 continue
-            stats = matrix_stats(out_in_weight(module))
+            weight = out_in_weight(module)
+            stats = matrix_stats(weight)
             rows.append(
                 {
                     "layer": i,
                     "projection": name,
-                    "shape": "x".join(map(str, out_in_weight(module).shape)),
+                    "shape": "x".join(map(str, weight.shape)),
                     "max_over_median": stats["max_over_median"],
                     "kurtosis": stats["kurtosis"],
                     "max_abs": stats["max_abs"],
@@ -432,7 +455,7 @@ def layer_weight_stats(lm, layers: Sequence[int] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def top_weights(lm, layer: int, k: int = 10) -> pd.DataFrame:
+def top_weights(lm: LoadedModel, layer: int, k: int = 10) -> pd.DataFrame:
     """The k largest |w| of one layer's down projection with (row, col), value and rank."""
     if k < 1:
         raise LabError(f"k must be >= 1 (got {k}).")
@@ -444,7 +467,7 @@ def top_weights(lm, layer: int, k: int = 10) -> pd.DataFrame:
         )
 
 
-def neighbourhood(lm, layer: int, row: int, col: int, radius: int = 8) -> pd.DataFrame:
+def neighbourhood(lm: LoadedModel, layer: int, row: int, col: int, radius: int = 8) -> pd.DataFrame:
     """W[row, col - radius .. col + radius] and W[row - radius .. row + radius, col] around a weight."""
     w = down_weight(lm.model, layer)
     n_out, n_in = w.shape

@@ -14,6 +14,8 @@ quality at much larger block sizes.
 
 Only the decoder layers' linear layers are quantized: the embedding and LM head (a 262k x 640 matrix for
 Gemma 3) stay in full precision, as in the paper's weight quantization, and to keep the sweep fast on a CPU.
+Matrices are read as [out, in] and written back in their stored layout through
+`engine.core.architecture.out_in_weight` / `to_stored_layout`.
 """
 
 from __future__ import annotations
@@ -25,16 +27,27 @@ import pandas as pd
 import torch
 
 from engine.core.architecture import decoder_layers, down_projections, linear_weights, out_in_weight, to_stored_layout
+from engine.core.device import available_memory_bytes
 from engine.core.errors import LabError
 from engine.core.lm_eval import eval_windows, perplexity
+from engine.core.model import LoadedModel
 from engine.core.weight_edits import check_editable, replaced_weights
+from engine.superweights.config import (
+    CLIP_FRACTION,
+    DEFAULT_BITS,
+    DEFAULT_BLOCK_SIZES,
+    EVAL_TOKENS,
+    EVAL_WINDOW,
+    METHODS,
+    QuantMethod,
+)
+from engine.superweights.detect import Candidate
 
-DEFAULT_BLOCK_SIZES = (64, 256, 1024, 4096)
-METHODS = ("rtn", "rtn, super weight held", "rtn, super weight + outliers held")
+OUTLIERS_HELD: QuantMethod = "rtn, super weight + outliers held"
 
 
 def rtn_blockwise(
-    weight: torch.Tensor, bits: int = 4, block_size: int = 128, hold: torch.Tensor | None = None
+    weight: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = 128, hold: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Dequantized asymmetric min-max RTN of `weight` ([out, in]) in row-major blocks of `block_size`.
 
@@ -71,7 +84,8 @@ def rtn_blockwise(
 
 
 def hold_mask(weight: torch.Tensor, coords: Sequence[tuple[int, int]] = (), clip_fraction: float = 0.0) -> torch.Tensor:
-    """Bool mask: the given (row, col) coordinates plus the top `clip_fraction` of |w| in the matrix."""
+    """Bool mask like `weight` ([out, in]): the given (row, col) coordinates plus the top `clip_fraction`
+    of |w| in the matrix."""
     mask = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
     for r, c in coords:
         mask[r, c] = True
@@ -82,32 +96,54 @@ def hold_mask(weight: torch.Tensor, coords: Sequence[tuple[int, int]] = (), clip
     return mask
 
 
+def _uses_plain(method: QuantMethod, clip_fraction: float) -> bool:
+    """Whether some matrices of `method` are plain RTN (nothing held): all but the outlier method with a
+    positive fraction, which holds weights in every matrix."""
+    return method != OUTLIERS_HELD or clip_fraction <= 0
+
+
 def quantized_copies(
-    lm, candidates: Sequence, bits: int, block_size: int, method: str, clip_fraction: float
+    lm: LoadedModel,
+    candidates: Sequence[Candidate],
+    bits: int,
+    block_size: int,
+    method: QuantMethod,
+    clip_fraction: float,
+    plain: dict[int, torch.Tensor] | None = None,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
     """(parameter tensor, quantized replacement in its stored layout) for every decoder linear weight,
-    and the number of weights held in full precision."""
+    and the number of weights held in full precision.
+
+    `plain` (optional, per matrix index): the plain RTN copies of this `bits` and `block_size`, filled on
+    first use and reused for every matrix with nothing held, so methods share them instead of
+    re-quantizing the same matrix.
+    """
     if method not in METHODS:
         raise LabError(f"Unknown quantization method '{method}': choose one of {', '.join(METHODS)}.")
     downs = {id(m): i for i, m in enumerate(down_projections(lm.model))}
     by_layer: dict[int, list[tuple[int, int]]] = {}
     for c in candidates:
         by_layer.setdefault(c.layer, []).append((c.row, c.col))
+    plain = {} if plain is None else plain
     pairs, held = [], 0
-    for _, _, module in linear_weights(lm.model):
+    for index, (_, _, module) in enumerate(linear_weights(lm.model)):
         w = out_in_weight(module)
         coords = by_layer.get(downs.get(id(module), -1), []) if method != "rtn" else []
-        fraction = clip_fraction if method == METHODS[2] else 0.0
-        mask = hold_mask(w, coords, fraction) if (coords or fraction) else None
-        held += int(mask.sum()) if mask is not None else 0
-        q = rtn_blockwise(w, bits, block_size, mask)
-        pairs.append((module.weight.data, to_stored_layout(module, q)))
+        fraction = clip_fraction if method == OUTLIERS_HELD else 0.0
+        if coords or fraction:
+            mask = hold_mask(w, coords, fraction)
+            held += int(mask.sum())
+            q = to_stored_layout(module, rtn_blockwise(w, bits, block_size, mask))
+        else:
+            if index not in plain:
+                plain[index] = to_stored_layout(module, rtn_blockwise(w, bits, block_size))
+            q = plain[index]
+        pairs.append((module.weight.data, q))
     return pairs, held
 
 
-def _check_memory(lm) -> None:
-    from engine.core.device import available_memory_bytes
-
+def _check_memory(lm: LoadedModel) -> None:
+    """LabError when the sweep's copy of the decoder weights (and the saved originals) would not fit in RAM."""
     need = 2 * sum(m.weight.numel() * m.weight.element_size() for _, _, m in linear_weights(lm.model))
     free = available_memory_bytes()
     if free and need > free:
@@ -118,19 +154,23 @@ def _check_memory(lm) -> None:
 
 
 def quantization_table(
-    lm,
-    candidates: Sequence,
+    lm: LoadedModel,
+    candidates: Sequence[Candidate],
     block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
-    bits: int = 4,
-    clip_fraction: float = 1e-4,
-    methods: Sequence[str] = METHODS,
+    bits: int = DEFAULT_BITS,
+    clip_fraction: float = CLIP_FRACTION,
+    methods: Sequence[QuantMethod] = METHODS,
     eval_text: str | None = None,
-    window: int = 512,
-    max_tokens: int | None = 4096,
+    window: int = EVAL_WINDOW,
+    max_tokens: int | None = EVAL_TOKENS,
 ) -> pd.DataFrame:
     """Perplexity of the original model and of each (block size, method) RTN quantization of it.
 
-    The weights are replaced in place and restored bit-for-bit (checked) after each evaluation.
+    The weights are replaced in place and restored bit-for-bit (checked) after each evaluation. Per
+    block size, the plain RTN copy of a matrix is computed once and shared by the methods that leave
+    it unheld; those methods run first, so the shared copies are dropped before a method that holds
+    weights in every matrix makes its own (the rows keep the order of `methods`). The settings are the
+    fields of `engine.superweights.config.QuantizationConfig`.
     """
     check_editable(lm)
     if not block_sizes:
@@ -155,11 +195,19 @@ def quantization_table(
             }
         )
         for block in block_sizes:
-            for method in methods:
-                pairs, held = quantized_copies(lm, candidates, bits, int(block), method, clip_fraction)
+            plain: dict[int, torch.Tensor] = {}
+            order = sorted(range(len(methods)), key=lambda i: not _uses_plain(methods[i], clip_fraction))
+            measured: dict[int, tuple[float, int]] = {}
+            for i in order:
+                if not _uses_plain(methods[i], clip_fraction):
+                    plain.clear()  # no later method in this block size reads them
+                pairs, held = quantized_copies(lm, candidates, bits, int(block), methods[i], clip_fraction, plain)
                 with replaced_weights(lm, pairs):
-                    ppl = perplexity(lm, windows)
+                    measured[i] = (perplexity(lm, windows), held)
                 del pairs
+            del plain
+            for i, method in enumerate(methods):
+                ppl, held = measured[i]
                 rows.append(
                     {
                         "block_size": int(block),

@@ -17,11 +17,15 @@ import functools
 import re
 import string
 import unicodedata
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-JUDGES = ("auto", "contains", "f1", "embedding", "llm")
+from engine.core.model import LoadedModel
+
+Judge = Literal["auto", "contains", "f1", "embedding", "llm"]
+JUDGES: tuple[Judge, ...] = get_args(Judge)
 F1_THRESHOLD = 0.5
 EMBEDDING_THRESHOLD = 0.7
 JUDGE_PROMPT = (
@@ -143,7 +147,13 @@ def _first_token_ids(tokenizer, words: list[str]) -> list[int]:
 
 
 def llm_judge(
-    lm, questions: list[str], references: list[list[str]], answers: list[str], *, progress=None, stop=None
+    lm: LoadedModel,
+    questions: list[str],
+    references: list[list[str]],
+    answers: list[str],
+    *,
+    progress=None,
+    stop=None,
 ) -> list[bool | None]:
     """Yes/no verdicts of `lm` with the Nature prompt: p(yes) > p(no) at the first response token.
 

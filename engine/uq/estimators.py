@@ -364,12 +364,14 @@ def _subspace_estimator(name: str, part: str, formula: str) -> None:
 _subspace_estimator(
     "semantic_subspace_spread",
     "semantic",
-    "spread of the samples' hidden states inside the semantic subspace (row space of a cross-fitted hidden->meaning map)",
+    "spread of the samples' hidden states inside the semantic subspace "
+    "(row space of a cross-fitted hidden->meaning map)",
 )
 _subspace_estimator(
     "surface_subspace_spread",
     "surface",
-    "for contrast: spread of the samples' hidden states in the surface subspace (orthogonal complement of the semantic one)",
+    "for contrast: spread of the samples' hidden states in the surface subspace "
+    "(orthogonal complement of the semantic one)",
 )
 
 

@@ -17,67 +17,34 @@ Answers stop at the first newline (brief answers) or EOS; the newline is trimmed
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
+import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from engine.core.errors import LabError
+from engine.core.jobs import RUNNER, Job
+from engine.core.model import LoadedModel
+from engine.uq.config import CHAT_TEMPLATE, FEW_SHOT_TEMPLATE, GenerationConfig, default_hidden_layers
 from engine.uq.records import QuestionRecord
-
-FEW_SHOT_TEMPLATE = (
-    "Answer each question briefly, in a few words.\n\n"
-    "Question: What is the capital of France?\nAnswer: Paris\n\n"
-    "Question: Who wrote the play Romeo and Juliet?\nAnswer: William Shakespeare\n\n"
-    "Question: How many legs does a spider have?\nAnswer: eight\n\n"
-    "Question: {question}\nAnswer:"
-)
-CHAT_TEMPLATE = "Answer the following question as briefly as possible, in a few words.\nQuestion: {question}"
+from engine.uq.store import UqRun, open_run
 
 
-@dataclasses.dataclass
-class GenerationConfig:
-    """Everything that determines a run's generated text (part of the run id)."""
-
-    prompt_template: str = FEW_SHOT_TEMPLATE
-    samples: int = 10
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 24
-    seed: int = 0
-    hidden_layers: list[int] | None = None  # None: default_hidden_layers(n_layers)
-
-    def validate(self) -> None:
-        if "{question}" not in self.prompt_template:
-            raise LabError("The prompt template must contain {question} where the question goes.")
-        if not 1 <= self.samples <= 64:
-            raise LabError("The number of samples K must be between 1 and 64.")
-        if not 0.05 <= self.temperature <= 5:
-            raise LabError("The sampling temperature must be between 0.05 and 5.")
-        if not 0 < self.top_p <= 1:
-            raise LabError("top_p must be in (0, 1].")
-        if not 1 <= self.max_new_tokens <= 256:
-            raise LabError("max_new_tokens must be between 1 and 256.")
-
-
-def default_template(lm) -> str:
+def default_template(lm: LoadedModel) -> str:
     """Few-shot prompt for base models; a one-line instruction (wrapped in the chat template) otherwise."""
     return CHAT_TEMPLATE if lm.is_instruction_tuned else FEW_SHOT_TEMPLATE
 
 
-def default_hidden_layers(n_layers: int) -> list[int]:
-    """Middle, ~3/4 depth and last layer (indices into `hidden_states`, 0 = embeddings)."""
-    return sorted({n_layers // 2, round(3 * n_layers / 4), n_layers})
-
-
-def n_layers_of(lm) -> int:
+def n_layers_of(lm: LoadedModel) -> int:
     return int(lm.text_config.num_hidden_layers)
 
 
-def build_prompt(lm, template: str, question: str) -> str:
+def build_prompt(lm: LoadedModel, template: str, question: str) -> str:
     """The prompt text: the template with the question in it, inside the chat template when there is one."""
     return lm.chat_text(template.replace("{question}", question))
 
@@ -87,7 +54,7 @@ def question_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index) * 7919 + 12345) % (2**63 - 1)
 
 
-def _eos_ids(lm) -> set[int]:
+def _eos_ids(lm: LoadedModel) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(lm.model, "generation_config", None), lm.tokenizer):
         value = getattr(source, "eos_token_id", None) if source is not None else None
@@ -148,7 +115,7 @@ def _sample(logprobs, temperature: float, top_p: float, generator):
 
 
 def generate_record(
-    lm, question: str, config: GenerationConfig, *, qid: str = "", references=None, index: int = 0
+    lm: LoadedModel, question: str, config: GenerationConfig, *, qid: str = "", references=None, index: int = 0
 ) -> QuestionRecord:
     """Graded answer + K samples for one question with their token log-probs and hidden states.
 
@@ -235,4 +202,87 @@ def generate_record(
         sample_hidden=hidden[1:],
         hidden_layers=layers,
         seconds=time.perf_counter() - start,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The resumable loop over a run's questions, in the foreground (CLI) or as a background job (page)
+
+Progress = Callable[[int, int, float], None]  # (questions done, total, seconds of the last one)
+
+
+def open_run_for(lm: LoadedModel, questions: pd.DataFrame, generation: GenerationConfig, source: str = "") -> UqRun:
+    """`store.open_run` for this model (hidden layers resolved from its depth)."""
+    return open_run(lm.name, questions, generation, source=source, n_layers=n_layers_of(lm))
+
+
+def _check_model(lm: LoadedModel, run: UqRun) -> None:
+    if run.model != lm.name:
+        raise LabError(f"This run was made with {run.model}, not {lm.name}: load that model.")
+
+
+def _generate_missing(
+    lm: LoadedModel, run: UqRun, total: int, progress: Progress | None, stop: threading.Event | None
+) -> int:
+    """The loop itself; the caller holds the run's claim."""
+    _check_model(lm, run)
+    config = run.generation_config()
+    questions = run.questions()
+    done = {i for i in run.done_indices() if i < total}
+    written = 0
+    for index in range(total):
+        if index in done:
+            continue
+        if stop is not None and stop.is_set():
+            break
+        row = questions.iloc[index]
+        record = generate_record(lm, row["question"], config, qid=row["id"], references=row["references"], index=index)
+        run.write_record(index, record)
+        written += 1
+        done.add(index)
+        run.set_status("running", len(done), f"{len(done)}/{total} questions")
+        if progress is not None:
+            progress(len(done), total, record.seconds)
+    run.set_status("finished" if len(done) == total else "stopped", len(done), f"{len(done)}/{total} questions")
+    return written
+
+
+def generate_run(
+    lm: LoadedModel,
+    run: UqRun,
+    *,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Generate the missing records of the first `limit` questions; returns how many were written.
+
+    Holds the run's claim throughout (LabError at once when another session or process generates
+    it). Each question's record is written as soon as it is done, so a stop or crash loses at most
+    the question in flight. `progress(done, total, last_seconds)` after each; `stop` ends the loop.
+    """
+    _check_model(lm, run)
+    with run.claim("generated"):
+        return _generate_missing(lm, run, run.total(limit), progress, stop)
+
+
+def job_key(run_id: str) -> str:
+    """The job runner's key of a run's background generation."""
+    return f"uq-generate-{run_id}"
+
+
+def start_generation(lm: LoadedModel, run: UqRun, limit: int | None = None) -> Job:
+    """`generate_run` in a background job of the core runner (the run's job if it is already going);
+    the runner holds the run's claim, so a LabError here when another process generates it."""
+    _check_model(lm, run)
+    total = run.total(limit)
+
+    def work(job: Job) -> int:
+        def report(done: int, total_: int, seconds: float) -> None:
+            job.progress(done, total_, seconds=seconds)
+
+        return _generate_missing(lm, run, total, report, job.stop_event)
+
+    return RUNNER.start(
+        job_key(run.run_id), work, label=f"uncertainty run {run.run_id}", run=run, total=total, done=run.done(total)
     )

@@ -1,25 +1,54 @@
-"""Tab "Super weights of a pretrained LLM" (Yu et al. 2024): scan, detect, inspect, ablate, quantize.
+"""View of the tab "Super weights of a pretrained LLM" (Yu et al. 2024): scan, detect, inspect, ablate, quantize.
 
-Thin: every number comes from engine.superweights.detect / engine.superweights.ablation / engine.superweights.quantize (the CLI
-`python -m engine superweights` calls the same functions). Nothing loads the LLM until "Scan" is pressed.
+Thin: every number comes from engine.superweights (detect, ablation, quantize; the CLI `python -m engine
+superweights` calls the same functions), and every default or threshold a help text names is read from
+engine.superweights.config. Results are kept with ui.state for exactly the inputs they were computed
+for. Nothing loads the LLM until "Scan" is pressed.
 """
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine.core import weight_edits
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.errors import LabError
+from engine.core.model import LoadedModel
+from engine.core.weight_edits import weights_edit_problem
+from engine.superweights import ablation, quantize
 from engine.superweights import detect as sw
-from ui.models import current_choice, get_model
+from engine.superweights.config import (
+    ABSOLUTE_THRESHOLD,
+    CLIP_FRACTION,
+    DEFAULT_BITS,
+    DEFAULT_MODE,
+    DEFAULT_PROMPT,
+    DEFAULT_SCALE,
+    EVAL_TOKENS,
+    EVAL_WINDOW,
+    MAX_ITERATIONS,
+    METHODS,
+    PAPER_TOPK_FRACTION,
+    PERSIST_FACTOR,
+    RELATIVE_FACTOR,
+    RESTORE_SA_FRACTION,
+    SCALE_RANGE,
+    THRESHOLD_MODES,
+    DetectionConfig,
+    number,
+)
+from ui.models import current_choice, get_model, is_loaded
+from ui.state import ModelKey, compute, forget, latest, model_key, recall
 
-RESULT_KEY = "sw_result"
-ABLATION_KEY = "sw_ablation_result"
-QUANT_KEY = "sw_quant_result"
-WSTATS_KEY = "sw_wstats_result"
+DETECTION_SLOT = "sw_detection"
+WSTATS_SLOT = "sw_weight_stats"
+ABLATION_SLOT = "sw_ablation"
+QUANT_SLOT = "sw_quantization"
+TOKEN_CHOICES = [256, 512, 1024, 2048, EVAL_TOKENS]
 
 INTRO = """
 **Super weights** (Yu et al., *The Super Weight in Large Language Models*, arXiv 2411.07191): a handful of
@@ -34,70 +63,76 @@ Each layer's down projection computes $y_t = W x_t$ with $W \in \mathbb{R}^{d \t
 The scan records $\max_{t,c}|x_{t,c}|$ and $\max_{t,r}|y_{t,r}|$ per layer.
 
 A layer **spikes** when $\max|y| \ge f \cdot \operatorname{median}_\ell \max|y^{(\ell)}|$ (relative, default
-$f = 5$, works across model scales) or $\max|y| \ge 50$ (the paper's absolute threshold). In the strongest
-spiking layer, with the spike at token $t$ and output channel $r$, the candidate is $W[r, c]$ with
+$f = %(relative)s$, works across model scales) or $\max|y| \ge %(absolute)s$ (the paper's absolute threshold). In the
+strongest spiking layer, with the spike at token $t$ and output channel $r$, the candidate is $W[r, c]$ with
 $c = \arg\max_c |x_{t,c}|$. **share** $= W[r,c]\,x_{t,c} / y_{t,r}$ is how much of the spike that one weight
 makes. Iterate (the paper's procedure): zero it, re-scan, repeat until no layer spikes (the threshold stays the
 one of the original scan); every weight is restored bit-for-bit afterwards.
 
 **Persists in layers**: layers $\ell$ after the candidate's where the residual stream keeps
-$|h_\ell[t, r]| \ge 10 \cdot \operatorname{median}|h_\ell|$.
+$|h_\ell[t, r]| \ge %(persist)s \cdot \operatorname{median}|h_\ell|$.
 """
+DETECTION_HELP %= {  # %-format, so the LaTeX braces stay single
+    "relative": number(RELATIVE_FACTOR),
+    "absolute": number(ABSOLUTE_THRESHOLD),
+    "persist": number(PERSIST_FACTOR),
+}
+
+CONDITIONS_HELP = (
+    "Conditions: original; super weight(s) zeroed; zeroed with the super activation restored "
+    f"($y_{{t,r}} \\mathrel{{+}}= W_{{rc}} x_{{t,c}}$ where the original $|y_{{t,r}}| \\ge "
+    f"{number(RESTORE_SA_FRACTION)}\\,|SA|$); the $k$ largest other weights of all decoder linear layers zeroed; "
+    "super weight(s) scaled by $s$.\n\n"
+    "Perplexity $= \\exp(\\frac{1}{N}\\sum -\\log p(x_i \\mid x_{<i}))$ over independent "
+    f"{EVAL_WINDOW}-token windows (each starts with BOS) of the bundled text. **p_stopwords**: next-token "
+    "probability mass on English stopwords and punctuation, averaged over a prompt set; **p_expected**: "
+    "probability of the obvious content word (e.g. *cold* after *Summer is hot. Winter is*). Every edit is "
+    "undone bit-for-bit (checked)."
+)
 
 
-def _params() -> dict:
+def _detection_config() -> DetectionConfig:
+    """The detection settings the widgets show (defaults from engine.superweights.config)."""
     ss = st.session_state
-    return {
-        "prompts": ss.get("sw_prompts", sw.DEFAULT_PROMPT),
-        "mode": ss.get("sw_mode", "relative"),
-        "factor": float(ss.get("sw_factor", sw.RELATIVE_FACTOR)),
-        "absolute": float(ss.get("sw_absolute", sw.ABSOLUTE_THRESHOLD)),
-        "iterations": int(ss.get("sw_iters", 5)),
-        "model": current_choice(),
-    }
+    return DetectionConfig(
+        mode=ss.get("sw_mode", DEFAULT_MODE),
+        factor=float(ss.get("sw_factor", RELATIVE_FACTOR)),
+        absolute=float(ss.get("sw_absolute", ABSOLUTE_THRESHOLD)),
+        max_iterations=int(ss.get("sw_iters", MAX_ITERATIONS)),
+    )
+
+
+def _scan_inputs(lm: LoadedModel, config: DetectionConfig) -> tuple[ModelKey, tuple[str, ...], DetectionConfig]:
+    """What a detection depends on: the model, the cleaned prompts and the settings (LabError without prompts)."""
+    return (model_key(lm), tuple(sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT))), config)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _detect(_lm, model_key, prompts: tuple[str, ...], mode: str, factor: float, absolute: float, iterations: int):
-    return sw.detect(_lm, list(prompts), mode=mode, factor=factor, absolute=absolute, max_iterations=iterations)
+def _detect(_lm: LoadedModel, key: ModelKey, prompts: tuple[str, ...], config: DetectionConfig) -> sw.Detection:
+    return sw.detect(_lm, list(prompts), **dataclasses.asdict(config))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _trace(_lm, model_key, prompt: str, token: int, channel: int) -> pd.DataFrame:
+def _trace(_lm: LoadedModel, key: ModelKey, prompt: str, token: int, channel: int) -> pd.DataFrame:
     return sw.residual_trace(_lm, prompt, token, channel)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _top_weights(_lm, model_key, layer: int, k: int) -> pd.DataFrame:
+def _top_weights(_lm: LoadedModel, key: ModelKey, layer: int, k: int) -> pd.DataFrame:
     return sw.top_weights(_lm, layer, k)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _neighbourhood(_lm, model_key, layer: int, row: int, col: int, radius: int) -> pd.DataFrame:
+def _neighbourhood(_lm: LoadedModel, key: ModelKey, layer: int, row: int, col: int, radius: int) -> pd.DataFrame:
     return sw.neighbourhood(_lm, layer, row, col, radius)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _weight_stats(_lm, model_key) -> pd.DataFrame:
+def _weight_stats(_lm: LoadedModel, key: ModelKey) -> pd.DataFrame:
     return sw.layer_weight_stats(_lm)
 
 
-def _compute(key: str, run: dict, message: str, fn) -> None:
-    """Run fn() under a spinner and keep its result with the inputs it was computed for (or show the error)."""
-    try:
-        with st.spinner(message):
-            st.session_state[key] = {"run": run, "result": fn()}
-    except LabError as err:
-        st.error(str(err))
-
-
-def _current(key: str, run: dict):
-    """The stored result for exactly these inputs, or None (never a stale result)."""
-    state = st.session_state.get(key)
-    return state["result"] if state is not None and state["run"] == run else None
-
-
-def _show_rejected(detection) -> None:
+def _show_rejected(detection: sw.Detection) -> None:
     """Spikes the iterative procedure rejected: zeroing their weight left them in place."""
     if not detection.rejected:
         return
@@ -139,14 +174,10 @@ def _scan_chart(detection: sw.Detection) -> alt.Chart:
     return (lines + rule).properties(height=320)
 
 
-def render() -> None:
-    """The whole tab. Loads the model only after the user presses Scan."""
-    st.markdown(INTRO)
-    with st.expander("How the scan and detection work", icon=":material/functions:"):
-        st.markdown(DETECTION_HELP)
+def _render_inputs() -> None:
     st.text_area(
         "Prompts (one per line)",
-        sw.DEFAULT_PROMPT,
+        DEFAULT_PROMPT,
         key="sw_prompts",
         height=90,
         help="The paper's prompt by default; any text works (super activations are input-agnostic).",
@@ -154,65 +185,74 @@ def render() -> None:
     c1, c2, c3 = st.columns(3)
     mode = c1.radio(
         "Threshold",
-        ["relative", "absolute"],
+        list(THRESHOLD_MODES),
+        index=THRESHOLD_MODES.index(DEFAULT_MODE),
         key="sw_mode",
         horizontal=True,
-        help="relative: max|y| >= f x median over layers (default); absolute: max|y| >= 50 (paper).",
+        help=f"relative: max|y| >= f x median over layers (default); absolute: max|y| >= "
+        f"{number(ABSOLUTE_THRESHOLD)} (paper).",
     )
     if mode == "relative":
         c2.number_input(
-            "Relative factor f", min_value=1.5, max_value=1000.0, value=sw.RELATIVE_FACTOR, step=0.5, key="sw_factor"
+            "Relative factor f", min_value=1.5, max_value=1000.0, value=RELATIVE_FACTOR, step=0.5, key="sw_factor"
         )
     else:
-        c2.number_input(
-            "Absolute threshold", min_value=0.1, max_value=1e6, value=sw.ABSOLUTE_THRESHOLD, key="sw_absolute"
-        )
+        c2.number_input("Absolute threshold", min_value=0.1, max_value=1e6, value=ABSOLUTE_THRESHOLD, key="sw_absolute")
     c3.number_input(
         "Max iterations",
         min_value=1,
         max_value=10,
-        value=5,
+        value=MAX_ITERATIONS,
         key="sw_iters",
         help="Remove the detected weight, re-scan, repeat (the paper's iterative procedure).",
     )
-    params = _params()
-    if st.button("Scan", key="sw_scan", type="primary", icon=":material/search:"):
-        for key in (RESULT_KEY, ABLATION_KEY, QUANT_KEY, WSTATS_KEY):
-            st.session_state.pop(key, None)
-        try:
-            prompts = sw.clean_prompts(params["prompts"])
-        except LabError as err:
-            st.error(str(err))
-            return
+
+
+def _scan(config: DetectionConfig) -> bool:
+    """The Scan button: drop every earlier result, load the model, detect. False when it could not start."""
+    for slot in (DETECTION_SLOT, ABLATION_SLOT, QUANT_SLOT, WSTATS_SLOT):
+        forget(slot)
+    try:
+        sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT))  # before the model loads
+    except LabError as err:
+        st.error(str(err))
+        return False
+    lm = get_model()
+    if lm is None:
+        return False
+    inputs = _scan_inputs(lm, config)
+    compute(
+        DETECTION_SLOT,
+        inputs,
+        "Scanning the down projections (the paper's iterative procedure)...",
+        lambda: _detect(lm, *inputs),
+    )
+    return True
+
+
+def render() -> None:
+    """The whole tab. Loads the model only after the user presses Scan."""
+    st.markdown(INTRO)
+    with st.expander("How the scan and detection work", icon=":material/functions:"):
+        st.markdown(DETECTION_HELP)
+    _render_inputs()
+    config = _detection_config()
+    if st.button("Scan", key="sw_scan", type="primary", icon=":material/search:") and not _scan(config):
+        return
+    if latest(DETECTION_SLOT) is None:
+        st.info("Press **Scan** to load the model (if needed) and scan it.", icon=":material/info:")
+        return
+    lm, detection = None, None
+    if is_loaded(current_choice()):  # a newly chosen model is not loaded just to say that the scan is stale
         lm = get_model()
         if lm is None:
             return
-        _compute(
-            RESULT_KEY,
-            params,
-            "Scanning the down projections (the paper's iterative procedure)...",
-            lambda: _detect(
-                lm,
-                params["model"],
-                tuple(prompts),
-                params["mode"],
-                params["factor"],
-                params["absolute"],
-                params["iterations"],
-            ),
-        )
-    state = st.session_state.get(RESULT_KEY)
-    if state is None:
-        st.info("Press **Scan** to load the model (if needed) and scan it.", icon=":material/info:")
-        return
-    if state["run"] != params:
+        with contextlib.suppress(LabError):  # no prompt left: no result for these inputs
+            detection = recall(DETECTION_SLOT, _scan_inputs(lm, config))
+    if lm is None or detection is None:
         st.warning(
             "The inputs or the model changed since the last scan: press **Scan** again.", icon=":material/refresh:"
         )
-        return
-    detection = state["result"]
-    lm = get_model()
-    if lm is None:
         return
     _render_scan(lm, detection)
     _render_weights(lm, detection)
@@ -220,9 +260,9 @@ def render() -> None:
     _render_quantization(lm, detection)
 
 
-def _render_scan(lm, detection: sw.Detection) -> None:
+def _render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
     st.subheader("1. Scan, layer by layer")
-    problem = weight_edits.weights_edit_problem(lm)
+    problem = weights_edit_problem(lm)
     if problem:
         st.info(problem, icon=":material/info:")
     if lm.name == EMBEDDED_LM:
@@ -259,7 +299,7 @@ def _render_scan(lm, detection: sw.Detection) -> None:
             "lab's own measurement)."
         )
     first = detection.candidates[0]
-    trace = _trace(lm, current_choice(), detection.scans[0].prompts[first.prompt], first.token, first.row)
+    trace = _trace(lm, model_key(lm), detection.scans[0].prompts[first.prompt], first.token, first.row)
     trace = trace.assign(abs_value=trace["value"].abs())
     chart = (
         alt.Chart(trace)
@@ -274,15 +314,15 @@ def _render_scan(lm, detection: sw.Detection) -> None:
     st.altair_chart(chart, width="stretch")
 
 
-def _render_weights(lm, detection: sw.Detection) -> None:
+def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
     st.subheader("3. Weights, layer by layer")
-    if weight_edits.weights_edit_problem(lm):
+    if weights_edit_problem(lm):
         st.info("Weight statistics need unquantized weights.", icon=":material/info:")
         return
+    key = model_key(lm)
     if st.button("Compute weight statistics", key="sw_wstats"):
-        with st.spinner("max/median and kurtosis of every projection..."):
-            st.session_state[WSTATS_KEY] = _weight_stats(lm, current_choice())
-    stats = st.session_state.get(WSTATS_KEY)
+        compute(WSTATS_SLOT, key, "max/median and kurtosis of every projection...", lambda: _weight_stats(lm, key))
+    stats = recall(WSTATS_SLOT, key)
     if stats is not None:
         chart = (
             alt.Chart(stats)
@@ -303,14 +343,13 @@ def _render_weights(lm, detection: sw.Detection) -> None:
     c1, c2 = st.columns(2)
     layer = c1.number_input("Layer", 0, n_layers - 1, default_layer, key="sw_layer")
     k = c2.number_input("Top-k largest |w| of its down projection", 1, 200, 10, key="sw_topk")
-    top = _top_weights(lm, current_choice(), int(layer), int(k))
-    st.dataframe(top, hide_index=True)
+    st.dataframe(_top_weights(lm, key, int(layer), int(k)), hide_index=True)
     if detection.candidates:
-        labels = [f"layer {c.layer} W[{c.row}, {c.col}]" for c in detection.candidates]
+        labels = _labels(detection)
         pick = st.selectbox("Row and column around a candidate", labels, key="sw_neigh_pick")
         radius = st.slider("Radius", 2, 32, 8, key="sw_radius")
         c = detection.candidates[labels.index(pick)]
-        around = _neighbourhood(lm, current_choice(), c.layer, c.row, c.col, int(radius))
+        around = _neighbourhood(lm, key, c.layer, c.row, c.col, int(radius))
         chart = (
             alt.Chart(around)
             .mark_bar()
@@ -326,18 +365,22 @@ def _render_weights(lm, detection: sw.Detection) -> None:
         st.altair_chart(chart)
 
 
-def _render_ablation(lm, detection: sw.Detection) -> None:
-    from engine.superweights import ablation
+def _labels(detection: sw.Detection) -> list[str]:
+    return [f"layer {c.layer} W[{c.row}, {c.col}]" for c in detection.candidates]
 
+
+def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
     st.subheader("4. Ablate and measure, side by side")
-    problem = weight_edits.weights_edit_problem(lm)
+    problem = weights_edit_problem(lm)
     if problem:
         st.info(problem, icon=":material/block:")
         return
     if not detection.candidates:
         st.info("Nothing to ablate: no candidate was detected.")
         return
-    labels = [f"layer {c.layer} W[{c.row}, {c.col}]" for c in detection.candidates]
+    labels = _labels(detection)
+    fraction = number(PAPER_TOPK_FRACTION)
+    low, high = SCALE_RANGE
     c1, c2, c3, c4 = st.columns(4)
     chosen = c1.multiselect(
         "Super weights to ablate",
@@ -347,47 +390,47 @@ def _render_ablation(lm, detection: sw.Detection) -> None:
         help="All detected candidates by default, as the CLI does.",
     )
     k = c2.number_input(
-        "k other weights (0 = paper's 1e-6)",
+        f"k other weights (0 = paper's {fraction})",
         0,
         100000,
         0,
         key="sw_k",
-        help=f"0: k = 1e-6 x the decoder linear weights = {ablation.paper_k(lm)} for this model.",
+        help=f"0: k = {fraction} x the decoder linear weights = {ablation.paper_k(lm)} for this model.",
     )
-    scale = c3.slider("Scale s", 0.0, 3.0, 2.0, 0.1, key="sw_scale", help="W[r, c] <- s W[r, c]; s in [0, 3].")
+    scale = c3.slider(
+        "Scale s",
+        low,
+        high,
+        DEFAULT_SCALE,
+        0.1,
+        key="sw_scale",
+        help=f"W[r, c] <- s W[r, c]; s in [{number(low)}, {number(high)}].",
+    )
     tokens = c4.selectbox(
         "Evaluation tokens",
-        [256, 512, 1024, 2048, 4096],
+        TOKEN_CHOICES,
         index=1,
         key="sw_eval_tokens",
-        help="Tokens of the bundled CC0 text (4,096 ~ the whole text); fewer is faster.",
+        help=f"Tokens of the bundled CC0 text ({EVAL_TOKENS:,} ~ the whole text); fewer is faster.",
     )
     with st.expander("Conditions and metrics", icon=":material/functions:"):
-        st.markdown(
-            "Conditions: original; super weight(s) zeroed; zeroed with the super activation restored "
-            "($y_{t,r} \\mathrel{+}= W_{rc} x_{t,c}$ where the original $|y_{t,r}| \\ge 0.5\\,|SA|$); the $k$ largest "
-            "other weights of all decoder linear layers zeroed; super weight(s) scaled by $s$.\n\n"
-            "Perplexity $= \\exp(\\frac{1}{N}\\sum -\\log p(x_i \\mid x_{<i}))$ over independent 512-token windows "
-            "(each starts with BOS) of the bundled text. **p_stopwords**: next-token probability mass on English "
-            "stopwords and punctuation, averaged over a prompt set; **p_expected**: probability of the obvious content "
-            "word (e.g. *cold* after *Summer is hot. Winter is*). Every edit is undone bit-for-bit (checked)."
-        )
-    run = {"cands": tuple(chosen), "k": int(k), "scale": float(scale), "tokens": int(tokens), "model": current_choice()}
+        st.markdown(CONDITIONS_HELP)
+    inputs = (model_key(lm), tuple(chosen), int(k), float(scale), int(tokens))
     if st.button("Run ablation", key="sw_ablate", icon=":material/science:"):
-        st.session_state.pop(ABLATION_KEY, None)
+        forget(ABLATION_SLOT)
         if not chosen:
             st.error("Pick at least one super weight to ablate.")
             return
         cands = [detection.candidates[labels.index(lab)] for lab in chosen]
-        _compute(
-            ABLATION_KEY,
-            run,
+        compute(
+            ABLATION_SLOT,
+            inputs,
             "Running every condition (weights edited in place, then restored)...",
             lambda: ablation.ablation_table(lm, cands, k=int(k) or None, scales=[float(scale)], max_tokens=int(tokens)),
         )
-    result = _current(ABLATION_KEY, run)
+    result = recall(ABLATION_SLOT, inputs)
     if result is None:
-        if ABLATION_KEY in st.session_state:
+        if latest(ABLATION_SLOT) is not None:
             st.caption("Settings changed since the last ablation: press **Run ablation** again.")
         return
     st.caption(f"{result.eval_tokens} evaluation tokens, k = {result.k}, {result.seconds:.0f} s.")
@@ -400,11 +443,9 @@ def _render_ablation(lm, detection: sw.Detection) -> None:
         _download(result.stopwords, "stopword_shift.csv", "sw_dl_stop")
 
 
-def _render_quantization(lm, detection: sw.Detection) -> None:
-    from engine.superweights import quantize as sw_quantize
-
-    st.subheader("5. Super-weight-aware 4-bit round-to-nearest")
-    if weight_edits.weights_edit_problem(lm):
+def _render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
+    st.subheader(f"5. Super-weight-aware {DEFAULT_BITS}-bit round-to-nearest")
+    if weights_edit_problem(lm):
         st.info("Needs unquantized weights.", icon=":material/block:")
         return
     st.caption(
@@ -416,32 +457,24 @@ def _render_quantization(lm, detection: sw.Detection) -> None:
     blocks = c1.multiselect(
         "Block sizes", [64, 128, 256, 512, 1024, 2048, 4096, 16384], default=[128, 4096], key="sw_q_blocks"
     )
-    methods = c2.multiselect(
-        "Methods", list(sw_quantize.METHODS), default=list(sw_quantize.METHODS), key="sw_q_methods"
-    )
-    fraction = c3.number_input("Outlier fraction held", 0.0, 0.01, 1e-4, format="%.5f", key="sw_q_frac")
-    tokens = c4.selectbox("Evaluation tokens", [256, 512, 1024, 2048, 4096], index=1, key="sw_q_tokens")
-    run = {
-        "blocks": tuple(blocks),
-        "methods": tuple(methods),
-        "fraction": float(fraction),
-        "tokens": int(tokens),
-        "model": current_choice(),
-    }
+    methods = c2.multiselect("Methods", list(METHODS), default=list(METHODS), key="sw_q_methods")
+    fraction = c3.number_input("Outlier fraction held", 0.0, 0.01, CLIP_FRACTION, format="%.5f", key="sw_q_frac")
+    tokens = c4.selectbox("Evaluation tokens", TOKEN_CHOICES, index=1, key="sw_q_tokens")
+    inputs = (model_key(lm), tuple(blocks), tuple(methods), float(fraction), int(tokens))
     if st.button("Run quantization", key="sw_quant", icon=":material/compress:"):
-        st.session_state.pop(QUANT_KEY, None)
+        forget(QUANT_SLOT)
         if not blocks or not methods:
             st.error("Pick at least one block size and one method.")
             return
-        _compute(
-            QUANT_KEY,
-            run,
+        compute(
+            QUANT_SLOT,
+            inputs,
             "Quantizing and measuring perplexity...",
-            lambda: sw_quantize.quantization_table(
+            lambda: quantize.quantization_table(
                 lm, detection.candidates, blocks, clip_fraction=float(fraction), methods=methods, max_tokens=int(tokens)
             ),
         )
-    table = _current(QUANT_KEY, run)
+    table = recall(QUANT_SLOT, inputs)
     if table is None:
         return
     quant = table.dropna(subset=["block_size"])

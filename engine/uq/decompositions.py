@@ -1,0 +1,469 @@
+"""Three ways to split the samples' hidden states into a semantic and a surface subspace, and what each shows.
+
+Notation: h = one sample's hidden state (one layer), z = (h - mu) / sigma its standardisation by the
+mean and standard deviation of the training questions' samples (per dimension), d = hidden size.
+Every basis below is orthonormal in z coordinates; the semantic and surface subspaces are orthogonal.
+
+(a) embedding_map: ridge map W: z -> e onto the samples' sentence embeddings e (MiniLM, the meaning
+    space); semantic S = its row space (top right singular vectors carrying `energy` of sum sigma^2),
+    surface = the orthogonal complement of S (engine.uq.subspace, reused here).
+(b) discriminant (meaning-cluster discriminant): samples of one question in the same meaning cluster
+    differ only in wording, samples in different clusters differ in meaning. Over the training questions,
+        S_w = sum_q sum_c sum_{k in c} (z_k - m_c)(z_k - m_c)^T          (within-cluster scatter)
+        S_b = sum_q sum_c n_c (m_c - m_q)(m_c - m_q)^T                  (between-cluster scatter)
+    m_c = mean of cluster c of question q, m_q = mean of question q's samples, n_c = |c|. Semantic S =
+    span of the top generalised eigenvectors v of S_b v = lambda (S_w + ridge * tr(S_w)/d * I) v; r = the
+    number of eigenvalues above the largest one seen when each question's cluster labels are shuffled
+    among its samples (`n_null` shuffles: the between/within ratio that chance alone gives). Surface =
+    top eigenvectors of (I - P_S) S_w (I - P_S) carrying `surface_energy` of its trace (the within-cluster,
+    i.e. wording, directions outside S).
+(c) lexical_map: surface features t of each sample's text = hashed character 2-4-gram counts (sklearn
+    HashingVectorizer) reduced by TruncatedSVD. A different answer also changes characters, so only the
+    variation inside meaning clusters counts as wording: t~ = t - mean of t over the sample's meaning
+    cluster, z~ likewise. With the ridge map t^ = z~ W fitted from z~ to t~ (alpha as in (a)), surface L =
+    the hidden-state directions that carry its prediction: top left singular vectors of Cov(z~, t^) =
+    z~^T z~ W carrying `energy` of sum sigma^2 (weighting W by the data's covariance keeps directions
+    in which the hidden states hardly vary out of L, where W itself is not identified). Semantic = the
+    embedding map's row space U_e (as in (a)) with L projected out: the left singular vectors of
+    (I - P_L) U_e whose singular value (cosine to the complement of L) is at least `keep`.
+
+Per question q with samples z_1..z_K and centroid zbar (K >= 2), for a subspace with projector P:
+    spread_P(q) = (1/K) sum_k ||P (z_k - zbar)||^2
+    semantic spread = spread_{P_S}, surface spread = spread_{P_surface}, total = spread_I,
+    semantic share = semantic spread / total (= 1 - surface share in (a), <= that in (b) and (c)).
+
+Cross-fitted exactly like engine.uq.subspace: questions are split into `n_folds` folds (question_folds);
+each fold's questions are scored by the standardisation and subspaces fitted on the other folds only.
+
+Subspace probes (`subspace_probes`): per fold, on the training questions, a StandardScaler +
+LogisticRegression is fitted on the graded answer's hidden state, standardised with that fold's mu and
+sigma and projected onto the fold's semantic or surface basis (coordinates z @ B) or kept whole ("full"),
+and scores the held-out fold. Targets: high semantic entropy (the SEP probe, arXiv 2406.15927: SE > a
+split found on the training questions) and the answer being right (the p(IK) idea, Kadavath et al. 2022).
+Both scores are "higher = more uncertain": P(high SE) and 1 - P(right). No question is scored by a probe,
+a subspace or a standardisation that saw it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from engine.uq.subspace import _spreads, question_folds, ridge_map, semantic_basis, single_blas_thread
+
+DECOMPOSITIONS = ("embedding_map", "discriminant", "lexical_map")
+SUBSPACES = ("semantic", "surface", "full")
+
+
+@dataclasses.dataclass
+class FoldBasis:
+    """One fold's fit (on the other folds' questions): z = (h - mean) / scale; orthonormal bases in z."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    semantic: np.ndarray  # [d, r]
+    surface: np.ndarray  # [d, s], orthogonal to `semantic`
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def standardise(self, hidden: np.ndarray) -> np.ndarray:
+        return (np.asarray(hidden, dtype=np.float64) - self.mean) / self.scale
+
+
+@dataclasses.dataclass
+class Decomposition:
+    """Per-question spreads of one decomposition (NaN where not scored) and each fold's subspaces."""
+
+    name: str
+    semantic: np.ndarray
+    surface: np.ndarray
+    total: np.ndarray
+    folds: np.ndarray  # fold that scored each question (-1: none)
+    bases: list[FoldBasis] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+    @property
+    def share(self) -> np.ndarray:
+        """semantic spread / total spread (NaN where the total is 0 or not computed)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.total > 0, self.semantic / self.total, np.nan)
+
+    @property
+    def semantic_ranks(self) -> list[int]:
+        return [b.semantic.shape[1] for b in self.bases]
+
+    @property
+    def surface_ranks(self) -> list[int]:
+        return [b.surface.shape[1] for b in self.bases]
+
+
+@dataclasses.dataclass
+class ProbeScores:
+    """Out-of-fold probe scores per subspace ("semantic", "surface", "full"); higher = more uncertain."""
+
+    se: dict[str, np.ndarray]  # P(high semantic entropy | projected answer state)
+    wrong: dict[str, np.ndarray]  # 1 - P(answer is right | projected answer state)
+    folds: np.ndarray
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class _TooLittle(Exception):
+    """A fold cannot be fitted (e.g. no training question with two meaning clusters)."""
+
+
+# ---------------------------------------------------------------- the cross-fitting driver
+
+
+def _flatten(per_question: Sequence, what: str) -> np.ndarray:
+    parts = [np.asarray(x, dtype=np.float64) for x in per_question if len(x)]
+    if not parts:
+        raise ValueError(f"no {what}")
+    return np.concatenate(parts)
+
+
+def _cross_fit(
+    name: str, hidden: Sequence[np.ndarray], n_folds: int, seed: int, fit: Callable[[np.ndarray, np.ndarray], tuple]
+) -> Decomposition:
+    """Standardise and fit `fit(z, train) -> (semantic [d, r], surface [d, s], info)` per fold on the other
+    folds' samples (`train`: sample mask); spreads of the held-out fold's questions in those subspaces."""
+    n = len(hidden)
+    nan = np.full(n, np.nan)
+    if n < 2 * n_folds or n_folds < 2:
+        note = f"needs at least {2 * max(n_folds, 2)} questions to cross-fit with {n_folds} folds; got {n}"
+        return Decomposition(name, nan, nan.copy(), nan.copy(), np.full(n, -1), note=note)
+    counts = np.array([len(x) for x in hidden])
+    h = _flatten(hidden, "hidden states")
+    groups = np.repeat(np.arange(n), counts)
+    folds = question_folds(n, n_folds, seed)
+    out = Decomposition(name, nan, nan.copy(), nan.copy(), folds)
+    notes: dict[str, list[str]] = {}  # why a fold could not be fitted -> those folds
+    with single_blas_thread():
+        for fold in range(n_folds):
+            train = folds[groups] != fold
+            mean, std = h[train].mean(0), h[train].std(0)
+            scale = np.where(std > 1e-8, std, 1.0)
+            z = (h - mean) / scale
+            scored = np.flatnonzero(folds == fold)
+            try:
+                semantic, surface, info = fit(z, train)
+            except _TooLittle as err:
+                notes.setdefault(str(err), []).append(str(fold))
+                d = h.shape[1]
+                out.bases.append(FoldBasis(mean, scale, np.zeros((d, 0)), np.zeros((d, 0)), {"error": str(err)}))
+                continue
+            out.bases.append(FoldBasis(mean, scale, semantic, surface, info))
+            test = ~train
+            local = np.searchsorted(scored, groups[test])
+            sem, rest = _spreads(z[test], local, semantic, len(scored))
+            surf, _ = _spreads(z[test], local, surface, len(scored))
+            out.semantic[scored], out.surface[scored], out.total[scored] = sem, surf, sem + rest
+    too_few = counts < 2
+    out.semantic[too_few] = out.surface[too_few] = out.total[too_few] = np.nan
+    out.note = "; ".join(f"{why} (fold{'s' * (len(f) > 1)} {', '.join(f)} of {n_folds})" for why, f in notes.items())
+    return out
+
+
+def _complement(basis: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the orthogonal complement of span(basis) (basis orthonormal [d, r])."""
+    full = np.linalg.qr(basis, mode="complete")[0] if basis.shape[1] else np.eye(basis.shape[0])
+    return full[:, basis.shape[1] :]
+
+
+def _top_energy(values: np.ndarray, energy: float) -> int:
+    """The fewest of the (descending) non-negative `values` carrying `energy` of their sum."""
+    values = np.maximum(values, 0.0)
+    total = float(values.sum())
+    if total <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(values) / total, energy - 1e-12) + 1)
+
+
+# ---------------------------------------------------------------- (a) embedding map
+
+
+def embedding_map_decomposition(
+    hidden: Sequence[np.ndarray],
+    embeddings: Sequence[np.ndarray],
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    rank: int | None = None,
+    energy: float = 0.95,
+) -> Decomposition:
+    """(a): semantic = row space of the ridge map z -> sentence embedding, surface = its complement.
+
+    Same spreads as engine.uq.subspace.subspace_spreads (same folds, standardisation and map); here the
+    per-fold bases are kept for the probes. `hidden[i]` [K_i, d], `embeddings[i]` [K_i, e].
+    """
+    e = _flatten(embeddings, "embeddings")
+    groups = np.repeat(np.arange(len(hidden)), [len(x) for x in hidden])
+
+    def fit(z, train):
+        basis, ridge = semantic_basis(z[train], e[train], groups[train], rank=rank, energy=energy)
+        return basis, _complement(basis), {"alpha": ridge.alpha}
+
+    return _cross_fit("embedding_map", hidden, n_folds, seed, fit)
+
+
+# ---------------------------------------------------------------- (b) meaning-cluster discriminant
+
+
+def _cluster_ids(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One id per (question, cluster label) pair, 0..n_clusters-1."""
+    return np.unique(np.stack([groups, labels], axis=1), axis=0, return_inverse=True)[1].ravel()
+
+
+def _group_means(z: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.sparse import csr_matrix
+
+    n_ids = int(ids.max()) + 1
+    counts = np.bincount(ids, minlength=n_ids).astype(np.float64)
+    onehot = csr_matrix((np.ones(ids.size), (ids, np.arange(ids.size))), shape=(n_ids, ids.size))
+    return np.asarray(onehot @ z) / np.maximum(counts, 1)[:, None], counts
+
+
+def _between_scatter(z: np.ndarray, groups: np.ndarray, labels: np.ndarray, question_mean: np.ndarray):
+    """S_b = sum_c n_c (m_c - m_q)(m_c - m_q)^T and its degrees of freedom sum_q (C_q - 1)."""
+    ids = _cluster_ids(groups, labels)
+    means, counts = _group_means(z, ids)
+    owner = np.zeros(means.shape[0], dtype=int)
+    owner[ids] = groups
+    dev = np.sqrt(counts)[:, None] * (means - question_mean[owner])
+    return dev.T @ dev, means.shape[0] - np.unique(groups).size
+
+
+def _shuffle_within(labels: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each question's cluster labels permuted at random among its own samples (cluster sizes kept)."""
+    base = np.argsort(groups, kind="stable")
+    perm = np.lexsort((rng.random(groups.size), groups))
+    out = np.empty_like(labels)
+    out[base] = labels[perm]
+    return out
+
+
+def discriminant_decomposition(
+    hidden: Sequence[np.ndarray],
+    clusters: Sequence[Sequence[int]],
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    rank: int | None = None,
+    ridge: float = 0.1,
+    n_null: int = 3,
+    surface_energy: float = 0.95,
+) -> Decomposition:
+    """(b): semantic = top generalised eigenvectors of (S_b, S_w + lambda I); see the module docstring.
+
+    `clusters[i]`: meaning-cluster label of each of question i's samples (engine.uq.clustering, the same
+    clusters semantic entropy uses). `rank`: fixed semantic rank instead of the shuffled-label rule;
+    `ridge`: lambda = ridge * tr(S_w) / d; `surface_energy`: share of the remaining within-cluster scatter
+    the surface subspace keeps. A fold whose training questions all have a single meaning cluster cannot be
+    fitted: its questions stay NaN, with a note.
+    """
+    from scipy.linalg import eigh
+
+    labels = np.concatenate([np.asarray(c, dtype=int) for c, x in zip(clusters, hidden) if len(x)] or [[]])
+    groups = np.repeat(np.arange(len(hidden)), [len(x) for x in hidden])
+    if labels.size != groups.size:
+        raise ValueError(f"got {labels.size} cluster labels for {groups.size} samples")
+    rng = np.random.default_rng(seed)
+
+    def fit(z, train):
+        zt, g, lab = z[train], groups[train], labels[train]
+        local_g = np.unique(g, return_inverse=True)[1]
+        q_means, _ = _group_means(zt, local_g)
+        resid = zt - q_means[local_g]
+        total = resid.T @ resid  # S_w + S_b (within-question scatter), fixed under shuffles
+        s_b, df_b = _between_scatter(zt, local_g, lab, q_means)
+        if df_b == 0:
+            raise _TooLittle("no training question has samples in two meaning clusters")
+        d = zt.shape[1]
+        s_w = total - s_b
+        lam = ridge * max(float(np.trace(s_w)), 1e-12) / d
+        values, vectors = eigh(s_b, s_w + lam * np.eye(d))
+        values, vectors = values[::-1], vectors[:, ::-1]
+        null = 0.0
+        for _ in range(n_null):
+            b0, _df = _between_scatter(zt, local_g, _shuffle_within(lab, local_g, rng), q_means)
+            top = eigh(b0, total - b0 + lam * np.eye(d), eigvals_only=True, subset_by_index=[d - 1, d - 1])
+            null = max(null, float(top[0]))
+        r = int(np.sum(values > null)) if rank is None else int(rank)
+        r = int(min(max(r, 1), df_b, d))
+        semantic = np.linalg.qr(vectors[:, :r])[0]
+        proj = np.eye(d) - semantic @ semantic.T
+        w_vals, w_vecs = np.linalg.eigh(proj @ s_w @ proj)
+        w_vals, w_vecs = w_vals[::-1], w_vecs[:, ::-1]
+        s = min(_top_energy(w_vals, surface_energy), d - r)
+        surface = np.linalg.qr(proj @ w_vecs[:, :s])[0] if s else np.zeros((d, 0))
+        info = {"ratios": values[: r + 3].tolist(), "null_ratio": null, "lambda": lam, "df_between": int(df_b)}
+        return semantic, surface, info
+
+    return _cross_fit("discriminant", hidden, n_folds, seed, fit)
+
+
+# ---------------------------------------------------------------- (c) lexical map
+
+
+def text_features(texts: Sequence[str], n_features: int = 2**18):
+    """Hashed character 2-4-gram counts of each text (within word boundaries), each row l2-normalised;
+    sparse [n_texts, used hash buckets] (buckets no text uses are dropped: the SVD is then fast)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    vectorizer = HashingVectorizer(
+        analyzer="char_wb", ngram_range=(2, 4), n_features=n_features, alternate_sign=False, norm=None
+    )
+    grams = vectorizer.transform([str(t) for t in texts]).tocsc()
+    return grams[:, np.flatnonzero(np.diff(grams.indptr))].tocsr()
+
+
+def lexical_map_decomposition(
+    hidden: Sequence[np.ndarray],
+    texts: Sequence[Sequence[str]],
+    embeddings: Sequence[np.ndarray],
+    clusters: Sequence[Sequence[int]],
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    n_components: int = 32,
+    energy: float = 0.95,
+    keep: float = 0.5,
+) -> Decomposition:
+    """(c): surface = row space of a ridge map from within-cluster hidden variation to within-cluster
+    variation of the text's lexical features; semantic = the embedding map's row space with the surface
+    one projected out (see the module docstring).
+
+    `texts[i]`: question i's sample texts (same order as `hidden[i]`); `clusters[i]`: their meaning-cluster
+    labels; `n_components`: TruncatedSVD size of the hashed n-gram features (fitted on the training
+    samples); `keep`: least cosine between an embedding direction and the complement of the lexical
+    subspace for it to stay semantic.
+    """
+    from sklearn.decomposition import TruncatedSVD
+
+    flat_texts = [t for ts, x in zip(texts, hidden) if len(x) for t in ts]
+    e = _flatten(embeddings, "embeddings")
+    groups = np.repeat(np.arange(len(hidden)), [len(x) for x in hidden])
+    labels = np.concatenate([np.asarray(c, dtype=int) for c, x in zip(clusters, hidden) if len(x)] or [[]])
+    if len(flat_texts) != groups.size or labels.size != groups.size:
+        raise ValueError(f"got {len(flat_texts)} texts and {labels.size} cluster labels for {groups.size} samples")
+    grams = text_features(flat_texts)
+    cluster_ids = _cluster_ids(groups, labels)
+
+    def fit(z, train):
+        n_comp = int(min(n_components, train.sum() - 1, grams.shape[1] - 1))
+        lex = TruncatedSVD(n_components=max(n_comp, 1), random_state=seed).fit(grams[train]).transform(grams)
+        ids = cluster_ids[train]
+        within = lambda x: x - _group_means(x, ids)[0][ids]
+        zw = within(z[train])
+        lex_fit = ridge_map(zw, within(lex[train]), groups[train])
+        left, sigma, _ = np.linalg.svd(zw.T @ (zw @ lex_fit.coef), full_matrices=False)  # [d, c]: Cov(z~, t^)
+        surface = left[:, : min(_top_energy(sigma**2, energy), len(sigma))]
+        emb_basis, emb_fit = semantic_basis(z[train], e[train], groups[train], energy=energy)
+        outside = emb_basis - surface @ (surface.T @ emb_basis)
+        left, cosines, _ = np.linalg.svd(outside, full_matrices=False)
+        semantic = left[:, cosines >= keep]
+        info = {
+            "lexical_alpha": lex_fit.alpha,
+            "embedding_alpha": emb_fit.alpha,
+            "embedding_rank": emb_basis.shape[1],
+            "cosines_outside_lexical": cosines.tolist(),
+        }
+        return semantic, surface, info
+
+    return _cross_fit("lexical_map", hidden, n_folds, seed, fit)
+
+
+# ---------------------------------------------------------------- subspace probes
+
+
+def _probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, y_train)
+    return model.predict_proba(x_test)[:, 1]
+
+
+def subspace_probes(
+    answer_hidden: np.ndarray,
+    decomposition: Decomposition,
+    *,
+    se: np.ndarray | None = None,
+    correct: np.ndarray | None = None,
+    se_split: Callable[[np.ndarray], float | None] | None = None,
+    parts: Sequence[str] = SUBSPACES,
+) -> ProbeScores:
+    """Out-of-fold SE probe and correctness probe on each subspace of `decomposition` (module docstring).
+
+    `answer_hidden` [n, d]: the graded answer's hidden state per question (same layer as the samples');
+    `se`: semantic entropy per question and `se_split`: the threshold rule for "high SE" applied to the
+    training questions' SE (engine.uq.estimators.best_variance_split, as the SEP estimator does; passed in
+    so this module does not import the estimators); `correct`: 1/0 per question. Either target may be None
+    (its probes are skipped). `parts`: subspaces to probe ("full" = the whole standardised state: the same
+    for every decomposition, so ask for it once). A fold whose training questions have a single class, an
+    empty subspace or an unfitted fold gives NaN there, with a note.
+    """
+    x_all = np.asarray(answer_hidden, dtype=np.float64)
+    n = len(decomposition.folds)
+    targets = {}
+    if se is not None:
+        if se_split is None:
+            raise ValueError("the SE probe needs `se_split` (estimators.best_variance_split)")
+        targets["se"] = np.asarray(se, dtype=np.float64)
+    if correct is not None:
+        targets["wrong"] = np.asarray(correct, dtype=np.float64)
+    out = ProbeScores({}, {}, decomposition.folds.copy())
+    for target in targets:
+        for part in parts:
+            getattr(out, target)[part] = np.full(n, np.nan)
+    if not decomposition.bases:
+        out.notes["all"] = decomposition.note or "the decomposition was not fitted"
+        return out
+
+    def note(key: str, text: str) -> None:
+        out.notes[key] = "; ".join(filter(None, [out.notes.get(key, ""), text]))
+
+    with single_blas_thread():
+        for fold, basis in enumerate(decomposition.bases):
+            test = np.flatnonzero(decomposition.folds == fold)
+            train = np.flatnonzero((decomposition.folds != fold) & (decomposition.folds >= 0))
+            z = basis.standardise(x_all)
+            for target, values in targets.items():
+                if np.isnan(values[train]).any() or np.isnan(values[test]).any():
+                    note(target, f"fold {fold}: some questions have no {target} value")
+                    continue
+                if target == "se":
+                    threshold = se_split(values[train])
+                    y = values[train] > threshold if threshold is not None else np.zeros(train.size, bool)
+                else:
+                    y = values[train] > 0.5
+                if y.all() or not y.any():
+                    note(target, f"fold {fold}: a single class among the training questions")
+                    continue
+                for part in parts:
+                    features = z if part == "full" else z @ getattr(basis, part)
+                    if features.shape[1] == 0:
+                        note(f"{target}_{part}", f"fold {fold}: the {part} subspace is empty")
+                        continue
+                    p = _probe(features[train], y, features[test])
+                    getattr(out, target)[part][test] = p if target == "se" else 1.0 - p
+    return out
+
+
+def score_columns(decomposition: Decomposition, probes: ProbeScores | None = None) -> dict[str, np.ndarray]:
+    """Named score columns (higher = more uncertain): '<name>_semantic_spread', '<name>_surface_spread',
+    '<name>_semantic_share', and per probed subspace 'se_probe_<name>_<part>' and
+    'correctness_probe_<name>_<part>' ('..._full_state' for the whole state, without the name)."""
+    name = decomposition.name
+    columns = {
+        f"{name}_semantic_spread": decomposition.semantic,
+        f"{name}_surface_spread": decomposition.surface,
+        f"{name}_semantic_share": decomposition.share,
+    }
+    if probes is not None:
+        for target, label in (("se", "se_probe"), ("wrong", "correctness_probe")):
+            for part, values in getattr(probes, target).items():
+                suffix = "full_state" if part == "full" else f"{name}_{part}"
+                columns[f"{label}_{suffix}"] = values
+    return columns

@@ -1,0 +1,73 @@
+"""An evaluation's files: results.csv (spreadsheet-safe), summary.json and summary.md (page downloads
+and the CLI's --out folder alike)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from engine.core.paths import atomic_write
+from engine.uq.evaluation import Evaluation
+from engine.uq.metrics import summary_markdown
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells starting with = + - @ (or tab / CR) get a leading ' so spreadsheets never run them."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+            )
+    return out
+
+
+def results_csv(evaluation: Evaluation) -> bytes:
+    """The per-question results table as UTF-8 CSV."""
+    return spreadsheet_safe(evaluation.results).to_csv(index=False).encode("utf-8")
+
+
+def _no_nan(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+def summary_json(evaluation: Evaluation) -> str:
+    """The summary as JSON (NaN written as null)."""
+    return json.dumps(_no_nan(evaluation.summary.as_dict()), indent=2, ensure_ascii=False)
+
+
+def summary_md(evaluation: Evaluation) -> str:
+    """A Markdown report: run and judge in a few lines, then A1 / A2 / A3 and the metrics table."""
+    s = evaluation.summary
+    head = ["# Semantic vs surface uncertainty", ""]
+    run = s.run or {}
+    if run:
+        gen = run.get("generation") or {}
+        head.append(
+            f"Model `{run.get('model')}`, questions `{run.get('source')}` (hash {run.get('questions_hash')}), "
+            f"K = {gen.get('samples')} samples at T = {gen.get('temperature')}, seed {gen.get('seed')}, "
+            f"run `{run.get('run_id')}`."
+        )
+    head.append(f"Judge: `{s.judge}`; {s.n_graded} graded questions ({s.n_manual} marked by hand).")
+    head.append("")
+    return "\n".join(head) + summary_markdown(s.as_dict()) + "\n"
+
+
+def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
+    """results.csv, summary.json and summary.md in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.csv", out / "summary.json", out / "summary.md"]
+    atomic_write(paths[0], results_csv(evaluation))
+    atomic_write(paths[1], summary_json(evaluation).encode("utf-8"))
+    atomic_write(paths[2], summary_md(evaluation).encode("utf-8"))
+    return paths

@@ -4,53 +4,8 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see engine/__init__.py)
 
-import streamlit as st
+from ui.home import render  # noqa: E402
+from ui.page import lab_page  # noqa: E402
 
-from ui.models import render_sidebar
-
-st.set_page_config(page_title="LLM internals lab", page_icon=":material/biotech:", layout="wide")
-render_sidebar()
-
-st.title("LLM internals lab")
-st.markdown(
-    "Three research ideas about how language models work inside, each on its own page, each "
-    "backed by the Streamlit-free `engine` package (`python -m engine --help` gives the same "
-    "numbers from the command line). The embedded **Gemma 3 270M** runs offline on a laptop CPU; "
-    "pick any other causal LM you have locally in the sidebar."
-)
-
-col1, col2, col3 = st.columns(3)
-with col1:
-    st.subheader("1 · Super weights and grokking")
-    st.markdown(
-        "Find the few scalar **super weights** of a pretrained LLM layer by layer (Yu et al. 2024, "
-        "arXiv 2411.07191), ablate them and measure the damage. Then train a small transformer until "
-        "it **groks** modular arithmetic (Power et al. 2022) and see whether super weights appear, "
-        "and when, relative to grokking."
-    )
-    st.page_link(
-        "pages/1_Super_weights_and_grokking.py", label="Open super weights & grokking", icon=":material/fitness_center:"
-    )
-with col2:
-    st.subheader("2 · Semantic vs surface uncertainty")
-    st.markdown(
-        "On your CSV of open-ended questions: **A1** = accuracy answering all; **A2** = accuracy on "
-        "the half the model is most sure of by a usual score; **A3** = the same with *semantic* "
-        "uncertainty (semantic entropy, semantic entropy probes, a semantic/surface subspace split "
-        "of the hidden states)."
-    )
-    st.page_link("pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/target:")
-with col3:
-    st.subheader("3 · Self-interpretation of attention")
-    st.markdown(
-        "Type a prompt and see every attention head; describe each head in text (top-5 attended "
-        "tokens per token); find head functions across many prompts; ask the model to explain a "
-        "head and **score its explanation** against external detectors."
-    )
-    st.page_link("pages/3_Attention_self_interpretation.py", label="Open attention", icon=":material/visibility:")
-
-st.divider()
-st.caption(
-    "Models load once per server process and are shared by every session; a lock keeps sessions "
-    "from interleaving inside one model. Runtime data (converted models, runs) lives in `cache/`."
-)
+with lab_page("LLM internals lab", ":material/biotech:"):
+    render()

@@ -32,27 +32,22 @@ def test_score_prediction_top1_ties_and_correlation():
     a = np.array([[1.0, 0, 0], [0.2, 0.8, 0], [0.1, 0.6, 0.3]])
     perfect = {1: a[1, :2].copy(), 2: a[2].copy()}
     s = se.score_prediction(a, perfect)
-    assert s["top1"] == 1.0 and s["correlation"] == pytest.approx(1.0) and s["n_queries"] == 2
+    assert s.top1 == 1.0 and s.correlation == pytest.approx(1.0) and s.n_queries == 2
     # uniform: row 1 ties 2 ways (1/2 credit), row 2 ties 3 ways (1/3)
     uni = {1: np.full(2, 0.5), 2: np.full(3, 1 / 3)}
-    assert se.score_prediction(a, uni)["top1"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert se.score_prediction(a, uni).top1 == pytest.approx((1 / 2 + 1 / 3) / 2)
     bos = {1: np.array([1.0, 0]), 2: np.array([1.0, 0, 0])}
     sb = se.score_prediction(a, bos)
     real = np.array([0.2, 0.8, 0.1, 0.6, 0.3])
     pred = np.array([1.0, 0, 1, 0, 0])
-    assert sb["top1"] == 0.0 and sb["correlation"] == pytest.approx(np.corrcoef(real, pred)[0, 1])
+    assert sb.top1 == 0.0 and sb.correlation == pytest.approx(np.corrcoef(real, pred)[0, 1])
 
 
 def scores(self_, det, bos, uni, control=None):
-    out = {
-        "self-explanation": {"top1": self_},
-        "detector label": {"top1": det},
-        "baseline: BOS": {"top1": bos},
-        "baseline: uniform": {"top1": uni},
-    }
+    top1 = {"self-explanation": self_, "detector label": det, "baseline: BOS": bos, "baseline: uniform": uni}
     if control is not None:
-        out[se.CONTROL] = {"top1": control}
-    return out
+        top1[se.CONTROL] = control
+    return {name: se.PredictionScore(value, float("nan"), 0) for name, value in top1.items()}
 
 
 def test_verdicts():
@@ -113,7 +108,7 @@ def test_simulator_and_pipeline_on_tiny_model(tiny_gemma3):
     q = se.query_positions(len(heldout[0].token_ids), 3)
     direct = se.score_prediction(heldout[0].head(0, 1), se.rule_prediction("previous_token", heldout[0].token_ids, q))
     row = table[(table["layer.head"] == "0.1") & (table["predictor"] == "detector label")].iloc[0]
-    assert row["top1_agreement"] == pytest.approx(direct["top1"])
+    assert row["top1_agreement"] == pytest.approx(direct.top1)
 
 
 def test_chat_template_path(tiny_gemma3_dir):
@@ -175,9 +170,9 @@ def test_real_model_detector_rule_beats_bos_on_previous_token_head(embedded_lm):
         max_queries=3,
         control=False,
     )
-    assert ev.scores["detector label"]["top1"] >= 2 / 3
-    assert ev.scores["detector label"]["top1"] > ev.scores["baseline: BOS"]["top1"]
-    assert 0.0 <= ev.scores["self-explanation"]["top1"] <= 1.0 and ev.scores["self-explanation"]["n_queries"] == 3
+    assert ev.scores["detector label"].top1 >= 2 / 3
+    assert ev.scores["detector label"].top1 > ev.scores["baseline: BOS"].top1
+    assert 0.0 <= ev.scores["self-explanation"].top1 <= 1.0 and ev.scores["self-explanation"].n_queries == 3
 
 
 def test_bad_simulation_template_is_a_lab_error(tiny_gemma3):

@@ -10,6 +10,8 @@ Beside them: BOS/sink = mean over query rows i >= 1 of A[i, 0] (attention sinks,
 self/diagonal = mean over i >= 1 of A[i, i], spread = mean over i >= 1 of the row entropy
 -Σ_j A[i, j] ln A[i, j] (nats). Row 0 is left out of these three because it can only attend to
 itself (it would add a constant 1, 1 and 0).
+
+Shapes: P prompts, L layers, H query heads, T tokens of a prompt.
 """
 
 from __future__ import annotations
@@ -19,19 +21,34 @@ import functools
 import json
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
+from engine.attention.config import (
+    DEFAULT_MAX_TOKENS,
+    HIGHLIGHT_TOP,
+    LABEL_THRESHOLD,
+    N_RANDOM,
+    RANDOM_LEN,
+    RANDOM_SEED,
+    HeadFunction,
+    HeadLabel,
+    PatternFunction,
+    PromptKind,
+    PromptSection,
+)
+from engine.attention.maps import AttentionResult, layer_kind, run_attention
 from engine.core.errors import LabError
+from engine.core.model import LoadedModel
 from engine.core.paths import DATA_DIR
 
-PATTERN_FUNCTIONS = ("previous_token", "duplicate_token", "induction")
-FUNCTIONS = PATTERN_FUNCTIONS + ("bos_sink", "self", "spread")
-FUNCTION_TITLES = {
+PATTERN_FUNCTIONS: tuple[PatternFunction, ...] = get_args(PatternFunction)
+FUNCTIONS: tuple[HeadFunction, ...] = get_args(HeadFunction)
+FUNCTION_TITLES: dict[HeadFunction, str] = {
     "previous_token": "previous-token",
     "duplicate_token": "duplicate-token",
     "induction": "induction",
@@ -39,12 +56,11 @@ FUNCTION_TITLES = {
     "self": "self / diagonal",
     "spread": "spread (row entropy, nats)",
 }
-LABEL_THRESHOLD = 0.3  # a head is labelled by a pattern when its mean score reaches this
 PROMPTS_FILE = DATA_DIR / "attention_prompts.json"
 
 
 # ---------------------------------------------------------------------------------------------
-# Detection patterns D (n x n, 0/1)
+# Detection patterns D ([T, T], 0/1)
 
 
 def previous_token_pattern(n: int) -> np.ndarray:
@@ -71,7 +87,7 @@ def induction_pattern(token_ids) -> np.ndarray:
 
 
 def pattern_score(attn: np.ndarray, detection: np.ndarray) -> np.ndarray:
-    """Σ(A ⊙ D) / ΣA over the last two axes (TransformerLens head_detector, "mul")."""
+    """Σ(A ⊙ D) / ΣA over the last two axes of A [..., T, T] (TransformerLens head_detector, "mul")."""
     attn = np.asarray(attn, dtype=np.float64)
     total = attn.sum(axis=(-2, -1))
     return (attn * detection).sum(axis=(-2, -1)) / np.where(total > 0, total, 1.0)
@@ -95,8 +111,17 @@ def spread_score(attn: np.ndarray) -> np.ndarray:
     return ent[..., 1:].mean(axis=-1) if attn.shape[-1] > 1 else np.zeros(attn.shape[:-2])
 
 
-def score_heads(maps: np.ndarray, token_ids) -> dict[str, np.ndarray]:
-    """Every function's score for every head: {function: array [L, H]} from maps [L, H, n, n].
+def _detection_patterns(token_ids) -> dict[PatternFunction, np.ndarray]:
+    """The 0/1 detection pattern D [T, T] of each pattern function on these tokens."""
+    return {
+        "previous_token": previous_token_pattern(len(token_ids)),
+        "duplicate_token": duplicate_token_pattern(token_ids),
+        "induction": induction_pattern(token_ids),
+    }
+
+
+def score_heads(maps: np.ndarray, token_ids) -> dict[HeadFunction, np.ndarray]:
+    """Every function's score for every head: {function: array [L, H]} from maps [L, H, T, T].
 
     A prompt without a repeated token has D = 0 for duplicate-token and induction, so their
     score is 0 by the formula; `defined_functions()` tells which scores mean something, and
@@ -106,13 +131,8 @@ def score_heads(maps: np.ndarray, token_ids) -> dict[str, np.ndarray]:
     n = maps.shape[-1]
     if len(token_ids) != n:
         raise LabError(f"{len(token_ids)} token ids for attention maps over {n} positions.")
-    out: dict[str, np.ndarray] = {}
-    patterns = {
-        "previous_token": previous_token_pattern(n),
-        "duplicate_token": duplicate_token_pattern(token_ids),
-        "induction": induction_pattern(token_ids),
-    }
-    for name, d in patterns.items():
+    out: dict[HeadFunction, np.ndarray] = {}
+    for name, d in _detection_patterns(token_ids).items():
         out[name] = pattern_score(maps, d)
     out["bos_sink"] = bos_score(maps)
     out["self"] = self_score(maps)
@@ -120,20 +140,15 @@ def score_heads(maps: np.ndarray, token_ids) -> dict[str, np.ndarray]:
     return out
 
 
-def pattern_ceilings(token_ids) -> dict[str, float]:
+def pattern_ceilings(token_ids) -> dict[PatternFunction, float]:
     """Highest score each pattern can reach on this prompt: the fraction of query rows that have a
     target (ΣA = n, and a row without a target adds nothing). Dividing by it gives the mean mass on
     the target over the rows that have one, which is what the best label compares."""
     n = len(token_ids)
-    pats = {
-        "previous_token": previous_token_pattern(n),
-        "duplicate_token": duplicate_token_pattern(token_ids),
-        "induction": induction_pattern(token_ids),
-    }
-    return {name: float(d.any(axis=1).sum()) / max(n, 1) for name, d in pats.items()}
+    return {name: float(d.any(axis=1).sum()) / max(n, 1) for name, d in _detection_patterns(token_ids).items()}
 
 
-def defined_functions(token_ids) -> dict[str, bool]:
+def defined_functions(token_ids) -> dict[HeadFunction, bool]:
     """Whether each function's detection pattern has a target in this prompt (D not all zero)."""
     n = len(token_ids)
     return {
@@ -152,10 +167,10 @@ def defined_functions(token_ids) -> dict[str, bool]:
 
 @dataclasses.dataclass(frozen=True)
 class PromptSpec:
-    """One prompt of a head-function run: text, or token ids (random tokens repeated twice)."""
+    """One prompt of a head-function or held-out run: text, or token ids (random tokens repeated twice)."""
 
     name: str
-    kind: str  # natural | code | list | repeated-random | random | user
+    kind: PromptKind
     text: str | None = None
     token_ids: tuple[int, ...] | None = None
 
@@ -180,17 +195,32 @@ def random_token_ids(tokenizer: Any, n_tokens: int, seed: int, repeat: int = 2) 
     return tuple(int(i) for i in bos + seq * repeat)
 
 
-def builtin_prompts(
-    tokenizer: Any, n_random: int = 2, random_len: int = 20, seed: int = 0, texts: bool = True
+def prompt_set(
+    tokenizer: Any,
+    section: PromptSection,
+    n_random: int,
+    random_len: int,
+    seed: int,
+    random_name: str,
+    texts: bool = True,
 ) -> list[PromptSpec]:
-    """Natural sentences, code and lists (engine/data/attention_prompts.json; `texts`) plus
-    `n_random` sequences of `random_len` random word tokens repeated twice (seeded, reproducible)."""
+    """The texts of one section of engine/data/attention_prompts.json (when `texts`) plus `n_random`
+    sequences of `random_len` random word tokens repeated twice, named f"{random_name} #r" and seeded
+    seed, seed + 1, ... (reproducible)."""
     data = json.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
-    specs = [PromptSpec(p["name"], p["kind"], text=p["text"]) for p in data["prompts"]] if texts else []
+    specs = [PromptSpec(p["name"], p["kind"], text=p["text"]) for p in data[section]] if texts else []
     for r in range(n_random):
         ids = random_token_ids(tokenizer, random_len, seed=seed + r)
-        specs.append(PromptSpec(f"random x2 #{r}", "repeated-random", token_ids=ids))
+        specs.append(PromptSpec(f"{random_name} #{r}", "repeated-random", token_ids=ids))
     return specs
+
+
+def builtin_prompts(
+    tokenizer: Any, n_random: int = N_RANDOM, random_len: int = RANDOM_LEN, seed: int = RANDOM_SEED, texts: bool = True
+) -> list[PromptSpec]:
+    """The head-function prompt set: natural sentences, code and lists (`texts`) plus `n_random`
+    sequences of `random_len` random word tokens repeated twice."""
+    return prompt_set(tokenizer, "prompts", n_random, random_len, seed, "random x2", texts)
 
 
 def user_prompts(text: str) -> list[PromptSpec]:
@@ -219,6 +249,25 @@ def read_prompts_file(path: str | Path) -> list[PromptSpec]:
     return specs
 
 
+def run_prompts(
+    lm: LoadedModel,
+    prompts: Sequence[PromptSpec],
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[AttentionResult]:
+    """One forward pass per prompt (its text, or its token ids), each truncated to `max_tokens`;
+    `progress(done, total, name)` before each prompt and once at the end."""
+    results = []
+    for k, spec in enumerate(prompts):
+        if progress:
+            progress(k, len(prompts), spec.name)
+        token_ids = list(spec.token_ids) if spec.token_ids else None
+        results.append(run_attention(lm, spec.text, max_tokens=max_tokens, token_ids=token_ids))
+    if progress:
+        progress(len(prompts), len(prompts), "done")
+    return results
+
+
 # ---------------------------------------------------------------------------------------------
 # Aggregation over prompts
 
@@ -236,13 +285,13 @@ class HeadFunctionTable:
 
     model_name: str
     prompt_names: list[str]
-    per_prompt: dict[str, np.ndarray]
+    per_prompt: dict[HeadFunction, np.ndarray]  # [P, L, H] per function
     layer_types: list[str]
     num_kv_heads: int
     n_tokens: list[int]
-    ceilings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [P] per pattern function
+    ceilings: dict[PatternFunction, np.ndarray] = dataclasses.field(default_factory=dict)  # [P] per function
 
-    def normalised_mean(self, function: str) -> np.ndarray:
+    def normalised_mean(self, function: HeadFunction) -> np.ndarray:
         """[L, H] mean over prompts of score / ceiling (mass on the target over rows with a target)."""
         if function not in PATTERN_FUNCTIONS or function not in self.ceilings:
             return self.mean(function)
@@ -252,17 +301,19 @@ class HeadFunctionTable:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(L, H): layers and query heads."""
         return self.per_prompt["previous_token"].shape[1:]
 
-    def mean(self, function: str) -> np.ndarray:
+    def mean(self, function: HeadFunction) -> np.ndarray:
         """[L, H] mean over the prompts where the function is defined (NaN where none is)."""
         return _nan_stat(np.nanmean, self.per_prompt[function])
 
-    def std(self, function: str) -> np.ndarray:
+    def std(self, function: HeadFunction) -> np.ndarray:
         """[L, H] population std over the prompts where the function is defined (consistency)."""
         return _nan_stat(np.nanstd, self.per_prompt[function])
 
-    def n_defined(self, function: str) -> np.ndarray:
+    def n_defined(self, function: HeadFunction) -> np.ndarray:
+        """[L, H] number of prompts where the function is defined."""
         return (~np.isnan(self.per_prompt[function])).sum(axis=0)
 
     def table(self) -> pd.DataFrame:
@@ -277,7 +328,7 @@ class HeadFunctionTable:
                         {
                             "layer": layer,
                             "head": head,
-                            "layer_type": "local" if self.layer_types[layer] == "sliding_attention" else "global",
+                            "layer_type": layer_kind(self.layer_types[layer]),
                             "function": fn,
                             "mean": float(mean[layer, head]),
                             "std": float(std[layer, head]),
@@ -303,15 +354,19 @@ class HeadFunctionTable:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def ranking(self, function: str, top: int | None = None) -> list[tuple[int, int, float]]:
+    def ranking(self, function: HeadFunction, top: int | None = None) -> list[tuple[int, int, float]]:
         """Heads sorted by mean score, highest first: [(layer, head, score)]."""
         mean = np.nan_to_num(self.mean(function), nan=-np.inf)
         order = np.argsort(-mean, axis=None, kind="stable")
         out = [(int(i // mean.shape[1]), int(i % mean.shape[1]), float(mean.flat[i])) for i in order]
         return out[:top] if top else out
 
+    def top_heads(self, function: HeadFunction, top: int = HIGHLIGHT_TOP) -> str:
+        """The `top` heads by mean score as text: 'layer.head (score), ...' (page and CLI)."""
+        return ", ".join(f"{layer}.{head} ({score:.2f})" for layer, head, score in self.ranking(function, top))
 
-def best_labels(table: HeadFunctionTable, threshold: float = LABEL_THRESHOLD) -> list[list[tuple[str, float]]]:
+
+def best_labels(table: HeadFunctionTable, threshold: float = LABEL_THRESHOLD) -> list[list[tuple[HeadLabel, float]]]:
     """Per head (label, score): the strongest of previous-token, duplicate-token, induction and
     self when its ceiling-normalised mean (mass on the target over rows that have one) reaches
     `threshold`; else 'bos_sink' when the BOS mean does; else 'diffuse' (score = spread in nats).
@@ -334,35 +389,38 @@ def best_labels(table: HeadFunctionTable, threshold: float = LABEL_THRESHOLD) ->
     return out
 
 
+def detector_labels(table: HeadFunctionTable) -> dict[tuple[int, int], HeadLabel]:
+    """The best label of every head, keyed (layer, head) (`best_labels` without the scores)."""
+    return {(layer, head): label for layer, row in enumerate(best_labels(table)) for head, (label, _) in enumerate(row)}
+
+
+def head_scores(result: AttentionResult, layer: int, head: int) -> dict[HeadFunction, float | None]:
+    """One head's score of every function on one prompt (None where the prompt has no target for it)."""
+    scores = score_heads(result.maps[layer : layer + 1, head : head + 1], result.token_ids)
+    defined = defined_functions(result.token_ids)
+    return {fn: float(scores[fn][0, 0]) if defined[fn] else None for fn in FUNCTIONS}
+
+
 def run_prompt_set(
-    lm: Any,
+    lm: LoadedModel,
     prompts: list[PromptSpec],
-    max_tokens: int = 64,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> HeadFunctionTable:
     """Run every prompt once (one forward each), score every head, keep per-prompt scores."""
-    from engine.attention.maps import run_attention
-
     if not prompts:
         raise LabError("No prompts: choose the built-in set or type at least one prompt.")
-    results = []
-    for k, spec in enumerate(prompts):
-        if progress:
-            progress(k, len(prompts), spec.name)
-        token_ids = list(spec.token_ids) if spec.token_ids else None
-        results.append(run_attention(lm, spec.text, max_tokens=max_tokens, token_ids=token_ids))
-    if progress:
-        progress(len(prompts), len(prompts), "done")
+    results = run_prompts(lm, prompts, max_tokens, progress)
     return table_from_results(lm.name, [spec.name for spec in prompts], results)
 
 
-def table_from_results(model_name: str, names: list[str], results: list[Any]) -> HeadFunctionTable:
+def table_from_results(model_name: str, names: list[str], results: list[AttentionResult]) -> HeadFunctionTable:
     """Score every head of attention results already computed (one per prompt; no forward pass)."""
     if not results:
         raise LabError("No prompts: choose the built-in set or type at least one prompt.")
-    per: dict[str, list[np.ndarray]] = {fn: [] for fn in FUNCTIONS}
+    per: dict[HeadFunction, list[np.ndarray]] = {fn: [] for fn in FUNCTIONS}
     n_tokens = []
-    ceilings: dict[str, list[float]] = {fn: [] for fn in PATTERN_FUNCTIONS}
+    ceilings: dict[PatternFunction, list[float]] = {fn: [] for fn in PATTERN_FUNCTIONS}
     for result in results:
         scores = score_heads(result.maps, result.token_ids)
         defined = defined_functions(result.token_ids)

@@ -1,10 +1,13 @@
 """All attention maps of a prompt from one eager forward pass, readable tokens, text descriptions.
 
 `run_attention()` runs the model once with `output_attentions=True` and returns every layer x head
-pattern A[l, h, i, j] = softmax_j(q_i . k_j * scale + mask) as a float32 numpy array [L, H, n, n]
+pattern A[l, h, i, j] = softmax_j(q_i . k_j * scale + mask) as a float32 numpy array [L, H, T, T]
 (rows are query positions, columns key positions, each row sums to 1). `describe_head()` gives, for
-each query token, its top-5 attended tokens with their weights (the seed's textual description),
-as a DataFrame and as the plain text that is handed to the model on the self-interpretation page.
+each query token, its top-k (TOP_K) attended tokens with their weights (the seed's textual
+description), as a DataFrame and as the plain text that is handed to the model on the
+self-interpretation page.
+
+Shapes: L layers, H query heads, T tokens of the prompt.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from engine.attention.config import DEFAULT_MAX_TOKENS, TOP_K
+from engine.core.architecture import layer_types
 from engine.core.errors import LabError
-
-DEFAULT_MAX_TOKENS = 64
-TOP_K = 5
+from engine.core.model import LoadedModel
 
 _MARKERS = ("\u2581", "\u0120")  # SentencePiece '▁' and byte-level BPE 'Ġ' (a leading space)
 _VISIBLE = {"\n": "\u21b5", "\u010a": "\u21b5", "\t": "\u21e5", "\u0109": "\u21e5", "\r": "\u240d"}
@@ -36,7 +39,7 @@ class AttentionResult:
     raw_tokens: list[str]
     tokens: list[str]  # readable text of each token
     labels: list[str]  # unique per position: repeated tokens get '@position'
-    maps: np.ndarray  # [L, H, n, n] float32
+    maps: np.ndarray  # [L, H, T, T] float32
     layer_types: list[str]
     num_kv_heads: int
     sliding_window: int | None
@@ -66,6 +69,7 @@ class AttentionResult:
         return self.maps.shape[1]
 
     def head(self, layer: int, head: int) -> np.ndarray:
+        """One head's pattern [T, T] (LabError for a head the model does not have)."""
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             raise LabError(f"No head {layer}.{head}: the model has {self.n_layers} layers x {self.n_heads} heads.")
         return self.maps[layer, head]
@@ -167,14 +171,20 @@ def head_labels(num_heads: int, num_kv_heads: int | None) -> list[str]:
     return [f"H{h} kv{k}" for k, group in enumerate(groups) for h in group]
 
 
+LayerKind = Literal["local", "global"]
+
+
+def layer_kind(layer_type: str) -> LayerKind:
+    """'local' for a sliding-window layer ('sliding_attention'), 'global' for a full-attention one."""
+    return "local" if layer_type == "sliding_attention" else "global"
+
+
 def layer_labels(types: list[str], sliding_window: int | None = None) -> list[str]:
     """'L0 local(512)' for sliding-window layers, 'L5 global' for full-attention layers."""
     out = []
-    for i, kind in enumerate(types):
-        if kind == "sliding_attention":
-            out.append(f"L{i} local({sliding_window})" if sliding_window else f"L{i} local")
-        else:
-            out.append(f"L{i} global")
+    for i, layer_type in enumerate(types):
+        kind = layer_kind(layer_type)
+        out.append(f"L{i} {kind}({sliding_window})" if kind == "local" and sliding_window else f"L{i} {kind}")
     return out
 
 
@@ -182,7 +192,7 @@ def layer_labels(types: list[str], sliding_window: int | None = None) -> list[st
 # Forward pass
 
 
-def tokenize_prompt(lm: Any, prompt: str) -> list[int]:
+def tokenize_prompt(lm: LoadedModel, prompt: str) -> list[int]:
     """Token ids of a prompt as the model sees it (with its BOS when the tokenizer adds one)."""
     if prompt is None or not str(prompt).strip():
         raise LabError("Empty prompt: type some text to see its attention maps.")
@@ -194,7 +204,7 @@ def tokenize_prompt(lm: Any, prompt: str) -> list[int]:
     return list(ids)
 
 
-def _no_weights_error(lm: Any, detail: str = "") -> LabError:
+def _no_weights_error(lm: LoadedModel, detail: str = "") -> LabError:
     impl = getattr(lm.model.config, "_attn_implementation", None) or "unknown"
     return LabError(
         f"Model '{lm.name}' returns no attention weights with attn_implementation='{impl}'"
@@ -202,8 +212,8 @@ def _no_weights_error(lm: Any, detail: str = "") -> LabError:
     )
 
 
-def forward_attentions(lm: Any, token_ids: list[int]) -> np.ndarray:
-    """One eager forward pass -> all attention patterns [L, H, n, n] (float32 numpy).
+def forward_attentions(lm: LoadedModel, token_ids: list[int]) -> np.ndarray:
+    """One eager forward pass -> all attention patterns [L, H, T, T] (float32 numpy).
 
     Only the last position's logits are computed (`logits_to_keep=1`): the 262k-row unembedding
     is the costliest part of a small Gemma forward and the maps do not need it.
@@ -235,14 +245,12 @@ def forward_attentions(lm: Any, token_ids: list[int]) -> np.ndarray:
 
 
 def run_attention(
-    lm: Any, prompt: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, token_ids: list[int] | None = None
+    lm: LoadedModel, prompt: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, token_ids: list[int] | None = None
 ) -> AttentionResult:
     """Tokenize (or take `token_ids`), truncate to `max_tokens`, run once, return all maps.
 
     Raises LabError for an empty prompt, a limit below 2, or a model that gives no weights.
     """
-    from engine.core.architecture import layer_types
-
     if max_tokens is None or int(max_tokens) < 2:
         raise LabError("The token limit must be at least 2.")
     max_tokens = int(max_tokens)
@@ -278,7 +286,7 @@ def run_attention(
 
 
 def top_k(pattern: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and weights of the k largest entries of each row of [..., n, n], largest first.
+    """Indices and weights [..., T, k] of the k largest entries of each row of [..., T, T], largest first.
 
     Ties go to the earlier key position (stable sort), so results are reproducible.
     """
@@ -306,7 +314,8 @@ def describe_head(result: AttentionResult, layer: int, head: int, k: int = TOP_K
 
 
 def description_lines(labels: list[str], idx: np.ndarray, w: np.ndarray, max_queries: int | None = None) -> list[str]:
-    """Plain-text lines 'pos token -> key1 (w1), key2 (w2), ...' (causal: keys j <= i only)."""
+    """Plain-text lines 'pos token -> key1 (w1), key2 (w2), ...' from top-k indices and weights [T, k]
+    (causal: keys j <= i only)."""
     n = idx.shape[0] if max_queries is None else min(idx.shape[0], max_queries)
     lines = []
     for i in range(n):
@@ -348,3 +357,22 @@ def parse_head(spec: str, n_layers: int | None = None, n_heads: int | None = Non
     ):
         raise LabError(f"No head {spec}: the model has {n_layers} layers x {n_heads} heads (0-based).")
     return layer, head
+
+
+# ---------------------------------------------------------------------------------------------
+# Overview of long maps
+
+
+def block_mean(pattern: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """A [T, T] pattern averaged into at most bins x bins blocks [b, b] (NaN above the diagonal, where
+    causality masks every entry), and the block edges [b + 1] (token positions)."""
+    n = pattern.shape[0]
+    edges = np.unique(np.linspace(0, n, min(n, bins) + 1).round().astype(int))
+    masked = np.where(np.tril(np.ones((n, n), bool)), pattern, np.nan)
+    out = np.full((len(edges) - 1, len(edges) - 1), np.nan)
+    for a in range(len(edges) - 1):
+        for b in range(a + 1):
+            block = masked[edges[a] : edges[a + 1], edges[b] : edges[b + 1]]
+            if not np.isnan(block).all():
+                out[a, b] = np.nanmean(block)
+    return out, edges

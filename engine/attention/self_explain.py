@@ -2,7 +2,7 @@
 
 Explain -> simulate -> score, after Bills et al. 2023 ("Language models can explain neurons in
 language models"), adapted to attention heads:
-1. explain: the model reads the head's text description (top-5 attended tokens per query token,
+1. explain: the model reads the head's text description (top-k attended tokens per query token,
    no detector scores) and/or a PNG of its heatmap (vision-language models) and writes an
    explanation; chat template for instruction-tuned models, a completion prompt for base models.
 2. simulate: on held-out prompts (not used to write the explanation) the same model gets only the
@@ -18,21 +18,39 @@ The same scores are computed for the external detector's label turned into a rul
 -> i-1, induction -> the token after the latest earlier copy of t_i, ...) and for trivial baselines
 (always BOS; uniform over j <= i). A self-explanation carries information about the head only
 where it beats both the control and the baselines.
+
+Shapes: T tokens of a prompt; a prediction for query row i is a weight vector [i + 1] over keys j <= i.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
-from engine.attention.head_functions import PROMPTS_FILE, PromptSpec, random_token_ids
-from engine.attention.maps import AttentionResult, description_text, run_attention
+from engine.attention.config import (
+    DESCRIPTION_QUERIES,
+    HELDOUT_MAX_TOKENS,
+    HELDOUT_RANDOM,
+    HELDOUT_RANDOM_LEN,
+    HELDOUT_SEED,
+    MAX_NEW_TOKENS,
+    SCORE_QUERIES,
+    VERDICT_MARGIN,
+    ExplainMode,
+    HeadLabel,
+    Predictor,
+    RuleLabel,
+    TemplateKind,
+)
+from engine.attention.head_functions import PromptSpec, prompt_set, run_prompts
+from engine.attention.maps import AttentionResult, description_text
+from engine.attention.png import heatmap_image
 from engine.core.errors import LabError
+from engine.core.model import LoadedModel
 
 EXPLAIN_COMPLETION_TEMPLATE = (
     "Below is a record of one attention head of a language model. Each line gives a token of a text "
@@ -59,11 +77,12 @@ SIMULATE_TEMPLATE = (
     "Tokens: {tokens}\n"
     "Following the explanation, the token at position {position} ({token}) attends most to the earlier token:"
 )
+EXPLAIN_TEMPLATES: dict[TemplateKind, str] = {"chat": EXPLAIN_CHAT_TEMPLATE, "completion": EXPLAIN_COMPLETION_TEMPLATE}
+EXPLAIN_MODES: tuple[ExplainMode, ...] = get_args(ExplainMode)
 COMPLETION_PREFIX = "This head attends to"
-PREDICTORS = ("self-explanation", "detector label", "baseline: BOS", "baseline: uniform")
-CONTROL = "simulator, no explanation"  # the simulator's prior: what the explanation adds is the gap to it
+CONTROL: Predictor = "simulator, no explanation"  # the simulator's prior: what an explanation adds is the gap to it
+PREDICTORS: tuple[Predictor, ...] = tuple(p for p in get_args(Predictor) if p != CONTROL)
 NO_EXPLANATION = "(no explanation given)"
-VERDICT_MARGIN = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,20 +91,27 @@ VERDICT_MARGIN = 0.05
 
 @dataclasses.dataclass
 class Explanation:
+    """What the model said head layer.head does, and the prompt it was given."""
+
     layer: int
     head: int
     text: str
     prompt: str
-    mode: str  # "text" | "image" | "text+image"
+    mode: ExplainMode
     model_name: str
 
 
-def default_template(lm: Any) -> str:
+def template_kind(lm: LoadedModel) -> TemplateKind:
+    """'chat' for instruction-tuned models (a chat template), 'completion' for base models."""
+    return "chat" if lm.is_instruction_tuned else "completion"
+
+
+def default_template(lm: LoadedModel) -> str:
     """Chat template text for instruction-tuned models, completion prompt for base models."""
-    return EXPLAIN_CHAT_TEMPLATE if lm.is_instruction_tuned else EXPLAIN_COMPLETION_TEMPLATE
+    return EXPLAIN_TEMPLATES[template_kind(lm)]
 
 
-def build_explain_prompt(template: str, description: str, mode: str = "text") -> str:
+def build_explain_prompt(template: str, description: str, mode: ExplainMode = "text") -> str:
     """Fill the template; in image-only mode the description is replaced by a note on the image."""
     if "{description}" not in template:
         raise LabError("The explanation template must contain {description}.")
@@ -101,7 +127,8 @@ def _clean_generation(text: str, completion: bool) -> str:
     return " ".join(text.split())[:600] or "(empty explanation)"
 
 
-def _generate(lm: Any, inputs: dict, max_new_tokens: int) -> str:
+def _generate(lm: LoadedModel, inputs: dict, max_new_tokens: int) -> str:
+    """Greedy continuation of `inputs` (at most `max_new_tokens`), decoded without special tokens."""
     import torch
 
     tok = lm.tokenizer
@@ -117,14 +144,14 @@ def _generate(lm: Any, inputs: dict, max_new_tokens: int) -> str:
 
 
 def explain_head(
-    lm: Any,
+    lm: LoadedModel,
     result: AttentionResult,
     layer: int,
     head: int,
     template: str | None = None,
-    mode: str = "text",
-    max_queries: int = 32,
-    max_new_tokens: int = 40,
+    mode: ExplainMode = "text",
+    max_queries: int = DESCRIPTION_QUERIES,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> Explanation:
     """Ask the model what head layer.head does from its text description and/or heatmap PNG.
 
@@ -133,7 +160,7 @@ def explain_head(
     """
     import torch
 
-    if mode not in ("text", "image", "text+image"):
+    if mode not in EXPLAIN_MODES:
         raise LabError(f"Unknown explanation mode '{mode}'.")
     if mode != "text" and not (lm.is_vlm and lm.processor is not None):
         raise LabError(f"Model '{lm.name}' is not a vision-language model: it cannot read the heatmap image.")
@@ -146,8 +173,6 @@ def explain_head(
         ids = lm.prompt_inputs(text)
         inputs = {k: v.to(lm.device) for k, v in ids.items() if k in ("input_ids", "attention_mask")}
     else:
-        from engine.attention.png import heatmap_image
-
         image = heatmap_image(result.head(layer, head), result.labels, title=f"layer {layer} head {head}")
         processor = lm.processor
         if getattr(processor, "chat_template", None):
@@ -193,7 +218,7 @@ def _candidate_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
 
 
 def simulate_with_lm(
-    lm: Any,
+    lm: LoadedModel,
     explanation: str,
     result: AttentionResult,
     queries: list[int],
@@ -242,7 +267,7 @@ def simulate_with_lm(
     return preds
 
 
-def rule_prediction(label: str, token_ids: list[int], queries: list[int]) -> dict[int, np.ndarray]:
+def rule_prediction(label: RuleLabel, token_ids: list[int], queries: list[int]) -> dict[int, np.ndarray]:
     """A detector label (or baseline) turned into predicted weights over keys j <= i.
 
     previous_token -> i-1; duplicate_token -> latest j < i with t_j = t_i; induction -> latest
@@ -274,35 +299,70 @@ def rule_prediction(label: str, token_ids: list[int], queries: list[int]) -> dic
 # 3. Score
 
 
-def score_prediction(pattern: np.ndarray, preds: dict[int, np.ndarray]) -> dict[str, float]:
-    """Top-1 agreement (1/k credit over k tied predicted maxima) and pooled Pearson r of
-    predicted vs real weights over (i, j <= i); r is NaN when either side is constant."""
-    from scipy.stats import pearsonr
+@dataclasses.dataclass(frozen=True)
+class PredictionScore:
+    """How well one predictor's weights match a head's real pattern over some query rows."""
 
-    agree, real_all, pred_all = [], [], []
+    top1: float  # share of query rows whose real argmax is the predicted top-1 (1/k credit over k ties)
+    correlation: float  # Pearson r of predicted vs real weights over all (i, j <= i); NaN when one side is constant
+    n_queries: int
+
+
+def _top1_credit(real: np.ndarray, predicted: np.ndarray) -> float:
+    """1/k when the real argmax is among the k tied predicted maxima, else 0."""
+    best = np.flatnonzero(np.isclose(predicted, predicted.max(), rtol=0, atol=1e-9))
+    return 1.0 / len(best) if int(np.argmax(real)) in best else 0.0
+
+
+def _rows(pattern: np.ndarray, preds: dict[int, np.ndarray]) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+    """Per predicted query row i: the top-1 credit, the real weights [i + 1] and the predicted ones."""
+    credits, real_rows, pred_rows = [], [], []
     for i, p in preds.items():
         real = np.asarray(pattern[i, : i + 1], dtype=np.float64)
-        best = np.flatnonzero(np.isclose(p, p.max(), rtol=0, atol=1e-9))
-        agree.append(1.0 / len(best) if int(np.argmax(real)) in best else 0.0)
-        real_all.append(real)
-        pred_all.append(p)
-    if not agree:
-        return {"top1": float("nan"), "correlation": float("nan"), "n_queries": 0}
-    real_v, pred_v = np.concatenate(real_all), np.concatenate(pred_all)
-    if np.ptp(real_v) == 0 or np.ptp(pred_v) == 0:
-        corr = float("nan")
-    else:
-        corr = float(pearsonr(pred_v, real_v)[0])
-    return {"top1": float(np.mean(agree)), "correlation": corr, "n_queries": len(agree)}
+        credits.append(_top1_credit(real, p))
+        real_rows.append(real)
+        pred_rows.append(p)
+    return credits, real_rows, pred_rows
 
 
-def verdict(scores: dict[str, dict[str, float]], margin: float = VERDICT_MARGIN) -> str:
+def _score(credits: list[float], real_rows: list[np.ndarray], pred_rows: list[np.ndarray]) -> PredictionScore:
+    """Mean top-1 credit and the Pearson r of all predicted vs real weights (NaN when one side is constant)."""
+    from scipy.stats import pearsonr
+
+    if not credits:
+        return PredictionScore(float("nan"), float("nan"), 0)
+    real_v, pred_v = np.concatenate(real_rows), np.concatenate(pred_rows)
+    corr = float("nan") if np.ptp(real_v) == 0 or np.ptp(pred_v) == 0 else float(pearsonr(pred_v, real_v)[0])
+    return PredictionScore(float(np.mean(credits)), corr, len(credits))
+
+
+def score_prediction(pattern: np.ndarray, preds: dict[int, np.ndarray]) -> PredictionScore:
+    """Top-1 agreement (1/k credit over k tied predicted maxima) and pooled Pearson r of
+    predicted vs real weights over (i, j <= i) on one prompt (pattern [T, T])."""
+    return _score(*_rows(pattern, preds))
+
+
+def pooled_score(patterns: list[np.ndarray], preds: list[dict[int, np.ndarray]]) -> PredictionScore:
+    """`score_prediction` pooled over several prompts (patterns [T, T], one prediction dict each): top-1
+    agreement over all their query rows (each prompt's mean counted once per row), Pearson r over all
+    their (i, j <= i) pairs."""
+    credits, real_all, pred_all = [], [], []
+    for pattern, pred in zip(patterns, preds):
+        prompt_credits, real_rows, pred_rows = _rows(pattern, pred)
+        if prompt_credits:
+            credits.extend([float(np.mean(prompt_credits))] * len(prompt_credits))
+        real_all.extend(real_rows)
+        pred_all.extend(pred_rows)
+    return _score(credits, real_all, pred_all)
+
+
+def verdict(scores: dict[Predictor, PredictionScore], margin: float = VERDICT_MARGIN) -> str:
     """One line comparing the self-explanation's top-1 agreement with the control (simulator with
-    no explanation), the detector label and the best trivial baseline (margin 0.05)."""
-    s = scores["self-explanation"]["top1"]
-    d = scores["detector label"]["top1"]
-    b = max(scores["baseline: BOS"]["top1"], scores["baseline: uniform"]["top1"])
-    c = scores.get(CONTROL, {}).get("top1")
+    no explanation), the detector label and the best trivial baseline (by at least `margin`)."""
+    s = scores["self-explanation"].top1
+    d = scores["detector label"].top1
+    b = max(scores["baseline: BOS"].top1, scores["baseline: uniform"].top1)
+    c = scores[CONTROL].top1 if CONTROL in scores else None
     if c is not None and s <= c + margin:
         extra = "; the detector label predicts better" if d > s + margin else ""
         return f"explanation adds nothing over the simulator's prior (no-explanation control){extra}"
@@ -319,48 +379,42 @@ def verdict(scores: dict[str, dict[str, float]], margin: float = VERDICT_MARGIN)
 # Held-out prompts and the whole pipeline
 
 
-def heldout_prompts(tokenizer: Any, n_random: int = 1, random_len: int = 10, seed: int = 100) -> list[PromptSpec]:
-    """Held-out prompts (not in the built-in detector set): two texts and random tokens x2 (seed 100+)."""
-    data = json.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
-    specs = [PromptSpec(p["name"], p["kind"], text=p["text"]) for p in data["heldout"]]
-    for r in range(n_random):
-        specs.append(
-            PromptSpec(
-                f"held-out random x2 #{r}",
-                "repeated-random",
-                token_ids=random_token_ids(tokenizer, random_len, seed + r),
-            )
-        )
-    return specs
+def heldout_prompts(
+    tokenizer: Any, n_random: int = HELDOUT_RANDOM, random_len: int = HELDOUT_RANDOM_LEN, seed: int = HELDOUT_SEED
+) -> list[PromptSpec]:
+    """Held-out prompts (not in the built-in detector set): the held-out texts and random tokens x2."""
+    return prompt_set(tokenizer, "heldout", n_random, random_len, seed, "held-out random x2")
 
 
-def run_heldout(lm: Any, specs: list[PromptSpec], max_tokens: int = 24) -> list[AttentionResult]:
+def run_heldout(
+    lm: LoadedModel, specs: list[PromptSpec], max_tokens: int = HELDOUT_MAX_TOKENS
+) -> list[AttentionResult]:
     """Forward pass of each held-out prompt once (shared by every head scored)."""
-    return [
-        run_attention(lm, s.text, max_tokens=max_tokens, token_ids=list(s.token_ids) if s.token_ids else None)
-        for s in specs
-    ]
+    return run_prompts(lm, specs, max_tokens)
 
 
 @dataclasses.dataclass
 class HeadEvaluation:
+    """One head's explanation, its detector label, every predictor's score and the verdict."""
+
     layer: int
     head: int
     explanation: str
-    detector_label: str
-    scores: dict[str, dict[str, float]]  # predictor -> {top1, correlation, n_queries}
+    detector_label: HeadLabel
+    scores: dict[Predictor, PredictionScore]
     verdict: str
 
     def rows(self) -> list[dict]:
+        """One table row per predictor."""
         return [
             {
                 "layer.head": f"{self.layer}.{self.head}",
                 "layer": self.layer,
                 "head": self.head,
                 "predictor": name,
-                "top1_agreement": s["top1"],
-                "correlation": s["correlation"],
-                "n_queries": s["n_queries"],
+                "top1_agreement": s.top1,
+                "correlation": s.correlation,
+                "n_queries": s.n_queries,
                 "detector_label": self.detector_label,
                 "verdict": self.verdict,
                 "explanation": self.explanation,
@@ -368,15 +422,25 @@ class HeadEvaluation:
             for name, s in self.scores.items()
         ]
 
+    def to_json(self) -> dict:
+        """head, explanation, detector_label, scores {predictor: {top1, correlation, n_queries}}, verdict."""
+        return {
+            "head": f"{self.layer}.{self.head}",
+            "explanation": self.explanation,
+            "detector_label": self.detector_label,
+            "scores": {name: dataclasses.asdict(s) for name, s in self.scores.items()},
+            "verdict": self.verdict,
+        }
+
 
 def evaluate_explanation(
-    lm: Any,
+    lm: LoadedModel,
     layer: int,
     head: int,
     explanation: str,
-    detector_label: str,
+    detector_label: HeadLabel,
     heldout: list[AttentionResult],
-    max_queries: int = 8,
+    max_queries: int = SCORE_QUERIES,
     simulate_template: str = SIMULATE_TEMPLATE,
     control: bool = True,
 ) -> HeadEvaluation:
@@ -386,11 +450,11 @@ def evaluate_explanation(
     An explanation only carries information when it beats that control.
     """
     names = PREDICTORS + ((CONTROL,) if control else ())
-    pooled: dict[str, tuple[list, list]] = {p: ([], []) for p in names}
+    pooled: dict[Predictor, tuple[list, list]] = {p: ([], []) for p in names}
     for res in heldout:
         queries = query_positions(len(res.token_ids), max_queries)
         pattern = res.head(layer, head)
-        predictions = {
+        predictions: dict[Predictor, dict[int, np.ndarray]] = {
             "self-explanation": simulate_with_lm(lm, explanation, res, queries, simulate_template),
             "detector label": rule_prediction(detector_label, res.token_ids, queries),
             "baseline: BOS": rule_prediction("bos_sink", res.token_ids, queries),
@@ -401,37 +465,20 @@ def evaluate_explanation(
         for name, preds in predictions.items():
             pooled[name][0].append(pattern)
             pooled[name][1].append(preds)
-    scores = {name: _pooled_score(patterns, preds) for name, (patterns, preds) in pooled.items()}
+    scores = {name: pooled_score(patterns, preds) for name, (patterns, preds) in pooled.items()}
     return HeadEvaluation(layer, head, explanation, detector_label, scores, verdict(scores))
 
 
-def _pooled_score(patterns: list[np.ndarray], preds: list[dict[int, np.ndarray]]) -> dict[str, float]:
-    """score_prediction pooled over several prompts: top-1 over all query rows, r over all pairs."""
-    from scipy.stats import pearsonr
-
-    agree, real_all, pred_all = [], [], []
-    for pattern, pred in zip(patterns, preds):
-        s = score_prediction(pattern, pred)
-        agree.extend([s["top1"]] * s["n_queries"])
-        real_all.extend(pattern[i, : i + 1] for i in pred)
-        pred_all.extend(pred.values())
-    if not agree:
-        return {"top1": float("nan"), "correlation": float("nan"), "n_queries": 0}
-    real_v, pred_v = np.concatenate(real_all), np.concatenate(pred_all)
-    corr = float("nan") if np.ptp(real_v) == 0 or np.ptp(pred_v) == 0 else float(pearsonr(pred_v, real_v)[0])
-    return {"top1": float(np.mean(agree)), "correlation": corr, "n_queries": len(agree)}
-
-
 def explain_and_score(
-    lm: Any,
+    lm: LoadedModel,
     result: AttentionResult,
     heads: list[tuple[int, int]],
-    detector_labels: dict[tuple[int, int], str],
+    detector_labels: dict[tuple[int, int], HeadLabel],
     heldout: list[AttentionResult] | None = None,
     template: str | None = None,
-    mode: str = "text",
-    max_queries: int = 8,
-    max_new_tokens: int = 40,
+    mode: ExplainMode = "text",
+    max_queries: int = SCORE_QUERIES,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     control: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
     explanations: dict[tuple[int, int], str] | None = None,
@@ -462,3 +509,12 @@ def explain_and_score(
 def evaluations_table(evaluations: list[HeadEvaluation]) -> pd.DataFrame:
     """All predictors' scores for all heads, one row per (head, predictor)."""
     return pd.DataFrame([r for e in evaluations for r in e.rows()])
+
+
+def top1_summary(evaluations: list[HeadEvaluation]) -> pd.DataFrame:
+    """Top-1 agreement per head (rows: layer.head, detector label, verdict) and predictor (columns)."""
+    return (
+        evaluations_table(evaluations)
+        .pivot_table(index=["layer.head", "detector_label", "verdict"], columns="predictor", values="top1_agreement")
+        .reset_index()
+    )

@@ -5,26 +5,28 @@ descriptions.json) and per-head detector scores with best labels (head_scores.cs
 heads: the head-function table across prompts (head_functions.csv long, head_labels.csv wide).
 Both: `--explain LAYER.HEAD ...` asks the model to explain those heads and scores the explanations
 on held-out prompts (explanations.csv, explanations.json). Same engine functions as the page.
+
+Defaults and help texts come from the option dataclasses of engine.attention.config (no torch
+import: `--help` is instant).
 """
 
 from __future__ import annotations
 
 import sys
 
+from engine.attention.config import HIGHLIGHTED, MapOptions, PromptSetOptions, ScoringOptions
+from engine.core.embedded import EMBEDDED_LM
+from engine.core.options import add_options, from_args
+
 
 def _common(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--model", default=None, help="model name, HF id or folder (default: embedded gemma-3-270m)")
-    parser.add_argument(
-        "--max-tokens", type=int, default=64, help="token limit per prompt; longer prompts are truncated (default 64)"
-    )
+    parser.add_argument("--model", default=None, help=f"model name, HF id or folder (default: embedded {EMBEDDED_LM})")
+    add_options(parser, MapOptions)
     parser.add_argument(
         "--explain", nargs="*", default=[], metavar="LAYER.HEAD", help="heads to explain and score, e.g. 5.1 2.3"
     )
-    parser.add_argument(
-        "--explain-queries", type=int, default=8, help="query tokens scored per held-out prompt (default 8)"
-    )
-    parser.add_argument("--no-control", action="store_true", help="skip the no-explanation simulator control")
+    add_options(parser, ScoringOptions)
 
 
 def register(subparsers) -> None:
@@ -34,12 +36,7 @@ def register(subparsers) -> None:
     att.set_defaults(func=run)
     heads = subparsers.add_parser("heads", help="head functions (previous-token, induction, ...) across prompts")
     heads.add_argument("--prompts", default=None, help="file: one prompt per line, or a .json list of strings")
-    heads.add_argument(
-        "--no-builtin", action="store_true", help="leave out the built-in texts (sentences, code, lists)"
-    )
-    heads.add_argument(
-        "--random", type=int, default=2, metavar="N", help="random-token sequences repeated twice (default 2)"
-    )
+    add_options(heads, PromptSetOptions)
     heads.add_argument(
         "--prompt", default=None, help="prompt whose description the model explains (default: the first prompt)"
     )
@@ -51,48 +48,30 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _explain(lm, result, table, heads_spec: list[str], out, queries: int, control: bool) -> None:
+def _explain(lm, result, table, heads: list[tuple[int, int]], out, scoring: ScoringOptions) -> None:
     import json
 
     from engine.attention import head_functions as hf
     from engine.attention import self_explain as se
-    from engine.attention.maps import parse_head
 
-    heads = [parse_head(s, result.n_layers, result.n_heads) for s in heads_spec]
-    labels = hf.best_labels(table)
-    detector = {(layer, head): labels[layer][head][0] for layer, head in heads}
+    labels = hf.detector_labels(table)
     _log(f"Explaining and scoring {len(heads)} head(s) on held-out prompts...")
     evaluations = se.explain_and_score(
         lm,
         result,
         heads,
-        detector,
-        max_queries=queries,
-        control=control,
+        {head: labels[head] for head in heads},
+        max_queries=scoring.max_queries,
+        control=scoring.control,
         progress=lambda k, n, what: _log(f"  [{k}/{n}] {what}"),
     )
     se.evaluations_table(evaluations).to_csv(out / "explanations.csv", index=False)
-    (out / "explanations.json").write_text(
-        json.dumps(
-            [
-                {
-                    "head": f"{e.layer}.{e.head}",
-                    "explanation": e.explanation,
-                    "detector_label": e.detector_label,
-                    "scores": e.scores,
-                    "verdict": e.verdict,
-                }
-                for e in evaluations
-            ],
-            indent=2,
-            ensure_ascii=False,
-        )
-    )
+    (out / "explanations.json").write_text(json.dumps([e.to_json() for e in evaluations], indent=2, ensure_ascii=False))
     for e in evaluations:
         print(
-            f"{e.layer}.{e.head}: {e.verdict} | self top-1 {e.scores['self-explanation']['top1']:.2f}, "
-            f"detector ({e.detector_label}) {e.scores['detector label']['top1']:.2f}, "
-            f"BOS {e.scores['baseline: BOS']['top1']:.2f} | {e.explanation}"
+            f"{e.layer}.{e.head}: {e.verdict} | self top-1 {e.scores['self-explanation'].top1:.2f}, "
+            f"detector ({e.detector_label}) {e.scores['detector label'].top1:.2f}, "
+            f"BOS {e.scores['baseline: BOS'].top1:.2f} | {e.explanation}"
         )
 
 
@@ -104,18 +83,20 @@ def run(args) -> int:
 
     from engine.attention import head_functions as hf
     from engine.attention.maps import all_descriptions, parse_head, run_attention
-    from engine.core.embedded import EMBEDDED_LM
     from engine.core.errors import LabError
     from engine.core.loading import load_model
 
     if args.command == "attention" and not args.prompt.strip():
         raise LabError("Empty prompt: give --prompt some text.")
-    heads_spec = [parse_head(spec) for spec in args.explain]  # bad specs fail before the model loads
+    max_tokens = from_args(MapOptions, args).max_tokens
+    scoring = from_args(ScoringOptions, args)
+    for spec in args.explain:  # bad specs fail before the model loads
+        parse_head(spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model or EMBEDDED_LM)
     if args.command == "attention":
-        result = run_attention(lm, args.prompt, max_tokens=args.max_tokens)
+        result = run_attention(lm, args.prompt, max_tokens=max_tokens)
         if result.note:
             _log(result.note)
         np.savez_compressed(
@@ -141,24 +122,25 @@ def run(args) -> int:
         table.wide().to_csv(out / "head_scores.csv", index=False)
         print(f"{len(result.token_ids)} tokens, {result.n_layers} layers x {result.n_heads} heads -> {out}")
     else:
-        prompts = hf.builtin_prompts(lm.tokenizer, n_random=max(0, args.random), texts=not args.no_builtin)
+        prompt_set = from_args(PromptSetOptions, args)
+        prompts = hf.builtin_prompts(lm.tokenizer, n_random=max(0, prompt_set.random), texts=prompt_set.builtin)
         if args.prompts:
             prompts += hf.read_prompts_file(args.prompts)
         if not prompts:
             raise LabError("No prompts: give --prompts FILE, --random N, or drop --no-builtin.")
         table = hf.run_prompt_set(
-            lm, prompts, max_tokens=args.max_tokens, progress=lambda k, n, what: _log(f"[{k}/{n}] {what}")
+            lm, prompts, max_tokens=max_tokens, progress=lambda k, n, what: _log(f"[{k}/{n}] {what}")
         )
         table.table().to_csv(out / "head_functions.csv", index=False)
         wide = table.wide()
         wide.to_csv(out / "head_labels.csv", index=False)
-        for fn in ("induction", "previous_token"):
-            top = ", ".join(f"{layer}.{head} ({score:.2f})" for layer, head, score in table.ranking(fn, 3))
-            print(f"top {fn} heads: {top}")
+        for fn in HIGHLIGHTED:
+            print(f"top {fn} heads: {table.top_heads(fn)}")
         print(f"{len(prompts)} prompts, {len(wide)} heads -> {out}")
         if args.explain:
             first = args.prompt or next((p.text for p in prompts if p.text), None)
-            result = run_attention(lm, first, max_tokens=args.max_tokens)
-    if heads_spec:
-        _explain(lm, result, table, args.explain, out, args.explain_queries, not args.no_control)
+            result = run_attention(lm, first, max_tokens=max_tokens)
+    if args.explain:
+        heads = [parse_head(spec, result.n_layers, result.n_heads) for spec in args.explain]
+        _explain(lm, result, table, heads, out, scoring)
     return 0

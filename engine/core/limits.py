@@ -48,8 +48,10 @@ class ServerLimits:
         """LabError when `value` exceeds the limit `name`, naming the limit and where it is set."""
         limit = getattr(self, name)
         if value > limit:
-            raise LabError(f"{what or help_of(ServerLimits, name).capitalize()}: {value:,} is over this server's "
-                           f"limit of {limit:,} ({name} in {limits_file().name}).")
+            raise LabError(
+                f"{what or help_of(ServerLimits, name).capitalize()}: {value:,} is over this server's "
+                f"limit of {limit:,} ({name} in {limits_file().name})."
+            )
 
 
 def limits_file() -> Path:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.device import (
-    available_memory_bytes,
     cuda_available,
     default_device,
     dtype_for,
@@ -16,24 +15,28 @@ from engine.core.device import (
 )
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.errors import LabError
+from engine.core.memory import ensure_fits, model_load_bytes
 from engine.core.model import QUANTIZATIONS, LoadedModel, Quantization
 from engine.core.registry import allow_download, is_vision_language, read_config, resolve_source
 
 
-def _check_fits_in_memory(source: str, device: str, quantization: str) -> None:
-    """Refuse up front a CPU load whose weight files exceed the free RAM (clear message, no OOM kill)."""
+def _local_folder(source: str) -> Path | None:
+    """The folder a source loads from: itself, or its Hugging Face cache snapshot (None when unknown)."""
     path = Path(source)
-    if device != "cpu" or not path.is_dir():
+    if path.is_dir():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(source, "config.json")
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def _check_fits_in_memory(name: str, source: str, device: str, quantization: str) -> None:
+    """Refuse up front a load whose weights, in the dtype they get on `device`, exceed the free memory."""
+    folder = _local_folder(source)
+    if folder is None:
         return
-    weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) + sum(
-        p.stat().st_size for p in path.glob("*.bin")
-    )
-    available = available_memory_bytes()
-    if available and weights * 1.1 > available:
-        raise LabError(
-            f"Out of memory: '{path.name}' needs about {weights / 2**30:.1f} GiB but only "
-            f"{available / 2**30:.1f} GiB is free. Pick a smaller model or a GPU box with 4-bit loading."
-        )
+    ensure_fits(model_load_bytes(folder, device, quantization), device, f"loading '{name}' on {device}")
 
 
 def load_model(
@@ -77,7 +80,7 @@ def load_model(
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": device}
-    _check_fits_in_memory(source, device, quantization)
+    _check_fits_in_memory(name, source, device, quantization)
     processor = None
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,7 +101,12 @@ def load_model(
                 )
                 model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
                 tokenizer = pending.result()
+        if quantization == "none":
+            model.to(device)  # inside the handler: a CUDA out-of-memory here is caught too
     except (torch.OutOfMemoryError, MemoryError) as err:
+        model = None
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
         raise LabError(
             f"Out of memory while loading '{name}' on {device}: pick a smaller model"
             + (" or 4-bit loading." if device.startswith("cuda") else " or a GPU box.")
@@ -106,8 +114,6 @@ def load_model(
     except (OSError, ValueError, KeyError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LabError(f"Cannot load '{name}': {first}") from err
-    if quantization == "none":
-        model.to(device)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

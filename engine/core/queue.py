@@ -30,6 +30,11 @@ def current_owner() -> str:
     return _owner.get()
 
 
+def set_current_owner(owner: str) -> None:
+    """This thread (a server script run) acts for `owner` until set again."""
+    _owner.set(owner or LOCAL)
+
+
 @contextlib.contextmanager
 def acting_as(owner: str) -> Iterator[None]:
     """Within the block, model use and jobs are attributed to `owner`."""

@@ -31,3 +31,9 @@ bench: install
 
 clean-cache:
 	rm -rf cache/models cache/gguf
+
+# The uncertainty study (issue 15): 1000 WebQuestions (seeded sample) + the bundled set, K = 10, embedded model;
+# resumable (rerun to continue), report in reports/uq. Extra flags: make study-uq ARGS="--model <id> --limit 12".
+.PHONY: study-uq
+study-uq: install
+	$(PY) -m engine uq-study --out reports/uq $(ARGS)

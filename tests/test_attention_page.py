@@ -26,7 +26,7 @@ def test_prompt_head_description_empty_and_truncated(embedded_lm):
     at.selectbox(key="attn_head").set_value(3)
     at.run()
     assert not at.exception and not at.error
-    text = at.code[0].value
+    text = at.main.get("code")[0].value
     lines = text.splitlines()
     assert lines[0].startswith("0 \u27e8bos\u27e9 -> ") and "Alice@1" in text and "Bob@3" in text
     assert "layer 2, head 3" in at.markdown[0].value or any("layer 2, head 3" in m.value for m in at.markdown)
@@ -37,13 +37,13 @@ def test_prompt_head_description_empty_and_truncated(embedded_lm):
     at.text_area(key="attn_prompt").set_value("   ").run()
     assert not at.exception
     assert any("Empty prompt" in w.value for w in at.warning)
-    assert len(at.code) == 0 and len(at.get("vega_lite_chart")) == 0
+    assert len(at.main.get("code")) == 0 and len(at.get("vega_lite_chart")) == 0
     # Longer than the limit: truncated with a visible note.
     at.number_input(key="attn_max_tokens").set_value(8)
     at.text_area(key="attn_prompt").set_value("one two three four five six seven eight nine ten eleven").run()
     assert not at.exception
     assert any("truncated to its first 8 of" in w.value for w in at.warning)
-    assert len(at.code[0].value.splitlines()) == 8
+    assert len(at.main.get("code")[0].value.splitlines()) == 8
 
 
 def _top(text: str) -> list[str]:

@@ -85,7 +85,7 @@ def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
     at.run()
     at.number_input(key="grok_p").set_value(23)
     at.number_input(key="grok_frac").set_value(0.3)  # does not grok soon: the run is still going when stopped
-    at.number_input(key="grok_steps").set_value(100_000)
+    at.number_input(key="grok_steps").set_value(50_000)
     at.run()
     at.button(key="grok_start").click().run()
     _wait(at, lambda a: any(b.key == "grok_stop" for b in a.button), 30)
@@ -98,7 +98,7 @@ def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
     from engine.grokking.runs import run_for
 
     step = int(warning.split("stopped at step ")[1].split(";")[0])
-    config = GrokConfig(p=23, train_frac=0.3, steps=100_000)
+    config = GrokConfig(p=23, train_frac=0.3, steps=50_000)
     cache = run_for(config)
     assert cache.checkpoint_steps()[-1] == step
     cache.load_model(step)  # the checkpoint of the stop is usable

@@ -22,13 +22,12 @@ from sklearn.metrics import roc_auc_score
 
 from engine.uq.decompositions import (
     discriminant_decomposition,
-    embedding_map_decomposition,
     lexical_map_decomposition,
     score_columns,
     subspace_probes,
 )
 from engine.uq.estimators import best_variance_split
-from engine.uq.subspace import subspace_spreads
+from engine.uq.subspace import embedding_map_decomposition, subspace_spreads
 
 D, M, W, E = 24, 2, 4, 6  # hidden size, meaning dims, wording dims, embedding size
 STYLE = ("qzx", "vwkj", "plmbr", "yth")

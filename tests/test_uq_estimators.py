@@ -190,7 +190,7 @@ def test_score_records_shape_layer_and_graceful_nans(embedder):
     assert list(result.scores.index) == ["q0", "q1", "q2", "q3"]
     assert result.info["layer"] == 5  # the middle stored layer
     assert result.kinds["semantic_entropy"] == "semantic" and result.kinds["eigenscore"] == "usual"
-    for name in ("sep", "semantic_subspace_spread", "surface_subspace_spread"):  # 4 questions: too few
+    for name in ("sep", "embedding_map_semantic_spread", "embedding_map_surface_spread"):  # 4 questions: too few
         assert result.scores[name].isna().all() and "at least" in result.info["notes"][name]
     assert result.scores["discrete_semantic_entropy"].tolist() == pytest.approx([0, math.log(2)] * 2)
     no_embedder = score_records(recs, None, estimators=["semantic_entropy", "mean_token_nll"])
@@ -199,9 +199,81 @@ def test_score_records_shape_layer_and_graceful_nans(embedder):
         and "embedder" in no_embedder.info["notes"]["semantic_entropy"]
     )
     single = score_records([record(f"s{i}", samples=["Paris"]) for i in range(12)], embedder)  # K = 1
-    assert single.scores[["eigenscore", "lexical_similarity", "semantic_subspace_spread"]].isna().all().all()
+    assert single.scores[["eigenscore", "lexical_similarity", "embedding_map_semantic_spread"]].isna().all().all()
     assert (single.scores["semantic_entropy"] == 0).all() and "single class" in single.info["notes"]["sep"]
     with pytest.raises(LabError, match="stored layers"):
         score_records(recs, embedder, layer=3)
     with pytest.raises(LabError, match="Unknown"):
         score_records(recs, embedder, estimators=["nope"])
+
+
+def test_every_estimator_has_a_kind_and_the_surface_spread_is_no_semantic_score():
+    from engine.uq.estimators import SCORE_KINDS, labelled_estimators
+
+    assert {e.kind for e in ESTIMATORS.values()} == set(SCORE_KINDS)
+    kinds = {name: e.kind for name, e in ESTIMATORS.items()}
+    for decomposition in ("embedding_map", "discriminant", "lexical_map"):
+        for part in ("semantic_spread", "surface_spread", "semantic_share"):
+            assert kinds[f"{decomposition}_{part}"] == "decomposition"
+        for probe in ("se_probe", "correctness_probe"):
+            for subspace in ("semantic", "surface"):
+                assert kinds[f"{probe}_{decomposition}_{subspace}"] == "decomposition"
+    assert kinds["se_probe_full_state"] == "semantic" and kinds["correctness_probe_full_state"] == "baseline"
+    for name in ("answer_length_tokens", "answer_length_chars", "kernel_language_entropy", "entropy_probe_combination"):
+        assert kinds[name] == "baseline"
+    assert "semantic_subspace_spread" not in ESTIMATORS  # one set of columns for decomposition (a)
+    assert set(labelled_estimators()) == {n for n in ESTIMATORS if n.startswith("correctness_probe_")} | {
+        "entropy_probe_combination"
+    }
+
+
+def study_records(n: int = 30, k: int = 4) -> list[QuestionRecord]:
+    """Questions whose samples are a few city names; hidden states random, so every method can be fitted."""
+    rng = np.random.default_rng(3)
+    cities = ["Paris", "paris", "the city of Paris", "London", "Rome", "Berlin"]
+    out = []
+    for i in range(n):
+        samples = [str(c) for c in rng.choice(cities[: 2 + i % 5], size=k)]
+        out.append(
+            record(
+                f"s{i}",
+                samples=samples,
+                sample_lps=[list(-rng.random(2)) for _ in samples],
+                answer_lps=list(-rng.random(1 + i % 4)),
+            )
+        )
+    return out
+
+
+def test_decompositions_probes_and_baselines_in_score_records(embedder):
+    from engine.uq.estimators import NEEDS_LABELS, labelled_estimators, scoring_stats
+
+    recs = study_records()
+    result = score_records(recs, embedder)
+    assert list(result.scores.columns) == list(ESTIMATORS)
+    labelled = labelled_estimators()
+    for name in labelled:  # no correctness labels: NaN with a note, never an error
+        assert result.scores[name].isna().all() and result.info["notes"][name] == NEEDS_LABELS
+    for name in ESTIMATORS:
+        if name not in labelled:
+            assert result.scores[name].notna().sum() >= 25, (name, result.info["notes"].get(name))
+    np.testing.assert_array_equal(result.scores["answer_length_tokens"], [len(r.answer_token_logprobs) for r in recs])
+    np.testing.assert_array_equal(result.scores["answer_length_chars"], [len(r.answer) for r in recs])
+    assert set(result.info["decompositions"]) == {"embedding_map", "discriminant", "lexical_map", "full_state"}
+    share = result.scores["discriminant_semantic_share"].dropna()
+    assert ((share >= 0) & (share <= 1 + 1e-9)).all()
+    # with labels (NaN = ungraded): the labelled columns, and the label-free statistics computed once
+    correct = np.array([i % 3 != 0 for i in range(len(recs))], dtype=float)
+    correct[4] = np.nan
+    stats = scoring_stats(recs, embedder)
+    first, second = stats.with_labels(correct), stats.with_labels(1 - np.nan_to_num(correct))
+    a = first.score(labelled)
+    assert first["decomp_discriminant"] is second["decomp_discriminant"] is stats["decomp_discriminant"]
+    for name in labelled:
+        assert a.scores[name].notna().all(), (name, a.info["notes"].get(name))  # the ungraded one is scored too
+    b = second.score(["correctness_probe_full_state"])
+    assert not np.allclose(a.scores["correctness_probe_full_state"], b.scores["correctness_probe_full_state"])
+    full = score_records(recs, embedder, correct=correct, estimators=["correctness_probe_full_state"])
+    np.testing.assert_allclose(full.scores.iloc[:, 0], a.scores["correctness_probe_full_state"])
+    with pytest.raises(LabError, match="labels"):
+        stats.with_labels([1.0, 0.0])

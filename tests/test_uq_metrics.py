@@ -133,3 +133,81 @@ def test_rejection_curves_and_summary():
     text = summary_markdown(c)
     assert "**A1** = 0.500" in text and "**A2** = 1.000" in text and "**A3** = 0.000" in text
     assert "| semantic_entropy | semantic |" in text
+
+
+def test_a1_interval_and_shared_draws():
+    rng = np.random.default_rng(4)
+    correct = rng.random(120) < 0.6
+    scores = pd.DataFrame({"mean_token_nll": rng.normal(size=120), "semantic_entropy": rng.normal(size=120) - correct})
+    draws: dict = {}
+    c = comparison(scores, correct, n_boot=200, seed=3, draws=draws)
+    lo, hi = c["A1_ci"]
+    assert lo < c["A1"] < hi and set(draws) == {"mean_token_nll", "semantic_entropy"}
+    # the drawn metrics are the ones method_metrics reports on its own
+    assert c["methods"]["semantic_entropy"] == {
+        "kind": "semantic",
+        **method_metrics(scores["semantic_entropy"], correct.astype(float), n_boot=200, seed=3),
+    }
+
+
+def evaluation_records(n: int = 24):
+    from engine.uq.records import QuestionRecord
+
+    rng = np.random.default_rng(5)
+    cities = ["Paris", "London", "Rome", "Berlin", "the city of Paris"]
+    records = []
+    for i in range(n):
+        samples = [str(c) for c in rng.choice(cities[: 2 + i % 4], size=4)]
+        records.append(
+            QuestionRecord(
+                f"q{i}",
+                f"question {i}?",
+                ["Paris"] if i % 3 else ["London town"],
+                samples[0] + (" town" if i % 5 == 0 else ""),
+                list(-rng.random(1 + i % 3)),
+                rng.normal(size=(3, 8)).astype(np.float32),
+                samples,
+                [list(-rng.random(2)) for _ in samples],
+                rng.normal(size=(4, 3, 8)).astype(np.float32),
+                [2, 5, 8],
+            )
+        )
+    return records
+
+
+def test_summary_has_paired_differences_verdict_and_a_table_per_judge(embedder, tmp_path):
+    from engine.uq.config import EvalOptions
+    from engine.uq.evaluation import evaluate_records
+    from engine.uq.export import write_outputs
+
+    evaluation = evaluate_records(evaluation_records(), embedder, EvalOptions(n_boot=100))
+    paths = write_outputs(evaluation, tmp_path)
+    summary = json.loads(paths[1].read_text())
+    assert summary["methods"]["mean_token_nll"]["diff_vs_usual"] is None  # the usual score itself
+    for name, m in summary["methods"].items():
+        if name != "mean_token_nll":
+            assert set(m["diff_vs_usual"]) == {"acc50", "auroc", "auarc"}, name
+            for d in m["diff_vs_usual"].values():
+                assert set(d) == {"estimate", "ci_low", "ci_high", "p", "p_holm"}
+    semantic = summary["methods"]["semantic_entropy"]
+    assert semantic["diff_vs_usual"]["acc50"]["estimate"] == pytest.approx(summary["A3"] - summary["A2"])
+    assert [t["judge"] for t in summary["judges"]] == ["auto", "contains", "f1", "embedding"]
+    assert summary["judges"][0]["A1"] == summary["A1"] and summary["judges"][0]["A3"] == summary["A3"]
+    assert summary["verdict"]["answer"] in ("useful", "not useful", f"inconclusive at n = {summary['n']}")
+    assert summary["length"]["sentence"]
+    text = paths[2].read_text()
+    assert summary["verdict"]["sentence"] in text.split("\n\n")[1]  # the answer leads
+    assert "## A1 / A2 / A3 under each judge" in text and "| contains | 24 |" in text and "| embedding | 24 |" in text
+    assert "Δ AUROC" in text
+    judges = evaluation.summary.judges_table()
+    assert list(judges["judge"]) == ["auto (chosen)", "contains", "f1", "embedding"]
+    assert {"ΔAUROC", "ΔAUROC CI", "ΔAUROC p (Holm)"} <= set(evaluation.summary.methods_table().columns)
+    # judge "f1" grades by the F1 threshold (not by F1 > 0), and ungraded answers never crash the probes
+    records = evaluation_records()
+    records[1].answer = "the city of Paris town"  # F1 0.4 against "Paris": wrong at the 0.5 threshold
+    records[2].references = []  # ungraded
+    f1 = evaluate_records(records, embedder, EvalOptions(judge="f1", n_boot=20)).results.set_index("id")
+    assert f1.loc["q1", "f1"] == pytest.approx(0.4) and f1.loc["q1", "judge"] is False
+    graded = f1.drop(index="q2")
+    assert (graded["judge"] == (graded["f1"] >= EvalOptions().f1_threshold)).all()
+    assert f1.loc["q2", "correct"] is None and f1["correctness_probe_full_state"].notna().all()

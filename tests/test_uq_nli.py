@@ -100,3 +100,57 @@ def test_lm_as_entailment_judge(tiny_gemma3):
     judge.calls = 0
     labels = semantic_clusters(["Paris", "London", "Rome"], entails=judge)
     assert labels.shape == (3,) and 1 <= judge.calls <= 3 * 2  # at most K(K-1) forward passes
+
+
+def test_entailment_judge_from_the_eval_options(tmp_path, tiny_gemma3):
+    from engine.uq.config import EvalOptions
+    from engine.uq.evaluation import entailment_judge
+
+    assert entailment_judge(EvalOptions()) is None  # MiniLM clusters: the offline default
+    with pytest.raises(LabError) as err:
+        entailment_judge(EvalOptions(nli_model="no-such-org/nli-missing"))
+    assert "no-such-org/nli-missing" in str(err.value) and "hf download" in str(err.value)
+    folder = str(build_tiny_nli(tmp_path / "nli", "bert"))
+    assert isinstance(entailment_judge(EvalOptions(nli_model=folder)), NLIJudge)
+    with pytest.raises(LabError, match="one entailment judge"):
+        entailment_judge(EvalOptions(nli_model=folder, lm_entailment=True))
+    with pytest.raises(LabError, match="language model"):
+        entailment_judge(EvalOptions(lm_entailment=True))
+    judge = entailment_judge(EvalOptions(lm_entailment=True), tiny_gemma3)
+    assert isinstance(judge, LMJudge) and judge.question == ""
+    assert judge.for_question("Capital of France?").question == "Capital of France?"
+
+
+def test_a_question_aware_judge_gets_each_question():
+    from engine.uq.estimators import score_records
+    from engine.uq.records import QuestionRecord
+
+    asked = []
+
+    class Judge:
+        def __init__(self, question: str = ""):
+            self.question = question
+
+        def for_question(self, question: str) -> Judge:
+            return Judge(question)
+
+        def __call__(self, a: str, b: str) -> bool:
+            asked.append(self.question)
+            return a.lower() == b.lower()
+
+    records = [
+        QuestionRecord(
+            q,
+            f"{q}?",
+            [],
+            "Paris",
+            [-1.0],
+            np.zeros((1, 4)),
+            ["Paris", "paris", "Rome"],
+            [[-1.0]] * 3,
+            np.zeros((3, 1, 4)),
+        )
+        for q in ("first", "second")
+    ]
+    result = score_records(records, None, entails=Judge(), estimators=["discrete_semantic_entropy"])
+    assert set(asked) == {"first?", "second?"} and result.clusters["first"] == [0, 0, 1]

@@ -53,6 +53,13 @@ def test_upload_run_and_table(tiny_gemma3_dir, embedder, tmp_path, monkeypatch):
     cli = evaluate_run(run, embedder, EvalOptions(seed=0)).summary
     assert (page.A1, page.A2, page.A3) == (cli.A1, cli.A2, cli.A3)
     assert page.methods["mean_token_nll"]["auroc_ci"] == cli.methods["mean_token_nll"]["auroc_ci"]
+    # the answer leads the table, A1/A2/A3 under each judge, every decomposition's formula in an expander
+    lead = [m.value for m in at.markdown if m.value.startswith("**Answer (auto judge):**")]
+    assert lead and page.verdict.sentence in lead[0] and page.length.sentence in lead[0]
+    judges = [d.value for d in at.dataframe if "A3 − A2" in d.value.columns]
+    assert judges and list(judges[0]["judge"]) == ["auto (chosen)", "contains", "f1", "embedding"]
+    formulas = " ".join(c.value for c in at.code)
+    assert "S_w" in formulas and "lexical_map" in formulas and "ridge map" in formulas
 
 
 def test_malformed_uploads_show_messages(tiny_gemma3_dir, tmp_path, monkeypatch):

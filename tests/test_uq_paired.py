@@ -13,6 +13,7 @@ from engine.uq.metrics import method_metrics, retained_mask
 from engine.uq.paired import (
     DIFF_METRICS,
     PairedDifference,
+    against_length,
     differences_vs_usual,
     holm,
     paired_differences,
@@ -103,7 +104,7 @@ def test_holm_runs_over_all_compared_scores_per_metric_and_skips_nan_scores():
 def test_score_kinds():
     assert score_kind("mean_token_nll") == "usual" and score_kind("eigenscore") == "usual"
     assert score_kind("semantic_entropy") == "semantic" and score_kind("sep") == "semantic"
-    assert score_kind("surface_subspace_spread") == "decomposition"  # not a semantic score
+    assert score_kind("embedding_map_surface_spread") == "decomposition"  # not a semantic score
     for name in (
         "discriminant_semantic_share",
         "lexical_map_surface_spread",
@@ -134,12 +135,12 @@ def test_verdict_rule():
     not_useful = verdict(
         {
             "discriminant_semantic_spread": diff(-0.03, -0.07, 0.01, 0.4),
-            "semantic_subspace_spread": diff(-0.01, -0.04, 0.019, 0.9),
+            "embedding_map_semantic_spread": diff(-0.01, -0.04, 0.019, 0.9),
             "semantic_entropy": diff(0.1, 0.05, 0.15, 0.001),  # a semantic score winning is not the question
         },
         1000,
     )
-    assert not_useful.answer == "not useful" and not_useful.best == "semantic_subspace_spread"
+    assert not_useful.answer == "not useful" and not_useful.best == "embedding_map_semantic_spread"
     assert "ruled out" in not_useful.sentence
 
     unsure = verdict({"discriminant_semantic_spread": diff(0.01, -0.01, 0.03, 0.2)}, 265)
@@ -170,3 +171,34 @@ def test_verdict_end_to_end_on_planted_scores():
     frame["discriminant_semantic_spread"] = rng.normal(size=N)
     result = verdict(differences_vs_usual(frame, correct, n_boot=500), N)
     assert result.answer == f"inconclusive at n = {N}"  # 300 questions cannot rule out a 2-point gain
+
+
+def test_verdict_with_one_class_of_answers_is_inconclusive():
+    flat = {"discriminant_semantic_spread": diff(0.0, 0.0, 0.0, 1.0)}  # every difference 0: nothing to rank
+    assert verdict(flat, 12).answer == "not useful"  # the bare rule
+    one_class = verdict(flat, 12, n_right=0)
+    assert one_class.answer == "inconclusive at n = 12" and "every graded answer is wrong" in one_class.sentence
+
+
+def test_against_length_says_when_no_semantic_method_beats_answer_length():
+    rng, correct, usual = data(5)
+    length = (1 - correct) + 1.0 * rng.normal(size=N)  # answer length that carries the signal
+    frame = pd.DataFrame(
+        {
+            "mean_token_nll": usual,
+            "answer_length_tokens": length,
+            "answer_length_chars": rng.normal(size=N),
+            "semantic_entropy": rng.normal(size=N),
+            "discriminant_semantic_spread": length + 0.3 * rng.normal(size=N),
+        }
+    )
+    check = against_length(frame, correct, n_boot=400)
+    assert not check.beaten and check.length_score == "answer_length_tokens"
+    assert check.sentence.startswith("No semantic method beats answer length") and check.best in frame.columns
+    frame["semantic_entropy"] = (1 - correct) + 0.2 * rng.normal(size=N)  # now far better than length
+    check = against_length(frame, correct, n_boot=400)
+    assert check.beaten and check.best == "semantic_entropy" and check.difference.ci_low > 0
+    assert "beat answer length" in check.sentence
+    assert against_length(frame.drop(columns=["answer_length_tokens", "answer_length_chars"]), correct).sentence == (
+        "No length check: answer length was not computed."
+    )

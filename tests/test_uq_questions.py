@@ -1,5 +1,7 @@
 """Question-set loading: formats, encodings and every kind of bad input give a result or a LabError."""
 
+import random
+
 import pytest
 
 from engine.core.errors import LabError
@@ -90,3 +92,22 @@ def test_default_set_is_large_with_references():
     assert len(qs) >= 200
     assert qs.frame["references"].map(len).min() >= 1
     assert qs.frame["id"].is_unique
+
+
+def test_ids_are_unique_by_construction():
+    """Repeated ids get the smallest free #n suffix; ids that occur once never change (a, a, a#1 -> a#2, a#3, a#1)."""
+    assert qm.unique_ids(["a", "a", "a#1"]) == (["a#2", "a#3", "a#1"], [0, 1])
+    assert qm.unique_ids(["a", "a", "a#1", "a#1"])[0] == ["a#1", "a#2", "a#1#1", "a#1#2"]
+    rng = random.Random(3)
+    for _ in range(200):
+        ids = [rng.choice(["a", "a#1", "a#2", "b", "b#1#1", "b#1", ""]) for _ in range(rng.randint(1, 12))]
+        out, changed = qm.unique_ids(ids)
+        assert len(set(out)) == len(out)
+        assert all(out[i] == ids[i] for i in range(len(ids)) if i not in changed)
+        assert all(ids.count(ids[i]) > 1 for i in changed)
+
+
+def test_marks_of_duplicate_ids_are_not_shared():
+    """Two rows with the same id become two questions with their own ids (marks are keyed by id)."""
+    qs = qm.load_questions(b"id,question,answer\nx,A?,a\nx,B?,b\n", "x.csv")
+    assert list(qs.frame["id"]) == ["x#1", "x#2"]

@@ -4,7 +4,9 @@ detectors (Bills et al. 2023).
 
 The forward pass is cached per process (model, prompt, token limit), so picking another head reuses
 it; the head-function table, explanations and scores are kept per session for exactly the inputs
-they were computed from (`ui.state`).
+they were computed from (`ui.state`). On the shared server (ui.access) a prompt's tokens and a
+head-function request's prompts are checked against the server's limits and the memory their maps
+need before they run, and a computation that waits for the model says the person's place in its queue.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from engine.attention.png import heatmap_png
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.core.options import default_of, help_of
+from ui import access
 from ui.attention_charts import (
     COLOUR_SCALES,
     MODEL_VIEW_BINS,
@@ -187,11 +190,10 @@ def render() -> None:
             st.number_input(
                 "Token limit",
                 min_value=4,
-                max_value=256,
                 value=default_of(MapOptions, "max_tokens"),
                 step=8,
                 key="attn_max_tokens",
-                help=_help(MapOptions, "max_tokens"),
+                help=_help(MapOptions, "max_tokens") + access.limit_note("attention_tokens", "tokens per prompt"),
             )
         )
     if not prompt.strip():
@@ -202,7 +204,12 @@ def render() -> None:
         return
     key = model_key(lm)
     try:
-        with st.spinner("Forward pass..."):
+        tokens = min(len(maps.tokenize_prompt(lm, prompt)), max_tokens)
+        access.limits().check(
+            "attention_tokens", tokens, "Tokens of this attention prompt (lower the Token limit to cut it)"
+        )
+        access.ensure_memory(lm, access.attention_forward_bytes(lm, tokens), f"the attention maps of {tokens} tokens")
+        with access.queue_notice(lm), st.spinner("Forward pass..."):
             result = _forward(lm, key, prompt, max_tokens)
     except LabError as err:
         st.error(str(err), icon=":material/error:")
@@ -335,14 +342,30 @@ def _head_functions(view: View) -> None:
         user_text = st.text_area("Your prompts (one per line)", value="", key="attn_hf_user", height=80)
     specs = hf.builtin_prompts(view.lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)
     inputs = (view.key, tuple(specs), view.max_tokens)
-    if st.button(f"Score all heads on {len(specs)} prompts", key="attn_hf_run", disabled=not specs):
-        bar = st.progress(0.0, text="starting")
-        compute(
-            HF_SLOT,
-            inputs,
-            "Scoring every head...",
-            lambda: hf.run_prompt_set(view.lm, specs, max_tokens=view.max_tokens, progress=_progress(bar)),
-        )
+    lengths = _spec_lengths(view, specs)
+    try:
+        access.check_prompt_count(len(specs))
+        access.check_prompt_tokens(lengths, [f"prompt {spec.name!r}" for spec in specs])
+    except LabError as err:
+        st.error(str(err), icon=":material/block:")
+        over = True
+    else:
+        over = False
+    if st.button(f"Score all heads on {len(specs)} prompts", key="attn_hf_run", disabled=not specs or over):
+        try:
+            need = access.head_functions_bytes(view.lm, lengths)
+            access.ensure_memory(view.lm, need, f"the maps of {len(specs)} prompts (all kept)")
+        except LabError as err:
+            st.error(str(err), icon=":material/error:")
+        else:
+            bar = st.progress(0.0, text="starting")
+            with access.queue_notice(view.lm):
+                compute(
+                    HF_SLOT,
+                    inputs,
+                    "Scoring every head...",
+                    lambda: hf.run_prompt_set(view.lm, specs, max_tokens=view.max_tokens, progress=_progress(bar)),
+                )
     if not specs:
         st.warning("No prompts: tick the built-in texts, add random sequences or type at least one prompt.")
     table = recall(HF_SLOT, inputs)
@@ -360,6 +383,12 @@ def _head_functions(view: View) -> None:
             st.caption(f"Top {hf.FUNCTION_TITLES[f]} heads: {table.top_heads(f)}")
     elif latest(HF_SLOT) is not None:
         st.info("Inputs changed since the last run: press the button to score the heads again.")
+
+
+def _spec_lengths(view: View, specs: list[hf.PromptSpec]) -> list[int]:
+    """Tokens of each head-function prompt as it runs (cut at the page's token limit)."""
+    lengths = [len(s.token_ids) if s.token_ids else access.token_count(view.lm, s.text or "") for s in specs]
+    return [min(n, view.max_tokens) for n in lengths]
 
 
 def _ask(view: View) -> tuple[str, ExplainMode]:
@@ -395,13 +424,14 @@ def _ask(view: View) -> tuple[str, ExplainMode]:
         )
     inputs = AskInputs(view.result_key, layer, head, template, mode)
     if st.button("Ask the model", key="attn_explain"):
-        compute(
-            EXPLAIN_SLOT,
-            inputs,
-            "Generating...",
-            lambda: se.explain_head(lm, result, layer, head, template, mode),
-            keep=EXPLANATIONS_KEPT,
-        )
+        with access.queue_notice(lm):
+            compute(
+                EXPLAIN_SLOT,
+                inputs,
+                "Generating...",
+                lambda: se.explain_head(lm, result, layer, head, template, mode),
+                keep=EXPLANATIONS_KEPT,
+            )
     explanation = recall(EXPLAIN_SLOT, inputs)
     if explanation is not None:
         st.success(explanation.text, icon=":material/psychology:")
@@ -513,7 +543,8 @@ def _score(view: View, template: str, mode: ExplainMode) -> None:
 
     if st.button("Explain, simulate and score", key="attn_score_run", disabled=not heads):
         bar = st.progress(0.0, text="held-out forward passes")
-        compute(SCORE_SLOT, inputs, "Explaining, simulating and scoring...", lambda: explain_and_score(bar))
+        with access.queue_notice(lm):
+            compute(SCORE_SLOT, inputs, "Explaining, simulating and scoring...", lambda: explain_and_score(bar))
     scored = recall(SCORE_SLOT, inputs)
     if scored is not None:
         st.caption(f"Detector labels from: {scored.label_source}.")

@@ -4,6 +4,11 @@ Training and sweeps run as jobs of engine.core.jobs.RUNNER (one per run or sweep
 session that asks for the same one; a training job holds its run's claim), which write the run
 folders; the page polls them with `st.fragment(run_every=...)`, so several users can train at once,
 a reload loses nothing, and a run trained by another process (the CLI) is followed too.
+
+On the shared server (ui.access): a person owns the runs they start; they see their own runs, shared
+runs and runs made outside the server, and only the owner stops, deletes, resumes or shares a run.
+`?run=<id>` opens a run (a private run of someone else opens a notice and nothing of it). Steps and
+sweep size are checked against the server's limits; starting checks the person's long jobs and disk quota.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from engine.grokking.config import (
     validate,
 )
 from engine.grokking.measures import MeasureSettings
+from ui import access
 from ui.state import forget, latest, recall, remember
 
 POLL_SECONDS = 1.0
+TOPIC = runs.CACHE_TOPIC  # the runs' topic in the lab database
 DEFAULTS = GrokConfig()
 EVALS_PER_CHECKPOINT = DEFAULTS.checkpoint_every // DEFAULTS.eval_every  # the form keeps the defaults' ratio
 VIEW_SLOT = "grok_view"  # the run shown: the last one started or reopened
@@ -108,7 +115,7 @@ def _config_form() -> GrokConfig | None:
         100,
         key="grok_steps",
         help=f"The run ends {d.stop_after_grok} steps after test accuracy first reaches {GROK_ACCURACY:.0%}, "
-        "or at this step.",
+        "or at this step." + access.limit_note("grok_steps", "steps"),
     )
     eval_every = c4.number_input(
         "Evaluate every (steps)",
@@ -139,6 +146,8 @@ def _config_form() -> GrokConfig | None:
         validate(config)
     except LabError as err:
         st.error(str(err), icon=":material/error:")
+        return None
+    if access.refuse_over("grok_steps", config.steps, "Max steps"):
         return None
     return config
 
@@ -232,12 +241,24 @@ def _progress_reporter(job: Job, config: GrokConfig) -> Callable[[dict[str, Any]
     return on_eval
 
 
-def _start_training(config: GrokConfig) -> None:
-    """Start (or resume) the run's training job unless it is finished and summarised; a run written by
-    another process is refused with its reason."""
-    run = runs.open_run(config)
-    if run.is_finished() and run.summary():
-        return
+def _start_training(config: GrokConfig) -> bool:
+    """Start (or resume) the run's training job unless it is finished and summarised; whether the run can
+    be shown. Refused with its reason: someone else's run (read-only: shown; private: not), the person's
+    jobs or disk quota over the server's limits, a run written by another process (shown, followed)."""
+    run = runs.run_for(config)
+    fresh = not run.exists()
+    try:
+        if not fresh and run.is_finished() and run.summary():
+            if not access.can_read(TOPIC, run.run_id):
+                access.claim_started_run(TOPIC, run.run_id, fresh=False)  # raises: someone else's, private
+            return True  # reopened: nothing to write
+        access.check_quota()
+        access.check_jobs()
+        access.claim_started_run(TOPIC, run.run_id, fresh, label=config.describe())
+        run = runs.open_run(config)
+    except LabError as err:
+        st.error(str(err), icon=":material/error:")
+        return not fresh and access.can_read(TOPIC, run.run_id)
 
     def work(job: Job) -> runs.RunSummary:
         return ga.run_experiment(
@@ -248,15 +269,22 @@ def _start_training(config: GrokConfig) -> None:
             claim=False,
         )
 
+    key = _job_key(config)
     try:
-        RUNNER.start(
-            _job_key(config), work, label=config.describe(), run=run, total=config.steps, done=run.status()["step"]
+        access.start_job(
+            key,
+            lambda: RUNNER.start(
+                key, work, label=config.describe(), run=run, total=config.steps, done=run.status()["step"]
+            ),
+            label=f"grokking run {run.run_id}",
+            writes=lambda: [(TOPIC, run)],
         )
     except LabError as err:
         st.error(str(err), icon=":material/error:")
+    return True
 
 
-def _run_panel(config: GrokConfig) -> None:
+def _run_panel(config: GrokConfig, writable: bool) -> None:
     run = runs.run_for(config)
     job = RUNNER.running(_job_key(config))
     status = run.status()
@@ -267,7 +295,7 @@ def _run_panel(config: GrokConfig) -> None:
             min(1.0, job.done / config.steps),
             text=f"Training: step {job.done} of at most {config.steps}" + (f", ≤ {eta:.0f} s left" if eta else ""),
         )
-        if st.button("Stop", key="grok_stop", icon=":material/stop_circle:"):
+        if writable and st.button("Stop", key="grok_stop", icon=":material/stop_circle:"):
             job.stop()
             st.toast("Stopping at the next step; the last checkpoint is kept.")
     elif run.is_claimed():
@@ -277,7 +305,8 @@ def _run_panel(config: GrokConfig) -> None:
         if ended is not None and ended.error:
             st.error(ended.error, icon=":material/error:")
     if status.get("state") == "stopped":
-        st.warning(f"Run {status['message']}. Press Start to resume.", icon=":material/pause_circle:")
+        resume = "Press Start to resume." if writable else "Only its owner can resume it."
+        st.warning(f"Run {status['message']}. {resume}", icon=":material/pause_circle:")
     elif status.get("state") == "failed" and job is None:
         st.error(
             f"Run failed: {status.get('message')}. Its checkpoints are kept; press Start to resume.",
@@ -353,6 +382,8 @@ def _sweep_section(base: GrokConfig) -> None:
         st.error(str(err), icon=":material/error:")
         return
     configs = ga.sweep_configs(base, seeds, wds)
+    if access.refuse_over("sweep_runs", len(configs), "Runs in this sweep"):
+        return
     sweep_key = "grokking-sweep:" + run_id_for({"runs": [c.key() for c in configs]})
     if st.button(
         f"Run sweep ({len(configs)} runs, cached ones reopen instantly)",
@@ -379,7 +410,23 @@ def _sweep_section(base: GrokConfig) -> None:
             )
             return summaries
 
-        RUNNER.start(sweep_key, work, label=f"grokking sweep of {len(configs)} runs", total=len(configs))
+        label = f"grokking sweep of {len(configs)} runs"
+        try:
+            if RUNNER.running(sweep_key) is None:
+                _claim_sweep(configs)
+            elif not access.is_my_job(sweep_key):
+                raise LabError(
+                    "Someone else runs exactly this sweep right now: wait until it ends, or change the seeds."
+                )
+            access.start_job(
+                sweep_key,
+                lambda: RUNNER.start(sweep_key, work, label=label, total=len(configs)),
+                label=label,
+                writes=lambda: [(TOPIC, runs.run_for(c)) for c in configs],
+            )
+        except LabError as err:
+            st.error(str(err), icon=":material/error:")
+            return
         remember(SWEEP_SLOT, sweep_key, sweep_key)
     if recall(SWEEP_SLOT, sweep_key) is None:
         return
@@ -427,18 +474,34 @@ def _sweep_section(base: GrokConfig) -> None:
     sweep_panel()
 
 
+def _claim_sweep(configs: list[GrokConfig]) -> None:
+    """Before a sweep starts: the person's disk quota and jobs, then every run of it made theirs (a new one is
+    created at once, so nobody else can take it while the sweep goes); someone else's finished run is only
+    read, an unfinished one refuses the sweep."""
+    access.check_quota()
+    access.check_jobs()
+    for config in configs:
+        run = runs.run_for(config)
+        fresh = not run.exists()
+        if not fresh and run.is_finished() and run.summary() and access.can_read(TOPIC, run.run_id):
+            continue
+        access.claim_started_run(TOPIC, run.run_id, fresh, label=config.describe())
+        runs.open_run(config)
+
+
 def _show(config: GrokConfig) -> None:
     remember(VIEW_SLOT, config.key(), config)
 
 
 def _reopen_picker() -> None:
-    saved = {run.run_id: run for run in runs.list_runs()}
+    saved = {run.run_id: run for run in access.readable(TOPIC, runs.list_runs())}
     if saved:
         labels = {}
         for run_id, run in saved.items():
             status = run.status()
             labels[run_id] = (
-                f"{run.grok_config.describe()} — {status.get('state', '?')} at step {status.get('step', 0)}"
+                f"{run.grok_config.describe()} — {status.get('state', '?')} at step {status.get('step', 0)} "
+                f"· {access.owner_label(access.access_of(TOPIC, run_id))}"
             )
         pick = st.selectbox(
             "Reopen a cached run", ["—", *labels], format_func=lambda k: labels.get(k, k), key="grok_reopen"
@@ -446,19 +509,25 @@ def _reopen_picker() -> None:
         if pick != "—" and st.session_state.get("grok_reopened") != pick:
             st.session_state["grok_reopened"] = pick
             _show(saved[pick].grok_config)
-        if pick != "—" and st.button("Delete this cached run", key="grok_delete", icon=":material/delete:"):
+        if (
+            pick != "—"
+            and access.can_write(TOPIC, pick)
+            and st.button("Delete this cached run", key="grok_delete", icon=":material/delete:")
+        ):
             try:
                 runs.delete_run(pick)
             except LabError as err:
                 st.error(str(err), icon=":material/error:")
                 return
+            access.forget_deleted(TOPIC, pick)
+            access.set_link(None)
             st.session_state.pop("grok_reopened", None)
             st.session_state.pop("grok_reopen", None)
             shown = latest(VIEW_SLOT)
             if shown is not None and shown[0] == pick:
                 forget(VIEW_SLOT)
             st.rerun()
-    strays = runs.strays()
+    strays = access.deletable_strays(TOPIC, runs.strays())
     if strays:
         c1, c2 = st.columns([3, 1])
         c1.caption(
@@ -470,6 +539,7 @@ def _reopen_picker() -> None:
             for folder in strays:
                 try:
                     runs.delete_run(folder)
+                    access.forget_deleted(TOPIC, folder.run_id)
                 except LabError as err:
                     problems.append(str(err))
             if problems:
@@ -487,20 +557,30 @@ def render() -> None:
     )
     with st.expander("Definitions: events, measures, onset", icon=":material/help:"):
         st.markdown(HELP)
+    linked, blocked = access.follow_link(TOPIC, runs.get_run, "grok")
+    if blocked:
+        return
+    if linked is not None:
+        _show(linked.grok_config)
     config = _config_form()
     if config is None:
         return
     start = st.button("Start / resume / reopen", key="grok_start", icon=":material/play_arrow:", type="primary")
     _reopen_picker()
-    if start:
-        _start_training(config)
+    if start and _start_training(config):
         _show(config)
     shown = latest(VIEW_SLOT)
+    if shown is not None and not access.can_read(TOPIC, shown[1].key()):  # its owner made it private since
+        forget(VIEW_SLOT)
+        st.warning(access.PRIVATE_NOTICE, icon=":material/lock:")
+        shown = None
     if shown is None:
         st.info("Press Start to train the configuration above (or reopen a cached run).")
     else:
         view: GrokConfig = shown[1]
         st.caption(f"Showing: {view.describe()} (key {view.key()})")
+        access.set_link(view.key())
+        writable = access.share_toggle(TOPIC, view.key(), "grok").writable_by(access.me())
         if view.key() != config.key():
             st.warning(
                 "The settings above differ from the run shown: press Start to train (or reopen) them.",
@@ -511,7 +591,7 @@ def render() -> None:
 
         @st.fragment(run_every=POLL_SECONDS if live_now else None)
         def live() -> None:
-            _run_panel(view)
+            _run_panel(view, writable)
             if live_now and RUNNER.running(_job_key(view)) is None and not run.is_claimed():
                 st.rerun()  # the run ended: redraw the whole tab without polling
 

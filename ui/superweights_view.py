@@ -3,7 +3,9 @@
 Thin: every number comes from engine.superweights (detect, ablation, quantize; the CLI `python -m engine
 superweights` calls the same functions), and every default or threshold a help text names is read from
 engine.superweights.config. Results are kept with ui.state for exactly the inputs they were computed
-for. Nothing loads the LLM until "Scan" is pressed.
+for. Nothing loads the LLM until "Scan" is pressed. On the shared server (ui.access) a scan's prompts are
+checked against the server's limits (prompts per request, tokens per prompt) and its memory before it
+runs, and a computation that waits for the model says the person's place in its queue.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from engine.superweights.config import (
     DetectionConfig,
     number,
 )
+from ui import access
 from ui.models import current_choice, get_model, is_loaded
 from ui.state import ModelKey, compute, forget, latest, model_key, recall
 
@@ -180,7 +183,9 @@ def _render_inputs() -> None:
         DEFAULT_PROMPT,
         key="sw_prompts",
         height=90,
-        help="The paper's prompt by default; any text works (super activations are input-agnostic).",
+        help="The paper's prompt by default; any text works (super activations are input-agnostic)."
+        + access.limit_note("prompts_per_request", "prompts")
+        + access.limit_note("prompt_tokens", "tokens per prompt"),
     )
     c1, c2, c3 = st.columns(3)
     mode = c1.radio(
@@ -209,24 +214,34 @@ def _render_inputs() -> None:
 
 
 def _scan(config: DetectionConfig) -> bool:
-    """The Scan button: drop every earlier result, load the model, detect. False when it could not start."""
+    """The Scan button: drop every earlier result, check the request against the server's limits, load the
+    model, check its tokens and memory, detect. False when it could not start."""
     for slot in (DETECTION_SLOT, ABLATION_SLOT, QUANT_SLOT, WSTATS_SLOT):
         forget(slot)
     try:
-        sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT))  # before the model loads
+        prompts = sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT))  # before the model loads
+        access.check_prompt_count(len(prompts))
     except LabError as err:
         st.error(str(err))
         return False
     lm = get_model()
     if lm is None:
         return False
+    try:
+        lengths = access.prompt_lengths(lm, prompts)
+        access.check_prompt_tokens(lengths, [f"prompt {i}" for i in range(1, len(prompts) + 1)])
+        access.ensure_memory(lm, access.scan_bytes(lm, max(lengths)), f"the scan of {max(lengths)} tokens")
+    except LabError as err:
+        st.error(str(err))
+        return False
     inputs = _scan_inputs(lm, config)
-    compute(
-        DETECTION_SLOT,
-        inputs,
-        "Scanning the down projections (the paper's iterative procedure)...",
-        lambda: _detect(lm, *inputs),
-    )
+    with access.queue_notice(lm):
+        compute(
+            DETECTION_SLOT,
+            inputs,
+            "Scanning the down projections (the paper's iterative procedure)...",
+            lambda: _detect(lm, *inputs),
+        )
     return True
 
 
@@ -321,7 +336,8 @@ def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
         return
     key = model_key(lm)
     if st.button("Compute weight statistics", key="sw_wstats"):
-        compute(WSTATS_SLOT, key, "max/median and kurtosis of every projection...", lambda: _weight_stats(lm, key))
+        with access.queue_notice(lm):
+            compute(WSTATS_SLOT, key, "max/median and kurtosis of every projection...", lambda: _weight_stats(lm, key))
     stats = recall(WSTATS_SLOT, key)
     if stats is not None:
         chart = (
@@ -422,12 +438,15 @@ def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
             st.error("Pick at least one super weight to ablate.")
             return
         cands = [detection.candidates[labels.index(lab)] for lab in chosen]
-        compute(
-            ABLATION_SLOT,
-            inputs,
-            "Running every condition (weights edited in place, then restored)...",
-            lambda: ablation.ablation_table(lm, cands, k=int(k) or None, scales=[float(scale)], max_tokens=int(tokens)),
-        )
+        with access.queue_notice(lm):
+            compute(
+                ABLATION_SLOT,
+                inputs,
+                "Running every condition (weights edited in place, then restored)...",
+                lambda: ablation.ablation_table(
+                    lm, cands, k=int(k) or None, scales=[float(scale)], max_tokens=int(tokens)
+                ),
+            )
     result = recall(ABLATION_SLOT, inputs)
     if result is None:
         if latest(ABLATION_SLOT) is not None:
@@ -466,14 +485,20 @@ def _render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
         if not blocks or not methods:
             st.error("Pick at least one block size and one method.")
             return
-        compute(
-            QUANT_SLOT,
-            inputs,
-            "Quantizing and measuring perplexity...",
-            lambda: quantize.quantization_table(
-                lm, detection.candidates, blocks, clip_fraction=float(fraction), methods=methods, max_tokens=int(tokens)
-            ),
-        )
+        with access.queue_notice(lm):
+            compute(
+                QUANT_SLOT,
+                inputs,
+                "Quantizing and measuring perplexity...",
+                lambda: quantize.quantization_table(
+                    lm,
+                    detection.candidates,
+                    blocks,
+                    clip_fraction=float(fraction),
+                    methods=methods,
+                    max_tokens=int(tokens),
+                ),
+            )
     table = recall(QUANT_SLOT, inputs)
     if table is None:
         return

@@ -1,6 +1,7 @@
 """Semantic uncertainty page, second half: grade a saved run's answers (judges, thresholds, manual marks),
-then the table of A1 / A2 / A3 and every score's metrics, the rejection curves, the editable results,
-a drill-down into one question and the downloads.
+then the answer in one sentence (the verdict on the decompositions and the answer-length check), A1 / A2 /
+A3 under each judge, every score's metrics and paired differences from the usual score, the rejection
+curves, the decompositions' formulas, the editable results, a drill-down into one question and the downloads.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.core.options import default_of, help_of
-from engine.uq import correctness, export
+from engine.uq import correctness, decompositions, export, subspace
 from engine.uq.config import EvalOptions
 from engine.uq.evaluation import Evaluation, evaluate_run, run_llm_judge
 from engine.uq.store import UqRun
+from ui import access
 from ui.models import get_embedder, get_model
 from ui.state import compute, recall
 
@@ -29,7 +31,8 @@ def render(run: UqRun) -> None:
         st.info("This run has no answers yet.")
         return
     st.header("3. Correctness")
-    options = _options(run)
+    writable = access.can_write("uq", run.run_id)
+    options = _options(run, writable)
     embedder = get_embedder()
     if embedder is None:
         return
@@ -37,12 +40,12 @@ def render(run: UqRun) -> None:
     if evaluation is None:
         return
     _table(evaluation, done)
-    _results_editor(run, evaluation)
+    _results_editor(run, evaluation, writable)
     _drill_down(evaluation)
     _downloads(run, evaluation)
 
 
-def _options(run: UqRun) -> EvalOptions:
+def _options(run: UqRun, writable: bool) -> EvalOptions:
     """The judge widgets (and the LLM judge button); the seed is the run's, as the CLI's --seed."""
     c1, c2, c3 = st.columns(3)
     judge = c1.selectbox("Judge", list(correctness.JUDGES), key="uq_judge", help=help_of(EvalOptions, "judge"))
@@ -64,7 +67,7 @@ def _options(run: UqRun) -> EvalOptions:
         key="uq_emb",
         help=help_of(EvalOptions, "embedding_threshold"),
     )
-    if st.button("Run the LLM judge (loaded model)", key="uq_llm_judge", icon=":material/gavel:"):
+    if writable and st.button("Run the LLM judge (loaded model)", key="uq_llm_judge", icon=":material/gavel:"):
         judge_lm = get_model()
         if judge_lm is not None:
             bar = st.progress(0.0, text="LLM judge...")
@@ -108,12 +111,28 @@ def _table(evaluation: Evaluation, done: int) -> None:
     st.dataframe(evaluation.agreement, hide_index=True, width="stretch")
 
     st.header("The table")
+    st.markdown(export.lead_markdown(summary))
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Questions", f"{summary.n}", help=f"{done} generated; graded: {summary.n_graded}")
     m2.metric("A1 (all)", f"{summary.A1:.3f}")
     m3.metric("A2 (usual, 50%)", f"{summary.A2:.3f}", help=f"Retained half by {summary.usual_method}")
     m4.metric("A3 (semantic, 50%)", f"{summary.A3:.3f}", help=f"Retained half by {summary.semantic_method}")
+    st.subheader("A1 / A2 / A3 under each judge")
+    st.caption(
+        "The same comparison graded by each automatic judge (manual marks override all of them), so the "
+        "conclusion does not hang on one judge. A3 − A2: paired bootstrap difference, Holm-adjusted p."
+    )
+    st.dataframe(summary.judges_table(), hide_index=True, width="stretch")
+    st.subheader("Every score")
+    st.caption(
+        f"Δ columns: the score minus `{summary.usual_method}` on the same bootstrap resamples (paired), with its "
+        "95% interval and Holm-adjusted p over all scores compared. Kinds: usual, semantic, decomposition "
+        "(anything computed from a semantic / surface split, surface spreads included), baseline."
+    )
     st.dataframe(summary.methods_table(), hide_index=True, width="stretch")
+    with st.expander("Decompositions: formulas", icon=":material/functions:"):
+        st.code(subspace.__doc__, language=None, wrap_lines=True)
+        st.code(decompositions.__doc__, language=None, wrap_lines=True)
     for name, note in (summary.score_info.get("notes") or {}).items():
         st.caption(f"{name}: {note}")
     if not evaluation.curves.empty:
@@ -130,11 +149,16 @@ def _table(evaluation: Evaluation, done: int) -> None:
         st.altair_chart(chart, width="stretch")
 
 
-def _results_editor(run: UqRun, evaluation: Evaluation) -> None:
-    """The results table with an editable "manual" column; a changed mark is saved and the page reruns."""
+def _results_editor(run: UqRun, evaluation: Evaluation, writable: bool) -> None:
+    """The results table with an editable "manual" column (the run's owner only); a changed mark is saved
+    (only the questions whose mark changed: others' marks are kept) and the page reruns."""
     st.subheader("Results (mark answers right or wrong: marks override the judge)")
     view = evaluation.results.copy()
     view["manual"] = view["manual"].map({v: k for k, v in MARKS.items()}).fillna("")
+    if not writable:
+        st.dataframe(view, hide_index=True, width="stretch", height=360)
+        st.caption("Marks are the owner's (read-only for you).")
+        return
     edited = st.data_editor(
         view,
         key="uq_editor",
@@ -144,9 +168,11 @@ def _results_editor(run: UqRun, evaluation: Evaluation) -> None:
         disabled=[c for c in view.columns if c != "manual"],
         column_config={"manual": st.column_config.SelectboxColumn("manual", options=["", *MARKS])},
     )
-    marks = {qid: MARKS[mark] for qid, mark in zip(edited["id"], edited["manual"]) if mark in MARKS}
-    if marks != run.marks():
-        run.save_marks(marks)
+    changes = {qid: MARKS.get(mark) for qid, mark in zip(edited["id"], edited["manual"])}  # "" -> None clears
+    saved = run.marks()
+    changed = {qid: mark for qid, mark in changes.items() if saved.get(qid) != mark}
+    if changed:
+        run.save_marks(changed)
         st.rerun()
 
 

@@ -1,5 +1,10 @@
 """Semantic uncertainty page: the method, the question set, generation (a background job of the core
 runner, resumable) and the saved runs; the chosen run's grading and results are `ui.uq_results`.
+
+On the shared server (ui.access): a person sees their own runs, shared runs and runs made outside the
+server; only the owner stops, deletes or shares a run. `?run=<id>` opens a run (a private run of
+someone else opens a notice and nothing of it). Uploads and generation settings are checked against
+the server's limits, each refusal naming its limit next to its field.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import streamlit as st
 
 from engine.core.errors import LabError
 from engine.core.jobs import RUNNER
+from engine.core.model import LoadedModel
 from engine.core.options import default_of, help_of
 from engine.uq import estimators, store
 from engine.uq import questions as qmod
@@ -19,14 +25,16 @@ from engine.uq.config import (
     TEMPERATURE_RANGE,
     GenerationConfig,
 )
-from engine.uq.generation import default_template, job_key, open_run_for, start_generation
+from engine.uq.generation import default_template, job_key, open_run_for, row_bytes, start_generation
 from engine.uq.questions import QuestionSet
 from engine.uq.store import UqRun
-from ui import uq_results
+from ui import access, uq_results
 from ui.models import current_choice, get_model, is_loaded
 
 POLL_SECONDS = 2  # how often the progress panel refreshes while a run generates
 SEED_MAX = 2**31 - 1
+TOPIC = store.STORE.topic  # the runs' topic in the lab database
+DEFAULT_LIMIT = 50  # questions run by default (the first N)
 
 METHOD = (
     "- **Generation**: per question one greedy graded answer and K samples at temperature T in one batched "
@@ -49,6 +57,11 @@ METHOD = (
 
 def render() -> None:
     """The whole page below its title."""
+    linked, blocked = access.follow_link(TOPIC, store.get_run, "uq")
+    if blocked:
+        return
+    if linked is not None:
+        _select(linked.run_id)
     _method()
     st.header("1. Question set")
     qset = _question_set()
@@ -58,9 +71,19 @@ def render() -> None:
     run = _saved_run()
     if run is None:
         return
-    _progress_panel(run)
-    _delete_button(run)
+    access.set_link(run.run_id)
+    writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
+    _bad_records(run)
+    _progress_panel(run, writable)
+    if writable:
+        _delete_button(run)
     uq_results.render(run)
+
+
+def _select(run_id: str) -> None:
+    """Show this run in the run picker."""
+    st.session_state["uq_run_id"] = run_id
+    st.session_state.pop("uq_run_pick", None)
 
 
 def _method() -> None:
@@ -95,15 +118,21 @@ def _question_set() -> QuestionSet | None:
     if upload is None:
         st.info("Upload a file to start, or pick the bundled default set.", icon=":material/upload_file:")
         return None
+    data = upload.getvalue()
+    if access.refuse_over("upload_bytes", len(data), "Bytes of this file"):
+        return None
     try:
-        return _columns_picked(qmod.read_table(upload.getvalue(), upload.name), upload.name)
+        columns = _columns_picked(qmod.read_table(data, upload.name))
+        qset = qmod.load_questions(data, upload.name, **columns)  # parsed once per file content and columns
+        access.check_question_set(qset.frame)
+        return qset
     except LabError as err:
         st.error(f"{err}", icon=":material/error:")
         return None
 
 
-def _columns_picked(raw: pd.DataFrame, source: str) -> QuestionSet:
-    """Question / answer / id column pickers (guessed first) and the question set they give."""
+def _columns_picked(raw: pd.DataFrame) -> dict[str, str]:
+    """Question / answer / id column pickers (guessed first): the columns chosen."""
     guessed = qmod.guess_columns(raw)
     columns = [str(c) for c in raw.columns]
     none = "(none)"
@@ -131,19 +160,28 @@ def _columns_picked(raw: pd.DataFrame, source: str) -> QuestionSet:
         raise LabError(
             f"No 'question' column: found [{', '.join(columns[:8])}]. Pick the column that holds the questions above."
         )
-    return qmod.prepare_questions(raw, qcol, acol if acol != none else "", icol if icol != none else "", source=source)
+    return {"question_col": qcol, "answer_col": acol if acol != none else "", "id_col": icol if icol != none else ""}
 
 
-def _limit(qset: QuestionSet) -> int:
-    """Warnings and a preview of the set, and how many of its questions to run."""
+def _limit(qset: QuestionSet) -> int | None:
+    """Warnings and a preview of the set, and how many of its questions to run (None: over the server's limit)."""
     for message in qset.messages:
         st.warning(message, icon=":material/warning:")
     preview = qset.frame.head(200).assign(references=lambda f: f["references"].map(" | ".join))
     st.dataframe(preview, hide_index=True, width="stretch", height=220)
     st.caption(f"{len(qset):,} questions.")
-    return int(
-        st.number_input("How many questions to run (the first N)", 1, len(qset), min(len(qset), 50), key="uq_limit")
+    default = min(len(qset), DEFAULT_LIMIT, access.limits().questions_per_run)
+    n = int(
+        st.number_input(
+            "How many questions to run (the first N)",
+            1,
+            len(qset),
+            max(default, 1),
+            key="uq_limit",
+            help="Questions of one run." + access.limit_note("questions_per_run", "questions"),
+        )
     )
+    return None if access.refuse_over("questions_per_run", n, "Questions to run") else n
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,9 +196,13 @@ def _generation(qset: QuestionSet | None, limit: int | None) -> None:
         default_template(lm_now) if lm_now is not None else FEW_SHOT_TEMPLATE,
         height=200,
         key="uq_prompt",
+        help=access.limit_note("template_chars", "characters").strip(),
     )
+    over = access.refuse_over("template_chars", len(template), "Characters of the prompt template")
     c1, c2, c3, c4 = st.columns(4)
-    k = c1.number_input("Samples K", *SAMPLES_RANGE, _default("samples"), key="uq_k", help=_help("samples"))
+    k = c1.number_input("Samples K", *SAMPLES_RANGE, _default("samples"), key="uq_k", help=_help("samples", "samples"))
+    with c1:
+        over |= access.refuse_over("samples", int(k), "Samples K")
     temperature = c2.number_input(
         "Temperature", *TEMPERATURE_RANGE, _default("temperature"), 0.1, key="uq_temp", help=_help("temperature")
     )
@@ -169,13 +211,19 @@ def _generation(qset: QuestionSet | None, limit: int | None) -> None:
         *MAX_NEW_TOKENS_RANGE,
         _default("max_new_tokens"),
         key="uq_max_new",
-        help=_help("max_new_tokens"),
+        help=_help("max_new_tokens", "new_tokens"),
     )
+    with c3:
+        over |= access.refuse_over("new_tokens", int(max_new), "Max new tokens")
     seed = c4.number_input("Seed", 0, SEED_MAX, _default("seed"), key="uq_seed", help=_help("seed"))
     start = st.button(
-        "Generate (or resume)", key="uq_start", type="primary", disabled=qset is None, icon=":material/play_arrow:"
+        "Generate (or resume)",
+        key="uq_start",
+        type="primary",
+        disabled=qset is None or limit is None or over,
+        icon=":material/play_arrow:",
     )
-    if not start or qset is None:
+    if not start or qset is None or limit is None or over:
         return
     lm = get_model()
     if lm is None:
@@ -188,20 +236,56 @@ def _generation(qset: QuestionSet | None, limit: int | None) -> None:
             max_new_tokens=int(max_new),
             seed=int(seed),
         )
-        run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
-        start_generation(lm, run, limit)
-        st.session_state["uq_run_id"] = run.run_id
-        st.session_state.pop("uq_run_pick", None)
+        config.validate()
+        _check_request(lm, qset, limit, config)
+        _start(lm, qset, limit, config)
     except LabError as err:
         st.error(str(err), icon=":material/error:")
+
+
+def _check_request(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationConfig) -> None:
+    """LabError naming the limit when the prompt of the longest question is over prompt_tokens, or with
+    the numbers when one question's K + 1 decoding rows would not fit in memory (engine.uq.generation.row_bytes:
+    KV cache 2 x layers x kv_heads x head_dim x (prompt + new tokens) x bytes, and [vocab] float32 logits)."""
+    questions = qset.frame["question"].head(limit)
+    longest = max(questions, key=len, default="")
+    tokens = len(lm.prompt_inputs(config.prompt_template.replace("{question}", longest))["input_ids"][0])
+    access.limits().check("prompt_tokens", tokens, "Tokens of the prompt (the template with the longest question)")
+    rows = config.samples + 1  # the smallest batch the engine decodes: one question's K + 1 rows
+    need = rows * row_bytes(lm, tokens, config)
+    access.ensure_memory(lm, need, f"generating {rows} answers of up to {config.max_new_tokens} tokens")
+
+
+def _start(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationConfig) -> None:
+    """Open (or create) the run, make it this person's, and start (or resume) its generation job."""
+    access.check_quota()
+    access.check_jobs()
+    before = {run.run_id for run in store.list_runs()}
+    run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
+    label = f"{qset.source or 'default'}, K={config.samples}"
+    try:
+        access.claim_started_run(TOPIC, run.run_id, fresh=run.run_id not in before, label=label)
+    except LabError:
+        if access.can_read(TOPIC, run.run_id):
+            _select(run.run_id)  # the existing run with these inputs, read-only
+        raise
+    access.start_job(
+        job_key(run.run_id),
+        lambda: start_generation(lm, run, limit),
+        label=f"uncertainty run {run.run_id}",
+        lock=lm.lock,
+        writes=lambda: [(TOPIC, run)],
+    )
+    _select(run.run_id)
 
 
 def _default(name: str):
     return default_of(GenerationConfig, name)
 
 
-def _help(name: str) -> str:
-    return help_of(GenerationConfig, name).capitalize() + "."
+def _help(name: str, limit: str | None = None) -> str:
+    """An option's help from the engine, with the server's limit on it when there is one."""
+    return help_of(GenerationConfig, name).capitalize() + "." + (access.limit_note(limit) if limit else "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,12 +295,15 @@ def _help(name: str) -> str:
 def _saved_run() -> UqRun | None:
     """The run picker over the saved runs (None when there is none); strays can be deleted."""
     _strays()
-    saved = {run.run_id: run for run in store.list_runs()}
+    saved = {run.run_id: run for run in access.readable(TOPIC, store.list_runs())}
     if not saved:
         st.info("No saved run yet.")
         return None
     ids = list(saved)
-    labels = {run_id: run.describe() for run_id, run in saved.items()}  # as of this rerun
+    labels = {  # as of this rerun
+        run_id: f"{run.describe()} · {access.owner_label(access.access_of(TOPIC, run_id))}"
+        for run_id, run in saved.items()
+    }
     wanted = st.session_state.get("uq_run_id")
     run_id = st.selectbox(
         "Run",
@@ -224,14 +311,27 @@ def _saved_run() -> UqRun | None:
         index=ids.index(wanted) if wanted in ids else 0,
         key="uq_run_pick",
         format_func=labels.get,
-        help="Runs are saved question by question in cache/uq/ and resume.",
+        help="Runs are saved question by question in cache/uq/ and resume. You see your own runs, runs shared "
+        "with the group and runs made outside the server.",
     )
     st.session_state["uq_run_id"] = run_id
     return saved[run_id]
 
 
+def _bad_records(run: UqRun) -> None:
+    """Records that cannot be read (a crash, a full disk): named, and generated again on resume."""
+    bad = run.bad_records()
+    if bad:
+        listed = "; ".join(f"question {b.index + 1} ({b.reason})" for b in bad[:5]) + (" …" if len(bad) > 5 else "")
+        st.warning(
+            f"{len(bad)} saved record(s) cannot be read and will be generated again when the run resumes "
+            f"(press Generate): {listed}.",
+            icon=":material/build:",
+        )
+
+
 def _strays() -> None:
-    strays = store.stray_runs()
+    strays = access.deletable_strays(TOPIC, store.stray_runs())
     if not strays:
         return
     with st.expander(f"{len(strays)} saved folder(s) in cache/uq/ from an older version", icon=":material/history:"):
@@ -240,14 +340,15 @@ def _strays() -> None:
             for stray in strays:
                 try:
                     store.delete_run(stray)
+                    access.forget_deleted(TOPIC, stray.run_id)
                 except LabError as err:
                     st.error(str(err))
             st.rerun()
 
 
-def _progress_panel(run: UqRun) -> None:
-    """Progress, ETA and a stop button while the run generates in this process; else a note when another
-    process generates it."""
+def _progress_panel(run: UqRun, writable: bool) -> None:
+    """Progress, ETA, the place in the model's queue and (for the owner) a stop button while the run
+    generates in this process; else a note when another process generates it."""
     run_id, key = run.run_id, job_key(run.run_id)
     job = RUNNER.get(key)
 
@@ -263,9 +364,11 @@ def _progress_panel(run: UqRun) -> None:
             total = job.total or 0
             st.progress(
                 job.done / max(total, 1),
-                text=f"{job.done}/{total} questions" + (f" · ETA {eta / 60:.1f} min" if eta else ""),
+                text=f"{job.done}/{total} questions"
+                + (f" · ETA {eta / 60:.1f} min" if eta else "")
+                + access.job_queue_note(key),
             )
-            if st.button("Stop", key="uq_stop", icon=":material/stop:"):
+            if writable and st.button("Stop", key="uq_stop", icon=":material/stop:"):
                 job.stop()
                 st.toast("Stopping after the current question; rerun Generate to resume.")
             return
@@ -283,6 +386,8 @@ def _delete_button(run: UqRun) -> None:
     if right.button("Delete this run", key="uq_delete", icon=":material/delete:"):
         try:
             store.delete_run(run.run_id)
+            access.forget_deleted(TOPIC, run.run_id)
+            access.set_link(None)
             st.session_state.pop("uq_run_id", None)
             st.rerun()
         except LabError as err:

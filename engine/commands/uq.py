@@ -1,8 +1,10 @@
-"""`python -m engine uq --questions FILE --out DIR`: A1 / A2 / A3 of semantic vs usual uncertainty.
+"""`python -m engine uq --questions FILE --out DIR`: A1 / A2 / A3 of semantic vs usual uncertainty, and
+`python -m engine uq-study`: the issue-15 study (1000 WebQuestions + the bundled set, report in reports/uq).
 
 Same engine calls as the page (engine.uq.generation, .evaluation, .export): same inputs and seed give
 the same numbers. The run is saved question by question in cache/uq/<run_id>/, so an interrupted
-command resumes when rerun. Flags, defaults and help come from `GenerationConfig` and `EvalOptions`.
+command resumes when rerun. Flags, defaults and help come from `GenerationConfig`, `BatchOptions`,
+`EvalOptions` and `StudyConfig`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
 from engine.uq import questions as qmod
-from engine.uq.config import EvalOptions, GenerationConfig
-from engine.uq.evaluation import evaluate_run, run_llm_judge
+from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
 from engine.uq.export import write_outputs
 from engine.uq.generation import default_template, generate_run, open_run_for
+from engine.uq.study import StudyConfig, run_study
 
 
 def register(subparsers) -> None:
@@ -34,7 +37,12 @@ def register(subparsers) -> None:
         required=True,
         help="CSV or JSONL with a question column (answer: references separated by |), or 'default'",
     )
-    parser.add_argument("--out", required=True, help="output folder for results.csv, summary.json, summary.md")
+    parser.add_argument("--out", default=None, help="output folder for results.csv, summary.json, summary.md")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only read --questions: print the question count and every warning with its line; load no model",
+    )
     parser.add_argument("--model", default=EMBEDDED_LM, help="model name, HF id or folder (default: %(default)s)")
     add_options(parser, GenerationConfig)
     parser.add_argument("-k", dest="samples", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # --samples
@@ -43,9 +51,42 @@ def register(subparsers) -> None:
     parser.add_argument("--question-column", default=None, help="column holding the questions (default: guessed)")
     parser.add_argument("--answer-column", default=None, help="column holding the references (default: guessed)")
     parser.add_argument("--id-column", default=None, help="column holding ids (default: guessed, else row number)")
+    add_options(parser, BatchOptions)
     add_options(parser, EvalOptions, skip=("seed",))  # one --seed: the generation's, as on the page
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
+
+    study = subparsers.add_parser(
+        "uq-study",
+        help="the uncertainty study: 1000 WebQuestions + the bundled set, K=10, resumable; report in reports/uq",
+    )
+    add_options(study, StudyConfig)
+    add_options(study, GenerationConfig)
+    add_options(study, BatchOptions)
+    add_options(study, EvalOptions, skip=("seed",))
+    study.add_argument("--quiet", action="store_true", help="no progress lines")
+    study.set_defaults(func=study_command)
+
+
+def study_command(args) -> int:
+    """`uq-study`: generate what is missing, evaluate, write the report; prints the verdict per set."""
+    config = from_args(StudyConfig, args)
+    last = [0.0]
+
+    def log(message: str) -> None:
+        if args.quiet:
+            return
+        now = time.perf_counter()
+        if "questions (" not in message or now - last[0] > 10:  # progress lines at most every 10 s
+            last[0] = now
+            print(message, file=sys.stderr, flush=True)
+
+    paths = run_study(
+        config, from_args(GenerationConfig, args), from_args(EvalOptions, args), from_args(BatchOptions, args), log
+    )
+    for path in paths:
+        print(path)
+    return 0
 
 
 def run(args) -> int:
@@ -55,9 +96,16 @@ def run(args) -> int:
     qset = (
         qmod.default_questions() if args.questions == "default" else qmod.load_question_file(args.questions, **columns)
     )
+    if args.check:
+        print("\n".join(qmod.check_lines(qset)))
+        return 0
+    if not args.out:
+        raise LabError("--out is required (the folder for results.csv, summary.json, summary.md), unless --check.")
     for message in qset.messages:
         print(f"note: {message}", file=sys.stderr)
     lm = load_model(args.model)
+    options = from_args(EvalOptions, args)
+    entailment_judge(options, lm)  # a missing NLI model says so now, not after the generation
     template = default_template(lm)
     if args.prompt_file:
         try:
@@ -75,18 +123,18 @@ def run(args) -> int:
             rate = 60 * (done - already) / max(time.perf_counter() - start, 1e-9)
             print(f"\r{done}/{total_} questions ({rate:.1f}/min)", end="", file=sys.stderr, flush=True)
 
-    written = generate_run(lm, run, limit=total, progress=progress)
+    written = generate_run(lm, run, limit=total, progress=progress, batch_questions=args.batch_questions)
     if not args.quiet:
         print(f"\nrun {run.run_id}: {written} generated now, {total - written} resumed from cache", file=sys.stderr)
-    options = from_args(EvalOptions, args)
     if options.judge == "llm":
         judge_lm = lm if not options.judge_model else load_model(options.judge_model)
         options = dataclasses.replace(options, judge_model=judge_lm.name)
         run_llm_judge(judge_lm, run, limit=total)
-    evaluation = evaluate_run(run, load_embedder(), options, limit=total)
+    evaluation = evaluate_run(run, load_embedder(), options, limit=total, lm=lm)
     paths = write_outputs(evaluation, args.out)
     s = evaluation.summary
     print(f"n={s.n}  A1={s.A1:.3f}  A2={s.A2:.3f} ({s.usual_method})  A3={s.A3:.3f} ({s.semantic_method})")
+    print(s.verdict.sentence)
     for path in paths:
         print(path)
     return 0

@@ -99,8 +99,9 @@ def entropy_probe_combination(
 ) -> Combination:
     """Logistic regression of correctness on [entropy, probe score], fitted out-of-fold (module docstring).
 
-    All NaN with a note when there are fewer than 2 * n_folds questions, an input has NaN, or a training
-    fold has answers of one class only.
+    Questions without a label (NaN in `correct`: ungraded) are left out of the fits and still scored. All
+    NaN with a note when there are fewer than 2 * n_folds graded questions, an input score has NaN, or a
+    training fold has answers of one class only.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -110,18 +111,19 @@ def entropy_probe_combination(
     y = np.asarray(correct, dtype=np.float64)
     n = len(y)
     out = Combination(np.full(n, np.nan), np.full(n, -1))
-    if n < 2 * n_folds or n_folds < 2:
-        out.note = f"needs at least {2 * max(n_folds, 2)} questions for {n_folds}-fold fitting; got {n}"
+    labelled = ~np.isnan(y)
+    if labelled.sum() < 2 * n_folds or n_folds < 2:
+        out.note = (
+            f"needs at least {2 * max(n_folds, 2)} graded questions for {n_folds}-fold fitting; got {labelled.sum()}"
+        )
         return out
-    if np.isnan(x).any() or np.isnan(y).any():
-        missing = [
-            name for name, col in (("entropy", x[:, 0]), ("probe", x[:, 1]), ("correctness", y)) if np.isnan(col).any()
-        ]
+    if np.isnan(x).any():
+        missing = [name for name, col in (("entropy", x[:, 0]), ("probe", x[:, 1])) if np.isnan(col).any()]
         out.note = f"some questions have no {' / '.join(missing)} value"
         return out
     folds = question_folds(n, n_folds, seed)
     for fold in range(n_folds):
-        train, test = folds != fold, folds == fold
+        train, test = (folds != fold) & labelled, folds == fold
         labels = y[train] > 0.5
         if labels.all() or not labels.any():
             out.note = f"fold {fold}: the training answers are all {'right' if labels.all() else 'wrong'}"

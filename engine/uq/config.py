@@ -26,6 +26,11 @@ CHAT_TEMPLATE = "Answer the following question as briefly as possible, in a few 
 SAMPLES_RANGE = (1, 64)  # K
 TEMPERATURE_RANGE = (0.05, 5.0)
 MAX_NEW_TOKENS_RANGE = (1, 256)
+# Questions decoded together (engine.uq.generation.auto_batch_questions): as many as this share of the free
+# memory holds, at most this many (on a CPU the per-row cost dominates beyond a few questions).
+BATCH_MEMORY_FRACTION = 0.25
+BATCH_QUESTIONS_CPU = 8
+BATCH_QUESTIONS_GPU = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,17 @@ class GenerationConfig:
             raise LabError(f"max_new_tokens must be between {MAX_NEW_TOKENS_RANGE[0]} and {MAX_NEW_TOKENS_RANGE[1]}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+    """How generation is batched: speed only, never the text, so not part of the run id."""
+
+    batch_questions: int = option(
+        0,
+        f"questions decoded together (0: as many as {BATCH_MEMORY_FRACTION * 100:g} percent of the free memory holds, "
+        f"at most {BATCH_QUESTIONS_CPU} on a CPU and {BATCH_QUESTIONS_GPU} on a GPU); the answers do not depend on it",
+    )
+
+
 def default_hidden_layers(n_layers: int) -> list[int]:
     """Middle, ~3/4 depth and last layer (indices into `hidden_states`, 0 = embeddings)."""
     return sorted({n_layers // 2, round(3 * n_layers / 4), n_layers})
@@ -92,4 +108,14 @@ class EvalOptions:
     cluster_threshold: float = option(0.8, "MiniLM cosine above which two samples share a meaning", cli=False)
     layer: int | None = option(
         None, "stored hidden layer for EigenScore / SEP / subspaces (None: the middle one)", cli=False
+    )
+    nli_model: str = option(
+        "",
+        "NLI model (Hugging Face id or local folder, e.g. a DeBERTa MNLI model) whose bidirectional entailment "
+        "forms the meaning clusters instead of MiniLM similarity (empty: MiniLM, offline)",
+    )
+    lm_entailment: bool = option(
+        False,
+        "the generating language model judges entailment for the meaning clusters (up to K(K-1) forward "
+        "passes a question; slow, never in the default study)",
     )

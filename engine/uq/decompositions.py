@@ -6,13 +6,14 @@ Every basis below is orthonormal in z coordinates; the semantic and surface subs
 
 (a) embedding_map: ridge map W: z -> e onto the samples' sentence embeddings e (MiniLM, the meaning
     space); semantic S = its row space (top right singular vectors carrying `energy` of sum sigma^2),
-    surface = the orthogonal complement of S (engine.uq.subspace, reused here).
+    surface = the orthogonal complement of S (engine.uq.subspace.embedding_map_decomposition).
 (b) discriminant (meaning-cluster discriminant): samples of one question in the same meaning cluster
     differ only in wording, samples in different clusters differ in meaning. Over the training questions,
         S_w = sum_q sum_c sum_{k in c} (z_k - m_c)(z_k - m_c)^T          (within-cluster scatter)
         S_b = sum_q sum_c n_c (m_c - m_q)(m_c - m_q)^T                  (between-cluster scatter)
     m_c = mean of cluster c of question q, m_q = mean of question q's samples, n_c = |c|. Semantic S =
-    span of the top generalised eigenvectors v of S_b v = lambda (S_w + ridge * tr(S_w)/d * I) v; r = the
+    span of the top generalised eigenvectors v of S_b v = lambda (S_w + ridge * tr(S_w)/d * I) v (tr(S_w)
+    floored at 1e-6 tr(S_w + S_b), for questions whose clusters hardly vary); r = the
     number of eigenvalues above the largest one seen when each question's cluster labels are shuffled
     among its samples (`n_null` shuffles: the between/within ratio that chance alone gives). Surface =
     top eigenvectors of (I - P_S) S_w (I - P_S) carrying `surface_energy` of its trace (the within-cluster,
@@ -32,7 +33,7 @@ Per question q with samples z_1..z_K and centroid zbar (K >= 2), for a subspace 
     semantic spread = spread_{P_S}, surface spread = spread_{P_surface}, total = spread_I,
     semantic share = semantic spread / total (= 1 - surface share in (a), <= that in (b) and (c)).
 
-Cross-fitted exactly like engine.uq.subspace: questions are split into `n_folds` folds (question_folds);
+Cross-fitted by engine.uq.subspace.cross_fit: questions are split into `n_folds` folds (question_folds);
 each fold's questions are scored by the standardisation and subspaces fitted on the other folds only.
 
 Subspace probes (`subspace_probes`): per fold, on the training questions, a StandardScaler +
@@ -51,51 +52,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from engine.uq.subspace import _spreads, question_folds, ridge_map, semantic_basis, single_blas_thread
+from engine.uq.subspace import (
+    CannotFit,
+    Decomposition,
+    cross_fit,
+    flatten,
+    ridge_map,
+    semantic_basis,
+    single_blas_thread,
+)
 
 DECOMPOSITIONS = ("embedding_map", "discriminant", "lexical_map")
 SUBSPACES = ("semantic", "surface", "full")
-
-
-@dataclasses.dataclass
-class FoldBasis:
-    """One fold's fit (on the other folds' questions): z = (h - mean) / scale; orthonormal bases in z."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    semantic: np.ndarray  # [d, r]
-    surface: np.ndarray  # [d, s], orthogonal to `semantic`
-    info: dict = dataclasses.field(default_factory=dict)
-
-    def standardise(self, hidden: np.ndarray) -> np.ndarray:
-        return (np.asarray(hidden, dtype=np.float64) - self.mean) / self.scale
-
-
-@dataclasses.dataclass
-class Decomposition:
-    """Per-question spreads of one decomposition (NaN where not scored) and each fold's subspaces."""
-
-    name: str
-    semantic: np.ndarray
-    surface: np.ndarray
-    total: np.ndarray
-    folds: np.ndarray  # fold that scored each question (-1: none)
-    bases: list[FoldBasis] = dataclasses.field(default_factory=list)
-    note: str = ""
-
-    @property
-    def share(self) -> np.ndarray:
-        """semantic spread / total spread (NaN where the total is 0 or not computed)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.total > 0, self.semantic / self.total, np.nan)
-
-    @property
-    def semantic_ranks(self) -> list[int]:
-        return [b.semantic.shape[1] for b in self.bases]
-
-    @property
-    def surface_ranks(self) -> list[int]:
-        return [b.surface.shape[1] for b in self.bases]
 
 
 @dataclasses.dataclass
@@ -108,66 +76,7 @@ class ProbeScores:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-class _TooLittle(Exception):
-    """A fold cannot be fitted (e.g. no training question with two meaning clusters)."""
-
-
-# ---------------------------------------------------------------- the cross-fitting driver
-
-
-def _flatten(per_question: Sequence, what: str) -> np.ndarray:
-    parts = [np.asarray(x, dtype=np.float64) for x in per_question if len(x)]
-    if not parts:
-        raise ValueError(f"no {what}")
-    return np.concatenate(parts)
-
-
-def _cross_fit(
-    name: str, hidden: Sequence[np.ndarray], n_folds: int, seed: int, fit: Callable[[np.ndarray, np.ndarray], tuple]
-) -> Decomposition:
-    """Standardise and fit `fit(z, train) -> (semantic [d, r], surface [d, s], info)` per fold on the other
-    folds' samples (`train`: sample mask); spreads of the held-out fold's questions in those subspaces."""
-    n = len(hidden)
-    nan = np.full(n, np.nan)
-    if n < 2 * n_folds or n_folds < 2:
-        note = f"needs at least {2 * max(n_folds, 2)} questions to cross-fit with {n_folds} folds; got {n}"
-        return Decomposition(name, nan, nan.copy(), nan.copy(), np.full(n, -1), note=note)
-    counts = np.array([len(x) for x in hidden])
-    h = _flatten(hidden, "hidden states")
-    groups = np.repeat(np.arange(n), counts)
-    folds = question_folds(n, n_folds, seed)
-    out = Decomposition(name, nan, nan.copy(), nan.copy(), folds)
-    notes: dict[str, list[str]] = {}  # why a fold could not be fitted -> those folds
-    with single_blas_thread():
-        for fold in range(n_folds):
-            train = folds[groups] != fold
-            mean, std = h[train].mean(0), h[train].std(0)
-            scale = np.where(std > 1e-8, std, 1.0)
-            z = (h - mean) / scale
-            scored = np.flatnonzero(folds == fold)
-            try:
-                semantic, surface, info = fit(z, train)
-            except _TooLittle as err:
-                notes.setdefault(str(err), []).append(str(fold))
-                d = h.shape[1]
-                out.bases.append(FoldBasis(mean, scale, np.zeros((d, 0)), np.zeros((d, 0)), {"error": str(err)}))
-                continue
-            out.bases.append(FoldBasis(mean, scale, semantic, surface, info))
-            test = ~train
-            local = np.searchsorted(scored, groups[test])
-            sem, rest = _spreads(z[test], local, semantic, len(scored))
-            surf, _ = _spreads(z[test], local, surface, len(scored))
-            out.semantic[scored], out.surface[scored], out.total[scored] = sem, surf, sem + rest
-    too_few = counts < 2
-    out.semantic[too_few] = out.surface[too_few] = out.total[too_few] = np.nan
-    out.note = "; ".join(f"{why} (fold{'s' * (len(f) > 1)} {', '.join(f)} of {n_folds})" for why, f in notes.items())
-    return out
-
-
-def _complement(basis: np.ndarray) -> np.ndarray:
-    """Orthonormal basis of the orthogonal complement of span(basis) (basis orthonormal [d, r])."""
-    full = np.linalg.qr(basis, mode="complete")[0] if basis.shape[1] else np.eye(basis.shape[0])
-    return full[:, basis.shape[1] :]
+# ---------------------------------------------------------------- shared helpers
 
 
 def _top_energy(values: np.ndarray, energy: float) -> int:
@@ -177,33 +86,6 @@ def _top_energy(values: np.ndarray, energy: float) -> int:
     if total <= 0:
         return 0
     return int(np.searchsorted(np.cumsum(values) / total, energy - 1e-12) + 1)
-
-
-# ---------------------------------------------------------------- (a) embedding map
-
-
-def embedding_map_decomposition(
-    hidden: Sequence[np.ndarray],
-    embeddings: Sequence[np.ndarray],
-    *,
-    n_folds: int = 5,
-    seed: int = 0,
-    rank: int | None = None,
-    energy: float = 0.95,
-) -> Decomposition:
-    """(a): semantic = row space of the ridge map z -> sentence embedding, surface = its complement.
-
-    Same spreads as engine.uq.subspace.subspace_spreads (same folds, standardisation and map); here the
-    per-fold bases are kept for the probes. `hidden[i]` [K_i, d], `embeddings[i]` [K_i, e].
-    """
-    e = _flatten(embeddings, "embeddings")
-    groups = np.repeat(np.arange(len(hidden)), [len(x) for x in hidden])
-
-    def fit(z, train):
-        basis, ridge = semantic_basis(z[train], e[train], groups[train], rank=rank, energy=energy)
-        return basis, _complement(basis), {"alpha": ridge.alpha}
-
-    return _cross_fit("embedding_map", hidden, n_folds, seed, fit)
 
 
 # ---------------------------------------------------------------- (b) meaning-cluster discriminant
@@ -277,17 +159,22 @@ def discriminant_decomposition(
         total = resid.T @ resid  # S_w + S_b (within-question scatter), fixed under shuffles
         s_b, df_b = _between_scatter(zt, local_g, lab, q_means)
         if df_b == 0:
-            raise _TooLittle("no training question has samples in two meaning clusters")
+            raise CannotFit("no training question has samples in two meaning clusters")
         d = zt.shape[1]
         s_w = total - s_b
-        lam = ridge * max(float(np.trace(s_w)), 1e-12) / d
-        values, vectors = eigh(s_b, s_w + lam * np.eye(d))
+        # floor: with (almost) no wording variation (every cluster one sample) S_w is ~0, and S_w + lambda I
+        # must stay positive definite
+        lam = ridge * max(float(np.trace(s_w)), 1e-6 * float(np.trace(total)), 1e-12) / d
+        try:
+            values, vectors = eigh(s_b, s_w + lam * np.eye(d))
+            null = 0.0
+            for _ in range(n_null):
+                b0, _df = _between_scatter(zt, local_g, _shuffle_within(lab, local_g, rng), q_means)
+                top = eigh(b0, total - b0 + lam * np.eye(d), eigvals_only=True, subset_by_index=[d - 1, d - 1])
+                null = max(null, float(top[0]))
+        except np.linalg.LinAlgError as err:
+            raise CannotFit(f"the within-cluster scatter is not positive definite ({str(err).split('.')[0]})") from err
         values, vectors = values[::-1], vectors[:, ::-1]
-        null = 0.0
-        for _ in range(n_null):
-            b0, _df = _between_scatter(zt, local_g, _shuffle_within(lab, local_g, rng), q_means)
-            top = eigh(b0, total - b0 + lam * np.eye(d), eigvals_only=True, subset_by_index=[d - 1, d - 1])
-            null = max(null, float(top[0]))
         r = int(np.sum(values > null)) if rank is None else int(rank)
         r = int(min(max(r, 1), df_b, d))
         semantic = np.linalg.qr(vectors[:, :r])[0]
@@ -299,7 +186,7 @@ def discriminant_decomposition(
         info = {"ratios": values[: r + 3].tolist(), "null_ratio": null, "lambda": lam, "df_between": int(df_b)}
         return semantic, surface, info
 
-    return _cross_fit("discriminant", hidden, n_folds, seed, fit)
+    return cross_fit("discriminant", hidden, n_folds, seed, fit)
 
 
 # ---------------------------------------------------------------- (c) lexical map
@@ -341,7 +228,7 @@ def lexical_map_decomposition(
     from sklearn.decomposition import TruncatedSVD
 
     flat_texts = [t for ts, x in zip(texts, hidden) if len(x) for t in ts]
-    e = _flatten(embeddings, "embeddings")
+    e = flatten(embeddings, "embeddings")
     groups = np.repeat(np.arange(len(hidden)), [len(x) for x in hidden])
     labels = np.concatenate([np.asarray(c, dtype=int) for c, x in zip(clusters, hidden) if len(x)] or [[]])
     if len(flat_texts) != groups.size or labels.size != groups.size:
@@ -351,7 +238,8 @@ def lexical_map_decomposition(
 
     def fit(z, train):
         n_comp = int(min(n_components, train.sum() - 1, grams.shape[1] - 1))
-        lex = TruncatedSVD(n_components=max(n_comp, 1), random_state=seed).fit(grams[train]).transform(grams)
+        with np.errstate(divide="ignore", invalid="ignore"):  # explained variance of constant texts: 0 / 0
+            lex = TruncatedSVD(n_components=max(n_comp, 1), random_state=seed).fit(grams[train]).transform(grams)
         ids = cluster_ids[train]
         within = lambda x: x - _group_means(x, ids)[0][ids]
         zw = within(z[train])
@@ -370,10 +258,21 @@ def lexical_map_decomposition(
         }
         return semantic, surface, info
 
-    return _cross_fit("lexical_map", hidden, n_folds, seed, fit)
+    return cross_fit("lexical_map", hidden, n_folds, seed, fit)
 
 
 # ---------------------------------------------------------------- subspace probes
+
+
+def full_state(hidden: Sequence[np.ndarray], *, n_folds: int = 5, seed: int = 0) -> Decomposition:
+    """The folds and per-fold standardisation of `cross_fit` with empty subspaces: all that the full-state
+    probes (subspace_probes(..., parts=("full",))) need, without fitting a decomposition."""
+
+    def fit(z, train):
+        empty = np.zeros((z.shape[1], 0))
+        return empty, empty, {}
+
+    return cross_fit("full_state", hidden, n_folds, seed, fit)
 
 
 def _probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
@@ -400,7 +299,8 @@ def subspace_probes(
     `se`: semantic entropy per question and `se_split`: the threshold rule for "high SE" applied to the
     training questions' SE (engine.uq.estimators.best_variance_split, as the SEP estimator does; passed in
     so this module does not import the estimators); `correct`: 1/0 per question. Either target may be None
-    (its probes are skipped). `parts`: subspaces to probe ("full" = the whole standardised state: the same
+    (its probes are skipped); a question whose target is NaN (an ungraded answer) is left out of the
+    training folds and still scored. `parts`: subspaces to probe ("full" = the whole standardised state: the same
     for every decomposition, so ask for it once). A fold whose training questions have a single class, an
     empty subspace or an unfitted fold gives NaN there, with a note.
     """
@@ -427,12 +327,10 @@ def subspace_probes(
     with single_blas_thread():
         for fold, basis in enumerate(decomposition.bases):
             test = np.flatnonzero(decomposition.folds == fold)
-            train = np.flatnonzero((decomposition.folds != fold) & (decomposition.folds >= 0))
+            train_all = np.flatnonzero((decomposition.folds != fold) & (decomposition.folds >= 0))
             z = basis.standardise(x_all)
             for target, values in targets.items():
-                if np.isnan(values[train]).any() or np.isnan(values[test]).any():
-                    note(target, f"fold {fold}: some questions have no {target} value")
-                    continue
+                train = train_all[~np.isnan(values[train_all])]  # questions with a label (e.g. graded) only
                 if target == "se":
                     threshold = se_split(values[train])
                     y = values[train] > threshold if threshold is not None else np.zeros(train.size, bool)

@@ -1,11 +1,20 @@
 """Uncertainty scores of generated answers, LM-Polygraph style: small estimators over shared statistics.
 
 Every score is "higher = more uncertain" (confidences are negated). Each estimator declares the
-statistics it needs ("answer_logprobs", "sample_embeddings", "clusters", "sample_hidden", ...);
+statistics it needs ("answer_logprobs", "sample_embeddings", "clusters", "decomp_discriminant", ...) and
+its kind: "usual" (token likelihoods and hidden-state scores, the A2 side), "semantic" (meaning clusters:
+semantic entropy and its probes), "decomposition" (anything computed from a semantic / surface subspace
+split, engine.uq.subspace and engine.uq.decompositions: the decomposition is what is on trial, so surface
+spreads count here too) or "baseline" (what a semantic method has to beat, engine.uq.baselines).
 `score_records` computes each statistic once per call (the samples of all questions are embedded in
 one batched call) and returns one column per estimator. Estimators that cannot run on the given data
 (too few questions for a probe or for cross-fitting, one SE class, no embedder) give a NaN column and
 a note in `ScoreResult.info["notes"]`, never an error.
+
+Correctness-dependent scores (the correctness probes and the entropy + probe combination) need the
+labels of one judge: `score_records(..., correct=...)` or `Stats.with_labels(correct)` computes them;
+without labels they are NaN with a note. The evaluation layer (engine.uq.evaluation) computes them per
+judge, out-of-fold, reusing the label-free statistics (decompositions, entropies) of one `Stats`.
 """
 
 from __future__ import annotations
@@ -14,17 +23,31 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
+from engine.uq.baselines import answer_lengths, entropy_probe_combination, kernel_language_entropy
 from engine.uq.clustering import semantic_clusters
+from engine.uq.decompositions import (
+    DECOMPOSITIONS,
+    ProbeScores,
+    discriminant_decomposition,
+    full_state,
+    lexical_map_decomposition,
+    subspace_probes,
+)
 from engine.uq.records import QuestionRecord
-from engine.uq.subspace import single_blas_thread, subspace_spreads
+from engine.uq.subspace import Decomposition, embedding_map_decomposition, single_blas_thread
 
-SCORES_VERSION = 1  # bump when a score's definition changes (for callers that cache scores)
+SCORES_VERSION = 2  # bump when a score's definition changes (for callers that cache scores)
 EIGENSCORE_ALPHA = 1e-3  # Chen et al. 2024 (INSIDE): regulariser of the covariance's log-determinant
+ScoreKind = Literal["usual", "semantic", "decomposition", "baseline"]
+SCORE_KINDS: tuple[ScoreKind, ...] = get_args(ScoreKind)
+PROBED = ("semantic", "surface")  # the subspaces probed per decomposition (the full state: once, below)
+NEEDS_LABELS = "needs correctness labels: computed per judge by the evaluation"
 
 
 class Unavailable(Exception):
@@ -34,17 +57,23 @@ class Unavailable(Exception):
 @dataclasses.dataclass(frozen=True)
 class Estimator:
     name: str
-    kind: str  # "usual" | "semantic"
+    kind: ScoreKind
     needs: tuple[str, ...]
     formula: str  # one line for the page
     compute: Callable[[Stats], np.ndarray]
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the score depends on the answers' correctness (computed per judge)."""
+        return "correct" in self.needs
+
 
 ESTIMATORS: dict[str, Estimator] = {}
 _STATS: dict[str, Callable[[Stats], object]] = {}
+_LABELLED: set[str] = set()  # statistics that depend on the correctness labels
 
 
-def _estimator(name: str, kind: str, needs: tuple[str, ...], formula: str):
+def _estimator(name: str, kind: ScoreKind, needs: tuple[str, ...], formula: str):
     def register(fn):
         ESTIMATORS[name] = Estimator(name, kind, needs, formula, fn)
         return fn
@@ -52,12 +81,19 @@ def _estimator(name: str, kind: str, needs: tuple[str, ...], formula: str):
     return register
 
 
-def _stat(name: str):
+def _stat(name: str, *, labelled: bool = False):
     def register(fn):
         _STATS[name] = fn
+        if labelled:
+            _LABELLED.add(name)
         return fn
 
     return register
+
+
+def labelled_estimators() -> list[str]:
+    """Names of the estimators that need correctness labels, in registry order."""
+    return [name for name, e in ESTIMATORS.items() if e.needs_labels]
 
 
 @dataclasses.dataclass
@@ -71,10 +107,14 @@ class Stats:
     n_folds: int = 5
     seed: int = 0
     threshold: float = 0.8
+    correct: np.ndarray | None = None  # 1 / 0 per record, NaN where ungraded (None: no labels)
     values: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
+    parent: Stats | None = None  # with_labels: the label-free statistics are the parent's (computed once)
 
     def __getitem__(self, key: str):
+        if self.parent is not None and key not in _LABELLED:
+            return self.parent[key]
         if key not in self.values:
             try:
                 self.values[key] = _STATS[key](self)
@@ -83,6 +123,51 @@ class Stats:
         if isinstance(self.values[key], Unavailable):
             raise self.values[key]
         return self.values[key]
+
+    def with_labels(self, correct) -> Stats:
+        """These statistics with correctness labels (1 / 0, NaN = ungraded, one per record): the label-free
+        ones stay this object's (computed here once, whichever labels ask), the labelled ones are new."""
+        labels = np.asarray(correct, dtype=np.float64)
+        if labels.shape != (len(self.records),):
+            raise LabError(f"Got {labels.size} correctness labels for {len(self.records)} records.")
+        base = self.parent or self
+        info = {k: v for k, v in base.info.items() if k not in ("notes", "seconds", "formulas")}
+        return dataclasses.replace(base, correct=labels, values={}, info=info, parent=base)
+
+    def drop_sample_arrays(self) -> None:
+        """Forget the per-sample arrays (hidden states, embeddings, log-probs): what stays (decompositions,
+        entropies, answer states) is what the labelled scores need; the rest is recomputed on demand."""
+        for key in ("sample_hidden", "sample_embeddings", "sample_logprobs"):
+            self.values.pop(key, None)
+
+    def score(self, names: Sequence[str] | None = None) -> ScoreResult:
+        """The named estimators' columns (all by default); NaN with a note where one is unavailable."""
+        names = list(names) if names is not None else list(ESTIMATORS)
+        unknown = [n for n in names if n not in ESTIMATORS]
+        if unknown:
+            raise LabError(f"Unknown uncertainty score(s) {unknown}; known: {list(ESTIMATORS)}.")
+        self.info.setdefault("notes", {})
+        self.info.setdefault("seconds", {})
+        self.info.setdefault("formulas", {}).update({n: ESTIMATORS[n].formula for n in names})
+        columns = {}
+        for name in names:
+            start = time.perf_counter()
+            try:
+                for need in ESTIMATORS[name].needs:
+                    self[need]
+                columns[name] = np.asarray(ESTIMATORS[name].compute(self), dtype=np.float64)
+            except Unavailable as err:
+                columns[name] = np.full(len(self.records), np.nan)
+                self.info["notes"][name] = str(err)
+            self.info["seconds"][name] = time.perf_counter() - start
+        ids = [str(r.id) for r in self.records]
+        computed = (self.parent or self).values.get("clusters")
+        clusters = {i: c.tolist() for i, c in zip(ids, computed)} if isinstance(computed, list) else {}
+        scores = pd.DataFrame(columns, index=pd.Index(ids, name="id"))
+        if self.parent is not None:  # the settings of the label-free statistics (decompositions) are the parent's
+            shared = {k: v for k, v in self.parent.info.items() if k not in ("notes", "seconds", "formulas")}
+            self.info = {**shared, **self.info}
+        return ScoreResult(scores, clusters, self.info)
 
 
 # ---------------------------------------------------------------- shared statistics
@@ -113,8 +198,14 @@ def _sample_embeddings(s: Stats) -> list[np.ndarray]:
 
 @_stat("clusters")
 def _clusters(s: Stats) -> list[np.ndarray]:
+    """Meaning clusters per question; an entailment judge with `for_question` (engine.uq.nli.LMJudge)
+    gets each question as context."""
     if s.entails is not None:
-        return [semantic_clusters(r.samples, entails=s.entails) for r in s.records]
+        per_question = getattr(s.entails, "for_question", None)
+        return [
+            semantic_clusters(r.samples, entails=per_question(r.question) if per_question else s.entails)
+            for r in s.records
+        ]
     embeddings = s["sample_embeddings"]
     return [semantic_clusters(r.samples, e, threshold=s.threshold) for r, e in zip(s.records, embeddings)]
 
@@ -141,16 +232,87 @@ def _semantic_entropy_stat(s: Stats) -> np.ndarray:
     return np.array([cluster_entropy(c, lps) for c, lps in zip(s["clusters"], s["sample_logprobs"])])
 
 
-@_stat("subspace")
-def _subspace(s: Stats):
-    fit = subspace_spreads(s["sample_hidden"], s["sample_embeddings"], n_folds=s.n_folds, seed=s.seed)
-    s.info["subspace"] = {
+@_stat("answer_lengths")
+def _answer_lengths(s: Stats) -> tuple[np.ndarray, np.ndarray]:
+    return answer_lengths(s.records)
+
+
+@_stat("correct", labelled=True)
+def _correct(s: Stats) -> np.ndarray:
+    if s.correct is None:
+        raise Unavailable(NEEDS_LABELS)
+    return s.correct
+
+
+def _decomposition_info(s: Stats, fit: Decomposition) -> Decomposition:
+    s.info.setdefault("decompositions", {})[fit.name] = {
         "folds": fit.folds.tolist(),
-        "ranks": fit.ranks,
-        "ridge_alphas": fit.alphas,
-        "heldout_r2": fit.heldout_r2,
+        "semantic_ranks": fit.semantic_ranks,
+        "surface_ranks": fit.surface_ranks,
+        "fold_info": [b.info for b in fit.bases],
+        "note": fit.note,
     }
     return fit
+
+
+def _fit(s: Stats, fit: Callable[[], Decomposition]) -> Decomposition:
+    """A decomposition, its settings in info; "no hidden states / embeddings" becomes a note, not an error."""
+    try:
+        return _decomposition_info(s, fit())
+    except ValueError as err:
+        raise Unavailable(f"cannot fit: {err}") from err
+
+
+@_stat("decomp_embedding_map")
+def _decomp_embedding_map(s: Stats) -> Decomposition:
+    hidden, embeddings = s["sample_hidden"], s["sample_embeddings"]
+    return _fit(s, lambda: embedding_map_decomposition(hidden, embeddings, n_folds=s.n_folds, seed=s.seed))
+
+
+@_stat("decomp_discriminant")
+def _decomp_discriminant(s: Stats) -> Decomposition:
+    hidden, clusters = s["sample_hidden"], s["clusters"]
+    return _fit(s, lambda: discriminant_decomposition(hidden, clusters, n_folds=s.n_folds, seed=s.seed))
+
+
+@_stat("decomp_lexical_map")
+def _decomp_lexical_map(s: Stats) -> Decomposition:
+    hidden, embeddings, clusters = s["sample_hidden"], s["sample_embeddings"], s["clusters"]
+    texts = [r.samples for r in s.records]
+    return _fit(
+        s, lambda: lexical_map_decomposition(hidden, texts, embeddings, clusters, n_folds=s.n_folds, seed=s.seed)
+    )
+
+
+@_stat("full_state")
+def _full_state(s: Stats) -> Decomposition:
+    hidden = s["sample_hidden"]
+    return _fit(s, lambda: full_state(hidden, n_folds=s.n_folds, seed=s.seed))
+
+
+def _probes(s: Stats, base: str, parts: tuple[str, ...], target: str) -> ProbeScores:
+    """Out-of-fold SE ("se") or correctness ("wrong") probes on the `parts` of the decomposition `base`."""
+    if target == "se":
+        return subspace_probes(
+            s["answer_hidden"], s[base], se=s["semantic_entropy"], se_split=best_variance_split, parts=parts
+        )
+    return subspace_probes(s["answer_hidden"], s[base], correct=s["correct"], parts=parts)
+
+
+def _register_probe_stats(name: str, base: str, parts: tuple[str, ...]) -> None:
+    _stat(f"se_probes_{name}")(lambda s: _probes(s, base, parts, "se"))
+    _stat(f"correctness_probes_{name}", labelled=True)(lambda s: _probes(s, base, parts, "wrong"))
+
+
+for _name in DECOMPOSITIONS:
+    _register_probe_stats(_name, f"decomp_{_name}", PROBED)
+_register_probe_stats("full_state", "full_state", ("full",))
+
+
+@_stat("combination", labelled=True)
+def _combination(s: Stats):
+    probe = s["correctness_probes_full_state"].wrong["full"]
+    return entropy_probe_combination(s["semantic_entropy"], probe, s["correct"], n_folds=s.n_folds, seed=s.seed)
 
 
 # ---------------------------------------------------------------- formulas used by the estimators
@@ -353,26 +515,109 @@ def _sep(s: Stats) -> np.ndarray:
     return scores
 
 
-def _subspace_estimator(name: str, part: str, formula: str) -> None:
-    def compute(s: Stats) -> np.ndarray:
-        _note(s, name, s["subspace"].note)
-        return getattr(s["subspace"], part)
-
-    _estimator(name, "semantic", ("sample_hidden", "sample_embeddings", "subspace"), formula)(compute)
-
-
-_subspace_estimator(
-    "semantic_subspace_spread",
+@_estimator(
+    "se_probe_full_state",
     "semantic",
-    "spread of the samples' hidden states inside the semantic subspace "
-    "(row space of a cross-fitted hidden->meaning map)",
+    ("answer_hidden", "semantic_entropy", "se_probes_full_state"),
+    "semantic entropy probe on the whole standardised answer state, question folds (the subspace probes' control)",
 )
-_subspace_estimator(
-    "surface_subspace_spread",
-    "surface",
-    "for contrast: spread of the samples' hidden states in the surface subspace "
-    "(orthogonal complement of the semantic one)",
+def _se_probe_full_state(s: Stats) -> np.ndarray:
+    return _probe_column(s, "se_probe_full_state", s["se_probes_full_state"], "se", "full")
+
+
+def _probe_column(s: Stats, column: str, probes: ProbeScores, target: str, part: str) -> np.ndarray:
+    _note(s, column, "; ".join(filter(None, (probes.notes.get(k, "") for k in ("all", target, f"{target}_{part}")))))
+    return getattr(probes, target)[part]
+
+
+DECOMPOSITION_SUBSPACES = {  # the semantic subspace of each decomposition, in a few words (formulas)
+    "embedding_map": "row space of a ridge map hidden state -> MiniLM embedding",
+    "discriminant": "top generalised eigenvectors of (between-, within-meaning-cluster scatter + ridge)",
+    "lexical_map": "embedding-map directions with a hidden -> character n-gram map's directions projected out",
+}
+
+
+def _register_decomposition(name: str) -> None:
+    """The spreads, share and subspace probes of one decomposition (engine.uq.decompositions.score_columns)."""
+    stat = f"decomp_{name}"
+    what = DECOMPOSITION_SUBSPACES[name]
+
+    def spread(column: str, attribute: str):
+        def compute(s: Stats) -> np.ndarray:
+            fit = s[stat]
+            _note(s, column, fit.note)
+            return getattr(fit, attribute)
+
+        return compute
+
+    for column, attribute, formula in (
+        (f"{name}_semantic_spread", "semantic", f"(1/K) sum_k ||P_S (z_k - zbar)||^2, S = {what}"),
+        (f"{name}_surface_spread", "surface", f"(1/K) sum_k ||P_U (z_k - zbar)||^2, U = surface subspace of {name}"),
+        (f"{name}_semantic_share", "share", f"semantic spread / total spread (1/K) sum_k ||z_k - zbar||^2 ({name})"),
+    ):
+        _estimator(column, "decomposition", ("sample_hidden", stat), formula)(spread(column, attribute))
+    for part in PROBED:
+        se_column, wrong_column = f"se_probe_{name}_{part}", f"correctness_probe_{name}_{part}"
+        _estimator(
+            se_column,
+            "decomposition",
+            ("answer_hidden", "semantic_entropy", f"se_probes_{name}"),
+            f"out-of-fold P(high SE | answer state projected onto the {part} subspace of {name})",
+        )(lambda s, c=se_column, p=part: _probe_column(s, c, s[f"se_probes_{name}"], "se", p))
+        _estimator(
+            wrong_column,
+            "decomposition",
+            ("answer_hidden", "correct", f"correctness_probes_{name}"),
+            f"out-of-fold 1 - P(right | answer state projected onto the {part} subspace of {name}), per judge",
+        )(lambda s, c=wrong_column, p=part: _probe_column(s, c, s[f"correctness_probes_{name}"], "wrong", p))
+
+
+for _name in DECOMPOSITIONS:
+    _register_decomposition(_name)
+
+
+@_estimator(
+    "correctness_probe_full_state",
+    "baseline",
+    ("answer_hidden", "correct", "correctness_probes_full_state"),
+    "p(IK)-style probe: out-of-fold 1 - P(right | whole standardised answer state), per judge",
 )
+def _correctness_probe_full_state(s: Stats) -> np.ndarray:
+    return _probe_column(s, "correctness_probe_full_state", s["correctness_probes_full_state"], "wrong", "full")
+
+
+@_estimator("answer_length_tokens", "baseline", ("answer_lengths",), "tokens of the graded answer (longer = less sure)")
+def _answer_length_tokens(s: Stats) -> np.ndarray:
+    return s["answer_lengths"][0]
+
+
+@_estimator(
+    "answer_length_chars", "baseline", ("answer_lengths",), "characters of the graded answer (longer = less sure)"
+)
+def _answer_length_chars(s: Stats) -> np.ndarray:
+    return s["answer_lengths"][1]
+
+
+@_estimator(
+    "kernel_language_entropy",
+    "baseline",
+    ("sample_embeddings",),
+    "KLE (arXiv 2405.20003): -tr(K log K), K = cosine kernel of the samples' MiniLM embeddings / K",
+)
+def _kernel_language_entropy(s: Stats) -> np.ndarray:
+    return np.array([kernel_language_entropy(e) for e in s["sample_embeddings"]])
+
+
+@_estimator(
+    "entropy_probe_combination",
+    "baseline",
+    ("semantic_entropy", "correct", "correctness_probes_full_state", "combination"),
+    "out-of-fold 1 - P(right | semantic entropy, full-state correctness probe), logistic regression, per judge",
+)
+def _entropy_probe_combination(s: Stats) -> np.ndarray:
+    combination = s["combination"]
+    _note(s, "entropy_probe_combination", combination.note)
+    return combination.scores
 
 
 # ---------------------------------------------------------------- entry point
@@ -385,8 +630,8 @@ class ScoreResult:
     info: dict  # layer used, method notes, per-estimator notes and timings
 
     @property
-    def kinds(self) -> dict[str, str]:
-        """Column -> "usual" | "semantic" (for metrics.comparison)."""
+    def kinds(self) -> dict[str, ScoreKind]:
+        """Column -> its estimator's kind (for metrics.comparison and paired.verdict)."""
         return {name: ESTIMATORS[name].kind for name in self.scores.columns if name in ESTIMATORS}
 
 
@@ -403,7 +648,7 @@ def _layer_position(records: list[QuestionRecord], layer: int | None) -> tuple[i
     return position, int(layers[position])
 
 
-def score_records(
+def scoring_stats(
     records: list[QuestionRecord],
     embedder=None,
     *,
@@ -412,14 +657,15 @@ def score_records(
     n_folds: int = 5,
     seed: int = 0,
     threshold: float = 0.8,
-    estimators: Sequence[str] | None = None,
-) -> ScoreResult:
-    """Every estimator in ESTIMATORS (or those named) on `records`; see the module docstring.
+    correct=None,
+) -> Stats:
+    """The statistics of `records`, computed on first use (`Stats.score` gives the columns).
 
-    `embedder`: sentence-transformers model (engine.embedder.load_embedder) for meaning clusters and
-    the subspace target; `entails(a, b) -> bool` switches clustering to bidirectional entailment;
-    `layer`: model layer of the stored hidden states (default: the middle stored one); `n_folds`,
-    `seed`: cross-fitting of the probe and the subspace map; `threshold`: cosine similarity of one meaning.
+    `embedder`: sentence-transformers model (engine.core.embedder.load_embedder) for meaning clusters and
+    the embedding targets; `entails(a, b) -> bool` switches clustering to bidirectional entailment
+    (engine.uq.nli); `layer`: model layer of the stored hidden states (default: the middle stored one);
+    `n_folds`, `seed`: cross-fitting of the probes and decompositions; `threshold`: cosine similarity of
+    one meaning; `correct`: 1 / 0 per record (NaN: ungraded) for the correctness-dependent scores.
     """
     records = list(records)
     if not records:
@@ -427,10 +673,6 @@ def score_records(
     ids = [str(r.id) for r in records]
     if len(set(ids)) != len(ids):
         raise LabError("Question ids must be unique.")
-    names = list(estimators) if estimators is not None else list(ESTIMATORS)
-    unknown = [n for n in names if n not in ESTIMATORS]
-    if unknown:
-        raise LabError(f"Unknown uncertainty score(s) {unknown}; known: {list(ESTIMATORS)}.")
     position, layer_index = _layer_position(records, layer)
     stats = Stats(records, embedder, entails, position, n_folds, seed, threshold)
     stats.info.update(
@@ -441,22 +683,34 @@ def score_records(
         else f"MiniLM cosine, average linkage, similarity > {threshold}",
         semantic_entropy_weights="length-normalised: exp(mean token log-prob) per sample",
         eigenscore_alpha=EIGENSCORE_ALPHA,
-        formulas={n: ESTIMATORS[n].formula for n in names},
         notes={},
         seconds={},
     )
-    columns = {}
-    for name in names:
-        start = time.perf_counter()
-        try:
-            for need in ESTIMATORS[name].needs:
-                stats[need]
-            columns[name] = np.asarray(ESTIMATORS[name].compute(stats), dtype=np.float64)
-        except Unavailable as err:
-            columns[name] = np.full(len(records), np.nan)
-            stats.info["notes"][name] = str(err)
-        stats.info["seconds"][name] = time.perf_counter() - start
-    computed = stats.values.get("clusters")
-    clusters = {i: c.tolist() for i, c in zip(ids, computed)} if isinstance(computed, list) else {}
-    scores = pd.DataFrame(columns, index=pd.Index(ids, name="id"))
-    return ScoreResult(scores, clusters, stats.info)
+    return stats if correct is None else stats.with_labels(correct)
+
+
+def score_records(
+    records: list[QuestionRecord],
+    embedder=None,
+    *,
+    entails: Callable[[str, str], bool] | None = None,
+    layer: int | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    threshold: float = 0.8,
+    correct=None,
+    estimators: Sequence[str] | None = None,
+) -> ScoreResult:
+    """Every estimator in ESTIMATORS (or those named) on `records`: `scoring_stats(...).score(estimators)`
+    (see there and the module docstring). Without `correct` the correctness-dependent scores are NaN."""
+    stats = scoring_stats(
+        records,
+        embedder,
+        entails=entails,
+        layer=layer,
+        n_folds=n_folds,
+        seed=seed,
+        threshold=threshold,
+        correct=correct,
+    )
+    return stats.score(estimators)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from engine.core.paths import atomic_write
-from engine.uq.evaluation import Evaluation
-from engine.uq.metrics import summary_markdown
+from engine.uq.evaluation import Evaluation, Summary
+from engine.uq.metrics import format_difference, format_value, summary_markdown
 
 
 def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,10 +45,34 @@ def summary_json(evaluation: Evaluation) -> str:
     return json.dumps(_no_nan(evaluation.summary.as_dict()), indent=2, ensure_ascii=False)
 
 
+def judges_markdown(summary: Summary) -> str:
+    """The A1 / A2 / A3 table under each judge (the chosen one first), with 95% intervals, the paired
+    A3 - A2 and each judge's verdict on the decompositions."""
+    lines = [
+        f"| judge | n | A1 | A2 (`{summary.usual_method}`) | A3 (`{summary.semantic_method}`) | A3 − A2 (paired) "
+        "| decompositions | a semantic score beats length |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in summary.judges:
+        name = f"**{t.judge}** (chosen)" if t.judge == summary.judge else t.judge
+        lines.append(
+            f"| {name} | {t.n} | {format_value(t.A1, t.A1_ci)} | {format_value(t.A2, t.A2_ci)} | "
+            f"{format_value(t.A3, t.A3_ci)} | {format_difference(t.a3_minus_a2)} | {t.verdict.answer} | "
+            f"{'yes' if t.length.beaten else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def lead_markdown(summary: Summary) -> str:
+    """The answer first: the verdict sentence and the answer-length check (the chosen judge)."""
+    return f"**Answer ({summary.judge} judge):** {summary.verdict.sentence}\n\n{summary.length.sentence}"
+
+
 def summary_md(evaluation: Evaluation) -> str:
-    """A Markdown report: run and judge in a few lines, then A1 / A2 / A3 and the metrics table."""
+    """A Markdown report: the verdict sentence, run and judge in a few lines, A1 / A2 / A3 under each judge,
+    then every score's metrics and paired differences from the usual score."""
     s = evaluation.summary
-    head = ["# Semantic vs surface uncertainty", ""]
+    head = ["# Semantic vs surface uncertainty", "", lead_markdown(s), ""]
     run = s.run or {}
     if run:
         gen = run.get("generation") or {}
@@ -58,8 +82,18 @@ def summary_md(evaluation: Evaluation) -> str:
             f"run `{run.get('run_id')}`."
         )
     head.append(f"Judge: `{s.judge}`; {s.n_graded} graded questions ({s.n_manual} marked by hand).")
-    head.append("")
-    return "\n".join(head) + summary_markdown(s.as_dict()) + "\n"
+    head += [
+        "",
+        "## A1 / A2 / A3 under each judge",
+        "",
+        judges_markdown(s),
+        "",
+        f"## Every score ({s.judge} judge)",
+        "",
+    ]
+    notes = [f"- `{name}`: {note}" for name, note in (s.score_info.get("notes") or {}).items()]
+    tail = ["", "Notes:", *notes] if notes else []
+    return "\n".join(head) + summary_markdown(s.as_dict()) + "\n" + "\n".join(tail) + ("\n" if tail else "")
 
 
 def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:

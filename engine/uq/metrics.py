@@ -18,6 +18,7 @@ import pandas as pd
 from engine.core.errors import LabError
 
 METRICS = ("acc50", "auroc", "prr", "auarc")
+DIFF_METRICS = ("acc50", "auroc", "auarc")  # compared with the usual score, paired (engine.uq.paired)
 
 
 def _unc(unc) -> np.ndarray:
@@ -132,12 +133,39 @@ def _tied_at_cutoff(unc: np.ndarray) -> int:
     return int(tied.sum()) if (~keep & tied).any() else 0
 
 
-def method_metrics(unc, correct, *, n_boot: int = 1000, seed: int = 0) -> dict:
+def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The bootstrap's question resamples [n_boot, n]: the same for every score (paired comparisons)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def metric_draws(unc, correct, idx: np.ndarray) -> tuple[dict, dict]:
+    """(point metrics, bootstrap metrics [len(idx)] per name in METRICS) of one score on the resamples `idx`
+    (`resamples`); NaN unc counts as most uncertain. The point AUROC is sklearn's (the same value)."""
+    unc = np.asarray(unc, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    point = {name: float(v[0]) for name, v in _batch_metrics(unc[None], correct[None]).items()}
+    point["auroc"] = _auroc(unc, correct)  # the headline AUROC is sklearn's; the resamples use the same formula
+    boot = _batch_metrics(unc[idx], correct[idx]) if len(idx) else {name: np.zeros(0) for name in METRICS}
+    return point, boot
+
+
+def _from_draws(unc: np.ndarray, point: dict, boot: dict) -> dict:
+    out = {"n_tied_at_cutoff": _tied_at_cutoff(unc)}
+    for name in METRICS:
+        values = boot[name][~np.isnan(boot[name])]
+        ci = np.percentile(values, [2.5, 97.5]) if values.size and not np.isnan(point[name]) else [np.nan, np.nan]
+        out[name], out[f"{name}_ci"] = point[name], [float(ci[0]), float(ci[1])]
+    return out
+
+
+def method_metrics(unc, correct, *, n_boot: int = 1000, seed: int = 0, draws: dict | None = None) -> dict:
     """Accuracy at 50% coverage, AUROC for wrong answers, PRR (Malinin et al.), AUARC; 95% bootstrap CIs.
 
     Returns {"acc50", "acc50_ci", "auroc", "auroc_ci", "prr", "prr_ci", "auarc", "auarc_ci",
     "n_tied_at_cutoff"}; NaN where undefined (all answers right or all wrong: AUROC and PRR; a score
-    that is NaN everywhere: all). CIs: 2.5 / 97.5 percentiles of `n_boot` question resamples (seeded).
+    that is NaN everywhere: all). CIs: 2.5 / 97.5 percentiles of `n_boot` question resamples (seeded,
+    `resamples`). `draws`: the (point, bootstrap) metrics of this score on those resamples when already
+    computed (`metric_draws`).
     """
     unc = np.asarray(unc, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
@@ -145,18 +173,8 @@ def method_metrics(unc, correct, *, n_boot: int = 1000, seed: int = 0) -> dict:
         raise LabError(f"Scores ({unc.shape}) and correctness ({correct.shape}) must be two equal-length lists.")
     if unc.size == 0 or np.isnan(unc).all():
         return _nan_metrics()
-    out = {"n_tied_at_cutoff": _tied_at_cutoff(unc)}
-    point = {name: float(v[0]) for name, v in _batch_metrics(unc[None], correct[None]).items()}
-    point["auroc"] = _auroc(unc, correct)  # the headline AUROC is sklearn's; the resamples use the same formula
-    boot = {name: np.zeros(0) for name in METRICS}
-    if n_boot > 0:
-        idx = np.random.default_rng(seed).integers(0, unc.size, size=(n_boot, unc.size))
-        boot = _batch_metrics(unc[idx], correct[idx])
-    for name in METRICS:
-        values = boot[name][~np.isnan(boot[name])]
-        ci = np.percentile(values, [2.5, 97.5]) if values.size and not np.isnan(point[name]) else [np.nan, np.nan]
-        out[name], out[f"{name}_ci"] = point[name], [float(ci[0]), float(ci[1])]
-    return out
+    point, boot = draws if draws is not None else metric_draws(unc, correct, resamples(unc.size, n_boot, seed))
+    return _from_draws(unc, point, boot)
 
 
 def _aligned_correct(scores_df: pd.DataFrame, correct) -> np.ndarray:
@@ -182,11 +200,14 @@ def comparison(
     kinds: dict[str, str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    draws: dict | None = None,
 ) -> dict:
     """A1 (accuracy on all), A2 (on the 50% most certain by `usual`), A3 (same by `semantic`), and
-    `method_metrics` for every column of `scores_df` (JSON-serialisable; NaN where undefined).
+    `method_metrics` for every column of `scores_df` (JSON-serialisable; NaN where undefined); "A1_ci": the
+    95% interval of A1 on the same resamples.
 
-    `correct`: bools in the row order of scores_df, or a Series indexed by question id.
+    `correct`: bools in the row order of scores_df, or a Series indexed by question id. `draws`: a dict that
+    receives each score's `metric_draws` (for engine.uq.paired to reuse the same resamples' metrics).
     """
     from engine.uq.estimators import ESTIMATORS
 
@@ -195,13 +216,21 @@ def comparison(
             raise LabError(f"The {role} score '{name}' is not among the scores: {list(scores_df.columns)}.")
     values = _aligned_correct(scores_df, correct)
     kinds = dict(kinds or {})
+    idx = resamples(values.size, n_boot, seed)
+    draws = {} if draws is None else draws
     methods = {}
     for name in scores_df.columns:
         kind = kinds.get(name) or (ESTIMATORS[name].kind if name in ESTIMATORS else "other")
-        methods[name] = {"kind": kind, **method_metrics(scores_df[name].to_numpy(), values, n_boot=n_boot, seed=seed)}
+        unc = scores_df[name].to_numpy(dtype=np.float64)
+        if values.size and not np.isnan(unc).all():
+            draws[name] = metric_draws(unc, values, idx)
+        methods[name] = {"kind": kind, **method_metrics(unc, values, draws=draws.get(name))}
+    a1_boot = values[idx].mean(axis=1) if values.size and n_boot > 0 else np.zeros(0)
+    a1_ci = np.percentile(a1_boot, [2.5, 97.5]).tolist() if a1_boot.size else [float("nan")] * 2
     return {
         "n": int(values.size),
         "A1": float(np.mean(values)) if values.size else float("nan"),
+        "A1_ci": [float(v) for v in a1_ci],
         "A2": methods[usual]["acc50"],
         "A3": methods[semantic]["acc50"],
         "usual_method": usual,
@@ -229,29 +258,56 @@ def rejection_curves(scores_df: pd.DataFrame, correct) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _fmt(value: float, ci: list[float] | None = None) -> str:
+def format_value(value: float | None, ci: list[float] | None = None) -> str:
+    """ "0.712 [0.650, 0.770]" (3 decimals, the interval when given); "n/a" for a missing value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     text = f"{value:.3f}"
-    if ci and not any(math.isnan(x) for x in ci):
+    if ci and not any(x is None or math.isnan(x) for x in ci):
         text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
     return text
 
 
+def format_difference(d: dict | None) -> str:
+    """A paired difference {estimate, ci_low, ci_high, p, p_holm} as "+0.012 [-0.010, +0.034], p_Holm 0.41"."""
+    if not d or d.get("estimate") is None or math.isnan(d["estimate"]):
+        return "n/a"
+    text = f"{d['estimate']:+.3f}"
+    if d.get("ci_low") is not None and not math.isnan(d["ci_low"]):
+        text += f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+    if d.get("p_holm") is not None and not math.isnan(d["p_holm"]):
+        text += f", p_Holm {d['p_holm']:.2g}"
+    return text
+
+
 def summary_markdown(comparison_dict: dict) -> str:
-    """A1 / A2 / A3 in one line and a Markdown table of every score's metrics with 95% intervals."""
+    """A1 / A2 / A3 in one line and a Markdown table of every score's metrics with 95% intervals (and, when
+    the methods carry "diff_vs_usual", each score's paired difference from the usual score)."""
     c = comparison_dict
+    diffs = any(m.get("diff_vs_usual") for m in c["methods"].values())
+    header = "| score | kind | accuracy at 50% | AUROC (wrong) | PRR | AUARC |"
+    rule = "|---|---|---|---|---|---|"
+    if diffs:
+        header += " Δ accuracy at 50% | Δ AUROC | Δ AUARC |"
+        rule += "---|---|---|"
     lines = [
-        f"**A1** = {_fmt(c['A1'])} (all {c['n']} questions) · "
-        f"**A2** = {_fmt(c['A2'])} (50% most certain by `{c['usual_method']}`) · "
-        f"**A3** = {_fmt(c['A3'])} (50% most certain by `{c['semantic_method']}`)",
+        f"**A1** = {format_value(c['A1'])} (all {c['n']} questions) · "
+        f"**A2** = {format_value(c['A2'])} (50% most certain by `{c['usual_method']}`) · "
+        f"**A3** = {format_value(c['A3'])} (50% most certain by `{c['semantic_method']}`)",
         "",
-        "| score | kind | accuracy at 50% | AUROC (wrong) | PRR | AUARC |",
-        "|---|---|---|---|---|---|",
+        header,
+        rule,
     ]
     for name, m in c["methods"].items():
-        cells = [_fmt(m[k], m[f"{k}_ci"]) for k in METRICS]
+        cells = [format_value(m[k], m[f"{k}_ci"]) for k in METRICS]
+        if diffs:
+            cells += [format_difference((m.get("diff_vs_usual") or {}).get(k)) for k in DIFF_METRICS]
         lines.append(f"| {name} | {m['kind']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Brackets: 95% bootstrap intervals ({c.get('n_boot', '?')} resamples of the questions).")
+    if diffs:
+        lines.append(
+            f"Δ: the score minus `{c['usual_method']}` on the same resamples (paired), Holm-adjusted p over all "
+            "scores compared (one family per metric)."
+        )
     return "\n".join(lines)

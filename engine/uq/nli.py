@@ -20,9 +20,9 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import torch
 
 from engine.core.errors import LabError
+from engine.core.model import LoadedModel
 from engine.core.registry import allow_download, resolve_source
 
 LM_JUDGE_TEMPLATE = (
@@ -60,6 +60,8 @@ class NLIJudge:
 
     def probabilities(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         """Softmax over the model's labels for each (premise, hypothesis) pair: [len(pairs), n_labels]."""
+        import torch
+
         if not pairs:
             return np.zeros((0, len(self.model.config.id2label)))
         premises, hypotheses = zip(*[(str(a), str(b)) for a, b in pairs])
@@ -113,7 +115,7 @@ def _answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
 class LMJudge:
     """The loaded LM as an entailment judge (module docstring); `question` adds context to the prompt."""
 
-    lm: Any  # engine.core.model.LoadedModel
+    lm: LoadedModel
     question: str = ""
     template: str = LM_JUDGE_TEMPLATE
     calls: int = 0
@@ -126,12 +128,18 @@ class LMJudge:
         if not self.yes_ids or not self.no_ids:
             raise LabError(f"The tokenizer of '{self.lm.name}' has no distinct tokens for 'yes' and 'no'.")
 
+    def for_question(self, question: str) -> LMJudge:
+        """This judge with `question` as the prompt's context (engine.uq.estimators asks one per question)."""
+        return dataclasses.replace(self, question=str(question), calls=0)
+
     def prompt(self, premise: str, hypothesis: str) -> str:
         context = f"Question: {self.question}\n" if self.question else ""
         return self.template.format(context=context, premise=str(premise).strip(), hypothesis=str(hypothesis).strip())
 
     def yes_margin(self, premise: str, hypothesis: str) -> float:
         """max logit over the "yes" tokens minus max logit over the "no" tokens, after the prompt."""
+        import torch
+
         inputs = self.lm.prompt_inputs(self.prompt(premise, hypothesis))
         with self.lm.lock, torch.no_grad():
             out = self.lm.model(

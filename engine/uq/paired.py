@@ -19,6 +19,9 @@ Verdict (issue 15), on A3 - A2 of the decomposition scores:
     "not useful"             every decomposition score's 95% interval lies below +0.02 (a gain of 2
                              points or more is ruled out);
     "inconclusive at n = N"  otherwise.
+Length check (arXiv 2508.08285: length heuristics rival semantic entropy): every semantic and
+decomposition score against the stronger answer-length baseline (higher AUROC), paired AUROC differences
+Holm-adjusted over those scores; a score "beats answer length" when its difference is > 0 with p_holm < 0.05.
 """
 
 from __future__ import annotations
@@ -31,41 +34,16 @@ import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
-from engine.uq.baselines import SCORE_NAMES as BASELINE_SCORES
-from engine.uq.decompositions import DECOMPOSITIONS
-from engine.uq.metrics import _aligned_correct, _batch_metrics
+from engine.uq.estimators import ESTIMATORS
+from engine.uq.metrics import DIFF_METRICS, _aligned_correct, metric_draws, resamples
 
-DIFF_METRICS = ("acc50", "auroc", "auarc")
-KINDS = ("usual", "semantic", "decomposition", "baseline")
-
-_KNOWN_KINDS = {
-    "mean_token_nll": "usual",
-    "max_seq_prob": "usual",
-    "predictive_entropy": "usual",
-    "lexical_similarity": "usual",
-    "eigenscore": "usual",
-    "semantic_entropy": "semantic",
-    "discrete_semantic_entropy": "semantic",
-    "sep": "semantic",
-    "se_probe_full_state": "semantic",
-    "semantic_subspace_spread": "decomposition",
-    "surface_subspace_spread": "decomposition",
-    "correctness_probe_full_state": "baseline",
-    **{name: "baseline" for name in BASELINE_SCORES},
-}
+LENGTH_SCORES = ("answer_length_tokens", "answer_length_chars")
 
 
 def score_kind(name: str) -> str:
-    """What a score is: "usual" (likelihood / hidden-state scores behind A2), "semantic" (meaning clusters:
-    semantic entropy, its probe), "decomposition" (anything computed from a semantic / surface subspace,
-    including surface spreads: the decomposition is what is on trial), "baseline" (length, KLE, the
-    correctness probe and its combination with entropy); "other" for a name this module does not know."""
-    if name in _KNOWN_KINDS:
-        return _KNOWN_KINDS[name]
-    for decomposition in DECOMPOSITIONS:
-        if name.startswith((f"{decomposition}_", f"se_probe_{decomposition}_", f"correctness_probe_{decomposition}_")):
-            return "decomposition"
-    return "other"
+    """What a score is: its estimator's kind (engine.uq.estimators: "usual", "semantic", "decomposition",
+    "baseline"); "other" for a name that is no registered estimator."""
+    return ESTIMATORS[name].kind if name in ESTIMATORS else "other"
 
 
 @dataclasses.dataclass
@@ -85,18 +63,6 @@ class PairedDifference:
 
 
 _NAN_DIFF = PairedDifference(*(float("nan"),) * 4)
-
-
-def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """The question resamples metrics.method_metrics draws for the same (n, n_boot, seed)."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def _metric_draws(unc: np.ndarray, correct: np.ndarray, idx: np.ndarray) -> tuple[dict, dict]:
-    """(point metrics, bootstrap metrics [n_boot]) of one score; NaN unc counts as most uncertain."""
-    point = {k: float(v[0]) for k, v in _batch_metrics(unc[None], correct[None]).items()}
-    boot = _batch_metrics(unc[idx], correct[idx]) if len(idx) else {k: np.zeros(0) for k in point}
-    return point, boot
 
 
 def _difference(point_s: float, point_r: float, boot_s: np.ndarray, boot_r: np.ndarray) -> PairedDifference:
@@ -119,16 +85,8 @@ def paired_differences(
     y = np.asarray(correct, dtype=np.float64)
     if not (unc_s.shape == unc_r.shape == y.shape) or y.ndim != 1:
         raise LabError(f"Scores ({unc_s.shape}, {unc_r.shape}) and correctness ({y.shape}) must have equal length.")
-    idx = _resamples(y.size, n_boot, seed)
-    point_s, boot_s = _metric_draws(unc_s, y, idx)
-    point_r, boot_r = _metric_draws(unc_r, y, idx)
-    out = {}
-    for m in metrics:
-        nan_score = np.isnan(unc_s).all() or np.isnan(unc_r).all()
-        out[m] = (
-            dataclasses.replace(_NAN_DIFF) if nan_score else _difference(point_s[m], point_r[m], boot_s[m], boot_r[m])
-        )
-    return out
+    frame = pd.DataFrame({"score": unc_s, "reference": unc_r})
+    return differences_vs(frame, y, reference="reference", metrics=metrics, n_boot=n_boot, seed=seed)["score"]
 
 
 def holm(p_values) -> np.ndarray:
@@ -145,6 +103,50 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def differences_vs(
+    scores_df: pd.DataFrame,
+    correct,
+    *,
+    reference: str,
+    names: Sequence[str] | None = None,
+    metrics: Sequence[str] = DIFF_METRICS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    draws: dict | None = None,
+) -> dict[str, dict[str, PairedDifference]]:
+    """Each of `names` (default: every other column) against the column `reference`: {score: {metric:
+    PairedDifference}}, p_holm adjusted over those scores (one family per metric). `correct`: as
+    metrics.comparison takes it; `draws`: metrics.comparison's per-score draws on the same resamples."""
+    if reference not in scores_df.columns:
+        raise LabError(f"The reference score '{reference}' is not among the scores: {list(scores_df.columns)}.")
+    y = _aligned_correct(scores_df, correct)
+    draws = {} if draws is None else draws
+    idx = None
+
+    def drawn(name: str, unc: np.ndarray):
+        nonlocal idx
+        if name not in draws:
+            idx = resamples(y.size, n_boot, seed) if idx is None else idx
+            draws[name] = metric_draws(unc, y, idx)
+        return draws[name]
+
+    unc_r = scores_df[reference].to_numpy(dtype=np.float64)
+    names = [n for n in (names if names is not None else scores_df.columns) if n != reference]
+    out: dict[str, dict[str, PairedDifference]] = {}
+    for name in names:
+        unc_s = scores_df[name].to_numpy(dtype=np.float64)
+        if np.isnan(unc_s).all() or np.isnan(unc_r).all():
+            out[name] = {m: dataclasses.replace(_NAN_DIFF) for m in metrics}
+            continue
+        (point_s, boot_s), (point_r, boot_r) = drawn(name, unc_s), drawn(reference, unc_r)
+        out[name] = {m: _difference(point_s[m], point_r[m], boot_s[m], boot_r[m]) for m in metrics}
+    for m in metrics:
+        adjusted = holm([out[n][m].p for n in out])
+        for n, p_adj in zip(out, adjusted):
+            out[n][m].p_holm = float(p_adj)
+    return out
+
+
 def differences_vs_usual(
     scores_df: pd.DataFrame,
     correct,
@@ -153,31 +155,79 @@ def differences_vs_usual(
     metrics: Sequence[str] = DIFF_METRICS,
     n_boot: int = 1000,
     seed: int = 0,
+    draws: dict | None = None,
 ) -> dict[str, dict[str, PairedDifference]]:
     """Every other column of `scores_df` against `usual`: {score: {metric: PairedDifference}}, with p_holm
     adjusted over all compared scores (one family per metric). `correct`: as metrics.comparison takes it."""
     if usual not in scores_df.columns:
         raise LabError(f"The usual score '{usual}' is not among the scores: {list(scores_df.columns)}.")
+    return differences_vs(scores_df, correct, reference=usual, metrics=metrics, n_boot=n_boot, seed=seed, draws=draws)
+
+
+@dataclasses.dataclass
+class LengthCheck:
+    """Does any semantic or decomposition score beat answer length (AUROC, paired, Holm)? (module docstring)"""
+
+    beaten: bool
+    sentence: str
+    length_score: str | None = None  # the stronger length baseline
+    best: str | None = None  # the semantic / decomposition score the sentence quotes
+    difference: PairedDifference | None = None  # AUROC(best) - AUROC(length_score)
+
+
+def against_length(
+    scores_df: pd.DataFrame,
+    correct,
+    *,
+    kinds: dict[str, str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    draws: dict | None = None,
+    alpha: float = 0.05,
+) -> LengthCheck:
+    """The length check of the module docstring on the columns of `scores_df` (kinds: as in `verdict`)."""
+    kinds = kinds or {}
     y = _aligned_correct(scores_df, correct)
-    idx = _resamples(y.size, n_boot, seed)
-    unc_r = scores_df[usual].to_numpy(dtype=np.float64)
-    point_r, boot_r = _metric_draws(unc_r, y, idx)
-    out: dict[str, dict[str, PairedDifference]] = {}
-    for name in scores_df.columns:
-        if name == usual:
-            continue
-        unc_s = scores_df[name].to_numpy(dtype=np.float64)
-        if np.isnan(unc_s).all() or np.isnan(unc_r).all():
-            out[name] = {m: dataclasses.replace(_NAN_DIFF) for m in metrics}
-            continue
-        point_s, boot_s = _metric_draws(unc_s, y, idx)
-        out[name] = {m: _difference(point_s[m], point_r[m], boot_s[m], boot_r[m]) for m in metrics}
-    for m in metrics:
-        names = list(out)
-        adjusted = holm([out[n][m].p for n in names])
-        for n, p_adj in zip(names, adjusted):
-            out[n][m].p_holm = float(p_adj)
-    return out
+    lengths = [n for n in LENGTH_SCORES if n in scores_df.columns and not scores_df[n].isna().all()]
+    candidates = [
+        n
+        for n in scores_df.columns
+        if (kinds.get(n) or score_kind(n)) in ("semantic", "decomposition") and not scores_df[n].isna().all()
+    ]
+    if not lengths or not candidates:
+        missing = "answer length was not computed" if not lengths else "no semantic score was computed"
+        return LengthCheck(False, f"No length check: {missing}.")
+    draws = {} if draws is None else draws
+    idx = resamples(y.size, n_boot, seed)
+    for n in lengths:
+        if n not in draws:
+            draws[n] = metric_draws(scores_df[n].to_numpy(dtype=np.float64), y, idx)
+    reference = max(lengths, key=lambda n: np.nan_to_num(draws[n][0]["auroc"], nan=-1.0))
+    diffs = differences_vs(
+        scores_df, y, reference=reference, names=candidates, metrics=("auroc",), n_boot=n_boot, seed=seed, draws=draws
+    )
+    rows = {n: d["auroc"] for n, d in diffs.items() if not math.isnan(d["auroc"].estimate)}
+    if not rows:
+        return LengthCheck(False, "No length check: no AUROC could be computed (one class of answers).", reference)
+    auroc_length = draws[reference][0]["auroc"]
+    winners = {n: d for n, d in rows.items() if d.estimate > 0 and d.p_holm < alpha}
+    if winners:
+        best = max(winners, key=lambda n: winners[n].estimate)
+        d = winners[best]
+        sentence = (
+            f"{len(winners)} semantic / decomposition score(s) beat answer length (`{reference}`, AUROC "
+            f"{auroc_length:.3f}); the best, `{best}`: AUROC {d.estimate:+.3f} (95% CI [{d.ci_low:+.3f}, "
+            f"{d.ci_high:+.3f}], Holm-adjusted p = {d.p_holm:.3g})."
+        )
+        return LengthCheck(True, sentence, reference, best, d)
+    best = max(rows, key=lambda n: rows[n].estimate)
+    d = rows[best]
+    sentence = (
+        f"No semantic method beats answer length: no semantic or decomposition score has a higher AUROC than "
+        f"`{reference}` ({auroc_length:.3f}) after Holm adjustment; the closest, `{best}`: {d.estimate:+.3f} "
+        f"(95% CI [{d.ci_low:+.3f}, {d.ci_high:+.3f}], Holm-adjusted p = {d.p_holm:.3g})."
+    )
+    return LengthCheck(False, sentence, reference, best, d)
 
 
 @dataclasses.dataclass
@@ -202,12 +252,20 @@ def verdict(
     usual: str = "mean_token_nll",
     alpha: float = 0.05,
     margin: float = 0.02,
+    n_right: int | None = None,
 ) -> Verdict:
     """The issue's rule on the A3 - A2 ("acc50") differences of the decomposition scores (module docstring).
 
     `differences`: differences_vs_usual's output; `kinds`: score -> kind (default: score_kind); scores
-    whose difference is NaN (not computed) do not count.
+    whose difference is NaN (not computed) do not count. `n_right`: right answers among the n; when all or
+    none are right no score can separate them (every difference is 0): inconclusive, not "not useful".
     """
+    if n_right is not None and n_right in (0, n):
+        which = "right" if n_right else "wrong"
+        sentence = (
+            f"Inconclusive at n = {n}: every graded answer is {which}, so no score can separate right from wrong."
+        )
+        return Verdict(f"inconclusive at n = {n}", sentence, n)
     kinds = kinds or {}
     rows = {
         name: diffs["acc50"]

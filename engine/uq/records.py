@@ -30,3 +30,16 @@ class QuestionRecord:
     sample_hidden: np.ndarray  # [K, n_layers, d] float32
     hidden_layers: list[int] = dataclasses.field(default_factory=list)
     seconds: float = 0.0  # wall time spent generating this record
+
+    def problem(self) -> str | None:
+        """Why these fields cannot come from one generation (shapes or lengths that disagree), else None."""
+        answer, samples = np.asarray(self.answer_hidden), np.asarray(self.sample_hidden)
+        if answer.ndim != 2:
+            return f"answer_hidden has shape {list(answer.shape)}, not [n_layers, d]"
+        if samples.shape != (len(self.samples), *answer.shape):
+            return f"sample_hidden has shape {list(samples.shape)}, not [{len(self.samples)}, {answer.shape[0]}, d]"
+        if len(self.sample_token_logprobs) != len(self.samples):
+            return f"{len(self.sample_token_logprobs)} token log-prob lists for {len(self.samples)} samples"
+        if self.hidden_layers and len(self.hidden_layers) != answer.shape[0]:
+            return f"{len(self.hidden_layers)} hidden layers named for {answer.shape[0]} stored"
+        return None

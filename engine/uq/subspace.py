@@ -1,6 +1,7 @@
-"""Semantic vs surface subspaces of hidden states, and each question's sample spread inside them.
+"""Semantic vs surface subspaces of hidden states: the cross-fitting every decomposition shares, and
+decomposition (a), the embedding map.
 
-Method (the seed idea: decompose the latent space into a meaning part and a lexical/surface part):
+Method (a) (the seed idea: decompose the latent space into a meaning part and a lexical/surface part):
 1. Standardise the samples' hidden states h (one layer) and fit a ridge map W: h -> e onto their
    sentence embeddings e (all-MiniLM-L6-v2, the "meaning" space); alpha by validation error on
    held-out questions (`ridge_map`).
@@ -9,13 +10,15 @@ Method (the seed idea: decompose the latent space into a meaning part and a lexi
 3. Per question, spread = mean squared distance of its K samples to their centroid (= trace of their
    covariance), after projection onto S (semantic spread) or onto its complement (surface spread);
    the two add up to the total spread (Pythagoras).
-Cross-fitted: questions are split into `n_folds` folds (by question, so all samples of a question stay
-together); a question is scored only by the map fitted on the other folds, never on its own samples.
+Cross-fitted (`cross_fit`, used by every decomposition of engine.uq.decompositions): questions are split
+into `n_folds` folds (by question, so all samples of a question stay together); each fold's questions are
+scored by the standardisation and subspaces fitted on the other folds only, never on their own samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -136,6 +139,134 @@ def single_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+class CannotFit(Exception):
+    """A fold cannot be fitted (e.g. no training question with two meaning clusters): its questions stay NaN."""
+
+
+@dataclasses.dataclass
+class FoldBasis:
+    """One fold's fit (on the other folds' questions): z = (h - mean) / scale; orthonormal bases in z."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    semantic: np.ndarray  # [d, r]
+    surface: np.ndarray  # [d, s], orthogonal to `semantic`
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def standardise(self, hidden: np.ndarray) -> np.ndarray:
+        return (np.asarray(hidden, dtype=np.float64) - self.mean) / self.scale
+
+
+@dataclasses.dataclass
+class Decomposition:
+    """Per-question spreads of one decomposition (NaN where not scored) and each fold's subspaces."""
+
+    name: str
+    semantic: np.ndarray
+    surface: np.ndarray
+    total: np.ndarray
+    folds: np.ndarray  # fold that scored each question (-1: none)
+    bases: list[FoldBasis] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+    @property
+    def share(self) -> np.ndarray:
+        """semantic spread / total spread (NaN where the total is 0 or not computed)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.total > 0, self.semantic / self.total, np.nan)
+
+    @property
+    def semantic_ranks(self) -> list[int]:
+        return [b.semantic.shape[1] for b in self.bases]
+
+    @property
+    def surface_ranks(self) -> list[int]:
+        return [b.surface.shape[1] for b in self.bases]
+
+
+def flatten(per_question: Sequence, what: str) -> np.ndarray:
+    """The per-question arrays [K_i, ...] stacked into one [sum K_i, ...] (empty ones skipped)."""
+    parts = [np.asarray(x, dtype=np.float64) for x in per_question if len(x)]
+    if not parts:
+        raise ValueError(f"no {what}")
+    return np.concatenate(parts)
+
+
+def _complement(basis: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the orthogonal complement of span(basis) (basis orthonormal [d, r])."""
+    full = np.linalg.qr(basis, mode="complete")[0] if basis.shape[1] else np.eye(basis.shape[0])
+    return full[:, basis.shape[1] :]
+
+
+def cross_fit(
+    name: str, hidden: Sequence[np.ndarray], n_folds: int, seed: int, fit: Callable[[np.ndarray, np.ndarray], tuple]
+) -> Decomposition:
+    """Standardise and fit `fit(z, train) -> (semantic [d, r], surface [d, s], info)` per fold on the other
+    folds' samples (`train`: sample mask; `fit` raises CannotFit for a fold it cannot fit); spreads of the
+    held-out fold's questions in those subspaces. `hidden[i]`: question i's sample states [K_i, d]."""
+    n = len(hidden)
+    nan = np.full(n, np.nan)
+    if n < 2 * n_folds or n_folds < 2:
+        note = f"needs at least {2 * max(n_folds, 2)} questions to cross-fit with {n_folds} folds; got {n}"
+        return Decomposition(name, nan, nan.copy(), nan.copy(), np.full(n, -1), note=note)
+    counts = np.array([len(x) for x in hidden])
+    h = flatten(hidden, "hidden states")
+    groups = np.repeat(np.arange(n), counts)
+    folds = question_folds(n, n_folds, seed)
+    out = Decomposition(name, nan, nan.copy(), nan.copy(), folds)
+    notes: dict[str, list[str]] = {}  # why a fold could not be fitted -> those folds
+    with single_blas_thread():
+        for fold in range(n_folds):
+            train = folds[groups] != fold
+            mean, std = h[train].mean(0), h[train].std(0)
+            scale = np.where(std > 1e-8, std, 1.0)
+            z = (h - mean) / scale
+            scored = np.flatnonzero(folds == fold)
+            try:
+                semantic, surface, info = fit(z, train)
+            except CannotFit as err:
+                notes.setdefault(str(err), []).append(str(fold))
+                d = h.shape[1]
+                out.bases.append(FoldBasis(mean, scale, np.zeros((d, 0)), np.zeros((d, 0)), {"error": str(err)}))
+                continue
+            out.bases.append(FoldBasis(mean, scale, semantic, surface, info))
+            test = ~train
+            local = np.searchsorted(scored, groups[test])
+            sem, rest = _spreads(z[test], local, semantic, len(scored))
+            surf, _ = _spreads(z[test], local, surface, len(scored))
+            out.semantic[scored], out.surface[scored], out.total[scored] = sem, surf, sem + rest
+    too_few = counts < 2
+    out.semantic[too_few] = out.surface[too_few] = out.total[too_few] = np.nan
+    out.note = "; ".join(f"{why} (fold{'s' * (len(f) > 1)} {', '.join(f)} of {n_folds})" for why, f in notes.items())
+    return out
+
+
+def embedding_map_decomposition(
+    hidden: Sequence[np.ndarray],
+    embeddings: Sequence[np.ndarray],
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    rank: int | None = None,
+    energy: float = 0.95,
+) -> Decomposition:
+    """(a), cross-fitted (module docstring): semantic = row space of the ridge map z -> sentence embedding,
+    surface = its complement. `hidden[i]` [K_i, d], `embeddings[i]` [K_i, e]. Each fold's info: the ridge
+    "alpha" and "heldout_r2", the map's R^2 on the samples of the fold it scores."""
+    from sklearn.metrics import r2_score
+
+    e = flatten(embeddings, "embeddings")
+    groups = np.repeat(np.arange(len(hidden)), [len(x) for x in hidden])
+
+    def fit(z, train):
+        basis, ridge = semantic_basis(z[train], e[train], groups[train], rank=rank, energy=energy)
+        test = ~train
+        r2 = float(r2_score(e[test], ridge.predict(z[test]))) if test.sum() > 1 else float("nan")
+        return basis, _complement(basis), {"alpha": ridge.alpha, "heldout_r2": r2}
+
+    return cross_fit("embedding_map", hidden, n_folds, seed, fit)
+
+
 def subspace_spreads(
     hidden: list[np.ndarray],
     embeddings: list[np.ndarray],
@@ -145,39 +276,21 @@ def subspace_spreads(
     rank: int | None = None,
     energy: float = 0.95,
 ) -> SubspaceSpreads:
-    """Cross-fitted semantic and surface spreads of each question's samples (see the module docstring).
+    """(a)'s spreads with the map's per-fold rank, alpha and held-out R^2 (`embedding_map_decomposition`).
 
     `hidden[i]`: question i's sample hidden states [K_i, d]; `embeddings[i]`: their sentence embeddings
     [K_i, e]. Fewer than 2 * n_folds questions: all NaN with a note (too few to cross-fit).
     """
-    from sklearn.metrics import r2_score
-
-    n = len(hidden)
-    nan = np.full(n, np.nan)
-    if n < 2 * n_folds or n_folds < 2:
-        note = f"needs at least {2 * max(n_folds, 2)} questions to cross-fit with {n_folds} folds; got {n}"
-        return SubspaceSpreads(nan, nan.copy(), np.full(n, -1), note=note)
-    with single_blas_thread():
-        h = np.concatenate([np.asarray(x, dtype=np.float64) for x in hidden if len(x)])
-        e = np.concatenate([np.asarray(x, dtype=np.float64) for x in embeddings if len(x)])
-        groups = np.repeat(np.arange(n), [len(x) for x in hidden])
-        folds = question_folds(n, n_folds, seed)
-        out = SubspaceSpreads(nan, nan.copy(), folds)
-        for fold in range(n_folds):
-            train = folds[groups] != fold
-            mean, std = h[train].mean(0), h[train].std(0)
-            z = (h - mean) / np.where(std > 1e-8, std, 1.0)
-            basis, ridge = semantic_basis(z[train], e[train], groups[train], rank=rank, energy=energy)
-            test = ~train
-            scored = np.flatnonzero(folds == fold)
-            local = np.searchsorted(scored, groups[test])  # question index -> its position in `scored`
-            semantic, surface = _spreads(z[test], local, basis, len(scored))
-            out.semantic[scored], out.surface[scored] = semantic, surface
-            out.ranks.append(basis.shape[1])
-            out.alphas.append(ridge.alpha)
-            out.heldout_r2.append(float(r2_score(e[test], ridge.predict(z[test]))) if test.sum() > 1 else np.nan)
-    too_few = np.bincount(groups, minlength=n) < 2
-    out.semantic[too_few] = out.surface[too_few] = np.nan
-    if min(out.ranks) >= h.shape[1]:
+    fit = embedding_map_decomposition(hidden, embeddings, n_folds=n_folds, seed=seed, rank=rank, energy=energy)
+    out = SubspaceSpreads(
+        fit.semantic,
+        fit.surface,
+        fit.folds,
+        ranks=fit.semantic_ranks,
+        alphas=[b.info["alpha"] for b in fit.bases],
+        heldout_r2=[b.info["heldout_r2"] for b in fit.bases],
+        note=fit.note,
+    )
+    if fit.bases and min(fit.semantic_ranks) >= fit.bases[0].mean.size:
         out.note = "the semantic subspace spans every hidden dimension: the surface spread is 0"
     return out

@@ -1,0 +1,372 @@
+"""The study's report (engine.uq.study): summary.md with the answer, the tables and how it was made, and
+PNG figures (Altair charts rendered by vl-convert), written from evaluations of cached runs only.
+
+Figures, one facet per question set:
+- a1_a2_a3.png: A1 / A2 / A3 with 95% bootstrap intervals under each judge;
+- rejection_curves.png: accuracy of the retained answers as the most uncertain are rejected, for the
+  usual score behind A2, the semantic score behind A3, the best decomposition score (by AUROC), the
+  strongest baselines (answer length, kernel language entropy);
+- decomposition_ablation.png: AUROC and accuracy at 50% coverage (A3 of that score) with 95% intervals
+  for every decomposition score (spreads, share, subspace probes of the embedding map, the meaning-cluster
+  discriminant and the lexical map), the usual score's value as a rule.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.core.paths import REPO_ROOT, atomic_write
+from engine.uq.decompositions import DECOMPOSITIONS
+from engine.uq.evaluation import Evaluation
+from engine.uq.export import judges_markdown
+from engine.uq.metrics import summary_markdown
+
+ATTRIBUTION = (
+    'WebQuestions (Berant, Chou, Frostig and Liang, 2013, "Semantic Parsing on Freebase from Question-Answer '
+    'Pairs", EMNLP), test split as organised by the brmson/dataset-factoid-webquestions repository; licence '
+    "CC-BY 4.0. Its answers come from Freebase and are sometimes incomplete: a right answer can miss them."
+)
+VERSIONS = ("torch", "transformers", "sentence-transformers", "scikit-learn", "numpy", "llm-internals-lab")
+FIGURES = {
+    "a1_a2_a3": "A1 / A2 / A3 under each judge (95% bootstrap intervals)",
+    "rejection_curves": "Accuracy-rejection curves (chosen judge)",
+    "decomposition_ablation": "Decomposition ablation: AUROC and accuracy at 50% coverage per decomposition score",
+}
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages behind the numbers, and the lab's git commit when known."""
+    out = {}
+    for name in VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            out["lab commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _ci(values) -> tuple[float, float]:
+    low, high = (values or [math.nan, math.nan])[:2]
+    return (math.nan if low is None else low), (math.nan if high is None else high)
+
+
+def a123_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFrame:
+    """Rows (set, judge, quantity A1/A2/A3, value, low, high) for the A1/A2/A3 figure."""
+    rows = []
+    for title, evaluation in evaluations:
+        for t in evaluation.summary.judges:
+            for quantity, value, ci in (("A1", t.A1, t.A1_ci), ("A2", t.A2, t.A2_ci), ("A3", t.A3, t.A3_ci)):
+                low, high = _ci(ci)
+                rows.append(
+                    {"set": title, "judge": t.judge, "quantity": quantity, "value": value, "low": low, "high": high}
+                )
+    return pd.DataFrame(rows)
+
+
+def _best(methods: dict[str, dict], kind: str) -> str | None:
+    scored = {n: m["auroc"] for n, m in methods.items() if m["kind"] == kind and not _nan(m["auroc"])}
+    return max(scored, key=scored.get) if scored else None
+
+
+def _nan(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def curve_methods(evaluation: Evaluation) -> list[str]:
+    """The scores drawn in the rejection curves (see the module docstring), those that were computed."""
+    s = evaluation.summary
+    chosen = [
+        s.usual_method,
+        s.semantic_method,
+        _best(s.methods, "decomposition"),
+        "answer_length_tokens",
+        "kernel_language_entropy",
+    ]
+    computed = set(evaluation.curves["method"]) if not evaluation.curves.empty else set()
+    return list(dict.fromkeys(n for n in chosen if n and n in computed))
+
+
+def curves_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFrame:
+    frames = []
+    for title, evaluation in evaluations:
+        curves = evaluation.curves[evaluation.curves["method"].isin(curve_methods(evaluation))].copy()
+        curves["set"] = title
+        frames.append(curves)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ablation_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFrame:
+    """Rows (set, score, decomposition, metric, value, low, high, usual) for every decomposition score."""
+    rows = []
+    for title, evaluation in evaluations:
+        s = evaluation.summary
+        usual = s.methods[s.usual_method]
+        for name, m in s.methods.items():
+            if m["kind"] != "decomposition":
+                continue
+            decomposition = next((d for d in DECOMPOSITIONS if d in name), "other")
+            for metric, label in (("auroc", "AUROC (wrong answers)"), ("acc50", "accuracy at 50% coverage")):
+                low, high = _ci(m[f"{metric}_ci"])
+                rows.append(
+                    {
+                        "set": title,
+                        "score": name,
+                        "decomposition": decomposition,
+                        "metric": label,
+                        "value": m[metric],
+                        "low": low,
+                        "high": high,
+                        "usual": usual[metric],
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
+    """The three Altair charts of the module docstring, by file stem."""
+    import altair as alt
+
+    order = [title for title, _e in evaluations]  # the sets in the study's order, not alphabetical
+    a123 = a123_frame(evaluations)
+    bars = (
+        alt.Chart()
+        .mark_bar()
+        .encode(
+            x=alt.X("quantity:N", title=None),
+            y=alt.Y("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("quantity:N", legend=None),
+        )
+    )
+    whiskers = alt.Chart().mark_errorbar().encode(x="quantity:N", y=alt.Y("low:Q", title="accuracy"), y2="high:Q")
+    a123_chart = (
+        alt.layer(bars, whiskers, data=a123)
+        .properties(width=110, height=180)
+        .facet(column=alt.Column("judge:N", title="judge"), row=alt.Row("set:N", title=None, sort=order))
+        .properties(title="A1 (all) / A2 (50% most certain by the usual score) / A3 (by semantic entropy)")
+    )
+    curves = (
+        alt.Chart(curves_frame(evaluations))
+        .mark_line()
+        .encode(
+            x=alt.X("rejected_fraction:Q", title="fraction rejected (most uncertain first)"),
+            y=alt.Y("accuracy:Q", title="accuracy of the retained answers"),
+            color=alt.Color("method:N", title="score"),
+        )
+        .properties(width=320, height=240)
+        .facet(column=alt.Column("set:N", title=None, sort=order))
+        .properties(title="Accuracy-rejection curves")
+    )
+    ablation = ablation_frame(evaluations)
+    points = (
+        alt.Chart()
+        .mark_point(filled=True)
+        .encode(
+            x=alt.X("value:Q", title=None, scale=alt.Scale(zero=False)),
+            y=alt.Y("score:N", title=None, sort=None),
+            color=alt.Color("decomposition:N"),
+        )
+    )
+    ranges = alt.Chart().mark_rule().encode(x="low:Q", x2="high:Q", y=alt.Y("score:N", sort=None))
+    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(x="mean(usual):Q")
+    ablation_chart = (
+        alt.layer(ranges, points, rule, data=ablation)
+        .properties(width=260, height=max(120, 16 * ablation["score"].nunique()) if len(ablation) else 120)
+        .facet(column=alt.Column("metric:N", title=None), row=alt.Row("set:N", title=None, sort=order))
+        .resolve_scale(x="independent")
+        .properties(title="Decomposition scores (dashed: the usual score behind A2)")
+        .configure_axisY(labelLimit=320)
+    )
+    return {"a1_a2_a3": a123_chart, "rejection_curves": curves, "decomposition_ablation": ablation_chart}
+
+
+def save_png(chart, path: Path) -> Path:
+    """The chart as a PNG (vl-convert, scale 2), written atomically."""
+    import vl_convert as vlc
+
+    atomic_write(path, vlc.vegalite_to_png(chart.to_json(), scale=2))
+    return path
+
+
+# ---------------------------------------------------------------- summary.md
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _decomposition_facts(evaluation: Evaluation) -> str:
+    """Held-out R^2 of the embedding map and each decomposition's semantic rank, from the scores' info."""
+    info = evaluation.summary.score_info.get("decompositions") or {}
+    parts = []
+    r2 = [f.get("heldout_r2") for f in (info.get("embedding_map") or {}).get("fold_info", []) if f]
+    r2 = [v for v in r2 if isinstance(v, (int, float)) and not math.isnan(v)]
+    if r2:
+        parts.append(f"the embedding map predicts held-out sentence embeddings with R² {np.mean(r2):.2f}")
+    ranks = {name: (info.get(name) or {}).get("semantic_ranks") or [] for name in DECOMPOSITIONS}
+    ranks = {name: r for name, r in ranks.items() if r}
+    if ranks and evaluation.records:
+        d = np.asarray(evaluation.records[0].answer_hidden).shape[-1]
+        text = ", ".join(f"{name} {min(r)}–{max(r)}" for name, r in ranks.items())
+        parts.append(f"semantic subspace ranks per fold: {text} of {d} dimensions")
+    return "; ".join(parts)
+
+
+def honest_paragraph(manifest: dict, evaluations: Sequence[tuple[str, Evaluation]]) -> str:
+    """What this model can and cannot show, with this run's own numbers, and what `--model` changes."""
+    model = (manifest.get("config") or {}).get("model", "")
+    accuracies = ", ".join(f"A1 = {e.summary.A1:.2f} on {title}" for title, e in evaluations)
+    facts = "; ".join(filter(None, (_decomposition_facts(e) for _t, e in evaluations[:1])))
+    return (
+        f"**What this model can and cannot show.** `{model}` is a 270M-parameter base model: it answers few "
+        f"open questions right ({accuracies}), its samples at T = 1 often disagree for reasons that have little "
+        "to do with knowing the answer, and its hidden states carry a weak, noisy trace of meaning"
+        + (f" ({facts})" if facts else "")
+        + ". A result here is therefore about this scale: a decomposition that does not beat mean token NLL "
+        "here may still help a model whose hidden states encode meaning more cleanly, and a gain here would "
+        "still need confirming on a capable model. Two more limits hold at any scale: correctness comes from "
+        "automatic judges against references that are sometimes incomplete (hence the table under each "
+        "judge), and the meaning clusters come from MiniLM similarity of short answers (an NLI model can "
+        "replace it: `--nli-model`).\n\n"
+        "**A bigger model.** The same command with `--model <HF id or folder>` (for example "
+        "`python -m engine uq-study --model google/gemma-3-1b-it`, or a 7B model on a GPU) makes new runs "
+        "(the run id hashes the model), uses the chat template for instruction-tuned models, places the model "
+        "on the GPU when there is one and decodes many more questions per step there (`--batch-questions`, "
+        "chosen from free memory by default); scoring and the report are the same code. Generation dominates "
+        "the cost (see the wall times above)."
+    )
+
+
+def _layers(evaluations) -> str:
+    """The stored hidden layers and the one the scores used (from the records and the scores' info)."""
+    for _title, evaluation in evaluations:
+        if evaluation.records:
+            stored = list(evaluation.records[0].hidden_layers)
+            return f"{stored} stored, {evaluation.summary.score_info.get('layer')} scored"
+    return "n/a"
+
+
+def _not_computed(evaluation: Evaluation) -> list[str]:
+    """One line per score that could not be computed on this set, with its note."""
+    s = evaluation.summary
+    notes = s.score_info.get("notes") or {}
+    return [f"- `{name}`: {notes.get(name, 'not computed')}" for name, m in s.methods.items() if _nan(m["acc50"])]
+
+
+def _setup(manifest: dict, sets: Sequence, seconds: dict[str, float], report_machine: dict, evaluations) -> list[str]:
+    gen = manifest.get("generation") or {}
+    lines = [
+        "## How this was made",
+        "",
+        f"- Command: `{manifest.get('command')}` (or `make study-uq`); rerunning it resumes the saved runs, "
+        "and `--report-only` rewrites this report from them without the model.",
+        f"- Model `{(manifest.get('config') or {}).get('model')}`; K = {gen.get('samples')} samples at "
+        f"T = {gen.get('temperature')} (top-p {gen.get('top_p')}), at most {gen.get('max_new_tokens')} new "
+        f"tokens, hidden layers {_layers(evaluations)}; seed {gen.get('seed')} (sampling, cross-fitting and "
+        f"bootstrap); WebQuestions sample seed {(manifest.get('config') or {}).get('sample_seed')}.",
+    ]
+    for study_set, (_title, evaluation) in zip(sets, evaluations):
+        spent = sum(float(getattr(r, "seconds", 0.0) or 0.0) for r in evaluation.records)
+        lines.append(
+            f"- {study_set.title}: {study_set.description}; the first {study_set.total} evaluated; run "
+            f"`{study_set.run_id}` (cache/uq/); generation wall time {_minutes(spent)} in all (summed over "
+            "sessions)."
+        )
+    generated = manifest.get("machine") or {}
+    lines += [
+        f"- Wall time of this call: generation {_minutes(seconds.get('generation_this_call', 0.0))}, scoring and "
+        f"report {_minutes(seconds.get('scoring_and_report', 0.0))}.",
+        "- Generated on: " + ", ".join(f"{k} {v}" for k, v in generated.items()) + f" ({manifest.get('written')}).",
+        "- Report written on: " + ", ".join(f"{k} {v}" for k, v in report_machine.items()) + ".",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "",
+    ]
+    return lines
+
+
+def summary_report(
+    manifest: dict,
+    sets: Sequence,
+    evaluations: Sequence[tuple[str, Evaluation]],
+    *,
+    seconds: dict[str, float],
+    report_machine: dict,
+) -> str:
+    """summary.md of the study: the answer per set first, the tables, the figures, how it was made."""
+    lines = ["# Is decomposition into semantic / surface subspaces useful for reducing errors?", ""]
+    for title, evaluation in evaluations:
+        s = evaluation.summary
+        lines += [f"**{title}, n = {s.n}, {s.judge} judge:** {s.verdict.sentence}", "", s.length.sentence, ""]
+    lines += ["## A1 / A2 / A3 under each judge", ""]
+    for title, evaluation in evaluations:
+        s = evaluation.summary
+        lines += [
+            f"### {title}",
+            "",
+            f"A1 = accuracy on all {s.n} questions; A2 = on the 50% most certain by `{s.usual_method}`; A3 = "
+            f"by `{s.semantic_method}`. A3 − A2: paired bootstrap difference ({s.n_boot} resamples), "
+            "Holm-adjusted p over all scores compared. Decompositions: the verdict under that judge.",
+            "",
+            judges_markdown(s),
+            "",
+        ]
+    lines += ["![A1 / A2 / A3](figures/a1_a2_a3.png)", ""]
+    lines += ["## Every score against the usual score", ""]
+    for title, evaluation in evaluations:
+        s = evaluation.summary
+        lines += [f"### {title} ({s.judge} judge)", "", summary_markdown(s.as_dict()), ""]
+        missing = _not_computed(evaluation)
+        if missing:
+            lines += ["Not computed on this set:", "", *missing, ""]
+    lines += [
+        "## Figures",
+        "",
+        f"{FIGURES['rejection_curves']}: ![rejection curves](figures/rejection_curves.png)",
+        "",
+        f"{FIGURES['decomposition_ablation']}: ![ablation](figures/decomposition_ablation.png)",
+        "",
+        "Per set: `<set>/results.csv` (every question, answer, verdicts and score), `<set>/summary.json` "
+        "(every number above, with `diff_vs_usual` per score) and `<set>/summary.md`.",
+        "",
+    ]
+    lines += _setup(manifest, sets, seconds, report_machine, evaluations)
+    lines += [honest_paragraph(manifest, evaluations), "", "## Data", "", ATTRIBUTION, ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    out: Path,
+    manifest: dict,
+    evaluations: Sequence[tuple[Any, Evaluation]],
+    *,
+    seconds: dict[str, float],
+    report_machine: dict,
+) -> list[Path]:
+    """summary.md and figures/*.png in `out` from (StudySet, Evaluation) pairs; returns the paths."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    titled = [(s.title, e) for s, e in evaluations]
+    paths = [save_png(chart, out / "figures" / f"{stem}.png") for stem, chart in charts(titled).items()]
+    text = summary_report(
+        manifest, [s for s, _e in evaluations], titled, seconds=seconds, report_machine=report_machine
+    )
+    atomic_write(out / "summary.md", text.encode("utf-8"))
+    return [out / "summary.md", *paths]

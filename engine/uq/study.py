@@ -1,0 +1,269 @@
+"""The study of issue 15 at the seed's scale: is decomposing hidden states into semantic and surface
+subspaces useful for reducing errors?
+
+`run_study` answers it on two question sets with one model: a seeded sample of `webquestions` questions
+(default 1000) of WebQuestions' test split (../shared/data/webquestions_test.csv, engine.core.paths.
+shared_data_dir) and the bundled set (engine/data, 265 questions). Per set it opens the saved run for
+(model, generation settings, questions) in the run store, so an interrupted study resumes question by
+question in a later call or session, generates what is missing (engine.uq.generation), evaluates it
+(engine.uq.evaluation: every score, paired differences, the verdict under each judge), writes each set's
+results.csv / summary.json / summary.md, and finally the report (engine.uq.report: summary.md and PNG
+figures) in `out`. `study.json` in `out` names the runs, so `report_only` rebuilds the report from the
+cached runs alone: no model, no generation.
+
+The sample: `numpy.random.default_rng(sample_seed).choice(n_rows, webquestions, replace=False)`, kept in
+the file's order; `limit` takes the first N questions of each set (a quick end-to-end check: the same
+runs, so a later full study resumes them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from engine.core.embedded import EMBEDDED_LM
+from engine.core.embedder import load_embedder
+from engine.core.errors import LabError
+from engine.core.loading import load_model
+from engine.core.model import LoadedModel
+from engine.core.options import option
+from engine.core.paths import atomic_write, shared_data_dir
+from engine.uq import export, report
+from engine.uq import questions as qmod
+from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.evaluation import Evaluation, entailment_judge, evaluate_run
+from engine.uq.generation import default_template, generate_run, open_run_for
+from engine.uq.store import UqRun, get_run
+
+WEBQUESTIONS_FILE = "webquestions_test.csv"
+MANIFEST = "study.json"
+MANIFEST_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """What the study runs (the generation and grading settings are GenerationConfig and EvalOptions)."""
+
+    webquestions: int = option(
+        1000, "WebQuestions test questions in the study: a seeded sample of ../shared/data/" + WEBQUESTIONS_FILE
+    )
+    sample_seed: int = option(0, "seed of the WebQuestions sample (numpy default_rng(seed).choice, file order kept)")
+    bundled: bool = option(True, "also run the bundled question set (engine/data, 265 questions)")
+    limit: int | None = option(None, "only the first N questions of each set (a quick end-to-end check)")
+    out: str = option("reports/uq", "report folder: summary.md, figures/, one folder per question set")
+    model: str = option(EMBEDDED_LM, "model name, HF id or folder (a bigger one on a GPU: see the report)")
+    report_only: bool = option(
+        False, "rebuild the report from the cached runs named in OUT/study.json (no model, no generation)"
+    )
+
+    def validate(self) -> None:
+        if self.webquestions < 0:
+            raise LabError("--webquestions must be 0 or more.")
+        if self.limit is not None and self.limit < 1:
+            raise LabError("--limit must be at least 1.")
+        if self.webquestions == 0 and not self.bundled:
+            raise LabError("Nothing to study: no WebQuestions (--webquestions 0) and --no-bundled.")
+
+
+@dataclasses.dataclass
+class StudySet:
+    """One question set of the study and its saved run."""
+
+    name: str  # folder name in the report: "webquestions" | "bundled"
+    title: str
+    description: str  # how the questions were chosen (the report states it)
+    run_id: str
+    total: int  # questions evaluated (the first `total` of the run)
+    generation_seconds: float = 0.0  # spent generating in this call
+
+
+def webquestions_sample(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
+    """The seeded sample of WebQuestions' test split and a sentence stating how it was drawn."""
+    folder = shared_data_dir()
+    path = folder / WEBQUESTIONS_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        raise LabError(
+            f"The study needs {WEBQUESTIONS_FILE} (WebQuestions test split, CC-BY 4.0) in ../shared/data beside "
+            "the checkout, or in the folder LAB_SHARED_DATA names; it is not there. Pass --webquestions 0 to run "
+            "the bundled set only."
+        )
+    qset = qmod.load_question_file(path)
+    frame = qset.frame
+    n = min(n, len(frame))
+    rows = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
+    sample = dataclasses.replace(qset, frame=frame.iloc[rows].reset_index(drop=True))
+    text = (
+        f"{n} of the {len(frame)} questions of WebQuestions' test split ({WEBQUESTIONS_FILE}), drawn without "
+        f"replacement by numpy default_rng({seed}).choice and kept in file order"
+    )
+    return sample, text
+
+
+def _question_sets(config: StudyConfig) -> list[tuple[str, str, qmod.QuestionSet, str]]:
+    sets = []
+    if config.webquestions:
+        sample, text = webquestions_sample(config.webquestions, config.sample_seed)
+        sets.append(("webquestions", "WebQuestions (test split, seeded sample)", sample, text))
+    if config.bundled:
+        bundled = qmod.default_questions()
+        text = f"the lab's bundled set, all {len(bundled.frame)} questions (engine/data)"
+        sets.append(("bundled", "Bundled question set", bundled, text))
+    return sets
+
+
+def machine(lm: LoadedModel | None = None) -> dict:
+    """Where this runs: OS, processor, cores and the model's device (with the GPU's name on CUDA)."""
+    out = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    if lm is not None:
+        device = str(lm.device)
+        out["device"] = device
+        if device.startswith("cuda"):
+            import torch
+
+            out["gpu"] = torch.cuda.get_device_name(lm.device)
+    return out
+
+
+def command_line(config: StudyConfig, generation: GenerationConfig, options: EvalOptions, batch: BatchOptions) -> str:
+    """The CLI call that reproduces these settings: `python -m engine uq-study` and each non-default flag."""
+    parts = ["python -m engine uq-study"]
+    for obj in (config, generation, options, batch):
+        for field in dataclasses.fields(obj):
+            if not field.metadata.get("cli", True) or "help" not in field.metadata:
+                continue
+            value, default = getattr(obj, field.name), field.default
+            if value == default or (obj is options and field.name == "seed"):
+                continue
+            flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+            if isinstance(value, bool):
+                parts.append(flag if value else "--no-" + flag[2:])
+            else:
+                parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+def read_manifest(out: Path) -> dict:
+    """The last study's manifest in `out` (LabError when there is none)."""
+    path = Path(out) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LabError(
+            f"No study in {out} ({MANIFEST} missing or unreadable): run `python -m engine uq-study`."
+        ) from err
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise LabError(f"{path} is from another version of the lab: run the study again.")
+    return manifest
+
+
+def generate(
+    config: StudyConfig,
+    generation: GenerationConfig,
+    options: EvalOptions,
+    batch: BatchOptions,
+    log: Callable[[str], None] = print,
+) -> tuple[LoadedModel, list[StudySet]]:
+    """Load the model and generate what is missing of each set's run (resumable); writes study.json."""
+    sets = _question_sets(config)
+    lm = load_model(config.model)
+    generation = dataclasses.replace(generation, prompt_template=default_template(lm))
+    out, done = Path(config.out), []
+    for name, title, qset, description in sets:
+        run = open_run_for(lm, qset.frame, generation, source=f"{name}: {qset.source}")
+        total = run.total(config.limit)
+        already, start = run.done(total), time.perf_counter()
+        log(f"{name}: run {run.run_id}, {already}/{total} questions already generated")
+
+        def progress(count: int, total_: int, seconds: float, name=name, already=already, start=start) -> None:
+            rate = 60 * (count - already) / max(time.perf_counter() - start, 1e-9)
+            log(f"{name}: {count}/{total_} questions ({rate:.1f}/min)")
+
+        generate_run(lm, run, limit=total, progress=progress, batch_questions=batch.batch_questions)
+        done.append(StudySet(name, title, description, run.run_id, total, time.perf_counter() - start))
+        _write_manifest(
+            out,
+            {
+                "version": MANIFEST_VERSION,
+                "command": command_line(config, generation, options, batch),
+                "config": dataclasses.asdict(config),
+                "generation": {k: v for k, v in dataclasses.asdict(generation).items() if k != "prompt_template"},
+                "prompt_template": generation.prompt_template,
+                "options": dataclasses.asdict(options),
+                "sets": [dataclasses.asdict(s) for s in done],
+                "machine": machine(lm),
+                "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        )
+    return lm, done
+
+
+def evaluate(
+    manifest: dict, options: EvalOptions, lm: LoadedModel | None = None, log: Callable[[str], None] = print
+) -> list[tuple[StudySet, UqRun, Evaluation]]:
+    """Each set's cached run evaluated with `options` (the first `total` questions)."""
+    embedder = load_embedder()
+    if options.lm_entailment and lm is None:
+        lm = load_model(get_run(manifest["sets"][0]["run_id"]).model)
+    out = []
+    for entry in manifest["sets"]:
+        study_set = StudySet(**entry)
+        run = get_run(study_set.run_id)
+        if run.done(study_set.total) < study_set.total:
+            raise LabError(
+                f"Run {run.run_id} ({study_set.name}) has {run.done(study_set.total)} of {study_set.total} questions: "
+                "run the study again (it resumes) before writing the report."
+            )
+        log(f"{study_set.name}: scoring {study_set.total} questions")
+        out.append((study_set, run, evaluate_run(run, embedder, options, limit=study_set.total, lm=lm)))
+    return out
+
+
+def run_study(
+    config: StudyConfig,
+    generation: GenerationConfig,
+    options: EvalOptions,
+    batch: BatchOptions,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Generate (unless `report_only`), evaluate and write the report; returns the files written."""
+    config.validate()
+    if options.nli_model:
+        entailment_judge(options)  # a missing NLI model says so before any generation
+    out = Path(config.out)
+    start = time.perf_counter()
+    lm = None
+    if not config.report_only:
+        lm, _ = generate(dataclasses.replace(config, out=str(out)), generation, options, batch, log)
+    manifest = read_manifest(out)
+    if config.report_only:
+        options = dataclasses.replace(options, seed=manifest["generation"]["seed"])
+    generated = time.perf_counter() - start
+    evaluations = evaluate(manifest, options, lm if options.lm_entailment else None, log)
+    paths = []
+    for study_set, _run, evaluation in evaluations:
+        paths += export.write_outputs(evaluation, out / study_set.name)
+    paths += report.write_report(
+        out,
+        manifest,
+        [(s, e) for s, _r, e in evaluations],
+        seconds={"generation_this_call": generated, "scoring_and_report": time.perf_counter() - start - generated},
+        report_machine=machine(),
+    )
+    return paths

@@ -37,3 +37,10 @@ clean-cache:
 .PHONY: study-uq
 study-uq: install
 	$(PY) -m engine uq-study --out reports/uq $(ARGS)
+
+# The super-weight / grokking study (issue 14): LLM-shaped model, 5 seeds x 2 weight decays, control vs
+# suppression, 2 worker processes; cached and resumable (rerun to continue), report in reports/grokking.
+# Extra flags: make study-grok ARGS="--report-only".
+.PHONY: study-grok
+study-grok: install
+	$(PY) -m engine grok-study $(ARGS)

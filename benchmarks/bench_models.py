@@ -12,8 +12,9 @@ import sys
 
 from common import ROOT, print_report, row
 
-COLD = "from engine.models import load_embedded_from_gguf as f; import time; t=time.perf_counter(); f(); print(time.perf_counter()-t)"
-WARM = "from engine.models import load_model as f; import time; t=time.perf_counter(); f('gemma-3-270m'); print(time.perf_counter()-t)"
+TIMED = "import time; t = time.perf_counter(); {call}; print(time.perf_counter() - t)"
+COLD = "from engine.core.embedded import load_embedded_from_gguf as f; " + TIMED.format(call="f()")
+WARM = "from engine.core.loading import load_model as f; " + TIMED.format(call="f('gemma-3-270m')")
 
 
 def _time_in_subprocess(code: str) -> float:

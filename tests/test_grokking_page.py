@@ -95,10 +95,36 @@ def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
     warning = next(w.value for w in at.warning if "Press Start to resume" in w.value)
     assert "checkpoints up to here are kept" in warning
     from engine.grokking.config import GrokConfig
-    from engine.grokking.runs import run_for
+    from engine.grokking.runs import list_runs
 
     step = int(warning.split("stopped at step ")[1].split(";")[0])
     config = GrokConfig(p=23, train_frac=0.3, steps=50_000)
-    cache = run_for(config)
+    (cache,) = [run for run in list_runs() if run.grok_config == config]  # the person's run: owner in its key
     assert cache.checkpoint_steps()[-1] == step
     cache.load_model(step)  # the checkpoint of the stop is usable
+
+
+def test_llm_preset_trains_and_exports_a_checkpoint_for_the_first_tab(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_function(_tab_app, default_timeout=60)
+    at.run()
+    at.button(key="grok_llm_preset").click().run()
+    assert at.selectbox(key="grok_model").value == "llm" and at.number_input(key="grok_layers").value == 4
+    assert any("one-hot MLP default groks in under a minute" in c.value for c in at.caption)
+    at.number_input(key="grok_p").set_value(7)
+    at.number_input(key="grok_steps").set_value(20)
+    at.number_input(key="grok_eval").set_value(10)
+    at.number_input(key="grok_d_model").set_value(16)
+    at.number_input(key="grok_d_mlp").set_value(32)
+    at.checkbox(key="grok_suppress").check()
+    at.run()
+    assert not at.exception and not at.error
+    at.button(key="grok_start").click().run()
+    _wait(at, lambda a: len(a.success) > 0, 120)
+    assert not at.exception
+    assert "super weight (scan + causal" in at.success[0].value
+    at.selectbox(key="grok_export_step").set_value(20)
+    at.button(key="grok_export").click().run()
+    folder = next(s.value for s in at.success if "Other (HF id or local folder)" in s.value)
+    path = Path(folder.split("`")[1])
+    assert (path / "config.json").is_file() and path.name == "step_0000020"

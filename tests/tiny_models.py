@@ -1,6 +1,6 @@
 """Tiny random models built from configs, saved as ordinary HF folders (no network, seconds each).
 
-They exercise the "any HF id or local folder" path: `engine.models.load_model(str(folder))`.
+They exercise the "any HF id or local folder" path: `engine.core.loading.load_model(str(folder))`.
 """
 
 from __future__ import annotations

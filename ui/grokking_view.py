@@ -9,6 +9,13 @@ On the shared server (ui.access): a person owns the runs they start; they see th
 runs and runs made outside the server, and only the owner stops, deletes, resumes or shares a run.
 `?run=<id>` opens a run (a private run of someone else opens a notice and nothing of it). Steps and
 sweep size are checked against the server's limits; starting checks the person's long jobs and disk quota.
+A person's runs have their owner id in the run key (engine.grokking.runs), so two people training the same
+configuration never share (or collide on) a run; runs made outside the server (the CLI) keep their ids.
+
+The LLM-shaped model (a Llama decoder on [BOS, a, op, b, =], engine.grokking.llm) is one click away; its
+runs are measured with engine.grokking.llm_measures at every checkpoint (the first tab's super-weight scan +
+causal test on train and test, super activations, attention sinks, key Fourier frequencies), can be
+trained with super-weight suppression, and every checkpoint exports as a local model for the first tab.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from engine.grokking import runs
 from engine.grokking.config import (
     GROK_ACCURACY,
     HALF_GROK_ACCURACY,
+    LLM_MAX_LAYERS,
+    LLM_MEASURE_LABELS,
+    LLM_PRESET,
+    MAX_LAYERS,
     MEASURE_LABELS,
     MEASURES,
     MEMORISATION_ACCURACY,
@@ -52,8 +63,17 @@ SWEEP_SLOT = "grok_sweep"  # the sweep job started for exactly these sweep input
 MODEL_FORMAT = {
     "mlp": "one-hot MLP (Prieto et al. 2025)",
     "transformer": f"transformer d{DEFAULTS.d_model}, {DEFAULTS.n_heads} heads (Nanda et al. 2023)",
+    "llm": "LLM-shaped (Llama: RMSNorm, gated MLP, RoPE, BOS)",
 }
-_ONSET, _MEASURE = ga.OnsetSettings(), MeasureSettings()
+LLM_PRESET_LABEL = "LLM-shaped (Llama)"
+LLM_WHY_SLOWER = (
+    "The one-hot MLP default groks in under a minute: one matrix product per layer on 2p inputs. The LLM-shaped "
+    f"model ({LLM_PRESET['n_layers']} Llama layers, d_model {LLM_PRESET['d_model']}, d_mlp {LLM_PRESET['d_mlp']}) "
+    "runs attention, RMSNorm, RoPE and a gated MLP over 5 positions per example, and its measures run the "
+    "super-weight scan and causal tests at every checkpoint: expect minutes on a CPU (it trains on CUDA when "
+    "present). It is the model where 'super weight' means what it means in the first tab."
+)
+_ONSET, _MEASURE, _LLM = ga.OnsetSettings(), MeasureSettings(), ga.LLM_MEASURE_SETTINGS
 
 HELP = f"""
 **Task.** Predict c = (a ∘ b) mod p for all pairs (a, b); a random *train fraction* of the pairs is the
@@ -76,15 +96,55 @@ earliest over matrices/layers: max/median ≥ {_ONSET.ratio_factor:g} × its ste
 kurtosis ≥ {_ONSET.kurtosis_threshold:g}; top coordinate unchanged to the end (≥ {_ONSET.min_span}
 checkpoints); max|a|/median ≥ {_ONSET.ratio_factor:g} × its step-0 value; a super weight present in some matrix.
 **Lag** = onset − grokking step ({GROK_ACCURACY:.0%}); negative = the measure came first.
+
+**LLM-shaped model** ({LLM_PRESET_LABEL}): at every checkpoint the first tab's super-weight scan and detection
+rule run unchanged on the checkpoint; each candidate (and the largest |w| of each down projection) is zeroed
+alone and the **train** and **test** loss and accuracy compared with zeroing {_LLM.k_random} random weights of
+the same matrix: it fires at a perplexity ratio ≥ {_LLM.ppl_threshold:g} or an accuracy drop >
+{_LLM.acc_threshold * 100:g} points. Also: the super activation at BOS per layer and whether it persists, the
+attention share on BOS (attention sink), and the number of key Fourier frequencies of the number embedding
+(Nanda et al. 2023). Onsets of these use the same "stays on" rule ({_ONSET.ratio_factor:g} × the step-0 value for
+the ratios, ÷ {_ONSET.ratio_factor:g} for the Fourier count). **Suppression** clips every down projection's |w|
+to c × its q-quantile every N steps; at the end of a grokked run its super weights are zeroed to see whether it
+falls back to memorisation (train kept, test lost) or breaks.
 """
 
 
-def _job_key(config: GrokConfig) -> str:
-    return f"grokking:{config.key()}"
+def _job_key(run: runs.GrokRun) -> str:
+    return f"grokking:{run.run_id}"
+
+
+def _my_run(config: GrokConfig) -> runs.GrokRun:
+    """The run of this configuration that belongs to the person of this session (their owner id in its key)."""
+    return runs.run_for(config, owner=access.me())
+
+
+def _apply_llm_preset() -> None:
+    """on_click of the preset button: the form's model fields set to config.LLM_PRESET."""
+    st.session_state["grok_model"] = LLM_PRESET["model"]
+    st.session_state["grok_layers"] = LLM_PRESET["n_layers"]
+    st.session_state["grok_d_model"] = LLM_PRESET["d_model"]
+    st.session_state["grok_heads"] = LLM_PRESET["n_heads"]
+    st.session_state["grok_d_mlp"] = LLM_PRESET["d_mlp"]
 
 
 def _config_form() -> GrokConfig | None:
     d = DEFAULTS
+    st.button(
+        LLM_PRESET_LABEL,
+        key="grok_llm_preset",
+        icon=":material/neurology:",
+        on_click=_apply_llm_preset,
+        help="One click: the LLM-shaped model. " + LLM_WHY_SLOWER,
+    )
+    for key, value in (
+        ("grok_model", d.model),
+        ("grok_layers", d.n_layers),
+        ("grok_d_model", LLM_PRESET["d_model"]),
+        ("grok_heads", LLM_PRESET["n_heads"]),
+        ("grok_d_mlp", LLM_PRESET["d_mlp"]),
+    ):  # widgets the preset sets: their values live in the session state only
+        st.session_state.setdefault(key, value)
     c1, c2, c3, c4 = st.columns(4)
     task = c1.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="grok_task")
     p = c1.number_input("p (modulus)", 3, 2000, d.p, key="grok_p", help=help_of(GrokConfig, "p"))
@@ -94,7 +154,10 @@ def _config_form() -> GrokConfig | None:
     model = c2.selectbox(
         "Model", MODEL_KINDS, key="grok_model", format_func=MODEL_FORMAT.get, help=help_of(GrokConfig, "model")
     )
-    layers = c2.number_input("Layers", 1, 2, d.n_layers, key="grok_layers")
+    is_llm = model == "llm"
+    layers = c2.number_input(
+        "Layers", 1, max(LLM_MAX_LAYERS, MAX_LAYERS), key="grok_layers", help=help_of(GrokConfig, "n_layers")
+    )
     seed = c2.number_input("Seed", 0, 10_000, d.seed, key="grok_seed", help=help_of(GrokConfig, "seed"))
     lr = c3.number_input("Learning rate", 1e-5, 1e-1, d.lr, format="%.4f", key="grok_lr")
     wd = c3.number_input("Weight decay", 0.0, 10.0, d.weight_decay, 0.1, key="grok_wd")
@@ -126,7 +189,57 @@ def _config_form() -> GrokConfig | None:
         help=f"One metrics row per evaluation; a checkpoint (with all measures) every {EVALS_PER_CHECKPOINT} "
         "evaluations.",
     )
+    sizes: dict[str, Any] = {}
+    suppression: dict[str, Any] = {}
+    if is_llm:
+        st.caption(LLM_WHY_SLOWER)
+        s1, s2, s3, s4 = st.columns(4)
+        sizes = {
+            "d_model": int(s1.number_input("d_model", 8, 512, step=8, key="grok_d_model")),
+            "n_heads": int(s2.number_input("Heads", 1, 16, key="grok_heads")),
+            "d_mlp": int(s3.number_input("d_mlp", 8, 2048, step=8, key="grok_d_mlp")),
+        }
+        if s4.checkbox("Suppress super weights", False, key="grok_suppress", help=help_of(GrokConfig, "suppress")):
+            q1, q2, q3 = st.columns(3)
+            suppression = {
+                "suppress": True,
+                "suppress_quantile": float(
+                    q1.number_input(
+                        "Clip quantile q",
+                        0.5,
+                        1.0,
+                        d.suppress_quantile,
+                        0.0005,
+                        format="%.4f",
+                        key="grok_sup_q",
+                        help=help_of(GrokConfig, "suppress_quantile"),
+                    )
+                ),
+                "suppress_factor": float(
+                    q2.number_input(
+                        "Clip factor c",
+                        0.0,
+                        100.0,
+                        d.suppress_factor,
+                        0.1,
+                        key="grok_sup_c",
+                        help=help_of(GrokConfig, "suppress_factor"),
+                    )
+                ),
+                "suppress_every": int(
+                    q3.number_input(
+                        "Clip every (steps)",
+                        1,
+                        10_000,
+                        d.suppress_every,
+                        key="grok_sup_every",
+                        help=help_of(GrokConfig, "suppress_every"),
+                    )
+                ),
+            }
     config = d.replace(
+        **sizes,
+        **suppression,
         task=task,
         p=int(p),
         train_frac=float(frac),
@@ -245,7 +358,7 @@ def _start_training(config: GrokConfig) -> bool:
     """Start (or resume) the run's training job unless it is finished and summarised; whether the run can
     be shown. Refused with its reason: someone else's run (read-only: shown; private: not), the person's
     jobs or disk quota over the server's limits, a run written by another process (shown, followed)."""
-    run = runs.run_for(config)
+    run = _my_run(config)
     fresh = not run.exists()
     try:
         if not fresh and run.is_finished() and run.summary():
@@ -255,7 +368,7 @@ def _start_training(config: GrokConfig) -> bool:
         access.check_quota()
         access.check_jobs()
         access.claim_started_run(TOPIC, run.run_id, fresh, label=config.describe())
-        run = runs.open_run(config)
+        run = runs.open_run(config, owner=access.me())
     except LabError as err:
         st.error(str(err), icon=":material/error:")
         return not fresh and access.can_read(TOPIC, run.run_id)
@@ -267,9 +380,11 @@ def _start_training(config: GrokConfig) -> bool:
             stop=lambda: job.stopping,
             threads=TRAIN_THREADS,
             claim=False,
+            owner=run.owner,
+            max_checkpoints=access.limits().grok_checkpoints,
         )
 
-    key = _job_key(config)
+    key = _job_key(run)
     try:
         access.start_job(
             key,
@@ -284,11 +399,11 @@ def _start_training(config: GrokConfig) -> bool:
     return True
 
 
-def _run_panel(config: GrokConfig, writable: bool) -> None:
-    run = runs.run_for(config)
-    job = RUNNER.running(_job_key(config))
+def _run_panel(run: runs.GrokRun, writable: bool) -> None:
+    config = run.grok_config
+    job = RUNNER.running(_job_key(run))
     status = run.status()
-    metrics, measures, summary = ga.load_run(config)
+    metrics, measures, summary = ga.load_run(config, owner=run.owner)
     if job is not None:
         eta = job.eta_seconds()
         st.progress(
@@ -301,7 +416,7 @@ def _run_panel(config: GrokConfig, writable: bool) -> None:
     elif run.is_claimed():
         st.info("This run is being trained by another session or process; the view follows it.", icon=":material/sync:")
     else:
-        ended = RUNNER.get(_job_key(config))
+        ended = RUNNER.get(_job_key(run))
         if ended is not None and ended.error:
             st.error(ended.error, icon=":material/error:")
     if status.get("state") == "stopped":
@@ -315,7 +430,8 @@ def _run_panel(config: GrokConfig, writable: bool) -> None:
     if metrics.empty:
         st.info("No evaluation yet.")
         return
-    events = ga.run_events(metrics, measures)
+    is_llm = config.model == "llm"
+    events = ga.run_events(metrics, measures, llm_measures=measures if is_llm else None)
     last = metrics.iloc[-1]
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Step", int(last["step"]))
@@ -324,22 +440,26 @@ def _run_panel(config: GrokConfig, writable: bool) -> None:
     m4.metric("Steps / s", f"{last['step'] / max(last['elapsed_s'], 1e-9):.0f}")
     _curves(metrics, events)
     st.subheader("Super-weight measures by checkpoint")
-    _measure_charts(measures, events)
+    if is_llm:
+        _llm_measure_charts(measures, events)
+    else:
+        _measure_charts(measures, events)
     if summary is not None and job is None:
         st.subheader("Summary")
         st.success(ga.run_summary_text(summary), icon=":material/summarize:")
+        labels = LLM_MEASURE_LABELS if is_llm else MEASURE_LABELS
         onset_rows = pd.DataFrame(
             [
                 {
-                    "measure": MEASURE_LABELS[m],
-                    "onset step": summary["onsets"][m],
-                    "lag vs grokking (steps)": summary["lags"][m],
+                    "measure": labels[m],
+                    "onset step": summary["onsets"].get(m),
+                    "lag vs grokking (steps)": summary["lags"].get(m),
                 }
-                for m in MEASURES
+                for m in labels
             ]
         )
         st.dataframe(onset_rows, hide_index=True)
-        key = config.key()
+        key = run.run_id
         d1, d2 = st.columns(2)
         d1.download_button("metrics.csv", metrics.to_csv(index=False), f"grok_{key}_metrics.csv", key="grok_dl_metrics")
         d2.download_button(
@@ -347,6 +467,59 @@ def _run_panel(config: GrokConfig, writable: bool) -> None:
         )
         st.caption(
             f"Run folder: `{run.path}` ({len(run.checkpoint_steps())} checkpoints, torch.load(weights_only=True))."
+        )
+    if is_llm and run.checkpoint_steps():
+        _export_panel(run)
+
+
+def _llm_measure_charts(measures: pd.DataFrame, events: runs.RunEvents) -> None:
+    """The llm measures of every checkpoint (llm_measures.csv): causal effects on train and test, super
+    activation, attention sink, key Fourier frequencies."""
+    if measures.empty or len(measures) == 0:
+        st.info("The measures appear at the first checkpoint.")
+        return
+    panels = [
+        (["max_ppl_ratio_train", "max_ppl_ratio_test"], "max perplexity ratio, one weight zeroed", "log"),
+        (["super_activation_bos", "bos_over_median"], "BOS super activation (max |y|, / median)", "log"),
+        (["sink_share_max", "sink_share_mean"], "attention share on BOS", "linear"),
+        (["n_key_frequencies"], "key Fourier frequencies", "linear"),
+    ]
+    cols = st.columns(4)
+    for col, (columns, title, scale) in zip(cols, panels):
+        present = [c for c in columns if c in measures]
+        long = measures.melt("step", present)
+        chart = (
+            alt.Chart(long)
+            .mark_line(point=True)
+            .encode(
+                x="step:Q",
+                y=alt.Y("value:Q", title=title, scale=alt.Scale(type=scale)),
+                color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
+                tooltip=["step:Q", "variable:N", alt.Tooltip("value:Q", format=".4g")],
+            )
+            .properties(height=260)
+        )
+        rule = _rule(events)
+        col.altair_chart(chart + rule if rule is not None else chart, width="stretch")
+    fires = measures[["step", "scan_fires_train", "scan_fires_test", "n_scan_candidates", "scan_candidates"]]
+    st.dataframe(fires, hide_index=True, height=180)
+
+
+def _export_panel(run: runs.GrokRun) -> None:
+    """Any checkpoint of an llm run as a Hugging Face folder for the first tab's local-model picker."""
+    steps = run.checkpoint_steps()
+    c1, c2 = st.columns([1, 3])
+    step = c1.selectbox("Checkpoint", steps, index=len(steps) - 1, key="grok_export_step")
+    if c1.button("Open in the first tab", key="grok_export", icon=":material/open_in_new:"):
+        try:
+            folder = run.export_checkpoint(int(step))
+        except LabError as err:
+            st.error(str(err), icon=":material/error:")
+            return
+        c2.success(
+            f"Paste this folder into the sidebar's **Other (HF id or local folder)**, then scan it in the first "
+            f"tab:\n\n`{folder.resolve()}`",
+            icon=":material/folder_open:",
         )
 
 
@@ -384,7 +557,8 @@ def _sweep_section(base: GrokConfig) -> None:
     configs = ga.sweep_configs(base, seeds, wds)
     if access.refuse_over("sweep_runs", len(configs), "Runs in this sweep"):
         return
-    sweep_key = "grokking-sweep:" + run_id_for({"runs": [c.key() for c in configs]})
+    me = access.me()
+    sweep_key = "grokking-sweep:" + run_id_for({"runs": [c.key(me) for c in configs]})
     if st.button(
         f"Run sweep ({len(configs)} runs, cached ones reopen instantly)",
         key="grok_sweep_start",
@@ -407,6 +581,8 @@ def _sweep_section(base: GrokConfig) -> None:
                 on_start=lambda c, done, total: job.progress(done, total, f"seed {c.seed}, wd {c.weight_decay:g}"),
                 on_run=on_run,
                 threads=TRAIN_THREADS,
+                owner=me,
+                max_checkpoints=access.limits().grok_checkpoints,
             )
             return summaries
 
@@ -415,14 +591,12 @@ def _sweep_section(base: GrokConfig) -> None:
             if RUNNER.running(sweep_key) is None:
                 _claim_sweep(configs)
             elif not access.is_my_job(sweep_key):
-                raise LabError(
-                    "Someone else runs exactly this sweep right now: wait until it ends, or change the seeds."
-                )
+                raise LabError("This sweep is already running in another of your sessions: wait until it ends.")
             access.start_job(
                 sweep_key,
                 lambda: RUNNER.start(sweep_key, work, label=label, total=len(configs)),
                 label=label,
-                writes=lambda: [(TOPIC, runs.run_for(c)) for c in configs],
+                writes=lambda: [(TOPIC, _my_run(c)) for c in configs],
             )
         except LabError as err:
             st.error(str(err), icon=":material/error:")
@@ -481,16 +655,16 @@ def _claim_sweep(configs: list[GrokConfig]) -> None:
     access.check_quota()
     access.check_jobs()
     for config in configs:
-        run = runs.run_for(config)
+        run = _my_run(config)
         fresh = not run.exists()
         if not fresh and run.is_finished() and run.summary() and access.can_read(TOPIC, run.run_id):
             continue
         access.claim_started_run(TOPIC, run.run_id, fresh, label=config.describe())
-        runs.open_run(config)
+        runs.open_run(config, owner=access.me())
 
 
-def _show(config: GrokConfig) -> None:
-    remember(VIEW_SLOT, config.key(), config)
+def _show(run: runs.GrokRun) -> None:
+    remember(VIEW_SLOT, run.run_id, run)
 
 
 def _reopen_picker() -> None:
@@ -508,7 +682,7 @@ def _reopen_picker() -> None:
         )
         if pick != "—" and st.session_state.get("grok_reopened") != pick:
             st.session_state["grok_reopened"] = pick
-            _show(saved[pick].grok_config)
+            _show(saved[pick])
         if (
             pick != "—"
             and access.can_write(TOPIC, pick)
@@ -561,38 +735,37 @@ def render() -> None:
     if blocked:
         return
     if linked is not None:
-        _show(linked.grok_config)
+        _show(linked)
     config = _config_form()
     if config is None:
         return
     start = st.button("Start / resume / reopen", key="grok_start", icon=":material/play_arrow:", type="primary")
     _reopen_picker()
     if start and _start_training(config):
-        _show(config)
+        _show(_my_run(config))
     shown = latest(VIEW_SLOT)
-    if shown is not None and not access.can_read(TOPIC, shown[1].key()):  # its owner made it private since
+    if shown is not None and not access.can_read(TOPIC, shown[1].run_id):  # its owner made it private since
         forget(VIEW_SLOT)
         st.warning(access.PRIVATE_NOTICE, icon=":material/lock:")
         shown = None
     if shown is None:
         st.info("Press Start to train the configuration above (or reopen a cached run).")
     else:
-        view: GrokConfig = shown[1]
-        st.caption(f"Showing: {view.describe()} (key {view.key()})")
-        access.set_link(view.key())
-        writable = access.share_toggle(TOPIC, view.key(), "grok").writable_by(access.me())
-        if view.key() != config.key():
+        run: runs.GrokRun = shown[1]
+        st.caption(f"Showing: {run.grok_config.describe()} (key {run.run_id})")
+        access.set_link(run.run_id)
+        writable = access.share_toggle(TOPIC, run.run_id, "grok").writable_by(access.me())
+        if run.grok_config != config:
             st.warning(
                 "The settings above differ from the run shown: press Start to train (or reopen) them.",
                 icon=":material/sync_problem:",
             )
-        run = runs.run_for(view)
-        live_now = RUNNER.running(_job_key(view)) is not None or run.is_claimed()
+        live_now = RUNNER.running(_job_key(run)) is not None or run.is_claimed()
 
         @st.fragment(run_every=POLL_SECONDS if live_now else None)
         def live() -> None:
-            _run_panel(view, writable)
-            if live_now and RUNNER.running(_job_key(view)) is None and not run.is_claimed():
+            _run_panel(run, writable)
+            if live_now and RUNNER.running(_job_key(run)) is None and not run.is_claimed():
                 st.rerun()  # the run ended: redraw the whole tab without polling
 
         live()

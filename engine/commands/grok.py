@@ -1,7 +1,9 @@
-"""`python -m engine grok ...` (one grokking run) and `python -m engine grok-sweep ...` (seeds x weight decays).
+"""`python -m engine grok ...` (one grokking run), `python -m engine grok-sweep ...` (seeds x weight decays) and
+`python -m engine grok-study` (issue 14's study: LLM-shaped model, control vs suppression, report).
 
-Every flag comes from a config dataclass of engine.grokking.config (GrokConfig, SweepConfig, RunOptions):
-defaults and help are written there once. Building the parser imports no torch."""
+Every flag comes from a config dataclass of engine.grokking.config (GrokConfig, SweepConfig, RunOptions,
+StudyConfig): defaults and help are written there once. Building the parser imports no torch.
+`--model llm` takes the LLM-shaped preset (config.LLM_PRESET) for the layer/width flags not given."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sys
 from typing import Any
 
 from engine.core.options import add_options, from_args
-from engine.grokking.config import GrokConfig, RunOptions, SweepConfig
+from engine.grokking.config import LLM_PRESET, GrokConfig, RunOptions, StudyConfig, SweepConfig
 
 
 def register(subparsers: Any) -> None:
@@ -25,6 +27,22 @@ def register(subparsers: Any) -> None:
     add_options(sweep, SweepConfig)
     add_options(sweep, RunOptions)
     sweep.set_defaults(func=run_sweep)
+    study = subparsers.add_parser(
+        "grok-study",
+        help="the super-weight / grokking study: LLM-shaped model, seeds x weight decays, control vs suppression",
+    )
+    add_options(study, StudyConfig)
+    study.set_defaults(func=run_study)
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> GrokConfig:
+    """GrokConfig of the flags; with --model llm the preset's sizes for the size flags left at their defaults."""
+    config: GrokConfig = from_args(GrokConfig, args, **overrides)
+    if config.model == "llm":
+        default = GrokConfig()
+        preset = {k: v for k, v in LLM_PRESET.items() if getattr(config, k) == getattr(default, k)}
+        config = config.replace(**preset)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.grokking.config import validate
     from engine.grokking.runs import open_run
 
-    config: GrokConfig = from_args(GrokConfig, args)
+    config = _config(args)
     options: RunOptions = from_args(RunOptions, args)
     validate(config)
     run = open_run(config, run_dir=options.out)
@@ -57,7 +75,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from engine.grokking.config import validate
     from engine.grokking.runs import RunSummary
 
-    base: GrokConfig = from_args(GrokConfig, args)
+    base = _config(args)
     plan: SweepConfig = from_args(SweepConfig, args)
     options: RunOptions = from_args(RunOptions, args)
     for wd in plan.weight_decays:
@@ -75,4 +93,32 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(table.drop(columns=["key"]).to_string(index=False))
     print()
     print(plain_summary(connection(table), plan.measure))
+    return 0
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from engine.grokking.config import validate, validate_sweep
+    from engine.grokking.study import run_study as study_runs
+    from engine.grokking.study import write_report
+
+    study: StudyConfig = from_args(StudyConfig, args)
+    configs = study.configs()
+    validate_sweep(len(configs))
+    for config in configs:
+        validate(config)
+    if not study.report_only:
+        print(f"{len(configs)} runs: {study.base().describe()}", file=sys.stderr, flush=True)
+
+        def on_run(config: GrokConfig, summary: Any, error: str) -> None:
+            arm = "suppression" if config.suppress else "control"
+            what = error or (
+                f"grok_95 {summary['grok_95_step']}, memorised {summary['memorisation_step']}, "
+                f"super-weight onset {summary['onsets'].get('super_weight')}"
+            )
+            print(f"seed {config.seed} wd {config.weight_decay:g} {arm}: {what}", file=sys.stderr, flush=True)
+
+        seconds = study_runs(study, on_run)
+        print(f"trained for {seconds / 60:.1f} min", file=sys.stderr)
+    path = write_report(study)
+    print(f"wrote {path}")
     return 0

@@ -14,6 +14,19 @@ Events of one run (steps; None when the event does not happen within the run):
   * super_weight: some matrix has a super weight (causal test of engine.grokking.measures).
 - lag of a measure = onset - grok_95 (negative: the measure came first).
 
+For the LLM-shaped model (config.model == "llm") the measures are those of engine.grokking.llm_measures
+(llm_measures.csv, one row per checkpoint), and the onsets are of config.LLM_MEASURES:
+  * super_weight (_train / _test): a candidate of the first tab's super-weight scan
+    (engine.superweights.detect, relative rule, unchanged) fires in the causal test on train or test
+    (zeroing it raises perplexity >= 2x or drops accuracy > 10 points while k random weights do not);
+  * top_weight_causal: any candidate (scan or top-|w| of a down projection) fires;
+  * super_activation: max |y| at BOS / median |y| of a down projection >= ratio_factor x its step-0 value;
+  * persisting_activation: the BOS spike persists in >= 2 layers of the residual stream;
+  * fourier: the number of key Fourier frequencies <= its step-0 value / ratio_factor (Nanda et al. 2023);
+  * attention_sink: the largest per-layer attention share on BOS >= ratio_factor x its step-0 value.
+At the end of a grokked llm run the scan's super weights (else the top-|w| of each down projection) are
+zeroed together (llm_measures.zeroing_outcome): does the model fall back to memorisation or break?
+
 A run = `run_experiment(config)`: train (engine.grokking.training) + measures at every checkpoint +
 summary.json. A sweep = seeds x weight decays, each run on its own. `connection` correlates onset with
 grokking step over grokked runs (Pearson r with its 95% CI from scipy) and counts how often the
@@ -22,6 +35,7 @@ onset precedes grokking (two-sided sign test, scipy.stats.binomtest); `plain_sum
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,16 +49,26 @@ from engine.core.runstore import write_json
 from engine.grokking.config import (
     GROK_ACCURACY,
     HALF_GROK_ACCURACY,
+    LLM_MEASURE_LABELS,
+    LLM_MEASURES,
+    MAX_CHECKPOINTS,
     MEASURE_LABELS,
     MEASURES,
     MEMORISATION_ACCURACY,
     GrokConfig,
     validate,
+    validate_sweep,
 )
+from engine.grokking.llm import GrokLlama, LlmData, llm_data
+from engine.grokking.llm_measures import LlmMeasureSettings, candidate_weights, measure_llm_checkpoint, zeroing_outcome
 from engine.grokking.measures import MeasureSettings, measure_checkpoint
 from engine.grokking.runs import GrokRun, RunEvents, RunSummary, open_run, run_for
 from engine.grokking.tasks import Dataset
 from engine.grokking.training import Stop, should_stop, train
+
+# the llm measures at every checkpoint: 256 examples per split and 2 random draws keep them under 20% of
+# training time at checkpoint_every = 50 (benchmarks/bench_grokking.py)
+LLM_MEASURE_SETTINGS = LlmMeasureSettings(max_examples=256, n_random=2)
 
 
 @dataclass(frozen=True)
@@ -119,11 +143,44 @@ def onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) ->
     return out
 
 
-def run_events(metrics: pd.DataFrame, measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) -> RunEvents:
-    """Memorisation and grokking steps, onsets and lags (onset - grok_95) of one run."""
+def llm_onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) -> dict[str, int | None]:
+    """Onset step of each measure in LLM_MEASURES from an llm run's llm_measures.csv (see the module docstring)."""
+    out: dict[str, int | None] = {m: None for m in LLM_MEASURES}
+    if measures.empty or "step" not in measures or len(measures) == 0:
+        return out
+    m = measures.sort_values("step").reset_index(drop=True)
+    steps = m["step"].astype(int).tolist()
+
+    def flag(column: str) -> pd.Series:
+        return m[column].astype(str).str.lower().isin(["true", "1", "1.0"])
+
+    first = m.iloc[0]
+    flags = {
+        "super_weight": flag("scan_fires_train") | flag("scan_fires_test"),
+        "super_weight_train": flag("scan_fires_train"),
+        "super_weight_test": flag("scan_fires_test"),
+        "top_weight_causal": flag("fires_train") | flag("fires_test"),
+        "super_activation": m["bos_over_median"] >= settings.ratio_factor * first["bos_over_median"],
+        "persisting_activation": m["persisting_layers"] >= 2,
+        "fourier": m["n_key_frequencies"] <= first["n_key_frequencies"] / settings.ratio_factor,
+        "attention_sink": m["sink_share_max"] >= settings.ratio_factor * first["sink_share_max"],
+    }
+    for name, on in flags.items():
+        out[name] = stays_on_from(steps, on.tolist())
+    return out
+
+
+def run_events(
+    metrics: pd.DataFrame,
+    measures: pd.DataFrame,
+    settings: OnsetSettings = OnsetSettings(),
+    llm_measures: pd.DataFrame | None = None,
+) -> RunEvents:
+    """Memorisation and grokking steps, onsets and lags (onset - grok_95) of one run (of LLM_MEASURES
+    from `llm_measures` when given: an llm run)."""
     mem = first_reaching(metrics, "train_acc", MEMORISATION_ACCURACY)
     grok = first_reaching(metrics, "test_acc", GROK_ACCURACY)
-    found = onsets(measures, settings)
+    found = onsets(measures, settings) if llm_measures is None else llm_onsets(llm_measures, settings)
     return {
         "memorisation_step": mem,
         "grok_50_step": first_reaching(metrics, "test_acc", HALF_GROK_ACCURACY),
@@ -139,18 +196,69 @@ def run_events(metrics: pd.DataFrame, measures: pd.DataFrame, settings: OnsetSet
 
 
 def summarize(run: GrokRun, settings: OnsetSettings = OnsetSettings()) -> RunSummary:
-    """summary.json of a run: config, key, state, events (written next to metrics.csv)."""
+    """summary.json of a run: config, key, state, events (written next to metrics.csv); for a finished llm
+    run that grokked also the end-of-run zeroing outcome (`end_zeroing`)."""
     status = run.status()
+    is_llm = run.grok_config.model == "llm"
     summary: RunSummary = {
-        "key": run.grok_config.key(),
+        "key": run.grok_config.key(run.owner),
         "config": asdict(run.grok_config),
         "state": status.get("state"),
         "message": status.get("message", ""),
         "onset_settings": asdict(settings),
-        **run_events(run.metrics(), run.measures(), settings),
+        "owner": run.owner,
+        **run_events(run.metrics(), run.measures(), settings, run.llm_measures() if is_llm else None),
     }
+    if is_llm:
+        summary["zeroing"] = (
+            end_zeroing(run)
+            if summary["grokked"] and status.get("state") == "finished" and run.checkpoint_steps()
+            else None
+        )
     write_json(run.summary_path, summary)
     return summary
+
+
+def end_zeroing(run: GrokRun, step: int | None = None) -> dict[str, Any]:
+    """Zero the super weight(s) of an llm run's checkpoint together, on the full splits: the scan's candidates
+    (engine.superweights.detect, as in the first tab), or, when the scan finds none, the top-|w| weight of
+    each down projection. llm_measures.zeroing_outcome + "source" and "step". Default checkpoint: of those
+    from the grokking step on, the one with the highest test accuracy (a run can spike and lose what it
+    learned before it ends), else the last."""
+    if step is None:
+        metrics = run.metrics()
+        saved = run.checkpoint_steps()
+        grok = first_reaching(metrics, "test_acc", GROK_ACCURACY)
+        acc = metrics.set_index("step")["test_acc"]
+        after = [s for s in saved if grok is not None and s >= grok and s in acc.index]
+        step = max(after, key=lambda s: (acc[s], s)) if after else saved[-1]
+    model = run.load_model(step)
+    assert isinstance(model, GrokLlama)
+    data = llm_data(run.grok_config)
+    candidates, _ = candidate_weights(model, data.prompts(LLM_MEASURE_SETTINGS.scan_prompts), LLM_MEASURE_SETTINGS)
+    scan = [c.coord for c in candidates if c.source.startswith("scan")]
+    coords, source = (scan, "scan") if scan else ([c.coord for c in candidates], "top|w|")
+    return {**zeroing_outcome(model, data, coords), "source": source, "step": step}
+
+
+def _append_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Append rows; to an existing file in its own columns (a run resumed by a newer version stays readable)."""
+    if path.exists():
+        with open(path) as handle:
+            columns = handle.readline().strip().split(",")
+        frame.reindex(columns=columns).to_csv(path, mode="a", header=False, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def measure_llm(run: GrokRun, step: int, model: GrokLlama, data: LlmData) -> None:
+    """The llm measures of one checkpoint, appended to llm_measures.csv (one row, with the seconds they took)
+    and llm_causal.csv."""
+    start = time.perf_counter()
+    result = measure_llm_checkpoint(step, model, data, LLM_MEASURE_SETTINGS)
+    row = {**result.summary(), "measure_seconds": time.perf_counter() - start}
+    _append_csv(run.llm_measures_path, pd.DataFrame([row]))
+    _append_csv(run.llm_causal_path, result.causal.assign(step=step))
 
 
 def run_experiment(
@@ -164,20 +272,30 @@ def run_experiment(
     measure_settings: MeasureSettings = MeasureSettings(),
     threads: int | None = None,
     claim: bool = True,
+    owner: str | None = None,
+    max_checkpoints: int = MAX_CHECKPOINTS,
 ) -> RunSummary:
     """Train (or resume, or reopen) one run with the measures at every checkpoint.
 
-    Files go to engine.grokking.runs.open_run(config, root, run_dir). Returns the summary (also in
-    summary.json); measure=False skips the measures (for timing). claim: see training.train.
+    Files go to engine.grokking.runs.open_run(config, root, run_dir, owner). Returns the summary (also in
+    summary.json); measure=False skips the measures (for timing). claim: see training.train. An llm run
+    gets the llm measures (measure_llm) instead of the small models' ones. At most `max_checkpoints`
+    checkpoints stay on disk (training.train).
     """
     validate(config)
-    run = open_run(config, root, run_dir)
+    run = open_run(config, root, run_dir, owner)
     cached = run.summary() if run.is_finished() else None
     if cached is not None:
         return cached
+    llm_split: list[LlmData] = []
 
     def on_checkpoint(step: int, model: nn.Module, data: Dataset) -> None:
         if not measure:
+            return
+        if isinstance(model, GrokLlama):
+            if not llm_split:
+                llm_split.append(llm_data(config).to(model.device))
+            measure_llm(run, step, model, llm_split[0])
             return
         rows = measure_checkpoint(step, model, data.x_test, data.y_test, measure_settings)
         header = not run.measures_path.exists()
@@ -192,15 +310,22 @@ def run_experiment(
         stop=stop,
         threads=threads,
         claim=claim,
+        owner=owner,
+        max_checkpoints=max_checkpoints,
     )
     summary = summarize(result.run)
     summary["seconds"] = result.seconds
     return summary
 
 
-def load_run(config: GrokConfig, root: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, RunSummary | None]:
-    """(metrics, measures, summary) of a saved run, as far as it got (empty when there is none)."""
-    run = run_for(config, root)
+def load_run(
+    config: GrokConfig, root: Path | None = None, owner: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, RunSummary | None]:
+    """(metrics, measures, summary) of a saved run, as far as it got (empty when there is none); the
+    measures of an llm run are its llm_measures.csv."""
+    run = run_for(config, root, owner)
+    if config.model == "llm":
+        return run.metrics(), run.llm_measures(), run.summary()
     return run.metrics(), run.measures(), run.summary()
 
 
@@ -221,19 +346,27 @@ def run_sweep(
     on_start: Callable[[GrokConfig, int, int], None] | None = None,
     on_run: Callable[[RunSummary, int, int], None] | None = None,
     threads: int | None = None,
+    owner: str | None = None,
+    max_checkpoints: int = MAX_CHECKPOINTS,
 ) -> list[RunSummary]:
     """Run (or reopen) every seed x weight decay configuration, each a run of its own.
 
     on_start(config, done, total) before each run, on_run(summary, done, total) after it; `stop`
-    ends the current run at its next step and skips the rest."""
+    ends the current run at its next step and skips the rest. A stopped sweep resumes: finished runs
+    reopen from their cache and a stopped run from its last checkpoint."""
     configs = sweep_configs(base, seeds, weight_decays)
+    validate_sweep(len(configs))
+    for config in configs:
+        validate(config)
     summaries: list[RunSummary] = []
     for config in configs:
         if should_stop(stop):
             break
         if on_start:
             on_start(config, len(summaries), len(configs))
-        summaries.append(run_experiment(config, root=root, stop=stop, threads=threads))
+        summaries.append(
+            run_experiment(config, root=root, stop=stop, threads=threads, owner=owner, max_checkpoints=max_checkpoints)
+        )
         if on_run:
             on_run(summaries[-1], len(summaries), len(configs))
     return summaries
@@ -330,7 +463,7 @@ def connection_found(stats_: ConnectionStats, alpha: float = 0.05) -> bool:
 
 def plain_summary(stats_: ConnectionStats, measure: str = "super_weight") -> str:
     """A few sentences generated from the numbers of `connection` (reproducible: no free text)."""
-    label = MEASURE_LABELS.get(measure, measure)
+    label = MEASURE_LABELS.get(measure, LLM_MEASURE_LABELS.get(measure, measure))
     n, g, w = stats_.n_runs, stats_.n_grokked, stats_.n_with_onset
     parts = [f"{g} of {n} runs grokked (test accuracy >= {GROK_ACCURACY:.0%})."]
     if g == 0:
@@ -392,15 +525,16 @@ def run_summary_text(summary: RunSummary) -> str:
             f"The run did not grok by step {summary['last_step']} "
             f"(final test accuracy {summary['final_test_acc']:.1%})."
         )
-    for m in MEASURES:
+    labels = LLM_MEASURE_LABELS if summary["config"].get("model") == "llm" else MEASURE_LABELS
+    for m in labels:
         onset, lag = summary["onsets"].get(m), summary["lags"].get(m)
         if onset is None:
-            parts.append(f"{MEASURE_LABELS[m]}: no onset.")
+            parts.append(f"{labels[m]}: no onset.")
         elif lag is None:
-            parts.append(f"{MEASURE_LABELS[m]}: onset at step {onset}.")
+            parts.append(f"{labels[m]}: onset at step {onset}.")
         else:
             parts.append(
-                f"{MEASURE_LABELS[m]}: onset at step {onset}, "
+                f"{labels[m]}: onset at step {onset}, "
                 + (
                     f"{-lag} steps before grokking."
                     if lag < 0
@@ -409,4 +543,11 @@ def run_summary_text(summary: RunSummary) -> str:
                     else "at the grokking step."
                 )
             )
+    zeroing = summary.get("zeroing")
+    if zeroing:
+        parts.append(
+            f"Zeroing the {zeroing['source']} super weight(s) {zeroing['coords']} at step {zeroing['step']}: "
+            f"train accuracy {zeroing['train_acc_before']:.0%} -> {zeroing['train_acc_after']:.0%}, test "
+            f"{zeroing['test_acc_before']:.0%} -> {zeroing['test_acc_after']:.0%} ({zeroing['verdict']})."
+        )
     return " ".join(parts)

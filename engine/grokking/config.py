@@ -3,9 +3,11 @@
 
 Task: predict c = (a o b) mod p from (a, b) for every pair (Power et al. 2022, arXiv 2201.02177);
 a random `train_frac` of the p^2 pairs is the training set, the rest the test set. Models: a small
-transformer without LayerNorm (Nanda et al. 2023, arXiv 2301.05217) or an MLP on the concatenated
-one-hot codes of a and b (Prieto et al. 2025, arXiv 2501.04697). Optimiser: AdamW, optionally with
-the Grokfast EMA gradient filter (Lee et al. 2024, arXiv 2405.20233).
+transformer without LayerNorm (Nanda et al. 2023, arXiv 2301.05217), an MLP on the concatenated
+one-hot codes of a and b (Prieto et al. 2025, arXiv 2501.04697), or an LLM-shaped Llama decoder on
+[BOS, a, op, b, =] (engine.grokking.llm). Optimiser: AdamW, optionally with the Grokfast EMA gradient
+filter (Lee et al. 2024, arXiv 2405.20233), optionally with super-weight suppression (clipping each
+down projection, engine.grokking.suppression).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from engine.core.options import option
 from engine.core.runstore import run_id_for
 
 Task = Literal["add", "sub", "mul", "div", "sq_sum", "cube_ab"]
-ModelKind = Literal["mlp", "transformer"]
+ModelKind = Literal["mlp", "transformer", "llm"]
 Measure = Literal["super_weight", "max_over_median", "kurtosis", "top_coordinate", "massive_activation"]
 
 TASK_LABELS: dict[str, str] = {
@@ -33,14 +35,41 @@ TASK_LABELS: dict[str, str] = {
     "cube_ab": "(a^3 + a*b) mod p",
 }
 INVERSE_TASKS = frozenset({"div"})  # tasks that need b^-1 mod p: b != 0 only, and p prime
+# onset measures of the LLM-shaped model (engine.grokking.llm_measures; onsets in engine.grokking.analysis)
+LlmMeasure = Literal[
+    "super_weight",
+    "super_weight_train",
+    "super_weight_test",
+    "top_weight_causal",
+    "super_activation",
+    "persisting_activation",
+    "fourier",
+    "attention_sink",
+]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 MEASURES: tuple[str, ...] = get_args(Measure)
+LLM_MEASURES: tuple[str, ...] = get_args(LlmMeasure)
+MODEL_LABELS: dict[str, str] = {
+    "mlp": "one-hot MLP",
+    "transformer": "transformer (no LayerNorm)",
+    "llm": "LLM-shaped (Llama)",
+}
 MEASURE_LABELS: dict[str, str] = {
     "super_weight": "super weight (causal)",
     "max_over_median": "max/median |w|",
     "kurtosis": "weight kurtosis",
     "top_coordinate": "stable top coordinate",
     "massive_activation": "massive activation",
+}
+LLM_MEASURE_LABELS: dict[str, str] = {
+    "super_weight": "super weight (scan + causal, train or test)",
+    "super_weight_train": "super weight (scan + causal on train)",
+    "super_weight_test": "super weight (scan + causal on test)",
+    "top_weight_causal": "a top-|w| or scan weight is causal",
+    "super_activation": "super activation at BOS",
+    "persisting_activation": "persisting BOS activation",
+    "fourier": "few key Fourier frequencies",
+    "attention_sink": "attention sink on BOS",
 }
 
 MEMORISATION_ACCURACY = 0.99  # train accuracy that marks memorisation
@@ -49,7 +78,15 @@ GROK_ACCURACY = 0.95  # test accuracy that marks grokking (and starts the stop_a
 
 FORMAT_VERSION = 1  # part of every run id: a new layout of the run folder gives new ids
 RUN_ID_DIGITS = 16  # hex digits of a run id (cache/grokking/<run id>/)
-MAX_LAYERS = 4
+MAX_LAYERS = 4  # MLP / transformer
+LLM_MIN_LAYERS, LLM_MAX_LAYERS = 4, 8  # the relative detection rule compares a layer with the median over layers
+# the one-click preset of the LLM-shaped model (page and CLI --model llm defaults for these fields)
+LLM_PRESET: dict[str, Any] = {"model": "llm", "n_layers": 4, "d_model": 64, "n_heads": 4, "d_mlp": 256}
+MAX_CHECKPOINTS = 60  # checkpoints a run keeps on disk (thinned evenly; step 0, events and the last kept)
+# suppression of super weights during training (engine.grokking.suppression; checked here, without torch)
+SUPPRESS_EVERY, SUPPRESS_QUANTILE, SUPPRESS_FACTOR = 10, 0.999, 1.0
+MAX_CLIP_FRACTION = 0.01  # a suppression setting that would clip more of any matrix is refused
+MAX_SWEEP_RUNS = 64  # runs in one sweep or study (LAB_GROK_MAX_SWEEP)
 TRAIN_THREADS = 1  # torch threads while training: 1 is fastest for these tiny models (benchmarks/bench_grokking.py)
 DEFAULT_MEMORY_LIMIT_GB = 6.0  # refuse configurations whose estimate exceeds this (LAB_GROK_MEMORY_GB)
 
@@ -63,12 +100,19 @@ class GrokConfig:
     train_frac: float = option(0.6, "fraction of all pairs used for training, in (0, 1)")
     seed: int = option(0, "seed of the train/test split, the initial weights and the minibatches")
     model: ModelKind = option(
-        "mlp", "one-hot MLP (Prieto et al. 2025) or transformer without LayerNorm (Nanda et al. 2023)"
+        "mlp",
+        "one-hot MLP (Prieto et al. 2025), transformer without LayerNorm (Nanda et al. 2023), or llm: an "
+        f"LLM-shaped Llama decoder (RMSNorm, gated MLP, RoPE, BOS; --layers >= {LLM_MIN_LAYERS})",
     )
-    n_layers: int = option(1, f"MLP hidden layers or transformer blocks (1-{MAX_LAYERS})", flag="--layers")
-    d_model: int = option(128, "transformer width")
-    n_heads: int = option(4, "transformer attention heads (dividing --d-model)", flag="--heads")
-    d_mlp: int = option(512, "transformer MLP width")
+    n_layers: int = option(
+        1,
+        f"MLP hidden layers or transformer blocks (1-{MAX_LAYERS}); llm: decoder layers "
+        f"({LLM_MIN_LAYERS}-{LLM_MAX_LAYERS})",
+        flag="--layers",
+    )
+    d_model: int = option(128, "transformer / llm width")
+    n_heads: int = option(4, "transformer / llm attention heads (dividing --d-model)", flag="--heads")
+    d_mlp: int = option(512, "transformer / llm MLP width")
     mlp_width: int = option(256, "hidden width of the one-hot MLP")
     lr: float = option(3e-3, "AdamW learning rate")
     weight_decay: float = option(1.0, "AdamW weight decay")
@@ -84,25 +128,41 @@ class GrokConfig:
     stop_after_grok: int = option(
         500, f"steps to go on once test accuracy first reaches {GROK_ACCURACY:g} (-1: train all steps)"
     )
+    suppress: bool = option(
+        False, "llm: suppress super weights: clip each down projection's |w| to c x its q-quantile every N steps"
+    )
+    suppress_every: int = option(SUPPRESS_EVERY, "suppression: clip every N steps")
+    suppress_quantile: float = option(SUPPRESS_QUANTILE, "suppression: the quantile q of |w|, in (0, 1]")
+    suppress_factor: float = option(SUPPRESS_FACTOR, "suppression: the factor c > 0 of the clip threshold")
 
-    def key_fields(self) -> dict[str, Any]:
-        """What the run id hashes: {"v": FORMAT_VERSION, **fields} (config.json holds the fields alone)."""
-        return {"v": FORMAT_VERSION, **dataclasses.asdict(self)}
+    def key_fields(self, owner: str | None = None) -> dict[str, Any]:
+        """What the run id hashes: {"v": FORMAT_VERSION, **fields} (config.json holds the fields alone).
 
-    def key(self) -> str:
-        """The run id: first 16 hex digits of sha256 of the sorted JSON of `key_fields()`."""
-        return run_id_for(self.key_fields(), RUN_ID_DIGITS)
+        The suppression fields enter only when suppression is on, and {"owner": owner} only when an
+        owner is given (a person's run on the server), so the ids of runs without them never change."""
+        fields = dataclasses.asdict(self)
+        if not self.suppress:
+            for name in SUPPRESSION_FIELDS:
+                fields.pop(name)
+        return {"v": FORMAT_VERSION, **fields, **({"owner": owner} if owner else {})}
+
+    def key(self, owner: str | None = None) -> str:
+        """The run id: first 16 hex digits of sha256 of the sorted JSON of `key_fields(owner)`."""
+        return run_id_for(self.key_fields(owner), RUN_ID_DIGITS)
 
     def replace(self, **changes: Any) -> GrokConfig:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
-        model = (
-            f"transformer {self.n_layers}L d{self.d_model} {self.n_heads}h"
-            if self.model == "transformer"
-            else f"MLP {self.n_layers}x{self.mlp_width}"
-        )
+        model = {
+            "transformer": f"transformer {self.n_layers}L d{self.d_model} {self.n_heads}h",
+            "llm": f"Llama {self.n_layers}L d{self.d_model} {self.n_heads}h mlp{self.d_mlp}",
+        }.get(self.model, f"MLP {self.n_layers}x{self.mlp_width}")
         opt = f"AdamW lr {self.lr:g} wd {self.weight_decay:g}" + (" + Grokfast" if self.grokfast else "")
+        if self.suppress:
+            opt += (
+                f" + clip W_down to {self.suppress_factor:g} x q{self.suppress_quantile:g} every {self.suppress_every}"
+            )
         return f"{TASK_LABELS[self.task]}, p={self.p}, train {self.train_frac:.0%}, seed {self.seed}, {model}, {opt}"
 
     @classmethod
@@ -110,6 +170,9 @@ class GrokConfig:
         """The config of a config.json (unknown keys ignored; TypeError/ValueError when it is not one)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in fields.items() if k in names})
+
+
+SUPPRESSION_FIELDS = ("suppress", "suppress_every", "suppress_quantile", "suppress_factor")
 
 
 @dataclass(frozen=True)
@@ -131,6 +194,50 @@ class RunOptions:
         "grok: the run's folder (default cache/grokking/<run id>/); "
         "grok-sweep: a folder with one sub-folder per run, named by run id",
     )
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The grokking / super-weight study (`python -m engine grok-study`, `make study-grok`): the LLM-shaped
+    model over seeds x weight decays, each as a control run and a run with suppression (same seeds)."""
+
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "seeds (each gives a control and a suppression run)")
+    weight_decays: tuple[float, ...] = option((2.0, 3.0), "weight decays")
+    p: int = option(31, "modulus p")
+    train_frac: float = option(0.6, "fraction of the pairs used for training")
+    steps: int = option(600, "step cap: a run that has not grokked by then counts as not grokked")
+    n_layers: int = option(4, "decoder layers", flag="--layers")
+    d_model: int = option(64, "width")
+    d_mlp: int = option(128, "MLP width")
+    eval_every: int = option(25, "steps between evaluations")
+    checkpoint_every: int = option(50, "steps between checkpoints with all measures")
+    stop_after_grok: int = option(50, "steps to go on after grokking")
+    workers: int = option(2, "worker processes (1 torch thread each)")
+    report_dir: str = option("reports/grokking", "folder of the report (summary.md, figures)")
+    report_only: bool = option(False, "write the report from the cached runs without training")
+    root: str | None = option(None, "runs folder (default cache/grokking/)")
+
+    def base(self) -> GrokConfig:
+        """The control run's configuration of the study (seed and weight decay set per run)."""
+        return GrokConfig(
+            **{**LLM_PRESET, "n_layers": self.n_layers, "d_model": self.d_model, "d_mlp": self.d_mlp},
+            p=self.p,
+            train_frac=self.train_frac,
+            steps=self.steps,
+            eval_every=self.eval_every,
+            checkpoint_every=self.checkpoint_every,
+            stop_after_grok=self.stop_after_grok,
+        )
+
+    def configs(self) -> list[GrokConfig]:
+        """Every run: for each weight decay and seed, the control, then the same with suppression."""
+        base = self.base()
+        return [
+            base.replace(seed=int(s), weight_decay=float(wd), suppress=sup)
+            for wd in self.weight_decays
+            for s in self.seeds
+            for sup in (False, True)
+        ]
 
 
 def is_prime(n: int) -> bool:
@@ -159,6 +266,10 @@ def estimate_memory_bytes(config: GrokConfig) -> int:
     if config.model == "mlp":
         params = 2 * p * config.mlp_width + (config.n_layers - 1) * config.mlp_width**2 + config.mlp_width * p
         per_example = 2 * p + 2 * config.mlp_width * config.n_layers + 2 * p
+    elif config.model == "llm":  # 5 positions; attention, gate/up/down and norms kept per layer
+        d, vocab = config.d_model, p + 12
+        params = 2 * vocab * d + config.n_layers * (4 * d * d + 3 * d * config.d_mlp + 2 * d) + d
+        per_example = 5 * config.n_layers * (12 * d + 4 * config.d_mlp + 5 * config.n_heads) + 5 * d + 2 * vocab
     else:
         d = config.d_model
         params = (p + 1) * d + 3 * d + config.n_layers * (4 * d * d + 2 * d * config.d_mlp) + d * p
@@ -190,13 +301,27 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
         raise LabError(
             f"checkpoint_every ({config.checkpoint_every}) must be a multiple of eval_every ({config.eval_every})."
         )
-    if (
+    if config.model == "llm":
+        if config.n_layers not in range(LLM_MIN_LAYERS, LLM_MAX_LAYERS + 1):
+            raise LabError(
+                f"The LLM-shaped model needs {LLM_MIN_LAYERS}-{LLM_MAX_LAYERS} layers (got {config.n_layers}): the "
+                "super-weight detection compares a layer's spike with the median over layers."
+            )
+        if config.n_heads < 1 or config.d_model % config.n_heads or (config.d_model // config.n_heads) % 2:
+            raise LabError(f"d_model ({config.d_model}) must split into {config.n_heads} heads of an even size (RoPE).")
+        if config.d_mlp < 1:
+            raise LabError("d_mlp must be >= 1.")
+    elif (
         config.n_layers not in range(1, MAX_LAYERS + 1)
         or config.d_model < 4
         or config.n_heads < 1
         or config.d_model % config.n_heads
     ):
         raise LabError(f"Need 1-{MAX_LAYERS} layers and d_model divisible by the number of heads.")
+    if config.suppress:
+        if config.model != "llm":
+            raise LabError("Suppression clips the down projections of the LLM-shaped model: use --model llm.")
+        validate_suppression(config.suppress_quantile, config.suppress_factor, config.suppress_every)
     if config.batch_size < 0:
         raise LabError("Batch size must be >= 0 (0 = full batch).")
     if config.grokfast and not (0 <= config.grokfast_alpha < 1 and config.grokfast_lamb >= 0):
@@ -216,3 +341,26 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
             f"This configuration needs about {need / 2**30:.1f} GiB ({pairs:,} pairs for p={config.p}), "
             f"over the {limit:g} GiB limit: use a smaller p, a minibatch size, or raise LAB_GROK_MEMORY_GB."
         )
+
+
+def validate_suppression(quantile: float, factor: float, every: int = SUPPRESS_EVERY) -> None:
+    """LabError (one line) for a suppression setting that cannot be used, before any training starts:
+    c <= 0 removes every weight; c <= 1 with q < 1 - MAX_CLIP_FRACTION clips over the limit."""
+    if not 0 < quantile <= 1:
+        raise LabError(f"The suppression quantile q must be in (0, 1] (got {quantile}).")
+    if not factor > 0:
+        raise LabError(f"The suppression factor c must be > 0 (got {factor}): c <= 0 would remove every weight.")
+    if every < 1:
+        raise LabError(f"Suppression must run every N >= 1 steps (got {every}).")
+    if factor <= 1 and 1 - quantile > MAX_CLIP_FRACTION + 1e-12:  # 1 - 0.99 is 0.010000000000000009
+        raise LabError(
+            f"q = {quantile:g} with c = {factor:g} clips about {1 - quantile:.1%} of each down projection, "
+            f"over the {MAX_CLIP_FRACTION:.0%} limit: use q >= {1 - MAX_CLIP_FRACTION:g} or a larger c."
+        )
+
+
+def validate_sweep(n_runs: int, limit: int | None = None) -> None:
+    """Refuse a sweep of more than `limit` runs (default $LAB_GROK_MAX_SWEEP, else MAX_SWEEP_RUNS)."""
+    limit = limit if limit is not None else int(os.environ.get("LAB_GROK_MAX_SWEEP", MAX_SWEEP_RUNS))
+    if n_runs > limit:
+        raise LabError(f"This sweep has {n_runs} runs, over the limit of {limit}: use fewer seeds or weight decays.")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from engine.grokking.config import GrokConfig
+from engine.grokking.llm import build_llm
 
 
 class Block(nn.Module):
@@ -84,8 +85,19 @@ class GrokMLP(nn.Module):
 
 
 def build_model(config: GrokConfig) -> nn.Module:
-    """A freshly initialised model, seeded by config.seed (same seed -> same initial weights)."""
+    """A freshly initialised model, seeded by config.seed (same seed -> same initial weights); "llm" is
+    the LLM-shaped Llama of engine.grokking.llm (called like the others: x [n, 2] -> logits [n, p])."""
     torch.manual_seed(config.seed)
+    if config.model == "llm":
+        return build_llm(
+            config.p,
+            config.task,
+            n_layers=config.n_layers,
+            d_model=config.d_model,
+            n_heads=config.n_heads,
+            d_mlp=config.d_mlp,
+            seed=config.seed,
+        )
     if config.model == "mlp":
         return GrokMLP(config.p, config.mlp_width, config.n_layers)
     return GrokTransformer(config.p, config.d_model, config.n_heads, config.d_mlp, config.n_layers)

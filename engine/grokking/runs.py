@@ -6,7 +6,12 @@ run, and runs written before the run store keep their ids. Besides the store's `
 `status.json` and claim, a run holds `metrics.csv` (one row per evaluation step),
 `checkpoints/step_XXXXXXX.pt` (model state_dict, `torch.save`, read back with
 `torch.load(weights_only=True)`), `resume.pt` (optimiser and Grokfast state of the last checkpoint),
-and (written by `engine.grokking.analysis`) `measures.csv` and `summary.json`.
+and (written by `engine.grokking.analysis`) `measures.csv` (llm runs: `llm_measures.csv`, one row of
+engine.grokking.llm_measures scalars per checkpoint, and `llm_causal.csv`) and `summary.json`. A checkpoint
+of the LLM-shaped model is exported on demand as a Hugging Face folder `hf/step_XXXXXXX/` that the first
+tab opens as a local model (`GrokRun.export_checkpoint`). A person's run on the server has
+{"owner": name} in its key (and in config.json), so it never collides with another person's run of the
+same configuration; runs without an owner (the CLI's) keep their ids.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -22,6 +28,7 @@ from torch import nn
 from engine.core.errors import LabError
 from engine.core.runstore import RunFolder, RunStore, read_json, write_json
 from engine.grokking.config import RUN_ID_DIGITS, GrokConfig
+from engine.grokking.llm import GrokLlama, save_checkpoint
 from engine.grokking.measures import MEASURE_COLUMNS
 from engine.grokking.models import build_model
 
@@ -53,20 +60,47 @@ class RunSummary(RunEvents):
     message: str
     onset_settings: dict[str, Any]
     seconds: NotRequired[float]  # training wall time, returned by run_experiment (not in summary.json)
+    owner: NotRequired[str | None]
+    zeroing: NotRequired[dict[str, Any] | None]  # llm runs that grokked: llm_measures.zeroing_outcome + "source"
 
 
 class GrokRun(RunFolder):
     """One grokking run's folder (which may not exist yet): its files, read as far as they got."""
 
-    def __init__(self, path: Path, grok_config: GrokConfig):
+    def __init__(self, path: Path, grok_config: GrokConfig, owner: str | None = None):
         super().__init__(path)
         self.grok_config = grok_config
+        self.owner = owner
         self.ckpt_dir = self.path / "checkpoints"
 
     metrics_path = property(lambda self: self.path / "metrics.csv")
     measures_path = property(lambda self: self.path / "measures.csv")
     summary_path = property(lambda self: self.path / "summary.json")
     resume_path = property(lambda self: self.path / "resume.pt")
+    llm_measures_path = property(lambda self: self.path / "llm_measures.csv")
+    llm_causal_path = property(lambda self: self.path / "llm_causal.csv")
+
+    def llm_measures(self) -> pd.DataFrame:
+        """llm_measures.csv (one row per checkpoint of an llm run; empty when absent)."""
+        if not self.llm_measures_path.exists():
+            return pd.DataFrame(columns=["step"])
+        return pd.read_csv(self.llm_measures_path, dtype={"scan_candidates": str})
+
+    def hf_folder(self, step: int) -> Path:
+        """Where checkpoint `step` of an llm run is (or would be) exported as a Hugging Face folder."""
+        return self.path / "hf" / f"step_{step:07d}"
+
+    def export_checkpoint(self, step: int) -> Path:
+        """Checkpoint `step` of an llm run as a Hugging Face folder (save_pretrained of model and tokenizer),
+        written once; paste its path into the first tab's "Other (HF id or local folder)"."""
+        if self.grok_config.model != "llm":
+            raise LabError("Only checkpoints of the LLM-shaped model (--model llm) open as a local model.")
+        folder = self.hf_folder(step)
+        if not (folder / "config.json").is_file():
+            model = self.load_model(step)
+            assert isinstance(model, GrokLlama)
+            save_checkpoint(model, folder)
+        return folder
 
     def is_finished(self) -> bool:
         return self.status().get("state") == "finished" and self.metrics_path.exists()
@@ -112,18 +146,44 @@ def run_store(root: Path | None = None) -> RunStore:
     return RunStore(CACHE_TOPIC, root, digits=RUN_ID_DIGITS)
 
 
-def run_for(config: GrokConfig, root: Path | None = None) -> GrokRun:
-    """The run of this configuration, to read (nothing is created)."""
-    return GrokRun(run_store(root).folder(config.key()).path, config)
+def checkpoints_to_drop(steps: list[int], keep_max: int, events: tuple[int | None, ...] = ()) -> list[int]:
+    """Checkpoint steps to delete so that at most `keep_max` stay (issue 12's disk rule), thinning evenly.
+
+    Always kept: the first (step 0) and the last checkpoint, and for each event step (memorisation,
+    grokking) the checkpoints just before and at/after it; the rest keep evenly spaced survivors."""
+    steps = sorted(steps)
+    if len(steps) <= max(keep_max, 2):
+        return []
+    protect = {steps[0], steps[-1]}
+    for event in events:
+        if event is None:
+            continue
+        before = [s for s in steps if s < event]
+        after = [s for s in steps if s >= event]
+        protect.update(before[-1:] + after[:1])
+    rest = [s for s in steps if s not in protect]
+    room = max(0, keep_max - len(protect))
+    if room >= len(rest):
+        return []
+    keep = {rest[round(i)] for i in np.linspace(0, len(rest) - 1, room)} if room else set()
+    return [s for s in rest if s not in keep]
 
 
-def open_run(config: GrokConfig, root: Path | None = None, run_dir: Path | None = None) -> GrokRun:
-    """The run of this configuration, created when new: in the store (under `root`), or exactly in
-    `run_dir`, which is refused when it holds a run of another configuration (nothing is overwritten)."""
-    fields = dataclasses.asdict(config)
+def run_for(config: GrokConfig, root: Path | None = None, owner: str | None = None) -> GrokRun:
+    """The run of this configuration (of `owner`, when given), to read (nothing is created)."""
+    return GrokRun(run_store(root).folder(config.key(owner)).path, config, owner)
+
+
+def open_run(
+    config: GrokConfig, root: Path | None = None, run_dir: Path | None = None, owner: str | None = None
+) -> GrokRun:
+    """The run of this configuration (of `owner`, when given), created when new: in the store (under `root`),
+    or exactly in `run_dir`, which is refused when it holds a run of another configuration (nothing is
+    overwritten)."""
+    fields = {**dataclasses.asdict(config), **({"owner": owner} if owner else {})}
     if run_dir is None:
-        return GrokRun(run_store(root).open(config.key_fields(), config=fields).path, config)
-    run = GrokRun(Path(run_dir), config)
+        return GrokRun(run_store(root).open(config.key_fields(owner), config=fields).path, config, owner)
+    run = GrokRun(Path(run_dir), config, owner)
     if run.config_path.exists():
         if read_json(run.config_path) != fields:
             raise LabError(f"{run.path} holds a run of another configuration; pick another output folder.")
@@ -137,9 +197,10 @@ def _as_run(folder: RunFolder) -> GrokRun | None:
     """The folder as a run of this version, or None (unreadable config, or one from an older version)."""
     try:
         config = GrokConfig.from_json(folder.config)
-    except (TypeError, ValueError):
+        owner = folder.config.get("owner") or None
+    except (TypeError, ValueError, AttributeError):
         return None
-    return GrokRun(folder.path, config) if config.key() == folder.run_id else None
+    return GrokRun(folder.path, config, owner) if config.key(owner) == folder.run_id else None
 
 
 def list_runs(root: Path | None = None) -> list[GrokRun]:

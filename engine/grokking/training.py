@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from engine.core.paths import atomic_write
-from engine.grokking.config import GROK_ACCURACY, GrokConfig, validate
+from engine.grokking.config import GROK_ACCURACY, MAX_CHECKPOINTS, MEMORISATION_ACCURACY, GrokConfig, validate
 from engine.grokking.models import build_model, evaluate, weight_norm
-from engine.grokking.runs import METRIC_COLUMNS, GrokRun, open_run
+from engine.grokking.runs import METRIC_COLUMNS, GrokRun, checkpoints_to_drop, open_run
+from engine.grokking.suppression import Suppression
 from engine.grokking.tasks import Dataset, make_dataset
 
 Stop = threading.Event | Callable[[], bool] | None  # asks a run to end cleanly at its next step
@@ -76,8 +77,11 @@ def train(
     stop: Stop = None,
     threads: int | None = None,
     claim: bool = True,
+    owner: str | None = None,
+    max_checkpoints: int = MAX_CHECKPOINTS,
 ) -> TrainResult:
-    """Train (or resume, or reopen) the run of `config` (engine.grokking.runs.open_run(config, root, run_dir)).
+    """Train (or resume, or reopen) the run of `config` (engine.grokking.runs.open_run(config, root, run_dir,
+    owner)).
 
     Every eval_every steps a metrics row {step, train_loss, train_acc, test_loss, test_acc,
     weight_norm, elapsed_s} is appended to metrics.csv and passed to on_eval. Train metrics are
@@ -91,9 +95,14 @@ def train(
     of engine.core.jobs.RUNNER started with run=...).
     threads: torch intra-op threads while training (default: $LAB_GROK_THREADS, else unchanged);
     1 thread is fastest for these tiny models on a busy 2-core CPU (benchmarks/bench_grokking.py).
+    The LLM-shaped model trains on CUDA when present. With config.suppress, each down projection is
+    clipped after every suppress_every-th update (engine.grokking.suppression; LabError, run failed,
+    when a clip would exceed its limit). At most `max_checkpoints` checkpoints stay on disk, thinned
+    evenly (runs.checkpoints_to_drop keeps step 0, the checkpoints around memorisation and grokking,
+    and the last).
     """
     validate(config)
-    run = open_run(config, root, run_dir)
+    run = open_run(config, root, run_dir, owner)
     start_time = time.perf_counter()
     if run.is_finished():
         return TrainResult(run, "finished", run.status()["step"], True, 0.0)
@@ -102,7 +111,7 @@ def train(
         if threads:
             _enter_threads(threads)
         try:
-            return _train_claimed(run, on_eval, on_checkpoint, stop, start_time)
+            return _train_claimed(run, on_eval, on_checkpoint, stop, start_time, max_checkpoints)
         except BaseException as err:
             state = "failed" if not isinstance(err, KeyboardInterrupt) else "stopped"
             run.set_status(state, run.status().get("step", 0), str(err))
@@ -145,18 +154,24 @@ def _train_claimed(
     on_checkpoint: Callable[[int, nn.Module, Dataset], None] | None,
     stop: Stop,
     start_time: float,
+    max_checkpoints: int = MAX_CHECKPOINTS,
 ) -> TrainResult:
     config = run.grok_config
+    device = "cuda" if config.model == "llm" and torch.cuda.is_available() else "cpu"
     data = make_dataset(config)
     model = build_model(config)
+    if device != "cpu":
+        model.to(device)
+        data = Dataset(*(t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test)), data.p)
+    suppression = Suppression.of(config)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
     )
     ema = _GrokfastEMA(config.grokfast_alpha, config.grokfast_lamb) if config.grokfast else None
-    step, elapsed0, grok_step = 0, 0.0, None
+    step, elapsed0, grok_step, mem_step = 0, 0.0, None, None
 
     if run.resume_path.exists() and run.checkpoint_steps():
-        state = torch.load(run.resume_path, weights_only=True, map_location="cpu")
+        state = torch.load(run.resume_path, weights_only=True, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -167,11 +182,13 @@ def _train_claimed(
         _truncate_after(run, step)
         metrics = run.metrics()
         elapsed0 = float(metrics["elapsed_s"].iloc[-1]) if len(metrics) else 0.0
+        memorised = metrics.loc[metrics["train_acc"] >= MEMORISATION_ACCURACY, "step"]
+        mem_step = int(memorised.iloc[0]) if len(memorised) else None
         for extra in run.checkpoint_steps():
             if extra > step:
                 run.checkpoint_path(extra).unlink(missing_ok=True)
     else:
-        for old in (run.metrics_path, run.measures_path, run.summary_path):
+        for old in (run.metrics_path, run.measures_path, run.llm_measures_path, run.llm_causal_path, run.summary_path):
             old.unlink(missing_ok=True)
         if run.ckpt_dir.exists():
             for old in run.ckpt_dir.glob("*.pt"):
@@ -196,7 +213,7 @@ def _train_claimed(
                 xb, yb = data.x_train, data.y_train
             else:
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-                idx = torch.randint(len(data.y_train), (config.batch_size,), generator=gen)
+                idx = torch.randint(len(data.y_train), (config.batch_size,), generator=gen).to(device)
                 xb, yb = data.x_train[idx], data.y_train[idx]
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb)
@@ -218,6 +235,8 @@ def _train_claimed(
                 }
                 writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in METRIC_COLUMNS])
                 handle.flush()
+                if mem_step is None and train_acc >= MEMORISATION_ACCURACY:
+                    mem_step = step
                 if grok_step is None and test_acc >= GROK_ACCURACY:
                     grok_step = step
                     if config.stop_after_grok >= 0:
@@ -240,6 +259,9 @@ def _train_claimed(
                     run.resume_path,
                 )
                 saved.add(step)
+                for old in checkpoints_to_drop(sorted(saved), max_checkpoints, (mem_step, grok_step)):
+                    run.checkpoint_path(old).unlink(missing_ok=True)
+                    saved.discard(old)
                 if on_checkpoint:
                     on_checkpoint(step, copy.deepcopy(model).eval(), data)  # a copy: the step's graph is alive
             if done or stopping:
@@ -258,6 +280,8 @@ def _train_claimed(
                 ema.apply(model)
             optimizer.step()
             step += 1
+            if suppression is not None and suppression.due(step):
+                suppression.apply(model)
             if step % config.eval_every == 0:
                 run.set_status("running", step)
 
@@ -268,7 +292,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 def _truncate_after(run: GrokRun, step: int) -> None:
     """Drop metric / measure rows after `step` (written after the last checkpoint of a stopped run)."""
-    for path in (run.metrics_path, run.measures_path):
+    for path in (run.metrics_path, run.measures_path, run.llm_measures_path, run.llm_causal_path):
         if path.exists():
             frame = pd.read_csv(path)
             frame = frame[frame["step"] <= step]

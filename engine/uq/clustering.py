@@ -73,7 +73,7 @@ def semantic_clusters(
 ) -> np.ndarray:
     """Cluster label (int, by first appearance) of each text; see the module docstring for the rules.
 
-    `embeddings`: unit-norm sentence embeddings [len(texts), dim] (engine.embedder.embed). Used when
+    `embeddings`: unit-norm sentence embeddings [len(texts), dim] (engine.core.embedder.embed). Used when
     `entails` is None. `threshold`: cosine similarity above which answers mean the same (0..1).
     """
     texts = [str(t) for t in texts]

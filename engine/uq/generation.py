@@ -379,9 +379,9 @@ def generate_records(
     depend on the batch only by float noise (left padding, row counts), and not at all when the batches
     are the same: with `wanted`, only those questions' records are yielded and a batch without any is
     skipped, but a batch with one is decoded whole, so resuming a run reproduces an uninterrupted one
-    bit for bit. Each record's `seconds` is the wall time since the previous record (its share of the
-    batch). Stops between decoding steps once `stop` is set (the questions in flight are dropped).
-    Deterministic given (config.seed, question index).
+    bit for bit (same batch size, same machine). Each record's `seconds` is the wall time since the
+    previous record (its share of the batch). Stops between decoding steps once `stop` is set (the
+    questions in flight are dropped). Deterministic given (config.seed, question index).
     """
     config.validate()
     resolved_layers(lm, config)
@@ -473,9 +473,10 @@ def generate_run(
     """Generate the missing records of the first `limit` questions; returns how many were written.
 
     Holds the run's claim throughout (LabError at once when another session or process generates
-    it). Questions decode `batch_questions` at a time (0: from memory, see `auto_batch_questions`);
-    each record is written as soon as its question is done, so a stop or crash loses at most the
-    questions in flight. `progress(done, total, last_seconds)` after each; `stop` ends the loop.
+    it). Questions decode `batch_questions` at a time (0: from memory, see `auto_batch_questions`), in
+    fixed blocks of the question order (see `generate_records`); each record is written as soon as its
+    question is done, so a stop or crash loses at most the questions in flight. `progress(done, total,
+    last_seconds)` after each; `stop` ends the loop between decoding steps.
     """
     _check_model(lm, run)
     with run.claim("generated"):

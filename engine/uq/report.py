@@ -200,9 +200,12 @@ def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
 
 def save_png(chart, path: Path) -> Path:
     """The chart as a PNG (vl-convert, scale 2), written atomically."""
+    import altair as alt
     import vl_convert as vlc
 
-    atomic_write(path, vlc.vegalite_to_png(chart.to_json(), scale=2))
+    with alt.data_transformers.disable_max_rows():  # 1000 questions x many scores: the data is small in bytes
+        spec = chart.to_json()
+    atomic_write(path, vlc.vegalite_to_png(spec, scale=2))
     return path
 
 

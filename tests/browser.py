@@ -113,3 +113,30 @@ def assert_no_exception(page) -> None:
     boxes = page.locator('[data-testid="stException"]')
     if boxes.count():
         raise AssertionError("Streamlit exception on the page:\n" + boxes.first.inner_text()[:2000])
+
+
+# ------------------------------------------------------------------------------------------------
+# Playwright's async API: several pages driven at once from one event loop (benchmarks/soak.py)
+
+POLL_MS = 250  # how often the async waits check a page (not every animation frame: many pages share the CPUs)
+
+
+async def wait_idle_async(page, timeout_ms: int = 120_000) -> None:
+    """`wait_idle` for an async Playwright page."""
+    await page.wait_for_timeout(300)
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout_ms,
+        polling=POLL_MS,
+    )
+    await page.wait_for_timeout(300)
+
+
+async def wait_text_async(page, text: str, timeout_ms: int = 240_000) -> None:
+    """Wait until the main area of an async Playwright page shows `text`."""
+    await page.wait_for_function(
+        "t => (document.querySelector('[data-testid=\"stMain\"]') || document.body).innerText.includes(t)",
+        arg=text,
+        timeout=timeout_ms,
+        polling=POLL_MS,
+    )

@@ -117,6 +117,8 @@ METRICS_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('[
   return [label ? label.innerText.trim().split('\\n')[0].trim() : '', value ? value.innerText.trim() : ''];
 }))"""
 TOP_HEADS_JS = "() => /Top .+ heads: \\d+\\.\\d+/.test(document.querySelector('[data-testid=\"stMain\"]').innerText)"
+SCAN_DRAWN_JS = """t => !!document.querySelector('.st-key-sw_ablate_cands')
+  || document.querySelector('[data-testid="stMain"]').innerText.includes(t)"""
 VISIBLE_H3_JS = "t => Array.from(document.querySelectorAll('h3')).some(h => h.innerText.includes(t) && h.offsetParent)"
 UQ_DONE_JS = """n => Array.from(document.querySelectorAll('[data-testid="stMetric"]')).some(
   m => m.innerText.startsWith('Questions') && m.innerText.trim().endsWith(String(n)))
@@ -154,13 +156,18 @@ class Plan:
     questions: int  # uncertainty questions per person
     samples: int  # K
     hostile_scan_prompts: int  # prompts of the hostile scan, each of prompt_tokens tokens
+    max_new_tokens: int  # "Max new tokens" of each person's uncertainty run (answers stop at a newline anyway)
     grok_steps: int  # "Max steps" of each person's grokking run (the default settings grok at step 1150)
     browser_s: float  # the browser phase ends by itself after this
     total_s: float  # the whole soak ends by itself after this (the "alone" runs are cut short if needed)
 
 
-FULL = Plan(people=6, questions=20, samples=3, hostile_scan_prompts=16, grok_steps=1200, browser_s=570, total_s=895)
-QUICK = Plan(people=2, questions=5, samples=3, hostile_scan_prompts=1, grok_steps=300, browser_s=215, total_s=295)
+FULL = Plan(
+    6, questions=20, samples=3, max_new_tokens=12, hostile_scan_prompts=16, grok_steps=600, browser_s=600, total_s=895
+)
+QUICK = Plan(
+    2, questions=5, samples=3, max_new_tokens=12, hostile_scan_prompts=1, grok_steps=300, browser_s=215, total_s=295
+)
 
 
 @dataclasses.dataclass
@@ -419,12 +426,13 @@ async def watch(page, seen: Seen) -> None:
             found = await page.evaluate(WATCH_JS)
         except Exception:  # noqa: BLE001 - the page is navigating
             continue
+        where = f"on {urlparse(page.url).path or '/'}"
         for text in found["exceptions"]:
-            seen.problem(f"exception box on the page during {seen.step}: {text}")
+            seen.problem(f"a Streamlit exception box {where}: {' '.join(text.split())[:160]}")
         if found["traceback"]:
-            seen.problem(f"'Traceback' on the page during {seen.step}")
+            seen.problem(f"'Traceback' {where}")
         for text in found["wrong"]:
-            seen.problem(f"{text} during {seen.step}")
+            seen.problem(f"{text} {where}")
         now = time.monotonic()
         if found["queue"]:
             busy_since = busy_since or now
@@ -607,7 +615,8 @@ class Soak:
         await set_text(page, seen, "sw_prompts", "\n".join(scan_prompts(i)))
         await click(page, seen, "sw_scan")
         await wait_shown(page, seen, "2. Detected super-weight candidates")
-        await wait_shown(page, seen, "Super-weight-aware")  # the last section: the candidates' widgets are drawn
+        await wait_shown(page, seen, "Super-weight-aware")  # the last section
+        await wait_shown(page, seen, "stands out", js=SCAN_DRAWN_JS)  # the candidates' widgets are drawn
         await wait_idle_async(page, LONG_MS)
         text = await main_text(page)
         keep_text(seen, "scan", text)
@@ -623,6 +632,7 @@ class Soak:
         await set_number(page, seen, "uq_limit", self.plan.questions)
         await set_number(page, seen, "uq_k", self.plan.samples)
         await set_number(page, seen, "uq_seed", UQ_SEED + i)
+        await set_number(page, seen, "uq_max_new", self.plan.max_new_tokens)
         await click(page, seen, "uq_start")
         await page.wait_for_function("() => location.search.includes('run=')", timeout=LONG_MS, polling=500)
         seen.uq["run_id"] = run_param(page)
@@ -944,15 +954,26 @@ def server_pid(port: int) -> int:
     raise RuntimeError(f"no streamlit process on port {port} among this process's children")
 
 
-def log_problems(log: str) -> list[str]:
-    """Tracebacks and logged errors in the server log (one line each)."""
-    found = []
-    lines = log.splitlines()
+def log_problems(log: str) -> tuple[list[str], list[str]]:
+    """(errors, disconnects) in the server log: every error shown to a user with an id ("error <id>: ...")
+    and every other traceback, by its last line; and the tracebacks of websockets that a closing or
+    navigating browser left (the web server's own noise, not the lab's)."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines()  # Streamlit colours its tracebacks
+    errors, disconnects, ids = [], [], set()
     for n, line in enumerate(lines):
-        if line.startswith("Traceback") or re.search(r"\berror [0-9a-f]{8}:", line) or "Uncaught app exception" in line:
-            tail = next((lines[k] for k in range(n + 1, len(lines)) if lines[k] and not lines[k].startswith(" ")), "")
-            found.append(f"{line.strip()[:160]} ... {tail.strip()[:200]}")
-    return found
+        shown = re.match(r"error ([0-9a-f]{8}): (.*)", line)
+        if shown:
+            ids.add(shown.group(1))
+            errors.append(f"error {shown.group(1)} (shown to a user): {shown.group(2)[:200]}")
+        elif line.startswith("Traceback"):
+            last = next((x for x in lines[n + 1 :] if x and not x[0].isspace()), "")
+            before = " ".join(lines[max(0, n - 3) : n])
+            if any(f"error {i}" in before for i in ids) or "exception" in before:
+                continue  # the trace of an error listed by its id, or the next link of a chained trace
+            target = disconnects if "WebSocket" in last else errors
+            if last.strip() and f"traceback: {last.strip()[:200]}" not in target:
+                target.append(f"traceback: {last.strip()[:200]}")
+    return errors, disconnects
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1037,7 +1058,12 @@ def alone(plan: Plan, people: list[Seen], ref_cache: Path, soak_cache: Path, dea
             served_config = served.generation_config()
             served_records = served.load_records()
             served_answers = [(r.id, r.answer, tuple(r.samples)) for r in served_records]
-        config = GenerationConfig(prompt_template=default_template(lm), samples=plan.samples, seed=UQ_SEED + i)
+        config = GenerationConfig(
+            prompt_template=default_template(lm),
+            samples=plan.samples,
+            max_new_tokens=plan.max_new_tokens,
+            seed=UQ_SEED + i,
+        )
         run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
         generate_run(lm, run, limit=plan.questions)
         options = EvalOptions(judge=next(iter(correctness.JUDGES)), judge_model=run.model, seed=config.seed)
@@ -1160,10 +1186,10 @@ def report(
         f"{plan.people} people and 1 hostile session at once (one headless Chromium, one browser context each), "
         f"against `streamlit run app.py` on 127.0.0.1 with a fresh LAB_CACHE_DIR. Each person: an attention "
         f"prompt and head functions, a super-weight scan, an uncertainty run (bundled set, first {plan.questions} "
-        f"questions, K = {plan.samples}, own seed) and a grokking run (default settings, own seed, at most "
-        f"{plan.grok_steps} steps), then the run "
-        'pickers and links to someone else\'s runs. "Alone": the same inputs through the engine functions the '
-        "pages call, in one process on a fresh cache, after the server stopped.",
+        f"questions, K = {plan.samples}, at most {plan.max_new_tokens} new tokens, own seed) and a grokking run "
+        f"(default settings, own seed, at most {plan.grok_steps} steps), then the run pickers and links to someone "
+        'else\'s runs. "Alone": the same inputs through the engine functions the pages call, in one process on a '
+        "fresh cache, after the server stopped.",
         "",
         f"**Timings are noisy**: this machine (2 cores) is shared with other agents' work; load average "
         f"{load[0]:.1f} before the soak, {load[1]:.1f} after it. Wall times: browser phase "
@@ -1248,7 +1274,9 @@ def report(
         f"| longest queue of a model (people holding or waiting) | {server.get('longest_queue', '?')} |",
         f"| highest place in the queue a page showed | {max((p.max_place for p in everyone), default=0) or '-'} |",
         f"| longest time a queue note stayed on one page | {max(p.longest_busy_s for p in everyone):.0f} s |",
-        f"| tracebacks / logged errors in the server log | {len(server.get('log_problems', []))} |",
+        f"| errors in the server log (shown with an id, or other tracebacks) | {len(server.get('log_problems', []))} |",
+        f"| websocket tracebacks in the server log (browsers closing or leaving a page) | "
+        f"{len(server.get('disconnects', []))} |",
         f"| times a rerun switched a page back to its first tab (the soak selected its tab again) | "
         f"{sum(p.tab_resets for p in everyone)} |",
         f"| times a late rerun put back a widget's old value after it was typed (the soak typed it again) | "
@@ -1362,7 +1390,8 @@ def main() -> int:
         with contextlib.suppress(OSError, ValueError):
             server.update(json.loads(stats_path.read_text()))
     log_path = ROOT / "tests" / "artifacts" / f"streamlit-{port}.log"
-    server["log_problems"] = log_problems(log_path.read_text(errors="replace")) if log_path.exists() else []
+    if log_path.exists():
+        server["log_problems"], server["disconnects"] = log_problems(log_path.read_text(errors="replace"))
     print(f"soak: browser phase done in {seconds['browser']:.0f} s; the same work alone...", flush=True)
     phase = time.monotonic()
     try:

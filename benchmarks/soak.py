@@ -1,35 +1,37 @@
 """Soak test of the shared lab server (issue 12): `streamlit run app.py` on 127.0.0.1 under several real
 browsers at once. A benchmark, not a test (not in the timed suite, not in run_all.py).
 
-    python benchmarks/soak.py            # 6 people + 1 hostile session, ends by itself within 15 min
-    python benchmarks/soak.py --quick    # 2 people + 1 hostile session, < 5 min
+    python benchmarks/soak.py              # 6 people + 1 hostile session; ends by itself within 15 min
+    python benchmarks/soak.py --quick      # 2 people + 1 hostile session, smaller runs; < 5 min
+    python benchmarks/soak.py --minutes 25 # the same with more time (a slow or busy machine)
 
 One headless Chromium (Debian's, through tests/browser.py), one browser context per person (its own cookie
 jar, so its own owner key). The server runs on a fresh LAB_CACHE_DIR (the converted embedded model is linked
-in). Every person, at once, staggered by a few seconds:
+in). Every person, at once, a few seconds apart:
   1. the home page (the app sets their owner cookie);
   2. attention: a prompt of their own; reads the token count, the text description of head 0.0, and the
      top heads of the head-function table over the built-in prompts plus their prompt;
   3. super weights: a scan of the paper's prompt plus a sentence of their own; reads the candidates, the
      rejected spikes and the stop reason;
-  4. uncertainty: a run on the bundled set, the first QUESTIONS questions, K samples, a seed of their own
-     (a background job);
-  5. grokking, while that generates: the default run with a seed of their own; reads the final test
-     accuracy and the summary;
+  4. uncertainty: a run on the bundled set (its first Plan.questions questions, K = Plan.samples, a seed of
+     their own), which generates in the background;
+  5. grokking meanwhile: the default run with a seed of their own (at most Plan.grok_steps steps); reads
+     the final test accuracy and the summary;
   6. back to uncertainty: waits for the run and reads A1 / A2 / A3;
-  7. when everybody is done: the run pickers of both pages (only their own runs may be listed), and links
-     to the next person's private uncertainty and grokking runs (the page must say the run is private and
-     show nothing of it).
-The hostile session, at the same time: the longest allowed attention prompt, a scan with the most and
-longest allowed prompts (it holds the model for the whole scan: everyone else queues behind it), the
-biggest allowed upload, and one request over each server limit (the page must name the limit); its disk
-quota is set to 1 byte in the lab database (as an admin would) to see the quota refusal.
+  7. when every person got there: the run pickers of both pages (only their own runs may be listed), and
+     links to the next person's private uncertainty and grokking runs (the page must say the run is
+     private and show nothing of it).
+The hostile person works in three tabs at once: the longest allowed attention prompt and a scan with the
+most and longest allowed prompts (it holds the model: everyone else queues behind it); the biggest allowed
+upload and uploads over each per-question limit; long grokking runs up to their job limit. Every request
+over a server limit must be refused with a message naming the limit. Their disk quota is set to 1 byte in
+the lab database (as an admin would) to see the quota refusal.
 
-While the pages work, a watcher per page records the queue notes ("you are 3rd in the queue"), any
-Streamlit exception box, "Traceback" or "Something went wrong (error ...)". The server's peak memory is read
-from /proc/<pid>/status (VmHWM); the longest wait in a model's queue is FairLock.longest_wait_s, read inside
-the server by a sitecustomize.py that this script puts on the server's PYTHONPATH (the app is not changed).
-The server log is scanned for tracebacks afterwards.
+A watcher per page records the queue notes ("you are 3rd in the queue"), any Streamlit exception box,
+"Traceback" or "Something went wrong (error ...)". The server's peak memory is its VmHWM (/proc/<pid>/status);
+the longest wait in a model's queue is FairLock.longest_wait_s, read inside the server by a sitecustomize.py
+that this script puts on the server's PYTHONPATH (the app itself is unchanged). The server log is scanned for
+tracebacks afterwards. What each page showed when its numbers were read is kept in tests/artifacts/soak/.
 
 Then the same work is done alone, by the engine functions the pages call, in this process on another fresh
 cache: every person's numbers must be the same (and the uncertainty answers and grokking metrics files
@@ -70,6 +72,11 @@ from browser import (  # noqa: E402
     wait_idle_async,
     wait_text_async,
 )
+
+try:
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # main() says what is missing
+    PlaywrightTimeout = TimeoutError
 
 from engine.attention.config import DEFAULT_MAX_TOKENS, HIGHLIGHTED, N_RANDOM  # noqa: E402
 from engine.core.db import LabDB  # noqa: E402
@@ -117,7 +124,7 @@ METRICS_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('[
   return [label ? label.innerText.trim().split('\\n')[0].trim() : '', value ? value.innerText.trim() : ''];
 }))"""
 TOP_HEADS_JS = "() => /Top .+ heads: \\d+\\.\\d+/.test(document.querySelector('[data-testid=\"stMain\"]').innerText)"
-SCAN_DRAWN_JS = """t => !!document.querySelector('.st-key-sw_ablate_cands')
+SCAN_DRAWN_JS = """t => /layer \\d+ W\\[/.test((document.querySelector('.st-key-sw_ablate_cands') || {}).textContent)
   || document.querySelector('[data-testid="stMain"]').innerText.includes(t)"""
 VISIBLE_H3_JS = "t => Array.from(document.querySelectorAll('h3')).some(h => h.innerText.includes(t) && h.offsetParent)"
 UQ_DONE_JS = """n => Array.from(document.querySelectorAll('[data-testid="stMetric"]')).some(
@@ -163,7 +170,7 @@ class Plan:
 
 
 FULL = Plan(
-    6, questions=20, samples=3, max_new_tokens=12, hostile_scan_prompts=16, grok_steps=600, browser_s=600, total_s=895
+    6, questions=20, samples=3, max_new_tokens=12, hostile_scan_prompts=16, grok_steps=600, browser_s=780, total_s=895
 )
 QUICK = Plan(
     2, questions=5, samples=3, max_new_tokens=12, hostile_scan_prompts=1, grok_steps=300, browser_s=215, total_s=295
@@ -330,8 +337,6 @@ async def same_tab(page, seen: Seen) -> None:
 async def retrying(page, seen: Seen, act: Callable[[int], Awaitable[Any]], timeout_ms: int = SHORT_MS) -> Any:
     """`act(timeout_ms)` on an element of this session's tab, again (with its tab selected again) until it
     works or `timeout_ms` passed: a rerun may switch the page back to its first tab at any time."""
-    from playwright.async_api import TimeoutError as PlaywrightTimeout
-
     end = time.monotonic() + timeout_ms / 1000
     while True:
         await same_tab(page, seen)
@@ -378,8 +383,6 @@ async def click(page, seen: Seen, key: str) -> None:
 async def wait_shown(page, seen: Seen, text: str, timeout_ms: int = LONG_MS, js: str | None = None) -> None:
     """Wait until the main area shows `text` (or the predicate `js(text)` holds), selecting this session's
     tab again whenever a rerun switched the page back to its first tab."""
-    from playwright.async_api import TimeoutError as PlaywrightTimeout
-
     end = time.monotonic() + timeout_ms / 1000
     while True:
         await same_tab(page, seen)
@@ -405,9 +408,16 @@ async def options(page, key: str) -> list[str]:
     opener = page.locator(f".st-key-{key} button[aria-haspopup='listbox']")
     if not await opener.count():
         return []
-    await opener.first.click()
     listed = page.locator('[role="listbox"] [role="option"]')
-    await listed.first.wait_for(timeout=SHORT_MS)
+    for attempt in range(5):  # a rerun may redraw the box while it opens
+        await opener.first.click()
+        try:
+            await listed.first.wait_for(timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 4:
+                raise
+            await wait_idle_async(page, SHORT_MS)
     labels = [" ".join(t.split()) for t in await listed.all_inner_texts()]
     await page.keyboard.press("Escape")
     return labels
@@ -465,9 +475,7 @@ async def expect_limit(page, seen: Seen, name: str, request: str, act: Callable[
     )
 
 
-async def expect_accepted(
-    page, seen: Seen, name: str, request: str, act: Callable[[], Awaitable[str]], timeout_s: float | None = None
-) -> None:
+async def expect_accepted(page, seen: Seen, name: str, request: str, act: Callable[[], Awaitable[str]]) -> None:
     """Do `act` (a request at limit `name`) and record that it was served (`act` returns what it saw)."""
     seen.step = f"at {name}: {request}"
     start = time.monotonic()
@@ -517,7 +525,7 @@ class Soak:
                 for i, seen in enumerate(self.people)
             ]
             tasks.append(asyncio.create_task(self._session(browser, self.hostile, self._hostile, 1.5, -1)))
-            done, pending = await asyncio.wait(tasks, timeout=self.plan.browser_s)
+            _, pending = await asyncio.wait(tasks, timeout=self.plan.browser_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -616,12 +624,15 @@ class Soak:
         await click(page, seen, "sw_scan")
         await wait_shown(page, seen, "2. Detected super-weight candidates")
         await wait_shown(page, seen, "Super-weight-aware")  # the last section
-        await wait_shown(page, seen, "stands out", js=SCAN_DRAWN_JS)  # the candidates' widgets are drawn
+        try:  # the candidates' widgets drawn (or the note that there is none)
+            await wait_shown(page, seen, "stands out", SHORT_MS, js=SCAN_DRAWN_JS)
+        except PlaywrightTimeout:
+            seen.notes.append("the scan's candidate widgets were not drawn within 90 s of the scan")
         await wait_idle_async(page, LONG_MS)
         text = await main_text(page)
         keep_text(seen, "scan", text)
         chosen = page.locator(".st-key-sw_ablate_cands")
-        seen.scan["candidates"] = CANDIDATE.findall(await chosen.inner_text()) if await chosen.count() else []
+        seen.scan["candidates"] = CANDIDATE.findall(await chosen.text_content() or "") if await chosen.count() else []
         rejected = re.search(r"Rejected: (\d+) spike", text)
         seen.scan["rejected"] = int(rejected.group(1)) if rejected else 0
         rule = re.search(r"Rule: .*", text)
@@ -1168,14 +1179,10 @@ def report(
     verdicts = [ok for s in same.values() for ok in s.values() if ok is not None]
     compared, agreed = len(verdicts), sum(verdicts)
     owners = [p.owners[-1] for p in people if p.owners]
-    checked = all(p.pickers and p.links for p in people)  # every person reached the privacy checks
-    private = (
-        None
-        if not checked
-        else all(all(p.links.values()) for p in people)
-        and all("yours" in label for p in everyone for labels in p.pickers.values() for label in labels)
-        and len(set(owners)) == len(owners) == len(people)
-    )
+    checked = [p for p in everyone if p.pickers and p.links]  # sessions that reached the privacy checks
+    private = bool(checked) and len(set(owners)) == len(owners)
+    for p in checked:
+        private &= all(p.links.values()) and all("yours" in o for labels in p.pickers.values() for o in labels)
     crashed = sum(any(crash in x for crash in CRASHES for x in p.problems) for p in everyone)
     lines = [
         "# Soak test: the shared lab server under several real browsers",
@@ -1203,7 +1210,7 @@ def report(
         f"| every session finished its work | {sum(x.step == 'done' for x in everyone)} of {len(everyone)} |",
         f"| the same numbers as alone (compared / same) | {compared} / {agreed} |",
         f"| no session saw another person's run (run pickers, links to private runs, distinct owner ids) | "
-        f"{mark(private)} |",
+        f"{mark(private)} ({len(checked)} of {len(everyone)} sessions checked) |",
         f"| the server's peak memory (VmHWM) | {server.get('hwm_kb', 0) / 2**20:.2f} GiB |",
         f"| the longest wait in a model's queue | {server.get('longest_wait_s', float('nan')):.1f} s |",
         f"| tracebacks: pages showing one, or an error id / server log | {crashed} / "

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.core.figures import chart_png
 from engine.core.paths import atomic_write
 from engine.grokking.analysis import connection, connection_found, run_experiment, summarize
 from engine.grokking.config import (
@@ -390,13 +391,12 @@ def command_line(study: StudyConfig) -> str:
 def _figures(study: StudyConfig, table: pd.DataFrame, out: Path) -> list[str]:
     """PNG figures (Altair + vl-convert): accuracy curves, onset vs grokking step, paired grokking steps."""
     import altair as alt
-    import vl_convert as vlc
 
     root = Path(study.root) if study.root else None
     written = []
 
     def save(chart: alt.TopLevelMixin, name: str) -> None:
-        (out / name).write_bytes(vlc.vegalite_to_png(chart.to_json(), scale=2))
+        (out / name).write_bytes(chart_png(chart))
         written.append(name)
 
     curves = []

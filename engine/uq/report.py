@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.core.figures import chart_png
 from engine.core.paths import REPO_ROOT, atomic_write
 from engine.uq.decompositions import DECOMPOSITIONS
 from engine.uq.evaluation import Evaluation
@@ -200,12 +201,7 @@ def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
 
 def save_png(chart, path: Path) -> Path:
     """The chart as a PNG (vl-convert, scale 2), written atomically."""
-    import altair as alt
-    import vl_convert as vlc
-
-    with alt.data_transformers.disable_max_rows():  # 1000 questions x many scores: the data is small in bytes
-        spec = chart.to_json()
-    atomic_write(path, vlc.vegalite_to_png(spec, scale=2))
+    atomic_write(path, chart_png(chart))
     return path
 
 

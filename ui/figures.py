@@ -1,0 +1,81 @@
+"""Every chart on the pages, saveable for a paper: the chart, then PNG, SVG and CSV downloads.
+
+Streamlit's chart menu offers no export here, so the files are rendered on the server with
+vl-convert (engine.core.figures), only when a download is clicked (the buttons take callables).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from engine.core.figures import chart_png, chart_svg
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "chart"
+
+
+def _chart_data(chart) -> pd.DataFrame | None:
+    data = getattr(chart, "data", None)
+    return data if isinstance(data, pd.DataFrame) else None
+
+
+def show_chart(
+    chart,
+    name: str,
+    *,
+    key: str,
+    data: pd.DataFrame | None = None,
+    on_select: str = "ignore",
+    selection_mode: str | list[str] | None = None,
+) -> Any:
+    """Draw an Altair chart at the container's width with "PNG · SVG · CSV" downloads below it.
+
+    `name` names the files (e.g. "a1_a2_a3" -> a1_a2_a3.png); `data` is the CSV (default: the chart's
+    own DataFrame). With `on_select="rerun"` it returns Streamlit's selection state (chart events)."""
+    state = st.altair_chart(
+        chart,
+        width="stretch",
+        key=key,
+        on_select=on_select,
+        selection_mode=selection_mode,
+    )
+    stem = _file_stem(name)
+    table = data if data is not None else _chart_data(chart)
+    cols = st.columns([1, 1, 1, 9], gap="small")
+    cols[0].download_button(
+        "PNG",
+        lambda: chart_png(chart),
+        f"{stem}.png",
+        "image/png",
+        key=f"{key}_png",
+        on_click="ignore",
+        icon=":material/download:",
+        type="tertiary",
+    )
+    cols[1].download_button(
+        "SVG",
+        lambda: chart_svg(chart),
+        f"{stem}.svg",
+        "image/svg+xml",
+        key=f"{key}_svg",
+        on_click="ignore",
+        icon=":material/download:",
+        type="tertiary",
+    )
+    if table is not None:
+        cols[2].download_button(
+            "CSV",
+            lambda: table.to_csv(index=False),
+            f"{stem}.csv",
+            "text/csv",
+            key=f"{key}_csv",
+            on_click="ignore",
+            icon=":material/download:",
+            type="tertiary",
+        )
+    return state

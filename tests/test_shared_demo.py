@@ -526,3 +526,17 @@ def test_a_page_request_that_waits_shows_its_place():
     assert not at.exception, at.exception
     assert at.session_state["served"] and set(at.session_state["places"]) == {2}
     assert not at.info  # the note is gone once the request was served
+
+
+def test_the_server_refuses_a_long_question_instead_of_cutting_it():
+    """The parser cuts only beyond MAX_QUESTION_CHARS (the CLI's cap); the server's question_chars is lower, so
+    a question over the server limit reaches the check whole and is refused naming the limit (not cut)."""
+    from engine.core.limits import DEFAULT_FILE, ServerLimits, _read
+    from engine.uq.questions import MAX_QUESTION_CHARS, load_questions
+
+    shipped = ServerLimits(**_read(DEFAULT_FILE))
+    assert shipped.question_chars < MAX_QUESTION_CHARS
+    qset = load_questions(b"question,answer\n" + b"y" * (shipped.question_chars + 1) + b"?,a\n", "q.csv")
+    assert len(qset.frame["question"][0]) == shipped.question_chars + 2 and not qset.messages
+    with pytest.raises(LabError, match="question_chars"):
+        shipped.check("question_chars", len(qset.frame["question"][0]), "Characters of question q")

@@ -32,7 +32,7 @@ class Case:
 NO_REFS = "No reference answers"
 GENERATED = {
     "huge_field.csv": lambda: b"question,answer\n" + b"x" * 200_000 + b",a\nshort?,b\n",
-    "long_question.csv": lambda: b"question,answer\n" + b"why " * 1_250 + b",a\n",
+    "long_question.csv": lambda: b"question,answer\n" + b"why " * 6_000 + b",a\n",
     "wide_14mb.csv": lambda: b",".join(b"c%d" % i for i in range(1_500_000)) + b"\n" + b"x," * 1_499_999 + b"x\n",
     "rows_over_limit.csv": lambda: b"question,answer\n" + b"".join(b"q%d?,a\n" % i for i in range(qm.MAX_ROWS + 10)),
     "over_50mb.csv": lambda: b"question\n" + b"q?\n" * (qm.MAX_UPLOAD_BYTES // 3 + 1),

@@ -1,8 +1,32 @@
-"""The home page: the three research ideas with links (loads no model)."""
+"""The home page: the three research ideas, each with a preview figure and a link (loads no model)."""
 
 from __future__ import annotations
 
 import streamlit as st
+
+from engine.core.paths import REPO_ROOT
+
+# (file, title in the navigation, icon): the pages of the app, in order (app.py builds st.navigation from it)
+PAGES = [
+    ("pages/1_Super_weights_and_grokking.py", "Super weights and grokking", ":material/fitness_center:"),
+    ("pages/2_Semantic_uncertainty.py", "Semantic uncertainty", ":material/psychology:"),
+    ("pages/3_Attention_self_interpretation.py", "Attention self-interpretation", ":material/visibility:"),
+]
+
+# one preview per idea: figures the studies and docs/make_previews.py wrote (committed with the repo)
+PREVIEWS = {
+    "superweights": (REPO_ROOT / "docs" / "previews" / "superweights.png", "Super weights of Gemma 3 270M"),
+    "grokking": (REPO_ROOT / "reports" / "grokking" / "accuracy_curves.png", "The grokking study's runs"),
+    "uncertainty": (REPO_ROOT / "reports" / "uq" / "figures" / "a1_a2_a3.png", "A1 / A2 / A3 of the uncertainty study"),
+    "attention": (REPO_ROOT / "docs" / "previews" / "attention.png", "A previous-token head of Gemma 3 270M"),
+}
+
+
+def _preview(*names: str) -> None:
+    for name in names:
+        path, caption = PREVIEWS[name]
+        if path.is_file():  # a clone without the figures still shows the page
+            st.image(str(path), caption=caption, width="stretch")
 
 
 def render() -> None:
@@ -19,9 +43,10 @@ def render() -> None:
         st.markdown(
             "Find the few scalar **super weights** of a pretrained LLM layer by layer (Yu et al. 2024, "
             "arXiv 2411.07191), ablate them and measure the damage. Then train a small model (a one-hot MLP "
-            "by default, or a transformer) until it **groks** modular arithmetic (Power et al. 2022) and see "
-            "whether super weights appear, and when, relative to grokking."
+            "by default, or a transformer or a small Llama) until it **groks** modular arithmetic (Power et al. "
+            "2022) and see whether super weights appear, and when, relative to grokking."
         )
+        _preview("superweights", "grokking")
         st.page_link(
             "pages/1_Super_weights_and_grokking.py",
             label="Open super weights & grokking",
@@ -35,7 +60,8 @@ def render() -> None:
             "uncertainty (semantic entropy, semantic entropy probes, a semantic/surface subspace split "
             "of the hidden states)."
         )
-        st.page_link("pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/target:")
+        _preview("uncertainty")
+        st.page_link("pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/psychology:")
     with col3:
         st.subheader("3 · Self-interpretation of attention")
         st.markdown(
@@ -43,6 +69,7 @@ def render() -> None:
             "tokens per token); find head functions across many prompts; ask the model to explain a "
             "head and **score its explanation** against external detectors."
         )
+        _preview("attention")
         st.page_link("pages/3_Attention_self_interpretation.py", label="Open attention", icon=":material/visibility:")
 
     st.divider()

@@ -1,8 +1,10 @@
 """Who is using the lab: an owner key kept in a browser cookie, never in a link.
 
-On the first visit a random key is made and stored in the `lab_owner_key` cookie (set through
-extra-streamlit-components' CookieManager, since `st.context.cookies` is read-only); later visits
-read it back from the request (`st.context.cookies`). The person is known to the server by
+On the first visit a random key is made and stored in the `lab_owner_key` cookie; later visits read
+it back from the request (`st.context.cookies`, which is read-only). The cookie is written by a
+one-line script that `st.html` runs in the page itself as the page's first element, so it lands within
+moments of the first load (a component in an iframe took a second or more to load, and a reload in
+that time made the person a new owner). The person is known to the server by
 `owner_id()`, a hash of the key, so the key itself is never stored or shown to anyone else. The
 sidebar shows the person's name and id, and lets them copy their key into another browser.
 Runs, marks and jobs are attributed to the owner id (engine.core.db, engine.core.queue).
@@ -10,7 +12,6 @@ Runs, marks and jobs are attributed to the owner id (engine.core.db, engine.core
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import re
 import secrets
@@ -23,6 +24,7 @@ from engine.core.queue import set_current_owner
 COOKIE = "lab_owner_key"
 _KEY = "_lab_owner_key"
 _PENDING = "_lab_owner_cookie_pending"
+COOKIE_SECONDS = 365 * 24 * 3600
 _VALID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
@@ -61,11 +63,18 @@ def establish() -> str:
     set_current_owner(oid)  # this script run acts for this person (engine.core.queue.current_owner)
     pending = st.session_state.pop(_PENDING, None)
     if pending:
-        import extra_streamlit_components as stx
-
-        expires = datetime.datetime.now() + datetime.timedelta(days=365)
-        stx.CookieManager(key="lab_cookie_manager").set(COOKIE, pending, key="lab_cookie_set", expires_at=expires)
+        _store_in_browser(pending)
     return oid
+
+
+def _store_in_browser(key: str) -> None:
+    """Write the owner key to the browser's cookie jar (a year; this site only; never sent elsewhere)."""
+    if not _VALID.match(key):  # the key goes into a script: only the characters a key may have
+        raise ValueError("not an owner key")
+    st.html(
+        f"<script>document.cookie = '{COOKIE}={key}; path=/; max-age={COOKIE_SECONDS}; SameSite=Strict';</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 def render_identity() -> None:

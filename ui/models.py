@@ -2,7 +2,9 @@
 
 A model loads once per process (`st.cache_resource`) and is shared by every session of the lab
 demo; its `LoadedModel.lock` serialises use. The choice lives in `st.session_state` so it follows
-the user from page to page. A failed load leaves the previous, working model selected.
+the user from page to page. The sidebar never shows a model that is not the one in use: a failed load
+restores the previous working choice *in the picker too* (and says why), and the picker marks which of
+the listed models are present on this machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from engine.core.errors import LabError
 CHOICE_KEY = "lab_model_choice"  # (name, quantization) of the model in use
 ERROR_KEY = "lab_model_error"
 STATUS_SLOT_KEY = "_lab_model_status_slot"  # the sidebar's load-state element of the current run
+RESET_KEY = "_lab_model_reset_picker"  # a failed load: put the picker back on the working choice next run
 CUSTOM = "Other (HF id or local folder)..."
 _LOADED_IN_PROCESS: set[tuple[str, str]] = set()  # choices this process holds (for the load state)
 
@@ -49,12 +52,15 @@ def get_model() -> model.LoadedModel | None:
         with st.spinner(f"Loading {choice[0]} (first time in this process: up to a minute)..."):
             lm = _load_cached(*choice)
     except LabError as err:
-        st.session_state[ERROR_KEY] = str(err)
         previous = st.session_state.get("lab_last_good_choice")
-        st.error(f"{err}" + (f" Keeping {previous[0]}." if previous and previous != choice else ""))
         if previous and previous != choice:
+            # the sidebar was drawn with the failed choice: go back to the working one, picker included
+            st.session_state[ERROR_KEY] = f"{err} Keeping {previous[0]}."
             st.session_state[CHOICE_KEY] = previous
-            return _load_cached(*previous)
+            st.session_state[RESET_KEY] = True
+            st.rerun()
+        st.session_state[ERROR_KEY] = str(err)
+        st.error(str(err))
         return None
     st.session_state["lab_last_good_choice"] = choice
     _LOADED_IN_PROCESS.add(choice)
@@ -84,8 +90,35 @@ def _apply_choice() -> None:
     st.session_state[CHOICE_KEY] = (name, quant)
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def _local_states() -> dict[str, str]:
+    """name -> 'cached' / 'in HF cache' / 'not local' / ... for the known models (checked once a minute)."""
+    return {row["name"]: row["state"] for row in registry.list_models()}
+
+
+def _label(option: str) -> str:
+    if option == CUSTOM:
+        return option
+    state = _local_states().get(option, "")
+    here = not (state.startswith("not local") or state.startswith("embedded ("))
+    return option if here else f"{option} (not on this machine)"
+
+
+def _reset_picker() -> None:
+    """Before the picker exists in this run: make it show the choice in use (after a failed load)."""
+    if st.session_state.pop(RESET_KEY, False):
+        name, quant = current_choice()
+        if name in registry.KNOWN_MODELS:
+            st.session_state["lab_model_picker"] = name
+        else:
+            st.session_state["lab_model_picker"] = CUSTOM
+            st.session_state["lab_model_custom"] = name
+        st.session_state["lab_model_quant"] = quant
+
+
 def render_sidebar() -> None:
     """Sidebar model picker and load state; call it at the top of every page."""
+    _reset_picker()
     name, quant = current_choice()
     options = list(registry.KNOWN_MODELS) + [CUSTOM]
     with st.sidebar:
@@ -97,7 +130,9 @@ def render_sidebar() -> None:
             index=index,
             key="lab_model_picker",
             on_change=_apply_choice,
-            help="The embedded Gemma 3 270M works offline. Others load from a local folder or the Hugging Face cache.",
+            format_func=_label,
+            help="The embedded Gemma 3 270M works offline. Others load from a local folder or the Hugging Face "
+            "cache; those marked 'not on this machine' are not there.",
         )
         if st.session_state.get("lab_model_picker") == CUSTOM:
             st.text_input(
@@ -121,7 +156,7 @@ def render_sidebar() -> None:
         )
         choice = current_choice()
         if ERROR_KEY in st.session_state:
-            st.caption(f"Last load failed: {st.session_state[ERROR_KEY]}")
+            st.error(f"Last load failed: {st.session_state[ERROR_KEY]}", icon=":material/error:")
         slot = st.empty()
         st.session_state[STATUS_SLOT_KEY] = slot
         if is_loaded(choice):

@@ -38,7 +38,7 @@ from engine.core.paths import DATA_DIR
 DEFAULT_SET = DATA_DIR / "uq_default_questions.csv"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # 50 MB
 MAX_ROWS = 100_000  # larger files are cut to their first MAX_ROWS questions (with a warning)
-MAX_QUESTION_CHARS = 2_000
+MAX_QUESTION_CHARS = 20_000  # the engine cuts longer ones (with a warning); the web server refuses > question_chars
 MAX_COLUMNS = 1_000  # a question file has a handful of columns; more is a wrong delimiter or no table at all
 MAX_ANSWER_NESTING = 5  # levels of lists / objects inside one answer cell
 MAX_LISTED = 8  # places named in one message ("lines 3, 7, ... and 12 more")

@@ -227,3 +227,19 @@ def test_folders_of_an_older_version_are_strays_that_can_be_deleted(tmp_path):
     for folder in strays(tmp_path):
         delete_run(folder, tmp_path)
     assert strays(tmp_path) == [] and [r.run_id for r in list_runs(tmp_path)] == [config.key()]
+
+
+def test_metrics_read_while_the_file_grows(tmp_path):
+    """A page may read metrics.csv between its creation and the header's flush, or mid-line: never an error,
+    never a half-written row (the soak test saw pandas' EmptyDataError here)."""
+    from engine.grokking.runs import read_growing_csv
+
+    path = tmp_path / "metrics.csv"
+    assert list(read_growing_csv(path, ["step", "acc"]).columns) == ["step", "acc"]  # absent
+    path.write_text("")
+    assert read_growing_csv(path, ["step", "acc"]).empty  # created, nothing flushed yet
+    path.write_text("step,acc\n1,0.5\n2,0.7")  # the last row is being written
+    frame = read_growing_csv(path, ["step", "acc"])
+    assert frame["step"].tolist() == [1] and frame["acc"].tolist() == [0.5]
+    path.write_text("step,ac")
+    assert read_growing_csv(path, ["step", "acc"]).empty

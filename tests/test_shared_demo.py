@@ -540,3 +540,30 @@ def test_the_server_refuses_a_long_question_instead_of_cutting_it():
     assert len(qset.frame["question"][0]) == shipped.question_chars + 2 and not qset.messages
     with pytest.raises(LabError, match="question_chars"):
         shipped.check("question_chars", len(qset.frame["question"][0]), "Characters of question q")
+
+
+def test_an_error_in_a_fragment_rerun_is_one_line_not_a_traceback(tmp_path):
+    """Fragments rerun on their own, outside the page's guarded() block (the soak test saw a traceback box from a
+    polling fragment): ui.errors.lab_fragment guards each rerun."""
+    script = tmp_path / "page.py"
+    script.write_text(
+        "import streamlit as st\n"
+        "from ui.errors import lab_fragment\n"
+        "from engine.core.errors import LabError\n"
+        "@lab_fragment()\n"
+        "def poll():\n"
+        "    boom, lab = st.button('boom', key='boom'), st.button('lab', key='lab')\n"
+        "    if boom:\n"
+        "        raise ValueError('secret /srv/path')\n"
+        "    if lab:\n"
+        "        raise LabError('That run is gone.')\n"
+        "poll()\n"
+    )
+    at = AppTest.from_file(str(script), default_timeout=30)
+    at.run()
+    at.button(key="boom").click().run()
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert "Something went wrong (error " in shown and "/srv/path" not in shown
+    at.button(key="lab").click().run()
+    assert not at.exception and [e.value for e in at.error] == ["That run is gone."]

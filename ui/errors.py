@@ -4,9 +4,10 @@ server log gets the full trace under that id."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import streamlit as st
 
@@ -45,3 +46,18 @@ def guarded() -> Iterator[None]:
         st.error(str(err))
     except Exception as err:  # noqa: BLE001 - the page must never show a traceback
         report(err)
+
+
+def lab_fragment(run_every: float | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """`@lab_fragment(run_every=2)` instead of `@st.fragment(...)`: a fragment reruns on its own, outside the
+    page's `guarded()` block, so its body gets its own (a LabError is one line, anything else an error id)."""
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def body(*args, **kwargs) -> None:
+            with guarded():
+                fn(*args, **kwargs)
+
+        return st.fragment(body, run_every=run_every)
+
+    return wrap

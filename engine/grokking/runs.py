@@ -17,6 +17,7 @@ same configuration; runs without an owner (the CLI's) keep their ids.
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
@@ -64,6 +65,19 @@ class RunSummary(RunEvents):
     zeroing: NotRequired[dict[str, Any] | None]  # llm runs that grokked: llm_measures.zeroing_outcome + "source"
 
 
+def read_growing_csv(path: Path, columns: list[str], **read_options: Any) -> pd.DataFrame:
+    """A CSV that a training run is appending to, as far as it is complete: an empty frame with `columns`
+    when the file is absent or has no header yet, and never a half-written last line (read while it grows)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    text = text[: text.rfind("\n") + 1]  # complete lines only
+    if not text.strip():
+        return pd.DataFrame(columns=columns)
+    return pd.read_csv(io.StringIO(text), **read_options)
+
+
 class GrokRun(RunFolder):
     """One grokking run's folder (which may not exist yet): its files, read as far as they got."""
 
@@ -82,9 +96,7 @@ class GrokRun(RunFolder):
 
     def llm_measures(self) -> pd.DataFrame:
         """llm_measures.csv (one row per checkpoint of an llm run; empty when absent)."""
-        if not self.llm_measures_path.exists():
-            return pd.DataFrame(columns=["step"])
-        return pd.read_csv(self.llm_measures_path, dtype={"scan_candidates": str})
+        return read_growing_csv(self.llm_measures_path, ["step"], dtype={"scan_candidates": str})
 
     def hf_folder(self, step: int) -> Path:
         """Where checkpoint `step` of an llm run is (or would be) exported as a Hugging Face folder."""
@@ -107,15 +119,11 @@ class GrokRun(RunFolder):
 
     def metrics(self) -> pd.DataFrame:
         """metrics.csv (columns METRIC_COLUMNS; empty when absent)."""
-        if not self.metrics_path.exists():
-            return pd.DataFrame(columns=METRIC_COLUMNS)
-        return pd.read_csv(self.metrics_path)
+        return read_growing_csv(self.metrics_path, METRIC_COLUMNS)
 
     def measures(self) -> pd.DataFrame:
         """measures.csv (columns engine.grokking.measures.MEASURE_COLUMNS; empty when absent)."""
-        if not self.measures_path.exists():
-            return pd.DataFrame(columns=MEASURE_COLUMNS)
-        return pd.read_csv(self.measures_path, dtype={"argmax": str})
+        return read_growing_csv(self.measures_path, MEASURE_COLUMNS, dtype={"argmax": str})
 
     def checkpoint_steps(self) -> list[int]:
         if not self.ckpt_dir.exists():

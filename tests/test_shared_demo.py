@@ -159,7 +159,7 @@ def test_uq_private_run_link_share_and_read_only(lab):
     # Alice sees it, her link points at it, and she shares it.
     alice = session(UQ_PAGE, ALICE_KEY)
     assert alice.selectbox(key="uq_run_pick").value == run.run_id
-    assert alice.query_params.get("run") == run.run_id
+    assert alice.query_params.get("uq_run") == run.run_id
     assert "yours, private" in page_text(alice)
     alice.toggle(key=f"uq_share_{run.run_id}").set_value(True).run()
     assert not alice.exception and lab_db().access("uq", run.run_id).shared

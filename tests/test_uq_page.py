@@ -46,6 +46,7 @@ def test_upload_run_and_table(tiny_gemma3_dir, embedder, tmp_path, monkeypatch):
     labels = {m.label: m.value for m in at.metric}
     assert labels["Questions"] == "4" and "A1 (all)" in labels and "A3 (semantic, 50%)" in labels
     assert at.dataframe and at.data_editor  # the score table and the editable results table render
+    assert len(at.main.get("vega_lite_chart")) == 2  # A1/A2/A3 with intervals, and the rejection curves
     run = store.get_run(run_id)
     assert len(run.load_records()) == 4
     # the CLI's engine call on the same run gives the page's numbers

@@ -1,27 +1,34 @@
 """Semantic uncertainty page, second half: grade a saved run's answers (judges, thresholds, manual marks),
-then the answer in one sentence (the verdict on the decompositions and the answer-length check), A1 / A2 /
-A3 under each judge, every score's metrics and paired differences from the usual score, the rejection
-curves, the decompositions' formulas, the editable results, a drill-down into one question and the downloads.
+then the results, figures first: the answer in one sentence (the verdict on the decompositions and the
+answer-length check) over A1 / A2 / A3 as bars with 95% bootstrap intervals under each judge, the
+accuracy-rejection curves with a score picker (the usual and semantic scores highlighted); then the tables
+(A1 / A2 / A3 under each judge, every score's metrics and paired differences from the usual score), the
+decompositions' formulas, judge agreement, the editable results, a drill-down into one question and the
+downloads. The chart builders are the study report's (engine.uq.report): one piece of code for both.
+
+URL (`bind="query-params"`): `uq_judge`, `uq_f1`, `uq_emb` (grading) and `uq_score` (the curves drawn).
 """
 
 from __future__ import annotations
 
 import json
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from engine.core.options import default_of, help_of
-from engine.uq import correctness, decompositions, export, subspace
+from engine.uq import correctness, decompositions, export, report, subspace
 from engine.uq.config import EvalOptions
 from engine.uq.evaluation import Evaluation, evaluate_run, run_llm_judge
 from engine.uq.store import UqRun
 from ui import access
+from ui.figures import show_chart
 from ui.models import get_embedder, get_model
+from ui.progress import steps
 from ui.state import compute, recall
 
 MARKS = {"right": True, "wrong": False}  # the editor's manual column -> mark
+SHARED_EVALUATIONS = 8  # evaluations kept for every session of the process (a reload finds them)
 
 
 def render(run: UqRun) -> None:
@@ -39,7 +46,8 @@ def render(run: UqRun) -> None:
     evaluation = _evaluation(run, done, embedder, options)
     if evaluation is None:
         return
-    _table(evaluation, done)
+    _figures(evaluation, done)
+    _tables(evaluation)
     _results_editor(run, evaluation, writable)
     _drill_down(evaluation)
     _downloads(run, evaluation)
@@ -48,7 +56,9 @@ def render(run: UqRun) -> None:
 def _options(run: UqRun, writable: bool) -> EvalOptions:
     """The judge widgets (and the LLM judge button); the seed is the run's, as the CLI's --seed."""
     c1, c2, c3 = st.columns(3)
-    judge = c1.selectbox("Judge", list(correctness.JUDGES), key="uq_judge", help=help_of(EvalOptions, "judge"))
+    judge = c1.selectbox(
+        "Judge", list(correctness.JUDGES), key="uq_judge", help=help_of(EvalOptions, "judge"), bind="query-params"
+    )
     f1_threshold = c2.slider(
         "F1 threshold",
         0.1,
@@ -57,6 +67,7 @@ def _options(run: UqRun, writable: bool) -> EvalOptions:
         0.05,
         key="uq_f1",
         help=help_of(EvalOptions, "f1_threshold"),
+        bind="query-params",
     )
     emb_threshold = c3.slider(
         "Embedding threshold",
@@ -66,13 +77,13 @@ def _options(run: UqRun, writable: bool) -> EvalOptions:
         0.05,
         key="uq_emb",
         help=help_of(EvalOptions, "embedding_threshold"),
+        bind="query-params",
     )
     if writable and st.button("Run the LLM judge (loaded model)", key="uq_llm_judge", icon=":material/gavel:"):
         judge_lm = get_model()
         if judge_lm is not None:
-            bar = st.progress(0.0, text="LLM judge...")
-            run_llm_judge(judge_lm, run, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"LLM judge {d}/{t}"))
-            bar.empty()
+            with steps("LLM judge") as progress:
+                run_llm_judge(judge_lm, run, progress=lambda d, t: progress(d, t, "answers judged"))
     return EvalOptions(
         judge=judge,
         f1_threshold=float(f1_threshold),
@@ -80,6 +91,14 @@ def _options(run: UqRun, writable: bool) -> EvalOptions:
         judge_model=run.model,
         seed=run.generation_config().seed,
     )
+
+
+@st.cache_resource(max_entries=SHARED_EVALUATIONS, show_spinner=False)
+def _shared_evaluation(inputs: str, _run: UqRun, _embedder, _options: EvalOptions) -> Evaluation:
+    """evaluate_run, kept for the process by `inputs` (the run's folder, its answers, marks, verdicts and the
+    options as JSON): a reload (a new session) or a colleague opening the same link gets it back at once.
+    The result is shared: the page only reads it."""
+    return evaluate_run(_run, _embedder, _options)
 
 
 def _evaluation(run: UqRun, done: int, embedder, options: EvalOptions) -> Evaluation | None:
@@ -94,8 +113,9 @@ def _evaluation(run: UqRun, done: int, embedder, options: EvalOptions) -> Evalua
     evaluation = recall("uq_eval", inputs)
     if evaluation is not None:
         return evaluation
+    key = json.dumps([str(run.path), *inputs[1:4], repr(options)])
     try:
-        return compute("uq_eval", inputs, "Scoring answers...", lambda: evaluate_run(run, embedder, options))
+        return compute("uq_eval", inputs, "Scoring answers...", lambda: _shared_evaluation(key, run, embedder, options))
     except Exception as err:  # noqa: BLE001 - a scoring bug must not hide the saved run behind a traceback
         st.error(
             f"Scoring failed ({type(err).__name__}: {err}); the run is saved and can be re-scored.",
@@ -104,19 +124,101 @@ def _evaluation(run: UqRun, done: int, embedder, options: EvalOptions) -> Evalua
         return None
 
 
-def _table(evaluation: Evaluation, done: int) -> None:
-    summary = evaluation.summary
-    st.subheader("Judge agreement")
-    st.caption("Pairs of judges on the questions both graded: share of equal verdicts and Cohen's kappa.")
-    st.dataframe(evaluation.agreement, hide_index=True, width="stretch")
+# ------------------------------------------------------------------------------------------------
+# Figures first
 
-    st.header("The table")
+
+def a123_figure_frame(evaluation: Evaluation) -> pd.DataFrame:
+    """report.a123_frame for this run, the chosen judge first and named "(chosen)"."""
+    frame = report.a123_frame([("this run", evaluation)])
+    chosen = evaluation.summary.judge
+    return frame.assign(judge=[j + " (chosen)" if j == chosen else j for j in frame["judge"]])
+
+
+def score_choices(evaluation: Evaluation) -> tuple[list[str], list[str]]:
+    """(every score with a curve, the ones drawn by default: the report's choice, report.curve_methods)."""
+    computed = list(dict.fromkeys(evaluation.curves["method"])) if not evaluation.curves.empty else []
+    return computed, report.curve_methods(evaluation)
+
+
+def curves_for(evaluation: Evaluation, picked: list[str]) -> pd.DataFrame:
+    """The rejection curves of the picked scores, in the picker's order."""
+    curves = evaluation.curves
+    frame = curves[curves["method"].isin(picked)]
+    order = {name: i for i, name in enumerate(picked)}
+    return frame.sort_values("method", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
+
+
+def _figures(evaluation: Evaluation, done: int) -> None:
+    """The answer, A1 / A2 / A3 with intervals under each judge, then the rejection curves."""
+    summary = evaluation.summary
+    st.header("The answer")
     st.markdown(export.lead_markdown(summary))
+    st.subheader("A1 / A2 / A3 with 95% bootstrap intervals")
+    st.caption(
+        f"A1 = accuracy on all {summary.n} graded answers; A2 = on the 50% most certain by `{summary.usual_method}` "
+        f"(usual); A3 = by `{summary.semantic_method}` (semantic). One panel per judge (manual marks override "
+        f"every judge); whiskers: 95% bootstrap intervals ({summary.n_boot} resamples of the questions)."
+    )
+    a123 = a123_figure_frame(evaluation)
+    show_chart(report.a123_chart(a123, by_set=False), "a1_a2_a3", key="uq_fig_a123", data=a123.drop(columns="set"))
+    chosen = next((t for t in summary.judges if t.judge == summary.judge), None)
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Questions", f"{summary.n}", help=f"{done} generated; graded: {summary.n_graded}")
-    m2.metric("A1 (all)", f"{summary.A1:.3f}")
-    m3.metric("A2 (usual, 50%)", f"{summary.A2:.3f}", help=f"Retained half by {summary.usual_method}")
-    m4.metric("A3 (semantic, 50%)", f"{summary.A3:.3f}", help=f"Retained half by {summary.semantic_method}")
+    m2.metric("A1 (all)", f"{summary.A1:.3f}", help=_ci_text(summary.A1_ci))
+    m3.metric(
+        "A2 (usual, 50%)",
+        f"{summary.A2:.3f}",
+        help=f"Retained half by {summary.usual_method}. " + _ci_text(chosen.A2_ci if chosen else None),
+    )
+    m4.metric(
+        "A3 (semantic, 50%)",
+        f"{summary.A3:.3f}",
+        help=f"Retained half by {summary.semantic_method}. " + _ci_text(chosen.A3_ci if chosen else None),
+    )
+    _curves(evaluation)
+
+
+def _ci_text(ci) -> str:
+    if not ci or any(v is None or pd.isna(v) for v in ci):
+        return "No interval."
+    return f"95% bootstrap interval [{ci[0]:.3f}, {ci[1]:.3f}]."
+
+
+def _curves(evaluation: Evaluation) -> None:
+    """The accuracy-rejection curves of the picked scores; the usual and semantic scores highlighted."""
+    summary = evaluation.summary
+    st.subheader("Accuracy as the most uncertain answers are rejected")
+    computed, default = score_choices(evaluation)
+    if not computed:
+        st.info("No score could be computed on these answers, so there is no curve.")
+        return
+    picked = st.multiselect(
+        "Scores drawn",
+        computed,
+        default=default,
+        key="uq_score",
+        bind="query-params",
+        help="Bold: the usual score behind A2 and the semantic score behind A3; the others faded. Point at the "
+        "chart for every drawn score's accuracy at that fraction.",
+    )
+    if not picked:
+        st.caption("Pick at least one score to draw its curve.")
+        return
+    frame = curves_for(evaluation, picked)
+    chart = report.curves_chart(
+        frame, highlight=[summary.usual_method, summary.semantic_method], by_set=False, width="container"
+    )
+    show_chart(chart, "rejection_curves", key="uq_fig_curves", data=frame)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables below the figures
+
+
+def _tables(evaluation: Evaluation) -> None:
+    summary = evaluation.summary
+    st.header("The tables")
     st.subheader("A1 / A2 / A3 under each judge")
     st.caption(
         "The same comparison graded by each automatic judge (manual marks override all of them), so the "
@@ -130,23 +232,20 @@ def _table(evaluation: Evaluation, done: int) -> None:
         "(anything computed from a semantic / surface split, surface spreads included), baseline."
     )
     st.dataframe(summary.methods_table(), hide_index=True, width="stretch")
+    notes = summary.score_info.get("notes") or {}
+    if notes:
+        with st.expander(f"Notes on {len(notes)} score(s) (why some are not computed)", icon=":material/notes:"):
+            for name, note in notes.items():
+                st.caption(f"{name}: {note}")
     with st.expander("Decompositions: formulas", icon=":material/functions:"):
         st.code(subspace.__doc__, language=None, wrap_lines=True)
         st.code(decompositions.__doc__, language=None, wrap_lines=True)
-    for name, note in (summary.score_info.get("notes") or {}).items():
-        st.caption(f"{name}: {note}")
-    if not evaluation.curves.empty:
-        chart = (
-            alt.Chart(evaluation.curves)
-            .mark_line()
-            .encode(
-                x=alt.X("rejected_fraction:Q", title="fraction rejected (most uncertain first)"),
-                y=alt.Y("accuracy:Q", title="accuracy of the retained answers"),
-                color=alt.Color("method:N", title="score"),
-                tooltip=["method", "rejected_fraction", "accuracy"],
-            )
+    with st.expander("Judge agreement", icon=":material/balance:"):
+        st.caption(
+            "Pairs of judges on the questions both graded: share of equal verdicts and Cohen's kappa "
+            "(empty where a judge graded nothing, e.g. the LLM judge before it is run)."
         )
-        st.altair_chart(chart, width="stretch")
+        st.dataframe(evaluation.agreement, hide_index=True, width="stretch")
 
 
 def _results_editor(run: UqRun, evaluation: Evaluation, writable: bool) -> None:

@@ -2,12 +2,20 @@
 runner, resumable) and the saved runs; the chosen run's grading and results are `ui.uq_results`.
 
 On the shared server (ui.access): a person sees their own runs, shared runs and runs made outside the
-server; only the owner stops, deletes or shares a run. `?run=<id>` opens a run (a private run of
-someone else opens a notice and nothing of it). Uploads and generation settings are checked against
-the server's limits, each refusal naming its limit next to its field.
+server; only the owner stops, deletes or shares a run. `?uq_run=<id>` (or the older `?run=<id>`) opens
+a run (a private run of someone else opens a notice and nothing of it); the address bar always names
+the run shown, so a reload or a copied link shows it again (runs are on disk).
+
+URL: `uq_run` (the run), `uq_limit`, `uq_prompt`, `uq_k`, `uq_temp`, `uq_max_new`, `uq_seed` (generation,
+bound widgets), and the results' `uq_judge`, `uq_f1`, `uq_emb`, `uq_score` (ui.uq_results). Uploads and
+generation settings are checked in Python against the engine's bounds (engine.uq.config) and the server's
+limits (engine.core.limits): a bad value is named with the reason under its field and disables only
+Generate; results on screen stay.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
@@ -29,8 +37,10 @@ from engine.uq.generation import default_template, job_key, open_run_for, row_by
 from engine.uq.questions import QuestionSet
 from engine.uq.store import UqRun
 from ui import access, uq_results
+from ui.errors import lab_fragment
 from ui.models import current_choice, get_model, is_loaded
 
+RUN_PARAM = "uq_run"  # ?uq_run=<run id>: the run shown (never an owner key)
 POLL_SECONDS = 2  # how often the progress panel refreshes while a run generates
 SEED_MAX = 2**31 - 1
 TOPIC = store.STORE.topic  # the runs' topic in the lab database
@@ -61,7 +71,7 @@ METHOD = (
 
 def render() -> None:
     """The whole page below its title."""
-    linked, blocked = access.follow_link(TOPIC, store.get_run, "uq")
+    linked, blocked = follow_link()
     if blocked:
         return
     if linked is not None:
@@ -75,13 +85,62 @@ def render() -> None:
     run = _saved_run()
     if run is None:
         return
-    access.set_link(run.run_id)
+    show_in_url(run.run_id)
     writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
     _bad_records(run)
     _progress_panel(run, writable)
     if writable:
         _delete_button(run)
     uq_results.render(run)
+
+
+def follow_link() -> tuple[UqRun | None, bool]:
+    """(the run the address bar names when this person may read it and it is not the one already shown,
+    blocked). `?run=<id>` (older links, ui.access) is followed once and turned into `?uq_run=<id>`.
+    blocked: the link names a run that is missing or private to someone else; a notice (and nothing of
+    the run) is shown, with a button back to the page without the link."""
+    linked, blocked = access.follow_link(TOPIC, store.get_run, "uq")
+    if blocked:
+        return None, True
+    if linked is not None:
+        access.set_link(None)
+        return linked, False
+    run_id = st.query_params.get(RUN_PARAM)
+    if not run_id:
+        return None, False
+    try:
+        run = store.get_run(str(run_id))
+    except LabError:
+        st.error(
+            f"No saved run {str(run_id)[:64]!r}: the link is wrong, or the run was deleted.", icon=":material/error:"
+        )
+        _back_button()
+        return None, True
+    if not access.can_read(TOPIC, run.run_id):
+        st.warning(
+            f"{access.PRIVATE_NOTICE} Ask them to share it with the group if you should see it.",
+            icon=":material/lock:",
+        )
+        _back_button()
+        return None, True
+    if st.session_state.get("_uq_url_run") == run.run_id:
+        return None, False  # already shown (the picker may have moved on in this rerun)
+    return run, False
+
+
+def show_in_url(run_id: str | None) -> None:
+    """Make the address bar name the run shown (or no run)."""
+    st.session_state["_uq_url_run"] = run_id
+    if run_id is None:
+        st.query_params.pop(RUN_PARAM, None)
+    elif st.query_params.get(RUN_PARAM) != run_id:
+        st.query_params[RUN_PARAM] = run_id
+
+
+def _back_button() -> None:
+    if st.button("Back to the page", key="uq_link_back", icon=":material/arrow_back:"):
+        show_in_url(None)
+        st.rerun()
 
 
 def _select(run_id: str) -> None:
@@ -168,24 +227,41 @@ def _columns_picked(raw: pd.DataFrame) -> dict[str, str]:
 
 
 def _limit(qset: QuestionSet) -> int | None:
-    """Warnings and a preview of the set, and how many of its questions to run (None: over the server's limit)."""
+    """Warnings and a preview of the set, and how many of its questions to run (None: not a usable number;
+    the reason is under the field)."""
     for message in qset.messages:
         st.warning(message, icon=":material/warning:")
     preview = qset.frame.head(200).assign(references=lambda f: f["references"].map(" | ".join))
     st.dataframe(preview, hide_index=True, width="stretch", height=220)
     st.caption(f"{len(qset):,} questions.")
-    default = min(len(qset), DEFAULT_LIMIT, access.limits().questions_per_run)
-    n = int(
-        st.number_input(
-            "How many questions to run (the first N)",
+    default = max(min(len(qset), DEFAULT_LIMIT, access.limits().questions_per_run), 1)
+    follow_question_set(qset, default)
+    n, ok = checked_number(
+        st,
+        "How many questions to run (the first N)",
+        default,
+        "uq_limit",
+        lambda v: bound_message(
+            "Questions to run",
+            v,
             1,
             len(qset),
-            max(default, 1),
-            key="uq_limit",
-            help="Questions of one run." + access.limit_note("questions_per_run", "questions"),
-        )
+            "questions_per_run",
+            high_reason=f"this set has {len(qset):,} questions",
+        ),
+        help="Questions of one run." + access.limit_note("questions_per_run", "questions"),
     )
-    return None if access.refuse_over("questions_per_run", n, "Questions to run") else n
+    return int(n) if ok else None
+
+
+def follow_question_set(qset: QuestionSet, default: int) -> None:
+    """When another question set is chosen, "How many questions" starts again at its default (a number
+    typed for the last set is not refused for this one); the first set seen keeps the value of the URL."""
+    seen = (qset.source, len(qset))
+    last = st.session_state.get("_uq_limit_set")
+    st.session_state["_uq_limit_set"] = seen
+    if last is not None and last != seen:
+        st.session_state["uq_limit"] = default
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,25 +277,42 @@ def _generation(qset: QuestionSet | None, limit: int | None) -> None:
         height=200,
         key="uq_prompt",
         help=access.limit_note("template_chars", "characters").strip(),
+        bind="query-params",
     )
     over = access.refuse_over("template_chars", len(template), "Characters of the prompt template")
+    if "{question}" not in template:
+        st.error("The prompt template must contain {question} where the question goes.", icon=":material/block:")
+        over = True
     c1, c2, c3, c4 = st.columns(4)
-    k = c1.number_input("Samples K", *SAMPLES_RANGE, _default("samples"), key="uq_k", help=_help("samples", "samples"))
-    with c1:
-        over |= access.refuse_over("samples", int(k), "Samples K")
-    temperature = c2.number_input(
-        "Temperature", *TEMPERATURE_RANGE, _default("temperature"), 0.1, key="uq_temp", help=_help("temperature")
+    k, k_ok = checked_number(
+        c1,
+        "Samples K",
+        _default("samples"),
+        "uq_k",
+        lambda v: bound_message("Samples K", v, *SAMPLES_RANGE, "samples"),
+        help=_help("samples", "samples"),
     )
-    max_new = c3.number_input(
+    temperature, t_ok = checked_number(
+        c2,
+        "Temperature",
+        _default("temperature"),
+        "uq_temp",
+        lambda v: bound_message("Temperature", v, *TEMPERATURE_RANGE),
+        step=0.1,
+        help=_help("temperature"),
+    )
+    max_new, m_ok = checked_number(
+        c3,
         "Max new tokens",
-        *MAX_NEW_TOKENS_RANGE,
         _default("max_new_tokens"),
-        key="uq_max_new",
+        "uq_max_new",
+        lambda v: bound_message("Max new tokens", v, *MAX_NEW_TOKENS_RANGE, "new_tokens"),
         help=_help("max_new_tokens", "new_tokens"),
     )
-    with c3:
-        over |= access.refuse_over("new_tokens", int(max_new), "Max new tokens")
-    seed = c4.number_input("Seed", 0, SEED_MAX, _default("seed"), key="uq_seed", help=_help("seed"))
+    seed, s_ok = checked_number(
+        c4, "Seed", _default("seed"), "uq_seed", lambda v: bound_message("Seed", v, 0, SEED_MAX), help=_help("seed")
+    )
+    over |= not (k_ok and t_ok and m_ok and s_ok)
     start = st.button(
         "Generate (or resume)",
         key="uq_start",
@@ -292,6 +385,55 @@ def _help(name: str, limit: str | None = None) -> str:
     return help_of(GenerationConfig, name).capitalize() + "." + (access.limit_note(limit) if limit else "")
 
 
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def bound_message(
+    what: str,
+    value: float | None,
+    low: float,
+    high: float,
+    limit: str | None = None,
+    *,
+    high_reason: str | None = None,
+) -> str | None:
+    """Why `value` cannot be used (None when it can): under `low`, over this server's limit `limit` (when
+    that is the tighter bound; the message names it and its file), or over `high` (the engine's bound,
+    engine/uq/config.py, unless `high_reason` says what else it is)."""
+    if value is None:
+        return f"{what}: enter a number."
+    if value < low:
+        return f"{what}: {_num(value)} is below the minimum of {_num(low)}."
+    server = getattr(access.limits(), limit) if limit else None
+    if server is not None and server < high and value > server:
+        return access.over_limit(limit, value, what)
+    if value > high:
+        reason = high_reason or f"the engine allows at most {_num(high)}"
+        return f"{what}: {_num(value)} is over the maximum of {_num(high)} ({reason})."
+    return None
+
+
+def checked_number(
+    where,
+    label: str,
+    default: float,
+    key: str,
+    check: Callable[[float | None], str | None],
+    *,
+    step: float | None = None,
+    help: str | None = None,
+) -> tuple[float | None, bool]:
+    """A number field bound to the URL (`?<key>=`) with no browser-side bounds (they would drop an
+    out-of-range value without a word): the value as typed and whether `check` accepts it; when it does
+    not, the reason is shown right under the field (in `where`, a column or `st`)."""
+    value = where.number_input(label, value=default, step=step, key=key, help=help, bind="query-params")
+    message = check(value)
+    if message:
+        where.error(message, icon=":material/block:")
+    return value, message is None
+
+
 # ------------------------------------------------------------------------------------------------
 # Saved runs
 
@@ -304,9 +446,8 @@ def _saved_run() -> UqRun | None:
         st.info("No saved run yet.")
         return None
     ids = list(saved)
-    labels = {  # as of this rerun
-        run_id: f"{run.describe()} · {access.owner_label(access.access_of(TOPIC, run_id))}"
-        for run_id, run in saved.items()
+    labels = {
+        run_id: run_label(run, access.owner_label(access.access_of(TOPIC, run_id))) for run_id, run in saved.items()
     }
     wanted = st.session_state.get("uq_run_id")
     run_id = st.selectbox(
@@ -320,6 +461,31 @@ def _saved_run() -> UqRun | None:
     )
     st.session_state["uq_run_id"] = run_id
     return saved[run_id]
+
+
+def run_label(run: UqRun, owner: str) -> str:
+    """The picker's line for a run: what it is and whose, never its progress (a label does not refresh
+    while a run generates; the progress is the status line under the picker, redrawn from the run)."""
+    cfg = run.config
+    generation = cfg.get("generation") or {}
+    return (
+        f"{run.run_id} · {cfg.get('model')} · {cfg.get('source')} · {cfg.get('n_questions')} questions · "
+        f"K={generation.get('samples')} · {cfg.get('created')} · {owner}"
+    )
+
+
+def status_text(run: UqRun, job) -> str:
+    """The run's progress as of now, from its saved records, its status file and its job here (None: none)."""
+    done, in_set = run.done(), run.total()
+    if job is not None and job.running:
+        return f"Generating: {done:,}/{job.total or in_set:,} questions saved."
+    of_set = f" of the set's {in_set:,}" if done < in_set else ""
+    state = run.status().get("state")
+    if state == "stopped" and done < in_set:
+        return f"Stopped: {done:,}{of_set} questions saved; press Generate with the same settings to resume."
+    if state == "finished" or done >= in_set:
+        return f"Complete: {done:,}{of_set} questions saved."
+    return f"{done:,}{of_set} questions saved."
 
 
 def _bad_records(run: UqRun) -> None:
@@ -356,9 +522,10 @@ def _progress_panel(run: UqRun, writable: bool) -> None:
     run_id, key = run.run_id, job_key(run.run_id)
     job = RUNNER.get(key)
 
-    @st.fragment(run_every=POLL_SECONDS if job is not None and job.running else None)
+    @lab_fragment(run_every=POLL_SECONDS if job is not None and job.running else None)
     def panel() -> None:
         job = RUNNER.get(key)
+        st.caption(status_text(run, job))
         if job is None:
             if run.is_claimed():
                 st.info("This run is being generated by another session or process.", icon=":material/sync:")
@@ -391,7 +558,7 @@ def _delete_button(run: UqRun) -> None:
         try:
             store.delete_run(run.run_id)
             access.forget_deleted(TOPIC, run.run_id)
-            access.set_link(None)
+            show_in_url(None)
             st.session_state.pop("uq_run_id", None)
             st.rerun()
         except LabError as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,39 +143,144 @@ def ablation_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+QUANTITIES = ("A1", "A2", "A3")  # the bars, in this order
+
+
+def a123_chart(frame: pd.DataFrame, *, by_set: bool = True, order: Sequence[str] | None = None, title: str = ""):
+    """A1 / A2 / A3 as bars with their 95% bootstrap intervals (whiskers), one panel per judge (in the
+    frame's order), one row per set when `by_set` (sets in `order`). `frame`: a123_frame's rows."""
+    import altair as alt
+
+    judges = list(dict.fromkeys(frame["judge"])) if len(frame) else []
+    x = alt.X("quantity:N", title=None, sort=list(QUANTITIES), axis=alt.Axis(labelAngle=0, labelLimit=0))
+    tooltip = [
+        alt.Tooltip("judge:N"),
+        alt.Tooltip("quantity:N"),
+        alt.Tooltip("value:Q", title="accuracy", format=".3f"),
+        alt.Tooltip("low:Q", title="95% CI low", format=".3f"),
+        alt.Tooltip("high:Q", title="95% CI high", format=".3f"),
+    ]
+    bars = (
+        alt.Chart()
+        .mark_bar()
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(titleLimit=0)),
+            color=alt.Color("quantity:N", legend=None, sort=list(QUANTITIES)),
+            tooltip=tooltip,
+        )
+    )
+    whiskers = (
+        alt.Chart()
+        .mark_errorbar(ticks=True, color="black")
+        .encode(x=x, y=alt.Y("low:Q", title="accuracy"), y2="high:Q", tooltip=tooltip)
+    )
+    labels = (
+        alt.Chart()
+        .transform_calculate(top="isValid(datum.high) && isFinite(datum.high) ? datum.high : datum.value")
+        .mark_text(dy=-6, baseline="bottom", fontSize=11)
+        .encode(x=x, y=alt.Y("top:Q"), text=alt.Text("value:Q", format=".2f"))
+    )
+    column = alt.Column("judge:N", title="judge", sort=judges, header=alt.Header(labelLimit=0))
+    layered = alt.layer(bars, whiskers, labels, data=frame).properties(width=120, height=200)
+    if by_set:
+        chart = layered.facet(column=column, row=alt.Row("set:N", title=None, sort=list(order or [])))
+    else:
+        chart = layered.facet(column=column)
+    return chart.properties(title=title) if title else chart
+
+
+def curves_chart(
+    frame: pd.DataFrame,
+    *,
+    highlight: Sequence[str] = (),
+    by_set: bool = True,
+    order: Sequence[str] | None = None,
+    width: int | str = 320,
+    title: str = "",
+):
+    """Accuracy of the retained answers as the most uncertain are rejected, one line per score
+    (`frame`: method, rejected_fraction, accuracy[, set]). Scores in `highlight` (the usual score behind
+    A2, the semantic score behind A3) drawn strong, the others faded; near any point a rule marks the
+    nearest rejected fraction and its tooltip gives every score's accuracy there."""
+    import altair as alt
+
+    methods = list(dict.fromkeys(frame["method"])) if len(frame) else []
+    strong = [m for m in methods if m in highlight]
+    groups = ["rejected_fraction", "set"] if by_set else ["rejected_fraction"]
+    x = alt.X(
+        "rejected_fraction:Q",
+        title="fraction rejected (most uncertain first)",
+        axis=alt.Axis(format="%", titleLimit=0, tickCount=10),
+        scale=alt.Scale(domain=[0, 1]),
+    )
+    y = alt.Y("accuracy:Q", title="accuracy of the retained answers", axis=alt.Axis(titleLimit=0))
+    color = alt.Color(
+        "method:N",
+        title="score",
+        sort=methods,
+        legend=alt.Legend(labelLimit=0, titleLimit=0, orient="bottom", columns=2, symbolStrokeWidth=3),
+    )
+    picked = alt.FieldOneOfPredicate(field="method", oneOf=strong) if strong else None
+    lines = (
+        alt.Chart()
+        .mark_line()
+        .encode(
+            x=x,
+            y=y,
+            color=color,
+            opacity=alt.condition(picked, alt.value(1.0), alt.value(0.3)) if picked else alt.value(0.9),
+            strokeWidth=alt.condition(picked, alt.value(3.0), alt.value(1.5)) if picked else alt.value(2.0),
+        )
+    )
+    hover = alt.selection_point(
+        name="curve_hover",
+        fields=["rejected_fraction"],
+        nearest=True,
+        on="pointerover",
+        clear="pointerout",
+        empty=False,
+    )
+    tooltip = [alt.Tooltip("rejected_fraction:Q", title="rejected", format=".1%")]
+    tooltip += [alt.Tooltip(f"{_field(m)}:Q", title=m, format=".3f") for m in methods]
+    rule = (
+        alt.Chart()
+        .transform_pivot("method", value="accuracy", groupby=groups)
+        .mark_rule(color="gray", strokeWidth=6)
+        .encode(x=x, opacity=alt.condition(hover, alt.value(0.35), alt.value(0.0)), tooltip=tooltip)
+        .add_params(hover)
+    )
+    points = (
+        alt.Chart()
+        .mark_point(filled=True, size=40)
+        .encode(x=x, y=y, color=color, opacity=alt.condition(hover, alt.value(1.0), alt.value(0.0)))
+    )
+    layered = alt.layer(lines, points, rule, data=frame).properties(width=width, height=280)
+    if by_set:
+        chart = layered.facet(column=alt.Column("set:N", title=None, sort=list(order or [])))
+    else:
+        chart = layered
+    return chart.properties(title=title) if title else chart
+
+
+def _field(name: str) -> str:
+    """A column name as a Vega-Lite field reference (dots and brackets escaped)."""
+    return re.sub(r"([.\[\]])", r"\\\1", name)
+
+
 def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
     """The three Altair charts of the module docstring, by file stem."""
     import altair as alt
 
     order = [title for title, _e in evaluations]  # the sets in the study's order, not alphabetical
-    a123 = a123_frame(evaluations)
-    bars = (
-        alt.Chart()
-        .mark_bar()
-        .encode(
-            x=alt.X("quantity:N", title=None),
-            y=alt.Y("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("quantity:N", legend=None),
-        )
+    a123_chart_ = a123_chart(
+        a123_frame(evaluations),
+        order=order,
+        title="A1 (all) / A2 (50% most certain by the usual score) / A3 (by semantic entropy)",
     )
-    whiskers = alt.Chart().mark_errorbar().encode(x="quantity:N", y=alt.Y("low:Q", title="accuracy"), y2="high:Q")
-    a123_chart = (
-        alt.layer(bars, whiskers, data=a123)
-        .properties(width=110, height=180)
-        .facet(column=alt.Column("judge:N", title="judge"), row=alt.Row("set:N", title=None, sort=order))
-        .properties(title="A1 (all) / A2 (50% most certain by the usual score) / A3 (by semantic entropy)")
-    )
-    curves = (
-        alt.Chart(curves_frame(evaluations))
-        .mark_line()
-        .encode(
-            x=alt.X("rejected_fraction:Q", title="fraction rejected (most uncertain first)"),
-            y=alt.Y("accuracy:Q", title="accuracy of the retained answers"),
-            color=alt.Color("method:N", title="score"),
-        )
-        .properties(width=320, height=240)
-        .facet(column=alt.Column("set:N", title=None, sort=order))
-        .properties(title="Accuracy-rejection curves")
+    highlight = {m for _t, e in evaluations for m in (e.summary.usual_method, e.summary.semantic_method)}
+    curves = curves_chart(
+        curves_frame(evaluations), highlight=sorted(highlight), order=order, title="Accuracy-rejection curves"
     )
     ablation = ablation_frame(evaluations)
     points = (
@@ -196,7 +302,7 @@ def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
         .properties(title="Decomposition scores (dashed: the usual score behind A2)")
         .configure_axisY(labelLimit=320)
     )
-    return {"a1_a2_a3": a123_chart, "rejection_curves": curves, "decomposition_ablation": ablation_chart}
+    return {"a1_a2_a3": a123_chart_, "rejection_curves": curves, "decomposition_ablation": ablation_chart}
 
 
 def save_png(chart, path: Path) -> Path:

@@ -301,11 +301,11 @@ def test_uq_prompt_over_the_token_limit_starts_nothing(lab, tiny_gemma3_dir):
 def test_grokking_step_and_sweep_limits_are_named(lab):
     at = session(_grokking_tab, ALICE_KEY)
     assert "sweep_runs" in messages(at)  # the default sweep: 3 seeds x 2 weight decays > 2 runs
-    assert "grok_sweep_start" not in keys(at)
+    assert at.button(key="grok_sweep_start").disabled  # shown greyed out; nothing else on screen is hidden
     at.text_input(key="grok_sweep_seeds").set_value("0").run()
-    assert "sweep_runs" not in messages(at) and "grok_sweep_start" in keys(at)
+    assert "sweep_runs" not in messages(at) and not at.button(key="grok_sweep_start").disabled
     at.number_input(key="grok_steps").set_value(6000).run()
-    assert "grok_steps" in messages(at) and "grok_start" not in keys(at)
+    assert "grok_steps" in messages(at) and at.button(key="grok_start").disabled
 
 
 def test_over_quota_is_refused_listing_the_largest_runs(lab):

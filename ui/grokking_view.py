@@ -12,6 +12,13 @@ sweep size are checked against the server's limits; starting checks the person's
 A person's runs have their owner id in the run key (engine.grokking.runs), so two people training the same
 configuration never share (or collide on) a run; runs made outside the server (the CLI) keep their ids.
 
+The address bar holds the view (issue 13): `run` (the run shown, ui.access), every setting of the form
+(`grok_task`, `grok_p`, ... bound to query parameters), the selected checkpoint (`grok_step`) and the sweep's
+inputs (`grok_sweep_seeds`, `grok_sweep_wds`, `grok_sweep_measure`); a reload or a copied link opens the same
+view, the runs coming back from the run store on disk. A bad field shows its reason under it and turns off
+only the Start buttons it feeds: the run shown, its charts, the run list and the sweep stay. A click on a
+curve selects the nearest checkpoint (a rule on every chart), and the checkpoint's detail follows.
+
 The LLM-shaped model (a Llama decoder on [BOS, a, op, b, =], engine.grokking.llm) is one click away; its
 runs are measured with engine.grokking.llm_measures at every checkpoint (the first tab's super-weight scan +
 causal test on train and test, super activations, attention sinks, key Fourier frequencies), can be
@@ -20,7 +27,8 @@ trained with super-weight suppression, and every checkpoint exports as a local m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import altair as alt
@@ -36,8 +44,10 @@ from engine.grokking import runs
 from engine.grokking.config import (
     GROK_ACCURACY,
     HALF_GROK_ACCURACY,
+    INVERSE_TASKS,
     LLM_MAX_LAYERS,
     LLM_MEASURE_LABELS,
+    LLM_MIN_LAYERS,
     LLM_PRESET,
     MAX_LAYERS,
     MEASURE_LABELS,
@@ -48,10 +58,16 @@ from engine.grokking.config import (
     TRAIN_THREADS,
     GrokConfig,
     SweepConfig,
+    is_prime,
+    n_pairs,
     validate,
+    validate_suppression,
 )
 from engine.grokking.measures import MeasureSettings
 from ui import access
+from ui.errors import lab_fragment
+from ui.figures import show_chart
+from ui.progress import eta_seconds, eta_text
 from ui.state import forget, latest, recall, remember
 
 POLL_SECONDS = 1.0
@@ -60,19 +76,29 @@ DEFAULTS = GrokConfig()
 EVALS_PER_CHECKPOINT = DEFAULTS.checkpoint_every // DEFAULTS.eval_every  # the form keeps the defaults' ratio
 VIEW_SLOT = "grok_view"  # the run shown: the last one started or reopened
 SWEEP_SLOT = "grok_sweep"  # the sweep job started for exactly these sweep inputs
-MODEL_FORMAT = {
-    "mlp": "one-hot MLP (Prieto et al. 2025)",
-    "transformer": f"transformer d{DEFAULTS.d_model}, {DEFAULTS.n_heads} heads (Nanda et al. 2023)",
-    "llm": "LLM-shaped (Llama: RMSNorm, gated MLP, RoPE, BOS)",
-}
+P_MAX = 2000  # largest p on this page (the command line takes any p its memory estimate allows)
+STEP_KEY = "grok_step"  # the selected checkpoint (a query parameter)
+PICK = "grok_pick"  # the charts' click selection: the step clicked
+START_SLOT = "start"  # where a problem of the whole configuration is shown: right above Start
+SELECTED = "selected checkpoint"
+MODEL_FORMAT = {"mlp": "one-hot MLP", "transformer": "transformer", "llm": "LLM-shaped (Llama)"}
+MODEL_HELP = (
+    "**one-hot MLP**: an MLP on the concatenated one-hot codes of a and b (Prieto et al. 2025). "
+    f"**transformer**: d_model {DEFAULTS.d_model}, {DEFAULTS.n_heads} heads, no LayerNorm (Nanda et al. 2023). "
+    "**LLM-shaped**: a Llama decoder (RMSNorm, gated MLP, RoPE, BOS)."
+)
+# measured: `python -m engine grok` (the defaults, 1650 steps) took 19 s wall on the 2-core CPU of the lab
+# server while other work ran; the issue saw 110 s on a fully busy one
+DEFAULT_TAKES = "about 20 s on an idle 2-core CPU, up to about 2 min when the server is busy"
 LLM_PRESET_LABEL = "LLM-shaped (Llama)"
 LLM_WHY_SLOWER = (
-    "The one-hot MLP default groks in under a minute: one matrix product per layer on 2p inputs. The LLM-shaped "
+    f"The one-hot MLP default takes {DEFAULT_TAKES}: one matrix product per layer on 2p inputs. The LLM-shaped "
     f"model ({LLM_PRESET['n_layers']} Llama layers, d_model {LLM_PRESET['d_model']}, d_mlp {LLM_PRESET['d_mlp']}) "
     "runs attention, RMSNorm, RoPE and a gated MLP over 5 positions per example, and its measures run the "
     "super-weight scan and causal tests at every checkpoint: expect minutes on a CPU (it trains on CUDA when "
     "present). It is the model where 'super weight' means what it means in the first tab."
 )
+AXIS = {"labelLimit": 0, "titleLimit": 0}
 _ONSET, _MEASURE, _LLM = ga.OnsetSettings(), MeasureSettings(), ga.LLM_MEASURE_SETTINGS
 
 HELP = f"""
@@ -128,8 +154,149 @@ def _apply_llm_preset() -> None:
     st.session_state["grok_d_mlp"] = LLM_PRESET["d_mlp"]
 
 
+# ------------------------------------------------------------------------------------------------ the form
+
+
+class _Form:
+    """The settings form's problems, each shown right under its field (a slot made below every field):
+    widgets have no bounds that would silently keep an old value, every range is checked here."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, Any] = {}
+        self.problems: dict[str, str] = {}
+
+    def number(
+        self,
+        col: Any,
+        label: str,
+        key: str,
+        value: float | None,
+        check: Callable[[Any], str | None],
+        **kwargs: Any,
+    ) -> Any:
+        """A number field bound to the query parameter `key`, its problem (check(value)) shown under it."""
+        number = col.number_input(label, value=value, key=key, bind="query-params", **kwargs)
+        self.slots[key] = col.empty()
+        self.refuse(key, f"{label}: enter a number." if number is None else check(number))
+        return number
+
+    def refuse(self, key: str, message: str | None) -> None:
+        if message and key not in self.problems:
+            self.problems[key] = message
+
+    def show(self) -> None:
+        for key, message in self.problems.items():
+            self.slots[key].error(message, icon=":material/error:")
+
+
+def _num(x: float) -> str:
+    """2000 -> '2000', 2147483647 -> '2,147,483,647', 0.001 -> '0.001'."""
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 10_000 else f"{x:g}"
+
+
+def between(
+    label: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False, note: str = ""
+) -> Callable[[float], str | None]:
+    """A check: the message naming the allowed range when a value is outside it, else None."""
+
+    def check(value: float) -> str | None:
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if above and below:
+            return None
+        lo, hi = ("(" if low_open else "[") + _num(low), _num(high) + (")" if high_open else "]")
+        return f"{label} must be in {lo}, {hi}{note} (got {_num(value)})."
+
+    return check
+
+
+def nearest_prime(p: int, high: int = P_MAX) -> int:
+    """The prime in [3, high] nearest to p (the smaller one on a tie): a suggestion the page accepts."""
+    candidates = [q for q in range(3, high + 1) if is_prime(q)]
+    return min(candidates, key=lambda q: (abs(q - p), q))
+
+
+def prime_problem(task: str, p: int) -> str | None:
+    """Why p cannot be used for a task that needs inverses mod p (engine.grokking.config.validate's rule),
+    with a prime this page accepts to try; None when p is fine."""
+    if task not in INVERSE_TASKS or is_prime(p):
+        return None
+    return (
+        f"{TASK_LABELS[task]} needs every b ≠ 0 to have an inverse mod p, which holds only for prime p; "
+        f"{p} is not prime (try {nearest_prime(p)})."
+    )
+
+
+def field_of_error(config: GrokConfig) -> str:
+    """The form field a `validate(config)` refusal is about (its message is shown under that field), or
+    START_SLOT for a problem of the whole configuration (the memory estimate)."""
+    if config.task in INVERSE_TASKS and not is_prime(config.p):
+        return "grok_p"
+    if not 0 < config.train_frac < 1 or not 1 <= int(round(config.train_frac * n_pairs(config))) < n_pairs(config):
+        return "grok_frac"
+    if config.model == "llm" and (config.d_model % max(config.n_heads, 1) or (config.d_model // config.n_heads) % 2):
+        return "grok_heads"
+    if config.model != "llm" and (config.n_layers not in range(1, MAX_LAYERS + 1)):
+        return "grok_layers"
+    if config.suppress:
+        return "grok_sup_q"
+    return START_SLOT
+
+
+def _layers_check(model: str) -> Callable[[int], str | None]:
+    if model == "llm":
+        return between(
+            "Layers",
+            LLM_MIN_LAYERS,
+            LLM_MAX_LAYERS,
+            note=" for the LLM-shaped model (its super-weight rule compares a layer with the median over layers)",
+        )
+    return between("Layers", 1, MAX_LAYERS)
+
+
+FORM_FIELDS = {  # form key (query parameter) -> GrokConfig field
+    "grok_task": "task",
+    "grok_p": "p",
+    "grok_frac": "train_frac",
+    "grok_model": "model",
+    "grok_layers": "n_layers",
+    "grok_seed": "seed",
+    "grok_lr": "lr",
+    "grok_wd": "weight_decay",
+    "grok_beta2": "beta2",
+    "grok_grokfast": "grokfast",
+    "grok_batch": "batch_size",
+    "grok_steps": "steps",
+    "grok_eval": "eval_every",
+}
+LLM_FORM_FIELDS = {
+    "grok_d_model": "d_model",
+    "grok_heads": "n_heads",
+    "grok_d_mlp": "d_mlp",
+    "grok_suppress": "suppress",
+    "grok_sup_q": "suppress_quantile",
+    "grok_sup_c": "suppress_factor",
+    "grok_sup_every": "suppress_every",
+}
+
+
+def _fill_form(config: GrokConfig) -> None:
+    """A link to a run that carries no settings (`?run=<id>` alone): the form set to the run's settings,
+    before its widgets are drawn (a link with settings keeps them: they are what its sender saw)."""
+    fields = FORM_FIELDS | (LLM_FORM_FIELDS if config.model == "llm" else {})
+    if any(key in st.query_params for key in fields):
+        return
+    for key, name in fields.items():
+        preset = key in ("grok_model", "grok_layers", "grok_d_model", "grok_heads", "grok_d_mlp")  # no default
+        if preset or getattr(config, name) != getattr(DEFAULTS, name) or key in st.session_state:
+            st.session_state[key] = getattr(config, name)
+
+
 def _config_form() -> GrokConfig | None:
+    """The settings (each bound to its query parameter); the configuration, or None when a field has a
+    problem (shown under it; Start is then off)."""
     d = DEFAULTS
+    form = _Form()
     st.button(
         LLM_PRESET_LABEL,
         key="grok_llm_preset",
@@ -143,49 +310,80 @@ def _config_form() -> GrokConfig | None:
         ("grok_d_model", LLM_PRESET["d_model"]),
         ("grok_heads", LLM_PRESET["n_heads"]),
         ("grok_d_mlp", LLM_PRESET["d_mlp"]),
-    ):  # widgets the preset sets: their values live in the session state only
+    ):  # widgets the preset sets: their values live in the session state (the widgets get no default value)
         st.session_state.setdefault(key, value)
     c1, c2, c3, c4 = st.columns(4)
-    task = c1.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="grok_task")
-    p = c1.number_input("p (modulus)", 3, 2000, d.p, key="grok_p", help=help_of(GrokConfig, "p"))
-    frac = c1.number_input(
-        "Train fraction", 0.0, 1.0, d.train_frac, 0.05, key="grok_frac", help=help_of(GrokConfig, "train_frac")
+    task = c1.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="grok_task", bind="query-params")
+    p = form.number(
+        c1,
+        "p (modulus)",
+        "grok_p",
+        d.p,
+        between("p", 3, P_MAX, note=" on this page (the command line takes larger p)"),
+        step=1,
+        help=help_of(GrokConfig, "p") + f"; 3 to {P_MAX} here.",
+    )
+    if p is not None and "grok_p" not in form.problems:
+        form.refuse("grok_p", prime_problem(task, int(p)))
+    frac = form.number(
+        c1,
+        "Train fraction",
+        "grok_frac",
+        d.train_frac,
+        lambda v: None if 0 < v < 1 else f"Train fraction must be strictly between 0 and 1 (got {v:g}).",
+        step=0.05,
+        help=help_of(GrokConfig, "train_frac"),
     )
     model = c2.selectbox(
-        "Model", MODEL_KINDS, key="grok_model", format_func=MODEL_FORMAT.get, help=help_of(GrokConfig, "model")
+        "Model", MODEL_KINDS, key="grok_model", format_func=MODEL_FORMAT.get, help=MODEL_HELP, bind="query-params"
     )
     is_llm = model == "llm"
-    layers = c2.number_input(
-        "Layers", 1, max(LLM_MAX_LAYERS, MAX_LAYERS), key="grok_layers", help=help_of(GrokConfig, "n_layers")
+    layers = form.number(
+        c2, "Layers", "grok_layers", None, _layers_check(model), step=1, help=help_of(GrokConfig, "n_layers")
     )
-    seed = c2.number_input("Seed", 0, 10_000, d.seed, key="grok_seed", help=help_of(GrokConfig, "seed"))
-    lr = c3.number_input("Learning rate", 1e-5, 1e-1, d.lr, format="%.4f", key="grok_lr")
-    wd = c3.number_input("Weight decay", 0.0, 10.0, d.weight_decay, 0.1, key="grok_wd")
-    beta2 = c3.number_input("AdamW β2", 0.5, 0.9999, d.beta2, format="%.4f", key="grok_beta2")
+    seed = form.number(
+        c2, "Seed", "grok_seed", d.seed, between("Seed", 0, 2**31 - 1), step=1, help=help_of(GrokConfig, "seed")
+    )
+    lr = form.number(
+        c3, "Learning rate", "grok_lr", d.lr, between("Learning rate", 0, 1, low_open=True), format="%.4g", step=1e-4
+    )
+    wd = form.number(c3, "Weight decay", "grok_wd", d.weight_decay, between("Weight decay", 0, 100), step=0.1)
+    beta2 = form.number(
+        c3, "AdamW β2", "grok_beta2", d.beta2, between("β2", 0, 1, high_open=True), format="%.4f", step=0.001
+    )
     grokfast = c4.checkbox(
         "Grokfast EMA filter",
         d.grokfast,
         key="grok_grokfast",
+        bind="query-params",
         help=f"g ← g + λ·EMA_α(g), α = {d.grokfast_alpha:g}, λ = {d.grokfast_lamb:g} (Lee et al. 2024): "
         "amplifies slow gradient components.",
     )
-    batch = c4.number_input("Batch size (0 = full batch)", 0, 100_000, d.batch_size, key="grok_batch")
-    steps = c4.number_input(
+    batch = form.number(
+        c4,
+        "Batch size (0 = full batch)",
+        "grok_batch",
+        d.batch_size,
+        lambda v: None if v >= 0 else f"Batch size must be >= 0 (0 = full batch; got {v}).",
+        step=1,
+    )
+    steps = form.number(
+        c4,
         "Max steps",
-        10,
-        200_000,
+        "grok_steps",
         d.steps,
-        100,
-        key="grok_steps",
+        lambda v: "Max steps must be >= 1." if v < 1 else access.over_limit("grok_steps", v, "Max steps"),
+        step=100,
         help=f"The run ends {d.stop_after_grok} steps after test accuracy first reaches {GROK_ACCURACY:.0%}, "
         "or at this step." + access.limit_note("grok_steps", "steps"),
     )
-    eval_every = c4.number_input(
+    eval_every = form.number(
+        c4,
         "Evaluate every (steps)",
-        1,
-        10_000,
+        "grok_eval",
         d.eval_every,
-        key="grok_eval",
+        lambda v: None if v >= 1 else f"Evaluate every: at least 1 step (got {v}).",
+        step=1,
         help=f"One metrics row per evaluation; a checkpoint (with all measures) every {EVALS_PER_CHECKPOINT} "
         "evaluations.",
     )
@@ -195,149 +393,336 @@ def _config_form() -> GrokConfig | None:
         st.caption(LLM_WHY_SLOWER)
         s1, s2, s3, s4 = st.columns(4)
         sizes = {
-            "d_model": int(s1.number_input("d_model", 8, 512, step=8, key="grok_d_model")),
-            "n_heads": int(s2.number_input("Heads", 1, 16, key="grok_heads")),
-            "d_mlp": int(s3.number_input("d_mlp", 8, 2048, step=8, key="grok_d_mlp")),
+            "d_model": form.number(s1, "d_model", "grok_d_model", None, between("d_model", 8, 512), step=8),
+            "n_heads": form.number(s2, "Heads", "grok_heads", None, between("Heads", 1, 16), step=1),
+            "d_mlp": form.number(s3, "d_mlp", "grok_d_mlp", None, between("d_mlp", 8, 2048), step=8),
         }
-        if s4.checkbox("Suppress super weights", False, key="grok_suppress", help=help_of(GrokConfig, "suppress")):
+        if s4.checkbox(
+            "Suppress super weights",
+            False,
+            key="grok_suppress",
+            bind="query-params",
+            help=help_of(GrokConfig, "suppress"),
+        ):
             q1, q2, q3 = st.columns(3)
             suppression = {
                 "suppress": True,
-                "suppress_quantile": float(
-                    q1.number_input(
-                        "Clip quantile q",
-                        0.5,
-                        1.0,
-                        d.suppress_quantile,
-                        0.0005,
-                        format="%.4f",
-                        key="grok_sup_q",
-                        help=help_of(GrokConfig, "suppress_quantile"),
-                    )
+                "suppress_quantile": form.number(
+                    q1,
+                    "Clip quantile q",
+                    "grok_sup_q",
+                    d.suppress_quantile,
+                    between("q", 0, 1, low_open=True),
+                    step=0.0005,
+                    format="%.4f",
+                    help=help_of(GrokConfig, "suppress_quantile"),
                 ),
-                "suppress_factor": float(
-                    q2.number_input(
-                        "Clip factor c",
-                        0.0,
-                        100.0,
-                        d.suppress_factor,
-                        0.1,
-                        key="grok_sup_c",
-                        help=help_of(GrokConfig, "suppress_factor"),
-                    )
+                "suppress_factor": form.number(
+                    q2,
+                    "Clip factor c",
+                    "grok_sup_c",
+                    d.suppress_factor,
+                    between("c", 0, 100, low_open=True),
+                    step=0.1,
+                    help=help_of(GrokConfig, "suppress_factor"),
                 ),
-                "suppress_every": int(
-                    q3.number_input(
-                        "Clip every (steps)",
-                        1,
-                        10_000,
-                        d.suppress_every,
-                        key="grok_sup_every",
-                        help=help_of(GrokConfig, "suppress_every"),
-                    )
+                "suppress_every": form.number(
+                    q3,
+                    "Clip every (steps)",
+                    "grok_sup_every",
+                    d.suppress_every,
+                    between("Clip every", 1, 10_000),
+                    step=1,
+                    help=help_of(GrokConfig, "suppress_every"),
                 ),
             }
-    config = d.replace(
-        **sizes,
-        **suppression,
-        task=task,
-        p=int(p),
-        train_frac=float(frac),
-        model=model,
-        n_layers=int(layers),
-        seed=int(seed),
-        lr=float(lr),
-        weight_decay=float(wd),
-        beta2=float(beta2),
-        grokfast=bool(grokfast),
-        batch_size=int(batch),
-        steps=int(steps),
-        eval_every=int(eval_every),
-        checkpoint_every=EVALS_PER_CHECKPOINT * int(eval_every),
-    )
-    try:
-        validate(config)
-    except LabError as err:
-        st.error(str(err), icon=":material/error:")
-        return None
-    if access.refuse_over("grok_steps", config.steps, "Max steps"):
-        return None
+    form.slots[START_SLOT] = st.empty()
+    config = None
+    if not form.problems:
+        config = d.replace(
+            **{name: int(value) for name, value in sizes.items()},
+            **{name: type(getattr(d, name))(value) for name, value in suppression.items()},
+            task=task,
+            p=int(p),
+            train_frac=float(frac),
+            model=model,
+            n_layers=int(layers),
+            seed=int(seed),
+            lr=float(lr),
+            weight_decay=float(wd),
+            beta2=float(beta2),
+            grokfast=bool(grokfast),
+            batch_size=int(batch),
+            steps=int(steps),
+            eval_every=int(eval_every),
+            checkpoint_every=EVALS_PER_CHECKPOINT * int(eval_every),
+        )
+        try:
+            if config.suppress:
+                validate_suppression(config.suppress_quantile, config.suppress_factor, config.suppress_every)
+            validate(config)
+        except LabError as err:
+            form.refuse(field_of_error(config), str(err))
+            config = None
+    form.show()
     return config
 
 
-def _rule(events: runs.RunEvents) -> alt.Chart | None:
-    marks = [
+# ------------------------------------------------------------------------------------------------ charts
+
+
+def step_from_selection(state: Any, steps: Sequence[int]) -> int | None:
+    """The checkpoint nearest to the step clicked in a chart, or None (nothing clicked, no checkpoints).
+
+    `state`: Streamlit's chart selection state, {"selection": {PICK: [{"step": 325.0}, ...]}}; the last
+    point with a step counts; ties go to the earlier checkpoint."""
+    try:
+        points = (state or {}).get("selection", {}).get(PICK) or []
+    except AttributeError:
+        return None
+    if isinstance(points, dict):
+        points = [points]
+    clicked = [float(p["step"]) for p in points if isinstance(p, dict) and p.get("step") is not None]
+    if not clicked or not steps:
+        return None
+    return int(min(steps, key=lambda s: (abs(s - clicked[-1]), s)))
+
+
+def _on_pick(chart_key: str, steps: Sequence[int]) -> None:
+    """on_select of a curve: the checkpoint nearest to the click becomes the selected one (the picker's
+    session state is set before it is drawn again)."""
+    step = step_from_selection(st.session_state.get(chart_key), steps)
+    if step is not None:
+        st.session_state[STEP_KEY] = step
+
+
+def _event_marks(events: runs.RunEvents, selected: int | None) -> alt.LayerChart | None:
+    """The events as dashed gray rules and the selected checkpoint as a red rule, with a legend."""
+    rows = [
         {"step": step, "event": label}
         for step, label in (
-            (events["memorisation_step"], f"train {MEMORISATION_ACCURACY:.0%}"),
-            (events["grok_50_step"], f"test {HALF_GROK_ACCURACY:.0%}"),
-            (events["grok_95_step"], f"test {GROK_ACCURACY:.0%}"),
+            (events["memorisation_step"], f"train acc {MEMORISATION_ACCURACY:.0%}"),
+            (events["grok_50_step"], f"test acc {HALF_GROK_ACCURACY:.0%}"),
+            (events["grok_95_step"], f"test acc {GROK_ACCURACY:.0%}"),
         )
         if step is not None
     ]
-    if not marks:
+    if selected is not None:
+        rows.append({"step": selected, "event": SELECTED})
+    if not rows:
         return None
+    frame = pd.DataFrame(rows)
+    dashes = {SELECTED: [1, 0]}
+    patterns = iter([[5, 3], [2, 2], [8, 3]])
+    domain = list(dict.fromkeys(frame["event"]))
+    dash = alt.StrokeDash(
+        "event:N",
+        title="events",
+        scale=alt.Scale(domain=domain, range=[dashes.get(e) or next(patterns) for e in domain]),
+        legend=alt.Legend(orient="bottom", labelLimit=0, titleLimit=0, columns=2),
+    )
+    color = alt.Color(  # the same field and title as the dashes: one legend, red for the selected checkpoint
+        "event:N",
+        title="events",
+        scale=alt.Scale(domain=domain, range=["#d62728" if e == SELECTED else "gray" for e in domain]),
+        legend=alt.Legend(orient="bottom", labelLimit=0, titleLimit=0, columns=2),
+    )
+    base = alt.Chart(frame).encode(x="step:Q", strokeDash=dash, color=color, tooltip=["event:N", "step:Q"])
+    others = base.transform_filter(alt.datum.event != SELECTED).mark_rule()
+    chosen = base.transform_filter(alt.datum.event == SELECTED).mark_rule(strokeWidth=2)
+    return alt.layer(others, chosen)
+
+
+def _step_chart(
+    frame: pd.DataFrame,
+    y: alt.Y,
+    color: str,
+    title: str,
+    marks: alt.LayerChart | None,
+    *,
+    points: bool = False,
+    tooltip: list | None = None,
+    height: int = 240,
+) -> alt.LayerChart:
+    """Lines over steps, an invisible layer that picks the nearest point on a click (PICK), the event rules."""
+    lines = (
+        alt.Chart(frame)
+        .mark_line(point=points)
+        .encode(
+            x=alt.X("step:Q", title="step", axis=alt.Axis(**AXIS)),
+            y=y,
+            color=alt.Color(f"{color}:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=0, columns=2)),
+            tooltip=tooltip or ["step:Q", f"{color}:N"],
+        )
+    )
+    pick = alt.selection_point(name=PICK, fields=["step"], on="click", nearest=True, empty=False)
+    picker = alt.Chart(frame).mark_point(opacity=0, size=120).encode(x="step:Q", y=y).add_params(pick)
+    layers = [lines, picker] + ([marks] if marks is not None else [])
     return (
-        alt.Chart(pd.DataFrame(marks))
-        .mark_rule(strokeDash=[4, 3], color="gray")
-        .encode(x="step:Q", tooltip=["event:N", "step:Q"])
+        alt.layer(*layers)
+        .resolve_scale(color="independent", strokeDash="independent")
+        .properties(height=height, title=alt.TitleParams(title, anchor="start", limit=0, fontSize=13))
     )
 
 
-def _curves(metrics: pd.DataFrame, events: runs.RunEvents) -> None:
-    long = metrics.melt("step", ["train_acc", "test_acc", "train_loss", "test_loss", "weight_norm"])
+def _show_step_charts(
+    charts: list[tuple[alt.LayerChart, str, str, pd.DataFrame]], steps: Sequence[int], per_row: int
+) -> None:
+    """Each (chart, file name, key, CSV data) via ui.figures.show_chart, `per_row` to a row; a click on one
+    picks the nearest checkpoint."""
+    for start in range(0, len(charts), per_row):
+        cols = st.columns(per_row)
+        for col, (chart, name, key, data) in zip(cols, charts[start : start + per_row]):
+            with col:
+                show_chart(
+                    chart,
+                    name,
+                    key=key,
+                    data=data,
+                    on_select=(lambda k=key: _on_pick(k, steps)) if steps else "ignore",
+                    selection_mode=PICK if steps else None,
+                )
+
+
+def _curves(metrics: pd.DataFrame, marks: alt.LayerChart | None, steps: Sequence[int]) -> None:
+    names = {
+        "train_acc": "train",
+        "test_acc": "test",
+        "train_loss": "train",
+        "test_loss": "test",
+        "weight_norm": "‖w‖₂ (all weights)",
+    }
+    long = metrics.melt("step", list(names), var_name="column")
+    long["series"] = long["column"].map(names)
     charts = []
-    for cols, title, scale in (
-        (["train_acc", "test_acc"], "accuracy", alt.Scale(domain=[0, 1])),
-        (["train_loss", "test_loss"], "loss (log)", alt.Scale(type="log")),
-        (["weight_norm"], "weight norm ||w||₂", alt.Scale(zero=False)),
+    for cols, title, axis_title, scale, key in (
+        (["train_acc", "test_acc"], "Accuracy", "accuracy", alt.Scale(domain=[0, 1]), "grok_chart_acc"),
+        (["train_loss", "test_loss"], "Loss (log scale)", "cross-entropy", alt.Scale(type="log"), "grok_chart_loss"),
+        (["weight_norm"], "Weight norm", "‖w‖₂", alt.Scale(zero=False), "grok_chart_norm"),
     ):
-        chart = (
-            alt.Chart(long[long["variable"].isin(cols)])
-            .mark_line()
-            .encode(
-                x=alt.X("step:Q"),
-                y=alt.Y("value:Q", title=title, scale=scale),
-                color=alt.Color("variable:N", title=None),
-                tooltip=["step:Q", "variable:N", alt.Tooltip("value:Q", format=".4g")],
-            )
-            .properties(height=220)
-        )
-        rule = _rule(events)
-        charts.append(chart + rule if rule is not None else chart)
-    cols = st.columns(3)
-    for col, chart in zip(cols, charts):
-        col.altair_chart(chart, width="stretch")
+        frame = long[long["column"].isin(cols)]
+        y = alt.Y("value:Q", title=axis_title, scale=scale, axis=alt.Axis(**AXIS))
+        tooltip = ["step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")]
+        chart = _step_chart(frame, y, "series", title, marks, tooltip=tooltip, height=220)
+        charts.append((chart, f"grokking_{key.removeprefix('grok_chart_')}", key, metrics[["step", *cols]]))
+    _show_step_charts(charts, steps, per_row=3)
 
 
-def _measure_charts(measures: pd.DataFrame, events: runs.RunEvents) -> None:
+def _measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps: Sequence[int]) -> None:
     if measures.empty:
         st.info("Super-weight measures appear at the first checkpoint.")
         return
     w = measures[measures["kind"] == "weight"]
     a = measures[measures["kind"] == "activation"]
     panels = [
-        (w, "max_over_median", "max|w| / median|w| per matrix"),
-        (w, "kurtosis", "excess kurtosis per matrix"),
-        (w, "drop_top1", "test-acc drop, zero top-1 weight"),
-        (a, "max_over_median", "max|a| / median|a| per layer"),
+        (w, "max_over_median", "max / median |w|", "Weight outliers: max|w| / median|w| per matrix", "ratio"),
+        (w, "kurtosis", "excess kurtosis", "Excess kurtosis of each matrix's weights", "kurtosis"),
+        (w, "drop_top1", "test-acc drop", "Test-accuracy drop when a matrix's top-1 |w| is zeroed", "drop"),
+        (a, "max_over_median", "max / median |a|", "Massive activations: max|a| / median|a| per layer", "act"),
     ]
-    cols = st.columns(4)
-    for col, (frame, column, title) in zip(cols, panels):
-        chart = (
-            alt.Chart(frame)
-            .mark_line(point=True)
-            .encode(
-                x="step:Q",
-                y=alt.Y(f"{column}:Q", title=title),
-                color=alt.Color("name:N", title=None, legend=alt.Legend(orient="bottom", columns=2)),
-                tooltip=["step:Q", "name:N", alt.Tooltip(f"{column}:Q", format=".4g")]
-                + (["argmax:N"] if column != "max_over_median" or frame is w else []),
-            )
-            .properties(height=260)
+    charts = []
+    for frame, column, axis_title, title, short in panels:
+        y = alt.Y(f"{column}:Q", title=axis_title, axis=alt.Axis(**AXIS))
+        tooltip = ["step:Q", "name:N", alt.Tooltip(f"{column}:Q", format=".4g")] + (
+            ["argmax:N"] if column != "max_over_median" or frame is w else []
         )
-        rule = _rule(events)
-        col.altair_chart(chart + rule if rule is not None else chart, width="stretch")
+        chart = _step_chart(frame, y, "name", title, marks, points=True, tooltip=tooltip, height=240)
+        charts.append((chart, f"grokking_measure_{short}", f"grok_chart_m_{short}", frame))
+    _show_step_charts(charts, steps, per_row=2)
+
+
+def _llm_measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps: Sequence[int]) -> None:
+    """The llm measures of every checkpoint (llm_measures.csv): causal effects on train and test, super
+    activation, attention sink, key Fourier frequencies."""
+    if measures.empty or len(measures) == 0:
+        st.info("The measures appear at the first checkpoint.")
+        return
+    panels = [
+        (
+            ["max_ppl_ratio_train", "max_ppl_ratio_test"],
+            "ppl ratio",
+            "Largest perplexity ratio, one weight zeroed",
+            "log",
+        ),
+        (
+            ["super_activation_bos", "bos_over_median"],
+            "activation",
+            "Super activation at BOS (max |y|, / median)",
+            "log",
+        ),
+        (["sink_share_max", "sink_share_mean"], "share", "Attention share on BOS (sink)", "linear"),
+        (["n_key_frequencies"], "frequencies", "Key Fourier frequencies of the number embedding", "linear"),
+    ]
+    charts = []
+    for i, (columns, axis_title, title, scale) in enumerate(panels):
+        present = [c for c in columns if c in measures]
+        long = measures.melt("step", present)
+        y = alt.Y("value:Q", title=axis_title, scale=alt.Scale(type=scale), axis=alt.Axis(**AXIS))
+        tooltip = ["step:Q", "variable:N", alt.Tooltip("value:Q", format=".4g")]
+        chart = _step_chart(long, y, "variable", title, marks, points=True, tooltip=tooltip, height=240)
+        charts.append((chart, f"grokking_llm_measure_{i}", f"grok_chart_llm_{i}", measures[["step", *present]]))
+    _show_step_charts(charts, steps, per_row=2)
+
+
+def _checkpoint_steps(measures: pd.DataFrame) -> list[int]:
+    return sorted({int(s) for s in measures["step"]}) if "step" in measures and len(measures) else []
+
+
+def _checkpoint_picker(steps: Sequence[int]) -> int | None:
+    """The selected checkpoint (query parameter grok_step; default the last one), or None before any."""
+    if not steps:
+        return None
+    chosen, newest = st.session_state.get(STEP_KEY), st.session_state.get("_grok_newest_step")
+    if chosen is not None and (chosen not in steps or (chosen == newest and chosen != steps[-1])):
+        st.session_state[STEP_KEY] = steps[-1]  # another run's checkpoint, or following the newest while it trains
+    st.session_state["_grok_newest_step"] = steps[-1]
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    step = c1.selectbox(
+        "Checkpoint (step)",
+        list(steps),
+        index=len(steps) - 1,
+        key=STEP_KEY,
+        bind="query-params",
+        help="The checkpoint whose detail is shown below the charts; a click on a chart picks the nearest one.",
+    )
+    c2.caption("Click a chart to pick the nearest checkpoint: the red line marks it on every chart.")
+    return int(step)
+
+
+def _checkpoint_detail(metrics: pd.DataFrame, measures: pd.DataFrame, step: int, is_llm: bool) -> None:
+    """The selected checkpoint: accuracy and loss at its step, then its measures as a table."""
+    st.subheader(f"Checkpoint at step {step}")
+    at_step = metrics[metrics["step"] <= step]
+    if len(at_step):
+        row = at_step.iloc[-1]
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Train accuracy", f"{row['train_acc']:.1%}")
+        m2.metric("Test accuracy", f"{row['test_acc']:.1%}")
+        m3.metric("Test loss", f"{row['test_loss']:.3g}")
+        m4.metric("Weight norm ‖w‖₂", f"{row['weight_norm']:.4g}")
+    rows = measures[measures["step"] == step]
+    if is_llm:
+        if len(rows):
+            values = rows.iloc[0].drop(labels=["step"])
+            table = pd.DataFrame({"measure": values.index, "value": [str(v) for v in values.to_numpy()]})
+            st.dataframe(table, hide_index=True, height=300)
+        return
+    shown = [
+        c
+        for c in ("kind", "name", "max_over_median", "kurtosis", "argmax", "drop_top1", "drop_topk", "drop_random")
+        if c in rows
+    ]
+    table = rows[shown + (["is_super"] if "is_super" in rows else [])].rename(
+        columns={
+            "max_over_median": "max/median",
+            "drop_top1": "acc drop, top-1 zeroed",
+            "drop_topk": f"acc drop, top-{_MEASURE.k} zeroed",
+            "drop_random": f"acc drop, {_MEASURE.k} random zeroed",
+            "argmax": "largest |w| at",
+            "is_super": "super weight",
+        }
+    )
+    st.dataframe(table, hide_index=True)
 
 
 def _progress_reporter(job: Job, config: GrokConfig) -> Callable[[dict[str, Any]], None]:
@@ -405,10 +790,12 @@ def _run_panel(run: runs.GrokRun, writable: bool) -> None:
     status = run.status()
     metrics, measures, summary = ga.load_run(config, owner=run.owner)
     if job is not None:
-        eta = job.eta_seconds()
+        left = eta_text(job.eta_seconds())
         st.progress(
             min(1.0, job.done / config.steps),
-            text=f"Training: step {job.done} of at most {config.steps}" + (f", ≤ {eta:.0f} s left" if eta else ""),
+            text=f"Training: step {job.done} of at most {config.steps}"
+            + (f", at most {left}" if left else "")
+            + f" (it ends {config.stop_after_grok} steps after test accuracy reaches {GROK_ACCURACY:.0%})",
         )
         if writable and st.button("Stop", key="grok_stop", icon=":material/stop_circle:"):
             job.stop()
@@ -432,18 +819,27 @@ def _run_panel(run: runs.GrokRun, writable: bool) -> None:
         return
     is_llm = config.model == "llm"
     events = ga.run_events(metrics, measures, llm_measures=measures if is_llm else None)
+    steps = _checkpoint_steps(measures)
+    selected = _checkpoint_picker(steps)
+    marks = _event_marks(events, selected)
+    _curves(metrics, marks, steps)
     last = metrics.iloc[-1]
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Step", int(last["step"]))
+    m1.metric("Last step", int(last["step"]))
     m2.metric("Train accuracy", f"{last['train_acc']:.1%}")
     m3.metric("Test accuracy", f"{last['test_acc']:.1%}")
     m4.metric("Steps / s", f"{last['step'] / max(last['elapsed_s'], 1e-9):.0f}")
-    _curves(metrics, events)
     st.subheader("Super-weight measures by checkpoint")
     if is_llm:
-        _llm_measure_charts(measures, events)
+        _llm_measure_charts(measures, marks, steps)
     else:
-        _measure_charts(measures, events)
+        _measure_charts(measures, marks, steps)
+    if selected is not None:
+        _checkpoint_detail(metrics, measures, selected, is_llm)
+    if is_llm and len(measures):
+        fires = measures[["step", "scan_fires_train", "scan_fires_test", "n_scan_candidates", "scan_candidates"]]
+        st.caption("Scan and causal test at every checkpoint")
+        st.dataframe(fires, hide_index=True, height=180)
     if summary is not None and job is None:
         st.subheader("Summary")
         st.success(ga.run_summary_text(summary), icon=":material/summarize:")
@@ -469,48 +865,16 @@ def _run_panel(run: runs.GrokRun, writable: bool) -> None:
             f"Run folder: `{run.path}` ({len(run.checkpoint_steps())} checkpoints, torch.load(weights_only=True))."
         )
     if is_llm and run.checkpoint_steps():
-        _export_panel(run)
+        _export_panel(run, selected)
 
 
-def _llm_measure_charts(measures: pd.DataFrame, events: runs.RunEvents) -> None:
-    """The llm measures of every checkpoint (llm_measures.csv): causal effects on train and test, super
-    activation, attention sink, key Fourier frequencies."""
-    if measures.empty or len(measures) == 0:
-        st.info("The measures appear at the first checkpoint.")
-        return
-    panels = [
-        (["max_ppl_ratio_train", "max_ppl_ratio_test"], "max perplexity ratio, one weight zeroed", "log"),
-        (["super_activation_bos", "bos_over_median"], "BOS super activation (max |y|, / median)", "log"),
-        (["sink_share_max", "sink_share_mean"], "attention share on BOS", "linear"),
-        (["n_key_frequencies"], "key Fourier frequencies", "linear"),
-    ]
-    cols = st.columns(4)
-    for col, (columns, title, scale) in zip(cols, panels):
-        present = [c for c in columns if c in measures]
-        long = measures.melt("step", present)
-        chart = (
-            alt.Chart(long)
-            .mark_line(point=True)
-            .encode(
-                x="step:Q",
-                y=alt.Y("value:Q", title=title, scale=alt.Scale(type=scale)),
-                color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
-                tooltip=["step:Q", "variable:N", alt.Tooltip("value:Q", format=".4g")],
-            )
-            .properties(height=260)
-        )
-        rule = _rule(events)
-        col.altair_chart(chart + rule if rule is not None else chart, width="stretch")
-    fires = measures[["step", "scan_fires_train", "scan_fires_test", "n_scan_candidates", "scan_candidates"]]
-    st.dataframe(fires, hide_index=True, height=180)
-
-
-def _export_panel(run: runs.GrokRun) -> None:
-    """Any checkpoint of an llm run as a Hugging Face folder for the first tab's local-model picker."""
-    steps = run.checkpoint_steps()
+def _export_panel(run: runs.GrokRun, selected: int | None) -> None:
+    """The selected checkpoint of an llm run as a Hugging Face folder for the first tab's local-model picker
+    (the last saved one when the selected step has no saved checkpoint)."""
+    saved = run.checkpoint_steps()
+    step = selected if selected in saved else saved[-1]
     c1, c2 = st.columns([1, 3])
-    step = c1.selectbox("Checkpoint", steps, index=len(steps) - 1, key="grok_export_step")
-    if c1.button("Open in the first tab", key="grok_export", icon=":material/open_in_new:"):
+    if c1.button(f"Open checkpoint {step} in the first tab", key="grok_export", icon=":material/open_in_new:"):
         try:
             folder = run.export_checkpoint(int(step))
         except LabError as err:
@@ -523,15 +887,37 @@ def _export_panel(run: runs.GrokRun) -> None:
         )
 
 
-def _sweep_section(base: GrokConfig) -> None:
+def _parse_sweep(seeds_text: str, wds_text: str, base: GrokConfig | None) -> tuple[list[int], list[float], str | None]:
+    """(seeds, weight decays, problem): the problem names what to fix, None when the sweep can start."""
+    try:
+        seeds = [int(s) for s in seeds_text.split(",") if s.strip()]
+        wds = [float(s) for s in wds_text.split(",") if s.strip()]
+    except ValueError:
+        return [], [], "Seeds and weight decays: comma-separated numbers, at least one of each."
+    if not seeds or not wds:
+        return seeds, wds, "Seeds and weight decays: comma-separated numbers, at least one of each."
+    if base is None:
+        return seeds, wds, None
+    try:
+        for wd in wds:
+            validate(base.replace(weight_decay=wd))
+    except LabError as err:
+        return seeds, wds, str(err)
+    return seeds, wds, None
+
+
+def _sweep_section(base: GrokConfig | None) -> None:
     st.subheader("Sweep: seeds × weight decays")
     c1, c2, c3 = st.columns([2, 2, 2])
-    seeds_text = c1.text_input("Seeds", ",".join(map(str, default_of(SweepConfig, "seeds"))), key="grok_sweep_seeds")
+    seeds_text = c1.text_input(
+        "Seeds", ",".join(map(str, default_of(SweepConfig, "seeds"))), key="grok_sweep_seeds", bind="query-params"
+    )
     wds_text = c2.text_input(
         "Weight decays",
         ",".join(map(str, default_of(SweepConfig, "weight_decays"))),
         key="grok_sweep_wds",
         help=help_of(SweepConfig, "weight_decays"),
+        bind="query-params",
     )
     measure = c3.selectbox(
         "Onset measure",
@@ -540,81 +926,103 @@ def _sweep_section(base: GrokConfig) -> None:
         format_func=MEASURE_LABELS.get,
         key="grok_sweep_measure",
         help=help_of(SweepConfig, "measure"),
+        bind="query-params",
     )
-    try:
-        seeds = [int(s) for s in seeds_text.split(",") if s.strip()]
-        wds = [float(s) for s in wds_text.split(",") if s.strip()]
-        if not seeds or not wds:
-            raise ValueError
-        for wd in wds:
-            validate(base.replace(weight_decay=wd))
-    except ValueError:
-        st.error("Seeds and weight decays: comma-separated numbers, at least one of each.", icon=":material/error:")
-        return
-    except LabError as err:
-        st.error(str(err), icon=":material/error:")
-        return
-    configs = ga.sweep_configs(base, seeds, wds)
-    if access.refuse_over("sweep_runs", len(configs), "Runs in this sweep"):
-        return
+    seeds, wds, problem = _parse_sweep(seeds_text, wds_text, base)
+    if problem:
+        st.error(problem, icon=":material/error:")
+    configs = ga.sweep_configs(base, seeds, wds) if base is not None and problem is None else []
+    if configs:
+        problem = access.over_limit("sweep_runs", len(configs), "Runs in this sweep")
+        if problem:
+            st.error(problem, icon=":material/block:")
+    elif base is None:
+        problem = "The sweep runs the settings above: fix the fields marked there first."
+        st.caption(problem)
     me = access.me()
-    sweep_key = "grokking-sweep:" + run_id_for({"runs": [c.key(me) for c in configs]})
+    sweep_key = "grokking-sweep:" + run_id_for({"runs": [c.key(me) for c in configs]}) if configs else None
+    described = f"seeds {', '.join(map(str, seeds))} × weight decays {', '.join(f'{w:g}' for w in wds)}"
     if st.button(
-        f"Run sweep ({len(configs)} runs, cached ones reopen instantly)",
+        f"Run sweep ({len(configs)} runs, cached ones reopen instantly)" if configs else "Run sweep",
         key="grok_sweep_start",
         icon=":material/play_arrow:",
+        disabled=problem is not None or sweep_key is None,
     ):
-
-        def work(job: Job) -> list[runs.RunSummary]:
-            summaries: list[runs.RunSummary] = []
-            job.result = summaries  # the summaries so far, for every session watching the sweep
-
-            def on_run(summary: runs.RunSummary, done: int, total: int) -> None:
-                summaries.append(summary)
-                job.progress(done, total)
-
-            ga.run_sweep(
-                base,
-                seeds,
-                wds,
-                stop=lambda: job.stopping,
-                on_start=lambda c, done, total: job.progress(done, total, f"seed {c.seed}, wd {c.weight_decay:g}"),
-                on_run=on_run,
-                threads=TRAIN_THREADS,
-                owner=me,
-                max_checkpoints=access.limits().grok_checkpoints,
-            )
-            return summaries
-
-        label = f"grokking sweep of {len(configs)} runs"
-        try:
-            if RUNNER.running(sweep_key) is None:
-                _claim_sweep(configs)
-            elif not access.is_my_job(sweep_key):
-                raise LabError("This sweep is already running in another of your sessions: wait until it ends.")
-            access.start_job(
-                sweep_key,
-                lambda: RUNNER.start(sweep_key, work, label=label, total=len(configs)),
-                label=label,
-                writes=lambda: [(TOPIC, _my_run(c)) for c in configs],
-            )
-        except LabError as err:
-            st.error(str(err), icon=":material/error:")
+        assert base is not None and sweep_key is not None
+        if not _start_sweep(base, configs, seeds, wds, sweep_key):
             return
-        remember(SWEEP_SLOT, sweep_key, sweep_key)
-    if recall(SWEEP_SLOT, sweep_key) is None:
+        remember(SWEEP_SLOT, sweep_key, described)
+    shown = sweep_key if sweep_key is not None and recall(SWEEP_SLOT, sweep_key) is not None else None
+    if shown is None and sweep_key is not None and RUNNER.get(sweep_key) is not None:
+        shown = sweep_key  # this person's sweep of exactly these inputs, still in this server (e.g. after a reload)
+        remember(SWEEP_SLOT, sweep_key, described)
+    if shown is None and (base is None or problem is not None) and latest(SWEEP_SLOT) is not None:
+        shown, what = latest(SWEEP_SLOT)  # the inputs cannot run: the last sweep stays, named
+        st.caption(f"Showing your last sweep ({what}).")
+    if shown is None:
         return
+    _sweep_panel(str(shown), measure)
+
+
+def _start_sweep(
+    base: GrokConfig, configs: list[GrokConfig], seeds: list[int], wds: list[float], sweep_key: str
+) -> bool:
+    me = access.me()
+
+    def work(job: Job) -> list[runs.RunSummary]:
+        summaries: list[runs.RunSummary] = []
+        job.result = summaries  # the summaries so far, for every session watching the sweep
+
+        def on_run(summary: runs.RunSummary, done: int, total: int) -> None:
+            summaries.append(summary)
+            job.progress(done, total)
+
+        ga.run_sweep(
+            base,
+            seeds,
+            wds,
+            stop=lambda: job.stopping,
+            on_start=lambda c, done, total: job.progress(done, total, f"seed {c.seed}, wd {c.weight_decay:g}"),
+            on_run=on_run,
+            threads=TRAIN_THREADS,
+            owner=me,
+            max_checkpoints=access.limits().grok_checkpoints,
+        )
+        return summaries
+
+    label = f"grokking sweep of {len(configs)} runs"
+    try:
+        if RUNNER.running(sweep_key) is None:
+            _claim_sweep(configs)
+        elif not access.is_my_job(sweep_key):
+            raise LabError("This sweep is already running in another of your sessions: wait until it ends.")
+        access.start_job(
+            sweep_key,
+            lambda: RUNNER.start(sweep_key, work, label=label, total=len(configs)),
+            label=label,
+            writes=lambda: [(TOPIC, _my_run(c)) for c in configs],
+        )
+    except LabError as err:
+        st.error(str(err), icon=":material/error:")
+        return False
+    return True
+
+
+def _sweep_panel(sweep_key: str, measure: str) -> None:
     alive = RUNNER.running(sweep_key) is not None
 
-    @st.fragment(run_every=POLL_SECONDS if alive else None)
+    @lab_fragment(run_every=POLL_SECONDS if alive else None)
     def sweep_panel() -> None:
         job = RUNNER.get(sweep_key)
         if job is None:
             return
         if job.running:
+            left = eta_text(eta_seconds(job.done, job.total or 0, time.time() - job.started))
             st.progress(
                 job.done / max(job.total or 1, 1),
-                text=f"Sweep: {job.done} of {job.total} runs done; now {job.message}",
+                text=f"Sweep: {job.done} of {job.total} runs done"
+                + (f", {left}" if left else "")
+                + f"; now {job.message}",
             )
             if st.button("Stop sweep", key="grok_sweep_stop", icon=":material/stop_circle:"):
                 job.stop()
@@ -630,17 +1038,17 @@ def _sweep_section(base: GrokConfig) -> None:
             alt.Chart(points if len(points) else pd.DataFrame(columns=table.columns))
             .mark_point(filled=True, size=80)
             .encode(
-                x=alt.X("onset_step:Q", title=f"{MEASURE_LABELS[measure]} onset (step)"),
-                y=alt.Y("grok_95_step:Q", title=f"grokking step (test {GROK_ACCURACY:.0%})"),
-                color=alt.Color("grokked:N"),
-                shape="weight_decay:N",
+                x=alt.X("onset_step:Q", title=f"{MEASURE_LABELS[measure]} onset (step)", axis=alt.Axis(**AXIS)),
+                y=alt.Y("grok_95_step:Q", title=f"grokking step (test {GROK_ACCURACY:.0%})", axis=alt.Axis(**AXIS)),
+                color=alt.Color("grokked:N", legend=alt.Legend(labelLimit=0)),
+                shape=alt.Shape("weight_decay:N", title="weight decay", legend=alt.Legend(labelLimit=0)),
                 tooltip=["seed:Q", "weight_decay:Q", "memorisation_step:Q", "grok_95_step:Q", "onset_step:Q", "lag:Q"],
             )
+            .properties(height=300, title=alt.TitleParams("Onset vs grokking step, one point per run", anchor="start"))
         )
-        st.altair_chart(scatter.properties(height=300), width="stretch")
+        show_chart(scatter, "grokking_sweep", key="grok_sweep_chart", data=table.drop(columns=["key"]))
         st.info(ga.plain_summary(stats, measure), icon=":material/insights:")
         st.dataframe(table.drop(columns=["key"]), hide_index=True)
-        st.download_button("sweep.csv", table.to_csv(index=False), "grok_sweep.csv", key="grok_sweep_dl")
         st.caption("Scatter: grokked runs with an onset. Runs that did not grok are in the table (contrast).")
         if alive and not job.running:
             st.rerun()  # the sweep ended: redraw without polling
@@ -667,67 +1075,77 @@ def _show(run: runs.GrokRun) -> None:
     remember(VIEW_SLOT, run.run_id, run)
 
 
+def _run_label(run: runs.GrokRun) -> str:
+    status = run.status()
+    return (
+        f"{run.grok_config.describe()} — {status.get('state', '?')} at step {status.get('step', 0)} "
+        f"· {access.owner_label(access.access_of(TOPIC, run.run_id))}"
+    )
+
+
 def _reopen_picker() -> None:
-    saved = {run.run_id: run for run in access.readable(TOPIC, runs.list_runs())}
-    if saved:
-        labels = {}
-        for run_id, run in saved.items():
-            status = run.status()
-            labels[run_id] = (
-                f"{run.grok_config.describe()} — {status.get('state', '?')} at step {status.get('step', 0)} "
-                f"· {access.owner_label(access.access_of(TOPIC, run_id))}"
+    """The cached runs this person may see; the list is redrawn while one of them trains."""
+    going = any(run.status().get("state") == "running" for run in runs.list_runs())
+
+    @lab_fragment(run_every=POLL_SECONDS * 2 if going else None)
+    def picker() -> None:
+        saved = {run.run_id: run for run in access.readable(TOPIC, runs.list_runs())}
+        if saved:
+            labels = {run_id: _run_label(run) for run_id, run in saved.items()}
+            pick = st.selectbox(
+                "Reopen a cached run", ["—", *labels], format_func=lambda k: labels.get(k, k), key="grok_reopen"
             )
-        pick = st.selectbox(
-            "Reopen a cached run", ["—", *labels], format_func=lambda k: labels.get(k, k), key="grok_reopen"
-        )
-        if pick != "—" and st.session_state.get("grok_reopened") != pick:
-            st.session_state["grok_reopened"] = pick
-            _show(saved[pick])
-        if (
-            pick != "—"
-            and access.can_write(TOPIC, pick)
-            and st.button("Delete this cached run", key="grok_delete", icon=":material/delete:")
-        ):
-            try:
-                runs.delete_run(pick)
-            except LabError as err:
-                st.error(str(err), icon=":material/error:")
-                return
-            access.forget_deleted(TOPIC, pick)
-            access.set_link(None)
-            st.session_state.pop("grok_reopened", None)
-            st.session_state.pop("grok_reopen", None)
-            shown = latest(VIEW_SLOT)
-            if shown is not None and shown[0] == pick:
-                forget(VIEW_SLOT)
-            st.rerun()
-    strays = access.deletable_strays(TOPIC, runs.strays())
-    if strays:
-        c1, c2 = st.columns([3, 1])
-        c1.caption(
-            f"{len(strays)} cached run folder(s) from an older version of the lab (or half-written): they cannot be "
-            f"opened. {', '.join(f.run_id for f in strays[:5])}{' …' if len(strays) > 5 else ''}"
-        )
-        if c2.button("Delete them", key="grok_delete_strays", icon=":material/delete_sweep:"):
-            problems = []
-            for folder in strays:
+            if pick != "—" and st.session_state.get("grok_reopened") != pick:
+                st.session_state["grok_reopened"] = pick
+                _show(saved[pick])
+                st.rerun()  # the whole tab shows it (the pick may have rerun this list only)
+            if (
+                pick != "—"
+                and access.can_write(TOPIC, pick)
+                and st.button("Delete this cached run", key="grok_delete", icon=":material/delete:")
+            ):
                 try:
-                    runs.delete_run(folder)
-                    access.forget_deleted(TOPIC, folder.run_id)
+                    runs.delete_run(pick)
                 except LabError as err:
-                    problems.append(str(err))
-            if problems:
-                st.error(problems[0], icon=":material/error:")
-                return
-            st.rerun()
+                    st.error(str(err), icon=":material/error:")
+                    return
+                access.forget_deleted(TOPIC, pick)
+                access.set_link(None)
+                st.session_state.pop("grok_reopened", None)
+                st.session_state.pop("grok_reopen", None)
+                shown = latest(VIEW_SLOT)
+                if shown is not None and shown[0] == pick:
+                    forget(VIEW_SLOT)
+                st.rerun()
+        strays = access.deletable_strays(TOPIC, runs.strays())
+        if strays:
+            c1, c2 = st.columns([3, 1])
+            c1.caption(
+                f"{len(strays)} cached run folder(s) from an older version of the lab (or half-written): they cannot "
+                f"be opened. {', '.join(f.run_id for f in strays[:5])}{' …' if len(strays) > 5 else ''}"
+            )
+            if c2.button("Delete them", key="grok_delete_strays", icon=":material/delete_sweep:"):
+                problems = []
+                for folder in strays:
+                    try:
+                        runs.delete_run(folder)
+                        access.forget_deleted(TOPIC, folder.run_id)
+                    except LabError as err:
+                        problems.append(str(err))
+                if problems:
+                    st.error(problems[0], icon=":material/error:")
+                    return
+                st.rerun()
+
+    picker()
 
 
 def render() -> None:
     """The grokking lab (a tab of pages/1_Super_weights_and_grokking.py)."""
     st.markdown(
         "Train a small model on modular arithmetic until it **groks**, and see whether super weights "
-        "appear, and when, relative to grokking. Runs are cached by configuration; the default groks in "
-        "under a minute on a 2-core CPU."
+        f"appear, and when, relative to grokking. Runs are cached by configuration; the default (a one-hot MLP) "
+        f"takes {DEFAULT_TAKES}; the progress bar shows the time left."
     )
     with st.expander("Definitions: events, measures, onset", icon=":material/help:"):
         st.markdown(HELP)
@@ -736,12 +1154,18 @@ def render() -> None:
         return
     if linked is not None:
         _show(linked)
+        _fill_form(linked.grok_config)
     config = _config_form()
-    if config is None:
-        return
-    start = st.button("Start / resume / reopen", key="grok_start", icon=":material/play_arrow:", type="primary")
+    start = st.button(
+        "Start / resume / reopen",
+        key="grok_start",
+        icon=":material/play_arrow:",
+        type="primary",
+        disabled=config is None,
+        help="Off while a field above has a problem (its reason is shown under it)." if config is None else None,
+    )
     _reopen_picker()
-    if start and _start_training(config):
+    if start and config is not None and _start_training(config):
         _show(_my_run(config))
     shown = latest(VIEW_SLOT)
     if shown is not None and not access.can_read(TOPIC, shown[1].run_id):  # its owner made it private since
@@ -755,14 +1179,14 @@ def render() -> None:
         st.caption(f"Showing: {run.grok_config.describe()} (key {run.run_id})")
         access.set_link(run.run_id)
         writable = access.share_toggle(TOPIC, run.run_id, "grok").writable_by(access.me())
-        if run.grok_config != config:
+        if config is not None and run.grok_config != config:
             st.warning(
                 "The settings above differ from the run shown: press Start to train (or reopen) them.",
                 icon=":material/sync_problem:",
             )
         live_now = RUNNER.running(_job_key(run)) is not None or run.is_claimed()
 
-        @st.fragment(run_every=POLL_SECONDS if live_now else None)
+        @lab_fragment(run_every=POLL_SECONDS if live_now else None)
         def live() -> None:
             _run_panel(run, writable)
             if live_now and RUNNER.running(_job_key(run)) is None and not run.is_claimed():

@@ -1,0 +1,153 @@
+"""The grokking tab as issue 13 wants it: a bad field shows its reason under it and hides nothing else, the
+view lives in the URL (a reload or a copied link shows the same run, settings and checkpoint), a click on a
+curve selects a checkpoint (tested on the handler: AppTest cannot click a chart), labels are never cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from engine.grokking.config import GrokConfig, is_prime
+
+CONFIG = GrokConfig(p=23, train_frac=0.8, steps=200, eval_every=20, checkpoint_every=80)
+URL_SETTINGS = {"grok_p": "23", "grok_frac": "0.8", "grok_steps": "200", "grok_eval": "20"}
+
+
+def _tab_app():
+    from ui.grokking_view import render
+
+    render()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A fresh cache holding one finished run made outside the server (readable by everyone)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAB_CACHE_DIR", str(tmp_path_factory.mktemp("grok_ux_cache")))
+        from engine.grokking import analysis as ga
+        from engine.grokking import runs
+
+        ga.run_experiment(CONFIG, threads=1)
+        run = runs.run_for(CONFIG)
+        assert run.is_finished() and run.checkpoint_steps() == [0, 80, 160, 200]
+        yield run
+
+
+def _open(params: dict[str, str]) -> AppTest:
+    at = AppTest.from_function(_tab_app, default_timeout=60)
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _charts(at: AppTest) -> list:
+    return list(at.get("vega_lite_chart")) + list(at.get("arrow_vega_lite_chart"))
+
+
+def _chart_frames(chart) -> list:
+    return [convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
+
+
+def test_a_checkpoint_click_picks_the_nearest_checkpoint():
+    from ui.grokking_view import PICK, step_from_selection
+
+    steps = [0, 80, 160, 200]
+    assert step_from_selection({"selection": {PICK: [{"step": 100.0}]}}, steps) == 80
+    assert step_from_selection({"selection": {PICK: [{"step": 130}]}}, steps) == 160
+    assert step_from_selection({"selection": {PICK: [{"step": 120}]}}, steps) == 80  # a tie: the earlier one
+    assert step_from_selection({"selection": {PICK: [{"step": 5000}]}}, steps) == 200
+    assert step_from_selection({"selection": {PICK: []}}, steps) is None  # a click on nothing
+    assert step_from_selection({"selection": {}}, steps) is None
+    assert step_from_selection(None, steps) is None
+    assert step_from_selection({"selection": {PICK: [{"step": 100}]}}, []) is None  # no checkpoint yet
+
+
+def test_prime_suggestions_stay_within_the_fields_range():
+    from ui.grokking_view import P_MAX, nearest_prime, prime_problem
+
+    assert nearest_prime(2000) == 1999  # not 2003: the field stops at 2000
+    assert nearest_prime(12) == 11 and nearest_prime(14) == 13
+    for p in range(3, P_MAX + 1, 7):
+        q = nearest_prime(p)
+        assert is_prime(q) and 3 <= q <= P_MAX
+    assert "try 1999" in prime_problem("div", 2000)
+    assert prime_problem("div", 13) is None and prime_problem("add", 12) is None
+
+
+def test_the_url_restores_run_settings_and_checkpoint(cache):
+    at = _open({"run": cache.run_id, **URL_SETTINGS, "grok_step": "80"})
+    assert at.number_input(key="grok_p").value == 23 and at.number_input(key="grok_steps").value == 200
+    assert at.selectbox(key="grok_step").value == 80
+    assert any(s.value == "Checkpoint at step 80" for s in at.subheader)
+    assert not at.warning  # the settings are the run's: no "settings differ"
+    assert at.success and "Train accuracy reached" in at.success[0].value  # the run's summary, from disk
+    # the red rule of the selected checkpoint is on the curves
+    frames = [f for c in _charts(at) for f in _chart_frames(c) if "event" in f]
+    assert frames and all(f.loc[f["event"] == "selected checkpoint", "step"].tolist() == [80] for f in frames)
+    # a link with the run only (`?run=<id>`) fills the form with the run's settings
+    at = _open({"run": cache.run_id})
+    assert at.number_input(key="grok_p").value == 23 and at.number_input(key="grok_eval").value == 20
+    assert at.selectbox(key="grok_step").value == 200  # default: the last checkpoint
+    assert not at.warning
+
+
+def test_picking_a_checkpoint_updates_its_detail(cache):
+    at = _open({"run": cache.run_id, **URL_SETTINGS})
+    at.selectbox(key="grok_step").set_value(160).run()
+    assert any(s.value == "Checkpoint at step 160" for s in at.subheader)
+    detail = next(d.value for d in at.dataframe if "max/median" in d.value.columns)
+    from engine.grokking import runs
+
+    measures = runs.run_for(CONFIG).measures()
+    expected = measures[measures["step"] == 160]["max_over_median"].round(6).tolist()
+    assert detail["max/median"].round(6).tolist() == expected
+
+
+def test_a_bad_field_keeps_the_run_and_disables_only_start(cache):
+    at = _open({"run": cache.run_id, **URL_SETTINGS})
+    n_charts = len(_charts(at))
+    assert n_charts >= 7 and not at.button(key="grok_start").disabled
+    at.number_input(key="grok_steps").set_value(0).run()
+    assert not at.exception
+    assert any("Max steps must be >= 1" in e.value for e in at.error)
+    assert at.button(key="grok_start").disabled  # Start is off ...
+    assert len(_charts(at)) == n_charts  # ... the run's charts stay
+    assert at.success and "Train accuracy reached" in at.success[0].value  # and its summary
+    assert any(s.key == "grok_reopen" for s in at.selectbox)  # and the run list
+    assert any(t.key == "grok_sweep_seeds" for t in at.text_input)  # and the sweep's inputs
+    assert at.button(key="grok_sweep_start").disabled  # the sweep runs these settings: off too
+    # an out-of-range p for ÷: the reason under the field, a suggestion the field accepts
+    at.number_input(key="grok_steps").set_value(200)
+    at.selectbox(key="grok_task").set_value("div")
+    at.number_input(key="grok_p").set_value(2000)
+    at.run()
+    errors = " ".join(e.value for e in at.error)
+    assert "2000 is not prime (try 1999)" in errors and "2003" not in errors
+    assert len(_charts(at)) == n_charts
+    at.number_input(key="grok_p").set_value(2001).run()
+    assert any("p must be in [3, 2000]" in e.value for e in at.error)
+    assert at.button(key="grok_start").disabled
+
+
+def test_labels_are_not_cut_and_every_chart_can_be_saved(cache):
+    at = _open({"run": cache.run_id, **URL_SETTINGS})
+    charts = _charts(at)
+    specs = [json.loads(c.proto.spec) for c in charts]
+    text = json.dumps(specs)
+    assert "per matr" not in text.replace("per matrix", "")  # no cut title
+    assert "Weight outliers: max|w| / median|w| per matrix" in text
+    for spec in specs:
+        dumped = json.dumps(spec)
+        assert '"labelLimit": 0' in dumped and '"titleLimit": 0' in dumped
+        assert '"title": "events"' in dumped  # the event lines have a legend
+    downloads = {d.key for d in at.get("download_button")}
+    for key in ("grok_chart_acc", "grok_chart_loss", "grok_chart_norm", "grok_chart_m_ratio", "grok_chart_m_act"):
+        assert {f"{key}_png", f"{key}_svg", f"{key}_csv"} <= downloads
+    assert "one-hot MLP" in at.selectbox(key="grok_model").options
+    text = " ".join(m.value for m in at.markdown)
+    assert "under a minute" not in text and "about 20 s on an idle 2-core CPU" in text

@@ -41,9 +41,9 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     assert set(ui_models._LOADED_IN_PROCESS) == loaded_before  # no model load before the button
 
     at.text_area(key="sw_prompts").input("  \n ").run()
-    at.button(key="sw_scan").click().run()
     assert not at.exception
-    assert any("No prompt" in e.value for e in at.error)
+    assert any("No prompt" in e.value for e in at.error)  # said under the field, before any click
+    assert at.button(key="sw_scan").disabled
 
     at.text_area(key="sw_prompts").input("Apple Inc. is a worldwide tech company.").run()
     at.button(key="sw_scan").click().run()
@@ -56,6 +56,7 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     first = cands.iloc[0]
     assert first["layer"] == scan["max_abs_output"].idxmax()
     assert len(at.get("vega_lite_chart")) >= 2  # scan chart + residual trace
+    assert at.selectbox(key="sw_layer").value == first["layer"]  # the first candidate's layer is selected
 
     at.selectbox(key="sw_eval_tokens").set_value(256)
     at.button(key="sw_ablate").click().run()
@@ -63,6 +64,7 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     table = next(f for f in _frames(at) if "ppl_ratio" in f.columns)
     assert list(table["condition"])[:2] == ["original", "super weight zeroed"] and len(table) == 5
     assert table["perplexity"].gt(1).all()
+    assert at.query_params.get("sw_ablated") == "1"  # a reload shows the ablation again
 
     at.multiselect(key="sw_q_blocks").set_value([4096])
     at.multiselect(key="sw_q_methods").set_value(["rtn", "rtn, super weight held"])

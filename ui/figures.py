@@ -7,6 +7,7 @@ vl-convert (engine.core.figures), only when a download is clicked (the buttons t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -30,7 +31,7 @@ def show_chart(
     *,
     key: str,
     data: pd.DataFrame | None = None,
-    on_select: str = "ignore",
+    on_select: str | Callable[[], None] = "ignore",
     selection_mode: str | list[str] | None = None,
 ) -> Any:
     """Draw an Altair chart at the container's width with "PNG · SVG · CSV" downloads below it.

@@ -2,21 +2,38 @@
 
 Thin: every number comes from engine.superweights (detect, ablation, quantize; the CLI `python -m engine
 superweights` calls the same functions), and every default or threshold a help text names is read from
-engine.superweights.config. Results are kept with ui.state for exactly the inputs they were computed
-for. Nothing loads the LLM until "Scan" is pressed. On the shared server (ui.access) a scan's prompts are
-checked against the server's limits (prompts per request, tokens per prompt) and its memory before it
-runs, and a computation that waits for the model says the person's place in its queue.
+engine.superweights.config. Nothing loads the LLM until "Scan" is pressed (or a link to a scan is opened).
+On the shared server (ui.access) a scan's prompts are checked against the server's limits (prompts per
+request, tokens per prompt) and its memory before it runs, and a computation that waits for the model says
+the person's place in its queue.
+
+Figures first: each result starts with its figure (ui.figures.show_chart: PNG, SVG and CSV downloads), the
+table below. The scan's figure is linked to the layer picker: clicking a layer selects it, the selected
+layer is highlighted. Long steps (detection, ablation, quantization) show steps and an ETA (ui.progress).
+
+State that survives a reload and travels as a link: every input is bound to a query parameter (`sw_prompts`,
+`sw_mode`, `sw_factor`, `sw_absolute`, `sw_iters`; `sw_layer`, `sw_topk`, `sw_neigh_pick`, `sw_radius`;
+`sw_ablate_cands`, `sw_k`, `sw_scale`, `sw_eval_tokens`; `sw_q_blocks`, `sw_q_methods`, `sw_q_frac`,
+`sw_q_tokens`), and `sw_scanned=1`, `sw_ablated=1`, `sw_quantized=1` say which results are on screen. A
+reload (a new session) shows them again from the process's results for exactly those inputs and the model
+key (ui.state.model_key), without recomputing. Results are also kept per session (ui.state) for exactly the
+inputs they were computed for; a value refused by validation is explained under its field, disables only
+the button it feeds, and leaves the results on screen (marked as the previous ones).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from engine.attention.maps import readable_token
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
@@ -44,14 +61,28 @@ from engine.superweights.config import (
     number,
 )
 from ui import access
+from ui.figures import show_chart
 from ui.models import current_choice, get_model, is_loaded
-from ui.state import ModelKey, compute, forget, latest, model_key, recall
+from ui.progress import ProgressFn, steps
+from ui.state import ModelKey, compute, forget, latest, model_key, recall, remember
 
 DETECTION_SLOT = "sw_detection"
 WSTATS_SLOT = "sw_weight_stats"
 ABLATION_SLOT = "sw_ablation"
 QUANT_SLOT = "sw_quantization"
 TOKEN_CHOICES = [256, 512, 1024, 2048, EVAL_TOKENS]
+SCAN_FLAG, ABLATION_FLAG, QUANT_FLAG = "sw_scanned", "sw_ablated", "sw_quantized"  # link flags: results on screen
+LAYER_KEY = "sw_layer"  # the selected layer (picker and chart clicks)
+LAYER_PICK = "sw_layer_pick"  # the scan chart's click selection (Vega-Lite parameter name)
+SCAN_CHART_KEY = "sw_scan_chart"
+N_LAYERS_KEY = "_sw_n_layers"
+# Accepted values of the number fields (checked in Python, so a refusal says why under the field)
+FACTOR_RANGE = (1.5, 1000.0)
+ABSOLUTE_RANGE = (1e-6, 1e6)
+ITERATION_RANGE = (1, 10)
+TOPK_RANGE = (1, 200)
+K_RANGE = (0, 100_000)
+FRACTION_RANGE = (0.0, 0.01)
 
 INTRO = """
 **Super weights** (Yu et al., *The Super Weight in Large Language Models*, arXiv 2411.07191): a handful of
@@ -94,27 +125,6 @@ CONDITIONS_HELP = (
 )
 
 
-def _detection_config() -> DetectionConfig:
-    """The detection settings the widgets show (defaults from engine.superweights.config)."""
-    ss = st.session_state
-    return DetectionConfig(
-        mode=ss.get("sw_mode", DEFAULT_MODE),
-        factor=float(ss.get("sw_factor", RELATIVE_FACTOR)),
-        absolute=float(ss.get("sw_absolute", ABSOLUTE_THRESHOLD)),
-        max_iterations=int(ss.get("sw_iters", MAX_ITERATIONS)),
-    )
-
-
-def _scan_inputs(lm: LoadedModel, config: DetectionConfig) -> tuple[ModelKey, tuple[str, ...], DetectionConfig]:
-    """What a detection depends on: the model, the cleaned prompts and the settings (LabError without prompts)."""
-    return (model_key(lm), tuple(sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT))), config)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _detect(_lm: LoadedModel, key: ModelKey, prompts: tuple[str, ...], config: DetectionConfig) -> sw.Detection:
-    return sw.detect(_lm, list(prompts), **dataclasses.asdict(config))
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
 def _trace(_lm: LoadedModel, key: ModelKey, prompt: str, token: int, channel: int) -> pd.DataFrame:
     return sw.residual_trace(_lm, prompt, token, channel)
@@ -135,91 +145,177 @@ def _weight_stats(_lm: LoadedModel, key: ModelKey) -> pd.DataFrame:
     return sw.layer_weight_stats(_lm)
 
 
-def _show_rejected(detection: sw.Detection) -> None:
-    """Spikes the iterative procedure rejected: zeroing their weight left them in place."""
-    if not detection.rejected:
-        return
-    with st.expander(f"Rejected: {len(detection.rejected)} spike(s) that survived zeroing their weight"):
-        st.caption(
-            "Zeroing W[r, c] left the spike at the same place: the weight is not what makes it "
-            "(see 'share': W[r, c]·x[t, c] / y[t, r]). Not ablated below."
-        )
-        st.dataframe(detection.frame(rejected=True), hide_index=True, width="stretch")
+# ---------------------------------------------------------------------------------------------
+# Results that survive a reload: kept per process, keyed on the model key and every input
 
 
-def _download(frame: pd.DataFrame, name: str, key: str) -> None:
-    st.download_button(f"Download {name}", frame.to_csv(index=False), file_name=name, mime="text/csv", key=key)
+class _Results:
+    """The last `keep` results of the long computations (scan, ablation, quantization) in this process,
+    keyed on (kind, inputs); the inputs always start with the model key (ui.state.model_key)."""
+
+    def __init__(self, keep: int = 24) -> None:
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._keep:
+                self._items.popitem(last=False)
+        return value
 
 
-def _scan_chart(detection: sw.Detection) -> alt.Chart:
-    frame = detection.scans[0].frame()
-    long = pd.concat(
-        [
-            pd.DataFrame({"layer": frame["layer"], "value": frame["max_abs_input"], "curve": "max |input|"}),
-            pd.DataFrame({"layer": frame["layer"], "value": frame["max_abs_output"], "curve": "max |output|"}),
-        ]
+@st.cache_resource(show_spinner=False)
+def _results() -> _Results:
+    """One store per process, shared by sessions (st.cache_data cannot hold these: a cached function that
+    draws into a progress bar made outside it fails on replay)."""
+    return _Results()
+
+
+def _compute(slot: str, inputs: Hashable, label: str, fn: Callable[[ProgressFn], Any]) -> Any | None:
+    """fn(progress) under a progress bar with steps and ETA, or the process's result for exactly these
+    inputs when it was computed before (a reload, a shared link); remembered for the session (ui.state).
+    A LabError is shown, not raised (None then)."""
+    store = _results()
+    try:
+        result = store.get((slot, inputs))
+        if result is None:
+            with steps(label) as progress:
+                result = store.put((slot, inputs), fn(progress))
+        return remember(slot, inputs, result)
+    except LabError as err:
+        st.error(str(err))
+        return None
+
+
+def _flag(name: str) -> bool:
+    return st.query_params.get(name) == "1"
+
+
+def _set_flag(name: str, on: bool) -> None:
+    """A link flag saying that a result is on screen (a reload or a link shows it again)."""
+    if on:
+        st.query_params[name] = "1"
+    elif name in st.query_params:
+        del st.query_params[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation next to the field
+
+
+def range_problem(value: float | None, low: float, high: float, what: str, integer: bool = False) -> str | None:
+    """Why `value` is refused (None when it is fine): missing, not a whole number, or outside [low, high]."""
+    if value is None:
+        return f"{what}: enter a number."
+    if integer and float(value) != int(value):
+        return f"{what} must be a whole number (got {value:g})."
+    if not low <= value <= high:
+        return f"{what} must be between {number(low)} and {number(high)} (got {number(value)})."
+    return None
+
+
+def _refuse(box, problem: str | None) -> bool:
+    """Show `problem` right under the field (in the field's column); True when there is one."""
+    if problem:
+        box.error(problem, icon=":material/error:")
+    return problem is not None
+
+
+def _detection_config() -> DetectionConfig:
+    """The detection settings the widgets show (defaults from engine.superweights.config)."""
+    ss = st.session_state
+    return DetectionConfig(
+        mode=ss.get("sw_mode", DEFAULT_MODE),
+        factor=float(ss.get("sw_factor", RELATIVE_FACTOR)),
+        absolute=float(ss.get("sw_absolute", ABSOLUTE_THRESHOLD)),
+        max_iterations=int(ss.get("sw_iters", MAX_ITERATIONS)),
     )
-    lines = (
-        alt.Chart(long)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:Q", title="layer"),
-            y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="max |activation| of mlp down projection"),
-            color=alt.Color("curve:N", title=None),
-            tooltip=["layer", "curve", alt.Tooltip("value:Q", format=".4g")],
-        )
-    )
-    rule = (
-        alt.Chart(pd.DataFrame({"threshold": [detection.threshold]}))
-        .mark_rule(strokeDash=[4, 4], color="gray")
-        .encode(y="threshold:Q", tooltip=[alt.Tooltip("threshold:Q", format=".4g")])
-    )
-    return (lines + rule).properties(height=320)
 
 
-def _render_inputs() -> None:
+def _prompts() -> tuple[str, ...]:
+    """The cleaned prompts of the text area (LabError without one)."""
+    return tuple(sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT)))
+
+
+def _render_inputs() -> bool:
+    """The scan's fields; each refused value is explained under its field. True when all are valid."""
     st.text_area(
         "Prompts (one per line)",
         DEFAULT_PROMPT,
         key="sw_prompts",
+        bind="query-params",
         height=90,
         help="The paper's prompt by default; any text works (super activations are input-agnostic)."
         + access.limit_note("prompts_per_request", "prompts")
         + access.limit_note("prompt_tokens", "tokens per prompt"),
     )
+    bad = False
+    try:
+        _prompts()
+    except LabError as err:
+        bad = _refuse(st, str(err))
     c1, c2, c3 = st.columns(3)
     mode = c1.radio(
         "Threshold",
         list(THRESHOLD_MODES),
         index=THRESHOLD_MODES.index(DEFAULT_MODE),
         key="sw_mode",
+        bind="query-params",
         horizontal=True,
         help=f"relative: max|y| >= f x median over layers (default); absolute: max|y| >= "
         f"{number(ABSOLUTE_THRESHOLD)} (paper).",
     )
     if mode == "relative":
-        c2.number_input(
-            "Relative factor f", min_value=1.5, max_value=1000.0, value=RELATIVE_FACTOR, step=0.5, key="sw_factor"
+        low, high = FACTOR_RANGE
+        f = c2.number_input(
+            "Relative factor f",
+            value=RELATIVE_FACTOR,
+            step=0.5,
+            key="sw_factor",
+            bind="query-params",
+            help=f"Between {number(low)} and {number(high)}: a layer spikes at f x the median over layers.",
         )
+        bad |= _refuse(c2, range_problem(f, low, high, "The relative factor"))
     else:
-        c2.number_input("Absolute threshold", min_value=0.1, max_value=1e6, value=ABSOLUTE_THRESHOLD, key="sw_absolute")
-    c3.number_input(
+        a = c2.number_input(
+            "Absolute threshold",
+            value=ABSOLUTE_THRESHOLD,
+            key="sw_absolute",
+            bind="query-params",
+            help=f"Between {number(ABSOLUTE_RANGE[0])} and {number(ABSOLUTE_RANGE[1])}.",
+        )
+        bad |= _refuse(c2, range_problem(a, *ABSOLUTE_RANGE, "The absolute threshold"))
+    low, high = ITERATION_RANGE
+    n = c3.number_input(
         "Max iterations",
-        min_value=1,
-        max_value=10,
         value=MAX_ITERATIONS,
+        step=1,
         key="sw_iters",
-        help="Remove the detected weight, re-scan, repeat (the paper's iterative procedure).",
+        bind="query-params",
+        help=f"Remove the detected weight, re-scan, repeat (the paper's iterative procedure); {low} to {high}.",
     )
+    bad |= _refuse(c3, range_problem(n, low, high, "Max iterations", integer=True))
+    return not bad
 
 
 def _scan(config: DetectionConfig) -> bool:
-    """The Scan button: drop every earlier result, check the request against the server's limits, load the
-    model, check its tokens and memory, detect. False when it could not start."""
+    """Scan (the button, or a reload / link showing a scan): drop every earlier result of the session,
+    check the request against the server's limits, load the model, check its tokens and memory, detect
+    (served from the process's results when these inputs were scanned before). False when it could not."""
     for slot in (DETECTION_SLOT, ABLATION_SLOT, QUANT_SLOT, WSTATS_SLOT):
         forget(slot)
     try:
-        prompts = sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT))  # before the model loads
+        prompts = _prompts()  # before the model loads
         access.check_prompt_count(len(prompts))
     except LabError as err:
         st.error(str(err))
@@ -234,49 +330,306 @@ def _scan(config: DetectionConfig) -> bool:
     except LabError as err:
         st.error(str(err))
         return False
-    inputs = _scan_inputs(lm, config)
+    inputs = (model_key(lm), prompts, config)
     with access.queue_notice(lm):
-        compute(
+        result = _compute(
             DETECTION_SLOT,
             inputs,
-            "Scanning the down projections (the paper's iterative procedure)...",
-            lambda: _detect(lm, *inputs),
+            "Scanning the down projections (the paper's iterative procedure)",
+            lambda progress: sw.detect(lm, list(prompts), **dataclasses.asdict(config), progress=progress),
         )
-    return True
+    return result is not None
 
 
 def render() -> None:
-    """The whole tab. Loads the model only after the user presses Scan."""
+    """The whole tab. Loads the model only after the user presses Scan (or opens a link to a scan)."""
     st.markdown(INTRO)
     with st.expander("How the scan and detection work", icon=":material/functions:"):
         st.markdown(DETECTION_HELP)
-    _render_inputs()
-    config = _detection_config()
-    if st.button("Scan", key="sw_scan", type="primary", icon=":material/search:") and not _scan(config):
-        return
+    valid = _render_inputs()
+    config = _detection_config() if valid else None
+    clicked = st.button(
+        "Scan",
+        key="sw_scan",
+        type="primary",
+        icon=":material/search:",
+        disabled=not valid,
+        help=None if valid else "Fix the field marked in red first.",
+    )
+    if clicked:
+        for flag in (SCAN_FLAG, ABLATION_FLAG, QUANT_FLAG):
+            _set_flag(flag, False)
+        if not _scan(config):
+            return
+        _set_flag(SCAN_FLAG, True)
+    elif valid and latest(DETECTION_SLOT) is None and _flag(SCAN_FLAG):
+        if not _scan(config):  # a reload or a link: the scan comes back (from the process's results)
+            return
     if latest(DETECTION_SLOT) is None:
         st.info("Press **Scan** to load the model (if needed) and scan it.", icon=":material/info:")
         return
-    lm, detection = None, None
-    if is_loaded(current_choice()):  # a newly chosen model is not loaded just to say that the scan is stale
-        lm = get_model()
-        if lm is None:
-            return
-        with contextlib.suppress(LabError):  # no prompt left: no result for these inputs
-            detection = recall(DETECTION_SLOT, _scan_inputs(lm, config))
+    lm, detection, note = _shown_detection(config)
     if lm is None or detection is None:
+        for flag in (SCAN_FLAG, ABLATION_FLAG, QUANT_FLAG):  # a reload would show another scan than this page
+            _set_flag(flag, False)
         st.warning(
             "The inputs or the model changed since the last scan: press **Scan** again.", icon=":material/refresh:"
         )
         return
+    if note:
+        st.info(note, icon=":material/history:")
     _render_scan(lm, detection)
     _render_weights(lm, detection)
     _render_ablation(lm, detection)
     _render_quantization(lm, detection)
 
 
+def _shown_detection(config: DetectionConfig | None) -> tuple[LoadedModel | None, sw.Detection | None, str]:
+    """(model, detection, note) to show: the scan for exactly the fields' inputs; while a field is invalid,
+    the last scan of this model, with a note saying so; (.., None, "") when the inputs changed."""
+    if not is_loaded(current_choice()):  # a newly chosen model is not loaded just to say that the scan is stale
+        return None, None, ""
+    lm = get_model()
+    if lm is None:
+        return None, None, ""
+    if config is not None:
+        try:
+            return lm, recall(DETECTION_SLOT, (model_key(lm), _prompts(), config)), ""
+        except LabError:
+            return lm, None, ""
+    (key, prompts, used), detection = latest(DETECTION_SLOT)
+    if key != model_key(lm):
+        return lm, None, ""
+    setting = f"f = {number(used.factor)}" if used.mode == "relative" else f"absolute {number(used.absolute)}"
+    note = (
+        f"Showing the last scan ({len(prompts)} prompt(s), {used.mode} threshold {setting}, "
+        f"{used.max_iterations} iteration(s)): a field above is invalid, so **Scan** waits until it is fixed."
+    )
+    return lm, detection, note
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts
+
+
+def _axis(**kwargs) -> alt.Axis:
+    return alt.Axis(labelLimit=0, titleLimit=0, **kwargs)
+
+
+def layer_x(n_layers: int, title: str = "layer") -> alt.X:
+    """A layer axis with integers 0..n-1 only (every one up to 48 layers, whole steps above)."""
+    ticks = {"values": list(range(n_layers))} if n_layers <= 48 else {"tickMinStep": 1}
+    return alt.X(
+        "layer:Q",
+        title=title,
+        scale=alt.Scale(domain=[0, max(n_layers - 1, 1)], nice=False, zero=False, padding=10),
+        axis=_axis(format="d", **ticks),
+    )
+
+
+def scan_chart(detection: sw.Detection, selected: int | None = None) -> alt.LayerChart:
+    """Max |input| and |output| of each layer's down projection (log), the threshold, and the selected
+    layer highlighted; clicking a point selects its layer (selection `LAYER_PICK`)."""
+    frame = detection.scans[0].frame()
+    n = len(frame)
+    long = pd.concat(
+        [
+            pd.DataFrame({"layer": frame["layer"], "value": frame["max_abs_input"], "curve": "max |input|"}),
+            pd.DataFrame({"layer": frame["layer"], "value": frame["max_abs_output"], "curve": "max |output|"}),
+        ]
+    )
+    pick = alt.selection_point(name=LAYER_PICK, fields=["layer"], on="click", nearest=True)
+    is_selected = alt.datum.layer == (-1 if selected is None else int(selected))
+    base = alt.Chart(long).encode(
+        x=layer_x(n),
+        y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="max |activation|, down projection", axis=_axis()),
+        color=alt.Color("curve:N", title=None, legend=alt.Legend(labelLimit=0, orient="top")),
+        tooltip=["layer", "curve", alt.Tooltip("value:Q", format=".4g")],
+    )
+    lines = base.mark_line()
+    points = (
+        base.mark_point(filled=True)
+        .encode(
+            size=alt.condition(is_selected, alt.value(180), alt.value(50)),
+            opacity=alt.condition(is_selected, alt.value(1.0), alt.value(0.6)),
+        )
+        .add_params(pick)
+    )
+    limit = alt.Chart(pd.DataFrame({"threshold": [detection.threshold], "what": ["spike threshold"]}))
+    rule = limit.mark_rule(strokeDash=[4, 4], color="gray").encode(
+        y="threshold:Q", tooltip=["what", alt.Tooltip("threshold:Q", format=".4g")]
+    )
+    label = limit.mark_text(align="right", dy=-7, color="gray").encode(
+        x=alt.datum(n - 1), y="threshold:Q", text="what:N"
+    )
+    layers = [lines, points, rule, label]
+    if selected is not None:
+        layers.insert(
+            0,
+            alt.Chart(pd.DataFrame({"layer": [int(selected)]}))
+            .mark_rule(color="crimson", strokeWidth=10, opacity=0.15)
+            .encode(x=layer_x(n)),
+        )
+    return alt.layer(*layers).properties(height=320)
+
+
+def layer_from_selection(state: Any, n_layers: int) -> int | None:
+    """The layer clicked in the scan chart, read from Streamlit's chart selection state
+    ({"selection": {LAYER_PICK: [{"layer": 5, ...}]}}); None when nothing (valid) is selected."""
+    try:
+        points = state["selection"][LAYER_PICK]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    for point in points or []:
+        layer = point.get("layer") if hasattr(point, "get") else None
+        if layer is not None and 0 <= int(layer) < n_layers:
+            return int(layer)
+    return None
+
+
+def _on_layer_click() -> None:
+    """The scan chart's click: select that layer (runs before the script, so before the layer widget)."""
+    layer = layer_from_selection(st.session_state.get(SCAN_CHART_KEY), st.session_state.get(N_LAYERS_KEY, 0))
+    if layer is not None:
+        st.session_state[LAYER_KEY] = layer
+
+
+def ablation_chart(table: pd.DataFrame) -> alt.LayerChart:
+    """Perplexity ratio (ablated / original, log) per condition, as bars from 1; a rule at 1."""
+    frame = table[["condition", "perplexity", "ppl_ratio"]].assign(baseline=1.0)
+    frame["label"] = frame["ppl_ratio"].map(lambda r: f"{r:.3g}x")
+    order = list(frame["condition"])
+    y = alt.Y("condition:N", sort=order, title=None, axis=_axis())
+    x = alt.X(
+        "ppl_ratio:Q",
+        scale=alt.Scale(type="log"),
+        title="perplexity ratio, ablated / original (log)",
+        axis=_axis(),
+    )
+    bars = (
+        alt.Chart(frame)
+        .mark_bar(height={"band": 0.7})
+        .encode(
+            y=y,
+            x=x,
+            x2="baseline:Q",
+            color=alt.condition(alt.datum.ppl_ratio > 1.05, alt.value("crimson"), alt.value("steelblue")),
+            tooltip=["condition", alt.Tooltip("perplexity:Q", format=".4g"), alt.Tooltip("ppl_ratio:Q", format=".4g")],
+        )
+    )
+    text = alt.Chart(frame).mark_text(align="left", dx=4).encode(y=y, x=x, text="label:N")
+    one = alt.Chart(pd.DataFrame({"x": [1.0]})).mark_rule(color="gray").encode(x="x:Q")
+    return alt.layer(bars, text, one).properties(height=max(160, 44 * len(frame)))
+
+
+def quantization_chart(table: pd.DataFrame) -> alt.LayerChart | None:
+    """Perplexity per block size and method (log-log), the unquantized model as a dashed rule."""
+    quant = table.dropna(subset=["block_size"])
+    if quant.empty:
+        return None
+    blocks = sorted({int(b) for b in quant["block_size"]})
+    lines = (
+        alt.Chart(quant)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "block_size:Q",
+                scale=alt.Scale(type="log", base=2),
+                title="block size (weights)",
+                axis=_axis(values=blocks, format="d"),
+            ),
+            y=alt.Y("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=_axis()),
+            color=alt.Color("method:N", title=None, legend=alt.Legend(labelLimit=0, orient="bottom", columns=1)),
+            tooltip=["block_size", "method", alt.Tooltip("perplexity:Q", format=".4g"), "held_weights"],
+        )
+    )
+    original = table.loc[table["block_size"].isna(), "perplexity"]
+    if original.empty:
+        return lines.properties(height=280)
+    base = alt.Chart(pd.DataFrame({"perplexity": [float(original.iloc[0])], "what": ["original (no quantization)"]}))
+    rule = base.mark_rule(strokeDash=[4, 4], color="gray").encode(
+        y="perplexity:Q", tooltip=["what", alt.Tooltip("perplexity:Q", format=".4g")]
+    )
+    label = base.mark_text(align="left", dx=4, dy=9, color="gray").encode(
+        x=alt.datum(blocks[0]), y="perplexity:Q", text="what:N"
+    )
+    return alt.layer(lines, rule, label).properties(height=280)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _show_rejected(detection: sw.Detection) -> None:
+    """Spikes the iterative procedure rejected: zeroing their weight left them in place."""
+    if not detection.rejected:
+        return
+    with st.expander(f"Rejected: {len(detection.rejected)} spike(s) that survived zeroing their weight"):
+        st.caption(
+            "Zeroing W[r, c] left the spike at the same place: the weight is not what makes it "
+            "(see 'share': W[r, c]·x[t, c] / y[t, r]). Not ablated below."
+        )
+        st.dataframe(_readable(detection.frame(rejected=True)), hide_index=True, width="stretch")
+
+
+def _readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Token texts without SentencePiece / BPE markers."""
+    if "token_text" in frame.columns:
+        frame = frame.assign(token_text=frame["token_text"].map(lambda t: readable_token(str(t))))
+    return frame
+
+
+def _download(frame: pd.DataFrame, name: str, key: str) -> None:
+    st.download_button(f"Download {name}", frame.to_csv(index=False), file_name=name, mime="text/csv", key=key)
+
+
+def _selected_layer(detection: sw.Detection) -> int:
+    """The layer picker, above the figure it highlights: from a chart click, the picker, or `?sw_layer=`
+    (a link); default: the first candidate's layer, else the layer with the largest output.
+
+    Kept in the URL by hand rather than with `bind`: a bound widget leaves its default out of the URL,
+    and this default (index 0) is not the page's default layer, so layer 0 would not survive a reload."""
+    frame = detection.scans[0].frame()
+    n = len(frame)
+    if detection.candidates:
+        default = detection.candidates[0].layer
+    else:
+        default = int(frame["layer"].iloc[int(frame["max_abs_output"].to_numpy().argmax())])
+    st.session_state[N_LAYERS_KEY] = n
+    if st.session_state.get(LAYER_KEY) not in range(n):
+        wanted = str(st.query_params.get(LAYER_KEY, ""))
+        st.session_state[LAYER_KEY] = int(wanted) if wanted.isdigit() and int(wanted) < n else default
+    c1, c2 = st.columns([1, 3])
+    layer = int(
+        c1.selectbox(
+            "Selected layer",
+            list(range(n)),
+            key=LAYER_KEY,
+            help="Or click a point of the figure. Its weights are shown in section 3.",
+        )
+    )
+    if st.query_params.get(LAYER_KEY) != str(layer):
+        st.query_params[LAYER_KEY] = str(layer)
+    row = frame.iloc[layer]
+    c2.caption(
+        f"Layer {layer}: max |output| {row['max_abs_output']:.4g} (channel {int(row['output_channel'])}), "
+        f"max |input| {row['max_abs_input']:.4g} (channel {int(row['input_channel'])})."
+    )
+    return layer
+
+
 def _render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
     st.subheader("1. Scan, layer by layer")
+    layer = _selected_layer(detection)
+    scan_frame = detection.scans[0].frame()
+    show_chart(
+        scan_chart(detection, layer),
+        "superweight_scan",
+        key=SCAN_CHART_KEY,
+        data=scan_frame,
+        on_select=_on_layer_click,
+        selection_mode=LAYER_PICK,
+    )
     problem = weights_edit_problem(lm)
     if problem:
         st.info(problem, icon=":material/info:")
@@ -286,10 +639,7 @@ def _render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
             "block quantization, and the paper did not study Gemma 3. Its numbers are measured here, not "
             "published ones."
         )
-    st.altair_chart(_scan_chart(detection), width="stretch")
-    scan_frame = detection.scans[0].frame()
     st.dataframe(scan_frame, hide_index=True, width="stretch")
-    _download(scan_frame, "superweight_scan.csv", "sw_dl_scan")
 
     st.subheader("2. Detected super-weight candidates")
     st.caption(f"Rule: {detection.rule}. Stopped: {detection.stop_reason}. {detection.note}")
@@ -300,7 +650,25 @@ def _render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
         )
         _show_rejected(detection)
         return
-    frame = detection.frame()
+    first = detection.candidates[0]
+    trace = _trace(lm, model_key(lm), detection.scans[0].prompts[first.prompt], first.token, first.row)
+    trace = trace.assign(abs_value=trace["value"].abs())
+    st.markdown(
+        f"**Residual stream after each layer** at the first candidate's super activation "
+        f"(token {first.token} '{readable_token(first.token_text)}', channel {first.row})"
+    )
+    chart = (
+        alt.Chart(trace)
+        .mark_line(point=True)
+        .encode(
+            x=layer_x(len(trace)),
+            y=alt.Y("abs_value:Q", scale=alt.Scale(type="log"), title="|h[token, channel]| (log)", axis=_axis()),
+            tooltip=["layer", alt.Tooltip("value:Q", format=".4g"), alt.Tooltip("ratio:Q", format=".3g")],
+        )
+        .properties(height=220)
+    )
+    show_chart(chart, "superweight_residual_trace", key="sw_trace_chart", data=trace)
+    frame = _readable(detection.frame())
     st.dataframe(frame, hide_index=True, width="stretch")
     _download(frame, "superweight_candidates.csv", "sw_dl_candidates")
     _show_rejected(detection)
@@ -313,20 +681,6 @@ def _render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
             f"No published coordinates for {lm.name} (the paper did not study it; its numbers are this "
             "lab's own measurement)."
         )
-    first = detection.candidates[0]
-    trace = _trace(lm, model_key(lm), detection.scans[0].prompts[first.prompt], first.token, first.row)
-    trace = trace.assign(abs_value=trace["value"].abs())
-    chart = (
-        alt.Chart(trace)
-        .mark_line(point=True)
-        .encode(
-            x="layer:Q",
-            y=alt.Y("abs_value:Q", scale=alt.Scale(type="log"), title=f"|h[token {first.token}, channel {first.row}]|"),
-            tooltip=["layer", alt.Tooltip("value:Q", format=".4g"), alt.Tooltip("ratio:Q", format=".3g")],
-        )
-        .properties(height=220, title="Residual stream after each layer at the first candidate's super activation")
-    )
-    st.altair_chart(chart, width="stretch")
 
 
 def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
@@ -340,49 +694,83 @@ def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
             compute(WSTATS_SLOT, key, "max/median and kurtosis of every projection...", lambda: _weight_stats(lm, key))
     stats = recall(WSTATS_SLOT, key)
     if stats is not None:
+        n_layers = int(stats["layer"].max()) + 1
         chart = (
             alt.Chart(stats)
             .mark_line(point=True)
             .encode(
-                x="layer:Q",
-                y=alt.Y("max_over_median:Q", scale=alt.Scale(type="log"), title="max|w| / median|w|"),
-                color="projection:N",
+                x=layer_x(n_layers),
+                y=alt.Y("max_over_median:Q", scale=alt.Scale(type="log"), title="max|w| / median|w|", axis=_axis()),
+                color=alt.Color("projection:N", legend=alt.Legend(labelLimit=0, orient="bottom")),
                 tooltip=["layer", "projection", "max_over_median", "kurtosis", "row", "col"],
             )
             .properties(height=260)
         )
-        st.altair_chart(chart, width="stretch")
+        show_chart(chart, "weight_stats", key="sw_wstats_chart", data=stats)
         st.dataframe(stats, hide_index=True, width="stretch")
-        _download(stats, "weight_stats.csv", "sw_dl_wstats")
-    n_layers = len(detection.scans[0].layers)
-    default_layer = detection.candidates[0].layer if detection.candidates else 0
-    c1, c2 = st.columns(2)
-    layer = c1.number_input("Layer", 0, n_layers - 1, default_layer, key="sw_layer")
-    k = c2.number_input("Top-k largest |w| of its down projection", 1, 200, 10, key="sw_topk")
-    st.dataframe(_top_weights(lm, key, int(layer), int(k)), hide_index=True)
+    layer = int(st.session_state.get(LAYER_KEY, 0))
+    low, high = TOPK_RANGE
+    c1, c2 = st.columns([1, 3])
+    k = c1.number_input(
+        "Top-k largest |w|, selected layer's down projection",
+        value=10,
+        step=1,
+        key="sw_topk",
+        bind="query-params",
+        help=f"{low} to {high}. The layer is the one selected in section 1 (now layer {layer}).",
+    )
+    problem = range_problem(k, low, high, "Top-k", integer=True)
+    if not _refuse(c1, problem):
+        st.session_state["_sw_topk_shown"] = int(k)
+    shown = int(st.session_state.get("_sw_topk_shown", 10))
+    if problem:
+        st.caption(f"Showing the top {shown} until the field is fixed.")
+    st.dataframe(_top_weights(lm, key, layer, shown), hide_index=True)
     if detection.candidates:
         labels = _labels(detection)
-        pick = st.selectbox("Row and column around a candidate", labels, key="sw_neigh_pick")
-        radius = st.slider("Radius", 2, 32, 8, key="sw_radius")
+        pick = st.selectbox("Row and column around a candidate", labels, key="sw_neigh_pick", bind="query-params")
+        radius = st.slider("Radius", 2, 32, 8, key="sw_radius", bind="query-params")
         c = detection.candidates[labels.index(pick)]
         around = _neighbourhood(lm, key, c.layer, c.row, c.col, int(radius))
-        chart = (
-            alt.Chart(around)
-            .mark_bar()
-            .encode(
-                x=alt.X("offset:O", title="offset from the candidate"),
-                y="value:Q",
-                color=alt.condition(alt.datum.offset == 0, alt.value("crimson"), alt.value("steelblue")),
-                column=alt.Column("along:N", title=None),
-                tooltip=["row", "col", alt.Tooltip("value:Q", format=".4g")],
+        columns = st.columns(max(1, around["along"].nunique()))
+        for box, (along, part) in zip(columns, around.groupby("along", sort=False)):
+            chart = (
+                alt.Chart(part)
+                .mark_bar()
+                .encode(
+                    x=alt.X(
+                        "offset:O", title=f"offset from the candidate, along its {along}", axis=_axis(labelAngle=0)
+                    ),
+                    y=alt.Y("value:Q", title="weight", axis=_axis()),
+                    color=alt.condition(alt.datum.offset == 0, alt.value("crimson"), alt.value("steelblue")),
+                    tooltip=["row", "col", alt.Tooltip("value:Q", format=".4g")],
+                )
+                .properties(height=200)
             )
-            .properties(width=280, height=200)
-        )
-        st.altair_chart(chart)
+            with box:
+                show_chart(chart, f"superweight_neighbourhood_{along}", key=f"sw_neigh_chart_{along}", data=part)
 
 
 def _labels(detection: sw.Detection) -> list[str]:
     return [f"layer {c.layer} W[{c.row}, {c.col}]" for c in detection.candidates]
+
+
+def _candidates_key(cands: list[sw.Candidate]) -> tuple:
+    """What an ablation or quantization depends on in the candidates (coordinates, weight, activation)."""
+    return tuple((c.coord, c.weight, c.super_activation) for c in cands)
+
+
+def _shown_result(slot: str, inputs: Hashable | None, flag: str, button: str) -> tuple[Any | None, bool]:
+    """(result, is_previous): the slot's result for exactly `inputs`; while a field is invalid (inputs
+    None) its last result, marked as previous. Settings that changed drop the link flag."""
+    if inputs is None:
+        last = latest(slot)
+        return (last[1], True) if last else (None, False)
+    result = recall(slot, inputs)
+    if result is None and latest(slot) is not None:
+        _set_flag(flag, False)
+        st.caption(f"Settings changed since the last run: press **{button}** again.")
+    return result, False
 
 
 def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
@@ -403,16 +791,20 @@ def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
         labels,
         default=labels,
         key="sw_ablate_cands",
+        bind="query-params",
         help="All detected candidates by default, as the CLI does.",
     )
+    bad = _refuse(c1, None if chosen else "Pick at least one super weight to ablate.")
     k = c2.number_input(
         f"k other weights (0 = paper's {fraction})",
-        0,
-        100000,
-        0,
+        value=0,
+        step=1,
         key="sw_k",
-        help=f"0: k = {fraction} x the decoder linear weights = {ablation.paper_k(lm)} for this model.",
+        bind="query-params",
+        help=f"0 to {K_RANGE[1]:,}. 0: k = {fraction} x the decoder linear weights = {ablation.paper_k(lm)} "
+        "for this model.",
     )
+    bad |= _refuse(c2, range_problem(k, *K_RANGE, "k", integer=True))
     scale = c3.slider(
         "Scale s",
         low,
@@ -420,6 +812,7 @@ def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
         DEFAULT_SCALE,
         0.1,
         key="sw_scale",
+        bind="query-params",
         help=f"W[r, c] <- s W[r, c]; s in [{number(low)}, {number(high)}].",
     )
     tokens = c4.selectbox(
@@ -427,34 +820,36 @@ def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
         TOKEN_CHOICES,
         index=1,
         key="sw_eval_tokens",
+        bind="query-params",
         help=f"Tokens of the bundled CC0 text ({EVAL_TOKENS:,} ~ the whole text); fewer is faster.",
     )
     with st.expander("Conditions and metrics", icon=":material/functions:"):
         st.markdown(CONDITIONS_HELP)
-    inputs = (model_key(lm), tuple(chosen), int(k), float(scale), int(tokens))
-    if st.button("Run ablation", key="sw_ablate", icon=":material/science:"):
-        forget(ABLATION_SLOT)
-        if not chosen:
-            st.error("Pick at least one super weight to ablate.")
-            return
-        cands = [detection.candidates[labels.index(lab)] for lab in chosen]
+    cands = [detection.candidates[labels.index(lab)] for lab in chosen]
+    inputs = None if bad else (model_key(lm), _candidates_key(cands), int(k), float(scale), int(tokens))
+    clicked = st.button("Run ablation", key="sw_ablate", icon=":material/science:", disabled=bad)
+    restore = not clicked and inputs is not None and latest(ABLATION_SLOT) is None and _flag(ABLATION_FLAG)
+    if clicked or restore:
+        if clicked:
+            forget(ABLATION_SLOT)
         with access.queue_notice(lm):
-            compute(
+            done = _compute(
                 ABLATION_SLOT,
                 inputs,
-                "Running every condition (weights edited in place, then restored)...",
-                lambda: ablation.ablation_table(
-                    lm, cands, k=int(k) or None, scales=[float(scale)], max_tokens=int(tokens)
+                "Ablating (each condition: perplexity windows, then the prompts)",
+                lambda progress: ablation.ablation_table(
+                    lm, cands, k=int(k) or None, scales=[float(scale)], max_tokens=int(tokens), progress=progress
                 ),
             )
-    result = recall(ABLATION_SLOT, inputs)
+        _set_flag(ABLATION_FLAG, done is not None)
+    result, previous = _shown_result(ABLATION_SLOT, inputs, ABLATION_FLAG, "Run ablation")
     if result is None:
-        if latest(ABLATION_SLOT) is not None:
-            st.caption("Settings changed since the last ablation: press **Run ablation** again.")
         return
+    if previous:
+        st.info("Showing the last ablation: a field above is invalid.", icon=":material/history:")
+    show_chart(ablation_chart(result.table), "superweight_ablation", key="sw_ablation_chart", data=result.table)
     st.caption(f"{result.eval_tokens} evaluation tokens, k = {result.k}, {result.seconds:.0f} s.")
     st.dataframe(result.table, hide_index=True, width="stretch")
-    _download(result.table, "ablation.csv", "sw_dl_ablation")
     st.markdown("**Greedy continuations**")
     st.dataframe(result.continuations, hide_index=True, width="stretch")
     with st.expander("Stopword shift per prompt"):
@@ -474,47 +869,65 @@ def _render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
     )
     c1, c2, c3, c4 = st.columns(4)
     blocks = c1.multiselect(
-        "Block sizes", [64, 128, 256, 512, 1024, 2048, 4096, 16384], default=[128, 4096], key="sw_q_blocks"
+        "Block sizes",
+        [64, 128, 256, 512, 1024, 2048, 4096, 16384],
+        default=[128, 4096],
+        key="sw_q_blocks",
+        bind="query-params",
     )
-    methods = c2.multiselect("Methods", list(METHODS), default=list(METHODS), key="sw_q_methods")
-    fraction = c3.number_input("Outlier fraction held", 0.0, 0.01, CLIP_FRACTION, format="%.5f", key="sw_q_frac")
-    tokens = c4.selectbox("Evaluation tokens", TOKEN_CHOICES, index=1, key="sw_q_tokens")
-    inputs = (model_key(lm), tuple(blocks), tuple(methods), float(fraction), int(tokens))
-    if st.button("Run quantization", key="sw_quant", icon=":material/compress:"):
-        forget(QUANT_SLOT)
-        if not blocks or not methods:
-            st.error("Pick at least one block size and one method.")
-            return
+    bad = _refuse(c1, None if blocks else "Pick at least one block size.")
+    methods = c2.multiselect("Methods", list(METHODS), default=list(METHODS), key="sw_q_methods", bind="query-params")
+    bad |= _refuse(c2, None if methods else "Pick at least one method.")
+    fraction = c3.number_input(
+        "Outlier fraction held",
+        value=CLIP_FRACTION,
+        step=1e-5,
+        format="%.5f",
+        key="sw_q_frac",
+        bind="query-params",
+        help=f"Of each matrix's weights, {number(FRACTION_RANGE[0])} to {number(FRACTION_RANGE[1])}.",
+    )
+    bad |= _refuse(c3, range_problem(fraction, *FRACTION_RANGE, "The outlier fraction"))
+    tokens = c4.selectbox("Evaluation tokens", TOKEN_CHOICES, index=1, key="sw_q_tokens", bind="query-params")
+    inputs = (
+        None
+        if bad
+        else (
+            model_key(lm),
+            _candidates_key(detection.candidates),
+            tuple(blocks),
+            tuple(methods),
+            float(fraction),
+            int(tokens),
+        )
+    )
+    clicked = st.button("Run quantization", key="sw_quant", icon=":material/compress:", disabled=bad)
+    restore = not clicked and inputs is not None and latest(QUANT_SLOT) is None and _flag(QUANT_FLAG)
+    if clicked or restore:
+        if clicked:
+            forget(QUANT_SLOT)
         with access.queue_notice(lm):
-            compute(
+            done = _compute(
                 QUANT_SLOT,
                 inputs,
-                "Quantizing and measuring perplexity...",
-                lambda: quantize.quantization_table(
+                "Quantizing and measuring perplexity",
+                lambda progress: quantize.quantization_table(
                     lm,
                     detection.candidates,
                     blocks,
                     clip_fraction=float(fraction),
                     methods=methods,
                     max_tokens=int(tokens),
+                    progress=progress,
                 ),
             )
-    table = recall(QUANT_SLOT, inputs)
+        _set_flag(QUANT_FLAG, done is not None)
+    table, previous = _shown_result(QUANT_SLOT, inputs, QUANT_FLAG, "Run quantization")
     if table is None:
         return
-    quant = table.dropna(subset=["block_size"])
-    if len(quant):
-        chart = (
-            alt.Chart(quant)
-            .mark_line(point=True)
-            .encode(
-                x=alt.X("block_size:Q", scale=alt.Scale(type="log", base=2), title="block size"),
-                y=alt.Y("perplexity:Q", scale=alt.Scale(type="log")),
-                color="method:N",
-                tooltip=["block_size", "method", alt.Tooltip("perplexity:Q", format=".4g"), "held_weights"],
-            )
-            .properties(height=260)
-        )
-        st.altair_chart(chart, width="stretch")
+    if previous:
+        st.info("Showing the last quantization: a field above is invalid.", icon=":material/history:")
+    chart = quantization_chart(table)
+    if chart is not None:
+        show_chart(chart, "superweight_quantization", key="sw_quant_chart", data=table)
     st.dataframe(table, hide_index=True, width="stretch")
-    _download(table, "sw_quantization.csv", "sw_dl_quant")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ from engine.superweights.config import (
     SCALE_RANGE,
     ConditionKind,
 )
-from engine.superweights.detect import Candidate
+from engine.superweights.detect import Candidate, ProgressFn
 
 CONTINUATION_PROMPTS = ("Summer is hot. Winter is", "The capital of France is", "My favourite food is")
 # (prompt, expected content word): the paper's stopword-shift probe, on prompts with an obvious next word.
@@ -102,6 +102,15 @@ def restored_super_activation(
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
+
+
+def ticking(windows: Sequence[torch.Tensor], tick: Callable[[int], None] | None) -> Iterable[torch.Tensor]:
+    """The evaluation windows, calling `tick(i)` before window i is used (progress inside `perplexity`,
+    whose sums stay exactly the same: it reads the same windows in the same order)."""
+    for i, ids in enumerate(windows):
+        if tick:
+            tick(i)
+        yield ids
 
 
 def stopword_ids(tokenizer) -> list[int]:
@@ -299,11 +308,13 @@ def ablation_table(
     continuation_prompts: Sequence[str] = CONTINUATION_PROMPTS,
     stopword_prompts: Sequence[tuple[str, str]] = STOPWORD_PROMPTS,
     max_new_tokens: int = 8,
+    progress: ProgressFn | None = None,
 ) -> AblationResult:
     """Perplexity, stopword shift and greedy continuations under each condition (see module doc).
 
     `k`, `scales`, `window` and `max_tokens` are the fields of `engine.superweights.config.AblationConfig`;
-    k None means the paper's fraction (`paper_k`)."""
+    k None means the paper's fraction (`paper_k`). `progress(done, total, message)` counts conditions x
+    (evaluation windows + 1 for the prompts), called before each step and once at the end."""
     check_editable(lm)
     start = time.perf_counter()
     k_used = paper_k(lm) if k is None else int(k)
@@ -312,10 +323,20 @@ def ablation_table(
     n_tokens = sum(w.shape[1] - 1 for w in windows)
     stop_ids = stopword_ids(lm.tokenizer)
     rows, stops, conts = [], [], []
+    per = len(windows) + 1
+    total = len(conditions) * per
+
+    def tick(done: int, message: str) -> None:
+        if progress:
+            progress(done, total, message)
+
     with lm.lock:
-        for cond in conditions:
+        for n, cond in enumerate(conditions):
             with applied(lm, cond, candidates):
-                ppl = perplexity(lm, windows)
+                ppl = perplexity(
+                    lm, ticking(windows, lambda i, n=n, name=cond.name: tick(n * per + i, f"{name}, window {i + 1}"))
+                )
+                tick(n * per + len(windows), f"{cond.name}, prompts")
                 sw = stopword_shift(lm, stopword_prompts, stop_ids)
                 texts = greedy_continuations(lm, continuation_prompts, max_new_tokens)
             rows.append(
@@ -331,6 +352,7 @@ def ablation_table(
             conts.extend(
                 {"condition": cond.name, "prompt": p, "continuation": t} for p, t in zip(continuation_prompts, texts)
             )
+    tick(total, "done")
     table = pd.DataFrame(rows)
     base = table["perplexity"].iloc[0]
     table.insert(2, "ppl_ratio", table["perplexity"] / base if base else np.nan)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -50,6 +50,8 @@ from engine.superweights.config import (
 )
 
 PUBLISHED_FILE = DATA_DIR / "superweights_published.json"
+
+ProgressFn = Callable[[int, int, str], None]  # progress(done, total, message), as ui.progress.steps draws it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,12 +149,17 @@ class _ScanHook:
         self.best = LayerScan(self.layer, *in_part, *out_part)
 
 
-def scan(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT) -> ScanResult:
+def scan(
+    lm: LoadedModel,
+    prompts: str | Sequence[str] = DEFAULT_PROMPT,
+    progress: Callable[[int, str], None] | None = None,
+) -> ScanResult:
     """Per layer: max |x| over the down projection's inputs x [T, F] and max |y| over its outputs y [T, D]
     (with channel, token and prompt), over all prompts.
 
     Forward hooks on each layer's down projection during one forward pass of the model body per prompt
     (Yu et al. 2024, Sec. 3.1 / Fig. 3). Works on quantized models too (it only reads activations).
+    `progress(p, message)` is called before the forward pass of prompt p.
     """
     prompts = clean_prompts(prompts)
     modules = down_projections(lm.model)
@@ -162,6 +169,8 @@ def scan(lm: LoadedModel, prompts: str | Sequence[str] = DEFAULT_PROMPT) -> Scan
         handles = [m.register_forward_hook(h) for m, h in zip(modules, hooks)]
         try:
             for p, prompt in enumerate(prompts):
+                if progress:
+                    progress(p, f"prompt {p + 1} of {len(prompts)}")
                 ids = encode(lm, prompt)
                 tokens.append(lm.tokenizer.convert_ids_to_tokens(ids[0].tolist()))
                 for h in hooks:
@@ -340,6 +349,7 @@ def detect(
     absolute: float = ABSOLUTE_THRESHOLD,
     max_iterations: int = MAX_ITERATIONS,
     persist_factor: float = PERSIST_FACTOR,
+    progress: ProgressFn | None = None,
 ) -> Detection:
     """The paper's iterative procedure: scan, take the strongest spiking layer's W[r, c], zero it, re-scan.
 
@@ -348,18 +358,29 @@ def detect(
     candidates to `rejected`), or after `max_iterations`. All zeroed weights are restored bit-for-bit
     (checked) before returning. On a quantized model only the first scan's candidate is reported.
     The keyword arguments are the fields of `engine.superweights.config.DetectionConfig`.
+    `progress(done, total, message)` counts forward passes: at most `max_iterations` scans x prompts (the
+    total; the procedure may stop earlier), called before each pass and once at the end.
     """
     if max_iterations < 1:
         raise LabError(f"max_iterations must be >= 1 (got {max_iterations}).")
     prompts = clean_prompts(prompts)
     editable = weights_edit_problem(lm) is None
     note = "" if editable else "Quantized model: one scan only (the iterative removal needs in-place weight edits)."
+    rounds = max_iterations if editable else 1
+    total = rounds * len(prompts)
+
+    def scan_round(i: int) -> ScanResult:
+        tick = (
+            (lambda p, message: progress(i * len(prompts) + p, total, f"scan {i + 1}, {message}")) if progress else None
+        )
+        return scan(lm, prompts, tick)
+
     with lm.lock, contextlib.ExitStack() as removed:  # unwinds (restores every weight) on exit
-        current = scan(lm, prompts)
+        current = scan_round(0)
         threshold, reference, rule = spike_threshold(current, mode, factor, absolute)
         scans, candidates, rejected = [current], [], []
         stop = f"stopped after {max_iterations} iteration(s)"
-        for iteration in range(max_iterations if editable else 1):
+        for iteration in range(rounds):
             spiking = [s for s in current.layers if s.max_abs_output >= threshold]
             if not spiking:
                 stop = "no layer's max |output| reaches the threshold" + (" any more" if iteration else "")
@@ -378,8 +399,10 @@ def detect(
             if not editable or iteration == max_iterations - 1:
                 break
             removed.enter_context(edited_weights(lm, [ElementEdit.zero(lm.model, *coord)]))
-            current = scan(lm, prompts)
+            current = scan_round(iteration + 1)
             scans.append(current)
+    if progress:
+        progress(total, total, "done")
     return Detection(candidates, scans, reference, threshold, rule, stop, note, rejected)
 
 

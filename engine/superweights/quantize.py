@@ -32,6 +32,7 @@ from engine.core.errors import LabError
 from engine.core.lm_eval import eval_windows, perplexity
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import check_editable, replaced_weights
+from engine.superweights.ablation import ticking
 from engine.superweights.config import (
     CLIP_FRACTION,
     DEFAULT_BITS,
@@ -41,7 +42,7 @@ from engine.superweights.config import (
     METHODS,
     QuantMethod,
 )
-from engine.superweights.detect import Candidate
+from engine.superweights.detect import Candidate, ProgressFn
 
 OUTLIERS_HELD: QuantMethod = "rtn, super weight + outliers held"
 
@@ -163,6 +164,7 @@ def quantization_table(
     eval_text: str | None = None,
     window: int = EVAL_WINDOW,
     max_tokens: int | None = EVAL_TOKENS,
+    progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """Perplexity of the original model and of each (block size, method) RTN quantization of it.
 
@@ -170,7 +172,9 @@ def quantization_table(
     block size, the plain RTN copy of a matrix is computed once and shared by the methods that leave
     it unheld; those methods run first, so the shared copies are dropped before a method that holds
     weights in every matrix makes its own (the rows keep the order of `methods`). The settings are the
-    fields of `engine.superweights.config.QuantizationConfig`.
+    fields of `engine.superweights.config.QuantizationConfig`. `progress(done, total, message)` counts
+    evaluation windows over (1 + block sizes x methods) perplexities, called before each window (the
+    quantization of a variant is part of its first window's step) and once at the end.
     """
     check_editable(lm)
     if not block_sizes:
@@ -182,8 +186,17 @@ def quantization_table(
     _check_memory(lm)
     windows = eval_windows(lm, eval_text, window, max_tokens)
     rows = []
+    n_w = len(windows)
+    total = (1 + len(block_sizes) * len(methods)) * n_w
+
+    def counted(step: int, what: str):
+        """The windows, reporting window i of evaluation `step` (0: the original model)."""
+        return ticking(
+            windows, (lambda i: progress(step * n_w + i, total, f"{what}, window {i + 1}/{n_w}")) if progress else None
+        )
+
     with lm.lock:
-        base = perplexity(lm, windows)
+        base = perplexity(lm, counted(0, "original"))
         rows.append(
             {
                 "block_size": None,
@@ -194,16 +207,19 @@ def quantization_table(
                 "held_weights": 0,
             }
         )
-        for block in block_sizes:
+        for b, block in enumerate(block_sizes):
             plain: dict[int, torch.Tensor] = {}
             order = sorted(range(len(methods)), key=lambda i: not _uses_plain(methods[i], clip_fraction))
             measured: dict[int, tuple[float, int]] = {}
-            for i in order:
+            for n, i in enumerate(order):
+                step = 1 + b * len(methods) + n
+                if progress:
+                    progress(step * n_w, total, f"block {int(block)}, {methods[i]}: quantizing")
                 if not _uses_plain(methods[i], clip_fraction):
                     plain.clear()  # no later method in this block size reads them
                 pairs, held = quantized_copies(lm, candidates, bits, int(block), methods[i], clip_fraction, plain)
                 with replaced_weights(lm, pairs):
-                    measured[i] = (perplexity(lm, windows), held)
+                    measured[i] = (perplexity(lm, counted(step, f"block {int(block)}, {methods[i]}")), held)
                 del pairs
             del plain
             for i, method in enumerate(methods):
@@ -218,6 +234,8 @@ def quantization_table(
                         "held_weights": held,
                     }
                 )
+    if progress:
+        progress(total, total, "done")
     frame = pd.DataFrame(rows)
     frame.attrs["layers"] = len(decoder_layers(lm.model))
     return frame

@@ -1,0 +1,226 @@
+"""Issue 13 on the super-weights tab: progress callbacks that leave every number unchanged, the figures
+(integer layer axis, click-to-select a layer, perplexity-ratio bars), a reload / link that restores the
+scan and the ablation without recomputing them, and validation that explains a refused value under its
+field while the results on screen stay.
+
+The page tests run the tab on a tiny random Gemma 3 (tests/tiny_models.py) with an absolute threshold low
+enough that every layer "spikes", so a candidate exists and the ablation runs in seconds.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_superweights import PROMPTS, one_torch_thread, planted_llama  # noqa: F401 (autouse fixture)
+
+from engine.superweights import ablation as ab
+from engine.superweights import detect as sw
+from engine.superweights import quantize as swq
+from ui import superweights_view as view
+
+TEXT = "The cat sat on the mat. Summer is hot. Winter is cold. " * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine: progress with steps, numbers unchanged
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, str]] = []
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self.calls.append((done, total, message))
+
+    def check(self) -> None:
+        """Counts never go back, one total throughout, the last call is (total, total)."""
+        assert self.calls, "no progress reported"
+        totals = {t for _, t, _ in self.calls}
+        assert len(totals) == 1
+        done = [d for d, _, _ in self.calls]
+        assert done == sorted(done) and done[0] == 0
+        assert self.calls[-1][:2] == (totals.pop(),) * 2
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return planted_llama()
+
+
+@pytest.fixture(scope="module")
+def candidates(lm):
+    return sw.detect(lm, PROMPTS).candidates
+
+
+def test_detection_reports_scans_times_prompts_and_finds_the_same(lm):
+    rec = Recorder()
+    with_progress = sw.detect(lm, PROMPTS, max_iterations=3, progress=rec)
+    rec.check()
+    assert rec.calls[-1][1] == 3 * len(PROMPTS)
+    assert any("scan 2, prompt 2 of 2" in m for _, _, m in rec.calls)
+    plain = sw.detect(lm, PROMPTS, max_iterations=3)
+    assert with_progress.candidates == plain.candidates
+    assert [s.frame().equals(t.frame()) for s, t in zip(with_progress.scans, plain.scans)] == [True] * len(plain.scans)
+
+
+def test_ablation_reports_conditions_times_windows_with_identical_numbers(lm, candidates):
+    rec = Recorder()
+    kwargs = dict(k=3, eval_text=TEXT, window=32, max_tokens=64, max_new_tokens=2)
+    table = ab.ablation_table(lm, candidates, progress=rec, **kwargs).table
+    rec.check()
+    n_windows = len(ab.eval_windows(lm, TEXT, 32, 64))
+    assert rec.calls[-1][1] == len(table) * (n_windows + 1)
+    assert any(m.startswith("super weight zeroed, window 1") for _, _, m in rec.calls)
+    pd.testing.assert_frame_equal(table, ab.ablation_table(lm, candidates, **kwargs).table)
+
+
+def test_quantization_reports_every_evaluation_with_identical_numbers(lm, candidates):
+    rec = Recorder()
+    kwargs = dict(eval_text=TEXT, window=32, max_tokens=40)
+    table = swq.quantization_table(lm, candidates, [64, 1024], progress=rec, **kwargs)
+    rec.check()
+    n_windows = len(swq.eval_windows(lm, TEXT, 32, 40))
+    assert rec.calls[-1][1] == (1 + 2 * 3) * n_windows
+    assert any("block 1024, rtn: quantizing" in m for _, _, m in rec.calls)
+    pd.testing.assert_frame_equal(table, swq.quantization_table(lm, candidates, [64, 1024], **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _layers_of(spec: dict) -> list[dict]:
+    return spec.get("layer", [spec])
+
+
+def test_scan_chart_has_integer_layers_a_click_selection_and_the_highlight(lm):
+    detection = sw.detect(lm, PROMPTS)
+    n = len(detection.scans[0].layers)
+    spec = view.scan_chart(detection, selected=2).to_dict()
+    axes = [layer["encoding"]["x"] for layer in _layers_of(spec) if "x" in layer.get("encoding", {})]
+    axes = [x for x in axes if x.get("field") == "layer"]
+    assert axes and all(x["axis"]["values"] == list(range(n)) for x in axes)  # 0..L-1, never L
+    assert all(x["scale"]["domain"] == [0, n - 1] for x in axes)
+    params = [p["name"] for part in [spec, *_layers_of(spec)] for p in part.get("params", [])]
+    assert view.LAYER_PICK in params
+    assert "2" in str(spec) and "crimson" in str(spec)  # the selected layer's band
+    assert "crimson" not in str(view.scan_chart(detection).to_dict())
+
+
+def test_layer_from_selection_reads_the_clicked_layer():
+    pick = view.LAYER_PICK
+    assert view.layer_from_selection({"selection": {pick: [{"layer": 3, "curve": "max |output|"}]}}, 18) == 3
+    assert view.layer_from_selection({"selection": {pick: []}}, 18) is None  # a click that cleared it
+    assert view.layer_from_selection({"selection": {pick: [{"layer": 18}]}}, 18) is None  # not a layer
+    assert view.layer_from_selection({"selection": {}}, 18) is None
+    assert view.layer_from_selection(None, 18) is None
+
+
+def test_ablation_chart_draws_the_perplexity_ratio_per_condition():
+    table = pd.DataFrame(
+        {"condition": ["original", "super weight zeroed"], "perplexity": [20.0, 400.0], "ppl_ratio": [1.0, 20.0]}
+    )
+    spec = view.ablation_chart(table).to_dict()
+    bars = spec["layer"][0]["encoding"]
+    assert bars["x"]["field"] == "ppl_ratio" and bars["x"]["scale"]["type"] == "log"
+    assert bars["y"]["sort"] == ["original", "super weight zeroed"] and bars["y"]["axis"]["labelLimit"] == 0
+
+
+def test_range_problem_says_why():
+    assert view.range_problem(5.0, 1.5, 1000.0, "f") is None
+    assert "between 1.5 and 1000 (got 1)" in view.range_problem(1.0, 1.5, 1000.0, "f")
+    assert "whole number" in view.range_problem(2.5, 1, 10, "n", integer=True)
+    assert "enter a number" in view.range_problem(None, 1, 10, "n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tab: reload / link, validation
+
+
+def _tab_script():
+    import streamlit as st
+
+    from ui.models import render_sidebar
+    from ui.superweights_view import render
+
+    st.set_page_config(page_title="Super weights", layout="wide")
+    render_sidebar()
+    render()
+
+
+SETTINGS = {"sw_mode": "absolute", "sw_absolute": "0.001", "sw_iters": "1", "sw_eval_tokens": "256"}
+
+
+def _session(model_dir, params: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_function(_tab_script, default_timeout=300)
+    at.session_state["lab_model_choice"] = (str(model_dir), "none")
+    for name, value in (params or {}).items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _frame(at: AppTest, column: str) -> pd.DataFrame | None:
+    return next((d.value for d in at.dataframe if column in d.value.columns), None)
+
+
+def _errors(at: AppTest) -> str:
+    return "\n".join(e.value for e in at.error)
+
+
+def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(tiny_gemma3_dir, monkeypatch):
+    at = _session(tiny_gemma3_dir, SETTINGS)
+    assert at.radio(key="sw_mode").value == "absolute" and at.number_input(key="sw_absolute").value == 0.001
+    assert _frame(at, "max_abs_output") is None  # settings alone do not scan
+    at.button(key="sw_scan").click().run()
+    assert not at.exception, at.exception
+    scan = _frame(at, "max_abs_output")
+    assert scan is not None and at.query_params.get("sw_scanned") == "1"
+    assert _frame(at, "persists_in_layers") is not None
+    at.button(key="sw_ablate").click().run()
+    assert not at.exception, at.exception
+    ablated = _frame(at, "ppl_ratio")
+    assert ablated is not None and at.query_params.get("sw_ablated") == "1"
+    other = 1 - at.selectbox(key="sw_layer").value  # the layer the page did not select by itself (2 layers)
+
+    # the reload: a new session opened at the same URL (the layer picked too) computes nothing again
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("recomputed instead of served from the results of these inputs")
+
+    monkeypatch.setattr(sw, "detect", no_recompute)
+    monkeypatch.setattr(ab, "ablation_table", no_recompute)
+    again = _session(tiny_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
+    pd.testing.assert_frame_equal(_frame(again, "max_abs_output"), scan)
+    pd.testing.assert_frame_equal(_frame(again, "ppl_ratio"), ablated)
+    assert again.selectbox(key="sw_layer").value == other
+    assert any(f"Layer {other}:" in c.value for c in again.caption)
+
+
+def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_gemma3_dir):
+    at = _session(tiny_gemma3_dir, SETTINGS)
+    at.button(key="sw_scan").click().run()
+    at.button(key="sw_ablate").click().run()
+    assert not at.exception, at.exception
+    scan, ablated = _frame(at, "max_abs_output"), _frame(at, "ppl_ratio")
+    assert scan is not None and ablated is not None
+
+    at.number_input(key="sw_k").set_value(-5).run()
+    assert not at.exception, at.exception
+    assert "k must be between 0 and 100000 (got -5)" in _errors(at)
+    assert at.button(key="sw_ablate").disabled and not at.button(key="sw_scan").disabled
+    pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)  # still on screen, marked as the last one
+    assert any("last ablation" in i.value for i in at.info)
+    assert at.number_input(key="sw_k").value == -5  # never silently put back
+
+    at.number_input(key="sw_iters").set_value(0).run()
+    assert "Max iterations must be between 1 and 10 (got 0)" in _errors(at)
+    assert at.button(key="sw_scan").disabled
+    pd.testing.assert_frame_equal(_frame(at, "max_abs_output"), scan)
+    assert any("Showing the last scan" in i.value for i in at.info)
+
+    at.number_input(key="sw_iters").set_value(1).run()
+    at.number_input(key="sw_k").set_value(0).run()
+    assert not _errors(at) and not at.button(key="sw_ablate").disabled
+    pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)

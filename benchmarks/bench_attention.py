@@ -71,12 +71,12 @@ def run(quick: bool = False) -> list[dict]:
     try:
         at = AppTest.from_file(str(ROOT / "pages" / "3_Attention_self_interpretation.py"), default_timeout=600)
         at.run()
-        at.text_area(key="attn_prompt").set_value(PROMPT_64).run()
+        at.text_area(key="att_prompt").set_value(PROMPT_64).run()
         first = calls["n"]
         assert first >= 1, "the counting wrapper did not see the page's forward pass"
         start = time.perf_counter()
         for change in range(1, 11):
-            at.selectbox(key="attn_head").set_value(change % lm.model.config.num_attention_heads).run()
+            at.selectbox(key="att_head").set_value(change % lm.model.config.num_attention_heads).run()
         seconds = time.perf_counter() - start
         assert not at.exception, at.exception
     finally:

@@ -600,7 +600,7 @@ class Soak:
     async def _attention(self, page, seen: Seen, i: int) -> None:
         prompt = attention_prompt(i)
         await goto(page, self.url, "Attention_self_interpretation", seen)
-        await set_text(page, seen, "attn_prompt", prompt)
+        await set_text(page, seen, "att_prompt", prompt)
         tokens = min(token_count(self.tokenizer, prompt), DEFAULT_MAX_TOKENS)
         await wait_shown(page, seen, f"{tokens} tokens ·")
         await wait_idle_async(page, LONG_MS)
@@ -610,8 +610,8 @@ class Soak:
             await page.locator('[data-testid="stCode"]:visible').first.text_content()
         ).strip()
         await tab(page, seen, "Head functions across prompts")
-        await set_text(page, seen, "attn_hf_user", prompt)
-        await click(page, seen, "attn_hf_run")
+        await set_text(page, seen, "att_hf_user", prompt)
+        await click(page, seen, "att_hf_run")
         await wait_shown(page, seen, "Top ", js=TOP_HEADS_JS)
         await wait_idle_async(page, LONG_MS)
         await same_tab(page, seen)
@@ -720,8 +720,8 @@ class Soak:
         await goto(page, self.url, "Attention_self_interpretation", seen)
 
         async def longest() -> str:
-            await set_number(page, seen, "attn_max_tokens", limit)
-            await set_text(page, seen, "attn_prompt", fitted_text(self.tokenizer, limit, 1))
+            await set_number(page, seen, "att_tokens", limit)
+            await set_text(page, seen, "att_prompt", fitted_text(self.tokenizer, limit, 1))
             await wait_shown(page, seen, f"{limit} tokens ·")
             await wait_idle_async(page, LONG_MS)
             return f"page shows {limit} tokens"
@@ -729,11 +729,11 @@ class Soak:
         await expect_accepted(page, seen, "attention_tokens", f"a prompt of {limit} tokens", longest)
 
         async def over() -> None:
-            await set_number(page, seen, "attn_max_tokens", limit + 64)
-            await set_text(page, seen, "attn_prompt", fitted_text(self.tokenizer, limit + 40, 2))
+            await set_number(page, seen, "att_tokens", limit + 64)
+            await set_text(page, seen, "att_prompt", fitted_text(self.tokenizer, limit + 40, 2))
 
         await expect_limit(page, seen, "attention_tokens", f"a prompt of {limit + 40} tokens", over)
-        await set_text(page, seen, "attn_prompt", attention_prompt(0))
+        await set_text(page, seen, "att_prompt", attention_prompt(0))
         await tab(page, seen, "Head functions across prompts")
         n = self.limits.prompts_per_request + 1
         lines = "\n".join(f"Prompt number {k} of the hostile person." for k in range(n))
@@ -742,7 +742,7 @@ class Soak:
             seen,
             "prompts_per_request",
             f"{n} own prompts for head functions",
-            lambda: set_text(page, seen, "attn_hf_user", lines),
+            lambda: set_text(page, seen, "att_hf_user", lines),
         )
 
     async def _hostile_scan(self, page, seen: Seen) -> None:

@@ -21,9 +21,9 @@ def new_app() -> AppTest:
 
 def test_prompt_head_description_empty_and_truncated(embedded_lm):
     at = new_app()
-    at.text_area(key="attn_prompt").set_value("Alice met Bob. Alice thanked Bob.").run()
-    at.selectbox(key="attn_layer").set_value(2)
-    at.selectbox(key="attn_head").set_value(3)
+    at.text_area(key="att_prompt").set_value("Alice met Bob. Alice thanked Bob.").run()
+    at.selectbox(key="att_layer").set_value(2)
+    at.selectbox(key="att_head").set_value(3)
     at.run()
     assert not at.exception and not at.error
     text = at.main.get("code")[0].value
@@ -34,13 +34,13 @@ def test_prompt_head_description_empty_and_truncated(embedded_lm):
     assert list(table["token"])[:2] == ["\u27e8bos\u27e9", "Alice@1"]
     assert len(at.get("vega_lite_chart")) >= 2  # head heatmap + model view
     # Empty prompt: the message, and no stale chart or description from the previous prompt.
-    at.text_area(key="attn_prompt").set_value("   ").run()
+    at.text_area(key="att_prompt").set_value("   ").run()
     assert not at.exception
     assert any("Empty prompt" in w.value for w in at.warning)
     assert len(at.main.get("code")) == 0 and len(at.get("vega_lite_chart")) == 0
     # Longer than the limit: truncated with a visible note.
-    at.number_input(key="attn_max_tokens").set_value(8)
-    at.text_area(key="attn_prompt").set_value("one two three four five six seven eight nine ten eleven").run()
+    at.number_input(key="att_tokens").set_value(8)
+    at.text_area(key="att_prompt").set_value("one two three four five six seven eight nine ten eleven").run()
     assert not at.exception
     assert any("truncated to its first 8 of" in w.value for w in at.warning)
     assert len(at.main.get("code")[0].value.splitlines()) == 8
@@ -54,10 +54,10 @@ def test_page_and_cli_rank_the_same_heads_on_repeated_random_tokens(embedded_lm,
     from engine.cli import main
 
     at = new_app()
-    at.checkbox(key="attn_hf_builtin").uncheck()
-    at.number_input(key="attn_hf_random").set_value(2)
+    at.checkbox(key="att_hf_builtin").uncheck()
+    at.number_input(key="att_hf_random").set_value(2)
     at.run()
-    at.button(key="attn_hf_run").click().run()
+    at.button(key="att_hf_run").click().run()
     assert not at.exception
     captions = {c.value.split(":")[0]: c.value for c in at.caption if c.value.startswith("Top ")}
     page_induction = _top(captions["Top induction heads"])
@@ -83,20 +83,20 @@ def test_ask_and_score_tabs_with_a_tiny_model(tiny_gemma3_dir):
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.session_state["lab_model_choice"] = (str(tiny_gemma3_dir), "none")
     at.run()
-    at.text_area(key="attn_prompt").set_value("The cat sat on the mat. The cat").run()
-    at.selectbox(key="attn_layer").set_value(1)
-    at.selectbox(key="attn_head").set_value(2)
+    at.text_area(key="att_prompt").set_value("The cat sat on the mat. The cat").run()
+    at.selectbox(key="att_layer").set_value(1)
+    at.selectbox(key="att_head").set_value(2)
     at.run()
-    at.button(key="attn_explain").click().run()
+    at.button(key="att_explain").click().run()
     assert not at.exception
     assert any(s.value.startswith("This head attends to") for s in at.success)
-    at.number_input(key="attn_score_queries").set_value(2)
+    at.number_input(key="att_score_queries").set_value(2)
     at.run()
-    at.button(key="attn_score_run").click().run()
+    at.button(key="att_score_run").click().run()
     assert not at.exception and not at.error
     scores = next(d.value for d in at.dataframe if "top1_agreement" in d.value.columns)
     assert set(scores["layer.head"]) == {"1.2"} and len(scores) == 5 and (scores["n_queries"] == 6).all()
     assert any("**1.2**" in m.value and "→" in m.value for m in at.markdown)
-    at.text_area(key="attn_prompt").set_value("A different prompt").run()
+    at.text_area(key="att_prompt").set_value("A different prompt").run()
     assert not at.exception
     assert not any("top1_agreement" in d.value.columns for d in at.dataframe)

@@ -40,10 +40,10 @@ def _superweights_tab():
 def attention_session(prompt: str) -> tuple:
     at = AppTest.from_file(ATTENTION, default_timeout=600)
     at.run()
-    at.text_area(key="attn_prompt").set_value(prompt).run()
+    at.text_area(key="att_prompt").set_value(prompt).run()
     assert not at.exception and not at.error, (list(at.exception), [e.value for e in at.error])
-    at.selectbox(key="attn_layer").set_value(5)
-    at.selectbox(key="attn_head").set_value(1)
+    at.selectbox(key="att_layer").set_value(5)
+    at.selectbox(key="att_head").set_value(1)
     at.run()
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "top1" in d.value.columns)

@@ -99,7 +99,8 @@ def test_simulator_and_pipeline_on_tiny_model(tiny_gemma3):
         progress=lambda k, n, what: calls.append((k, n)),
         explanations={(1, 3): "given"},
     )
-    assert calls[0] == (0, 2) and calls[-1] == (2, 2)
+    # steps: one explanation written (1.3's is given) + 2 heads x 1 held-out prompt x (explained + control)
+    assert calls == [(k, 5) for k in range(6)]
     assert evals[1].explanation == "given" and evals[1].detector_label == "diffuse"
     table = se.evaluations_table(evals)
     assert len(table) == 2 * 5 and set(table["predictor"]) == set(se.PREDICTORS) | {se.CONTROL}

@@ -391,20 +391,20 @@ def test_too_many_or_too_long_scan_prompts(lab, tiny_gemma3_dir):
 
 def test_attention_prompt_and_head_function_limits(lab, tiny_gemma3_dir):
     at = session(ATTENTION_PAGE, ALICE_KEY, model_dir=tiny_gemma3_dir)
-    at.text_area(key="attn_prompt").set_value("The cat sat on the mat. The dog sat on the rug.").run()
+    at.text_area(key="att_prompt").set_value("The cat sat on the mat. The dog sat on the rug.").run()
     assert not at.exception
     assert "attention_tokens" in messages(at) and not main_code(at)  # refused: no maps, no description
-    at.text_area(key="attn_prompt").set_value("The cat sat").run()
+    at.text_area(key="att_prompt").set_value("The cat sat").run()
     assert not at.exception and "attention_tokens" not in messages(at) and main_code(at)
     # the built-in head-function set (8 texts + 2 random sequences) is over prompts_per_request = 2
     assert "prompts_per_request" in messages(at)
-    assert next(b for b in at.button if b.key == "attn_hf_run").disabled
-    at.checkbox(key="attn_hf_builtin").uncheck()
-    at.number_input(key="attn_hf_random").set_value(0)
-    at.text_area(key="attn_hf_user").set_value("Apple Inc. is a worldwide tech company. " * 4).run()
+    assert next(b for b in at.button if b.key == "att_hf_run").disabled
+    at.checkbox(key="att_hf_builtin").uncheck()
+    at.number_input(key="att_hf_random").set_value(0)
+    at.text_area(key="att_hf_user").set_value("Apple Inc. is a worldwide tech company. " * 4).run()
     assert "prompt_tokens" in messages(at)
-    at.text_area(key="attn_hf_user").set_value("the cat\nthe dog").run()
-    assert not at.error and not next(b for b in at.button if b.key == "attn_hf_run").disabled
+    at.text_area(key="att_hf_user").set_value("the cat\nthe dog").run()
+    assert not at.error and not next(b for b in at.button if b.key == "att_hf_run").disabled
 
 
 # ------------------------------------------------------------------------------------------------
@@ -413,10 +413,10 @@ def test_attention_prompt_and_head_function_limits(lab, tiny_gemma3_dir):
 
 def test_a_forward_that_would_not_fit_is_refused_with_the_numbers(lab, tiny_gemma3_dir, monkeypatch):
     at = session(ATTENTION_PAGE, ALICE_KEY, model_dir=tiny_gemma3_dir)
-    at.text_area(key="attn_prompt").set_value("The cat sat").run()
+    at.text_area(key="att_prompt").set_value("The cat sat").run()
     assert main_code(at)  # loaded and computed with the real free memory
     monkeypatch.setattr("engine.core.memory.available_memory_bytes", lambda: 1000)
-    at.text_area(key="attn_prompt").set_value("The dog sat").run()
+    at.text_area(key="att_prompt").set_value("The dog sat").run()
     assert not at.exception
     error = messages(at)
     assert "Not enough memory" in error and "attention maps of" in error and "GiB" in error

@@ -1,18 +1,23 @@
-"""The attention self-interpretation page: every head of a prompt, text descriptions, head functions
-across prompts, the model's own explanation of a head, and explain -> simulate -> score against
-detectors (Bills et al. 2023).
+"""The attention page: every head of a prompt, text descriptions, head functions across prompts, the
+model's own explanation of a head, and explain -> simulate -> score against detectors (Bills et al. 2023).
 
-The forward pass is cached per process (model, prompt, token limit), so picking another head reuses
-it; the head-function table, explanations and scores are kept per session for exactly the inputs
-they were computed from (`ui.state`). On the shared server (ui.access) a prompt's tokens and a
-head-function request's prompts are checked against the server's limits and the memory their maps
-need before they run, and a computation that waits for the model says the person's place in its queue.
+The view lives in the URL: every input (prompt, token limit, layer, head, token window, the tabs'
+settings) is a widget bound to a query parameter named att_*, so a reload or a copied link opens the
+same view. The layer and head pickers are drawn from the model's shape before the prompt is read, so
+clearing the prompt keeps them. A click on a head in the model view (or the head-function heatmap)
+selects it. The forward pass is cached per process (model, prompt, token limit); the head-function
+table, explanations and scores are kept per session for exactly their inputs (`ui.state`) and in a
+small per-process store, so a reload (a new session) gets them back without recomputing. On the
+shared server (ui.access) a prompt's tokens and a head-function request's prompts are checked
+against the server's limits and the memory their maps need; a bad number is refused right under its
+field, and the results already shown stay.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from typing import Any, Literal, get_args
 
 import pandas as pd
@@ -28,6 +33,7 @@ from engine.attention.config import (
     LABEL_THRESHOLD,
     MAX_NEW_TOKENS,
     TOP_K,
+    VERDICT_MARGIN,
     ExplainMode,
     HeadFunction,
     MapOptions,
@@ -35,20 +41,29 @@ from engine.attention.config import (
     ScoringOptions,
 )
 from engine.attention.png import heatmap_png
+from engine.core.architecture import layer_types
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.core.options import default_of, help_of
 from ui import access
 from ui.attention_charts import (
     COLOUR_SCALES,
+    HEAD_PICK,
+    MAX_LABELS,
     MODEL_VIEW_BINS,
+    SCORE_METRICS,
     ColourScale,
+    function_frame,
     function_heatmap,
     head_chart,
+    head_from_selection,
     model_view_chart,
+    scores_chart,
 )
+from ui.figures import show_chart
 from ui.models import get_model
-from ui.state import ModelKey, compute, entries, latest, model_key, recall
+from ui.progress import steps
+from ui.state import ModelKey, entries, latest, model_key, recall, remember
 
 INTRO = (
     "Hypothesis under test: a model can explain some of its own attention heads as well as external "
@@ -94,10 +109,31 @@ HF_SLOT = "attn_head_functions"  # ui.state slots: results for exactly the input
 EXPLAIN_SLOT = "attn_explanations"
 SCORE_SLOT = "attn_scores"
 EXPLANATIONS_KEPT = 32  # explanations kept per session (reused when their heads are scored)
+STORE_KEPT = 32  # results of each kind kept per process (a reload gets them back)
+LAST_TOKENS = "_att_last_good_tokens"  # the last valid token limit (shown while the field holds a bad one)
+WINDOW_N = "_att_window_tokens"  # the prompt length the token window was set for
+Q = "query-params"  # every input of the view lives in the URL (keys att_*)
 
 Scope = Literal["selected head", "chosen heads", "all heads of a layer", "top heads by a detector"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 RANKABLE: tuple[HeadFunction, ...] = (*hf.PATTERN_FUNCTIONS, "bos_sink", "self")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What the layer and head pickers need, read from the model (no forward pass)."""
+
+    layer_labels: list[str]
+    head_labels: list[str]
+    kv_groups: list[list[int]]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_labels)
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.head_labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,15 +191,64 @@ def _heldout(_lm: LoadedModel, key: ModelKey, max_tokens: int) -> list[maps.Atte
     return se.run_heldout(_lm, se.heldout_prompts(_lm.tokenizer), max_tokens=max_tokens)
 
 
+class _Store:
+    """Results per kind for exactly their inputs, kept per process (the last STORE_KEPT of each kind):
+    a reload starts a new session, and gets back what was computed for the same inputs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: dict[str, list[tuple[Hashable, Any]]] = {}
+
+    def get(self, kind: str, inputs: Hashable) -> Any | None:
+        with self.lock:
+            return next((r for k, r in reversed(self.items.get(kind, [])) if k == inputs), None)
+
+    def put(self, kind: str, inputs: Hashable, result: Any) -> None:
+        with self.lock:
+            kept = [(k, r) for k, r in self.items.get(kind, []) if k != inputs][-(STORE_KEPT - 1) :]
+            self.items[kind] = [*kept, (inputs, result)]
+
+
+@st.cache_resource(show_spinner=False)
+def _store() -> _Store:
+    return _Store()
+
+
+def _recall(slot: str, inputs: Hashable, keep: int = 1) -> Any | None:
+    """The session's result for these inputs, else the process store's (then kept in the session too)."""
+    result = recall(slot, inputs)
+    if result is None:
+        result = _store().get(slot, inputs)
+        if result is not None:
+            remember(slot, inputs, result, keep)
+    return result
+
+
+def _run(slot: str, inputs: Hashable, fn: Callable[[], Any], keep: int = 1) -> Any | None:
+    """fn() remembered for `inputs` in the session and the store; a LabError is shown, not raised."""
+    try:
+        result = fn()
+    except LabError as err:
+        st.error(str(err), icon=":material/error:")
+        return None
+    _store().put(slot, inputs, result)
+    return remember(slot, inputs, result, keep)
+
+
 def _help(cls: type, name: str) -> str:
     """An option's help text from the engine, as a sentence."""
     text = help_of(cls, name)
     return text[:1].upper() + text[1:] + "."
 
 
-def _progress(bar: Any) -> Callable[[int, int, str], None]:
-    """A progress callback drawing on a Streamlit progress bar."""
-    return lambda k, n, what: bar.progress(k / n, text=f"{k}/{n}: {what}")
+def _int_field(label: str, default: int, low: int, high: int, key: str, help: str | None = None) -> int | None:
+    """A whole-number field bound to the URL, checked here (not by the widget, which would silently keep
+    its old value): the value, or None with the reason shown right under the field."""
+    value = st.number_input(label, value=default, step=1, key=key, bind=Q, help=help)
+    if value is None or not low <= value <= high:
+        st.error(f"{label} must be a whole number from {low} to {high} (got {value}).", icon=":material/block:")
+        return None
+    return int(value)
 
 
 def _detector_table(view: View) -> tuple[hf.HeadFunctionTable, str]:
@@ -175,6 +260,49 @@ def _detector_table(view: View) -> tuple[hf.HeadFunctionTable, str]:
     return hf.table_from_results(view.lm.name, ["prompt"], [view.result]), PROMPT_ONLY
 
 
+def model_shape(lm: LoadedModel) -> Shape:
+    """Layer and head labels of the model from its config (as the forward pass will label them)."""
+    cfg = lm.text_config
+    types = layer_types(lm.model)
+    n_heads = int(cfg.num_attention_heads)
+    kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    return Shape(
+        maps.layer_labels(types, getattr(cfg, "sliding_window", None)),
+        maps.head_labels(n_heads, kv),
+        maps.kv_groups(n_heads, kv),
+    )
+
+
+def truncation_note(result: maps.AttentionResult, server_max: int) -> str:
+    """The note when the prompt was cut, naming the real limit: the Token limit field while it is under
+    the server's maximum, else the server's limit itself ('' when nothing was cut)."""
+    if not result.truncated:
+        return ""
+    cut = (
+        f"Prompt truncated to its first {len(result.token_ids)} of {result.n_prompt_tokens} tokens "
+        f"(Token limit {result.max_tokens})"
+    )
+    if result.max_tokens < server_max:
+        return f"{cut}: raise the Token limit (this server allows up to {server_max}) to see more."
+    return (
+        f"{cut}: {server_max} tokens is this server's maximum (attention_tokens); the command line "
+        "(`python -m engine attention --max-tokens N`) has no such cap."
+    )
+
+
+def select_head(picked: tuple[int, int] | None, shape: Shape) -> bool:
+    """Point the layer and head pickers at a clicked head (before they are drawn); False when none."""
+    if picked is None or not (0 <= picked[0] < shape.n_layers and 0 <= picked[1] < shape.n_heads):
+        return False
+    st.session_state["att_layer"], st.session_state["att_head"] = picked
+    return True
+
+
+def _on_head_click(chart_key: str, shape: Shape) -> Callable[[], None]:
+    """The on_select callback of a clickable chart: the clicked head becomes the selected one."""
+    return lambda: select_head(head_from_selection(st.session_state.get(chart_key)), shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # The page
 
@@ -184,25 +312,30 @@ def render() -> None:
     st.caption(INTRO)
     col_prompt, col_opts = st.columns([4, 1])
     with col_prompt:
-        prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="attn_prompt", height=90)
+        prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="att_prompt", height=90, bind=Q)
+        prompt_message = st.empty()
+    server_max = access.limits().attention_tokens
     with col_opts:
-        max_tokens = int(
-            st.number_input(
-                "Token limit",
-                min_value=4,
-                value=default_of(MapOptions, "max_tokens"),
-                step=8,
-                key="attn_max_tokens",
-                help=_help(MapOptions, "max_tokens") + access.limit_note("attention_tokens", "tokens per prompt"),
-            )
+        asked = st.number_input(
+            "Token limit",
+            value=default_of(MapOptions, "max_tokens"),
+            step=8,
+            key="att_tokens",
+            bind=Q,
+            help=_help(MapOptions, "max_tokens") + access.limit_note("attention_tokens", "tokens per prompt"),
         )
-    if not prompt.strip():
-        st.warning("Empty prompt: type some text to see its attention maps.", icon=":material/edit_note:")
-        return
+        max_tokens = _token_limit(asked, server_max)
     lm = get_model()
     if lm is None:
         return
     key = model_key(lm)
+    shape = model_shape(lm)
+    layer, head, hide_bos, scale = _pick_head(shape)
+    if not prompt.strip():
+        prompt_message.warning("Empty prompt: type some text to see its attention maps.", icon=":material/edit_note:")
+        return
+    if max_tokens is None:
+        return
     try:
         tokens = min(len(maps.tokenize_prompt(lm, prompt)), max_tokens)
         access.limits().check(
@@ -212,28 +345,54 @@ def render() -> None:
         with access.queue_notice(lm), st.spinner("Forward pass..."):
             result = _forward(lm, key, prompt, max_tokens)
     except LabError as err:
-        st.error(str(err), icon=":material/error:")
+        prompt_message.error(str(err), icon=":material/error:")
         return
-    _overview(result)
-    view = _pick_head(lm, key, prompt, max_tokens, result)
+    _overview(result, server_max)
+    layer, head = min(layer, result.n_layers - 1), min(head, result.n_heads - 1)
+    view = View(lm, key, prompt, max_tokens, result, layer, head, hide_bos, scale)
     tab_all, tab_desc, tab_fn, tab_ask, tab_score = st.tabs(
-        ["All heads", "Text description", "Head functions across prompts", "Ask the model", "Score explanations"]
+        ["All heads", "Text description", "Head functions across prompts", "Ask the model", "Score explanations"],
+        key="att_tab",
+        bind=Q,
     )
     with tab_all:
-        _all_heads(view)
+        _all_heads(view, shape)
     with tab_desc:
         _description(view)
     with tab_fn:
-        _head_functions(view)
+        _head_functions(view, shape)
     with tab_ask:
         template, mode = _ask(view)
     with tab_score:
         _score(view, template, mode)
 
 
-def _overview(result: maps.AttentionResult) -> None:
-    if result.note:
-        st.warning(result.note, icon=":material/content_cut:")
+def _token_limit(asked: float | None, server_max: int) -> int | None:
+    """The token limit to use: the field's value when valid (remembered), else the last valid one, with
+    the reason right under the field (None when there is no valid one yet)."""
+    if asked is not None and int(asked) == asked and asked >= 2:
+        value = int(asked)
+        st.session_state[LAST_TOKENS] = value
+        if value > server_max:
+            st.caption(
+                f":orange[Over this server's limit of {server_max} tokens (attention_tokens): a prompt longer than "
+                f"{server_max} tokens is refused; {server_max} cuts it there.]"
+            )
+        return value
+    st.error(
+        f"The token limit must be a whole number of at least 2 (BOS and one token); got {asked}.",
+        icon=":material/block:",
+    )
+    last = st.session_state.get(LAST_TOKENS)
+    if last is not None:
+        st.caption(f"Showing the maps for the last valid token limit, {last}.")
+    return last
+
+
+def _overview(result: maps.AttentionResult, server_max: int) -> None:
+    note = truncation_note(result, server_max)
+    if note:
+        st.warning(note, icon=":material/content_cut:")
     kinds = ", ".join(sorted({maps.layer_kind(t) for t in result.layer_types}))
     groups = result.n_heads // result.num_kv_heads
     st.caption(
@@ -247,41 +406,75 @@ def _overview(result: maps.AttentionResult) -> None:
     )
 
 
-def _pick_head(lm: LoadedModel, key: ModelKey, prompt: str, max_tokens: int, result: maps.AttentionResult) -> View:
+def _keep_in_range(key: str, n: int) -> None:
+    """Drop a remembered pick the model does not have (another model was chosen), before its widget."""
+    value = st.session_state.get(key)
+    if value is not None and not (isinstance(value, int) and 0 <= value < n):
+        del st.session_state[key]
+
+
+def _pick_head(shape: Shape) -> tuple[int, int, bool, ColourScale]:
+    """Layer, head, hide-BOS and colour scale: drawn from the model's shape, before the prompt is read,
+    so an empty prompt keeps them (a widget not drawn would lose its value and its URL parameter)."""
+    _keep_in_range("att_layer", shape.n_layers)
+    _keep_in_range("att_head", shape.n_heads)
     pick1, pick2, pick3, pick4 = st.columns([1, 1, 1, 1])
     with pick1:
-        layer = st.selectbox(
-            "Layer", list(range(result.n_layers)), key="attn_layer", format_func=lambda i: result.layer_labels()[i]
-        )
+        layer = st.selectbox("Layer", list(range(shape.n_layers)), key="att_layer", format_func=str, bind=Q)
     with pick2:
-        head = st.selectbox(
-            "Head", list(range(result.n_heads)), key="attn_head", format_func=lambda h: result.head_labels()[h]
-        )
+        head = st.selectbox("Head", list(range(shape.n_heads)), key="att_head", format_func=str, bind=Q)
     with pick3:
         hide_bos = st.checkbox(
             "Hide BOS column",
             value=False,
-            key="attn_hide_bos",
+            key="att_hide_bos",
+            bind=Q,
             help="Attention sinks put most weight on position 0 and wash out the colour scale.",
         )
     with pick4:
-        scale = st.radio("Colour scale", COLOUR_SCALES, key="attn_scale", horizontal=False)
-    layer = min(int(layer), result.n_layers - 1)
-    head = min(int(head), result.n_heads - 1)
-    return View(lm, key, prompt, max_tokens, result, layer, head, hide_bos, scale)
+        scale = st.radio("Colour scale", COLOUR_SCALES, key="att_scale", horizontal=False, bind=Q)
+    layer, head = int(layer), int(head)
+    group = next(g for g in shape.kv_groups if head in g)
+    st.caption(
+        f"Selected: **{shape.layer_labels[layer]} · {shape.head_labels[head]}** (query heads sharing its key/value "
+        f"head: {', '.join(f'H{h}' for h in group)}). Click a head in the model view to select it."
+    )
+    return layer, head, hide_bos, scale
 
 
-def _all_heads(view: View) -> None:
+def _window(view: View) -> tuple[int, int]:
+    """The token window of the detail heatmap (query and key positions), bound to the URL (att_window)."""
+    n = len(view.result.token_ids)
+    if n < 3:
+        return 0, n - 1
+    kept = st.session_state.get("att_window")
+    if kept is not None and (
+        st.session_state.get(WINDOW_N) != n or not (0 <= kept[0] <= kept[1] <= n - 1)
+    ):  # another prompt: its whole length (the slider's range moved, so its old value means nothing)
+        st.session_state["att_window"] = (0, n - 1)
+    st.session_state[WINDOW_N] = n
+    lo, hi = st.slider(
+        "Tokens shown (query and key positions)",
+        0,
+        n - 1,
+        (0, n - 1),
+        key="att_window",
+        bind=Q,
+        help=f"Zoom into positions i..j of the prompt. Over {MAX_LABELS} tokens, every k-th label is shown.",
+    )
+    return int(lo), int(hi)
+
+
+def _all_heads(view: View, shape: Shape) -> None:
     result, layer, head = view.result, view.layer, view.head
-    left, right = st.columns([3, 2])
+    window = _window(view)
+    show_chart(
+        head_chart(result, layer, head, view.hide_bos, view.scale, window),
+        f"attention_layer{layer}_head{head}",
+        key="att_head_chart",
+    )
+    left, right = st.columns([2, 3])
     with left:
-        st.altair_chart(head_chart(result, layer, head, view.hide_bos, view.scale), key="attn_head_chart")
-    with right:
-        group = next(g for g in maps.kv_groups(result.n_heads, result.num_kv_heads) if head in g)
-        st.markdown(
-            f"**{result.layer_labels()[layer]} · {result.head_labels()[head]}**  \n"
-            f"Query heads sharing its key/value head: {', '.join(f'H{h}' for h in group)}"
-        )
         scores = hf.head_scores(result, layer, head)
         st.dataframe(
             pd.DataFrame(
@@ -289,16 +482,25 @@ def _all_heads(view: View) -> None:
             ),
             hide_index=True,
         )
+    with right:
         st.caption(
-            "Detector scores of this head on this prompt only; see *Head functions* for averages over many prompts."
+            f"Detector scores of {result.layer_labels()[layer]} · {result.head_labels()[head]} on this prompt only; "
+            "see *Head functions* for averages over many prompts."
         )
     st.subheader("Model view")
-    per_head = st.checkbox("Scale each head to its own maximum", value=True, key="attn_mv_scale")
+    per_head = st.checkbox("Scale each head to its own maximum", value=True, key="att_mv_scale", bind=Q)
     st.caption(
-        "Rows are layers (local = sliding window, global = full attention), columns heads (kvK = shared key/value "
-        f"head). Long prompts are averaged into at most {MODEL_VIEW_BINS} x {MODEL_VIEW_BINS} blocks per head."
+        "Columns are layers (local = sliding window, global = full attention), rows heads (kvK = shared key/value "
+        f"head). Long prompts are averaged into at most {MODEL_VIEW_BINS} x {MODEL_VIEW_BINS} blocks per head. "
+        "Click a head to select it; the selected head is framed in red."
     )
-    st.altair_chart(model_view_chart(result, view.result_key, view.hide_bos, per_head), key="attn_model_view")
+    show_chart(
+        model_view_chart(result, view.result_key, view.hide_bos, per_head, (layer, head)),
+        "attention_model_view",
+        key="att_model_view",
+        on_select=_on_head_click("att_model_view", shape),
+        selection_mode=HEAD_PICK,
+    )
 
 
 def _description(view: View) -> None:
@@ -307,17 +509,17 @@ def _description(view: View) -> None:
         f"Top-{TOP_K} attended tokens for every query token of **layer {layer}, head {head}**: "
         "the text given to the model."
     )
-    st.dataframe(maps.describe_head(view.result, layer, head), hide_index=True, key="attn_desc_table")
+    st.dataframe(maps.describe_head(view.result, layer, head), hide_index=True, key="att_desc_table")
     text = maps.description_text(view.result, layer, head)
     st.code(text, language=None)
-    st.download_button("Download description (txt)", text, file_name=f"head_{layer}_{head}.txt", key="attn_desc_dl")
+    st.download_button("Download description (txt)", text, file_name=f"head_{layer}_{head}.txt", key="att_desc_dl")
     st.caption(
         "Markers stripped (SentencePiece ▁, byte-level Ġ); special tokens as ⟨bos⟩; repeated tokens as text@position; "
         "↵ newline, ␣ space, \\uXXXX invisible characters."
     )
 
 
-def _head_functions(view: View) -> None:
+def _head_functions(view: View, shape: Shape) -> None:
     with st.expander("Formulas", expanded=False):
         st.markdown(FORMULAS)
     c1, c2 = st.columns([1, 2])
@@ -325,22 +527,23 @@ def _head_functions(view: View) -> None:
         use_builtin = st.checkbox(
             "Built-in texts",
             value=default_of(PromptSetOptions, "builtin"),
-            key="attn_hf_builtin",
+            key="att_hf_builtin",
+            bind=Q,
             help=_help(PromptSetOptions, "builtin"),
         )
-        n_random = int(
-            st.number_input(
-                "Random-token sequences repeated twice",
-                0,
-                8,
-                default_of(PromptSetOptions, "random"),
-                key="attn_hf_random",
-                help=_help(PromptSetOptions, "random"),
-            )
+        n_random = _int_field(
+            "Random-token sequences repeated twice",
+            default_of(PromptSetOptions, "random"),
+            0,
+            8,
+            "att_hf_random",
+            help=_help(PromptSetOptions, "random"),
         )
     with c2:
-        user_text = st.text_area("Your prompts (one per line)", value="", key="attn_hf_user", height=80)
-    specs = hf.builtin_prompts(view.lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)
+        user_text = st.text_area("Your prompts (one per line)", value="", key="att_hf_user", height=80, bind=Q)
+    specs = []
+    if n_random is not None:
+        specs = hf.builtin_prompts(view.lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)
     inputs = (view.key, tuple(specs), view.max_tokens)
     lengths = _spec_lengths(view, specs)
     try:
@@ -351,36 +554,50 @@ def _head_functions(view: View) -> None:
         over = True
     else:
         over = False
-    if st.button(f"Score all heads on {len(specs)} prompts", key="attn_hf_run", disabled=not specs or over):
+    label = f"Score all heads on {len(specs)} prompts"
+    if st.button(label, key="att_hf_run", disabled=not specs or over or n_random is None):
         try:
             need = access.head_functions_bytes(view.lm, lengths)
             access.ensure_memory(view.lm, need, f"the maps of {len(specs)} prompts (all kept)")
         except LabError as err:
             st.error(str(err), icon=":material/error:")
         else:
-            bar = st.progress(0.0, text="starting")
-            with access.queue_notice(view.lm):
-                compute(
+            with access.queue_notice(view.lm), steps("Scoring every head") as progress:
+                _run(
                     HF_SLOT,
                     inputs,
-                    "Scoring every head...",
-                    lambda: hf.run_prompt_set(view.lm, specs, max_tokens=view.max_tokens, progress=_progress(bar)),
+                    lambda: hf.run_prompt_set(view.lm, specs, max_tokens=view.max_tokens, progress=progress),
                 )
-    if not specs:
+    if not specs and n_random is not None:
         st.warning("No prompts: tick the built-in texts, add random sequences or type at least one prompt.")
-    table = recall(HF_SLOT, inputs)
+    table = _recall(HF_SLOT, inputs)
+    if table is None and n_random is None:  # a bad field: keep the last table of this model on screen
+        saved = latest(HF_SLOT)
+        if saved is not None and saved[0][0] == view.key:
+            table = saved[1]
+            st.caption("The table below is from the last run (the field above is not valid).")
     if table is not None:
-        fn = st.selectbox("Function", list(hf.FUNCTIONS), key="attn_hf_fn", format_func=lambda f: hf.FUNCTION_TITLES[f])
-        st.altair_chart(function_heatmap(table, fn), key="attn_hf_chart")
-        st.dataframe(table.wide().sort_values(fn, ascending=False), hide_index=True, key="attn_hf_table")
+        fn = st.selectbox(
+            "Function", list(hf.FUNCTIONS), key="att_hf_fn", format_func=lambda f: hf.FUNCTION_TITLES[f], bind=Q
+        )
+        show_chart(
+            function_heatmap(table, fn, (view.layer, view.head)),
+            f"head_function_{fn}",
+            key="att_hf_chart",
+            data=function_frame(table, fn),
+            on_select=_on_head_click("att_hf_chart", shape),
+            selection_mode=HEAD_PICK,
+        )
+        st.caption("Click a cell to select that head (framed in red).")
+        for f in HIGHLIGHTED:
+            st.caption(f"Top {hf.FUNCTION_TITLES[f]} heads: {table.top_heads(f)}")
+        st.dataframe(table.wide().sort_values(fn, ascending=False), hide_index=True, key="att_hf_table")
         st.download_button(
             "Download head-function table (csv)",
             table.table().to_csv(index=False),
             file_name="head_functions.csv",
-            key="attn_hf_dl",
+            key="att_hf_dl",
         )
-        for f in HIGHLIGHTED:
-            st.caption(f"Top {hf.FUNCTION_TITLES[f]} heads: {table.top_heads(f)}")
     elif latest(HF_SLOT) is not None:
         st.info("Inputs changed since the last run: press the button to score the heads again.")
 
@@ -406,14 +623,15 @@ def _ask(view: View) -> tuple[str, ExplainMode]:
     template = st.text_area(
         "Explanation template ({description} is replaced)",
         value=se.default_template(lm),
-        key=f"attn_template_{se.template_kind(lm)}",
+        key=f"att_template_{se.template_kind(lm)}",
         height=200,
     )
     mode = st.radio(
         "Show the model",
         se.EXPLAIN_MODES if lm.is_vlm else ("text",),
-        key="attn_mode",
+        key="att_mode",
         horizontal=True,
+        bind=Q,
         help="A vision-language Gemma 3 can read a PNG of the heatmap (with token labels) instead of, or beside, "
         "the text.",
     )
@@ -423,16 +641,15 @@ def _ask(view: View) -> tuple[str, ExplainMode]:
             caption="image sent to the model",
         )
     inputs = AskInputs(view.result_key, layer, head, template, mode)
-    if st.button("Ask the model", key="attn_explain"):
-        with access.queue_notice(lm):
-            compute(
+    if st.button("Ask the model", key="att_explain"):
+        with access.queue_notice(lm), steps("Asking the model") as progress:
+            _run(
                 EXPLAIN_SLOT,
                 inputs,
-                "Generating...",
-                lambda: se.explain_head(lm, result, layer, head, template, mode),
+                lambda: se.explain_head(lm, result, layer, head, template, mode, progress=progress),
                 keep=EXPLANATIONS_KEPT,
             )
-    explanation = recall(EXPLAIN_SLOT, inputs)
+    explanation = _recall(EXPLAIN_SLOT, inputs, keep=EXPLANATIONS_KEPT)
     if explanation is not None:
         st.success(explanation.text, icon=":material/psychology:")
         with st.expander("Prompt sent to the model"):
@@ -441,14 +658,15 @@ def _ask(view: View) -> tuple[str, ExplainMode]:
     return template, mode
 
 
-def _chosen_heads(view: View) -> list[tuple[int, int]]:
-    """The heads to score, as the scope radio asks."""
+def _chosen_heads(view: View) -> list[tuple[int, int]] | None:
+    """The heads to score, as the scope radio asks (None when a field is not valid)."""
     result, layer, head = view.result, view.layer, view.head
     scope = st.radio(
         "Heads",
         SCOPES,
-        key="attn_score_scope",
+        key="att_score_scope",
         horizontal=True,
+        bind=Q,
         help="The selected head is the one picked above the tabs.",
     )
     if scope == "selected head":
@@ -456,27 +674,54 @@ def _chosen_heads(view: View) -> list[tuple[int, int]]:
         return [(layer, head)]
     if scope == "chosen heads":
         all_heads = [f"{a}.{b}" for a in range(result.n_layers) for b in range(result.n_heads)]
-        chosen = st.multiselect("Heads (LAYER.HEAD)", all_heads, default=[f"{layer}.{head}"], key="attn_score_heads")
+        chosen = st.multiselect(
+            "Heads (LAYER.HEAD)", all_heads, default=[f"{layer}.{head}"], key="att_score_heads", bind=Q
+        )
         return [maps.parse_head(h) for h in chosen]
     if scope == "all heads of a layer":
         lay = st.selectbox(
             "Layer",
             list(range(result.n_layers)),
-            key="attn_score_layer",
-            format_func=lambda i: result.layer_labels()[i],
+            key="att_score_layer",
+            format_func=str,
+            bind=Q,
         )
         return [(int(lay), b) for b in range(result.n_heads)]
     s1, s2 = st.columns(2)
     with s1:
-        fn = st.selectbox("Detector", RANKABLE, key="attn_score_fn", format_func=lambda f: hf.FUNCTION_TITLES[f])
+        fn = st.selectbox("Detector", RANKABLE, key="att_score_fn", format_func=lambda f: hf.FUNCTION_TITLES[f], bind=Q)
     with s2:
-        top = int(st.number_input("Top", 1, 16, 3, key="attn_score_top"))
+        top = _int_field("Top", 3, 1, result.n_layers * result.n_heads, "att_score_top")
+    if top is None:
+        return None
     table, source = _detector_table(view)
     if source == PROMPT_ONLY:
         st.caption("Ranked on this prompt (run *Head functions* to rank over many prompts).")
     heads = [(a, b) for a, b, _ in table.ranking(fn, top)]
     st.caption("Heads: " + ", ".join(f"{a}.{b}" for a, b in heads))
     return heads
+
+
+def verdict_line(evaluations: list[se.HeadEvaluation]) -> str:
+    """One short line over all scored heads: on how many the self-explanation beats the control (or,
+    without it, the best trivial baseline) by VERDICT_MARGIN top-1 agreement."""
+    n = len(evaluations)
+    with_control = [e for e in evaluations if se.CONTROL in e.scores]
+    if with_control:
+        wins = sum(e.scores["self-explanation"].top1 > e.scores[se.CONTROL].top1 + VERDICT_MARGIN for e in with_control)
+        return (
+            f"The self-explanation beats the no-explanation control on {wins} of {len(with_control)} head(s) "
+            f"(by more than {VERDICT_MARGIN} top-1 agreement)."
+        )
+    wins = sum(
+        e.scores["self-explanation"].top1
+        > max(e.scores["baseline: BOS"].top1, e.scores["baseline: uniform"].top1) + VERDICT_MARGIN
+        for e in evaluations
+    )
+    return (
+        f"The self-explanation beats the best trivial baseline on {wins} of {n} head(s) "
+        f"(by more than {VERDICT_MARGIN} top-1 agreement; no control run)."
+    )
 
 
 def _score(view: View, template: str, mode: ExplainMode) -> None:
@@ -486,81 +731,106 @@ def _score(view: View, template: str, mode: ExplainMode) -> None:
     heads = _chosen_heads(view)
     q1, q2 = st.columns(2)
     with q1:
-        queries = int(
-            st.number_input(
-                "Query tokens per held-out prompt",
-                2,
-                20,
-                default_of(ScoringOptions, "max_queries"),
-                key="attn_score_queries",
-                help=_help(ScoringOptions, "max_queries"),
-            )
+        queries = _int_field(
+            "Query tokens per held-out prompt",
+            default_of(ScoringOptions, "max_queries"),
+            2,
+            20,
+            "att_score_queries",
+            help=_help(ScoringOptions, "max_queries"),
         )
     with q2:
         control = st.checkbox(
             "Control: simulator with no explanation",
             value=default_of(ScoringOptions, "control"),
-            key="attn_score_control",
+            key="att_score_control",
+            bind=Q,
             help=_help(ScoringOptions, "control"),
         )
     sim_template = st.text_area(
         "Simulation template ({explanation}, {tokens}, {position}, {token})",
         value=se.SIMULATE_TEMPLATE,
-        key="attn_sim_template",
+        key="att_sim_template",
         height=110,
         help="The candidate earlier token's text is scored as the next token after this prompt.",
     )
+    valid = heads is not None and queries is not None
     n_heldout = len(se.heldout_prompts(lm.tokenizer))
-    st.caption(
-        f"About {len(heads) * (2 if control else 1) * n_heldout * queries} simulator rows plus {len(heads)} "
-        f"explanation(s) of up to {MAX_NEW_TOKENS} tokens."
-    )
-    inputs = (view.result_key, tuple(heads), queries, control, template, mode, sim_template)
+    if valid:
+        st.caption(
+            f"About {len(heads) * (2 if control else 1) * n_heldout * queries} simulator rows plus {len(heads)} "
+            f"explanation(s) of up to {MAX_NEW_TOKENS} tokens."
+        )
+    inputs = (view.result_key, tuple(heads or ()), queries, control, template, mode, sim_template)
 
-    def explain_and_score(bar: Any) -> Scored:
+    def explain_and_score() -> Scored:
         table, source = _detector_table(view)
-        heldout = _heldout(lm, view.key, HELDOUT_MAX_TOKENS)
+        with st.spinner("Held-out forward passes..."):  # a few short prompts, cached per process
+            heldout = _heldout(lm, view.key, HELDOUT_MAX_TOKENS)
         reuse = {
             (e.layer, e.head): e.text
             for k, e in entries(EXPLAIN_SLOT)
             if k.result_key == view.result_key and (k.template, k.mode) == (template, mode)
         }
-        evaluations = se.explain_and_score(
-            lm,
-            result,
-            heads,
-            hf.detector_labels(table),
-            heldout=heldout,
-            template=template,
-            mode=mode,
-            max_queries=queries,
-            control=control,
-            explanations=reuse,
-            simulate_template=sim_template,
-            progress=_progress(bar),
-        )
+        with steps("Explaining, simulating and scoring") as progress:
+            evaluations = se.explain_and_score(
+                lm,
+                result,
+                heads,
+                hf.detector_labels(table),
+                heldout=heldout,
+                template=template,
+                mode=mode,
+                max_queries=queries,
+                control=control,
+                explanations=reuse,
+                simulate_template=sim_template,
+                progress=progress,
+            )
         return Scored(evaluations, source)
 
-    if st.button("Explain, simulate and score", key="attn_score_run", disabled=not heads):
-        bar = st.progress(0.0, text="held-out forward passes")
+    if st.button("Explain, simulate and score", key="att_score_run", disabled=not valid or not heads):
         with access.queue_notice(lm):
-            compute(SCORE_SLOT, inputs, "Explaining, simulating and scoring...", lambda: explain_and_score(bar))
-    scored = recall(SCORE_SLOT, inputs)
+            _run(SCORE_SLOT, inputs, explain_and_score)
+    scored = _recall(SCORE_SLOT, inputs) if valid else None
+    if scored is None and not valid:  # a bad field: keep the last scores of this forward pass on screen
+        saved = latest(SCORE_SLOT)
+        if saved is not None and saved[0][0] == view.result_key:
+            scored = saved[1]
+            st.caption("The scores below are from the last run (a field above is not valid).")
     if scored is not None:
-        st.caption(f"Detector labels from: {scored.label_source}.")
-        st.markdown("**Top-1 agreement with the real argmax** (per head and predictor)")
-        st.dataframe(se.top1_summary(scored.evaluations), hide_index=True, key="attn_score_summary")
-        st.markdown("**All scores**")
-        table = se.evaluations_table(scored.evaluations)
-        st.dataframe(table.drop(columns=["explanation"]), hide_index=True, key="attn_score_table")
-        for e in scored.evaluations:
-            st.markdown(f"- **{e.layer}.{e.head}** ({e.detector_label}): _{e.explanation}_ → {e.verdict}")
-        st.download_button(
-            "Download scores (csv)", table.to_csv(index=False), file_name="explanation_scores.csv", key="attn_score_dl"
-        )
-        st.caption(
-            "Read with care: a few dozen query rows per head, one greedy explanation, and a small model as its own "
-            "simulator. Top-1 agreement near the BOS baseline mostly measures the attention sink, not understanding."
-        )
+        _show_scores(scored)
     elif latest(SCORE_SLOT) is not None:
         st.info("Inputs changed since the last scoring: press the button to score again.")
+
+
+def _show_scores(scored: Scored) -> None:
+    """Figure first (scores per head against the control and baselines), one short verdict line, the
+    tables, and the explanations with their verdicts in an expander."""
+    table = se.evaluations_table(scored.evaluations)
+    metric = st.radio(
+        "Score",
+        list(SCORE_METRICS),
+        format_func=lambda m: SCORE_METRICS[m],
+        key="att_score_metric",
+        horizontal=True,
+        bind=Q,
+    )
+    show_chart(
+        scores_chart(table, metric), "explanation_scores", key="att_score_chart", data=table.drop(columns=["verdict"])
+    )
+    st.markdown(f"**{verdict_line(scored.evaluations)}** Detector labels from: {scored.label_source}.")
+    with st.expander("Explanations and verdicts per head", expanded=False):
+        for e in scored.evaluations:
+            st.markdown(f"- **{e.layer}.{e.head}** ({e.detector_label}): _{e.explanation}_ → {e.verdict}")
+    st.markdown("**Top-1 agreement with the real argmax** (per head and predictor)")
+    st.dataframe(se.top1_summary(scored.evaluations), hide_index=True, key="att_score_summary")
+    st.markdown("**All scores**")
+    st.dataframe(table.drop(columns=["explanation"]), hide_index=True, key="att_score_table")
+    st.download_button(
+        "Download scores (csv)", table.to_csv(index=False), file_name="explanation_scores.csv", key="att_score_dl"
+    )
+    st.caption(
+        "Read with care: a few dozen query rows per head, one greedy explanation, and a small model as its own "
+        "simulator. Top-1 agreement near the BOS baseline mostly measures the attention sink, not understanding."
+    )

@@ -47,8 +47,8 @@ def show_chart(
     )
     stem = _file_stem(name)
     table = data if data is not None else _chart_data(chart)
-    cols = st.columns([1, 1, 1, 9], gap="small")
-    cols[0].download_button(
+    row = st.container(horizontal=True, gap="small")  # buttons at their own width, never cut in a narrow column
+    row.download_button(
         "PNG",
         lambda: chart_png(chart),
         f"{stem}.png",
@@ -58,7 +58,7 @@ def show_chart(
         icon=":material/download:",
         type="tertiary",
     )
-    cols[1].download_button(
+    row.download_button(
         "SVG",
         lambda: chart_svg(chart),
         f"{stem}.svg",
@@ -69,7 +69,7 @@ def show_chart(
         type="tertiary",
     )
     if table is not None:
-        cols[2].download_button(
+        row.download_button(
             "CSV",
             lambda: table.to_csv(index=False),
             f"{stem}.csv",

@@ -52,6 +52,8 @@ from engine.attention.png import heatmap_image
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 
+ProgressFn = Callable[[int, int, str], None]
+
 EXPLAIN_COMPLETION_TEMPLATE = (
     "Below is a record of one attention head of a language model. Each line gives a token of a text "
     "(position and token), then the earlier tokens this head attends to most from that token, with "
@@ -127,19 +129,47 @@ def _clean_generation(text: str, completion: bool) -> str:
     return " ".join(text.split())[:600] or "(empty explanation)"
 
 
-def _generate(lm: LoadedModel, inputs: dict, max_new_tokens: int) -> str:
-    """Greedy continuation of `inputs` (at most `max_new_tokens`), decoded without special tokens."""
+def _token_counter(progress: ProgressFn, total: int):
+    """A stopping criterion that never stops: it calls `progress(tokens written, total, ...)` at each
+    generation step (so greedy decoding, and its text, are unchanged)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Counter(StoppingCriteria):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.done += 1
+            progress(min(self.done, total), total, f"token {self.done} of at most {total}")
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return _Counter()
+
+
+def _generate(lm: LoadedModel, inputs: dict, max_new_tokens: int, progress: ProgressFn | None = None) -> str:
+    """Greedy continuation of `inputs` (at most `max_new_tokens`), decoded without special tokens;
+    `progress(tokens written, max_new_tokens, message)` before the first token and after each one."""
     import torch
 
     tok = lm.tokenizer
+    extra = {}
+    if progress:
+        from transformers import StoppingCriteriaList
+
+        progress(0, max_new_tokens, "reading the prompt")
+        extra["stopping_criteria"] = StoppingCriteriaList([_token_counter(progress, max_new_tokens)])
     with lm.lock, torch.no_grad():
         out = lm.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=lm.pad_id,
+            **extra,
         )
     new = out[0, inputs["input_ids"].shape[1] :]
+    if progress:
+        progress(max_new_tokens, max_new_tokens, "done")
     return tok.decode(new, skip_special_tokens=True)
 
 
@@ -152,11 +182,13 @@ def explain_head(
     mode: ExplainMode = "text",
     max_queries: int = DESCRIPTION_QUERIES,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    progress: ProgressFn | None = None,
 ) -> Explanation:
     """Ask the model what head layer.head does from its text description and/or heatmap PNG.
 
     mode: "text" (description only), "image" or "text+image" (vision-language models only).
-    Greedy decoding, so the same inputs give the same explanation.
+    Greedy decoding, so the same inputs give the same explanation. `progress(tokens written,
+    max_new_tokens, message)` as it writes (it may stop early, at the end of its answer).
     """
     import torch
 
@@ -191,7 +223,7 @@ def explain_head(
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(lm.model.dtype)
     completion = not chat
-    raw = _generate(lm, inputs, max_new_tokens)
+    raw = _generate(lm, inputs, max_new_tokens, progress)
     return Explanation(layer, head, _clean_generation(raw, completion and mode == "text"), prompt, mode, lm.name)
 
 
@@ -443,17 +475,21 @@ def evaluate_explanation(
     max_queries: int = SCORE_QUERIES,
     simulate_template: str = SIMULATE_TEMPLATE,
     control: bool = True,
+    step: Callable[[str], None] | None = None,
 ) -> HeadEvaluation:
     """Simulate and score one head's explanation on held-out results against label and baselines.
 
     With `control`, the simulator also runs with no explanation: its prior over earlier tokens.
-    An explanation only carries information when it beats that control.
+    An explanation only carries information when it beats that control. `step(message)` is called
+    before each simulator run (len(heldout) x (2 with the control, else 1) of them).
     """
     names = PREDICTORS + ((CONTROL,) if control else ())
     pooled: dict[Predictor, tuple[list, list]] = {p: ([], []) for p in names}
-    for res in heldout:
+    for n, res in enumerate(heldout, 1):
         queries = query_positions(len(res.token_ids), max_queries)
         pattern = res.head(layer, head)
+        if step:
+            step(f"head {layer}.{head}: simulating held-out prompt {n} of {len(heldout)}")
         predictions: dict[Predictor, dict[int, np.ndarray]] = {
             "self-explanation": simulate_with_lm(lm, explanation, res, queries, simulate_template),
             "detector label": rule_prediction(detector_label, res.token_ids, queries),
@@ -461,6 +497,8 @@ def evaluate_explanation(
             "baseline: uniform": rule_prediction("uniform", res.token_ids, queries),
         }
         if control:
+            if step:
+                step(f"head {layer}.{head}: control on held-out prompt {n} of {len(heldout)}")
             predictions[CONTROL] = simulate_with_lm(lm, NO_EXPLANATION, res, queries, simulate_template)
         for name, preds in predictions.items():
             pooled[name][0].append(pattern)
@@ -484,25 +522,46 @@ def explain_and_score(
     explanations: dict[tuple[int, int], str] | None = None,
     simulate_template: str = SIMULATE_TEMPLATE,
 ) -> list[HeadEvaluation]:
-    """Batch: for each head, explain (or reuse `explanations`), simulate on held-out, score."""
+    """Batch: for each head, explain (or reuse `explanations`), simulate on held-out, score.
+
+    `progress(done, total, message)` before each step (an explanation written, a simulator run on one
+    held-out prompt) and once at the end."""
     if not heads:
         raise LabError("No heads chosen to explain.")
     heldout = heldout if heldout is not None else run_heldout(lm, heldout_prompts(lm.tokenizer))
-    out = []
-    for k, (layer, head) in enumerate(heads):
+    known = dict(explanations or {})
+    total = sum((layer, head) not in known for layer, head in heads) + len(heads) * len(heldout) * (2 if control else 1)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
         if progress:
-            progress(k, len(heads), f"head {layer}.{head}")
-        text = (explanations or {}).get((layer, head))
+            progress(min(done, total), total, message)
+        done += 1
+
+    out = []
+    for layer, head in heads:
+        text = known.get((layer, head))
         if text is None:
+            step(f"head {layer}.{head}: writing its explanation")
             text = explain_head(lm, result, layer, head, template, mode, max_new_tokens=max_new_tokens).text
         label = detector_labels.get((layer, head), "diffuse")
         out.append(
             evaluate_explanation(
-                lm, layer, head, text, label, heldout, max_queries, simulate_template=simulate_template, control=control
+                lm,
+                layer,
+                head,
+                text,
+                label,
+                heldout,
+                max_queries,
+                simulate_template=simulate_template,
+                control=control,
+                step=step,
             )
         )
     if progress:
-        progress(len(heads), len(heads), "done")
+        progress(total, total, "done")
     return out
 
 

@@ -1,8 +1,10 @@
 """Grokking lab tab: train a small model on (a o b) mod p, watch it grok, and track super weights.
 
 Training and sweeps run as jobs of engine.core.jobs.RUNNER (one per run or sweep, shared by every
-session that asks for the same one; a training job holds its run's claim), which write the run
-folders; the page polls them with `st.fragment(run_every=...)`, so several users can train at once,
+session that asks for the same one; a training job holds its run's claim); each job trains in a child
+process (engine.core.processes: no GIL contention with the other sessions, and an out-of-memory there
+does not end the server), which writes the run folders; the page polls them with a fragment
+(ui.errors.lab_fragment), so several users can train at once,
 a reload loses nothing, and a run trained by another process (the CLI) is followed too.
 
 On the shared server (ui.access): a person owns the runs they start; they see their own runs, shared
@@ -38,8 +40,10 @@ import streamlit as st
 from engine.core.errors import LabError
 from engine.core.jobs import RUNNER, Job
 from engine.core.options import default_of, help_of
+from engine.core.processes import run_in_process
 from engine.core.runstore import run_id_for
 from engine.grokking import analysis as ga
+from engine.grokking import process as grok_process
 from engine.grokking import runs
 from engine.grokking.config import (
     GROK_ACCURACY,
@@ -759,15 +763,21 @@ def _start_training(config: GrokConfig) -> bool:
         return not fresh and access.can_read(TOPIC, run.run_id)
 
     def work(job: Job) -> runs.RunSummary:
-        return ga.run_experiment(
-            config,
-            on_eval=_progress_reporter(job, config),
-            stop=lambda: job.stopping,
+        """In a child process (engine.core.processes), under this job's claim of the run (claim=False there)."""
+        on_eval = _progress_reporter(job, config)
+        kwargs = dict(
+            config=config,
             threads=TRAIN_THREADS,
             claim=False,
             owner=run.owner,
             max_checkpoints=access.limits().grok_checkpoints,
         )
+        try:
+            return run_in_process(grok_process.train_run, kwargs, job=job, on_message=lambda m: on_eval(m[1]))
+        except LabError as err:
+            if run.status().get("state") == "running":  # the child could not say how it ended (killed)
+                run.set_status("failed", run.status().get("step", 0), str(err))
+            raise
 
     key = _job_key(run)
     try:
@@ -973,21 +983,24 @@ def _start_sweep(
         summaries: list[runs.RunSummary] = []
         job.result = summaries  # the summaries so far, for every session watching the sweep
 
-        def on_run(summary: runs.RunSummary, done: int, total: int) -> None:
-            summaries.append(summary)
-            job.progress(done, total)
+        def on_message(message: tuple) -> None:  # from the child: engine.grokking.process.train_sweep
+            if message[0] == "start":
+                _, done, total, text = message
+                job.progress(done, total, text)
+            elif message[0] == "run":
+                _, summary, done, total = message
+                summaries.append(summary)
+                job.progress(done, total)
 
-        ga.run_sweep(
-            base,
-            seeds,
-            wds,
-            stop=lambda: job.stopping,
-            on_start=lambda c, done, total: job.progress(done, total, f"seed {c.seed}, wd {c.weight_decay:g}"),
-            on_run=on_run,
+        kwargs = dict(
+            base=base,
+            seeds=seeds,
+            weight_decays=wds,
             threads=TRAIN_THREADS,
             owner=me,
             max_checkpoints=access.limits().grok_checkpoints,
         )
+        run_in_process(grok_process.train_sweep, kwargs, job=job, on_message=on_message)  # each run in the child
         return summaries
 
     label = f"grokking sweep of {len(configs)} runs"

@@ -69,7 +69,7 @@ def run(quick: bool = False) -> list[dict]:
 
     attention_module.run_attention = counting_run_attention  # the page imports it from the module per run
     try:
-        at = AppTest.from_file(str(ROOT / "pages" / "3_Attention_self_interpretation.py"), default_timeout=600)
+        at = AppTest.from_file(str(ROOT / "app_pages" / "3_Attention_self_interpretation.py"), default_timeout=600)
         at.run()
         at.text_area(key="att_prompt").set_value(PROMPT_64).run()
         first = calls["n"]

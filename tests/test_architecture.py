@@ -110,12 +110,12 @@ def test_no_streamlit_below_ui():
                  if any(m == "streamlit" or m.startswith("streamlit.") for m in imports_of(p))]
     assert offenders == []
     ui_importing_pages = [str(p.relative_to(ROOT)) for p in (ROOT / "ui").rglob("*.py")
-                          if any(m.startswith("pages") for m in imports_of(p))]
+                          if any(m.startswith("app_pages") for m in imports_of(p))]
     assert ui_importing_pages == []
 
 
 def test_pages_are_thin_shells():
-    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "pages").glob("*.py")}
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "app_pages").glob("*.py")}
     assert sizes and all(n <= 80 for n in sizes.values()), sizes
 
 

@@ -25,7 +25,7 @@ from ui.attention_charts import (
     thinned,
 )
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Attention_self_interpretation.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "3_Attention_self_interpretation.py")
 PROMPT = "The cat sat on the mat. The cat sat"
 
 

@@ -21,8 +21,8 @@ from engine.uq import store
 from engine.uq.generation import job_key
 
 ROOT = Path(__file__).resolve().parent.parent
-ATTENTION = str(ROOT / "pages" / "3_Attention_self_interpretation.py")
-UQ = str(ROOT / "pages" / "2_Semantic_uncertainty.py")
+ATTENTION = str(ROOT / "app_pages" / "3_Attention_self_interpretation.py")
+UQ = str(ROOT / "app_pages" / "2_Semantic_uncertainty.py")
 CSV = b"question,answer\nWhat is the capital of France?,Paris\nHow many legs does a spider have?,eight|8\n"
 
 

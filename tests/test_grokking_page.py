@@ -7,7 +7,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Super_weights_and_grokking.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "1_Super_weights_and_grokking.py")
 
 
 def _tab_app():

@@ -26,8 +26,8 @@ from engine.core.queue import FairLock, acting_as
 from engine.core.runstore import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
-UQ_PAGE = str(ROOT / "pages" / "2_Semantic_uncertainty.py")
-ATTENTION_PAGE = str(ROOT / "pages" / "3_Attention_self_interpretation.py")
+UQ_PAGE = str(ROOT / "app_pages" / "2_Semantic_uncertainty.py")
+ATTENTION_PAGE = str(ROOT / "app_pages" / "3_Attention_self_interpretation.py")
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdefgh"
 ALICE = hashlib.sha256(ALICE_KEY.encode()).hexdigest()[:16]  # ui.identity.owner_id of the key

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from test_superweights import one_torch_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = ROOT / "pages" / "1_Super_weights_and_grokking.py"
+PAGE = ROOT / "app_pages" / "1_Super_weights_and_grokking.py"
 
 
 def _tab_script():

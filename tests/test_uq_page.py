@@ -10,7 +10,7 @@ from engine.uq.config import EvalOptions
 from engine.uq.evaluation import evaluate_run
 from engine.uq.generation import job_key
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Semantic_uncertainty.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "2_Semantic_uncertainty.py")
 CSV = (
     b"id,question,answer\nq1,the cat,cat\nq2,the dog,dog\nq3,<script>alert(1)</script> a bird?,bird\n"
     b"q4,the sky,sky | blue\n"

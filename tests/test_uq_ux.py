@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.core.db import lab_db
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Semantic_uncertainty.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "2_Semantic_uncertainty.py")
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdefgh"
 ALICE = hashlib.sha256(ALICE_KEY.encode()).hexdigest()[:16]  # ui.identity.owner_id of the key

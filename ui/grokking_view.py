@@ -1154,7 +1154,7 @@ def _reopen_picker() -> None:
 
 
 def render() -> None:
-    """The grokking lab (a tab of pages/1_Super_weights_and_grokking.py)."""
+    """The grokking lab (a tab of app_pages/1_Super_weights_and_grokking.py)."""
     st.markdown(
         "Train a small model on modular arithmetic until it **groks**, and see whether super weights "
         f"appear, and when, relative to grokking. Runs are cached by configuration; the default (a one-hot MLP) "

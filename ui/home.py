@@ -8,9 +8,9 @@ from engine.core.paths import REPO_ROOT
 
 # (file, title in the navigation, icon): the pages of the app, in order (app.py builds st.navigation from it)
 PAGES = [
-    ("pages/1_Super_weights_and_grokking.py", "Super weights and grokking", ":material/fitness_center:"),
-    ("pages/2_Semantic_uncertainty.py", "Semantic uncertainty", ":material/psychology:"),
-    ("pages/3_Attention_self_interpretation.py", "Attention self-interpretation", ":material/visibility:"),
+    ("app_pages/1_Super_weights_and_grokking.py", "Super weights and grokking", ":material/fitness_center:"),
+    ("app_pages/2_Semantic_uncertainty.py", "Semantic uncertainty", ":material/psychology:"),
+    ("app_pages/3_Attention_self_interpretation.py", "Attention self-interpretation", ":material/visibility:"),
 ]
 
 # one preview per idea: figures the studies and docs/make_previews.py wrote (committed with the repo)
@@ -48,7 +48,7 @@ def render() -> None:
         )
         _preview("superweights", "grokking")
         st.page_link(
-            "pages/1_Super_weights_and_grokking.py",
+            "app_pages/1_Super_weights_and_grokking.py",
             label="Open super weights & grokking",
             icon=":material/fitness_center:",
         )
@@ -61,7 +61,9 @@ def render() -> None:
             "of the hidden states)."
         )
         _preview("uncertainty")
-        st.page_link("pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/psychology:")
+        st.page_link(
+            "app_pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/psychology:"
+        )
     with col3:
         st.subheader("3 · Self-interpretation of attention")
         st.markdown(
@@ -70,7 +72,9 @@ def render() -> None:
             "head and **score its explanation** against external detectors."
         )
         _preview("attention")
-        st.page_link("pages/3_Attention_self_interpretation.py", label="Open attention", icon=":material/visibility:")
+        st.page_link(
+            "app_pages/3_Attention_self_interpretation.py", label="Open attention", icon=":material/visibility:"
+        )
 
     st.divider()
     st.caption(

@@ -160,6 +160,7 @@ def render_sidebar() -> None:
         slot = st.empty()
         st.session_state[STATUS_SLOT_KEY] = slot
         if is_loaded(choice):
+            st.session_state["lab_last_good_choice"] = choice  # in use here, though another session loaded it
             _show_loaded(slot, _load_cached(*choice))
         else:
             with slot.container():  # replaced whole by the "Loaded" note once a page loads the model

@@ -342,6 +342,34 @@ def test_jobs_per_person_refuses_a_third_job_on_the_page(lab):
     db.job_ended("held-2")
 
 
+def test_start_on_ones_own_running_run_is_not_a_new_job(lab):
+    """The soak test: pressing Start in a second tab for a run that is already training showed the
+    jobs_per_person refusal, although nothing new would start."""
+    from engine.grokking.config import GrokConfig
+    from engine.grokking.runs import open_run
+
+    run = open_run(GrokConfig(steps=4000), owner=ALICE)  # her run, started (its folder exists)
+    lab_db().claim_run("grokking", run.run_id, ALICE, "her run")
+    key = f"grokking:{run.run_id}"
+    release, _ = hold(key)  # the run "training" (a held job under the run's job key)
+    try:
+        lab_db().job_started(key, ALICE, "training", os.getpid())
+        lab_db().job_started("held-2", ALICE, "second job", os.getpid())  # Alice is at her limit of 2
+        second = session(_grokking_tab, ALICE_KEY)
+        second.number_input(key="grok_steps").set_value(4000).run()
+        second.button(key="grok_start").click().run()
+        assert not second.exception and "jobs_per_person" not in messages(second)
+        other = GrokConfig(steps=4000, seed=7)  # a new run is still refused
+        second.number_input(key="grok_seed").set_value(other.seed).run()
+        assert second.number_input(key="grok_seed").value == other.seed  # not undone by the run's own link
+        second.button(key="grok_start").click().run()
+        assert "jobs_per_person" in messages(second)
+    finally:
+        release.set()
+        lab_db().job_ended(key)
+        lab_db().job_ended("held-2")
+
+
 def test_start_job_counts_a_persons_jobs_and_records_run_sizes(lab):
     from ui import access
 

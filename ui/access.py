@@ -145,12 +145,18 @@ def linked_run_id() -> str | None:
     return str(value) if value else None
 
 
+_SET_HERE = "_lab_link_set_here"  # the run id this session put in its own address bar
+
+
 def set_link(run_id: str | None) -> None:
-    """Make the address bar a link to the run shown (or to no run)."""
+    """Make the address bar a link to the run shown (or to no run). A link the session sets itself is not
+    "followed" on the next run (following one fills the form with the run's settings, which would undo
+    what the person typed since)."""
     if run_id is None:
         st.query_params.pop(LINK_PARAM, None)
     elif st.query_params.get(LINK_PARAM) != run_id:
         st.query_params[LINK_PARAM] = run_id
+    st.session_state[_SET_HERE] = run_id
 
 
 def follow_link(topic: str, get: Callable[[str], R], key_prefix: str) -> tuple[R | None, bool]:
@@ -174,7 +180,7 @@ def follow_link(topic: str, get: Callable[[str], R], key_prefix: str) -> tuple[R
         _back_button(key_prefix)
         return None, True
     seen_key = f"_{key_prefix}_link_followed"
-    if st.session_state.get(seen_key) == run_id:
+    if st.session_state.get(seen_key) == run_id or st.session_state.get(_SET_HERE) == run_id:
         return None, False
     st.session_state[seen_key] = run_id
     return run, False

@@ -749,6 +749,8 @@ def _start_training(config: GrokConfig) -> bool:
     jobs or disk quota over the server's limits, a run written by another process (shown, followed)."""
     run = _my_run(config)
     fresh = not run.exists()
+    if not fresh and RUNNER.running(_job_key(run)) is not None and access.can_read(TOPIC, run.run_id):
+        return True  # already training (this or another session of theirs): nothing new starts, nothing to check
     try:
         if not fresh and run.is_finished() and run.summary():
             if not access.can_read(TOPIC, run.run_id):

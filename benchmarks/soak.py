@@ -289,7 +289,9 @@ def upload_files(folder: Path, limits: ServerLimits) -> dict[str, Path]:
 
 
 def run_param(page) -> str | None:
-    return (parse_qs(urlparse(page.url).query).get("run") or [None])[0]
+    """The run in the page's link: `uq_run` on the uncertainty page, `run` on the grokking tab."""
+    query = parse_qs(urlparse(page.url).query)
+    return (query.get("uq_run") or query.get("run") or [None])[0]
 
 
 async def owner_of(page) -> str:
@@ -928,14 +930,18 @@ class Soak:
 
 
 class MemorySampler(threading.Thread):
-    """Reads the server's VmHWM (peak resident set) and VmRSS once a second."""
+    """Reads the server's VmHWM (peak resident set) and VmRSS once a second, and the resident memory of the
+    server with its child processes (the grokking trainings run in children: engine.core.processes)."""
 
     def __init__(self, pid: int):
         super().__init__(name="soak-memory", daemon=True)
         self.pid, self.hwm_kb, self.rss_kb, self.samples = pid, 0, 0, 0
+        self.tree_kb, self.children = 0, 0  # peak RSS of the server + its children at one sample; most children
         self._halt = threading.Event()
 
     def read(self) -> None:
+        import psutil
+
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -943,6 +949,15 @@ class MemorySampler(threading.Thread):
                 elif line.startswith("VmRSS:"):
                     self.rss_kb = max(self.rss_kb, int(line.split()[1]))
             self.samples += 1
+        with contextlib.suppress(psutil.Error):
+            server = psutil.Process(self.pid)
+            children = server.children(recursive=True)
+            total = server.memory_info().rss
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+            self.tree_kb = max(self.tree_kb, total // 1024)
+            self.children = max(self.children, len(children))
 
     def run(self) -> None:
         while not self._halt.wait(1.0):
@@ -1211,7 +1226,8 @@ def report(
         f"| the same numbers as alone (compared / same) | {compared} / {agreed} |",
         f"| no session saw another person's run (run pickers, links to private runs, distinct owner ids) | "
         f"{mark(private)} ({len(checked)} of {len(everyone)} sessions checked) |",
-        f"| the server's peak memory (VmHWM) | {server.get('hwm_kb', 0) / 2**20:.2f} GiB |",
+        f"| the server's peak memory (VmHWM; with its training processes) | {server.get('hwm_kb', 0) / 2**20:.2f} GiB; "
+        f"{server.get('tree_kb', 0) / 2**20:.2f} GiB |",
         f"| the longest wait in a model's queue | {server.get('longest_wait_s', float('nan')):.1f} s |",
         f"| tracebacks: pages showing one, or an error id / server log | {crashed} / "
         f"{len(server.get('log_problems', []))} |",
@@ -1275,6 +1291,8 @@ def report(
         "| measure | value |",
         "|---|---|",
         f"| peak resident memory of the server process (VmHWM) | {server.get('hwm_kb', 0) / 2**20:.2f} GiB |",
+        f"| peak resident memory of the server and its child processes at one sample | "
+        f"{server.get('tree_kb', 0) / 2**20:.2f} GiB (up to {server.get('children', 0)} children at once) |",
         f"| memory samples taken (1 s apart) | {server.get('samples', 0)} |",
         f"| longest wait in a model's queue (FairLock.longest_wait_s, in the server) | "
         f"{server.get('longest_wait_s', float('nan')):.1f} s |",
@@ -1304,8 +1322,9 @@ def report(
             for p in people
         ),
         "",
-        "On the server the grokking runs train in threads of the one server process, beside the uncertainty "
-        "jobs, the other people's runs and the page scripts; alone each runs by itself.",
+        "On the server each grokking run trains in a child process of the server (engine.core.processes), "
+        "beside the uncertainty jobs (threads of the server, sharing the model), the other people's runs and "
+        "the page scripts, all on the same cores; alone each runs by itself.",
         "",
         "## Step times (s, wall clock, per session)",
         "",
@@ -1393,7 +1412,13 @@ def main() -> int:
         asyncio.run(soak.run())
         seconds["browser"] = time.monotonic() - phase
         sampler.stop()
-        server.update(hwm_kb=sampler.hwm_kb, rss_kb=sampler.rss_kb, samples=sampler.samples)
+        server.update(
+            hwm_kb=sampler.hwm_kb,
+            rss_kb=sampler.rss_kb,
+            samples=sampler.samples,
+            tree_kb=sampler.tree_kb,
+            children=sampler.children,
+        )
         with contextlib.suppress(OSError, ValueError):
             server.update(json.loads(stats_path.read_text()))
     log_path = ROOT / "tests" / "artifacts" / f"streamlit-{port}.log"

@@ -103,7 +103,7 @@ def test_a_bad_score_field_keeps_the_scores_on_screen_and_disables_the_button(ti
     charts = len(at.get("vega_lite_chart"))
     assert any("beats the no-explanation control on" in m.value for m in at.markdown)  # one short verdict line
     at.number_input(key="att_score_queries").set_value(50).run()
-    assert any("Query tokens per held-out prompt must be a whole number from 2 to 20" in e.value for e in at.error)
+    assert any("Query tokens per held-out prompt must be a whole number between 2 and 20" in e.value for e in at.error)
     assert next(b for b in at.button if b.key == "att_score_run").disabled
     assert any("top1_agreement" in d.value.columns for d in at.dataframe)  # the last scores stay
     assert len(at.get("vega_lite_chart")) == charts

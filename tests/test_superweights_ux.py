@@ -128,10 +128,10 @@ def test_ablation_chart_draws_the_perplexity_ratio_per_condition():
 
 
 def test_range_problem_says_why():
-    assert view.range_problem(5.0, 1.5, 1000.0, "f") is None
-    assert "between 1.5 and 1000 (got 1)" in view.range_problem(1.0, 1.5, 1000.0, "f")
-    assert "whole number" in view.range_problem(2.5, 1, 10, "n", integer=True)
-    assert "enter a number" in view.range_problem(None, 1, 10, "n")
+    assert view.range_problem("f", 5.0, 1.5, 1000.0) is None
+    assert "between 1.5 and 1,000 (got 1)" in view.range_problem("f", 1.0, 1.5, 1000.0)
+    assert "whole number" in view.range_problem("n", 2.5, 1, 10, integer=True)
+    assert "enter a number" in view.range_problem("n", None, 1, 10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,14 +208,14 @@ def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_
 
     at.number_input(key="sw_k").set_value(-5).run()
     assert not at.exception, at.exception
-    assert "k must be between 0 and 100000 (got -5)" in _errors(at)
+    assert "k must be a whole number between 0 and 100,000 (got -5)" in _errors(at)
     assert at.button(key="sw_ablate").disabled and not at.button(key="sw_scan").disabled
     pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)  # still on screen, marked as the last one
     assert any("last ablation" in i.value for i in at.info)
     assert at.number_input(key="sw_k").value == -5  # never silently put back
 
     at.number_input(key="sw_iters").set_value(0).run()
-    assert "Max iterations must be between 1 and 10 (got 0)" in _errors(at)
+    assert "Max iterations must be a whole number between 1 and 10 (got 0)" in _errors(at)
     assert at.button(key="sw_scan").disabled
     pd.testing.assert_frame_equal(_frame(at, "max_abs_output"), scan)
     assert any("Showing the last scan" in i.value for i in at.info)

@@ -60,6 +60,7 @@ from ui.attention_charts import (
     model_view_chart,
     scores_chart,
 )
+from ui.fields import between, number_field
 from ui.figures import show_chart
 from ui.models import get_model
 from ui.progress import steps
@@ -242,13 +243,9 @@ def _help(cls: type, name: str) -> str:
 
 
 def _int_field(label: str, default: int, low: int, high: int, key: str, help: str | None = None) -> int | None:
-    """A whole-number field bound to the URL, checked here (not by the widget, which would silently keep
-    its old value): the value, or None with the reason shown right under the field."""
-    value = st.number_input(label, value=default, step=1, key=key, bind=Q, help=help)
-    if value is None or not low <= value <= high:
-        st.error(f"{label} must be a whole number from {low} to {high} (got {value}).", icon=":material/block:")
-        return None
-    return int(value)
+    """A whole-number field bound to the URL (ui.fields): the value, or None with the reason under the field."""
+    value, ok = number_field(st, label, default, key, between(label, low, high, integer=True), step=1, help=help)
+    return int(value) if ok else None
 
 
 def _detector_table(view: View) -> tuple[hf.HeadFunctionTable, str]:

@@ -70,6 +70,7 @@ from engine.grokking.config import (
 from engine.grokking.measures import MeasureSettings
 from ui import access
 from ui.errors import lab_fragment
+from ui.fields import between
 from ui.figures import show_chart
 from ui.progress import eta_seconds, eta_text
 from ui.state import forget, latest, recall, remember
@@ -191,27 +192,6 @@ class _Form:
     def show(self) -> None:
         for key, message in self.problems.items():
             self.slots[key].error(message, icon=":material/error:")
-
-
-def _num(x: float) -> str:
-    """2000 -> '2000', 2147483647 -> '2,147,483,647', 0.001 -> '0.001'."""
-    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 10_000 else f"{x:g}"
-
-
-def between(
-    label: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False, note: str = ""
-) -> Callable[[float], str | None]:
-    """A check: the message naming the allowed range when a value is outside it, else None."""
-
-    def check(value: float) -> str | None:
-        above = value > low if low_open else value >= low
-        below = value < high if high_open else value <= high
-        if above and below:
-            return None
-        lo, hi = ("(" if low_open else "[") + _num(low), _num(high) + (")" if high_open else "]")
-        return f"{label} must be in {lo}, {hi}{note} (got {_num(value)})."
-
-    return check
 
 
 def nearest_prime(p: int, high: int = P_MAX) -> int:

@@ -61,6 +61,7 @@ from engine.superweights.config import (
     number,
 )
 from ui import access
+from ui.fields import range_problem
 from ui.figures import show_chart
 from ui.models import current_choice, get_model, is_loaded
 from ui.progress import ProgressFn, steps
@@ -213,17 +214,6 @@ def _set_flag(name: str, on: bool) -> None:
 # Validation next to the field
 
 
-def range_problem(value: float | None, low: float, high: float, what: str, integer: bool = False) -> str | None:
-    """Why `value` is refused (None when it is fine): missing, not a whole number, or outside [low, high]."""
-    if value is None:
-        return f"{what}: enter a number."
-    if integer and float(value) != int(value):
-        return f"{what} must be a whole number (got {value:g})."
-    if not low <= value <= high:
-        return f"{what} must be between {number(low)} and {number(high)} (got {number(value)})."
-    return None
-
-
 def _refuse(box, problem: str | None) -> bool:
     """Show `problem` right under the field (in the field's column); True when there is one."""
     if problem:
@@ -285,7 +275,7 @@ def _render_inputs() -> bool:
             bind="query-params",
             help=f"Between {number(low)} and {number(high)}: a layer spikes at f x the median over layers.",
         )
-        bad |= _refuse(c2, range_problem(f, low, high, "The relative factor"))
+        bad |= _refuse(c2, range_problem("The relative factor", f, low, high))
     else:
         a = c2.number_input(
             "Absolute threshold",
@@ -294,7 +284,7 @@ def _render_inputs() -> bool:
             bind="query-params",
             help=f"Between {number(ABSOLUTE_RANGE[0])} and {number(ABSOLUTE_RANGE[1])}.",
         )
-        bad |= _refuse(c2, range_problem(a, *ABSOLUTE_RANGE, "The absolute threshold"))
+        bad |= _refuse(c2, range_problem("The absolute threshold", a, *ABSOLUTE_RANGE))
     low, high = ITERATION_RANGE
     n = c3.number_input(
         "Max iterations",
@@ -304,7 +294,7 @@ def _render_inputs() -> bool:
         bind="query-params",
         help=f"Remove the detected weight, re-scan, repeat (the paper's iterative procedure); {low} to {high}.",
     )
-    bad |= _refuse(c3, range_problem(n, low, high, "Max iterations", integer=True))
+    bad |= _refuse(c3, range_problem("Max iterations", n, low, high, integer=True))
     return not bad
 
 
@@ -719,7 +709,7 @@ def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
         bind="query-params",
         help=f"{low} to {high}. The layer is the one selected in section 1 (now layer {layer}).",
     )
-    problem = range_problem(k, low, high, "Top-k", integer=True)
+    problem = range_problem("Top-k", k, low, high, integer=True)
     if not _refuse(c1, problem):
         st.session_state["_sw_topk_shown"] = int(k)
     shown = int(st.session_state.get("_sw_topk_shown", 10))
@@ -804,7 +794,7 @@ def _render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
         help=f"0 to {K_RANGE[1]:,}. 0: k = {fraction} x the decoder linear weights = {ablation.paper_k(lm)} "
         "for this model.",
     )
-    bad |= _refuse(c2, range_problem(k, *K_RANGE, "k", integer=True))
+    bad |= _refuse(c2, range_problem("k", k, *K_RANGE, integer=True))
     scale = c3.slider(
         "Scale s",
         low,
@@ -887,7 +877,7 @@ def _render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
         bind="query-params",
         help=f"Of each matrix's weights, {number(FRACTION_RANGE[0])} to {number(FRACTION_RANGE[1])}.",
     )
-    bad |= _refuse(c3, range_problem(fraction, *FRACTION_RANGE, "The outlier fraction"))
+    bad |= _refuse(c3, range_problem("The outlier fraction", fraction, *FRACTION_RANGE))
     tokens = c4.selectbox("Evaluation tokens", TOKEN_CHOICES, index=1, key="sw_q_tokens", bind="query-params")
     inputs = (
         None

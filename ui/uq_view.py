@@ -15,8 +15,6 @@ Generate; results on screen stay.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pandas as pd
 import streamlit as st
 
@@ -38,6 +36,7 @@ from engine.uq.questions import QuestionSet
 from engine.uq.store import UqRun
 from ui import access, uq_results
 from ui.errors import lab_fragment
+from ui.fields import between, number_field
 from ui.models import current_choice, get_model, is_loaded
 
 RUN_PARAM = "uq_run"  # ?uq_run=<run id>: the run shown (never an owner key)
@@ -236,18 +235,18 @@ def _limit(qset: QuestionSet) -> int | None:
     st.caption(f"{len(qset):,} questions.")
     default = max(min(len(qset), DEFAULT_LIMIT, access.limits().questions_per_run), 1)
     follow_question_set(qset, default)
-    n, ok = checked_number(
+    n, ok = number_field(
         st,
         "How many questions to run (the first N)",
         default,
         "uq_limit",
-        lambda v: bound_message(
+        between(
             "Questions to run",
-            v,
             1,
             len(qset),
-            "questions_per_run",
-            high_reason=f"this set has {len(qset):,} questions",
+            integer=True,
+            limit="questions_per_run",
+            note=f" (this set has {len(qset):,} questions)",
         ),
         help="Questions of one run." + access.limit_note("questions_per_run", "questions"),
     )
@@ -284,33 +283,33 @@ def _generation(qset: QuestionSet | None, limit: int | None) -> None:
         st.error("The prompt template must contain {question} where the question goes.", icon=":material/block:")
         over = True
     c1, c2, c3, c4 = st.columns(4)
-    k, k_ok = checked_number(
+    k, k_ok = number_field(
         c1,
         "Samples K",
         _default("samples"),
         "uq_k",
-        lambda v: bound_message("Samples K", v, *SAMPLES_RANGE, "samples"),
+        between("Samples K", *SAMPLES_RANGE, integer=True, limit="samples"),
         help=_help("samples", "samples"),
     )
-    temperature, t_ok = checked_number(
+    temperature, t_ok = number_field(
         c2,
         "Temperature",
         _default("temperature"),
         "uq_temp",
-        lambda v: bound_message("Temperature", v, *TEMPERATURE_RANGE),
+        between("Temperature", *TEMPERATURE_RANGE),
         step=0.1,
         help=_help("temperature"),
     )
-    max_new, m_ok = checked_number(
+    max_new, m_ok = number_field(
         c3,
         "Max new tokens",
         _default("max_new_tokens"),
         "uq_max_new",
-        lambda v: bound_message("Max new tokens", v, *MAX_NEW_TOKENS_RANGE, "new_tokens"),
+        between("Max new tokens", *MAX_NEW_TOKENS_RANGE, integer=True, limit="new_tokens"),
         help=_help("max_new_tokens", "new_tokens"),
     )
-    seed, s_ok = checked_number(
-        c4, "Seed", _default("seed"), "uq_seed", lambda v: bound_message("Seed", v, 0, SEED_MAX), help=_help("seed")
+    seed, s_ok = number_field(
+        c4, "Seed", _default("seed"), "uq_seed", between("Seed", 0, SEED_MAX, integer=True), help=_help("seed")
     )
     over |= not (k_ok and t_ok and m_ok and s_ok)
     start = st.button(
@@ -383,55 +382,6 @@ def _default(name: str):
 def _help(name: str, limit: str | None = None) -> str:
     """An option's help from the engine, with the server's limit on it when there is one."""
     return help_of(GenerationConfig, name).capitalize() + "." + (access.limit_note(limit) if limit else "")
-
-
-def _num(value: float) -> str:
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
-
-
-def bound_message(
-    what: str,
-    value: float | None,
-    low: float,
-    high: float,
-    limit: str | None = None,
-    *,
-    high_reason: str | None = None,
-) -> str | None:
-    """Why `value` cannot be used (None when it can): under `low`, over this server's limit `limit` (when
-    that is the tighter bound; the message names it and its file), or over `high` (the engine's bound,
-    engine/uq/config.py, unless `high_reason` says what else it is)."""
-    if value is None:
-        return f"{what}: enter a number."
-    if value < low:
-        return f"{what}: {_num(value)} is below the minimum of {_num(low)}."
-    server = getattr(access.limits(), limit) if limit else None
-    if server is not None and server < high and value > server:
-        return access.over_limit(limit, value, what)
-    if value > high:
-        reason = high_reason or f"the engine allows at most {_num(high)}"
-        return f"{what}: {_num(value)} is over the maximum of {_num(high)} ({reason})."
-    return None
-
-
-def checked_number(
-    where,
-    label: str,
-    default: float,
-    key: str,
-    check: Callable[[float | None], str | None],
-    *,
-    step: float | None = None,
-    help: str | None = None,
-) -> tuple[float | None, bool]:
-    """A number field bound to the URL (`?<key>=`) with no browser-side bounds (they would drop an
-    out-of-range value without a word): the value as typed and whether `check` accepts it; when it does
-    not, the reason is shown right under the field (in `where`, a column or `st`)."""
-    value = where.number_input(label, value=default, step=step, key=key, help=help, bind="query-params")
-    message = check(value)
-    if message:
-        where.error(message, icon=":material/block:")
-    return value, message is None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -115,6 +115,23 @@ def assert_no_exception(page) -> None:
         raise AssertionError("Streamlit exception on the page:\n" + boxes.first.inner_text()[:2000])
 
 
+def wait_text(page, text: str, timeout_ms: int = 240_000) -> None:
+    """Wait until the main area shows `text` (what a person would wait for)."""
+    page.wait_for_function(
+        "t => (document.querySelector('[data-testid=\"stMain\"]') || document.body).innerText.includes(t)",
+        arg=text,
+        timeout=timeout_ms,
+    )
+
+
+def open_page(page, url: str) -> None:
+    """Go to `url` and wait until the page has run, without an exception box."""
+    page.goto(url)
+    page.locator('[data-testid="stSidebar"]').wait_for(timeout=60_000)
+    wait_idle(page)
+    assert_no_exception(page)
+
+
 # ------------------------------------------------------------------------------------------------
 # Playwright's async API: several pages driven at once from one event loop (benchmarks/soak.py)
 

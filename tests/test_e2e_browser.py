@@ -18,8 +18,10 @@ from browser import (
     ROOT,
     assert_no_exception,
     browser_missing_reason,
+    open_page,
     streamlit_server,
     wait_idle,
+    wait_text,
 )
 
 reason = browser_missing_reason()
@@ -33,25 +35,14 @@ def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
+    page.screenshot(path=str(SHOTS / f"{name}_full.png"), full_page=True)  # every figure, for a look by eye
     if os.environ.get("LAB_UPDATE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS / path.name)
 
 
-def wait_text(page, text: str, timeout_ms: int = 240_000) -> None:
-    """Wait until the main area shows `text` (what a person would wait for)."""
-    page.wait_for_function(
-        "t => (document.querySelector('[data-testid=\"stMain\"]') || document.body).innerText.includes(t)",
-        arg=text,
-        timeout=timeout_ms,
-    )
-
-
 def _open(page, url: str, path: str) -> None:
-    page.goto(f"{url}/{path}")
-    page.locator('[data-testid="stSidebar"]').wait_for(timeout=60_000)
-    wait_idle(page)
-    assert_no_exception(page)
+    open_page(page, f"{url}/{path}")
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +151,6 @@ def test_uncertainty_upload_run_table(lab, tmp_path):
     metrics = page.locator('[data-testid="stMetric"]').all_inner_texts()
     a1 = next(m for m in metrics if m.startswith("A1"))
     assert any(ch.isdigit() for ch in a1.split("\n", 1)[-1])  # a number under the A1 label
-    page.locator("h2", has_text="The table").first.scroll_into_view_if_needed()
+    page.locator("h2", has_text="The answer").first.scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     _shot(page, "uncertainty")

@@ -15,8 +15,10 @@ from browser import (
     CHROMIUM_ARGS,
     assert_no_exception,
     browser_missing_reason,
+    open_page,
     streamlit_server,
     wait_idle,
+    wait_text,
 )
 
 reason = browser_missing_reason()
@@ -29,23 +31,8 @@ def main_text(page) -> str:
     return page.locator('[data-testid="stMain"]').inner_text()
 
 
-def wait_text(page, text: str, timeout_ms: int = 240_000) -> None:
-    page.wait_for_function(
-        "t => (document.querySelector('[data-testid=\"stMain\"]') || document.body).innerText.includes(t)",
-        arg=text,
-        timeout=timeout_ms,
-    )
-
-
 def query(page) -> dict[str, list[str]]:
     return parse_qs(urlparse(page.url).query)
-
-
-def open_page(page, url: str) -> None:
-    page.goto(url)
-    page.locator('[data-testid="stSidebar"]').wait_for(timeout=60_000)
-    wait_idle(page)
-    assert_no_exception(page)
 
 
 @pytest.fixture(scope="module")

@@ -214,12 +214,12 @@ def curves_chart(
         axis=alt.Axis(format="%", titleLimit=0, tickCount=10),
         scale=alt.Scale(domain=[0, 1]),
     )
-    y = alt.Y("accuracy:Q", title="accuracy of the retained answers", axis=alt.Axis(titleLimit=0))
+    y = alt.Y("accuracy:Q", title="accuracy of the kept answers", axis=alt.Axis(titleLimit=0))
     color = alt.Color(
         "method:N",
         title="score",
         sort=methods,
-        legend=alt.Legend(labelLimit=0, titleLimit=0, orient="bottom", columns=2, symbolStrokeWidth=3),
+        legend=alt.Legend(labelLimit=0, titleLimit=0, orient="right", symbolStrokeWidth=3),
     )
     picked = alt.FieldOneOfPredicate(field="method", oneOf=strong) if strong else None
     lines = (
@@ -255,7 +255,8 @@ def curves_chart(
         .mark_point(filled=True, size=40)
         .encode(x=x, y=y, color=color, opacity=alt.condition(hover, alt.value(1.0), alt.value(0.0)))
     )
-    layered = alt.layer(lines, points, rule, data=frame).properties(width=width, height=280)
+    # (on a page the height is the whole chart's, axes included: Streamlit fits the chart into it)
+    layered = alt.layer(lines, points, rule, data=frame).properties(width=width, height=340)
     if by_set:
         chart = layered.facet(column=alt.Column("set:N", title=None, sort=list(order or [])))
     else:

@@ -91,7 +91,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts" / "soak"
 VIEWPORT = {"width": 1400, "height": 1000}
 WATCH_SECONDS = 3.0  # how often each page is read for queue notes and errors
 STAGGER_SECONDS = 3.0  # people start this far apart
-LONG_MS = 600_000  # a wait for a result (bounded anyway by the browser phase's deadline)
+LONG_MS = 1_500_000  # a wait for a result (bounded anyway by the browser phase's deadline)
 SHORT_MS = 90_000  # a wait for a page or a message
 UQ_SEED = 1000  # person i: uncertainty seed UQ_SEED + i, grokking seed i + 1
 CRASHES = ("Traceback", "exception box", "went wrong")  # what Seen.problem records of a crash on a page
@@ -143,6 +143,10 @@ def _tracked_init(self, *args, **kwargs):
     _locks.add(self)
 _queue.FairLock.__init__ = _tracked_init
 def _dump():
+    import multiprocessing
+    time.sleep(2.0)
+    if multiprocessing.parent_process() is not None:  # a training child of the server: the server reports
+        return
     path, longest_queue = os.environ["LAB_SOAK_STATS"], 0
     while True:
         time.sleep(0.5)

@@ -143,9 +143,9 @@ def _tracked_init(self, *args, **kwargs):
     _locks.add(self)
 _queue.FairLock.__init__ = _tracked_init
 def _dump():
-    import multiprocessing
-    time.sleep(2.0)
-    if multiprocessing.parent_process() is not None:  # a training child of the server: the server reports
+    import sys
+    time.sleep(1.0)  # (sys.argv is complete once the interpreter has started)
+    if "streamlit" not in " ".join(sys.argv):  # a training child of the server (same environment): not it
         return
     path, longest_queue = os.environ["LAB_SOAK_STATS"], 0
     while True:
@@ -665,7 +665,7 @@ class Soak:
         shown = await metrics(page)
         keep_text(seen, "grokking", await main_text(page))
         seen.grok["test_acc"] = shown.get("Test accuracy")
-        seen.grok["step"] = shown.get("Step")
+        seen.grok["step"] = shown.get("Last step") or shown.get("Step")
         summary = page.locator('[data-testid="stMain"] [data-testid="stAlertContentSuccess"]:visible')
         seen.grok["summary"] = " ".join((await summary.first.inner_text()).split()) if await summary.count() else ""
         seen.grok["run_id"] = run_param(page)

@@ -7,7 +7,9 @@ from ui.page import lab_page
 from ui.superweights_view import render as render_superweights
 
 with lab_page("Super weights and grokking", ":material/fitness_center:"):
-    scan_tab, grok_tab = st.tabs(["Super weights of a pretrained LLM", "Grokking lab"])
+    scan_tab, grok_tab = st.tabs(  # the open tab is in the link, and a rerun never switches it back
+        ["Super weights of a pretrained LLM", "Grokking lab"], key="sw_tab", bind="query-params"
+    )
     with scan_tab:
         render_superweights()
     with grok_tab:

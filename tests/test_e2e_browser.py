@@ -35,7 +35,6 @@ def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
-    page.screenshot(path=str(SHOTS / f"{name}_full.png"), full_page=True)  # every figure, for a look by eye
     if os.environ.get("LAB_UPDATE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS / path.name)
@@ -85,6 +84,11 @@ def test_attention_prompt_head_description(lab):
     page.get_by_role("tab", name="Text description").click()
     wait_text(page, "fox@")  # repeated tokens told apart by position in the description
     assert_no_exception(page)
+    _shot(page, "attention_description")
+    page.get_by_role("tab", name="All heads").click()
+    wait_idle(page)
+    page.locator("h3", has_text="Model view").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
     _shot(page, "attention")
 
 
@@ -99,6 +103,8 @@ def test_superweights_scan(lab):
     assert "1. Scan, layer by layer" in text
     # Gemma 3 270M: one candidate; the spike at layer 0 W[540, 1702] survives zeroing it and is rejected
     assert "Rejected: 1 spike(s)" in text
+    page.locator("h3", has_text="1. Scan, layer by layer").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
     _shot(page, "superweights")
     page.get_by_text("Rejected: 1 spike(s)").click()
     wait_idle(page)
@@ -119,6 +125,8 @@ def test_grokking_short_run(lab):
     assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 1
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "grok" in text.lower()
+    page.locator('[data-testid="stVegaLiteChart"]').first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
     _shot(page, "grokking")
 
 

@@ -148,7 +148,9 @@ def model_view_chart(
             color=alt.Color(
                 "weight:Q",
                 scale=alt.Scale(scheme="blues"),
-                title="weight" + (" / head max" if per_head_scale else ""),
+                title=("block mean of " if nb < len(result.token_ids) else "")  # long prompts: averaged
+                + "weight"
+                + (" / head max" if per_head_scale else ""),
                 legend=alt.Legend(orient="bottom", labelLimit=0, titleLimit=0),
             ),
             tooltip=["layer", "head", "queries", "keys", alt.Tooltip("weight:Q", format=".3f")],
@@ -320,11 +322,12 @@ def scores_chart(table: pd.DataFrame, metric: str = "top1_agreement") -> alt.Cha
     present = [p for p in PREDICTOR_ORDER if p in set(table["predictor"])]
     colours = [c for p, c in zip(PREDICTOR_ORDER, PREDICTOR_COLOURS) if p in present]
     data = table.rename(columns={"layer.head": "layer_head"})  # a "." in a field name is a path in Vega-Lite
+    heads = sorted(set(data["layer_head"]), key=_head_order)  # 2.3 before 12.3
     return (
         alt.Chart(data[["layer_head", "predictor", metric, "n_queries", "detector_label"]])
         .mark_bar()
         .encode(
-            x=alt.X("layer_head:N", title="head (layer.head)", axis=_axis(labelAngle=0)),
+            x=alt.X("layer_head:N", title="head (layer.head)", sort=heads, axis=_axis(labelAngle=0)),
             xOffset=alt.XOffset("predictor:N", sort=present),
             y=alt.Y(f"{metric}:Q", title=title, scale=alt.Scale(domain=domain), axis=_axis()),
             color=alt.Color(
@@ -332,7 +335,9 @@ def scores_chart(table: pd.DataFrame, metric: str = "top1_agreement") -> alt.Cha
                 sort=present,
                 scale=alt.Scale(domain=present, range=colours),
                 title="predictor",
-                legend=alt.Legend(orient="bottom", labelLimit=0, titleLimit=0, columns=3),
+                # at the right: the page fits the whole chart (legend included) into its height, and a
+                # legend below squashed the bars to a sliver
+                legend=alt.Legend(orient="right", labelLimit=0, titleLimit=0),
             ),
             tooltip=[
                 alt.Tooltip("layer_head:N", title="head"),
@@ -342,5 +347,13 @@ def scores_chart(table: pd.DataFrame, metric: str = "top1_agreement") -> alt.Cha
                 "detector_label",
             ],
         )
-        .properties(height=300, title=f"Explanation scores: {title} per head")
+        .properties(height=360, title=f"Explanation scores: {title} per head")
     )
+
+
+def _head_order(name: str) -> tuple[float, ...]:
+    """Sort key of a "layer.head" name: numerically, layer first."""
+    try:
+        return tuple(float(part) for part in str(name).split("."))
+    except ValueError:
+        return (math.inf,)

@@ -104,6 +104,8 @@ LLM_WHY_SLOWER = (
     "present). It is the model where 'super weight' means what it means in the first tab."
 )
 AXIS = {"labelLimit": 0, "titleLimit": 0}
+CHART_FRAME = 170  # px of a step chart's height outside its plot and legends: title, x axis, paddings (measured)
+LEGEND_ROW = 24  # px a legend row takes
 _ONSET, _MEASURE, _LLM = ga.OnsetSettings(), MeasureSettings(), ga.LLM_MEASURE_SETTINGS
 
 HELP = f"""
@@ -499,17 +501,20 @@ def _event_marks(events: runs.RunEvents, selected: int | None) -> alt.LayerChart
     dashes = {SELECTED: [1, 0]}
     patterns = iter([[5, 3], [2, 2], [8, 3]])
     domain = list(dict.fromkeys(frame["event"]))
+    legend = alt.Legend(  # two columns small enough for a chart a third of the page wide
+        orient="bottom", labelLimit=0, titleLimit=0, columns=2, titleOrient="top", labelFontSize=11, columnPadding=6
+    )
     dash = alt.StrokeDash(
         "event:N",
         title="events",
         scale=alt.Scale(domain=domain, range=[dashes.get(e) or next(patterns) for e in domain]),
-        legend=alt.Legend(orient="bottom", labelLimit=0, titleLimit=0, columns=2),
+        legend=legend,
     )
     color = alt.Color(  # the same field and title as the dashes: one legend, red for the selected checkpoint
         "event:N",
         title="events",
         scale=alt.Scale(domain=domain, range=["#d62728" if e == SELECTED else "gray" for e in domain]),
-        legend=alt.Legend(orient="bottom", labelLimit=0, titleLimit=0, columns=2),
+        legend=legend,
     )
     base = alt.Chart(frame).encode(x="step:Q", strokeDash=dash, color=color, tooltip=["event:N", "step:Q"])
     others = base.transform_filter(alt.datum.event != SELECTED).mark_rule()
@@ -526,16 +531,23 @@ def _step_chart(
     *,
     points: bool = False,
     tooltip: list | None = None,
-    height: int = 240,
+    height: int = 200,
+    columns: int = 2,
 ) -> alt.LayerChart:
-    """Lines over steps, an invisible layer that picks the nearest point on a click (PICK), the event rules."""
+    """Lines over steps, an invisible layer that picks the nearest point on a click (PICK), the event rules.
+
+    `height` is the plot's: on a page Streamlit fits the whole chart (title, axes, legends) into the
+    spec's height, so the legends' rows are added to it (the series legend on top, `columns` a row,
+    the events legend below the x axis)."""
+    n_series = max(1, int(frame[color].nunique())) if color in frame else 1
+    legend_rows = -(-n_series // columns) + (3 if marks is not None else 0)  # events: title + 2 rows
     lines = (
         alt.Chart(frame)
         .mark_line(point=points)
         .encode(
             x=alt.X("step:Q", title="step", axis=alt.Axis(**AXIS)),
             y=y,
-            color=alt.Color(f"{color}:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=0, columns=2)),
+            color=alt.Color(f"{color}:N", title=None, legend=alt.Legend(orient="top", labelLimit=0, columns=columns)),
             tooltip=tooltip or ["step:Q", f"{color}:N"],
         )
     )
@@ -545,7 +557,10 @@ def _step_chart(
     return (
         alt.layer(*layers)
         .resolve_scale(color="independent", strokeDash="independent")
-        .properties(height=height, title=alt.TitleParams(title, anchor="start", limit=0, fontSize=13))
+        .properties(
+            height=height + CHART_FRAME + LEGEND_ROW * legend_rows,
+            title=alt.TitleParams(title, anchor="start", limit=0, fontSize=13),
+        )
     )
 
 
@@ -585,9 +600,10 @@ def _curves(metrics: pd.DataFrame, marks: alt.LayerChart | None, steps: Sequence
         (["weight_norm"], "Weight norm", "‖w‖₂", alt.Scale(zero=False), "grok_chart_norm"),
     ):
         frame = long[long["column"].isin(cols)]
-        y = alt.Y("value:Q", title=axis_title, scale=scale, axis=alt.Axis(**AXIS))
+        log = scale.to_dict().get("type") == "log"  # short tick labels (1e-6, not 0.000001)
+        y = alt.Y("value:Q", title=axis_title, scale=scale, axis=alt.Axis(**AXIS, **({"format": "~e"} if log else {})))
         tooltip = ["step:Q", "series:N", alt.Tooltip("value:Q", format=".4g")]
-        chart = _step_chart(frame, y, "series", title, marks, tooltip=tooltip, height=220)
+        chart = _step_chart(frame, y, "series", title, marks, tooltip=tooltip, height=200)
         charts.append((chart, f"grokking_{key.removeprefix('grok_chart_')}", key, metrics[["step", *cols]]))
     _show_step_charts(charts, steps, per_row=3)
 
@@ -610,7 +626,7 @@ def _measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps:
         tooltip = ["step:Q", "name:N", alt.Tooltip(f"{column}:Q", format=".4g")] + (
             ["argmax:N"] if column != "max_over_median" or frame is w else []
         )
-        chart = _step_chart(frame, y, "name", title, marks, points=True, tooltip=tooltip, height=240)
+        chart = _step_chart(frame, y, "name", title, marks, points=True, tooltip=tooltip, height=220, columns=3)
         charts.append((chart, f"grokking_measure_{short}", f"grok_chart_m_{short}", frame))
     _show_step_charts(charts, steps, per_row=2)
 
@@ -643,7 +659,7 @@ def _llm_measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, st
         long = measures.melt("step", present)
         y = alt.Y("value:Q", title=axis_title, scale=alt.Scale(type=scale), axis=alt.Axis(**AXIS))
         tooltip = ["step:Q", "variable:N", alt.Tooltip("value:Q", format=".4g")]
-        chart = _step_chart(long, y, "variable", title, marks, points=True, tooltip=tooltip, height=240)
+        chart = _step_chart(long, y, "variable", title, marks, points=True, tooltip=tooltip, height=220)
         charts.append((chart, f"grokking_llm_measure_{i}", f"grok_chart_llm_{i}", measures[["step", *present]]))
     _show_step_charts(charts, steps, per_row=2)
 

@@ -23,10 +23,24 @@ PREVIEWS = {
 
 
 def _preview(*names: str) -> None:
+    """The previews at their own size, at most the column's width (a report figure squeezed into a third
+    of the page had unreadable labels)."""
     for name in names:
         path, caption = PREVIEWS[name]
         if path.is_file():  # a clone without the figures still shows the page
-            st.image(str(path), caption=caption, width="stretch")
+            st.image(str(path), caption=caption)
+
+
+def _idea(title: str, text: str, link: tuple[str, str, str], *previews: str) -> None:
+    """One idea: its text and link at the left, its preview(s) at the right (about 520 px at 1400 px)."""
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        st.subheader(title)
+        st.markdown(text)
+        page, label, icon = link
+        st.page_link(page, label=label, icon=icon)
+    with right:
+        _preview(*previews)
 
 
 def render() -> None:
@@ -36,45 +50,35 @@ def render() -> None:
         "numbers from the command line). The embedded **Gemma 3 270M** runs offline on a laptop CPU; "
         "pick any other causal LM you have locally in the sidebar."
     )
-
-    col1, col2, col3 = st.columns(3)
-    with col1:
-        st.subheader("1 · Super weights and grokking")
-        st.markdown(
-            "Find the few scalar **super weights** of a pretrained LLM layer by layer (Yu et al. 2024, "
-            "arXiv 2411.07191), ablate them and measure the damage. Then train a small model (a one-hot MLP "
-            "by default, or a transformer or a small Llama) until it **groks** modular arithmetic (Power et al. "
-            "2022) and see whether super weights appear, and when, relative to grokking."
-        )
-        _preview("superweights", "grokking")
-        st.page_link(
-            "app_pages/1_Super_weights_and_grokking.py",
-            label="Open super weights & grokking",
-            icon=":material/fitness_center:",
-        )
-    with col2:
-        st.subheader("2 · Semantic vs surface uncertainty")
-        st.markdown(
-            "On your CSV of open-ended questions: **A1** = accuracy answering all; **A2** = accuracy on "
-            "the half the model is most sure of by a usual score; **A3** = the same with *semantic* "
-            "uncertainty (semantic entropy, semantic entropy probes, a semantic/surface subspace split "
-            "of the hidden states)."
-        )
-        _preview("uncertainty")
-        st.page_link(
-            "app_pages/2_Semantic_uncertainty.py", label="Open semantic uncertainty", icon=":material/psychology:"
-        )
-    with col3:
-        st.subheader("3 · Self-interpretation of attention")
-        st.markdown(
-            "Type a prompt and see every attention head; describe each head in text (top-5 attended "
-            "tokens per token); find head functions across many prompts; ask the model to explain a "
-            "head and **score its explanation** against external detectors."
-        )
-        _preview("attention")
-        st.page_link(
-            "app_pages/3_Attention_self_interpretation.py", label="Open attention", icon=":material/visibility:"
-        )
+    _idea(
+        "1 · Super weights and grokking",
+        "Find the few scalar **super weights** of a pretrained LLM layer by layer (Yu et al. 2024, "
+        "arXiv 2411.07191), ablate them and measure the damage. Then train a small model (a one-hot MLP "
+        "by default, or a transformer or a small Llama) until it **groks** modular arithmetic (Power et al. "
+        "2022) and see whether super weights appear, and when, relative to grokking.",
+        ("app_pages/1_Super_weights_and_grokking.py", "Open super weights & grokking", ":material/fitness_center:"),
+        "superweights",
+    )
+    _preview("grokking")  # two panels of many runs: the page's whole width
+    st.divider()
+    _idea(
+        "2 · Semantic vs surface uncertainty",
+        "On your CSV of open-ended questions: **A1** = accuracy answering all; **A2** = accuracy on "
+        "the half the model is most sure of by a usual score; **A3** = the same with *semantic* "
+        "uncertainty (semantic entropy, semantic entropy probes, a semantic/surface subspace split "
+        "of the hidden states).",
+        ("app_pages/2_Semantic_uncertainty.py", "Open semantic uncertainty", ":material/psychology:"),
+        "uncertainty",
+    )
+    st.divider()
+    _idea(
+        "3 · Self-interpretation of attention",
+        "Type a prompt and see every attention head; describe each head in text (top-5 attended "
+        "tokens per token); find head functions across many prompts; ask the model to explain a "
+        "head and **score its explanation** against external detectors.",
+        ("app_pages/3_Attention_self_interpretation.py", "Open attention", ":material/visibility:"),
+        "attention",
+    )
 
     st.divider()
     st.caption(

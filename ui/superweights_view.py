@@ -24,6 +24,7 @@ the button it feeds, and leaves the results on screen (marked as the previous on
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -488,11 +489,16 @@ def ablation_chart(table: pd.DataFrame) -> alt.LayerChart:
     """Perplexity ratio (ablated / original, log) per condition, as bars from 1; a rule at 1."""
     frame = table[["condition", "perplexity", "ppl_ratio"]].assign(baseline=1.0)
     frame["label"] = frame["ppl_ratio"].map(lambda r: f"{r:.3g}x")
+    frame["label_at"] = frame["ppl_ratio"].map(lambda r: max(r, 1.0))  # right of the bar (and of the rule at 1)
     order = list(frame["condition"])
     y = alt.Y("condition:N", sort=order, title=None, axis=_axis())
+    ratios = [float(r) for r in frame["ppl_ratio"] if math.isfinite(r) and r > 0]
+    low, high = min([1.0, *ratios]), max([1.0, *ratios])
     x = alt.X(
         "ppl_ratio:Q",
-        scale=alt.Scale(type="log"),
+        # around the data (and 1), room at the right for the labels: a "nice" log domain of 0.1 to 10 drew
+        # ratios of 0.99 to 1.05 as bars one pixel wide
+        scale=alt.Scale(type="log", domain=[low / 1.15, high * 1.6], nice=False),
         title="perplexity ratio, ablated / original (log)",
         axis=_axis(),
     )
@@ -507,7 +513,7 @@ def ablation_chart(table: pd.DataFrame) -> alt.LayerChart:
             tooltip=["condition", alt.Tooltip("perplexity:Q", format=".4g"), alt.Tooltip("ppl_ratio:Q", format=".4g")],
         )
     )
-    text = alt.Chart(frame).mark_text(align="left", dx=4).encode(y=y, x=x, text="label:N")
+    text = alt.Chart(frame).mark_text(align="left", dx=4).encode(y=y, x=alt.X("label_at:Q"), text="label:N")
     one = alt.Chart(pd.DataFrame({"x": [1.0]})).mark_rule(color="gray").encode(x="x:Q")
     return alt.layer(bars, text, one).properties(height=max(160, 44 * len(frame)))
 
@@ -529,13 +535,14 @@ def quantization_chart(table: pd.DataFrame) -> alt.LayerChart | None:
                 axis=_axis(values=blocks, format="d"),
             ),
             y=alt.Y("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=_axis()),
-            color=alt.Color("method:N", title=None, legend=alt.Legend(labelLimit=0, orient="bottom", columns=1)),
+            # legend at the top: below (one method a line) it took most of the height Streamlit fits the chart in
+            color=alt.Color("method:N", title=None, legend=alt.Legend(labelLimit=0, orient="top")),
             tooltip=["block_size", "method", alt.Tooltip("perplexity:Q", format=".4g"), "held_weights"],
         )
     )
     original = table.loc[table["block_size"].isna(), "perplexity"]
     if original.empty:
-        return lines.properties(height=280)
+        return lines.properties(height=340)
     base = alt.Chart(pd.DataFrame({"perplexity": [float(original.iloc[0])], "what": ["original (no quantization)"]}))
     rule = base.mark_rule(strokeDash=[4, 4], color="gray").encode(
         y="perplexity:Q", tooltip=["what", alt.Tooltip("perplexity:Q", format=".4g")]
@@ -543,7 +550,7 @@ def quantization_chart(table: pd.DataFrame) -> alt.LayerChart | None:
     label = base.mark_text(align="left", dx=4, dy=9, color="gray").encode(
         x=alt.datum(blocks[0]), y="perplexity:Q", text="what:N"
     )
-    return alt.layer(lines, rule, label).properties(height=280)
+    return alt.layer(lines, rule, label).properties(height=340)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,7 +662,7 @@ def _render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
             y=alt.Y("abs_value:Q", scale=alt.Scale(type="log"), title="|h[token, channel]| (log)", axis=_axis()),
             tooltip=["layer", alt.Tooltip("value:Q", format=".4g"), alt.Tooltip("ratio:Q", format=".3g")],
         )
-        .properties(height=220)
+        .properties(height=300)  # the whole chart, axes included (Streamlit fits it): room for the y title
     )
     show_chart(chart, "superweight_residual_trace", key="sw_trace_chart", data=trace)
     frame = _readable(detection.frame())
@@ -691,10 +698,11 @@ def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
             .encode(
                 x=layer_x(n_layers),
                 y=alt.Y("max_over_median:Q", scale=alt.Scale(type="log"), title="max|w| / median|w|", axis=_axis()),
-                color=alt.Color("projection:N", legend=alt.Legend(labelLimit=0, orient="bottom")),
+                # legend at the right: below, it took most of the height Streamlit fits the chart into
+                color=alt.Color("projection:N", legend=alt.Legend(labelLimit=0, titleLimit=0, orient="right")),
                 tooltip=["layer", "projection", "max_over_median", "kurtosis", "row", "col"],
             )
-            .properties(height=260)
+            .properties(height=340)
         )
         show_chart(chart, "weight_stats", key="sw_wstats_chart", data=stats)
         st.dataframe(stats, hide_index=True, width="stretch")
@@ -735,7 +743,7 @@ def _render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
                     color=alt.condition(alt.datum.offset == 0, alt.value("crimson"), alt.value("steelblue")),
                     tooltip=["row", "col", alt.Tooltip("value:Q", format=".4g")],
                 )
-                .properties(height=200)
+                .properties(height=260)
             )
             with box:
                 show_chart(chart, f"superweight_neighbourhood_{along}", key=f"sw_neigh_chart_{along}", data=part)

@@ -144,8 +144,7 @@ def _tracked_init(self, *args, **kwargs):
 _queue.FairLock.__init__ = _tracked_init
 def _dump():
     import sys
-    time.sleep(1.0)  # (sys.argv is complete once the interpreter has started)
-    if "streamlit" not in " ".join(sys.argv):  # a training child of the server (same environment): not it
+    if "app.py" not in sys.argv:  # a training child of the server (same environment): not it
         return
     path, longest_queue = os.environ["LAB_SOAK_STATS"], 0
     while True:

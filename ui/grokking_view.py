@@ -696,10 +696,10 @@ def _checkpoint_detail(metrics: pd.DataFrame, measures: pd.DataFrame, step: int,
     if len(at_step):
         row = at_step.iloc[-1]
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Train accuracy", f"{row['train_acc']:.1%}")
-        m2.metric("Test accuracy", f"{row['test_acc']:.1%}")
-        m3.metric("Test loss", f"{row['test_loss']:.3g}")
-        m4.metric("Weight norm ‖w‖₂", f"{row['weight_norm']:.4g}")
+        m1.metric(f"Train accuracy at {step}", f"{row['train_acc']:.1%}")  # (the run's last values are above)
+        m2.metric(f"Test accuracy at {step}", f"{row['test_acc']:.1%}")
+        m3.metric(f"Test loss at {step}", f"{row['test_loss']:.3g}")
+        m4.metric(f"Weight norm ‖w‖₂ at {step}", f"{row['weight_norm']:.4g}")
     rows = measures[measures["step"] == step]
     if is_llm:
         if len(rows):

@@ -99,8 +99,9 @@ def _local_states() -> dict[str, str]:
 def _label(option: str) -> str:
     if option == CUSTOM:
         return option
-    state = _local_states().get(option, "")
-    here = not (state.startswith("not local") or state.startswith("embedded ("))
+    if option == embedded.EMBEDDED_LM:  # ships with the lab (converted on its first load)
+        return option
+    here = _local_states().get(option, "") != "not local"
     return option if here else f"{option} (not on this machine)"
 
 

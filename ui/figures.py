@@ -47,34 +47,20 @@ def show_chart(
     )
     stem = _file_stem(name)
     table = data if data is not None else _chart_data(chart)
-    row = st.container(horizontal=True, gap="small")  # buttons at their own width, never cut in a narrow column
-    row.download_button(
-        "PNG",
-        lambda: chart_png(chart),
-        f"{stem}.png",
-        "image/png",
-        key=f"{key}_png",
-        on_click="ignore",
-        icon=":material/download:",
-        type="tertiary",
-    )
-    row.download_button(
-        "SVG",
-        lambda: chart_svg(chart),
-        f"{stem}.svg",
-        "image/svg+xml",
-        key=f"{key}_svg",
-        on_click="ignore",
-        icon=":material/download:",
-        type="tertiary",
-    )
+    files = [
+        ("PNG", lambda: chart_png(chart), "png", "image/png"),
+        ("SVG", lambda: chart_svg(chart), "svg", "image/svg+xml"),
+    ]
     if table is not None:
+        files.append(("CSV", lambda: table.to_csv(index=False), "csv", "text/csv"))
+    row = st.container(horizontal=True, gap="small")  # buttons at their own width, never cut in a narrow column
+    for label, render, ext, mime in files:  # rendered only when clicked (a callable)
         row.download_button(
-            "CSV",
-            lambda: table.to_csv(index=False),
-            f"{stem}.csv",
-            "text/csv",
-            key=f"{key}_csv",
+            label,
+            render,
+            f"{stem}.{ext}",
+            mime,
+            key=f"{key}_{ext}",
             on_click="ignore",
             icon=":material/download:",
             type="tertiary",

@@ -92,9 +92,12 @@ VIEWPORT = {"width": 1400, "height": 1000}
 WATCH_SECONDS = 3.0  # how often each page is read for queue notes and errors
 STAGGER_SECONDS = 3.0  # people start this far apart
 LONG_MS = 1_500_000  # a wait for a result (bounded anyway by the browser phase's deadline)
-SHORT_MS = 90_000  # a wait for a page or a message
+SHORT_MS = 180_000  # a wait for a page or a message (on 2 cores shared by 7 browsers, the server and its jobs)
 UQ_SEED = 1000  # person i: uncertainty seed UQ_SEED + i, grokking seed i + 1
+UQ_SHOWS = ("A1 (all)", "The tables")  # what a page shows of an uncertainty run
+GROK_SHOWS = ("Summary", "Last step", "Showing:")  # what a page shows of a grokking run
 CRASHES = ("Traceback", "exception box", "went wrong")  # what Seen.problem records of a crash on a page
+FRESH = ':not([data-stale="true"])'  # an element of the page's last run, not a stale one of an earlier run
 CANDIDATE = re.compile(r"layer \d+ W\[\d+, \d+\]")
 WORDS = (
     "time person year way day thing world life hand part child eye woman place work week case point company "
@@ -118,7 +121,8 @@ WATCH_JS = """() => {
     queue: pick('[data-testid="stAlert"], [data-testid="stProgress"]').filter(t => t.includes('in the queue')),
   };
 }"""
-METRICS_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('[data-testid="stMetric"]')).map(m => {
+METRICS_JS = """root => Object.fromEntries(
+  Array.from(document.querySelectorAll(root + ' [data-testid="stMetric"]')).map(m => {
   const label = m.querySelector('[data-testid="stMetricLabel"]');
   const value = m.querySelector('[data-testid="stMetricValue"]');
   return [label ? label.innerText.trim().split('\\n')[0].trim() : '', value ? value.innerText.trim() : ''];
@@ -127,6 +131,10 @@ TOP_HEADS_JS = "() => /Top .+ heads: \\d+\\.\\d+/.test(document.querySelector('[
 SCAN_DRAWN_JS = """t => /layer \\d+ W\\[/.test((document.querySelector('.st-key-sw_ablate_cands') || {}).textContent)
   || document.querySelector('[data-testid="stMain"]').innerText.includes(t)"""
 VISIBLE_H3_JS = "t => Array.from(document.querySelectorAll('h3')).some(h => h.innerText.includes(t) && h.offsetParent)"
+SUMMARY_OR_ERROR_JS = """t => Array.from(document.querySelectorAll('h3')).some(
+    h => h.innerText.includes(t) && h.offsetParent)
+  || Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stAlertContentError"]')).some(
+    e => e.offsetParent)"""
 UQ_DONE_JS = """n => Array.from(document.querySelectorAll('[data-testid="stMetric"]')).some(
   m => m.innerText.startsWith('Questions') && m.innerText.trim().endsWith(String(n)))
   && document.body.innerText.includes('A3 (semantic, 50%)')"""
@@ -204,6 +212,8 @@ class Seen:
     tabs: dict[int, str | None] = dataclasses.field(default_factory=dict)  # id(page) -> the tab selected last
     tab_resets: int = 0  # times a rerun switched the page back to its first tab
     retyped: int = 0  # times a late rerun put a widget's old value back after it was typed
+    failed_parts: list[str] = dataclasses.field(default_factory=list)  # hostile: the tabs that failed
+    resubmitted: list[str] = dataclasses.field(default_factory=list)  # widgets whose Enter had to be pressed again
 
     def problem(self, text: str) -> None:
         if text not in self.problems:
@@ -353,14 +363,25 @@ async def retrying(page, seen: Seen, act: Callable[[int], Awaitable[Any]], timeo
 
 
 async def set_text(page, seen: Seen, key: str, value: str) -> None:
-    """Type `value` into a widget and submit it; typed again when a late rerun put the old value back."""
-    box = page.locator(f".st-key-{key} textarea, .st-key-{key} input").filter(visible=True).first
+    """Type `value` into a widget and submit it; typed again when a late rerun put the old value back, and
+    submitted again while the widget still says "Press Enter to apply" (the key press did not apply it)."""
+    box = page.locator(f".st-key-{key}{FRESH} textarea, .st-key-{key}{FRESH} input").filter(visible=True).first
+    pending = page.locator(f".st-key-{key}{FRESH} [data-testid='InputInstructions']").filter(visible=True)
     for _ in range(3):
         await retrying(page, seen, lambda ms: box.fill(value, timeout=ms))
-        await box.press("Control+Enter" if await box.evaluate("e => e.tagName") == "TEXTAREA" else "Enter")
+        submit = "Control+Enter" if await box.evaluate("e => e.tagName") == "TEXTAREA" else "Enter"
+        await box.press(submit)
         await wait_idle_async(page, SHORT_MS)
         await same_tab(page, seen)
+        for _ in range(3):
+            if not await pending.count():
+                break
+            seen.resubmitted.append(key)
+            await box.press(submit)
+            await wait_idle_async(page, SHORT_MS)
         if same_value(await retrying(page, seen, lambda ms: box.input_value(timeout=ms)), value):
+            if await pending.count():
+                seen.problem(f"the value typed into {key} was shown but not applied after 4 key presses")
             return
         seen.retyped += 1
     seen.problem(f"the page did not keep the value typed into {key}")
@@ -381,8 +402,17 @@ async def set_number(page, seen: Seen, key: str, value: float) -> None:
 
 
 async def click(page, seen: Seen, key: str) -> None:
-    button = page.locator(f".st-key-{key} button").filter(visible=True).first
-    await retrying(page, seen, lambda ms: button.click(timeout=ms))
+    button = page.locator(f".st-key-{key}{FRESH} button").filter(visible=True).first
+    try:
+        await retrying(page, seen, lambda ms: button.click(timeout=ms))
+    except PlaywrightTimeout as err:  # say what kept the button from being clicked
+        count = await page.locator(f".st-key-{key}{FRESH} button").count()
+        stale = await page.locator(f".st-key-{key}[data-stale='true'] button").count()
+        state = "absent" if not count else "disabled" if not await button.is_enabled() else "enabled"
+        raise RuntimeError(
+            f"the button {key} could not be clicked within {SHORT_MS / 1000:.0f} s ({state}; "
+            f"{count} on the page, {stale} stale; tab {seen.tabs.get(id(page))!r}): {str(err).splitlines()[0]}"
+        ) from err
 
 
 async def wait_shown(page, seen: Seen, text: str, timeout_ms: int = LONG_MS, js: str | None = None) -> None:
@@ -428,8 +458,9 @@ async def options(page, key: str) -> list[str]:
     return labels
 
 
-async def metrics(page) -> dict[str, str]:
-    return await page.evaluate(METRICS_JS)
+async def metrics(page, root: str = "") -> dict[str, str]:
+    """Label -> value of the metrics under the CSS selector `root` (the whole page when empty)."""
+    return await page.evaluate(METRICS_JS, root)
 
 
 async def watch(page, seen: Seen) -> None:
@@ -486,6 +517,7 @@ async def expect_accepted(page, seen: Seen, name: str, request: str, act: Callab
     start = time.monotonic()
     try:
         shown = await act()
+        await wait_idle_async(page, SHORT_MS)  # read after the rerun ended: a running one still shows old elements
         ok = f"({name} in " not in await main_text(page)
     except Exception as err:  # noqa: BLE001
         ok, shown = False, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -548,21 +580,29 @@ class Soak:
         try:
             await body(context, page, seen, index)
             seen.step = "done"
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # cut at the deadline: keep what its page showed
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._keep_screen(page, seen, "cut", seen.step), 20)
             raise
         except Exception as err:  # noqa: BLE001 - recorded; the soak goes on with the others
             seen.problem(f"failed during {seen.step}: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
             with contextlib.suppress(Exception):
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                stem = ARTIFACTS / f"{seen.name.split()[0]}-failed"
-                stem.with_suffix(".txt").write_text(f"{seen.step}\n{err}\n", encoding="utf-8")
-                await page.screenshot(path=str(stem.with_suffix(".png")), full_page=True)
+                await self._keep_screen(page, seen, "failed", f"{seen.step}\n{err}")
         finally:
             self._done_main(seen)
             for watcher in self._watchers.pop(seen.name, []):
                 watcher.cancel()
             with contextlib.suppress(Exception):
                 await context.close()
+
+    @staticmethod
+    async def _keep_screen(page, seen: Seen, what: str, why: str) -> None:
+        """tests/artifacts/soak/<who>-<what>.txt (why, the URL, the main area's text) and .png (the page)."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        stem = ARTIFACTS / f"{seen.name.split()[0]}-{what}"
+        text = await main_text(page)
+        stem.with_suffix(".txt").write_text(f"{why}\n{page.url}\n\n{text}\n", encoding="utf-8")
+        await page.screenshot(path=str(stem.with_suffix(".png")), full_page=True)
 
     async def _page(self, context, seen: Seen):
         """A new tab of this session's browser context, watched."""
@@ -612,8 +652,20 @@ class Soak:
         seen.attention["tokens"] = tokens
         await tab(page, seen, "Text description")
         seen.attention["description"] = (
-            await page.locator('[data-testid="stCode"]:visible').first.text_content()
+            await page.locator(
+                f'[data-testid="stElementContainer"]{FRESH} [data-testid="stCode"]:visible'
+            ).first.text_content()
         ).strip()
+        lines = len(seen.attention["description"].splitlines())
+        if lines != tokens:  # a line per token: the description is of another prompt than the one typed
+            box = page.locator(".st-key-att_prompt textarea").first
+            in_box = await box.input_value() if await box.count() else "(no text area)"
+            in_url = parse_qs(urlparse(page.url).query).get("att_prompt", ["(none)"])[0]
+            keep_text(seen, "attention-other-prompt", await main_text(page))
+            seen.problem(
+                f"the text description has {lines} lines for a prompt of {tokens} tokens; the text area holds "
+                f"{in_box[:40]!r}, the link's att_prompt {in_url[:40]!r} (typed {prompt[:40]!r})"
+            )
         await tab(page, seen, "Head functions across prompts")
         await set_text(page, seen, "att_hf_user", prompt)
         await click(page, seen, "att_hf_run")
@@ -632,7 +684,7 @@ class Soak:
         try:  # the candidates' widgets drawn (or the note that there is none)
             await wait_shown(page, seen, "stands out", SHORT_MS, js=SCAN_DRAWN_JS)
         except PlaywrightTimeout:
-            seen.notes.append("the scan's candidate widgets were not drawn within 90 s of the scan")
+            seen.notes.append(f"the scan's candidate widgets were not drawn within {SHORT_MS / 1000:.0f} s of the scan")
         await wait_idle_async(page, LONG_MS)
         text = await main_text(page)
         keep_text(seen, "scan", text)
@@ -659,12 +711,21 @@ class Soak:
         await set_number(page, seen, "grok_seed", i + 1)
         await set_number(page, seen, "grok_steps", self.plan.grok_steps)
         await click(page, seen, "grok_start")
-        await wait_shown(page, seen, "Summary", js=VISIBLE_H3_JS)
+        await wait_shown(page, seen, "Summary", js=SUMMARY_OR_ERROR_JS)
+        errors = await page.locator(
+            '[data-testid="stMain"] [data-testid="stAlertContentError"]:visible'
+        ).all_inner_texts()
+        if errors:
+            raise RuntimeError(f"the grokking tab showed an error: {' '.join(errors[0].split())[:200]}")
         await wait_idle_async(page, LONG_MS)
-        shown = await metrics(page)
-        keep_text(seen, "grokking", await main_text(page))
+        shown = await metrics(page, ".st-key-grok_last")  # the run's last values (not a checkpoint's)
+        text = await main_text(page)
+        keep_text(seen, "grokking", text)
         seen.grok["test_acc"] = shown.get("Test accuracy")
-        seen.grok["step"] = shown.get("Last step") or shown.get("Step")
+        seen.grok["step"] = shown.get("Last step")
+        detail = re.search(r"Checkpoint at step (\d+)", text)
+        if detail and detail.group(1) != seen.grok["step"]:  # the picker follows the newest unless one is picked
+            seen.problem(f"the finished run's checkpoint detail shows step {detail.group(1)}, not {seen.grok['step']}")
         summary = page.locator('[data-testid="stMain"] [data-testid="stAlertContentSuccess"]:visible')
         seen.grok["summary"] = " ".join((await summary.first.inner_text()).split()) if await summary.count() else ""
         seen.grok["run_id"] = run_param(page)
@@ -694,13 +755,22 @@ class Soak:
         if not others:
             return
         other = others[(i if i >= 0 else 0) % len(others)]
-        await goto(page, self.url, f"Semantic_uncertainty?run={other.uq['run_id']}", seen)
-        text = await main_text(page)
-        seen.links[f"uncertainty run of {other.name}"] = PRIVATE_NOTICE in text and "The table" not in text
-        await goto(page, self.url, f"Super_weights_and_grokking?run={other.grok['run_id']}", seen)
-        await tab(page, seen, "Grokking lab")
-        text = await main_text(page)
-        seen.links[f"grokking run of {other.name}"] = PRIVATE_NOTICE in text and "Summary" not in text
+        for what, path, shows in (
+            ("uncertainty", f"Semantic_uncertainty?uq_run={other.uq['run_id']}", UQ_SHOWS),
+            ("grokking", f"Super_weights_and_grokking?sw_tab=Grokking+lab&run={other.grok['run_id']}", GROK_SHOWS),
+        ):
+            await goto(page, self.url, path, seen)
+            with contextlib.suppress(PlaywrightTimeout):
+                await wait_shown(page, seen, PRIVATE_NOTICE, SHORT_MS)
+            await wait_idle_async(page, SHORT_MS)
+            text = await main_text(page)
+            keep_text(seen, f"private-{what}", text)
+            leaked = [marker for marker in shows if marker in text]
+            seen.links[f"{what} run of {other.name}"] = PRIVATE_NOTICE in text and not leaked
+            if leaked:
+                seen.problem(f"a link to {other.name}'s private {what} run showed {', '.join(leaked)}")
+            elif PRIVATE_NOTICE not in text:
+                seen.problem(f"a link to {other.name}'s private {what} run did not say it is private")
 
     # -- the hostile session
     async def _hostile(self, context, page, seen: Seen, index: int) -> None:
@@ -710,11 +780,33 @@ class Soak:
             await self._timed(seen, "hostile attention", self._hostile_attention(page, seen))
             await self._timed(seen, "hostile scan", self._hostile_scan(page, seen))
 
+        async def part(name: str, tab_page, work: Awaitable[None]) -> None:
+            """One of the three tabs: its failure is recorded under its name, with what its tab showed
+            (tests/artifacts/soak/H-failed-<tab>.txt and .png); the other two go on."""
+            try:
+                await work
+            except Exception as err:  # noqa: BLE001 - recorded; the soak goes on
+                seen.problem(f"{name} failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+                seen.failed_parts.append(name)
+                with contextlib.suppress(Exception):
+                    await self._keep_screen(tab_page, seen, f"failed-{name.split()[1]}", f"{seen.step}\n{err}")
+
+        uq_page, grok_page = await self._page(context, seen), await self._page(context, seen)
         await asyncio.gather(
-            attention_then_scan(),
-            self._timed(seen, "hostile uncertainty", self._hostile_uq(await self._page(context, seen), seen)),
-            self._timed(seen, "hostile grokking", self._hostile_grok(await self._page(context, seen), seen)),
+            part("hostile attention and scan", page, attention_then_scan()),
+            part(
+                "hostile uncertainty",
+                uq_page,
+                self._timed(seen, "hostile uncertainty", self._hostile_uq(uq_page, seen)),
+            ),
+            part(
+                "hostile grokking",
+                grok_page,
+                self._timed(seen, "hostile grokking", self._hostile_grok(grok_page, seen)),
+            ),
         )
+        if seen.failed_parts:
+            raise RuntimeError(f"{', '.join(seen.failed_parts)} did not finish (above)")
         seen.step = "waiting for the others"
         self._done_main(seen)
         await self._all_done.wait()
@@ -874,6 +966,13 @@ class Soak:
             page, seen, "grok_steps", f"{steps:,} steps", lambda: set_number(page, seen, "grok_steps", steps)
         )
         await set_number(page, seen, "grok_steps", limits.grok_steps)
+        await wait_idle_async(page, SHORT_MS)
+        if "(grok_steps in " in await main_text(page):  # the field shows the new value: its refusal must go
+            url_steps = parse_qs(urlparse(page.url).query).get("grok_steps", ["(none)"])[0]
+            seen.problem(
+                f"grok_steps shows {limits.grok_steps} (the link says {url_steps}), but the page still refuses "
+                f"{limits.grok_steps + 1:,} steps"
+            )
         await set_number(page, seen, "grok_wd", 0)  # does not grok: trains until stopped
 
         async def sweep() -> None:
@@ -1309,6 +1408,9 @@ def report(
         f"{sum(p.tab_resets for p in everyone)} |",
         f"| times a late rerun put back a widget's old value after it was typed (the soak typed it again) | "
         f"{sum(p.retyped for p in everyone)} |",
+        '| times a typed value still said "Press Enter to apply" after its key press (the soak pressed it again; '
+        f"widgets) | {sum(len(p.resubmitted) for p in everyone)} "
+        f"({', '.join(sorted({k for p in everyone for k in p.resubmitted})) or '-'}) |",
         f'| pages that showed a traceback, an exception box or "Something went wrong" | {crashed} |',
         "",
         "Queue notes seen on the pages: "

@@ -11,6 +11,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from engine.grokking.config import GrokConfig, is_prime
+from ui.grokking_view import NEWEST
 
 CONFIG = GrokConfig(p=23, train_frac=0.8, steps=200, eval_every=20, checkpoint_every=80)
 URL_SETTINGS = {"grok_p": "23", "grok_frac": "0.8", "grok_steps": "200", "grok_eval": "20"}
@@ -92,8 +93,30 @@ def test_the_url_restores_run_settings_and_checkpoint(cache):
     # a link with the run only (`?run=<id>`) fills the form with the run's settings
     at = _open({"run": cache.run_id})
     assert at.number_input(key="grok_p").value == 23 and at.number_input(key="grok_eval").value == 20
-    assert at.selectbox(key="grok_step").value == 200  # default: the last checkpoint
+    assert at.selectbox(key="grok_step").value == NEWEST  # default: the newest checkpoint, followed while it trains
+    assert any(s.value == "Checkpoint at step 200" for s in at.subheader)
     assert not at.warning
+
+
+def _picker_script():
+    import streamlit as st
+
+    from ui.grokking_view import _checkpoint_picker
+
+    st.session_state["n"] = st.session_state.get("n", 0) + 1  # one more checkpoint every rerun, as while training
+    st.write(f"shown {_checkpoint_picker(list(range(0, 100 * st.session_state['n'], 100)))}")
+
+
+def test_the_checkpoint_picker_follows_the_newest_until_one_is_picked():
+    at = AppTest.from_function(_picker_script).run()
+    assert at.markdown[0].value == "shown 0" and at.selectbox(key="grok_step").value == NEWEST
+    at.run().run()  # three checkpoints: the view follows without the page writing a step into the widget
+    assert at.markdown[0].value == "shown 200" and at.selectbox(key="grok_step").value == NEWEST
+    at.selectbox(key="grok_step").set_value(100).run()
+    at.run()
+    assert at.markdown[0].value == "shown 100"  # a picked checkpoint stays while newer ones arrive
+    at.selectbox(key="grok_step").set_value(NEWEST).run()
+    assert at.markdown[0].value == "shown 500"  # six reruns: checkpoints 0 to 500
 
 
 def test_picking_a_checkpoint_updates_its_detail(cache):

@@ -298,6 +298,37 @@ def test_uq_prompt_over_the_token_limit_starts_nothing(lab, tiny_gemma3_dir):
     assert store.list_runs() == [] and lab_db().jobs_of(ALICE) == []
 
 
+def test_a_new_uq_run_is_owned_before_its_folder_exists(lab, tiny_gemma3_dir, monkeypatch):
+    """Nobody may list another person's run as no one's: the owner is recorded before the folder is made
+    (the soak found a colleague's picker showing a run between its creation and its claim)."""
+    from engine.uq import generation, store
+
+    owners_when_made = []
+
+    def open_run(*args, **kwargs):
+        located = store.run_for(*args[:3], n_layers=kwargs.get("n_layers"))
+        owners_when_made.append((located.exists(), lab_db().access("uq", located.run_id).owner))
+        return store.open_run(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "open_run", open_run)
+    monkeypatch.delenv("LAB_LIMITS_FILE")  # the server's own limits: the bundled questions fit
+    at = session(UQ_PAGE, ALICE_KEY, model_dir=tiny_gemma3_dir)
+    at.number_input(key="uq_k").set_value(2)
+    at.number_input(key="uq_max_new").set_value(2)
+    at.number_input(key="uq_limit").set_value(1)
+    at.run()
+    at.button(key="uq_start").click().run()
+    assert not at.exception and not at.error, messages(at)
+    assert owners_when_made == [(False, ALICE)]  # no folder yet, and already Alice's
+    (run,) = store.list_runs()
+    assert lab_db().access("uq", run.run_id).owner == ALICE
+    bob = session(UQ_PAGE, BOB_KEY)
+    assert run.run_id not in page_text(bob)
+    job = RUNNER.running(generation.job_key(run.run_id))
+    if job is not None:
+        job.wait(60)  # the one-question generation ends before the cache folder goes
+
+
 def test_grokking_step_and_sweep_limits_are_named(lab):
     at = session(_grokking_tab, ALICE_KEY)
     assert "sweep_runs" in messages(at)  # the default sweep: 3 seeds x 2 weight decays > 2 runs

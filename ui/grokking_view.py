@@ -83,6 +83,7 @@ VIEW_SLOT = "grok_view"  # the run shown: the last one started or reopened
 SWEEP_SLOT = "grok_sweep"  # the sweep job started for exactly these sweep inputs
 P_MAX = 2000  # largest p on this page (the command line takes any p its memory estimate allows)
 STEP_KEY = "grok_step"  # the selected checkpoint (a query parameter)
+NEWEST = "newest"  # the picker's first option: the newest checkpoint, followed while the run trains
 PICK = "grok_pick"  # the charts' click selection: the step clicked
 START_SLOT = "start"  # where a problem of the whole configuration is shown: right above Start
 SELECTED = "selected checkpoint"
@@ -669,24 +670,26 @@ def _checkpoint_steps(measures: pd.DataFrame) -> list[int]:
 
 
 def _checkpoint_picker(steps: Sequence[int]) -> int | None:
-    """The selected checkpoint (query parameter grok_step; default the last one), or None before any."""
+    """The selected checkpoint (query parameter grok_step), or None before any. Its first option, NEWEST, follows
+    the newest checkpoint while the run trains: the page never writes a step into the widget itself, so a rerun
+    that the browser asked for with an older state cannot pin the view to an old checkpoint."""
     if not steps:
         return None
-    chosen, newest = st.session_state.get(STEP_KEY), st.session_state.get("_grok_newest_step")
-    if chosen is not None and (chosen not in steps or (chosen == newest and chosen != steps[-1])):
-        st.session_state[STEP_KEY] = steps[-1]  # another run's checkpoint, or following the newest while it trains
-    st.session_state["_grok_newest_step"] = steps[-1]
+    chosen = st.session_state.get(STEP_KEY)  # None before the widget's first run (a link's ?grok_step seeds it)
+    if chosen is not None and chosen not in (NEWEST, *steps):
+        st.session_state[STEP_KEY] = NEWEST  # another run's checkpoint
     c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
-    step = c1.selectbox(
+    choice = c1.selectbox(
         "Checkpoint (step)",
-        list(steps),
-        index=len(steps) - 1,
+        [NEWEST, *steps],
         key=STEP_KEY,
         bind="query-params",
-        help="The checkpoint whose detail is shown below the charts; a click on a chart picks the nearest one.",
+        format_func=str,  # the URL holds these labels: ?grok_step=80; none while it shows the newest
+        help="The checkpoint whose detail is shown below the charts; a click on a chart picks the nearest one. "
+        f"'{NEWEST}' follows the newest checkpoint while the run trains.",
     )
     c2.caption("Click a chart to pick the nearest checkpoint: the red line marks it on every chart.")
-    return int(step)
+    return steps[-1] if choice == NEWEST else int(choice)
 
 
 def _checkpoint_detail(metrics: pd.DataFrame, measures: pd.DataFrame, step: int, is_llm: bool) -> None:
@@ -832,7 +835,7 @@ def _run_panel(run: runs.GrokRun, writable: bool) -> None:
     marks = _event_marks(events, selected)
     _curves(metrics, marks, steps)
     last = metrics.iloc[-1]
-    m1, m2, m3, m4 = st.columns(4)
+    m1, m2, m3, m4 = st.container(key="grok_last").columns(4)  # the run's last values (key: for tests)
     m1.metric("Last step", int(last["step"]))
     m2.metric("Train accuracy", f"{last['train_acc']:.1%}")
     m3.metric("Test accuracy", f"{last['test_acc']:.1%}")

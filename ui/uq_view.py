@@ -31,7 +31,14 @@ from engine.uq.config import (
     TEMPERATURE_RANGE,
     GenerationConfig,
 )
-from engine.uq.generation import default_template, job_key, open_run_for, row_bytes, start_generation
+from engine.uq.generation import (
+    default_template,
+    job_key,
+    open_run_for,
+    row_bytes,
+    run_for_model,
+    start_generation,
+)
 from engine.uq.questions import QuestionSet
 from engine.uq.store import UqRun
 from ui import access, uq_results
@@ -356,15 +363,15 @@ def _start(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationCon
     """Open (or create) the run, make it this person's, and start (or resume) its generation job."""
     access.check_quota()
     access.check_jobs()
-    before = {run.run_id for run in store.list_runs()}
-    run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
+    run = run_for_model(lm, qset.frame, config)  # its owner is recorded before its folder is made
     label = f"{qset.source or 'default'}, K={config.samples}"
     try:
-        access.claim_started_run(TOPIC, run.run_id, fresh=run.run_id not in before, label=label)
+        access.claim_started_run(TOPIC, run.run_id, fresh=not run.exists(), label=label)
     except LabError:
         if access.can_read(TOPIC, run.run_id):
             _select(run.run_id)  # the existing run with these inputs, read-only
         raise
+    run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
     access.start_job(
         job_key(run.run_id),
         lambda: start_generation(lm, run, limit),

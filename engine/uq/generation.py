@@ -47,7 +47,7 @@ from engine.uq.config import (
     default_hidden_layers,
 )
 from engine.uq.records import QuestionRecord
-from engine.uq.store import UqRun, open_run
+from engine.uq.store import UqRun, open_run, run_for
 
 
 def default_template(lm: LoadedModel) -> str:
@@ -420,6 +420,11 @@ Progress = Callable[[int, int, float], None]  # (questions done, total, seconds 
 def open_run_for(lm: LoadedModel, questions: pd.DataFrame, generation: GenerationConfig, source: str = "") -> UqRun:
     """`store.open_run` for this model (hidden layers resolved from its depth)."""
     return open_run(lm.name, questions, generation, source=source, n_layers=n_layers_of(lm))
+
+
+def run_for_model(lm: LoadedModel, questions: pd.DataFrame, generation: GenerationConfig) -> UqRun:
+    """`store.run_for` for this model: the run `open_run_for` would open, its folder not made."""
+    return run_for(lm.name, questions, generation, n_layers=n_layers_of(lm))
 
 
 def _check_model(lm: LoadedModel, run: UqRun) -> None:

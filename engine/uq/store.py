@@ -369,6 +369,25 @@ def run_key(model_name: str, generation: GenerationConfig, questions_digest: str
     return {"model": model_name, "generation": dataclasses.asdict(generation), "questions": questions_digest}
 
 
+def _located(
+    model_name: str, questions: pd.DataFrame, generation: GenerationConfig, n_layers: int | None
+) -> tuple[GenerationConfig, dict, UqRun]:
+    """(the config with its hidden layers resolved, the run's key, the run these inputs name)."""
+    generation.validate()
+    if not generation.hidden_layers and n_layers is not None:
+        generation = dataclasses.replace(generation, hidden_layers=default_hidden_layers(n_layers))
+    key = run_key(model_name, generation, questions_hash(questions))
+    return generation, key, UqRun(STORE.folder(STORE.run_id(key)).path)
+
+
+def run_for(
+    model_name: str, questions: pd.DataFrame, generation: GenerationConfig, *, n_layers: int | None = None
+) -> UqRun:
+    """The run these inputs name, without making its folder: a server records its owner before `open_run`
+    makes it, so no other person ever lists a half-made run as no one's."""
+    return _located(model_name, questions, generation, n_layers)[2]
+
+
 def open_run(
     model_name: str,
     questions: pd.DataFrame,
@@ -379,12 +398,7 @@ def open_run(
 ) -> UqRun:
     """The run for these inputs, created when new (resumed otherwise). Hidden layers are resolved first
     (`default_hidden_layers(n_layers)` when the config leaves them open)."""
-    generation.validate()
-    if not generation.hidden_layers and n_layers is not None:
-        generation = dataclasses.replace(generation, hidden_layers=default_hidden_layers(n_layers))
-    digest = questions_hash(questions)
-    key = run_key(model_name, generation, digest)
-    run = UqRun(STORE.folder(STORE.run_id(key)).path)
+    generation, key, run = _located(model_name, questions, generation, n_layers)
     if not run.exists():  # questions first: a run with a config.json is complete
         (run.path / "records").mkdir(parents=True, exist_ok=True)
         lines = [
@@ -397,7 +411,7 @@ def open_run(
             {
                 "model": model_name,
                 "generation": dataclasses.asdict(generation),
-                "questions_hash": digest,
+                "questions_hash": key["questions"],
                 "n_questions": len(questions),
                 "source": source,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -174,3 +174,22 @@ def test_labels_are_not_cut_and_every_chart_can_be_saved(cache):
     assert "one-hot MLP" in at.selectbox(key="grok_model").options
     text = " ".join(m.value for m in at.markdown)
     assert "under a minute" not in text and "about 20 s on an idle 2-core CPU" in text
+
+
+def test_every_form_field_carries_its_value_as_its_default(cache):
+    """A browser that mounts a field without the run that set its value (a busy server stops runs for newer
+    ones) shows the widget's default and sends it back: a field whose default is None came back empty
+    ("Layers: enter a number.", found by benchmarks/soak.py). Every number field of a fresh form has a default
+    equal to the value the server uses, and so do the LLM-shaped model's fields."""
+    at = _open({})
+    fields = [n for n in at.number_input if n.key.startswith("grok_")]
+    assert {"grok_layers", "grok_p", "grok_steps"} <= {n.key for n in fields}
+    for field in fields:
+        assert field.proto.HasField("default"), f"{field.key} has no default"
+        assert field.proto.default == field.value, field.key
+    at.button(key="grok_llm_preset").click().run()
+    assert at.selectbox(key="grok_model").value == "llm"
+    llm_fields = {n.key: n for n in at.number_input if n.key in ("grok_d_model", "grok_heads", "grok_d_mlp")}
+    assert len(llm_fields) == 3
+    for key, field in llm_fields.items():
+        assert field.proto.HasField("default") and field.proto.default == field.value, key

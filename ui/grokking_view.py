@@ -291,14 +291,9 @@ def _config_form() -> GrokConfig | None:
         on_click=_apply_llm_preset,
         help="One click: the LLM-shaped model. " + LLM_WHY_SLOWER,
     )
-    for key, value in (
-        ("grok_model", d.model),
-        ("grok_layers", d.n_layers),
-        ("grok_d_model", LLM_PRESET["d_model"]),
-        ("grok_heads", LLM_PRESET["n_heads"]),
-        ("grok_d_mlp", LLM_PRESET["d_mlp"]),
-    ):  # widgets the preset sets: their values live in the session state (the widgets get no default value)
-        st.session_state.setdefault(key, value)
+    # Every field has its real default as its widget value, never None with the value kept only in the session
+    # state: a browser that mounts a field without the run that carried that value (a busy server stops runs
+    # for newer ones) shows the widget's default and sends it back, which left "Layers" empty (benchmarks/soak.py).
     c1, c2, c3, c4 = st.columns(4)
     task = c1.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="grok_task", bind="query-params")
     p = form.number(
@@ -322,11 +317,17 @@ def _config_form() -> GrokConfig | None:
         help=help_of(GrokConfig, "train_frac"),
     )
     model = c2.selectbox(
-        "Model", MODEL_KINDS, key="grok_model", format_func=MODEL_FORMAT.get, help=MODEL_HELP, bind="query-params"
+        "Model",
+        MODEL_KINDS,
+        index=list(MODEL_KINDS).index(d.model),
+        key="grok_model",
+        format_func=MODEL_FORMAT.get,
+        help=MODEL_HELP,
+        bind="query-params",
     )
     is_llm = model == "llm"
     layers = form.number(
-        c2, "Layers", "grok_layers", None, _layers_check(model), step=1, help=help_of(GrokConfig, "n_layers")
+        c2, "Layers", "grok_layers", d.n_layers, _layers_check(model), step=1, help=help_of(GrokConfig, "n_layers")
     )
     seed = form.number(
         c2, "Seed", "grok_seed", d.seed, between("Seed", 0, 2**31 - 1), step=1, help=help_of(GrokConfig, "seed")
@@ -380,9 +381,11 @@ def _config_form() -> GrokConfig | None:
         st.caption(LLM_WHY_SLOWER)
         s1, s2, s3, s4 = st.columns(4)
         sizes = {
-            "d_model": form.number(s1, "d_model", "grok_d_model", None, between("d_model", 8, 512), step=8),
-            "n_heads": form.number(s2, "Heads", "grok_heads", None, between("Heads", 1, 16), step=1),
-            "d_mlp": form.number(s3, "d_mlp", "grok_d_mlp", None, between("d_mlp", 8, 2048), step=8),
+            "d_model": form.number(
+                s1, "d_model", "grok_d_model", LLM_PRESET["d_model"], between("d_model", 8, 512), step=8
+            ),
+            "n_heads": form.number(s2, "Heads", "grok_heads", LLM_PRESET["n_heads"], between("Heads", 1, 16), step=1),
+            "d_mlp": form.number(s3, "d_mlp", "grok_d_mlp", LLM_PRESET["d_mlp"], between("d_mlp", 8, 2048), step=8),
         }
         if s4.checkbox(
             "Suppress super weights",

@@ -51,6 +51,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -165,6 +166,9 @@ def _dump():
             json.dump(stats, handle)
         os.replace(path + ".tmp", path)
 threading.Thread(target=_dump, name="soak-stats", daemon=True).start()
+import faulthandler, signal, sys as _sys
+if "app.py" in _sys.argv:  # `kill -USR1 <server>` writes every thread's stack to the server log (a stuck page)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 """
 
 
@@ -359,6 +363,7 @@ async def retrying(page, seen: Seen, act: Callable[[int], Awaitable[Any]], timeo
             return await act(3_000)
         except PlaywrightTimeout:
             if time.monotonic() > end:
+                dump_server_stacks(page, seen, f"an action on the page ({seen.step})")
                 raise
 
 
@@ -431,7 +436,22 @@ async def wait_shown(page, seen: Seen, text: str, timeout_ms: int = LONG_MS, js:
             return
         except PlaywrightTimeout:
             if time.monotonic() > end:
+                dump_server_stacks(page, seen, f"waiting for {text!r}")
                 raise
+
+
+_DUMPS: list[str] = []
+
+
+def dump_server_stacks(page, seen: Seen, why: str) -> None:
+    """Write every thread's stack of the server (the process on the page's port) to its log, for a page that
+    did not change for minutes: the log then shows what its script thread was doing (first 3 times)."""
+    if len(_DUMPS) >= 3:
+        return
+    with contextlib.suppress(Exception):
+        os.kill(server_pid(urlparse(page.url).port), signal.SIGUSR1)
+        _DUMPS.append(why)
+        seen.notes.append(f"{why}: timed out; the server's thread stacks at {time.strftime('%H:%M:%S')} are in its log")
 
 
 async def tab(page, seen: Seen, name: str) -> None:
@@ -603,7 +623,10 @@ class Soak:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         stem = ARTIFACTS / f"{seen.name.split()[0]}-{what}"
         text = await main_text(page)
-        stem.with_suffix(".txt").write_text(f"{why}\n{page.url}\n\n{text}\n", encoding="utf-8")
+        running = await page.locator('[data-testid="stStatusWidget"]').count()
+        stale = await page.locator('[data-stale="true"]').count()
+        state = f"script {'running' if running else 'idle'} in the browser's view; {stale} stale elements"
+        stem.with_suffix(".txt").write_text(f"{why}\n{page.url}\n{state}\n\n{text}\n", encoding="utf-8")
         await page.screenshot(path=str(stem.with_suffix(".png")), full_page=True)
 
     async def _page(self, context, seen: Seen):

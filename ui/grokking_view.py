@@ -178,11 +178,15 @@ class _Form:
         col: Any,
         label: str,
         key: str,
-        value: float | None,
+        value: float,
         check: Callable[[Any], str | None],
         **kwargs: Any,
     ) -> Any:
-        """A number field bound to the query parameter `key`, its problem (check(value)) shown under it."""
+        """A number field bound to the query parameter `key`, its problem (check(value)) shown under it.
+
+        `value` is the field's real default, never None with the value kept in the session state only: a browser
+        that draws a field without the run that carried its value (a busy server stops runs for newer ones)
+        shows the widget's default and sends it back, which left "Layers" empty (benchmarks/soak.py)."""
         number = col.number_input(label, value=value, key=key, bind="query-params", **kwargs)
         self.slots[key] = col.empty()
         self.refuse(key, f"{label}: enter a number." if number is None else check(number))
@@ -291,9 +295,6 @@ def _config_form() -> GrokConfig | None:
         on_click=_apply_llm_preset,
         help="One click: the LLM-shaped model. " + LLM_WHY_SLOWER,
     )
-    # Every field has its real default as its widget value, never None with the value kept only in the session
-    # state: a browser that mounts a field without the run that carried that value (a busy server stops runs
-    # for newer ones) shows the widget's default and sends it back, which left "Layers" empty (benchmarks/soak.py).
     c1, c2, c3, c4 = st.columns(4)
     task = c1.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="grok_task", bind="query-params")
     p = form.number(

@@ -23,14 +23,19 @@ in). Every person, at once, a few seconds apart:
      private and show nothing of it).
 The hostile person works in three tabs at once: the longest allowed attention prompt and a scan with the
 most and longest allowed prompts (it holds the model: everyone else queues behind it); the biggest allowed
-upload and uploads over each per-question limit; long grokking runs up to their job limit. Every request
-over a server limit must be refused with a message naming the limit. Their disk quota is set to 1 byte in
+upload and uploads over each per-question limit; long grokking runs up to their job limit. The heaviest scan
+is pressed once every person's uncertainty run has started (so it waits in the model's queue behind them),
+and the long grokking runs start while it waits or runs: the overlap that froze pages before the fixes of
+2026-12-01 (training children at a lower CPU priority, no full garbage collection after every script run).
+Every request over a server limit must be refused with a message naming the limit. Their disk quota is set to 1 byte in
 the lab database (as an admin would) to see the quota refusal.
 
 A watcher per page records the queue notes ("you are 3rd in the queue"), any Streamlit exception box,
 "Traceback" or "Something went wrong (error ...)". The server's peak memory is its VmHWM (/proc/<pid>/status);
-the longest wait in a model's queue is FairLock.longest_wait_s, read inside the server by a sitecustomize.py
-that this script puts on the server's PYTHONPATH (the app itself is unchanged). The server log is scanned for
+the longest wait in a model's queue is FairLock.longest_wait_s, and the time in garbage collection (which holds
+the GIL) is counted by gc.callbacks, both read inside the server by a sitecustomize.py that this script puts on
+the server's PYTHONPATH (the app itself is unchanged). A page unchanged for a whole wait makes the server write
+every thread's stack to its log (faulthandler, SIGUSR1). The server log is scanned for
 tracebacks afterwards. What each page showed when its numbers were read is kept in tests/artifacts/soak/.
 
 Then the same work is done alone, by the engine functions the pages call, in this process on another fresh
@@ -143,8 +148,25 @@ UQ_DONE_JS = """n => Array.from(document.querySelectorAll('[data-testid="stMetri
 # The server side of the measurement: FairLock.longest_wait_s and the queue lengths of every model's lock,
 # written every 0.5 s to $LAB_SOAK_STATS (this file becomes the server's sitecustomize.py).
 SITECUSTOMIZE = """
-import json, os, threading, time, weakref
+import gc, json, os, threading, time, weakref
 from engine.core import queue as _queue
+# Garbage collection holds the GIL: every thread of the server (the page scripts, the event loop that serves
+# every browser) waits while one runs. Counted here: full (generation 2) collections, their seconds, the longest,
+# and the most of any 30 s window spent collecting (all generations).
+_gc = {"full": 0, "full_s": 0.0, "longest_s": 0.0, "windows": {}, "start": None}
+def _gc_timer(phase, info):
+    if phase == "start":
+        _gc["start"] = time.perf_counter()
+        return
+    if _gc["start"] is None:
+        return
+    took, _gc["start"] = time.perf_counter() - _gc["start"], None
+    window = int(time.monotonic() // 30)
+    _gc["windows"][window] = _gc["windows"].get(window, 0.0) + took
+    if info["generation"] == 2:
+        _gc["full"] += 1
+        _gc["full_s"] += took
+        _gc["longest_s"] = max(_gc["longest_s"], took)
 _locks = weakref.WeakSet()
 _init = _queue.FairLock.__init__
 def _tracked_init(self, *args, **kwargs):
@@ -161,11 +183,14 @@ def _dump():
         locks = list(_locks)
         longest_queue = max([longest_queue] + [len(lock.queue()) for lock in locks])
         stats = {"locks": len(locks), "longest_wait_s": max([0.0] + [lock.longest_wait_s for lock in locks]),
-                 "longest_queue": longest_queue}
+                 "longest_queue": longest_queue, "gc_full": _gc["full"], "gc_full_s": _gc["full_s"],
+                 "gc_longest_s": _gc["longest_s"], "gc_busiest_30s": max(list(_gc["windows"].values()) or [0.0])}
         with open(path + ".tmp", "w") as handle:
             json.dump(stats, handle)
         os.replace(path + ".tmp", path)
 threading.Thread(target=_dump, name="soak-stats", daemon=True).start()
+if "app.py" in __import__("sys").argv:
+    gc.callbacks.append(_gc_timer)
 import faulthandler, signal, sys as _sys
 if "app.py" in _sys.argv:  # `kill -USR1 <server>` writes every thread's stack to the server log (a stuck page)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -566,6 +591,12 @@ class Soak:
         self._left = plan.people  # the privacy checks wait for every person's runs (not for the hostile session)
         self._watchers: dict[str, list[asyncio.Task]] = {}
         self._all_done = asyncio.Event()
+        # The hostile's heaviest scan is pressed once every person's uncertainty run has started, so it waits in
+        # the model's queue behind them; its long grokking runs start while that scan waits or runs. Harsher than
+        # either alone: the two soak runs that froze the grokking tab (2026-12-01) had exactly this overlap.
+        self._uq_started = 0
+        self._people_uq_started = asyncio.Event()
+        self._heavy_scan_pressed = asyncio.Event()
 
     def _done_main(self, seen: Seen) -> None:
         if not seen.finished:
@@ -658,6 +689,9 @@ class Soak:
         await self._timed(seen, "attention", self._attention(page, seen, i))
         await self._timed(seen, "scan", self._scan(page, seen, i))
         await self._timed(seen, "uncertainty start", self._uq_start(page, seen, i))
+        self._uq_started += 1
+        if self._uq_started == self.plan.people:
+            self._people_uq_started.set()
         start = time.monotonic()
         await self._timed(seen, "grokking", self._grok(page, seen, i))
         await self._timed(seen, "uncertainty results", self._uq_results(page, seen))
@@ -885,8 +919,13 @@ class Soak:
         biggest = "\n".join(fitted_text(self.tokenizer, limits.prompt_tokens, 10 + k) for k in range(count))
 
         async def heaviest() -> str:
+            seen.step = "hostile: its heaviest scan waits until every person's uncertainty run has started"
+            with contextlib.suppress(asyncio.TimeoutError):  # someone failed before: scan anyway
+                await asyncio.wait_for(self._people_uq_started.wait(), 2 * SHORT_MS / 1000)
+            seen.step = "hostile: its heaviest scan"
             await set_number(page, seen, "sw_iters", 1)  # one pass of the iterative procedure (the page allows 10)
             await scan(biggest)
+            self._heavy_scan_pressed.set()
             await wait_shown(page, seen, "2. Detected super-weight candidates")
             await wait_idle_async(page, LONG_MS)
             return "scan finished"
@@ -1005,6 +1044,9 @@ class Soak:
             await wait_idle_async(page, SHORT_MS)
 
         db = LabDB(self.cache / "lab.sqlite")
+        seen.step = "hostile: waiting for its heaviest scan to be pressed"
+        with contextlib.suppress(asyncio.TimeoutError):  # the attention tab failed: start anyway
+            await asyncio.wait_for(self._heavy_scan_pressed.wait(), LONG_MS / 1000)
         seeds = [201 + k for k in range(limits.jobs_per_person)]
         for seed in seeds:
             seen.step = f"hostile: a long grokking run, seed {seed}"
@@ -1417,6 +1459,11 @@ def report(
         f"| longest wait in a model's queue (FairLock.longest_wait_s, in the server) | "
         f"{server.get('longest_wait_s', float('nan')):.1f} s |",
         f"| longest queue of a model (people holding or waiting) | {server.get('longest_queue', '?')} |",
+        f"| full garbage collections in the server (each holds the GIL: every thread waits) | "
+        f"{server.get('gc_full', '?')}, {server.get('gc_full_s', float('nan')):.0f} s in all, the longest "
+        f"{server.get('gc_longest_s', float('nan')):.2f} s |",
+        f"| the most of any 30 s the server spent collecting garbage | "
+        f"{server.get('gc_busiest_30s', float('nan')):.1f} s |",
         f"| highest place in the queue a page showed | {max((p.max_place for p in everyone), default=0) or '-'} |",
         f"| longest time a queue note stayed on one page | {max(p.longest_busy_s for p in everyone):.0f} s |",
         f"| errors in the server log (shown with an id, or other tracebacks) | {len(server.get('log_problems', []))} |",

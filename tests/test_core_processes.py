@@ -61,6 +61,21 @@ def _owner(*, stop, report) -> tuple[str, int]:
     return current_owner(), os.getpid()
 
 
+def _niceness(*, stop, report) -> int:
+    return os.nice(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="os.nice is POSIX only")
+def test_the_child_runs_at_a_lower_cpu_priority_than_the_server():
+    """Training children must not take the CPU from the server's page scripts (the soak's frozen pages)."""
+    from engine.core.processes import CHILD_NICENESS
+
+    here = os.nice(0)
+    assert CHILD_NICENESS > 0
+    assert run_in_process(_niceness, {}) == min(here + CHILD_NICENESS, 19)
+    assert os.nice(0) == here  # the server's own priority is unchanged
+
+
 def test_returns_the_value_and_acts_for_the_same_owner():
     from engine.core.queue import acting_as
 
@@ -118,7 +133,9 @@ def test_a_child_that_ignores_the_stop_is_ended_after_the_grace():
 
     job = Job(key="test-ignore")
     start = time.monotonic()
-    with pytest.raises(LabError, match="did not stop within 1 s"):
+    from engine.core.processes import StopTimeout
+
+    with pytest.raises(StopTimeout, match="did not stop within 1 s"):
         run_in_process(_ignores_stop, {}, job=job, on_message=lambda m: job.stop(), poll_s=0.1, grace_s=1.0)
     assert time.monotonic() - start < 30
     import multiprocessing

@@ -626,3 +626,14 @@ def test_an_error_in_a_fragment_rerun_is_one_line_not_a_traceback(tmp_path):
     assert "Something went wrong (error " in shown and "/srv/path" not in shown
     at.button(key="lab").click().run()
     assert not at.exception and [e.value for e in at.error] == ["That run is gone."]
+
+
+def test_the_server_config_hides_tracebacks_and_skips_the_full_gc_after_every_run():
+    """The shared server's .streamlit/config.toml: no traceback reaches a browser, and no full garbage
+    collection after every script or fragment run (each held the GIL for about half a second with the model
+    loaded, so polling panels froze other people's pages in the soak test)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["runner"]["postScriptGC"] is False

@@ -40,7 +40,7 @@ import streamlit as st
 from engine.core.errors import LabError
 from engine.core.jobs import RUNNER, Job
 from engine.core.options import default_of, help_of
-from engine.core.processes import run_in_process
+from engine.core.processes import StopTimeout, run_in_process
 from engine.core.runstore import run_id_for
 from engine.grokking import analysis as ga
 from engine.grokking import process as grok_process
@@ -746,6 +746,14 @@ def _progress_reporter(job: Job, config: GrokConfig) -> Callable[[dict[str, Any]
     return on_eval
 
 
+def _stopped_if_running(run: runs.GrokRun) -> None:
+    """After a training child was ended for being slow to stop (StopTimeout): a run it left saying "running"
+    is stopped at its last checkpoint (where Start resumes it), as the user asked."""
+    if run.status().get("state") == "running":
+        step = max(run.checkpoint_steps(), default=0)
+        run.set_status("stopped", step, f"stopped at step {step} (its last checkpoint; it resumes from there)")
+
+
 def _start_training(config: GrokConfig) -> bool:
     """Start (or resume) the run's training job unless it is finished and summarised; whether the run can
     be shown. Refused with its reason: someone else's run (read-only: shown; private: not), the person's
@@ -767,8 +775,10 @@ def _start_training(config: GrokConfig) -> bool:
         st.error(str(err), icon=":material/error:")
         return not fresh and access.can_read(TOPIC, run.run_id)
 
-    def work(job: Job) -> runs.RunSummary:
-        """In a child process (engine.core.processes), under this job's claim of the run (claim=False there)."""
+    def work(job: Job) -> runs.RunSummary | None:
+        """In a child process (engine.core.processes), under this job's claim of the run (claim=False there).
+        A child ended because it was slow to stop (StopTimeout: a busy server, a niced child) leaves the run
+        stopped at its last checkpoint, as the user asked, not failed."""
         on_eval = _progress_reporter(job, config)
         kwargs = dict(
             config=config,
@@ -779,6 +789,9 @@ def _start_training(config: GrokConfig) -> bool:
         )
         try:
             return run_in_process(grok_process.train_run, kwargs, job=job, on_message=lambda m: on_eval(m[1]))
+        except StopTimeout:
+            _stopped_if_running(run)
+            return None
         except LabError as err:
             if run.status().get("state") == "running":  # the child could not say how it ended (killed)
                 run.set_status("failed", run.status().get("step", 0), str(err))
@@ -826,7 +839,7 @@ def _run_panel(run: runs.GrokRun, writable: bool) -> None:
         st.warning(f"Run {status['message']}. {resume}", icon=":material/pause_circle:")
     elif status.get("state") == "failed" and job is None:
         st.error(
-            f"Run failed: {status.get('message')}. Its checkpoints are kept; press Start to resume.",
+            f"Run failed: {str(status.get('message')).rstrip('.')}. Its checkpoints are kept; press Start to resume.",
             icon=":material/error:",
         )
     if metrics.empty:
@@ -1005,7 +1018,12 @@ def _start_sweep(
             owner=me,
             max_checkpoints=access.limits().grok_checkpoints,
         )
-        run_in_process(grok_process.train_sweep, kwargs, job=job, on_message=on_message)  # each run in the child
+        try:
+            run_in_process(grok_process.train_sweep, kwargs, job=job, on_message=on_message)  # each run in the child
+        except StopTimeout:  # stopped as asked, forcibly: the run it was training is stopped, not failed
+            for run in map(_my_run, configs):
+                if not run.is_claimed():  # the ended child's claims are gone; a claimed run trains elsewhere
+                    _stopped_if_running(run)
         return summaries
 
     label = f"grokking sweep of {len(configs)} runs"
@@ -1102,8 +1120,9 @@ def _run_label(run: runs.GrokRun) -> str:
 
 
 def _reopen_picker() -> None:
-    """The cached runs this person may see; the list is redrawn while one of them trains."""
-    going = any(run.status().get("state") == "running" for run in runs.list_runs())
+    """The cached runs this person may see; the list is redrawn while one of them trains (only theirs and
+    shared ones count: someone else's private run never makes this page poll)."""
+    going = any(run.status().get("state") == "running" for run in access.readable(TOPIC, runs.list_runs()))
 
     @lab_fragment(run_every=POLL_SECONDS * 2 if going else None)
     def picker() -> None:

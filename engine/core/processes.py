@@ -12,7 +12,14 @@ never forked) and waits on it in the calling (job) thread:
   thread, in order;
 - `fn`'s return value (picklable) is returned; a LabError in the child is raised again as LabError with
   its message, any other exception as a LabError naming its type and message (the child's traceback goes
-  to the log); a child killed by a signal (the kernel's OOM killer: -9) is a LabError saying so.
+  to the log); a child killed by a signal (the kernel's OOM killer: -9) is a LabError saying so, and one
+  ended after the stop's grace a StopTimeout (a LabError).
+
+The child runs at a lower CPU priority (`nice`, CHILD_NICENESS): it is background work, and on a small shared
+server the page scripts of every session and the event loop serving their browsers must not wait behind
+training loops that use every core (in the soak test of 2026-12-01, pages froze for minutes while two long
+trainings shared the 2 cores with the server). A niced child may be slow to stop on a busy server: one
+ended after the grace is a StopTimeout, which the caller treats as the stop it asked for.
 
 The child acts for the same owner (engine.core.queue). `fn` must be a module-level function. A claim the
 parent holds (engine.core.runstore) stays the parent's: the child writes under it and takes none itself
@@ -45,6 +52,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 30.0  # after a stop is asked, how long the child may take to end before it is terminated
+CHILD_NICENESS = 5  # added to the child's nice value (os.nice): the kernel serves the server's threads first
+
+
+class StopTimeout(LabError):
+    """The child was ended because it had not stopped within the grace after its job's stop: the stop the
+    user asked for happened, forcibly (work since the child's last save is lost); not a failure of the work."""
+
+
 _CONTEXT = multiprocessing.get_context("spawn")
 _MAIN_LOCK = threading.Lock()
 
@@ -80,7 +95,7 @@ def run_in_process(
                 stop_asked = time.monotonic()
             if stop_asked is not None and time.monotonic() - stop_asked > grace_s and process.is_alive():
                 _end(process)  # a child that goes on reporting but ignores the stop is ended too
-                raise LabError(f"{what} did not stop within {grace_s:g} s of the stop and was ended.")
+                raise StopTimeout(f"{what} did not stop within {grace_s:g} s of the stop and was ended.")
             try:
                 kind, payload = channel.get(timeout=poll_s)
             except queue_module.Empty:
@@ -166,6 +181,9 @@ def _child_main(
     fn: Callable[..., Any], kwargs: dict[str, Any], owner: str, parent: int, stop_event: Any, channel: Any
 ) -> None:
     set_current_owner(owner)
+    if hasattr(os, "nice"):  # POSIX; a lower priority for background work (module doc)
+        with contextlib.suppress(OSError):
+            os.nice(CHILD_NICENESS)
 
     def stop() -> bool:
         return stop_event.is_set() or os.getppid() != parent  # an orphan stops too: its claim is gone

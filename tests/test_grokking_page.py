@@ -136,6 +136,35 @@ def test_a_child_ended_for_being_slow_to_stop_leaves_the_run_stopped_not_failed(
     assert run.status()["state"] == "stopped" and step == run.checkpoint_steps()[-1]
 
 
+def test_a_sweep_ended_for_being_slow_to_stop_leaves_its_run_stopped(tmp_path, monkeypatch):
+    """The sweep's child ended after the stop's grace (StopTimeout): no error, and the run it was training
+    says stopped at its last checkpoint, not "running" (which would keep the run list polling)."""
+    import functools
+
+    import ui.grokking_view as view
+    from engine.core.processes import run_in_process
+    from engine.grokking.runs import list_runs
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(view, "run_in_process", functools.partial(run_in_process, grace_s=0.0))
+    at = AppTest.from_function(_tab_app, default_timeout=60)
+    at.run()
+    for key, value in (("grok_p", 23), ("grok_frac", 0.3), ("grok_steps", 50_000), ("grok_eval", 10)):
+        at.number_input(key=key).set_value(value)
+    at.text_input(key="grok_sweep_seeds").set_value("1,2")
+    at.text_input(key="grok_sweep_wds").set_value("1.0")
+    at.run()
+    at.button(key="grok_sweep_start").click().run()
+    _wait(at, lambda a: any(run.checkpoint_steps() for run in list_runs()), 60)
+    at.button(key="grok_sweep_stop").click().run()
+    _wait(at, lambda a: not any(b.key == "grok_sweep_stop" for b in a.button), 30)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runs = list_runs()  # both made when the sweep started; the second never trained
+    (trained,) = [run for run in runs if run.checkpoint_steps()]
+    assert trained.status()["state"] == "stopped" and trained.status()["step"] == trained.checkpoint_steps()[-1]
+    assert len(runs) == 2 and not [run for run in runs if run.status().get("state") == "running"]
+
+
 def test_llm_preset_trains_and_exports_a_checkpoint_for_the_first_tab(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
     at = AppTest.from_function(_tab_app, default_timeout=60)

@@ -1021,7 +1021,7 @@ def _start_sweep(
         try:
             run_in_process(grok_process.train_sweep, kwargs, job=job, on_message=on_message)  # each run in the child
         except StopTimeout:  # stopped as asked, forcibly: the run it was training is stopped, not failed
-            for run in map(_my_run, configs):
+            for run in (runs.run_for(config, owner=me) for config in configs):  # `me`: read in the script thread
                 if not run.is_claimed():  # the ended child's claims are gone; a claimed run trains elsewhere
                     _stopped_if_running(run)
         return summaries

@@ -27,8 +27,8 @@ upload and uploads over each per-question limit; long grokking runs up to their 
 is pressed once every person's uncertainty run has started (so it waits in the model's queue behind them),
 and the long grokking runs start while it waits or runs: the overlap that froze pages before the fixes of
 2026-12-01 (training children at a lower CPU priority, no full garbage collection after every script run).
-Every request over a server limit must be refused with a message naming the limit. Their disk quota is set to 1 byte in
-the lab database (as an admin would) to see the quota refusal.
+Every request over a server limit must be refused with a message naming the limit. Their disk quota is set
+to 1 byte in the lab database (as an admin would) to see the quota refusal.
 
 A watcher per page records the queue notes ("you are 3rd in the queue"), any Streamlit exception box,
 "Traceback" or "Something went wrong (error ...)". The server's peak memory is its VmHWM (/proc/<pid>/status);
@@ -145,11 +145,19 @@ UQ_DONE_JS = """n => Array.from(document.querySelectorAll('[data-testid="stMetri
   m => m.innerText.startsWith('Questions') && m.innerText.trim().endsWith(String(n)))
   && document.body.innerText.includes('A3 (semantic, 50%)')"""
 
-# The server side of the measurement: FairLock.longest_wait_s and the queue lengths of every model's lock,
-# written every 0.5 s to $LAB_SOAK_STATS (this file becomes the server's sitecustomize.py).
+# The server side of the measurement: FairLock.longest_wait_s and the queue lengths of every model's lock, and
+# the time spent in garbage collection, written every 0.5 s to $LAB_SOAK_STATS; SIGUSR1 writes every thread's
+# stack to the server log. This file becomes the server's sitecustomize.py; the server's training children load it
+# too (same environment) and leave it at the FairLock tracking.
 SITECUSTOMIZE = """
-import gc, json, os, threading, time, weakref
+import faulthandler, gc, json, os, signal, sys, threading, time, weakref
 from engine.core import queue as _queue
+_locks = weakref.WeakSet()
+_init = _queue.FairLock.__init__
+def _tracked_init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    _locks.add(self)
+_queue.FairLock.__init__ = _tracked_init
 # Garbage collection holds the GIL: every thread of the server (the page scripts, the event loop that serves
 # every browser) waits while one runs. Counted here: full (generation 2) collections, their seconds, the longest,
 # and the most of any 30 s window spent collecting (all generations).
@@ -167,16 +175,7 @@ def _gc_timer(phase, info):
         _gc["full"] += 1
         _gc["full_s"] += took
         _gc["longest_s"] = max(_gc["longest_s"], took)
-_locks = weakref.WeakSet()
-_init = _queue.FairLock.__init__
-def _tracked_init(self, *args, **kwargs):
-    _init(self, *args, **kwargs)
-    _locks.add(self)
-_queue.FairLock.__init__ = _tracked_init
 def _dump():
-    import sys
-    if "app.py" not in sys.argv:  # a training child of the server (same environment): not it
-        return
     path, longest_queue = os.environ["LAB_SOAK_STATS"], 0
     while True:
         time.sleep(0.5)
@@ -188,12 +187,10 @@ def _dump():
         with open(path + ".tmp", "w") as handle:
             json.dump(stats, handle)
         os.replace(path + ".tmp", path)
-threading.Thread(target=_dump, name="soak-stats", daemon=True).start()
-if "app.py" in __import__("sys").argv:
+if "app.py" in sys.argv:  # the server, not one of its training children
     gc.callbacks.append(_gc_timer)
-import faulthandler, signal, sys as _sys
-if "app.py" in _sys.argv:  # `kill -USR1 <server>` writes every thread's stack to the server log (a stuck page)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <server>`: a stuck page's stacks
+    threading.Thread(target=_dump, name="soak-stats", daemon=True).start()
 """
 
 

@@ -27,8 +27,8 @@ def _wait(at: AppTest, done, seconds: float = 90.0) -> AppTest:
     return at
 
 
-def _started(frac: float, steps: int, eval_every: int | None = None) -> AppTest:
-    """The tab with p = 23 and these settings, Start pressed."""
+def _filled(frac: float, steps: int, eval_every: int | None = None) -> AppTest:
+    """The tab with p = 23 and these settings."""
     at = AppTest.from_function(_tab_app, default_timeout=60)
     at.run()
     assert not at.exception
@@ -37,7 +37,12 @@ def _started(frac: float, steps: int, eval_every: int | None = None) -> AppTest:
     at.number_input(key="grok_steps").set_value(steps)
     if eval_every is not None:
         at.number_input(key="grok_eval").set_value(eval_every)
-    at.run()
+    return at.run()
+
+
+def _started(frac: float, steps: int, eval_every: int | None = None) -> AppTest:
+    """The tab with p = 23 and these settings, Start pressed."""
+    at = _filled(frac, steps, eval_every)
     at.button(key="grok_start").click().run()
     assert not at.exception
     return at
@@ -147,10 +152,7 @@ def test_a_sweep_ended_for_being_slow_to_stop_leaves_its_run_stopped(tmp_path, m
 
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(view, "run_in_process", functools.partial(run_in_process, grace_s=0.0))
-    at = AppTest.from_function(_tab_app, default_timeout=60)
-    at.run()
-    for key, value in (("grok_p", 23), ("grok_frac", 0.3), ("grok_steps", 50_000), ("grok_eval", 10)):
-        at.number_input(key=key).set_value(value)
+    at = _filled(0.3, 50_000, 10)
     at.text_input(key="grok_sweep_seeds").set_value("1,2")
     at.text_input(key="grok_sweep_wds").set_value("1.0")
     at.run()

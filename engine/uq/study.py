@@ -106,6 +106,26 @@ def webquestions_sample(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
     return sample, text
 
 
+def webquestions_confirmation(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
+    """The questions of WebQuestions' test split that `webquestions_sample(n, seed)` leaves out (file
+    order): the confirmation set, never used to choose a contrast, and a sentence stating how it was made."""
+    folder = shared_data_dir()
+    path = folder / WEBQUESTIONS_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        raise LabError(f"The confirmation stage needs {WEBQUESTIONS_FILE} in ../shared/data beside the checkout.")
+    qset = qmod.load_question_file(path)
+    frame = qset.frame
+    n = min(n, len(frame))
+    used = np.random.default_rng(seed).choice(len(frame), size=n, replace=False)
+    rows = np.setdiff1d(np.arange(len(frame)), used)
+    rest = dataclasses.replace(qset, frame=frame.iloc[rows].reset_index(drop=True))
+    text = (
+        f"the {len(rows)} questions of WebQuestions' test split ({WEBQUESTIONS_FILE}) not in the exploration "
+        f"sample (default_rng({seed}).choice of {n}), in file order"
+    )
+    return rest, text
+
+
 def _question_sets(config: StudyConfig) -> list[tuple[str, str, qmod.QuestionSet, str]]:
     sets = []
     if config.webquestions:

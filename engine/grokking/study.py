@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from engine.core.figures import chart_png
+from engine.core.options import shell_command, to_flags
 from engine.core.paths import atomic_write
 from engine.grokking.analysis import connection, connection_found, run_experiment, summarize
 from engine.grokking.config import (
@@ -371,21 +372,7 @@ def _machine() -> str:
 
 def command_line(study: StudyConfig) -> str:
     """The CLI command that reproduces the study (flags only where they differ from the defaults)."""
-    default = StudyConfig()
-    parts = ["python -m engine grok-study"]
-    for name, value in asdict(study).items():
-        if name in ("report_only",) or value == getattr(default, name):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if name == "n_layers":
-            flag = "--layers"
-        if isinstance(value, tuple):
-            parts.append(f"{flag} {' '.join(map(str, value))}")
-        elif isinstance(value, bool):
-            parts.append(flag)
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
+    return shell_command("python -m engine grok-study", to_flags(study, skip=("report_only",)))
 
 
 def _figures(study: StudyConfig, table: pd.DataFrame, out: Path) -> list[str]:

@@ -33,7 +33,7 @@ from engine.core.embedder import load_embedder
 from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.core.model import LoadedModel
-from engine.core.options import option
+from engine.core.options import option, shell_command, to_flags
 from engine.core.paths import atomic_write, shared_data_dir
 from engine.uq import export, report
 from engine.uq import questions as qmod
@@ -157,21 +157,10 @@ def machine(lm: LoadedModel | None = None) -> dict:
 
 
 def command_line(config: StudyConfig, generation: GenerationConfig, options: EvalOptions, batch: BatchOptions) -> str:
-    """The CLI call that reproduces these settings: `python -m engine uq-study` and each non-default flag."""
-    parts = ["python -m engine uq-study"]
-    for obj in (config, generation, options, batch):
-        for field in dataclasses.fields(obj):
-            if not field.metadata.get("cli", True) or "help" not in field.metadata:
-                continue
-            value, default = getattr(obj, field.name), field.default
-            if value == default or (obj is options and field.name == "seed"):
-                continue
-            flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-            if isinstance(value, bool):
-                parts.append(flag if value else "--no-" + flag[2:])
-            else:
-                parts.append(f"{flag} {value}")
-    return " ".join(parts)
+    """The CLI call that reproduces these settings: `python -m engine uq-study` and each non-default flag
+    (the evaluation's seed is the generation's: `uq-study` has one --seed)."""
+    flags = [to_flags(config), to_flags(generation), to_flags(options, skip=("seed",)), to_flags(batch)]
+    return shell_command("python -m engine uq-study", *flags)
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:

@@ -6,9 +6,6 @@ A row: {"benchmark", "metric", "value", "unit", "target", "passed"} (`passed` No
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Before anything imports torch: the engine sets OMP_WAIT_POLICY=PASSIVE, as the app and the CLI run
 # (measured without it, the ablation table was ~15% faster on an idle machine and far slower on a busy one).
 import engine  # noqa: E402, F401
+from engine.core import provenance  # noqa: E402
 
 
 def row(
@@ -37,11 +35,10 @@ def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
 
 
 def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    python = platform.python_version()
-    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {python}"
+    """The machine and the versions behind a benchmark's numbers, one line (engine.core.provenance)."""
+    installed = provenance.versions(("torch", "transformers"))
+    where = provenance.machine_line(provenance.machine())
+    return f"{where}; {provenance.versions_line(installed, provenance.git_commit())}"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -55,5 +52,5 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def print_report(rows: list[dict]) -> None:
-    print(f"Machine: {machine()}  \nDate: {datetime.date.today().isoformat()}\n")
+    print(f"Machine: {machine()}  \nDate: {provenance.utc_now()}\n")
     print(markdown_table(rows))

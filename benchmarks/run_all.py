@@ -7,7 +7,6 @@ other rows are kept (with a line saying which rows are newer).
 
 from __future__ import annotations
 
-import datetime
 import importlib
 import sys
 import time
@@ -15,6 +14,8 @@ import traceback
 from pathlib import Path
 
 from common import machine, markdown_table, row
+
+from engine.core.provenance import utc_now
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
             traceback.print_exc()
             rows.append(row(name, "FAILED (see log)", float("nan")))
         print(f"  {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    today = datetime.date.today().isoformat()
+    today = utc_now()
     table = markdown_table(rows)
     header = f"Machine: {machine()}  \nDate: {today}{'  (quick mode)' if quick else ''}"
     if only and RESULTS.exists():

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +40,7 @@ import pandas as pd
 from engine.core.figures import chart_png
 from engine.core.options import shell_command, to_flags
 from engine.core.paths import atomic_write
+from engine.core.provenance import git_commit, machine, machine_line, utc_now, versions, versions_line
 from engine.grokking.analysis import connection, connection_found, run_experiment, summarize
 from engine.grokking.config import (
     GROK_ACCURACY,
@@ -345,31 +344,6 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:.{digits}f}"
 
 
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-    }
-
-
-def _machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({model or 'unknown CPU'}), no GPU"
-
-
 def command_line(study: StudyConfig) -> str:
     """The CLI command that reproduces the study (flags only where they differ from the defaults)."""
     return shell_command("python -m engine grok-study", to_flags(study, skip=("report_only",)))
@@ -538,8 +512,8 @@ def write_report(study: StudyConfig, session_seconds: float | None = None) -> Pa
         f"- Command: `{command_line(study)}` (or `make study-grok`); report only: add `--report-only`.",
         f"- Wall time: {wall / 60:.1f} min over {len(log)} session(s) with {study.workers} worker processes "
         f"(1 torch thread each); training time summed over runs: {table['train_seconds'].sum() / 60:.1f} min.",
-        f"- Machine: {_machine()}; shared with other work while the study ran.",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()) + ".",
+        f"- Machine: {machine_line(machine())}; shared with other work while the study ran.",
+        f"- Versions: {versions_line(versions(), git_commit())}; report written {utc_now()}.",
         "",
         "## Onset of each measure vs the grokking step (control runs)",
         "",

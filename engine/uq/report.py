@@ -13,10 +13,8 @@ Figures, one facet per question set:
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from engine.core.figures import chart_png
-from engine.core.paths import REPO_ROOT, atomic_write
+from engine.core.paths import atomic_write
+from engine.core.provenance import git_commit, versions, versions_line
 from engine.uq.decompositions import DECOMPOSITIONS
 from engine.uq.evaluation import Evaluation
 from engine.uq.export import judges_markdown
@@ -36,31 +35,11 @@ ATTRIBUTION = (
     'Pairs", EMNLP), test split as organised by the brmson/dataset-factoid-webquestions repository; licence '
     "CC-BY 4.0. Its answers come from Freebase and are sometimes incomplete: a right answer can miss them."
 )
-VERSIONS = ("torch", "transformers", "sentence-transformers", "scikit-learn", "numpy", "llm-internals-lab")
 FIGURES = {
     "a1_a2_a3": "A1 / A2 / A3 under each judge (95% bootstrap intervals)",
     "rejection_curves": "Accuracy-rejection curves (chosen judge)",
     "decomposition_ablation": "Decomposition ablation: AUROC and accuracy at 50% coverage per decomposition score",
 }
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the packages behind the numbers, and the lab's git commit when known."""
-    out = {}
-    for name in VERSIONS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode == 0:
-            out["lab commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
 
 
 # ---------------------------------------------------------------- figures
@@ -402,7 +381,7 @@ def _setup(manifest: dict, sets: Sequence, seconds: dict[str, float], report_mac
         f"report {_minutes(seconds.get('scoring_and_report', 0.0))}.",
         "- Generated on: " + ", ".join(f"{k} {v}" for k, v in generated.items()) + f" ({manifest.get('written')}).",
         "- Report written on: " + ", ".join(f"{k} {v}" for k, v in report_machine.items()) + ".",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        f"- Versions: {versions_line(versions(), git_commit())}.",
         "",
     ]
     return lines

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +33,7 @@ from engine.core.loading import load_model
 from engine.core.model import LoadedModel
 from engine.core.options import option, shell_command, to_flags
 from engine.core.paths import atomic_write, shared_data_dir
+from engine.core.provenance import machine, utc_now
 from engine.uq import export, report
 from engine.uq import questions as qmod
 from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
@@ -138,24 +137,6 @@ def _question_sets(config: StudyConfig) -> list[tuple[str, str, qmod.QuestionSet
     return sets
 
 
-def machine(lm: LoadedModel | None = None) -> dict:
-    """Where this runs: OS, processor, cores and the model's device (with the GPU's name on CUDA)."""
-    out = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    if lm is not None:
-        device = str(lm.device)
-        out["device"] = device
-        if device.startswith("cuda"):
-            import torch
-
-            out["gpu"] = torch.cuda.get_device_name(lm.device)
-    return out
-
-
 def command_line(config: StudyConfig, generation: GenerationConfig, options: EvalOptions, batch: BatchOptions) -> str:
     """The CLI call that reproduces these settings: `python -m engine uq-study` and each non-default flag
     (the evaluation's seed is the generation's: `uq-study` has one --seed)."""
@@ -216,8 +197,8 @@ def generate(
                 "prompt_template": generation.prompt_template,
                 "options": dataclasses.asdict(options),
                 "sets": [dataclasses.asdict(s) for s in done],
-                "machine": machine(lm),
-                "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "machine": machine(lm.device),
+                "written": utc_now(),
             },
         )
     return lm, done

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint bench prepare clean-cache
+.PHONY: install run test test-fast lint bench prepare clean-cache
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The tests that load no real model and drive no browser (marks set in tests/conftest.py); a real model
+# loaded by an unmarked test fails the run.
+test-fast: install lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "not real_model and not browser" tests
 
 bench: install
 	$(PY) benchmarks/run_all.py

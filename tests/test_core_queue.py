@@ -9,14 +9,23 @@ from engine.core.jobs import JobRunner
 from engine.core.queue import FairLock, acting_as, current_owner
 
 
+def _wait_until_waiting(lock: FairLock, n: int, timeout: float = 5.0) -> None:
+    """Return once `n` requests wait for `lock` (read from its queue: the order of arrivals is then
+    known, not guessed from a sleep); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while len(lock._waiting) < n:
+        assert time.monotonic() < deadline, f"{n} requests never queued (waiting: {lock.queue()})"
+        time.sleep(0.001)  # a poll of the queue's state, not a guess at how long a thread takes
+
+
 def test_reentrant_and_exclusive():
     lock = FairLock()
     inside = []
     with lock, lock:  # nested engine calls re-acquire
         t = threading.Thread(target=lambda: (lock.acquire(), inside.append(1), lock.release()))
         t.start()
-        time.sleep(0.1)
-        assert inside == []  # the other thread waits while this one holds it
+        _wait_until_waiting(lock, 1)
+        assert inside == [] and lock.queue() == ["local", "local"]  # it waits while this thread holds it
     t.join(2)
     assert inside == [1]
     assert lock.acquire(blocking=False) and (lock.release() is None)
@@ -35,7 +44,7 @@ def test_round_robin_over_owners_and_places():
     for owner, tag in [("alice", "a1"), ("alice", "a2"), ("alice", "a3"), ("bob", "b1")]:
         threads.append(threading.Thread(target=request, args=(owner, tag)))
         threads[-1].start()
-        time.sleep(0.05)  # arrival order a1, a2, a3, b1
+        _wait_until_waiting(lock, len(threads))  # this request is queued before the next one starts
     assert lock.place("local") == 1
     assert lock.place("alice") == 2 and lock.place("bob") == 3 and lock.place("carol") is None
     lock.release()
@@ -62,3 +71,16 @@ def test_jobs_act_for_the_owner_that_started_them():
         job = runner.start("k", lambda job: current_owner())
     job.wait(5)
     assert job.result == "alice" and job.state == "finished"
+
+
+def test_all_locks_lists_the_live_locks_of_this_process():
+    import gc
+
+    from engine.core.queue import all_locks
+
+    lock = FairLock()
+    assert any(found is lock for found in all_locks())
+    count = len(all_locks())
+    del lock
+    gc.collect()
+    assert len(all_locks()) == count - 1  # a lock of an unloaded model is not kept alive by the list

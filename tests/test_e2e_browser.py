@@ -84,10 +84,14 @@ def test_attention_prompt_head_description(lab):
     page.get_by_role("tab", name="Text description").click()
     wait_text(page, "fox@")  # repeated tokens told apart by position in the description
     assert_no_exception(page)
+    shown = page.locator('[data-testid="stMain"]').inner_text()
+    assert "15 tokens" in shown and "fox@" in shown and "quick@" in shown  # both occurrences, by position
     _shot(page, "attention_description")
     page.get_by_role("tab", name="All heads").click()
     wait_idle(page)
-    page.locator("h3", has_text="Model view").first.scroll_into_view_if_needed()
+    model_view = page.locator("h3", has_text="Model view").first
+    model_view.scroll_into_view_if_needed()
+    assert model_view.is_visible()
     page.wait_for_timeout(500)
     _shot(page, "attention")
 

@@ -133,7 +133,7 @@ def open_page(page, url: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Playwright's async API: several pages driven at once from one event loop (benchmarks/soak.py)
+# Playwright's async API: several pages driven at once from one event loop (benchmarks/soak/)
 
 POLL_MS = 250  # how often the async waits check a page (not every animation frame: many pages share the CPUs)
 

@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 LOCAL = "local"
@@ -53,10 +54,19 @@ class _Ticket:
     since: float
 
 
+_LOCKS: weakref.WeakSet[FairLock] = weakref.WeakSet()  # every FairLock alive in this process
+
+
+def all_locks() -> list[FairLock]:
+    """Every FairLock alive in this process (one per loaded model): for measuring a server's queues."""
+    return list(_LOCKS)
+
+
 class FairLock:
     """Reentrant lock granted round robin over owners (least recently served first, then arrival)."""
 
     def __init__(self) -> None:
+        _LOCKS.add(self)
         self._cond = threading.Condition(threading.Lock())
         self._holder: int | None = None
         self._holder_owner: str | None = None

@@ -43,17 +43,18 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
+def _git(root: Path, *words: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *words], cwd=root, capture_output=True, text=True, timeout=10)
+
+
 def git_commit(root: Path = REPO_ROOT) -> str | None:
     """The short hash of the lab's checked-out commit, "+" appended when tracked files differ from it;
     None outside a git checkout (an installed copy) or without git."""
     try:
-        def git(*words: str) -> subprocess.CompletedProcess:
-            return subprocess.run(["git", *words], cwd=root, capture_output=True, text=True, timeout=10)
-
-        head = git("rev-parse", "--short", "HEAD")
+        head = _git(root, "rev-parse", "--short", "HEAD")
         if head.returncode != 0:
             return None
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+" if dirty.returncode == 0 and dirty.stdout.strip() else "")

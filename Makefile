@@ -37,13 +37,13 @@ bench: install
 clean-cache:
 	rm -rf cache/models cache/gguf
 
-# The uncertainty study (issue 15): 1000 WebQuestions (seeded sample) + the bundled set, K = 10, embedded model;
+# The uncertainty study: 1000 WebQuestions (seeded sample) + the bundled set, K = 10, embedded model;
 # resumable (rerun to continue), report in reports/uq. Extra flags: make study-uq ARGS="--model <id> --limit 12".
 .PHONY: study-uq
 study-uq: install
 	$(PY) -m engine uq-study --out reports/uq $(ARGS)
 
-# The super-weight / grokking study (issue 14): LLM-shaped model, 5 seeds x 2 weight decays, control vs
+# The super-weight / grokking study: LLM-shaped model, 5 seeds x 2 weight decays, control vs
 # suppression, 2 worker processes; cached and resumable (rerun to continue), report in reports/grokking.
 # Extra flags: make study-grok ARGS="--report-only".
 .PHONY: study-grok

@@ -1,6 +1,6 @@
 """Attention page speed on the embedded Gemma 3 270M (model already loaded).
 
-Target (issue 3): forward pass + every head's text description for a 64-token prompt <= 1 s on
+Target: forward pass + every head's text description for a 64-token prompt <= 1 s on
 this CPU; changing the selected head re-renders the page without a new forward pass (counted on the
 page itself, run by Streamlit's AppTest). Also reported: head-function scores over the built-in
 prompt set and one explain -> simulate -> score round (no target).
@@ -21,8 +21,7 @@ PROMPT_64 = (
 
 
 def run(quick: bool = False) -> list[dict]:
-    from engine.attention import head_functions as hf
-    from engine.attention import self_explain as se
+    from engine.attention import head_functions, self_explain
     from engine.attention.maps import all_descriptions, run_attention
     from engine.core.loading import load_model
 
@@ -93,18 +92,18 @@ def run(quick: bool = False) -> list[dict]:
     )
     rows.append(row("attention", "10 head changes on the page (reruns)", seconds, "s"))
 
-    specs = hf.builtin_prompts(lm.tokenizer, n_random=2)
+    specs = head_functions.builtin_prompts(lm.tokenizer, n_random=2)
     t0 = time.perf_counter()
-    hf.run_prompt_set(lm, specs if not quick else specs[-2:], max_tokens=64)
+    head_functions.run_prompt_set(lm, specs if not quick else specs[-2:], max_tokens=64)
     rows.append(
         row("attention", f"head functions over {len(specs) if not quick else 2} prompts", time.perf_counter() - t0, "s")
     )
 
     if not quick:
         res = run_attention(lm, PROMPT_64, max_tokens=32)
-        heldout = se.run_heldout(lm, se.heldout_prompts(lm.tokenizer), max_tokens=24)
+        heldout = self_explain.run_heldout(lm, self_explain.heldout_prompts(lm.tokenizer), max_tokens=24)
         t0 = time.perf_counter()
-        se.explain_and_score(lm, res, [(2, 3)], {(2, 3): "previous_token"}, heldout=heldout, max_queries=8)
+        self_explain.explain_and_score(lm, res, [(2, 3)], {(2, 3): "previous_token"}, heldout=heldout, max_queries=8)
         rows.append(
             row(
                 "attention",

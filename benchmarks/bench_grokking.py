@@ -1,7 +1,7 @@
 """Grokking lab: does the default configuration grok within 60 s on this CPU, how fast does it train,
 and what do the super-weight measures add to a run's wall time?
 
-Targets (issue 4, part 2): default config reaches test accuracy >= 95% within 60 s with a visible
+Targets: default config reaches test accuracy >= 95% within 60 s with a visible
 delay after train accuracy reaches 100%; measures add <= 20% at the default evaluation interval.
 Issue 14: the LLM-shaped model (the study's configuration, engine.grokking.config.StudyConfig): steps per
 second, time to grok, and the llm measures' overhead (<= 20% of training time at the study's checkpoint

@@ -1,6 +1,6 @@
 """Load time of the embedded Gemma 3 270M: cold (from GGUF) vs warm (from the converted cache).
 
-Target (issue 2): warm <= 5 s and <= 1/8 of cold, on this 2-core CPU. Each load runs in a fresh
+Target: warm <= 5 s and <= 1/8 of cold, on this 2-core CPU. Each load runs in a fresh
 subprocess so nothing is shared between runs (imports included, as a user's first load would be).
 """
 

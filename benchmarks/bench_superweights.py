@@ -1,6 +1,6 @@
 """Super-weight page speed on this CPU (Gemma 3 270M, the embedded model).
 
-Targets (issue "Super weights page, part 1"): the hooked scan costs <= 1.5x a plain forward pass of the
+Targets: the hooked scan costs <= 1.5x a plain forward pass of the
 same model body on the same tokens; the ablation table (5 conditions: perplexity over ~4k tokens of the
 bundled text, stopword shift on 8 prompts, 3 greedy continuations of 8 tokens) takes <= 60 s.
 The 2 cores are shared: the load average is reported beside the timings, and the ablation is timed both

@@ -7,13 +7,13 @@ Same questions (every 7th of the bundled set), K = 10, embedded Gemma 3 270M, th
 - one question per batch: this code with `batch_questions=1` (stopped rows leave the batch, one exp
   pass serves log-probs and sampling);
 - batched: this code with the batch size the run loop chooses (`auto_batch_questions`).
-Target (issue 15): batched >= 1.8x today's questions per minute (2x with the cheaper LM head and sampling).
+Target: batched >= 1.8x today's questions per minute (2x with the cheaper LM head and sampling).
 The machine is shared: the questions go in groups of one batch, and each group runs every path in a
 rotating order, so load from other processes hits all paths alike; the ratios are the fair numbers.
 
 Also the pipeline cost per question (batched generation plus its share of `score_records`) against a
 bare `model.generate(num_return_sequences=K+1, min_new_tokens=max_new_tokens=L)` of one question, L
-the decoding steps our loop ran for it. Target (issue 5): <= 1.3x.
+the decoding steps our loop ran for it. Target: <= 1.3x.
 """
 
 from __future__ import annotations

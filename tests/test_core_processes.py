@@ -147,14 +147,14 @@ def test_a_grokking_run_through_a_child_gives_the_in_process_metrics(tmp_path, m
     """The page's path (a RUNNER job holding the run's claim, the child training under it) writes the
     same metrics.csv, bit for bit but the times, as analysis.run_experiment in this process."""
     from engine.core.jobs import RUNNER
-    from engine.grokking import analysis as ga
+    from engine.grokking import analysis
     from engine.grokking import process as grok_process
     from engine.grokking.config import GrokConfig
     from engine.grokking.runs import open_run, run_for
 
     config = GrokConfig(p=23, train_frac=0.8, steps=120, eval_every=10, checkpoint_every=40, stop_after_grok=-1)
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "thread"))
-    direct = ga.run_experiment(config, threads=1)
+    direct = analysis.run_experiment(config, threads=1)
     expected = run_for(config).metrics()
 
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "process"))  # the child inherits the environment

@@ -17,8 +17,8 @@ never forked) and waits on it in the calling (job) thread:
 
 The child runs at a lower CPU priority (`nice`, CHILD_NICENESS): it is background work, and on a small shared
 server the page scripts of every session and the event loop serving their browsers must not wait behind
-training loops that use every core (in the soak test of 2026-12-01, pages froze for minutes while two long
-trainings shared the 2 cores with the server). A niced child may be slow to stop on a busy server: one
+training loops that use every core (in a soak test, pages froze for minutes while two long trainings shared
+the 2 cores with the server). A niced child may be slow to stop on a busy server: one
 ended after the grace is a StopTimeout, which the caller treats as the stop it asked for.
 
 The child acts for the same owner (engine.core.queue). `fn` must be a module-level function. A claim the

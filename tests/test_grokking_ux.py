@@ -10,8 +10,8 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from engine.grokking.config import GrokConfig, is_prime
-from ui.grokking_view import NEWEST
+from engine.grokking.config import GrokConfig, is_prime, nearest_prime
+from ui.grokking_charts import NEWEST
 
 CONFIG = GrokConfig(p=23, train_frac=0.8, steps=200, eval_every=20, checkpoint_every=80)
 URL_SETTINGS = {"grok_p": "23", "grok_frac": "0.8", "grok_steps": "200", "grok_eval": "20"}
@@ -55,7 +55,7 @@ def _chart_frames(chart) -> list:
 
 
 def test_a_checkpoint_click_picks_the_nearest_checkpoint():
-    from ui.grokking_view import PICK, step_from_selection
+    from ui.grokking_charts import PICK, step_from_selection
 
     steps = [0, 80, 160, 200]
     assert step_from_selection({"selection": {PICK: [{"step": 100.0}]}}, steps) == 80
@@ -69,15 +69,21 @@ def test_a_checkpoint_click_picks_the_nearest_checkpoint():
 
 
 def test_prime_suggestions_stay_within_the_fields_range():
-    from ui.grokking_view import P_MAX, nearest_prime, prime_problem
+    """The page shows the engine's refusal (one rule for the suggestion), and it stays within the field's range."""
+    from engine.core.errors import FieldError
+    from engine.grokking.config import validate
+    from ui.grokking_form import P_MAX
 
     assert nearest_prime(2000) == 1999  # not 2003: the field stops at 2000
-    assert nearest_prime(12) == 11 and nearest_prime(14) == 13
+    assert nearest_prime(12) == 11 and nearest_prime(14) == 13 and nearest_prime(3) == 3
     for p in range(3, P_MAX + 1, 7):
         q = nearest_prime(p)
         assert is_prime(q) and 3 <= q <= P_MAX
-    assert "try 1999" in prime_problem("div", 2000)
-    assert prime_problem("div", 13) is None and prime_problem("add", 12) is None
+    with pytest.raises(FieldError, match="try 1999") as refused:
+        validate(GrokConfig(task="div", p=2000))
+    assert refused.value.field == "p"
+    validate(GrokConfig(task="div", p=13))
+    validate(GrokConfig(task="add", p=12))
 
 
 def test_the_url_restores_run_settings_and_checkpoint(cache):
@@ -101,10 +107,10 @@ def test_the_url_restores_run_settings_and_checkpoint(cache):
 def _picker_script():
     import streamlit as st
 
-    from ui.grokking_view import _checkpoint_picker
+    from ui.grokking_run_panel import checkpoint_picker
 
     st.session_state["n"] = st.session_state.get("n", 0) + 1  # one more checkpoint every rerun, as while training
-    st.write(f"shown {_checkpoint_picker(list(range(0, 100 * st.session_state['n'], 100)))}")
+    st.write(f"shown {checkpoint_picker(list(range(0, 100 * st.session_state['n'], 100)))}")
 
 
 def test_the_checkpoint_picker_follows_the_newest_until_one_is_picked():

@@ -65,6 +65,9 @@ def test_start_a_short_run_see_curves_summary_and_a_sweep(tmp_path, monkeypatch)
     _wait(at, lambda a: len(a.info) and any("runs grokked" in i.value for i in a.info), 30)
     texts = " ".join(i.value for i in at.info)
     assert "0 of 1 runs grokked" in texts and "no connection found" in texts.lower()
+    (table,) = [d.value for d in at.dataframe if "weight decay" in d.value.columns]  # the sweep's, in words
+    assert "grokked at step (test 95%)" in table.columns and "onset_step" not in table.columns
+    assert not [v for v in table.astype(object).to_numpy().ravel() if v is None or v != v or v == "None"]
 
 
 def test_bad_input_shows_a_reason_not_a_traceback(tmp_path, monkeypatch):

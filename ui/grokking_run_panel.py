@@ -141,7 +141,10 @@ def run_panel(run: runs.GrokRun, writable: bool) -> None:
             icon=":material/error:",
         )
     if metrics.empty:
-        st.info("No evaluation yet: the first one is at step 0, right after the model is built.")
+        if job is None and not run.is_claimed():
+            st.info("Not trained yet: press Start to train it.", icon=":material/play_arrow:")
+        else:
+            st.info("No evaluation yet: the first one is at step 0, right after the model is built.")
         return
     is_llm = config.model == "llm"
     events = ga.run_events(metrics, measures, llm_measures=measures if is_llm else None)

@@ -101,7 +101,7 @@ LONG_MS = 1_500_000  # a wait for a result (bounded anyway by the browser phase'
 SHORT_MS = 180_000  # a wait for a page or a message (on 2 cores shared by 7 browsers, the server and its jobs)
 UQ_SEED = 1000  # person i: uncertainty seed UQ_SEED + i, grokking seed i + 1
 UQ_SHOWS = ("A1 (all)", "The tables")  # what a page shows of an uncertainty run
-GROK_SHOWS = ("Summary", "Last step", "Showing:")  # what a page shows of a grokking run
+GROK_SHOWS = ("Summary", "Last evaluated step", "Showing:")  # what a page shows of a grokking run
 CRASHES = ("Traceback", "exception box", "went wrong")  # what Seen.problem records of a crash on a page
 FRESH = ':not([data-stale="true"])'  # an element of the page's last run, not a stale one of an earlier run
 CANDIDATE = re.compile(r"layer \d+ W\[\d+, \d+\]")
@@ -778,7 +778,7 @@ class Soak:
         text = await main_text(page)
         keep_text(seen, "grokking", text)
         seen.grok["test_acc"] = shown.get("Test accuracy")
-        seen.grok["step"] = shown.get("Last step")
+        seen.grok["step"] = shown.get("Last evaluated step")
         detail = re.search(r"Checkpoint at step (\d+)", text)
         if detail and detail.group(1) != seen.grok["step"]:  # the picker follows the newest unless one is picked
             seen.problem(f"the finished run's checkpoint detail shows step {detail.group(1)}, not {seen.grok['step']}")
@@ -1061,8 +1061,8 @@ class Soak:
             if "jobs_per_person" in await main_text(page):
                 seen.notes.append(
                     f"Pressing Start to reopen their own running run (seed {seed}) shows the jobs_per_person "
-                    "refusal, although nothing new would start (ui/grokking_view.py _start_training calls "
-                    "access.check_jobs before it knows the job runs already)."
+                    "refusal, although nothing new would start (engine/grokking/jobs.py start calls the gate's admit "
+                    "before it knows the job runs already)."
                 )
             await click(page, seen, "grok_stop")
             await wait_shown(page, seen, "Press Start to resume", SHORT_MS)

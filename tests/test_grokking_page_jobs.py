@@ -60,6 +60,21 @@ def _order(at: AppTest) -> list[str]:
     return walk(at.main, [])
 
 
+def _ancestors(at: AppTest, key: str) -> list[str] | None:
+    """The block types around the element of `key`, outermost first (None: no such element)."""
+
+    def find(node, path: list[str]) -> list[str] | None:
+        for child in getattr(node, "children", {}).values():
+            if getattr(child, "key", None) == key:
+                return path
+            found = find(child, [*path, str(getattr(child, "type", ""))])
+            if found is not None:
+                return found
+        return None
+
+    return find(at.main, [])
+
+
 def _leads_with_a_chart(at: AppTest) -> bool:
     order = _order(at)
     charts = [i for i, e in enumerate(order) if "vega_lite_chart" in e]
@@ -193,3 +208,5 @@ def test_every_legend_and_table_is_in_words(llm_run):
     assert "attention share on BOS, largest over layers" in shown and "largest over layers" in shown
     cells = _cells(at)
     assert cells and not [c for c in cells if c is None or c != c or c in ("None", "nan", "")]
+    around = _ancestors(at, "grok_export")  # "Open checkpoint 20 in the first tab": a row of its own, never cut
+    assert around is not None and "column" not in around, around

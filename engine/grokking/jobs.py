@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from engine.core.db import lab_db
 from engine.core.errors import LabError
@@ -41,6 +41,7 @@ from engine.grokking.config import TRAIN_THREADS, GrokConfig
 from engine.grokking.runs import CACHE_TOPIC, GrokRun, RunSummary, get_run, open_run, run_for
 
 Phase = Literal["starting", "loading", "training", "stopping"]
+PHASES: tuple[Phase, ...] = get_args(Phase)
 Writes = Callable[[], Sequence[tuple[str, RunFolder]]]
 TOPIC = CACHE_TOPIC  # the runs' topic in the lab database
 
@@ -174,7 +175,7 @@ def progress(run: GrokRun) -> TrainingProgress | None:
     job = running_job(run)
     if job is None:
         return None
-    phase: Phase = "stopping" if job.stopping else (job.message or "starting")  # type: ignore[assignment]
+    phase: Phase = "stopping" if job.stopping else next((p for p in PHASES if p == job.message), "starting")
     resume = job.result.resume_step if isinstance(job.result, _Started) else None
     seconds_left = None
     if phase == "training" and job.step_seconds and job.total is not None:

@@ -306,15 +306,22 @@ def preview(config: GrokConfig) -> None:
                 f"grokking: test ≥ {GROK_ACCURACY:.0%}",
                 f"first sign: test ≥ {HALF_GROK_ACCURACY:.0%}",
             ],
+            "step": [0, config.steps, 0],  # where each level's label sits: the two close levels at either end
+            "align": ["left", "right", "left"],
         }
     )
     x = alt.X("step:Q", title="step", scale=alt.Scale(domain=[0, config.steps]), axis=alt.Axis(**AXIS))
     y = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(**AXIS))
-    base = alt.Chart(levels.assign(step=0))
+    base = alt.Chart(levels)
     rules = base.mark_rule(strokeDash=[5, 3], color="gray").encode(y=y)
-    labels = base.mark_text(align="left", dx=4, dy=-6, color="gray").encode(x=x, y=y, text="event:N")
-    chart = alt.layer(rules, labels).properties(
-        height=240,
+    labels = [
+        base.transform_filter(alt.datum.align == side)
+        .mark_text(align=side, dx=4 if side == "left" else -4, dy=-6 if side == "left" else 10, color="gray")
+        .encode(x=x, y=y, text="event:N")
+        for side in ("left", "right")
+    ]
+    chart = alt.layer(rules, *labels).properties(
+        height=220 + CHART_FRAME,
         title=alt.TitleParams(
             "Preview: train and test accuracy of these settings will be drawn here",
             subtitle=[

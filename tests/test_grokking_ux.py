@@ -199,3 +199,24 @@ def test_every_form_field_carries_its_value_as_its_default(cache):
     assert len(llm_fields) == 3
     for key, field in llm_fields.items():
         assert field.proto.HasField("default") and field.proto.default == field.value, key
+
+
+def test_the_engines_refusal_shows_under_the_field_it_names():
+    """validate's FieldError names the field (here the heads, which must split d_model into even halves for
+    RoPE): its message is drawn right under that field, not above Start."""
+    at = _open({})
+    at.button(key="grok_llm_preset").click().run()
+    at.number_input(key="grok_d_model").set_value(30).run()
+    assert at.button(key="grok_start").disabled
+
+    def walk(node, out: list) -> list:
+        for child in getattr(node, "children", {}).values():
+            out.append(child)
+            walk(child, out)
+        return out
+
+    order = walk(at.main, [])
+    heads = next(i for i, e in enumerate(order) if getattr(e, "key", None) == "grok_heads")
+    after = order[heads + 1]
+    assert after.type == "error", order[heads : heads + 3]
+    assert "must split into 4 heads of an even size" in after.value

@@ -210,3 +210,17 @@ def test_every_legend_and_table_is_in_words(llm_run):
     assert cells and not [c for c in cells if c is None or c != c or c in ("None", "nan", "")]
     around = _ancestors(at, "grok_export")  # "Open checkpoint 20 in the first tab": a row of its own, never cut
     assert around is not None and "column" not in around, around
+
+
+def test_a_running_sweep_is_found_again_by_its_person(tmp_path, monkeypatch):
+    """A new tab of the same person, without the sweep's inputs: their running sweep, its progress and Stop."""
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    first = _open({**SETTINGS, "grok_sweep_seeds": "1,2", "grok_sweep_wds": "1.0"})
+    first.button(key="grok_sweep_start").click().run()
+    assert not first.exception and any(b.key == "grok_sweep_stop" for b in first.button)
+    again = _open({}, first.session_state["_lab_owner_key"])
+    assert any(b.key == "grok_sweep_stop" for b in again.button)
+    assert any("sweep that is still running" in c.value for c in again.caption)
+    assert not any(b.key == "grok_sweep_stop" for b in _open({}).button)  # someone else: nothing of it
+    again.button(key="grok_sweep_stop").click().run()
+    _wait(again, lambda a: not any(b.key == "grok_sweep_stop" for b in a.button), 60)

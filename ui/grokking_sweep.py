@@ -128,6 +128,10 @@ def sweep_section(base: GrokConfig | None) -> None:
         shown, what = latest(SWEEP_SLOT)  # the inputs cannot run: the last sweep stays, named
         st.caption(f"Showing your last sweep ({what}).")
     if shown is None:
+        shown = jobs.running_sweep(access.me())  # one of theirs still running, started with other inputs
+        if shown is not None:
+            st.caption("Showing your sweep that is still running (started with other settings or inputs).")
+    if shown is None:
         return
     _sweep_panel(str(shown), measure)
 

@@ -326,6 +326,17 @@ def sweep_key(configs: Sequence[GrokConfig], person: str | None) -> str:
     return "grokking-sweep:" + run_id_for({"runs": [c.key(person) for c in configs]})
 
 
+def running_sweep(person: str | None) -> str | None:
+    """The job key of a sweep of this person still running in this server process (engine.core.db's jobs
+    table), to show it again when its inputs are not on the page (a new tab), or None."""
+    if person is None:
+        return None
+    for key, _ in reversed(lab_db().jobs_of(person, pid=os.getpid())):
+        if key.startswith("grokking-sweep:") and RUNNER.running(key) is not None:
+            return key
+    return None
+
+
 def _claim_sweep(configs: Sequence[GrokConfig], gate: Gate) -> None:
     """Before a sweep starts: the person's quota and jobs, then every run of it made theirs (a new one is created
     at once, so nobody else can take it while the sweep goes); someone else's finished run is only read, an

@@ -164,8 +164,9 @@ def test_a_grokking_run_through_a_child_gives_the_in_process_metrics(tmp_path, m
 
     def work(job):
         def on_message(message):
-            rows.append(message[1])
-            claimed.append(run.is_claimed())  # the job's claim holds while the child writes
+            if isinstance(message, grok_process.Evaluated):  # (the first message says the child is loading)
+                rows.append(message.row)
+                claimed.append(run.is_claimed())  # the job's claim holds while the child writes
 
         kwargs = {"config": config, "threads": 1, "claim": False}
         return run_in_process(grok_process.train_run, kwargs, job=job, on_message=on_message)

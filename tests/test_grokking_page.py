@@ -65,6 +65,9 @@ def test_start_a_short_run_see_curves_summary_and_a_sweep(tmp_path, monkeypatch)
     _wait(at, lambda a: len(a.info) and any("runs grokked" in i.value for i in a.info), 30)
     texts = " ".join(i.value for i in at.info)
     assert "0 of 1 runs grokked" in texts and "no connection found" in texts.lower()
+    (table,) = [d.value for d in at.dataframe if "weight decay" in d.value.columns]  # the sweep's, in words
+    assert "grokked at step (test 95%)" in table.columns and "onset_step" not in table.columns
+    assert not [v for v in table.astype(object).to_numpy().ravel() if v is None or v != v or v == "None"]
 
 
 def test_bad_input_shows_a_reason_not_a_traceback(tmp_path, monkeypatch):
@@ -101,11 +104,11 @@ def test_stop_button_keeps_a_resumable_run(tmp_path, monkeypatch):
     _wait(at, lambda a: any("Press Start to resume" in w.value for w in a.warning), 30)
     assert not at.exception
     warning = next(w.value for w in at.warning if "Press Start to resume" in w.value)
-    assert "checkpoints up to here are kept" in warning
+    step = int(warning.split("Stopped at step ")[1].split(":")[0])
+    assert f"checkpoint {step} is the last kept, and Start resumes from it" in warning
     from engine.grokking.config import GrokConfig
     from engine.grokking.runs import list_runs
 
-    step = int(warning.split("stopped at step ")[1].split(";")[0])
     config = GrokConfig(p=23, train_frac=0.3, steps=50_000)
     (cache,) = [run for run in list_runs() if run.grok_config == config]  # the person's run: owner in its key
     assert cache.checkpoint_steps()[-1] == step
@@ -118,11 +121,11 @@ def test_a_child_ended_for_being_slow_to_stop_leaves_the_run_stopped_not_failed(
     "Run failed" after Stop)."""
     import functools
 
-    import ui.grokking_view as view
     from engine.core.processes import run_in_process
+    from engine.grokking import jobs
 
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(view, "run_in_process", functools.partial(run_in_process, grace_s=0.0))  # ended at once
+    monkeypatch.setattr(jobs, "run_in_process", functools.partial(run_in_process, grace_s=0.0))  # ended at once
     at = _started(0.3, 50_000, 10)
 
     def training(a: AppTest) -> bool:  # the Stop button is there and a checkpoint was saved
@@ -133,11 +136,12 @@ def test_a_child_ended_for_being_slow_to_stop_leaves_the_run_stopped_not_failed(
     _wait(at, lambda a: any("Press Start to resume" in w.value for w in a.warning), 30)
     assert not at.exception and not at.error, [e.value for e in at.error]
     warning = next(w.value for w in at.warning if "Press Start to resume" in w.value)
-    assert "its last checkpoint; it resumes from there" in warning  # written by the page, not by the child
     from engine.grokking.runs import list_runs
 
     (run,) = list_runs()
-    step = int(warning.split("stopped at step ")[1].split(" ")[0])
+    assert "its last checkpoint" in run.status()["message"]  # written by the job, not by the child
+    step = int(warning.split("Stopped at step ")[1].split(":")[0])
+    assert f"checkpoint {step} is the last kept, and Start resumes from it" in warning
     assert run.status()["state"] == "stopped" and step == run.checkpoint_steps()[-1]
 
 
@@ -146,12 +150,12 @@ def test_a_sweep_ended_for_being_slow_to_stop_leaves_its_run_stopped(tmp_path, m
     says stopped at its last checkpoint, not "running" (which would keep the run list polling)."""
     import functools
 
-    import ui.grokking_view as view
     from engine.core.processes import run_in_process
+    from engine.grokking import jobs
     from engine.grokking.runs import list_runs
 
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(view, "run_in_process", functools.partial(run_in_process, grace_s=0.0))
+    monkeypatch.setattr(jobs, "run_in_process", functools.partial(run_in_process, grace_s=0.0))
     at = _filled(0.3, 50_000, 10)
     at.text_input(key="grok_sweep_seeds").set_value("1,2")
     at.text_input(key="grok_sweep_wds").set_value("1.0")

@@ -10,8 +10,8 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from engine.grokking.config import GrokConfig, is_prime
-from ui.grokking_view import NEWEST
+from engine.grokking.config import GrokConfig, is_prime, nearest_prime
+from ui.grokking_charts import NEWEST
 
 CONFIG = GrokConfig(p=23, train_frac=0.8, steps=200, eval_every=20, checkpoint_every=80)
 URL_SETTINGS = {"grok_p": "23", "grok_frac": "0.8", "grok_steps": "200", "grok_eval": "20"}
@@ -55,7 +55,7 @@ def _chart_frames(chart) -> list:
 
 
 def test_a_checkpoint_click_picks_the_nearest_checkpoint():
-    from ui.grokking_view import PICK, step_from_selection
+    from ui.grokking_charts import PICK, step_from_selection
 
     steps = [0, 80, 160, 200]
     assert step_from_selection({"selection": {PICK: [{"step": 100.0}]}}, steps) == 80
@@ -69,15 +69,21 @@ def test_a_checkpoint_click_picks_the_nearest_checkpoint():
 
 
 def test_prime_suggestions_stay_within_the_fields_range():
-    from ui.grokking_view import P_MAX, nearest_prime, prime_problem
+    """The page shows the engine's refusal (one rule for the suggestion), and it stays within the field's range."""
+    from engine.core.errors import FieldError
+    from engine.grokking.config import validate
+    from ui.grokking_form import P_MAX
 
     assert nearest_prime(2000) == 1999  # not 2003: the field stops at 2000
-    assert nearest_prime(12) == 11 and nearest_prime(14) == 13
+    assert nearest_prime(12) == 11 and nearest_prime(14) == 13 and nearest_prime(3) == 3
     for p in range(3, P_MAX + 1, 7):
         q = nearest_prime(p)
         assert is_prime(q) and 3 <= q <= P_MAX
-    assert "try 1999" in prime_problem("div", 2000)
-    assert prime_problem("div", 13) is None and prime_problem("add", 12) is None
+    with pytest.raises(FieldError, match="try 1999") as refused:
+        validate(GrokConfig(task="div", p=2000))
+    assert refused.value.field == "p"
+    validate(GrokConfig(task="div", p=13))
+    validate(GrokConfig(task="add", p=12))
 
 
 def test_the_url_restores_run_settings_and_checkpoint(cache):
@@ -101,10 +107,10 @@ def test_the_url_restores_run_settings_and_checkpoint(cache):
 def _picker_script():
     import streamlit as st
 
-    from ui.grokking_view import _checkpoint_picker
+    from ui.grokking_run_panel import checkpoint_picker
 
     st.session_state["n"] = st.session_state.get("n", 0) + 1  # one more checkpoint every rerun, as while training
-    st.write(f"shown {_checkpoint_picker(list(range(0, 100 * st.session_state['n'], 100)))}")
+    st.write(f"shown {checkpoint_picker(list(range(0, 100 * st.session_state['n'], 100)))}")
 
 
 def test_the_checkpoint_picker_follows_the_newest_until_one_is_picked():
@@ -179,7 +185,7 @@ def test_labels_are_not_cut_and_every_chart_can_be_saved(cache):
 def test_every_form_field_carries_its_value_as_its_default(cache):
     """A browser that mounts a field without the run that set its value (a busy server stops runs for newer
     ones) shows the widget's default and sends it back: a field whose default is None came back empty
-    ("Layers: enter a number.", found by benchmarks/soak.py). Every number field of a fresh form has a default
+    ("Layers: enter a number.", found by benchmarks/soak). Every number field of a fresh form has a default
     equal to the value the server uses, and so do the LLM-shaped model's fields."""
     at = _open({})
     fields = [n for n in at.number_input if n.key.startswith("grok_")]
@@ -193,3 +199,24 @@ def test_every_form_field_carries_its_value_as_its_default(cache):
     assert len(llm_fields) == 3
     for key, field in llm_fields.items():
         assert field.proto.HasField("default") and field.proto.default == field.value, key
+
+
+def test_the_engines_refusal_shows_under_the_field_it_names():
+    """validate's FieldError names the field (here the heads, which must split d_model into even halves for
+    RoPE): its message is drawn right under that field, not above Start."""
+    at = _open({})
+    at.button(key="grok_llm_preset").click().run()
+    at.number_input(key="grok_d_model").set_value(30).run()
+    assert at.button(key="grok_start").disabled
+
+    def walk(node, out: list) -> list:
+        for child in getattr(node, "children", {}).values():
+            out.append(child)
+            walk(child, out)
+        return out
+
+    order = walk(at.main, [])
+    heads = next(i for i, e in enumerate(order) if getattr(e, "key", None) == "grok_heads")
+    after = order[heads + 1]
+    assert after.type == "error", order[heads : heads + 3]
+    assert "must split into 4 heads of an even size" in after.value

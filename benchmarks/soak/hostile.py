@@ -267,8 +267,8 @@ class HostileSession:
             if "jobs_per_person" in await main_text(page):
                 seen.notes.append(
                     f"Pressing Start to reopen their own running run (seed {seed}) shows the jobs_per_person "
-                    "refusal, although nothing new would start (ui/grokking_view.py _start_training calls "
-                    "access.check_jobs before it knows the job runs already)."
+                    "refusal, although nothing new would start (engine/grokking/jobs.py start calls the gate's admit "
+                    "before it knows the job runs already)."
                 )
             await click(page, seen, "grok_stop")
             await wait_shown(page, seen, "Press Start to resume", SHORT_MS)

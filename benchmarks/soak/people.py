@@ -40,7 +40,7 @@ from ui.access import PRIVATE_NOTICE
 from ui.identity import COOKIE
 
 UQ_SHOWS = ("A1 (all)", "The tables")  # what a page shows of an uncertainty run
-GROK_SHOWS = ("Summary", "Last step", "Showing:")  # what a page shows of a grokking run
+GROK_SHOWS = ("Summary", "Last evaluated step", "Showing:")  # what a page shows of a grokking run
 CANDIDATE = re.compile(r"layer \d+ W\[\d+, \d+\]")
 
 
@@ -152,7 +152,7 @@ class Person:
         text = await main_text(page)
         keep_text(seen, "grokking", text)
         seen.grok["test_acc"] = shown.get("Test accuracy")
-        seen.grok["step"] = shown.get("Last step")
+        seen.grok["step"] = shown.get("Last evaluated step")
         detail = re.search(r"Checkpoint at step (\d+)", text)
         if detail and detail.group(1) != seen.grok["step"]:  # the picker follows the newest unless one is picked
             seen.problem(f"the finished run's checkpoint detail shows step {detail.group(1)}, not {seen.grok['step']}")

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from engine.core.errors import LabError
+from engine.core.errors import FieldError, LabError
 from engine.core.options import option
 from engine.core.runstore import run_id_for
 
@@ -246,6 +246,16 @@ def is_prime(n: int) -> bool:
     return all(n % d for d in range(2, int(math.isqrt(n)) + 1))
 
 
+def nearest_prime(p: int) -> int:
+    """The prime >= 3 nearest to p, the smaller one on a tie (12 -> 11, 2000 -> 1999): the suggestion when a task
+    needs a prime modulus; for p in [3, n] it is never above n when n is prime or n - 1 is."""
+    for distance in range(p + 3):
+        for q in (p - distance, p + distance):
+            if q >= 3 and is_prime(q):
+                return q
+    raise AssertionError("unreachable: 3 is prime")
+
+
 def n_pairs(config: GrokConfig) -> int:
     """Number of (a, b) pairs of the task: p^2, or p (p - 1) when b must be invertible."""
     return config.p * (config.p - 1) if config.task in INVERSE_TASKS else config.p**2
@@ -285,14 +295,15 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
     if config.model not in MODEL_KINDS:
         raise LabError(f"Unknown model {config.model!r}; choose transformer or mlp.")
     if not isinstance(config.p, int) or config.p < 3:
-        raise LabError(f"p must be an integer >= 3 (got {config.p}).")
+        raise FieldError("p", f"p must be an integer >= 3 (got {config.p}).")
     if config.task in INVERSE_TASKS and not is_prime(config.p):
-        raise LabError(
+        raise FieldError(
+            "p",
             f"{TASK_LABELS[config.task]} needs every b != 0 to have an inverse mod p, which holds only for prime p; "
-            f"{config.p} is not prime (try {next(q for q in range(config.p, 2 * config.p + 3) if is_prime(q))})."
+            f"{config.p} is not prime (try {nearest_prime(config.p)}).",
         )
     if not 0 < config.train_frac < 1:
-        raise LabError(f"Train fraction must be strictly between 0 and 1 (got {config.train_frac}).")
+        raise FieldError("train_frac", f"Train fraction must be strictly between 0 and 1 (got {config.train_frac}).")
     if not (config.lr > 0 and config.weight_decay >= 0 and 0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
         raise LabError("Need lr > 0, weight decay >= 0 and 0 <= beta1, beta2 < 1.")
     if config.steps < 1 or config.eval_every < 1 or config.checkpoint_every < 1:
@@ -303,33 +314,41 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
         )
     if config.model == "llm":
         if config.n_layers not in range(LLM_MIN_LAYERS, LLM_MAX_LAYERS + 1):
-            raise LabError(
+            raise FieldError(
+                "n_layers",
                 f"The LLM-shaped model needs {LLM_MIN_LAYERS}-{LLM_MAX_LAYERS} layers (got {config.n_layers}): the "
-                "super-weight detection compares a layer's spike with the median over layers."
+                "super-weight detection compares a layer's spike with the median over layers.",
             )
         if config.n_heads < 1 or config.d_model % config.n_heads or (config.d_model // config.n_heads) % 2:
-            raise LabError(f"d_model ({config.d_model}) must split into {config.n_heads} heads of an even size (RoPE).")
+            raise FieldError(
+                "n_heads", f"d_model ({config.d_model}) must split into {config.n_heads} heads of an even size (RoPE)."
+            )
         if config.d_mlp < 1:
-            raise LabError("d_mlp must be >= 1.")
+            raise FieldError("d_mlp", "d_mlp must be >= 1.")
     elif (
         config.n_layers not in range(1, MAX_LAYERS + 1)
         or config.d_model < 4
         or config.n_heads < 1
         or config.d_model % config.n_heads
     ):
-        raise LabError(f"Need 1-{MAX_LAYERS} layers and d_model divisible by the number of heads.")
+        field = "n_layers" if config.n_layers not in range(1, MAX_LAYERS + 1) else "n_heads"
+        raise FieldError(field, f"Need 1-{MAX_LAYERS} layers and d_model divisible by the number of heads.")
     if config.suppress:
         if config.model != "llm":
-            raise LabError("Suppression clips the down projections of the LLM-shaped model: use --model llm.")
+            raise FieldError(
+                "suppress", "Suppression clips the down projections of the LLM-shaped model: use --model llm."
+            )
         validate_suppression(config.suppress_quantile, config.suppress_factor, config.suppress_every)
     if config.batch_size < 0:
-        raise LabError("Batch size must be >= 0 (0 = full batch).")
+        raise FieldError("batch_size", "Batch size must be >= 0 (0 = full batch).")
     if config.grokfast and not (0 <= config.grokfast_alpha < 1 and config.grokfast_lamb >= 0):
         raise LabError("Grokfast needs 0 <= alpha < 1 and lamb >= 0.")
     pairs = n_pairs(config)
     n_train = int(round(config.train_frac * pairs))
     if n_train < 1 or n_train >= pairs:
-        raise LabError(f"Train fraction {config.train_frac} leaves an empty train or test set for p={config.p}.")
+        raise FieldError(
+            "train_frac", f"Train fraction {config.train_frac} leaves an empty train or test set for p={config.p}."
+        )
     limit = (
         memory_limit_gb
         if memory_limit_gb is not None
@@ -347,15 +366,18 @@ def validate_suppression(quantile: float, factor: float, every: int = SUPPRESS_E
     """LabError (one line) for a suppression setting that cannot be used, before any training starts:
     c <= 0 removes every weight; c <= 1 with q < 1 - MAX_CLIP_FRACTION clips over the limit."""
     if not 0 < quantile <= 1:
-        raise LabError(f"The suppression quantile q must be in (0, 1] (got {quantile}).")
+        raise FieldError("suppress_quantile", f"The suppression quantile q must be in (0, 1] (got {quantile}).")
     if not factor > 0:
-        raise LabError(f"The suppression factor c must be > 0 (got {factor}): c <= 0 would remove every weight.")
+        raise FieldError(
+            "suppress_factor", f"The suppression factor c must be > 0 (got {factor}): c <= 0 would remove every weight."
+        )
     if every < 1:
-        raise LabError(f"Suppression must run every N >= 1 steps (got {every}).")
+        raise FieldError("suppress_every", f"Suppression must run every N >= 1 steps (got {every}).")
     if factor <= 1 and 1 - quantile > MAX_CLIP_FRACTION + 1e-12:  # 1 - 0.99 is 0.010000000000000009
-        raise LabError(
+        raise FieldError(
+            "suppress_quantile",
             f"q = {quantile:g} with c = {factor:g} clips about {1 - quantile:.1%} of each down projection, "
-            f"over the {MAX_CLIP_FRACTION:.0%} limit: use q >= {1 - MAX_CLIP_FRACTION:g} or a larger c."
+            f"over the {MAX_CLIP_FRACTION:.0%} limit: use q >= {1 - MAX_CLIP_FRACTION:g} or a larger c.",
         )
 
 

@@ -18,7 +18,7 @@ sentence pairs, the bundled questions with their answers in pairs, the texts of 
 code, lists, sentences) and sequences of RANDOM_LEN random word tokens repeated twice (induction
 shows on the second copy). Each source is shuffled with the seed and dealt alternately to train and
 held-out, so the two sets share no text; each set takes about 60% prose, 20% questions, 20% of the
-attention prompts, plus `random` random sequences (seeds 1000 + r for train, 2000 + r for held-out).
+attention prompts (prose makes up what a small source cannot give), plus `random` random sequences (seeds 1000 + r for train, 2000 + r for held-out).
 The description the model reads (and the VLM's heatmap) is one train-side prompt: a prose sentence
 followed by a random sequence repeated twice, so both ordinary and induction behaviour are visible.
 
@@ -120,10 +120,10 @@ def _deal(sources: dict[str, list[str]], n_train: int, n_heldout: int, seed: int
         order = [texts[k] for k in rng.permutation(len(texts))]
         halves[name] = (order[0::2], order[1::2])
     sets: tuple[list, list] = ([], [])
+    first = next(iter(sources))
     for side, n in ((0, n_train), (1, n_heldout)):
-        quotas = {name: int(round(n * SOURCE_SHARES.get(name, 0.0))) for name in sources}
-        first = next(iter(sources))
-        quotas[first] += n - sum(quotas.values())
+        quotas = {name: min(int(round(n * SOURCE_SHARES.get(name, 0.0))), len(halves[name][side])) for name in sources}
+        quotas[first] += n - sum(quotas.values())  # what a small source cannot give, the first (prose) gives
         for name, quota in quotas.items():
             pool = halves[name][side]
             if quota > len(pool):
@@ -160,7 +160,8 @@ def study_prompts(
     train = specs(train_texts, "train", 1000)
     heldout = specs(held_texts, "held-out", 2000)
     text_ids = tokenizer(train_texts[0][1], add_special_tokens=True)["input_ids"]
-    rand = random_token_ids(tokenizer, RANDOM_LEN // 2 + 3, seed=999, repeat=1)
+    n_rand = max(2, min(RANDOM_LEN // 2 + 3, (config.max_tokens - 4) // 2))
+    rand = random_token_ids(tokenizer, n_rand, seed=999, repeat=1)
     rand = rand[1:] if tokenizer.bos_token_id is not None else rand
     keep = max(2, config.max_tokens - 2 * len(rand))
     description = PromptSpec("description: text + random x2", "natural", token_ids=tuple(text_ids[:keep]) + rand * 2)

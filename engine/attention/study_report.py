@@ -141,17 +141,19 @@ def command_line(config: dict) -> str:
     return " ".join(parts)
 
 
+def _cell(value, floats: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return floats.format(value)
+    return str(value).replace("\n", " ").replace("|", "\\|")
+
+
 def _md_table(frame: pd.DataFrame, floats: str = "{:.3f}") -> str:
-    cols = list(frame.columns)
+    cols = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append(
-                floats.format(v) if isinstance(v, float) and v == v else ("" if v is None or v != v else str(v))
-            )
-        lines.append("| " + " | ".join(cells).replace("\n", " ") + " |")
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, floats) for v in row) + " |")
     return "\n".join(lines)
 
 

@@ -11,9 +11,8 @@ import types
 import numpy as np
 import pytest
 
-from engine.attention import rules
+from engine.attention import rules, study
 from engine.attention import self_explain as se
-from engine.attention import study
 from engine.attention import study_stats as st
 from engine.attention.maps import AttentionResult
 from engine.attention.self_rule import RuleChoice, choose_rule, continuation_logprobs

@@ -18,7 +18,8 @@ sentence pairs, the bundled questions with their answers in pairs, the texts of 
 code, lists, sentences) and sequences of RANDOM_LEN random word tokens repeated twice (induction
 shows on the second copy). Each source is shuffled with the seed and dealt alternately to train and
 held-out, so the two sets share no text; each set takes about 60% prose, 20% questions, 20% of the
-attention prompts (prose makes up what a small source cannot give), plus `random` random sequences (seeds 1000 + r for train, 2000 + r for held-out).
+attention prompts (prose makes up what a small source cannot give), plus `random` random sequences
+(seeds 1000 + r for train, 2000 + r for held-out).
 The description the model reads (and the VLM's heatmap) is one train-side prompt: a prose sentence
 followed by a random sequence repeated twice, so both ordinary and induction behaviour are visible.
 

@@ -224,7 +224,7 @@ def test_bad_input_is_a_lab_error(tiny_llama_dir, monkeypatch, tmp_path):
     stop = threading.Event()
     stop.set()
     assert study.run_study(lm, StudyConfig(heads=("0.0",), **SMALL), stop=stop) is None
-    assert not list(tmp_path.rglob("result.json"))  # nothing half-written is a result
+    assert not list(tmp_path.rglob("result_*.json"))  # nothing half-written is a result
     with pytest.raises(LabError, match="report-only"):
         study.run_study(lm, StudyConfig(heads=("0.0",), **SMALL), report_only=True)
 

@@ -25,7 +25,8 @@ followed by a random sequence repeated twice, so both ordinary and induction beh
 
 Resumable: one file per (model, head, prompt set) under cache/attention_study/<model>/<prompt set key>/,
 written atomically once the head is done; the no-explanation control is one file per prompt set. The
-final result (result.json in the same folder) is written only when every head is there.
+final result (result_<heads, bootstrap settings>.json in the same folder) is written only when every
+head is there.
 
 Shapes: L layers, H heads, T tokens, P held-out prompts, K studied heads, E explainers.
 """
@@ -55,7 +56,7 @@ from engine.attention.config import (
     RuleName,
 )
 from engine.attention.head_functions import PromptSpec, random_token_ids, run_prompts
-from engine.attention.maps import AttentionResult, parse_head
+from engine.attention.maps import AttentionResult, parse_head, tokenize_prompt
 from engine.attention.probe import fit_probe
 from engine.attention.rules import RULES, fit_rule, predict
 from engine.attention.self_explain import (
@@ -327,15 +328,16 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def prompt_set_key(lm_name: str, train, heldout, description, config: StudyConfig, mode: str) -> str:
+def prompt_set_key(lm_name: str, train_ids, heldout_ids, description_ids, config: StudyConfig, mode: str) -> str:
     """A hash of everything a head's record depends on besides the head: the prompts' token ids and the
     settings (changing any gives a new cache folder, never a stale record)."""
     payload = {
         "version": STUDY_VERSION,
         "model": lm_name,
-        "train": [list(r.token_ids) for r in train],
-        "heldout": [list(r.token_ids) for r in heldout],
-        "description": list(description.token_ids),
+        "train": [list(map(int, t)) for t in train_ids],
+        "heldout": [list(map(int, t)) for t in heldout_ids],
+        "description": list(map(int, description_ids)),
+        "max_tokens": config.max_tokens,
         "queries": config.queries,
         "mode": mode,
         "max_new_tokens": config.max_new_tokens,
@@ -498,22 +500,48 @@ def explain_mode(lm: LoadedModel, config: StudyConfig) -> ExplainMode:
     return "text+image" if (lm.is_vlm and lm.processor is not None) else "text"
 
 
-def prepare(lm: LoadedModel, config: StudyConfig, progress: ProgressFn | None = None) -> StudyRun:
-    """Check the settings, run every prompt once (all heads' maps), choose the heads, find the cache."""
+def _plan(lm: LoadedModel, config: StudyConfig) -> tuple[list[PromptSpec], int, Path, ExplainMode]:
+    """The prompts (train, held-out, then the description prompt), how many are train, the cache folder and
+    the explanation mode: everything but the forward passes (tokenizing only, so it is quick)."""
     config.validate()
     train_specs, held_specs, desc_spec = study_prompts(lm.tokenizer, config)
     specs = train_specs + held_specs + [desc_spec]
-    results = run_prompts(lm, specs, config.max_tokens, progress)
-    train, heldout, description = results[: len(train_specs)], results[len(train_specs) : -1], results[-1]
-    for spec, res in zip(specs, results):
-        if len(res.token_ids) < 3:
-            raise LabError(f"Prompt '{spec.name}' gives {len(res.token_ids)} tokens: the study needs 3 or more.")
-    n_layers, n_heads = description.n_layers, description.n_heads
-    heads, how = choose_heads(config, n_layers, n_heads)
+    ids = [list(s.token_ids) if s.token_ids else tokenize_prompt(lm, s.text) for s in specs]
+    ids = [t[: config.max_tokens] for t in ids]
+    for spec, t in zip(specs, ids):
+        if len(t) < 3:
+            raise LabError(f"Prompt '{spec.name}' gives {len(t)} tokens: the study needs 3 or more.")
     mode = explain_mode(lm, config)
-    key = prompt_set_key(lm.name, train, heldout, description, config, mode)
-    folder = study_dir(lm.name, key)
-    return StudyRun(lm, config, train, heldout, description, heads, how, folder, mode, (n_layers, n_heads))
+    n = len(train_specs)
+    key = prompt_set_key(lm.name, ids[:n], ids[n:-1], ids[-1], config, mode)
+    return specs, n, study_dir(lm.name, key), mode
+
+
+def model_shape(lm: LoadedModel) -> tuple[int, int]:
+    """(layers, query heads) of the model's text stack."""
+    cfg = lm.text_config
+    return int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+
+
+def result_name(heads: Sequence[tuple[int, int]], config: StudyConfig) -> str:
+    """The result file of one choice of heads and statistics settings within a prompt-set folder."""
+    payload = json.dumps({"heads": [list(h) for h in heads], "n_boot": config.n_boot, "seed": config.seed})
+    return f"result_{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
+
+
+def prepare(lm: LoadedModel, config: StudyConfig, progress: ProgressFn | None = None) -> StudyRun:
+    """Check the settings, run every prompt once (all heads' maps), choose the heads, find the cache."""
+    specs, n_train, folder, mode = _plan(lm, config)
+    heads, how = choose_heads(config, *model_shape(lm))
+    results = run_prompts(lm, specs, config.max_tokens, progress)
+    train, heldout, description = results[:n_train], results[n_train:-1], results[-1]
+    shape = (description.n_layers, description.n_heads)
+    if shape != model_shape(lm):
+        raise LabError(
+            f"Model '{lm.name}' gives attention maps of {shape[0]} layers x {shape[1]} heads, not the "
+            f"{model_shape(lm)[0]} x {model_shape(lm)[1]} its config names."
+        )
+    return StudyRun(lm, config, train, heldout, description, heads, how, folder, mode, shape)
 
 
 def _control(run: StudyRun, speaker: SelfExplainer, step: Callable[[str], None]) -> Predictions:
@@ -554,8 +582,9 @@ def run_study(
     say = progress or (lambda done, total, message: None)
     say(0, 1, "running every prompt once")
     run = prepare(lm, config)
+    name = result_name(run.heads, config)
     if report_only:
-        result = StudyResult.load(run.folder)
+        result = StudyResult.load(run.folder, name)
         if result is None:
             raise LabError(
                 f"No finished study of '{lm.name}' with these settings in {run.folder}: run it without --report-only."
@@ -596,7 +625,7 @@ def run_study(
     ordered = [records[k] for k in run.heads]
     scores = score_heads(ordered, run.heldout, config.queries, control, other_head(run.heads, config.seed))
     result = build_result(run, ordered, scores, wall_seconds=time.perf_counter() - started)
-    result.save(run.folder)
+    result.save(run.folder, name)
     say(total, total, "done")
     return result
 
@@ -614,7 +643,8 @@ def _seconds(path: Path, spent: float) -> float:
 
 
 def cached_study(lm: LoadedModel, config: StudyConfig) -> StudyResult | None:
-    """The finished study of this model and these settings from the cache, or None (not run or not
-    finished). Runs the prompts once (a few seconds) to find the cache folder."""
-    run = prepare(lm, config)
-    return StudyResult.load(run.folder)
+    """The finished study of this model, these settings and these heads from the cache, or None (not run
+    or not finished). Tokenizes the prompts to find the cache; runs no forward pass."""
+    _, _, folder, _ = _plan(lm, config)
+    heads, _ = choose_heads(config, *model_shape(lm))
+    return StudyResult.load(folder, result_name(heads, config))

@@ -95,16 +95,16 @@ class StudyResult:
     def to_json(self) -> dict:
         return {"version": RESULT_VERSION, **dataclasses.asdict(self)}
 
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / RESULT_FILE
+    def save(self, folder: Path, name: str = RESULT_FILE) -> Path:
+        path = Path(folder) / name
         atomic_write(path, json.dumps(_clean(self.to_json()), indent=1, ensure_ascii=False))
         return path
 
     @classmethod
-    def load(cls, folder: Path) -> StudyResult | None:
-        """The result saved in `folder`, or None (absent, unreadable or from another version)."""
+    def load(cls, folder: Path, name: str = RESULT_FILE) -> StudyResult | None:
+        """The result saved as `name` in `folder`, or None (absent, unreadable or from another version)."""
         try:
-            data = json.loads((Path(folder) / RESULT_FILE).read_text(encoding="utf-8"))
+            data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if data.pop("version", None) != RESULT_VERSION:

@@ -254,3 +254,14 @@ def test_cli_names_a_bad_head(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     code = main(["attention-study", "--model", str(tiny_llama_dir), "--heads", "0.7", "--out", str(tmp_path / "r")])
     assert code == 2 and "No head 0.7" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_rule_prompt_for_base_and_chat_models():
+    from engine.attention.self_rule import rule_prompt
+
+    base = rule_prompt(types.SimpleNamespace(is_instruction_tuned=False), "0 a -> a (1.00)")
+    assert "0 a -> a (1.00)" in base and base.endswith(se.COMPLETION_PREFIX)
+    chat_lm = types.SimpleNamespace(is_instruction_tuned=True, chat_text=lambda text: f"<user>{text}<model>\n")
+    chat = rule_prompt(chat_lm, "0 a -> a (1.00)")
+    assert chat.startswith("<user>") and chat.endswith("<model>\n" + se.COMPLETION_PREFIX)
+    assert se.EXPLAIN_CHAT_TEMPLATE.split("{description}")[0] in chat

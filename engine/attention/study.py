@@ -28,6 +28,13 @@ written atomically once the head is done; the no-explanation control is one file
 final result (result_<heads, bootstrap settings>.json in the same folder) is written only when every
 head is there.
 
+For the page ("Whole model"): `run_study(lm, config, progress, stop)` runs or resumes the study of a loaded
+model (progress(done, total, message); a set `stop` event ends it after the current held-out prompt, with
+the finished heads kept); `cached_study(lm, config)` returns the finished result of those settings, or
+None, without running anything; `study_report.load_report(folder)` reads a written report (e.g.
+reports/attention). A `StudyResult` gives `atlas()` (one row per head: layer, head, best external
+function, self vs control), `table()`, `layers()`, `contrasts` and `verdict`.
+
 Shapes: L layers, H heads, T tokens, P held-out prompts, K studied heads, E explainers.
 """
 

@@ -38,9 +38,10 @@ def atlas_chart(result: StudyResult):
 
     frame = result.atlas().copy()
     frame["self top-1"] = frame.get("top1 self-text")
-    base = alt.Chart(frame).encode(
-        x=alt.X("head:O", title="head"),
-        y=alt.Y("layer:O", title="layer", sort="ascending"),
+    n_layers, n_heads = result.shape
+    base = alt.Chart(frame).encode(  # every layer and head of the model on the axes, studied or not
+        x=alt.X("head:O", title="head", scale=alt.Scale(domain=list(range(n_heads)))),
+        y=alt.Y("layer:O", title="layer", scale=alt.Scale(domain=list(range(n_layers)))),
         tooltip=[
             c
             for c in (
@@ -62,6 +63,7 @@ def atlas_chart(result: StudyResult):
             color=alt.Color(
                 "detector_title:N",
                 title="best external function (detector)",
+                legend=alt.Legend(titleLimit=0, labelLimit=0),
                 sort=order,
                 scale=alt.Scale(domain=order, scheme="tableau10"),
             )
@@ -74,6 +76,7 @@ def atlas_chart(result: StudyResult):
             color=alt.Color(
                 "self_vs_control:N",
                 title="self-explanation vs no-explanation control",
+                legend=alt.Legend(titleLimit=0, labelLimit=0),
                 scale=alt.Scale(domain=list(SELF_COLOURS), range=list(SELF_COLOURS.values())),
             )
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.attention.rules import RULE_TITLES, RULES
+from engine.attention.study_config import HELDOUT_PROMPTS
 from engine.attention.study_result import StudyResult, _clean
 from engine.core.figures import chart_png
 
@@ -110,7 +111,11 @@ def layers_chart(result: StudyResult):
             tooltip=["layer", "explainer", alt.Tooltip("top1:Q", format=".3f"), "n_heads"],
         )
     )
-    bands = alt.Chart(frame).mark_errorbar(opacity=0.6).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=colour)
+    bands = (
+        alt.Chart(frame)
+        .mark_errorbar(opacity=0.6)
+        .encode(x=x, y=alt.Y("ci_low:Q", title="top-1 agreement (held-out)"), y2="ci_high:Q", color=colour)
+    )
     return (bands + lines).properties(width=560, height=280, title="Per layer: mean top-1 of each explainer")
 
 
@@ -180,6 +185,11 @@ def summary_markdown(result: StudyResult, reduced: bool, command: str) -> str:
         f"scored query tokens per held-out prompt; the model is shown the head as `{result.mode}`. Wall time "
         f"{result.wall_seconds / 60:.1f} min in the last call ({result.compute_seconds / 60:.1f} min of head work "
         "summed over calls, resumed heads included).",
+        "",
+        f"Cost: {result.head_seconds:.0f} s per studied head on average (explanation, rule pick, fits and "
+        f"{result.n_heldout} held-out simulations), {result.control_seconds:.0f} s for the no-explanation control; "
+        f"at this speed every head of the model with {HELDOUT_PROMPTS} held-out prompts would take about "
+        f"{result.full_study_seconds(HELDOUT_PROMPTS) / 3600:.1f} h (StudyResult.full_study_seconds).",
         "",
         "## Contrasts (top-1 agreement on held-out prompts; Holm within this family)",
         "",

@@ -58,6 +58,19 @@ class StudyResult:
     family: list[str]
     wall_seconds: float
     compute_seconds: float
+    control_seconds: float = 0.0  # the no-explanation control on every held-out prompt
+    head_seconds: float = 0.0  # mean over studied heads: explanation, rule pick, fits, held-out simulations
+
+    def full_study_seconds(self, n_heldout: int) -> float:
+        """The time a study of every head of the model with `n_heldout` held-out prompts would take at this
+        run's measured speed: a simulator run costs s = control_seconds / n_heldout (the same prompts
+        with no explanation), a head's fixed part (explanation, rule pick, fits) E = head_seconds - n s,
+        so the total is H (E + n' s) + n' s for H heads and n' = `n_heldout` prompts."""
+        if self.n_heldout == 0 or self.control_seconds <= 0:
+            return float("nan")
+        s = self.control_seconds / self.n_heldout
+        fixed = max(self.head_seconds - self.n_heldout * s, 0.0)
+        return self.shape[0] * self.shape[1] * (fixed + n_heldout * s) + n_heldout * s
 
     def table(self) -> pd.DataFrame:
         """One row per head: layer, head, detector rule, self-rule pick, top-1 / r of every explainer,
@@ -110,7 +123,7 @@ class StudyResult:
         if data.pop("version", None) != RESULT_VERSION:
             return None
         data["shape"] = tuple(data["shape"])
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _clean(node: Any) -> Any:
@@ -232,6 +245,8 @@ def build_result(run, records, scores, wall_seconds: float) -> StudyResult:
         family=[c.name for c in family],
         wall_seconds=float(wall_seconds),
         compute_seconds=float(sum(getattr(r, "seconds", 0.0) for r in records) + getattr(run, "control_seconds", 0.0)),
+        control_seconds=float(getattr(run, "control_seconds", 0.0)),
+        head_seconds=float(np.mean([getattr(r, "seconds", 0.0) for r in records])) if records else 0.0,
     )
 
 

@@ -265,3 +265,19 @@ def test_rule_prompt_for_base_and_chat_models():
     chat = rule_prompt(chat_lm, "0 a -> a (1.00)")
     assert chat.startswith("<user>") and chat.endswith("<model>\n" + se.COMPLETION_PREFIX)
     assert se.EXPLAIN_CHAT_TEMPLATE.split("{description}")[0] in chat
+
+
+def test_cli_writes_the_report(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    out = tmp_path / "rep"
+    args = ["attention-study", "--model", str(tiny_llama_dir), "--heads", "0.0,1.1", "--out", str(out), "--quiet"]
+    args += ["--train", "3", "--heldout", "4", "--random", "1", "--queries", "2", "--max-tokens", "10"]
+    args += ["--max-new-tokens", "2", "--n-boot", "100"]
+    assert main(args) == 0
+    assert "At this model size" in capsys.readouterr().out
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("**REDUCED RUN") and "--heads 0.0,1.1" in summary
+    assert load_report(out).table()["layer.head"].tolist() == ["0.0", "1.1"]
+    assert main(args + ["--report-only"]) == 0  # from the cached result: no explanation, no simulation

@@ -337,18 +337,33 @@ def simulate_shared_prefix(
     with lm.lock, torch.no_grad():
         cache = None
         if common:
-            cache = lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            cache = cache_of(lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1))
             cache.batch_repeat_interleave(len(suffixes))
         logits = lm.model(
             input_ids=ids.to(lm.device),
             attention_mask=mask.to(lm.device),
             position_ids=positions.to(lm.device),
-            cache=cache,
             use_cache=cache is not None,
+            **with_cache(lm, cache),
             logits_to_keep=1,
         ).logits[:, -1]
     logprobs = list(torch.log_softmax(logits.float(), dim=-1)[:, torch.as_tensor(cand)].cpu().numpy())
     return _candidate_weights(cand, queries, logprobs)
+
+
+def cache_of(output: Any) -> Any:
+    """The KV cache a forward returned (`cache` in transformers 5, `past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def with_cache(lm: LoadedModel, cache: Any) -> dict:
+    """The forward keyword that passes a KV cache in: `cache` where the model takes it, else
+    `past_key_values` (transformers 4)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _candidate_weights(cand: np.ndarray, queries: list[int], logprobs: list[np.ndarray]) -> dict[int, np.ndarray]:

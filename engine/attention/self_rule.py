@@ -23,7 +23,13 @@ import numpy as np
 
 from engine.attention.config import RuleName
 from engine.attention.rules import RULE_TEXTS, RULES
-from engine.attention.self_explain import COMPLETION_PREFIX, EXPLAIN_COMPLETION_TEMPLATE, build_explain_prompt
+from engine.attention.self_explain import (
+    COMPLETION_PREFIX,
+    EXPLAIN_COMPLETION_TEMPLATE,
+    build_explain_prompt,
+    cache_of,
+    with_cache,
+)
 from engine.core.model import LoadedModel
 
 # scorer(prefix text, continuations) -> mean log-probability per token of each continuation after the prefix
@@ -62,10 +68,10 @@ def continuation_logprobs(lm: LoadedModel, prefix_ids: Sequence[int], continuati
     prefix = torch.as_tensor([list(prefix_ids)], dtype=torch.long, device=lm.device)
     with lm.lock, torch.no_grad():
         first = lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-        cache = first.past_key_values
+        cache = cache_of(first)
         cache.batch_repeat_interleave(n)
         logits = lm.model(
-            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), cache=cache, use_cache=True
+            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True, **with_cache(lm, cache)
         ).logits  # [R, C, V]
     head = torch.log_softmax(first.logits[0, -1].float(), dim=-1)  # predicts each continuation's first token
     rest = torch.log_softmax(logits.float(), dim=-1)

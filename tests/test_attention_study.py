@@ -122,6 +122,11 @@ def test_result_statistics_and_report(planted, tmp_path):
     table = result.table()
     assert table.loc[0, "self_vs_control"] == "beats the control"
     assert result.min_p_times_family < 0.05
+    delta = result.layers().query("explainer == 'self-text - better external'")
+    means = table[["top1 self-text", "top1 detector", "top1 probe"]].mean()
+    want = means["top1 self-text"] - max(means["top1 detector"], means["top1 probe"])
+    assert delta["top1"].tolist() == pytest.approx([want])  # one layer: the verdict's contrast itself
+    assert by["top-1: self-text - better external"]["estimate"] == pytest.approx(want)
     paths = write_report(result, tmp_path / "rep", reduced=True)
     assert {p.name for p in paths} >= {"summary.md", "atlas.png", "layers.png", "heads.csv", "atlas.json"}
     assert (tmp_path / "rep" / "summary.md").read_text().startswith("**REDUCED RUN, not the study:**")

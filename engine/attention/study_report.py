@@ -22,7 +22,7 @@ import pandas as pd
 
 from engine.attention.rules import RULE_TITLES, RULES
 from engine.attention.study_config import HELDOUT_PROMPTS
-from engine.attention.study_result import StudyResult, _clean
+from engine.attention.study_result import LAYER_DELTA, StudyResult, _clean
 from engine.core.figures import chart_png
 
 SELF_COLOURS = {
@@ -99,6 +99,7 @@ def layers_chart(result: StudyResult):
     import altair as alt
 
     frame = result.layers()
+    frame = frame[frame["explainer"] != LAYER_DELTA]
     x = alt.X("layer:O", title="layer")
     colour = alt.Color("explainer:N", title="explainer")
     lines = (
@@ -225,8 +226,13 @@ def summary_markdown(result: StudyResult, reduced: bool, command: str) -> str:
         _md_table(pd.DataFrame([{"explainer": k, "top-1": v, "r": table[f"r {k}"].mean()} for k, v in means.items()])),
     ]
     lines += ["", "## Per layer", "", "![per layer](layers.png)", ""]
-    wide = result.layers().pivot_table(index="layer", columns="explainer", values="top1").reset_index()
+    layers = result.layers()
+    wide = layers.pivot_table(index="layer", columns="explainer", values="top1").reset_index()
     lines.append(_md_table(wide))
+    delta = layers[layers["explainer"] == LAYER_DELTA]
+    if len(delta):
+        lines += ["", f"Per layer, {LAYER_DELTA} (top-1, 95% bootstrap interval, unadjusted):", ""]
+        lines.append(_md_table(delta[["layer", "top1", "ci_low", "ci_high", "n_heads"]]))
     lines += ["", "## Head atlas", "", "![atlas](atlas.png)", "", "## Every head", ""]
     show = [
         c

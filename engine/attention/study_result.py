@@ -261,23 +261,39 @@ def _self_vs_control(bt: np.ndarray, idx: dict, k: int) -> SelfVsControl:
     return "beats the control" if low > 0 else "below the control" if high < 0 else "no difference"
 
 
+LAYER_DELTA = "self-text - better external"  # the verdict's contrast within one layer (a row of layers())
+
+
+def _interval(draws: np.ndarray) -> tuple[float, float]:
+    d = draws[~np.isnan(draws)]
+    return tuple(float(v) for v in np.percentile(d, [2.5, 97.5])) if d.size else (float("nan"), float("nan"))
+
+
 def _layer_rows(records, scores, bt: np.ndarray, top1: np.ndarray) -> list[dict]:
-    """Per layer and explainer: mean top-1 over the layer's studied heads with its 95% bootstrap interval."""
+    """Per layer: each explainer's mean top-1 over the layer's studied heads, and the verdict's contrast
+    (self-text minus the better of detector and probe in that layer, chosen again in each resample),
+    each with its 95% bootstrap interval."""
     layers = np.asarray([r.layer for r in records])
+    idx = {name: e for e, name in enumerate(scores.explainers)}
+    ext = [idx[e] for e in ("detector", "probe") if e in idx]
     rows = []
     for layer in sorted(set(layers.tolist())):
         mask = layers == layer
-        for e, name in enumerate(scores.explainers):
-            d = _mean(bt[:, e, mask], axis=-1)
-            d = d[~np.isnan(d)]
-            low, high = np.percentile(d, [2.5, 97.5]) if d.size else (float("nan"),) * 2
+        entries = [(name, _mean(top1[e, mask]), _mean(bt[:, e, mask], axis=-1)) for name, e in idx.items()]
+        if "self-text" in idx and ext:
+            s = idx["self-text"]
+            point = _mean(top1[s, mask]) - max(_mean(top1[e, mask]) for e in ext)
+            draws = _mean(bt[:, s, mask], axis=-1) - np.max(np.stack([_mean(bt[:, e, mask], axis=-1) for e in ext]), 0)
+            entries.append((LAYER_DELTA, point, draws))
+        for name, point, draws in entries:
+            low, high = _interval(draws)
             rows.append(
                 {
                     "layer": int(layer),
                     "explainer": name,
-                    "top1": float(_mean(top1[e, mask])),
-                    "ci_low": float(low),
-                    "ci_high": float(high),
+                    "top1": float(point),
+                    "ci_low": low,
+                    "ci_high": high,
                     "n_heads": int(mask.sum()),
                 }
             )

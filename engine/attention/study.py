@@ -551,24 +551,31 @@ def prepare(lm: LoadedModel, config: StudyConfig, progress: ProgressFn | None = 
     return StudyRun(lm, config, train, heldout, description, heads, how, folder, mode, shape)
 
 
-def _control(run: StudyRun, speaker: SelfExplainer, step: Callable[[str], None]) -> Predictions:
-    """The simulator with no explanation on every held-out prompt: cached once per prompt set."""
+def _control(
+    run: StudyRun, speaker: SelfExplainer, step: Callable[[str], None], stop: threading.Event | None
+) -> tuple[Predictions, float] | None:
+    """The simulator with no explanation on every held-out prompt, cached once per prompt set, and the
+    seconds it took when it ran; None when `stop` is set midway (nothing cached)."""
     path = run.folder / "control.npz"
     hq = heldout_queries(run.heldout, run.config.queries)
     if path.is_file():
         try:
             with np.load(path) as data:
-                return _unflatten(data["pred"], hq)
+                return _unflatten(data["pred"], hq), float(data["seconds"])
         except (OSError, ValueError, KeyError):
             pass
+    start = time.perf_counter()
     preds = []
     for n, (res, q) in enumerate(zip(run.heldout, hq), 1):
+        if stop is not None and stop.is_set():
+            return None
         step(f"control (no explanation): held-out prompt {n} of {len(run.heldout)}")
         preds.append(speaker.simulate(NO_EXPLANATION, res, q))
+    seconds = time.perf_counter() - start
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, pred=_flatten(preds).astype(np.float32))
+    np.savez_compressed(buffer, pred=_flatten(preds).astype(np.float32), seconds=np.asarray(seconds))
     atomic_write(path, buffer.getvalue())
-    return preds
+    return preds, seconds
 
 
 def run_study(
@@ -608,9 +615,10 @@ def run_study(
         say(min(done[0], total), total, message)
         done[0] += 1
 
-    t0 = time.perf_counter()
-    control = _control(run, speaker, step)
-    run.control_seconds = _seconds(run.folder / "control.npz", time.perf_counter() - t0)
+    controlled = _control(run, speaker, step, stop)
+    if controlled is None:
+        return None
+    control, run.control_seconds = controlled
     for layer, head in run.heads:
         if (layer, head) in records:
             continue
@@ -635,18 +643,6 @@ def run_study(
     result.save(run.folder, name)
     say(total, total, "done")
     return result
-
-
-def _seconds(path: Path, spent: float) -> float:
-    """Seconds the control took: this call's when it ran now, else the time stored beside it."""
-    note = path.with_suffix(".seconds")
-    if spent > 1.0 or not note.is_file():
-        atomic_write(note, f"{spent:.3f}")
-        return spent
-    try:
-        return float(note.read_text())
-    except ValueError:
-        return 0.0
 
 
 def cached_study(lm: LoadedModel, config: StudyConfig) -> StudyResult | None:

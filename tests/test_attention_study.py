@@ -286,3 +286,22 @@ def test_cli_writes_the_report(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     assert summary.startswith("**REDUCED RUN") and "--heads 0.0,1.1" in summary
     assert load_report(out).table()["layer.head"].tolist() == ["0.0", "1.1"]
     assert main(args + ["--report-only"]) == 0  # from the cached result: no explanation, no simulation
+
+
+def test_prompt_sets_are_disjoint_and_mixed(tiny_llama):
+    config = StudyConfig(train=20, heldout=15, random=3, max_tokens=24)
+    train, heldout, description = study.study_prompts(tiny_llama.tokenizer, config)
+    assert len(train) == 20 and len(heldout) == 15
+    texts = [{p.text for p in side if p.text} for side in (train, heldout)]
+    assert not texts[0] & texts[1] and len(texts[0]) == 17 and len(texts[1]) == 12
+    randoms = [p.token_ids for side in (train, heldout) for p in side if p.kind == "repeated-random"]
+    assert len(randoms) == 6 and len(set(randoms)) == 6
+    for ids in randoms:  # BOS + a sequence + the same sequence again
+        half = (len(ids) - 1) // 2
+        assert ids[1 : 1 + half] == ids[1 + half :]
+    sources = {p.name.split(": ")[1] for p in heldout if p.text}
+    assert sources == {"prose", "questions", "attention set"}
+    tail = description.token_ids[-2 * 8 :]
+    assert tail[:8] == tail[8:] and len(description.token_ids) <= config.max_tokens
+    again = study.study_prompts(tiny_llama.tokenizer, config)
+    assert [p.text for p in again[1]] == [p.text for p in heldout]  # seeded: the same split every time

@@ -40,6 +40,29 @@ Predictor = Literal[
     "self-explanation", "detector label", "baseline: BOS", "baseline: uniform", "simulator, no explanation"
 ]
 
+RuleName = Literal[
+    "bos_sink",
+    "self",
+    "previous_token",
+    "previous_2",
+    "previous_3",
+    "duplicate_token",
+    "induction",
+    "punctuation",
+    "recent_window",
+    "uniform",
+]  # the executable rules of engine.attention.rules (detector, self-rule explainer, baselines)
+Explainer = Literal[
+    "self-text",  # the model's free-text explanation, simulated by the model
+    "self-rule",  # the library rule the model picks by its log-probabilities
+    "detector",  # the library rule that fits the train prompts best
+    "probe",  # a logistic probe on token features fitted on the train prompts
+    "control: no explanation",  # the simulator with no explanation (once per prompt set)
+    "control: other head",  # another head's self-text prediction
+    "baseline: BOS",
+    "baseline: uniform",
+]
+
 HIGHLIGHTED: tuple[HeadFunction, ...] = ("induction", "previous_token")  # whose top heads the page and CLI name
 HIGHLIGHT_TOP = 3  # how many of them
 

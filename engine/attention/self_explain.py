@@ -265,17 +265,7 @@ def simulate_with_lm(
     import torch
 
     tok = lm.tokenizer
-    listing = " ".join(f"{j}:{t}" for j, t in enumerate(result.tokens))
-    try:
-        texts = [
-            template.format(explanation=explanation, tokens=listing, position=i, token=result.tokens[i])
-            for i in queries
-        ]
-    except (KeyError, IndexError, ValueError) as err:
-        raise LabError(
-            "The simulation template may only use {explanation}, {tokens}, {position} and {token} "
-            f"(write other braces as {{{{ }}}}): {err!r}"
-        ) from err
+    texts = _simulation_texts(explanation, result, queries, template)
     cand = np.asarray(_candidate_ids(tok, result.tokens))
     encoded = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
     logprobs: list[np.ndarray] = []
@@ -287,6 +277,98 @@ def simulate_with_lm(
                 :, -1
             ]
         logprobs.extend(torch.log_softmax(logits.float(), dim=-1)[:, torch.as_tensor(cand)].cpu().numpy())
+    return _candidate_weights(cand, queries, logprobs)
+
+
+def _simulation_texts(explanation: str, result: AttentionResult, queries: list[int], template: str) -> list[str]:
+    """The simulator's prompt for each query row (LabError for a template with unknown fields)."""
+    listing = " ".join(f"{j}:{t}" for j, t in enumerate(result.tokens))
+    try:
+        return [
+            template.format(explanation=explanation, tokens=listing, position=i, token=result.tokens[i])
+            for i in queries
+        ]
+    except (KeyError, IndexError, ValueError) as err:
+        raise LabError(
+            "The simulation template may only use {explanation}, {tokens}, {position} and {token} "
+            f"(write other braces as {{{{ }}}}): {err!r}"
+        ) from err
+
+
+def simulate_shared_prefix(
+    lm: LoadedModel,
+    explanation: str,
+    result: AttentionResult,
+    queries: list[int],
+    template: str = SIMULATE_TEMPLATE,
+) -> dict[int, np.ndarray]:
+    """`simulate_with_lm` with the query rows' common token prefix run once.
+
+    The rows' prompts differ only in their last tokens (the query's position and text), so the longest
+    common prefix of their token ids [P] runs once with a KV cache, the cache is repeated over the rows,
+    and the suffixes [N, S] (left-padded inside the suffix: mask 0 on the pads, position ids continuing
+    from P) run as one batch whose last column is every row's next-token slot. The tokens are the same
+    as `simulate_with_lm`'s, so the weights agree up to float rounding while the prompts fit in the
+    model's sliding window (beyond it the pads count against the window differently); the cost drops
+    from N full prompts to one prefix plus N short suffixes.
+    """
+    import torch
+
+    if not queries:
+        return {}
+    tok = lm.tokenizer
+    texts = _simulation_texts(explanation, result, queries, template)
+    cand = np.asarray(_candidate_ids(tok, result.tokens))
+    encoded = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
+    shortest = min(len(e) for e in encoded)
+    common = 0
+    while common < shortest - 1 and all(e[common] == encoded[0][common] for e in encoded):
+        common += 1
+    prefix = torch.as_tensor([encoded[0][:common]], dtype=torch.long, device=lm.device)  # [1, P]
+    suffixes = [e[common:] for e in encoded]  # each >= 1 token
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((len(suffixes), width), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(suffixes), common + width), dtype=torch.long)
+    mask[:, :common] = 1
+    for k, suffix in enumerate(suffixes):
+        ids[k, width - len(suffix) :] = torch.as_tensor(suffix, dtype=torch.long)
+        mask[k, common + width - len(suffix) :] = 1
+    positions = common + (mask[:, common:].cumsum(-1) - 1).clamp(min=0)  # [N, S]
+    with lm.lock, torch.no_grad():
+        cache = None
+        if common:
+            cache = cache_of(lm.model(input_ids=prefix, use_cache=True, logits_to_keep=1))
+            cache.batch_repeat_interleave(len(suffixes))
+        logits = lm.model(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            position_ids=positions.to(lm.device),
+            use_cache=cache is not None,
+            **with_cache(lm, cache),
+            logits_to_keep=1,
+        ).logits[:, -1]
+    logprobs = list(torch.log_softmax(logits.float(), dim=-1)[:, torch.as_tensor(cand)].cpu().numpy())
+    return _candidate_weights(cand, queries, logprobs)
+
+
+def cache_of(output: Any) -> Any:
+    """The KV cache a forward returned (`cache` in transformers 5, `past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def with_cache(lm: LoadedModel, cache: Any) -> dict:
+    """The forward keyword that passes a KV cache in: `cache` where the model takes it, else
+    `past_key_values` (transformers 4)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def _candidate_weights(cand: np.ndarray, queries: list[int], logprobs: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """Per query i: softmax of the candidates' log-probs over keys j <= i, a token text seen k times
+    sharing its probability equally (module docstring)."""
     preds = {}
     for i, lp in zip(queries, logprobs):
         ids_i, lp_i = cand[: i + 1], lp[: i + 1]

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import socket
 import sys
+import threading
 
 import pytest
 
@@ -94,20 +95,28 @@ def test_ray_results_csv_is_byte_identical_to_local(local_results, tiny_gemma3_d
 
 
 def test_runs_resume_across_executors(local_results, tiny_gemma3_dir, tmp_path, monkeypatch):
-    """Half a run made locally finishes on Ray, half made on Ray finishes locally: both give the local bytes."""
-    ray_flags = ("--executor", "ray", "--ray-workers", "2")
-    for name, first, second in (("local-then-ray", (), ray_flags), ("ray-then-local", ray_flags, ())):
-        monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / f"cache-{name}"))
-        run = _open(tiny_gemma3_dir)  # five questions first: the third batch is left half done
-        if first:
-            generation = RayGeneration(RAY, str(tiny_gemma3_dir), 5, BATCH)
-            assert generation.generate(run, limit=5, batch_questions=BATCH) == 5
-        else:
-            from engine.core.loading import load_model
-            from engine.uq.generation import generate_run
+    """A run stopped after 5 records (mid-batch) locally finishes on Ray, and one stopped on Ray finishes
+    locally: both give the local executor's bytes."""
+    from engine.core.loading import load_model
+    from engine.uq.generation import generate_run
 
-            assert generate_run(load_model(str(tiny_gemma3_dir)), run, limit=5, batch_questions=BATCH) == 5
-        assert run.done() == 5
+    ray_flags = ("--executor", "ray", "--ray-workers", "2")
+    for name, first_on_ray, second in (("local-then-ray", False, ray_flags), ("ray-then-local", True, ())):
+        monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / f"cache-{name}"))
+        run = _open(tiny_gemma3_dir)
+        stop = threading.Event()
+
+        def progress(done: int, total: int, _note, stop=stop) -> None:
+            if done == 5:
+                stop.set()
+
+        if first_on_ray:
+            generation = RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH)
+            generation.generate(run, limit=N, batch_questions=BATCH, progress=progress, stop=stop)
+        else:
+            lm = load_model(str(tiny_gemma3_dir))
+            generate_run(lm, run, limit=N, batch_questions=BATCH, progress=progress, stop=stop)
+        assert run.done() == 5 and run.status()["state"] == "stopped"
         assert _cli(tmp_path, monkeypatch, tiny_gemma3_dir, name, *second) == 0
         assert (tmp_path / name / "results.csv").read_bytes() == local_results[0], name
 

@@ -108,10 +108,8 @@ class RayGeneration:
         self.plan: WorkerPlan = start_ray(config, shards=batches)
         self.model_name = model_name
         ray = ray_module()
-        remote = ray.remote(GenerationWorker)
-        self._actor_class = remote.options(
-            num_cpus=self.plan.cpus, num_gpus=self.plan.gpus, max_restarts=0, max_task_retries=0
-        )
+        self._actor_class = ray.remote(GenerationWorker)
+        self._options = {"num_cpus": self.plan.cpus, "num_gpus": self.plan.gpus, "max_restarts": 0}
         self._token = uuid.uuid4().hex[:8]
         self._started = 0
         self._ready = [self._new_worker()]
@@ -128,7 +126,7 @@ class RayGeneration:
         """A fresh actor, named `lab-uq-<token>-<n>` (`ray list actors` shows whose it is; tests kill one by name)."""
         self._started += 1
         name = f"{WORKER_PREFIX}{self._token}-{self._started - 1}"
-        return self._actor_class.options(name=name).remote(self.model_name, self.plan.cpus)
+        return self._actor_class.options(name=name, **self._options).remote(self.model_name, self.plan.cpus)
 
     def _worker(self, index: int):
         return self._ready.pop() if self._ready else self._new_worker()

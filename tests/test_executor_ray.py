@@ -111,8 +111,8 @@ def test_runs_resume_across_executors(local_results, tiny_gemma3_dir, tmp_path, 
                 stop.set()
 
         if first_on_ray:
-            generation = RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH)
-            generation.generate(run, limit=N, batch_questions=BATCH, progress=progress, stop=stop)
+            with RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH) as generation:
+                generation.generate(run, limit=N, batch_questions=BATCH, progress=progress, stop=stop)
         else:
             lm = load_model(str(tiny_gemma3_dir))
             generate_run(lm, run, limit=N, batch_questions=BATCH, progress=progress, stop=stop)
@@ -139,8 +139,8 @@ def test_a_killed_worker_loses_nothing_and_writes_nothing_twice(local_results, t
             for name in killed:
                 ray.kill(ray.get_actor(name))
 
-    generation = RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH)
-    written = generation.generate(run, limit=N, batch_questions=BATCH, shard_questions=4, progress=progress)
+    with RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH) as generation:
+        written = generation.generate(run, limit=N, batch_questions=BATCH, shard_questions=4, progress=progress)
     assert len(killed) == 2 and sum("worker lost" in m for m in messages) >= 1
     assert written == N and sorted(writes) == list(range(N))  # nothing lost, nothing twice
     _same_records(run.load_records(), local_results[1])
@@ -161,8 +161,10 @@ def test_an_interrupted_driver_resumes(local_results, tiny_gemma3_dir, tmp_path,
             run, limit=N, batch_questions=BATCH, progress=interrupt
         )
     assert run.done() == 3 and _workers() == []
-    assert RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH).generate(run, limit=N, batch_questions=BATCH) == N - 3
+    with RayGeneration(RAY, str(tiny_gemma3_dir), N, BATCH) as generation:
+        assert generation.generate(run, limit=N, batch_questions=BATCH) == N - 3
     _same_records(run.load_records(), local_results[1])
+    assert _workers() == []
 
 
 def test_an_unreachable_cluster_is_named_before_any_work(tiny_gemma3_dir, tmp_path, monkeypatch, capsys):

@@ -101,7 +101,8 @@ class GenerationWorker:
 
 class RayGeneration:
     """The Ray side of a run's generation: the workers' plan and the first worker, started before the run
-    is opened (it tells the driver the model's facts), then `generate` for the run's missing questions."""
+    is opened (it tells the driver the model's facts), then `generate` for the run's missing questions,
+    then `close()` (or use it as a context manager)."""
 
     def __init__(self, config: ExecutorConfig, model_name: str, total: int, batch_questions: int) -> None:
         batches = math.ceil(total / batch_questions) if batch_questions > 0 else total
@@ -128,11 +129,14 @@ class RayGeneration:
         name = f"{WORKER_PREFIX}{self._token}-{self._started - 1}"
         return self._actor_class.options(name=name, **self._options).remote(self.model_name, self.plan.cpus)
 
-    def _worker(self, index: int):
-        return self._ready.pop() if self._ready else self._new_worker()
+    def __enter__(self) -> RayGeneration:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
-        """Kill a worker started but never used (e.g. the run had nothing left to generate)."""
+        """End the idle workers (each holds a copy of the model); the next `generate` starts fresh ones."""
         ray = ray_module()
         for actor in self._ready:
             ray.kill(actor)
@@ -149,7 +153,8 @@ class RayGeneration:
         stop: threading.Event | None = None,
     ) -> int:
         """Generate the missing records of the run's first `limit` questions on the workers; returns how
-        many were written. Holds the run's claim throughout, as `generation.generate_run` does."""
+        many were written. Holds the run's claim throughout, as `generation.generate_run` does. The workers
+        stay loaded for the next call until `close()`; on an error or an interrupt they all end here."""
         from engine.uq.generation import question_items
 
         if run.model != self.facts["name"]:
@@ -197,15 +202,17 @@ class RayGeneration:
                 if shards:
                     run_shards(
                         self.plan,
-                        self._worker,
+                        lambda _index: self._new_worker(),
                         call,
                         shards,
                         on_item,
                         retry,
+                        pool=self._ready,
                         progress=shard_progress,
                         stop=(stop.is_set if stop is not None else None),
                     )
-            finally:
+            except BaseException:
                 self.close()
+                raise
             run.set_status("finished" if len(done) == total else "stopped", len(done), f"{len(done)}/{total} questions")
             return written

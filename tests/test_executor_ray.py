@@ -178,6 +178,24 @@ def test_an_unreachable_cluster_is_named_before_any_work(tiny_gemma3_dir, tmp_pa
     assert not (tmp_path / "cache-none" / "uq").exists() and _workers() == []
 
 
+def test_auto_without_a_cluster_or_with_a_stale_one_says_so(tmp_path, monkeypatch):
+    """'auto' joins RAY_ADDRESS or the cluster `ray start` wrote down; neither, or a dead one, is one line at once."""
+    from engine.core import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(executor, "RAY_CURRENT_CLUSTER", str(tmp_path / "ray_current_cluster"))
+    with pytest.raises(LabError, match="No Ray cluster on this machine for --ray-address auto"):
+        executor.check_reachable("auto")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "ray_current_cluster").write_text(f"127.0.0.1:{port}\n")
+    with pytest.raises(LabError, match=f"Cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        executor.check_reachable("auto")
+    with pytest.raises(LabError, match="is not HOST:PORT"):
+        executor.check_reachable("head-node")
+
+
 def test_a_cluster_without_the_asked_gpus_is_refused_before_work(tiny_gemma3_dir, tmp_path, monkeypatch, capsys):
     assert _cli(tmp_path, monkeypatch, tiny_gemma3_dir, "gpu", "--executor", "ray", "--ray-gpus", "1") == 2
     err = capsys.readouterr().err

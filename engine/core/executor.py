@@ -20,8 +20,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from engine.core.errors import LabError
@@ -30,6 +32,7 @@ from engine.core.options import option
 Executor = Literal["local", "ray"]
 INSTALL_HINT = "pip install -e .[cluster]"
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to the cluster's address this slow means unreachable (ray.init would hang)
+RAY_CURRENT_CLUSTER = "/tmp/ray/ray_current_cluster"  # where `ray start` leaves the address 'auto' joins
 MAX_ATTEMPTS = 3  # a shard whose worker died this many times ends the run
 
 T = TypeVar("T")
@@ -101,9 +104,29 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _auto_address() -> str:
+    """The cluster 'auto' means: RAY_ADDRESS, else the address `ray start` left in its temp folder ('' when none)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        return Path(RAY_CURRENT_CLUSTER).read_text().strip().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """LabError when nothing answers at an explicit address (a TCP connect), so a wrong address fails in
-    seconds instead of leaving `ray.init` retrying for minutes."""
+    """LabError when nothing answers at an explicit address, or at the one 'auto' finds (a TCP connect), so
+    a wrong or stale address fails in seconds instead of leaving `ray.init` retrying for minutes."""
+    if address == "auto":
+        found = _auto_address()
+        if not found:
+            raise LabError(
+                "No Ray cluster on this machine for --ray-address auto (no RAY_ADDRESS, no `ray start`): start one "
+                "with `ray start --head`, give its address, or leave --ray-address empty for a local instance."
+            )
+        if found != "auto":
+            check_reachable(found, timeout)
+        return
     target = _host_port(address)
     if target is None:
         return
@@ -128,10 +151,12 @@ def connect(config: ExecutorConfig) -> str:
     config.validate()
     ray = ray_module()
     address = config.ray_address.strip()
+    if ray.is_initialized() and address in ("", "auto"):
+        return ray.get_runtime_context().gcs_address
     check_reachable(address)
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
-        if address in ("", "auto") or _same_address(address, current):
+        if _same_address(address, current):
             return current
         raise LabError(f"This process is already connected to the Ray cluster at {current}, not {address}.")
     try:

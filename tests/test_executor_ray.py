@@ -167,6 +167,25 @@ def test_an_interrupted_driver_resumes(local_results, tiny_gemma3_dir, tmp_path,
     assert _workers() == []
 
 
+def test_automatic_batches_on_ray_give_the_same_texts_and_log_probs_within_1e_4(
+    local_results, tiny_gemma3_dir, tmp_path, monkeypatch
+):
+    """Without a fixed batch size each worker picks its own (from its memory) and shards need not follow the
+    local batches: the same answer texts, token log-probs within 1e-4 of the local executor's."""
+    import numpy as np
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    run = _open(tiny_gemma3_dir)
+    with RayGeneration(RAY, str(tiny_gemma3_dir), N, 0) as generation:
+        assert generation.generate(run, limit=N, batch_questions=0, shard_questions=5) == N
+    for x, y in zip(run.load_records(), local_results[1], strict=True):
+        assert (x.answer, x.samples) == (y.answer, y.samples)
+        for a, b in zip(
+            [x.answer_token_logprobs, *x.sample_token_logprobs], [y.answer_token_logprobs, *y.sample_token_logprobs]
+        ):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
 def test_an_unreachable_cluster_is_named_before_any_work(tiny_gemma3_dir, tmp_path, monkeypatch, capsys):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))

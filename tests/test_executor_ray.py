@@ -222,6 +222,15 @@ def test_a_cluster_without_the_asked_gpus_is_refused_before_work(tiny_gemma3_dir
     assert not (tmp_path / "cache-gpu" / "uq").exists() and _workers() == []
 
 
+def test_a_model_a_worker_cannot_load_is_one_line_not_a_retry(tmp_path, monkeypatch, capsys):
+    """A worker whose model does not load (missing on its node) ends the command with the worker's LabError."""
+    missing = tmp_path / "no-such-model"
+    assert _cli(tmp_path, monkeypatch, missing, "missing", "--executor", "ray") == 2
+    err = capsys.readouterr().err
+    assert f"A Ray worker could not start (model {missing}): Model folder '{missing}' does not exist." in err
+    assert "Traceback" not in err and _workers() == []
+
+
 def test_worker_plans():
     """One worker per GPU when workers take GPUs, per CPU otherwise, never more than shards; LabError when a
     node cannot hold one worker or the GPUs asked for exceed the cluster's."""

@@ -52,7 +52,9 @@ class ExecutorConfig:
         "belongs to (RAY_ADDRESS or `ray start`); HOST:PORT of a head node's GCS, or ray://HOST:10001 (Ray Client)",
     )
     ray_workers: int = option(
-        0, "Ray workers, each holding one copy of the model (0: one per GPU when workers take GPUs, else one per CPU)"
+        0,
+        "Ray workers, each holding one copy of the model (0: one per GPU when workers take GPUs, else one per "
+        "--ray-cpus CPUs of the cluster)",
     )
     ray_gpus: float | None = option(
         None, "GPUs per Ray worker (default: 1 when the cluster has GPUs, else 0); a cluster without them is refused"
@@ -249,9 +251,12 @@ class Shard(Generic[T]):
 
 
 def _is_worker_death(err: BaseException) -> bool:
-    """Ray's errors for a worker that is gone (killed, crashed, node lost), as opposed to the work's own error."""
+    """Ray's errors for a worker that is gone (killed, crashed, node lost), as opposed to the work's own error
+    (raised by the work, or by the worker's start: a model that does not load would fail again)."""
     ray = ray_module()
     exc = ray.exceptions
+    if isinstance(err, exc.RayActorError) and err.actor_init_failed:
+        return False
     kinds = tuple(
         getattr(exc, name)
         for name in (
@@ -268,13 +273,18 @@ def _is_worker_death(err: BaseException) -> bool:
     return isinstance(err, kinds)
 
 
-def _work_error(err: BaseException, shard: Shard) -> BaseException:
-    """The error the work raised on a worker, as this process should see it (a LabError stays one line)."""
+def worker_error(err: BaseException, where: str) -> BaseException:
+    """The error a worker raised, as this process should see it: a LabError (the worker's own, or a start
+    that failed) stays one line, naming `where`; anything else is the worker's exception itself."""
     ray = ray_module()
+    if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+        lines = [line for line in str(err.error_msg).splitlines() if line.strip()]
+        kind, _, message = (lines[-1] if lines else "").partition(": ")
+        return LabError(f"A Ray worker could not start ({where}): {message if kind.endswith('LabError') else kind}")
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = err.as_instanceof_cause()
         if isinstance(cause, LabError):
-            return LabError(f"On a Ray worker (shard {shard.key}): {str(err.cause).splitlines()[0]}")
+            return LabError(f"On a Ray worker ({where}): {str(err.cause).splitlines()[0]}")
         return cause
     return err
 
@@ -347,7 +357,7 @@ def run_shards(
                 except Exception as err:  # noqa: BLE001 - a dead worker is retried, anything else ends the run
                     del running[stream]
                     if not _is_worker_death(err):
-                        raise _work_error(err, shard) from err
+                        raise worker_error(err, f"shard {shard.key}") from err
                     ray.kill(actor)
                     rest = retry(shard)
                     if rest is None:

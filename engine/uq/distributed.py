@@ -27,7 +27,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from engine.core.errors import LabError
-from engine.core.executor import ExecutorConfig, Shard, WorkerPlan, ray_module, run_shards, start_ray
+from engine.core.executor import (
+    ExecutorConfig,
+    Shard,
+    WorkerPlan,
+    ray_module,
+    run_shards,
+    start_ray,
+    worker_error,
+)
 from engine.core.options import option
 from engine.uq.config import GenerationConfig
 from engine.uq.records import QuestionRecord
@@ -118,10 +126,7 @@ class RayGeneration:
             self.facts: dict[str, Any] = ray.get(self._ready[0].describe.remote())
         except Exception as err:  # noqa: BLE001 - the worker's LabError (model missing on that node) stays one line
             ray.kill(self._ready[0])
-            cause = getattr(err, "cause", None)
-            if isinstance(cause, LabError):
-                raise LabError(f"On a Ray worker: {cause}") from err
-            raise
+            raise worker_error(err, f"model {model_name}") from err
 
     def _new_worker(self):
         """A fresh actor, named `lab-uq-<token>-<n>` (`ray list actors` shows whose it is; tests kill one by name)."""

@@ -127,7 +127,7 @@ def run(args) -> int:
     )
     try:
         facts = on_ray.facts if on_ray is not None else {"name": lm.name, "template": default_template(lm)}
-        generation = from_args(GenerationConfig, args, prompt_template=prompt or facts["template"])
+        generation = from_args(GenerationConfig, args, prompt_template=facts["template"] if prompt is None else prompt)
         source = Path(args.questions).name
         if on_ray is not None:
             if not args.quiet:

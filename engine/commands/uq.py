@@ -18,13 +18,16 @@ from pathlib import Path
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.embedder import load_embedder
 from engine.core.errors import LabError
+from engine.core.executor import ExecutorConfig
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
 from engine.uq import questions as qmod
 from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.distributed import RayGeneration, ShardOptions
 from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
 from engine.uq.export import write_outputs
 from engine.uq.generation import default_template, generate_run, open_run_for
+from engine.uq.store import open_run
 from engine.uq.study import StudyConfig, run_study
 
 
@@ -52,6 +55,8 @@ def register(subparsers) -> None:
     parser.add_argument("--answer-column", default=None, help="column holding the references (default: guessed)")
     parser.add_argument("--id-column", default=None, help="column holding ids (default: guessed, else row number)")
     add_options(parser, BatchOptions)
+    add_options(parser, ExecutorConfig)
+    add_options(parser, ShardOptions)
     add_options(parser, EvalOptions, skip=("seed",))  # one --seed: the generation's, as on the page
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
@@ -103,27 +108,61 @@ def run(args) -> int:
         raise LabError("--out is required (the folder for results.csv, summary.json, summary.md), unless --check.")
     for message in qset.messages:
         print(f"note: {message}", file=sys.stderr)
-    lm = load_model(args.model)
     options = from_args(EvalOptions, args)
+    executor = from_args(ExecutorConfig, args)
+    executor.validate()
+    # On Ray the workers hold the model; this process loads it only for an LM judge or LM entailment.
+    needs_lm = executor.executor == "local" or options.judge == "llm" or options.lm_entailment
+    lm = load_model(args.model) if needs_lm else None
     entailment_judge(options, lm)  # a missing NLI model says so now, not after the generation
-    template = default_template(lm)
+    prompt = None
     if args.prompt_file:
         try:
-            template = Path(args.prompt_file).read_text(encoding="utf-8")
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
         except OSError as err:
             raise LabError(f"Cannot read the prompt file: {err}") from err
-    generation = from_args(GenerationConfig, args, prompt_template=template)
-    run = open_run_for(lm, qset.frame, generation, source=Path(args.questions).name)
-    total = run.total(args.limit)
-    already = run.done(total)
-    start = time.perf_counter()
+    n_questions = len(qset.frame) if args.limit is None else min(args.limit, len(qset.frame))
+    on_ray = (
+        RayGeneration(executor, args.model, n_questions, args.batch_questions) if executor.executor == "ray" else None
+    )
+    try:
+        facts = on_ray.facts if on_ray is not None else {"name": lm.name, "template": default_template(lm)}
+        generation = from_args(GenerationConfig, args, prompt_template=facts["template"] if prompt is None else prompt)
+        source = Path(args.questions).name
+        if on_ray is not None:
+            if not args.quiet:
+                print(f"{on_ray.plan.describe()}; model on {facts['device']}", file=sys.stderr)
+            run = open_run(facts["name"], qset.frame, generation, source=source, n_layers=facts["n_layers"])
+        else:
+            run = open_run_for(lm, qset.frame, generation, source=source)
+        total = run.total(args.limit)
+        already = run.done(total)
+        start = time.perf_counter()
 
-    def progress(done: int, total_: int, seconds: float) -> None:
-        if not args.quiet:
-            rate = 60 * (done - already) / max(time.perf_counter() - start, 1e-9)
-            print(f"\r{done}/{total_} questions ({rate:.1f}/min)", end="", file=sys.stderr, flush=True)
+        def report(done: int, message: str) -> None:
+            if not args.quiet:
+                rate = 60 * (done - already) / max(time.perf_counter() - start, 1e-9)
+                print(f"\r{message} ({rate:.1f}/min)", end="", file=sys.stderr, flush=True)
 
-    written = generate_run(lm, run, limit=total, progress=progress, batch_questions=args.batch_questions)
+        if on_ray is not None:
+            written = on_ray.generate(
+                run,
+                limit=total,
+                batch_questions=args.batch_questions,
+                shard_questions=args.shard_questions,
+                progress=lambda done, _total, message: report(done, message),
+            )
+        else:
+            written = generate_run(
+                lm,
+                run,
+                limit=total,
+                progress=lambda done, total_, _seconds: report(done, f"{done}/{total_} questions"),
+                batch_questions=args.batch_questions,
+            )
+    finally:
+        if on_ray is not None:
+            on_ray.close()
     if not args.quiet:
         print(f"\nrun {run.run_id}: {written} generated now, {total - written} resumed from cache", file=sys.stderr)
     if options.judge == "llm":

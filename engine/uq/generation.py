@@ -432,6 +432,17 @@ def _check_model(lm: LoadedModel, run: UqRun) -> None:
         raise LabError(f"This run was made with {run.model}, not {lm.name}: load that model.")
 
 
+def question_items(run: UqRun, total: int) -> list[QuestionItem]:
+    """The run's first `total` questions as items, indexed by their place in the run (which seeds them)."""
+    questions = run.questions()
+    return [
+        QuestionItem(index, question, qid, references)
+        for index, (qid, question, references) in enumerate(
+            zip(questions["id"][:total], questions["question"][:total], questions["references"][:total])
+        )
+    ]
+
+
 def _generate_missing(
     lm: LoadedModel,
     run: UqRun,
@@ -443,14 +454,8 @@ def _generate_missing(
     """The loop itself; the caller holds the run's claim."""
     _check_model(lm, run)
     config = run.generation_config()
-    questions = run.questions()
     done = {i for i in run.done_indices() if i < total}
-    items = [
-        QuestionItem(index, question, qid, references)
-        for index, (qid, question, references) in enumerate(
-            zip(questions["id"][:total], questions["question"][:total], questions["references"][:total])
-        )
-    ]
+    items = question_items(run, total)
     missing = {item.index for item in items} - done
     written = 0
     for index, record in generate_records(

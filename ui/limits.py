@@ -6,13 +6,13 @@ command line, on a person's own machine, is not capped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import streamlit as st
 
 from engine.core.errors import LabError
-from engine.core.limits import ServerLimits, server_limits
+from engine.core.limits import ServerLimits, limits_file, server_limits
 from engine.core.model import LoadedModel
+from engine.uq.questions import RowLimits
 
 
 def limits() -> ServerLimits:
@@ -71,25 +71,7 @@ def check_prompt_tokens(lengths: Sequence[int], names: Sequence[str]) -> None:
         limit.check("prompt_tokens", n, f"Tokens of {name}")
 
 
-def question_set_problems(frame: Any) -> list[str]:
-    """Every question of an uploaded set over a server limit, one message each: a question longer than
-    question_chars, more references than references_per_question, a reference longer than reference_chars
-    (frame: columns id, question, references as engine.uq.questions makes them)."""
-    limit, problems = limits(), []
-    for qid, question, references in zip(frame["id"], frame["question"], frame["references"]):
-        checks = [("question_chars", len(question), f"Characters of question {qid}")]
-        checks.append(("references_per_question", len(references), f"References of question {qid}"))
-        checks += [("reference_chars", len(r), f"Characters of a reference of question {qid}") for r in references]
-        for name, value, what in checks:
-            try:
-                limit.check(name, value, what)
-            except LabError as err:
-                problems.append(str(err))
-    return problems
-
-
-def check_question_set(frame: Any) -> None:
-    """LabError naming the limit for the first question of an uploaded set over one (`question_set_problems`)."""
-    problems = question_set_problems(frame)
-    if problems:
-        raise LabError(problems[0])
+def question_row_limits() -> RowLimits:
+    """This server's limits on an uploaded question set's rows: a row over one is skipped and named."""
+    limit = limits()
+    return RowLimits(limit.question_chars, limit.references_per_question, limit.reference_chars, limits_file().name)

@@ -19,10 +19,10 @@ import pandas as pd
 import streamlit as st
 
 from engine.core.errors import LabError
-from engine.core.jobs import RUNNER
 from engine.core.model import LoadedModel
 from engine.core.options import default_of, help_of
 from engine.uq import estimators, store
+from engine.uq import jobs as uq_jobs
 from engine.uq import questions as qmod
 from engine.uq.config import (
     FEW_SHOT_TEMPLATE,
@@ -31,23 +31,20 @@ from engine.uq.config import (
     TEMPERATURE_RANGE,
     GenerationConfig,
 )
-from engine.uq.generation import (
-    default_template,
-    job_key,
-    open_run_for,
-    row_bytes,
-    run_for_model,
-    start_generation,
-)
+from engine.uq.generation import default_template, job_key, row_bytes, run_for_model
 from engine.uq.questions import QuestionSet
 from engine.uq.store import UqRun
 from ui import access, uq_results
-from ui.errors import lab_fragment
 from ui.fields import between, number_field
+from ui.job_panel import job_panel, started_elsewhere_note
+from ui.limits import question_row_limits
+from ui.model_queue import watch_job_queue
 from ui.models import current_choice, get_model, is_loaded
 
 RUN_PARAM = "uq_run"  # ?uq_run=<run id>: the run shown (never an owner key)
-POLL_SECONDS = 2  # how often the progress panel refreshes while a run generates
+PICK = "uq_run_pick"  # the run picker's value
+PENDING = "_uq_pending_pick"  # a run to show, applied before the picker is drawn
+JUST_STARTED = "_uq_just_started"  # the run this session started last
 SEED_MAX = 2**31 - 1
 TOPIC = store.STORE.topic  # the runs' topic in the lab database
 DEFAULT_LIMIT = 50  # questions run by default (the first N)
@@ -76,28 +73,33 @@ METHOD = (
 
 
 def render() -> None:
-    """The whole page below its title."""
+    """The whole page below its title: the run shown and its results first, then a new run's form."""
     linked, blocked = follow_link()
     if blocked:
         return
     if linked is not None:
         _select(linked.run_id)
+    elif RUN_PARAM not in st.query_params and PICK not in st.session_state:
+        mine = uq_jobs.latest_job_of(access.me())  # a reopened page finds the person's job again
+        if mine is not None:
+            _select(uq_jobs.run_id_of(mine))
+    _apply_selection()
     _method()
-    st.header("1. Question set")
+    run = _saved_run()
+    if run is not None:
+        show_in_url(run.run_id)
+        uq_job_note(run.run_id)
+        writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
+        _bad_records(run)
+        _progress_panel(run, writable)
+        uq_results.render(run)
+        if writable:
+            _delete_button(run)
+    st.header("New run: 1. Question set")
     qset = _question_set()
     limit = _limit(qset) if qset is not None else None
     st.header("2. Generation")
     _generation(qset, limit)
-    run = _saved_run()
-    if run is None:
-        return
-    show_in_url(run.run_id)
-    writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
-    _bad_records(run)
-    _progress_panel(run, writable)
-    if writable:
-        _delete_button(run)
-    uq_results.render(run)
 
 
 def follow_link() -> tuple[UqRun | None, bool]:
@@ -150,9 +152,29 @@ def _back_button() -> None:
 
 
 def _select(run_id: str) -> None:
-    """Show this run in the run picker."""
-    st.session_state["uq_run_id"] = run_id
-    st.session_state.pop("uq_run_pick", None)
+    """Show this run in the run picker from the next time the picker is drawn (in this script run when it
+    is not drawn yet, else after a rerun). The picker's own value is set, not dropped: a dropped value
+    is taken back from the browser, which still holds the run it showed before."""
+    st.session_state[PENDING] = run_id
+
+
+def _apply_selection() -> None:
+    """Before the picker is drawn: the run chosen by `_select` becomes its value."""
+    run_id = st.session_state.pop(PENDING, None)
+    if run_id is not None:
+        st.session_state["uq_run_id"] = run_id
+        st.session_state[PICK] = run_id
+
+
+def uq_job_note(shown: str) -> None:
+    """When the person's latest generation is another run than the one shown: which is which."""
+
+    def show() -> None:
+        _select(uq_jobs.run_id_of(mine))
+
+    mine = uq_jobs.latest_job_of(access.me())
+    if mine is not None and (mine.running or uq_jobs.run_id_of(mine) == st.session_state.get(JUST_STARTED)):
+        started_elsewhere_note(shown, mine, lambda job: f"run {uq_jobs.run_id_of(job)}", show)
 
 
 def _method() -> None:
@@ -192,9 +214,8 @@ def _question_set() -> QuestionSet | None:
         return None
     try:
         columns = _columns_picked(qmod.read_table(data, upload.name))
-        qset = qmod.load_questions(data, upload.name, **columns)  # parsed once per file content and columns
-        access.check_question_set(qset.frame)
-        return qset
+        # parsed once per file content, columns and limits; rows over this server's limits are skipped, named
+        return qmod.load_questions(data, upload.name, limits=question_row_limits(), **columns)
     except LabError as err:
         st.error(f"{err}", icon=":material/error:")
         return None
@@ -239,7 +260,8 @@ def _limit(qset: QuestionSet) -> int | None:
         st.warning(message, icon=":material/warning:")
     preview = qset.frame.head(200).assign(references=lambda f: f["references"].map(" | ".join))
     st.dataframe(preview, hide_index=True, width="stretch", height=220)
-    st.caption(f"{len(qset):,} questions.")
+    graded = "" if qset.with_references == len(qset) else f", {qset.with_references:,} with reference answers"
+    st.caption(f"{len(qset):,} questions{graded}.")
     default = max(min(len(qset), DEFAULT_LIMIT, access.limits().questions_per_run), 1)
     follow_question_set(qset, default)
     n, ok = number_field(
@@ -360,26 +382,19 @@ def _check_request(lm: LoadedModel, qset: QuestionSet, limit: int, config: Gener
 
 
 def _start(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationConfig) -> None:
-    """Open (or create) the run, make it this person's, and start (or resume) its generation job."""
-    access.check_quota()
-    access.check_jobs()
-    run = run_for_model(lm, qset.frame, config)  # its owner is recorded before its folder is made
-    label = f"{qset.source or 'default'}, K={config.samples}"
+    """Start (or resume) the run of these inputs for this person (engine.uq.jobs) and show it."""
     try:
-        access.claim_started_run(TOPIC, run.run_id, fresh=not run.exists(), label=label)
+        started = uq_jobs.start(lm, access.me(), qset.frame, config, source=qset.source or "default", limit=limit)
     except LabError:
-        if access.can_read(TOPIC, run.run_id):
-            _select(run.run_id)  # the existing run with these inputs, read-only
+        located = run_for_model(lm, qset.frame, config)
+        if located.exists() and access.can_read(TOPIC, located.run_id):
+            _select(located.run_id)  # the existing run with these inputs, read-only
         raise
-    run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
-    access.start_job(
-        job_key(run.run_id),
-        lambda: start_generation(lm, run, limit),
-        label=f"uncertainty run {run.run_id}",
-        lock=lm.lock,
-        writes=lambda: [(TOPIC, run)],
-    )
-    _select(run.run_id)
+    watch_job_queue(started.job.key, lm.lock)
+    st.session_state[JUST_STARTED] = started.run.run_id
+    st.toast(started.line)
+    _select(started.run.run_id)
+    st.rerun()
 
 
 def _default(name: str):
@@ -407,11 +422,13 @@ def _saved_run() -> UqRun | None:
         run_id: run_label(run, access.owner_label(access.access_of(TOPIC, run_id))) for run_id, run in saved.items()
     }
     wanted = st.session_state.get("uq_run_id")
+    if st.session_state.get(PICK) not in ids:
+        st.session_state.pop(PICK, None)
     run_id = st.selectbox(
         "Run",
         ids,
         index=ids.index(wanted) if wanted in ids else 0,
-        key="uq_run_pick",
+        key=PICK,
         format_func=labels.get,
         help="Runs are saved question by question in cache/uq/ and resume. You see your own runs, runs shared "
         "with the group and runs made outside the server.",
@@ -429,20 +446,6 @@ def run_label(run: UqRun, owner: str) -> str:
         f"{run.run_id} · {cfg.get('model')} · {cfg.get('source')} · {cfg.get('n_questions')} questions · "
         f"K={generation.get('samples')} · {cfg.get('created')} · {owner}"
     )
-
-
-def status_text(run: UqRun, job) -> str:
-    """The run's progress as of now, from its saved records, its status file and its job here (None: none)."""
-    done, in_set = run.done(), run.total()
-    if job is not None and job.running:
-        return f"Generating: {done:,}/{job.total or in_set:,} questions saved."
-    of_set = f" of the set's {in_set:,}" if done < in_set else ""
-    state = run.status().get("state")
-    if state == "stopped" and done < in_set:
-        return f"Stopped: {done:,}{of_set} questions saved; press Generate with the same settings to resume."
-    if state == "finished" or done >= in_set:
-        return f"Complete: {done:,}{of_set} questions saved."
-    return f"{done:,}{of_set} questions saved."
 
 
 def _bad_records(run: UqRun) -> None:
@@ -474,39 +477,16 @@ def _strays() -> None:
 
 
 def _progress_panel(run: UqRun, writable: bool) -> None:
-    """Progress, ETA, the place in the model's queue and (for the owner) a stop button while the run
-    generates in this process; else a note when another process generates it."""
-    run_id, key = run.run_id, job_key(run.run_id)
-    job = RUNNER.get(key)
-
-    @lab_fragment(run_every=POLL_SECONDS if job is not None and job.running else None)
-    def panel() -> None:
-        job = RUNNER.get(key)
-        st.caption(status_text(run, job))
-        if job is None:
-            if run.is_claimed():
-                st.info("This run is being generated by another session or process.", icon=":material/sync:")
-            return
-        if job.running:
-            eta = job.eta_seconds()
-            total = job.total or 0
-            st.progress(
-                job.done / max(total, 1),
-                text=f"{job.done}/{total} questions"
-                + (f" · ETA {eta / 60:.1f} min" if eta else "")
-                + access.job_queue_note(key),
-            )
-            if writable and st.button("Stop", key="uq_stop", icon=":material/stop:"):
-                job.stop()
-                st.toast("Stopping after the current question; rerun Generate to resume.")
-            return
-        if job.error:
-            st.error(f"Generation stopped: {job.error}", icon=":material/error:")
-        if st.session_state.get("uq_seen_finished") != (run_id, job.started):
-            st.session_state["uq_seen_finished"] = (run_id, job.started)
-            st.rerun(scope="app")
-
-    panel()
+    """The run's status line and, while it generates in this process, its job panel (progress, ETA once
+    measured, the place in the model's queue, Stop for the owner)."""
+    job_panel(
+        job_key(run.run_id),
+        what="Generation",
+        unit="questions",
+        can_stop=writable,
+        widget_key="uq",
+        status=lambda _job: uq_jobs.status(run).line,
+    )
 
 
 def _delete_button(run: UqRun) -> None:
@@ -517,6 +497,7 @@ def _delete_button(run: UqRun) -> None:
             access.forget_deleted(TOPIC, run.run_id)
             show_in_url(None)
             st.session_state.pop("uq_run_id", None)
+            st.session_state.pop(PICK, None)
             st.rerun()
         except LabError as err:
             st.error(str(err))

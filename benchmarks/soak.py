@@ -1237,7 +1237,7 @@ def alone(plan: Plan, people: list[Seen], ref_cache: Path, soak_cache: Path, dea
             "seconds": (served_metrics.iloc[-1].get("elapsed_s"), metrics.iloc[-1].get("elapsed_s")),  # server, alone
         }
 
-    def uq(i: int, person: Seen, ref: dict) -> None:  # ui/uq_view.py _start, ui/uq_results.py _evaluation
+    def uq(i: int, person: Seen, ref: dict) -> None:  # ui/uq_new_run.py _start, ui/uq_results.py _evaluation
         with cache_root(soak_cache):
             served = store.get_run(person.uq["run_id"])
             served_config = served.generation_config()

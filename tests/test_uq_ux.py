@@ -198,7 +198,7 @@ def test_run_label_and_status(run, tiny_gemma3):
     from engine.uq import jobs as uq_jobs
     from engine.uq.config import GenerationConfig
     from engine.uq.generation import generate_run, job_key, open_run_for
-    from ui.uq_view import run_label
+    from ui.uq_runs import run_label
 
     label = run_label(run, "yours, private")
     assert run.run_id in label and "4 questions" in label and "K=2" in label and "done" not in label

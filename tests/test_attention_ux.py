@@ -244,3 +244,15 @@ def test_explaining_and_scoring_report_progress_without_changing_results(tiny_ge
     assert [e.scores for e in scored] == [e.scores for e in plain]
     total = 1 + 2 * len(heldout) * 2  # one explanation written (one reused), two simulator runs per held-out prompt
     assert [d for d, _, _ in seen] == list(range(total + 1)) and {t for _, t, _ in seen} == {total}
+
+
+def test_a_very_long_prompt_is_left_out_of_the_link_with_a_note(tiny_gemma3_dir):
+    at = tiny_app(tiny_gemma3_dir, att_prompt=PROMPT)
+    long = " ".join(f"word{i}" for i in range(3000))
+    at.text_area(key="att_prompt").set_value(long).run()
+    assert not at.exception
+    assert "att_prompt" not in at.query_params  # never a link of tens of kB
+    assert any("too long for a link" in c.value for c in at.caption)
+    at.text_area(key="att_prompt").set_value(PROMPT + " again").run()  # a short one is in the link again
+    assert at.query_params.get("att_prompt") == PROMPT + " again"
+    assert not any("too long for a link" in c.value for c in at.caption)

@@ -34,6 +34,7 @@ from ui.attention_common import (
     run_kept,
 )
 from ui.figures import show_chart
+from ui.links import url_text_area
 from ui.progress import steps
 from ui.state import latest, recall
 
@@ -77,7 +78,7 @@ def head_functions(view: View, shape: Shape) -> None:
             help=help_text(PromptSetOptions, "random"),
         )
     with c2:
-        user_text = st.text_area("Your prompts (one per line)", value="", key="att_hf_user", height=80, bind=Q)
+        user_text = url_text_area("Your prompts (one per line)", "", "att_hf_user", height=80)
     specs = []
     if n_random is not None:
         specs = hf.builtin_prompts(view.lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)

@@ -49,6 +49,7 @@ from ui.attention_common import (
 from ui.attention_functions import head_functions
 from ui.attention_scoring import ask, score
 from ui.figures import show_chart
+from ui.links import url_text_area
 from ui.models import get_model
 from ui.state import model_key
 
@@ -75,7 +76,7 @@ def render() -> None:
     st.caption(INTRO)
     col_prompt, col_opts = st.columns([4, 1])
     with col_prompt:
-        prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="att_prompt", height=90, bind=Q)
+        prompt = url_text_area("Prompt", DEFAULT_PROMPT, "att_prompt", height=90)
         prompt_message = st.empty()
     server_max = access.limits().attention_tokens
     with col_opts:

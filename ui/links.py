@@ -76,3 +76,32 @@ def _back_button(key_prefix: str) -> None:
     if st.button("Back to the page", key=f"{key_prefix}_link_back", icon=":material/arrow_back:"):
         set_link(None)
         st.rerun()
+
+
+URL_TEXT_MAX = 2_000  # characters of one text field the address bar holds (a longer link breaks in chats and mail)
+
+
+def url_text_area(label: str, default: str, key: str, where=None, **options) -> str:
+    """A text area kept in the URL (`?<key>=`) by hand instead of `bind`, so that a long text can be left
+    out: a link opens the text it names; a text longer than URL_TEXT_MAX characters is not put in the
+    address bar (a 3,000-word prompt made a 17,837-character link), with a note under the field saying
+    that a link or a reload opens the default text then. `options`: those of st.text_area."""
+    where = where or st
+    seeded = f"_lab_url_seeded_{key}"
+    if not st.session_state.get(seeded):
+        st.session_state[seeded] = True
+        if key not in st.session_state:
+            st.session_state[key] = str(st.query_params.get(key, default))
+    text = where.text_area(label, key=key, **options)
+    if len(text) > URL_TEXT_MAX:
+        st.query_params.pop(key, None)
+        where.caption(
+            f"This text ({len(text):,} characters) is too long for a link: the address bar leaves it out (over "
+            f"{URL_TEXT_MAX:,} characters), so a reload or a copied link opens the default text. Copy the text "
+            "itself to share it."
+        )
+    elif text == default:
+        st.query_params.pop(key, None)
+    elif st.query_params.get(key) != text:
+        st.query_params[key] = text
+    return text

@@ -153,6 +153,9 @@ def quantization_chart(table: pd.DataFrame) -> alt.LayerChart | None:
             y=alt.Y("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (log)", axis=_axis()),
             # legend at the top: below (one method a line) it took most of the height Streamlit fits the chart in
             color=alt.Color("method:N", title=None, legend=alt.Legend(labelLimit=0, orient="top")),
+            # dashes and shapes tell methods apart where their lines coincide (same perplexity)
+            strokeDash=alt.StrokeDash("method:N", legend=None),
+            shape=alt.Shape("method:N", legend=None),
             tooltip=["block_size", "method", alt.Tooltip("perplexity:Q", format=".4g"), "held_weights"],
         )
     )

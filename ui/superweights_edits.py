@@ -34,7 +34,7 @@ from engine.superweights.config import (
 )
 from ui import jobs as person_jobs
 from ui.fields import range_problem
-from ui.figures import show_chart
+from ui.figures import identical_curves, show_chart
 from ui.job_panel import job_panel
 from ui.model_queue import queue_notice
 from ui.state import Shown, compute_steps, forget, keeper, latest, model_key, process_result, shown
@@ -256,4 +256,10 @@ def render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
     chart = quantization_chart(table)
     if chart is not None:
         show_chart(chart, "superweight_quantization", key="sw_quant_chart", data=table)
+        quant = table.dropna(subset=["block_size"])
+        for same in identical_curves(quant, key="method", x="block_size", y="perplexity"):
+            st.caption(
+                f"{' and '.join(same)} give the same perplexity at every block size: their lines coincide "
+                "(told apart by their dashes and point shapes)."
+            )
     st.dataframe(table, hide_index=True, width="stretch")

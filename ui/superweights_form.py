@@ -24,6 +24,7 @@ from engine.superweights.config import (
 )
 from ui import limits
 from ui.fields import range_problem
+from ui.links import url_text_area
 
 SCAN_FLAG, ABLATION_FLAG, QUANT_FLAG = "sw_scanned", "sw_ablated", "sw_quantized"  # link flags: results on screen
 
@@ -112,11 +113,10 @@ def prompts() -> tuple[str, ...]:
 
 def render_inputs() -> bool:
     """The scan's fields; each refused value is explained under its field. True when all are valid."""
-    st.text_area(
+    url_text_area(
         "Prompts (one per line)",
         DEFAULT_PROMPT,
-        key="sw_prompts",
-        bind="query-params",
+        "sw_prompts",
         height=90,
         help="The paper's prompt by default; any text works (super activations are input-agnostic)."
         + limits.limit_note("prompts_per_request", "prompts")

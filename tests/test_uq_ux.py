@@ -327,3 +327,29 @@ def test_the_progress_says_estimating_until_a_pace_is_measured():
     assert job.eta_seconds() is None and progress_text(job, "questions").endswith(ESTIMATING)
     job.progress(5, seconds=2.0)
     assert progress_text(job, "questions") == "5/10 questions · about 10 s left"
+
+
+def test_engine_jobs_start_resume_stop_and_refuse_someone_elses_run(cache, tiny_gemma3):
+    """engine.uq.jobs: a start makes the run its starter's and runs it in the background; the same inputs
+    again resume it (nothing new when done); someone else's run of those inputs is refused, and only the
+    owner stops a run; the person's job is found again."""
+    from engine.core.errors import LabError
+    from engine.uq import jobs as uq_jobs
+    from engine.uq.config import GenerationConfig
+
+    config = GenerationConfig(samples=2, max_new_tokens=2, seed=31)
+    first = uq_jobs.start(tiny_gemma3, "carol", QUESTIONS, config, source="c.csv", limit=2)
+    assert not first.resumed and not first.joined and first.line.startswith(f"Started run {first.run.run_id}")
+    first.job.wait(120)
+    assert uq_jobs.latest_job_of("carol") is first.job and uq_jobs.latest_job_of("dave") is None
+    assert lab_db().access("uq", first.run.run_id).owner == "carol"
+    assert uq_jobs.status(first.run).line == "Complete: 2 of the set's 4 questions saved."
+    again = uq_jobs.start(tiny_gemma3, "carol", QUESTIONS, config, source="c.csv", limit=4)
+    assert again.resumed and again.run.run_id == first.run.run_id
+    again.job.wait(120)
+    assert uq_jobs.status(again.run).state == "finished" and again.run.done() == 4
+    with pytest.raises(LabError, match="Change the seed"):
+        uq_jobs.start(tiny_gemma3, "dave", QUESTIONS, config, source="c.csv", limit=4)
+    with pytest.raises(LabError, match="only its owner can stop it"):
+        uq_jobs.stop("dave", first.run.run_id)
+    assert uq_jobs.stop("carol", first.run.run_id) is False  # nothing runs: nothing to stop

@@ -236,7 +236,6 @@ def _start(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationCon
     st.session_state[JUST_STARTED] = started.run.run_id
     st.toast(started.line)
     select(started.run.run_id)
-    st.rerun()
 
 
 def _default(name: str):

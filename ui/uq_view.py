@@ -71,10 +71,18 @@ def render() -> None:
         mine = uq_jobs.latest_job_of(access.me())  # a reopened page finds the person's job again
         if mine is not None:
             select(uq_jobs.run_id_of(mine))
-    apply_selection()
     _method()
-    run = saved_run()
-    if run is not None:
+    shown = st.container()  # the run shown and its results lead; the form below fills them
+    st.header("New run: 1. Question set")
+    qset = question_set()
+    limit = limit_field(qset) if qset is not None else None
+    st.header("2. Generation")
+    generation(qset, limit)  # a start selects its run: applied before the picker is drawn
+    apply_selection()
+    with shown:
+        run = saved_run()
+        if run is None:
+            return
         show_in_url(run.run_id)
         uq_job_note(run.run_id)
         writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
@@ -83,11 +91,6 @@ def render() -> None:
         uq_results.render(run)
         if writable:
             delete_button(run)
-    st.header("New run: 1. Question set")
-    qset = question_set()
-    limit = limit_field(qset) if qset is not None else None
-    st.header("2. Generation")
-    generation(qset, limit)
 
 
 def _method() -> None:

@@ -51,12 +51,12 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     at.button(key="sw_scan").click().run()
     assert not at.exception
     frames = _frames(at)
-    scan = next(f for f in frames if "max_abs_output" in f.columns)
+    scan = next(f for f in frames if "max |output|" in f.columns)
     assert len(scan) == 18  # Gemma 3 270M layers
     cands = next(f for f in frames if "persists_in_layers" in f.columns)
     assert len(cands) >= 1
     first = cands.iloc[0]
-    assert first["layer"] == scan["max_abs_output"].idxmax()
+    assert first["layer"] == scan["max |output|"].idxmax()
     assert len(at.get("vega_lite_chart")) >= 2  # scan chart + residual trace
     assert at.selectbox(key="sw_layer").value == first["layer"]  # the first candidate's layer is selected
 
@@ -84,7 +84,7 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     at.text_area(key="sw_prompts").input("Summer is hot. Winter is").run()
     assert not at.exception
     assert any("Showing the last scan" in i.value and "settings below changed" in i.value for i in at.info)
-    assert any("max_abs_output" in f.columns for f in _frames(at))
+    assert any("max |output|" in f.columns for f in _frames(at))
     assert at.query_params.get("sw_scanned") is None  # a reload would not show it as these settings' scan
 
 

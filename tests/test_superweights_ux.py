@@ -186,10 +186,10 @@ def _ablate(at: AppTest) -> AppTest:
 def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(tiny_gemma3_dir, monkeypatch):
     at = _session(tiny_gemma3_dir, SETTINGS)
     assert at.radio(key="sw_mode").value == "absolute" and at.number_input(key="sw_absolute").value == 0.001
-    assert _frame(at, "max_abs_output") is None  # settings alone do not scan
+    assert _frame(at, "max |output|") is None  # settings alone do not scan
     at.button(key="sw_scan").click().run()
     assert not at.exception, at.exception
-    scan = _frame(at, "max_abs_output")
+    scan = _frame(at, "max |output|")
     assert scan is not None and at.query_params.get("sw_scanned") == "1"
     assert _frame(at, "persists_in_layers") is not None
     _ablate(at)
@@ -204,7 +204,7 @@ def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(
     monkeypatch.setattr(sw, "detect", no_recompute)
     monkeypatch.setattr(ab, "ablation_table", no_recompute)
     again = _session(tiny_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
-    pd.testing.assert_frame_equal(_frame(again, "max_abs_output"), scan)
+    pd.testing.assert_frame_equal(_frame(again, "max |output|"), scan)
     pd.testing.assert_frame_equal(_frame(again, "ppl_ratio"), ablated)
     assert again.selectbox(key="sw_layer").value == other
     assert any(f"Layer {other}:" in c.value for c in again.caption)
@@ -214,7 +214,7 @@ def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_
     at = _session(tiny_gemma3_dir, SETTINGS)
     at.button(key="sw_scan").click().run()
     _ablate(at)
-    scan, ablated = _frame(at, "max_abs_output"), _frame(at, "ppl_ratio")
+    scan, ablated = _frame(at, "max |output|"), _frame(at, "ppl_ratio")
     assert scan is not None and ablated is not None
 
     at.number_input(key="sw_k").set_value(-5).run()
@@ -228,7 +228,7 @@ def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_
     at.number_input(key="sw_iters").set_value(0).run()
     assert "Max iterations must be a whole number between 1 and 10 (got 0)" in _errors(at)
     assert at.button(key="sw_scan").disabled
-    pd.testing.assert_frame_equal(_frame(at, "max_abs_output"), scan)
+    pd.testing.assert_frame_equal(_frame(at, "max |output|"), scan)
     assert any("Showing the last scan" in i.value for i in at.info)
 
     at.number_input(key="sw_iters").set_value(1).run()
@@ -285,7 +285,7 @@ def test_a_valid_change_keeps_the_last_results_marked_until_run_again(tiny_gemma
     assert any("last ablation, computed with other settings" in i.value for i in at.info)
     assert at.query_params.get("sw_ablated") is None
     # 20 prompts: the server's limit of 16 is named under the field before Scan; the scan stays
-    scan = _frame(at, "max_abs_output")
+    scan = _frame(at, "max |output|")
     at.text_area(key="sw_prompts").input("\n".join(f"prompt {i}" for i in range(20))).run()
     assert "prompts_per_request" in _errors(at) and at.button(key="sw_scan").disabled
-    pd.testing.assert_frame_equal(_frame(at, "max_abs_output"), scan)
+    pd.testing.assert_frame_equal(_frame(at, "max |output|"), scan)

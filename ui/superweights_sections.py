@@ -32,6 +32,17 @@ LAYER_KEY = "sw_layer"  # the selected layer (picker and chart clicks)
 SCAN_CHART_KEY = "sw_scan_chart"
 N_LAYERS_KEY = "_sw_n_layers"
 TOPK_RANGE = (1, 200)
+SCAN_COLUMNS = {  # the scan table's columns in words (the CSV download keeps the engine's names)
+    "max_abs_input": "max |input|",
+    "input_channel": "input channel",
+    "input_token": "input token",
+    "input_prompt": "input prompt",
+    "max_abs_output": "max |output|",
+    "output_value": "output value",
+    "output_channel": "output channel",
+    "output_token": "output token",
+    "output_prompt": "output prompt",
+}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -140,7 +151,7 @@ def render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
             "block quantization, and the paper did not study Gemma 3. Its numbers are measured here, not "
             "published ones."
         )
-    st.dataframe(scan_frame, hide_index=True, width="stretch")
+    st.dataframe(scan_frame.rename(columns=SCAN_COLUMNS), hide_index=True, width="stretch")
 
     st.subheader("2. Detected super-weight candidates")
     st.caption(f"Rule: {detection.rule}. Stopped: {detection.stop_reason}. {detection.note}")

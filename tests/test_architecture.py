@@ -1,6 +1,7 @@
 """The house rules, checked: imports point one way (pages -> ui -> features -> core; commands ->
 features), no import cycle in engine/ (function-level imports count: a lazy import does not hide an
-edge), no Streamlit below ui/, thin pages, and `lab` is `python -m engine`."""
+edge), no Streamlit below ui/, thin pages, no ui/ module over UI_MODULE_LINES lines, and `lab` is
+`python -m engine`."""
 
 from __future__ import annotations
 
@@ -117,6 +118,14 @@ def test_no_streamlit_below_ui():
 def test_pages_are_thin_shells():
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "app_pages").glob("*.py")}
     assert sizes and all(n <= 80 for n in sizes.values()), sizes
+
+
+UI_MODULE_LINES = 400  # one idea per module: a view past this is split (charts, forms, panels)
+
+
+def test_no_ui_module_over_its_size():
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "ui").glob("*.py")}
+    assert sizes and {name: n for name, n in sizes.items() if n > UI_MODULE_LINES} == {}
 
 
 def test_config_modules_do_not_import_torch():

@@ -90,9 +90,27 @@ def test_the_truncation_note_names_the_real_limit(tiny_gemma3_dir):
     note = next(w.value for w in at.warning if "truncated" in w.value)
     assert "first 256 of" in note and "256 tokens is this server's maximum (attention_tokens)" in note
     assert "raise" not in note
+    maps_before = description(at)
     at.number_input(key="att_tokens").set_value(1000).run()  # over the limit: said under the field, then refused
     assert any("Over this server's limit of 256" in c.value for c in at.caption)
     assert any("attention_tokens" in e.value for e in at.error)
+    # the maps on screen stay, marked as those of the last settings that worked
+    assert description(at) == maps_before and at.get("vega_lite_chart")
+    assert any("last prompt and token limit that worked (token limit 256" in i.value for i in at.info)
+
+
+def test_a_valid_change_keeps_the_head_function_table_marked(tiny_gemma3_dir):
+    at = tiny_app(tiny_gemma3_dir, att_prompt=PROMPT)
+    at.checkbox(key="att_hf_builtin").uncheck()
+    at.number_input(key="att_hf_random").set_value(1)
+    at.run()
+    at.button(key="att_hf_run").click().run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "best label" in d.value.columns)
+    assert "previous_token" not in table.columns and "best_label" not in table.columns  # columns named in words
+    at.number_input(key="att_hf_random").set_value(2).run()  # valid, not run yet
+    assert any("from the last run, with other prompts or settings" in i.value for i in at.info)
+    pd.testing.assert_frame_equal(next(d.value for d in at.dataframe if "best label" in d.value.columns), table)
 
 
 def test_a_bad_score_field_keeps_the_scores_on_screen_and_disables_the_button(tiny_gemma3_dir):
@@ -107,7 +125,7 @@ def test_a_bad_score_field_keeps_the_scores_on_screen_and_disables_the_button(ti
     assert next(b for b in at.button if b.key == "att_score_run").disabled
     assert any("top1_agreement" in d.value.columns for d in at.dataframe)  # the last scores stay
     assert len(at.get("vega_lite_chart")) == charts
-    assert any("from the last run" in c.value for c in at.caption)
+    assert any("from the last run" in i.value for i in at.info)
 
 
 def test_a_reload_gets_the_explanation_back_from_the_store(tiny_gemma3_dir):
@@ -190,7 +208,7 @@ def _evaluation(layer: int, head: int, self_top1: float, control_top1: float) ->
 
 
 def test_scores_chart_and_verdict_line():
-    from ui.attention_view import verdict_line
+    from ui.attention_scoring import verdict_line
 
     evaluations = [_evaluation(1, 2, 0.9, 0.2), _evaluation(0, 1, 0.2, 0.2)]
     table = se.evaluations_table(evaluations)
@@ -226,3 +244,15 @@ def test_explaining_and_scoring_report_progress_without_changing_results(tiny_ge
     assert [e.scores for e in scored] == [e.scores for e in plain]
     total = 1 + 2 * len(heldout) * 2  # one explanation written (one reused), two simulator runs per held-out prompt
     assert [d for d, _, _ in seen] == list(range(total + 1)) and {t for _, t, _ in seen} == {total}
+
+
+def test_a_very_long_prompt_is_left_out_of_the_link_with_a_note(tiny_gemma3_dir):
+    at = tiny_app(tiny_gemma3_dir, att_prompt=PROMPT)
+    long = " ".join(f"word{i}" for i in range(3000))
+    at.text_area(key="att_prompt").set_value(long).run()
+    assert not at.exception
+    assert "att_prompt" not in at.query_params  # never a link of tens of kB
+    assert any("too long for a link" in c.value for c in at.caption)
+    at.text_area(key="att_prompt").set_value(PROMPT + " again").run()  # a short one is in the link again
+    assert at.query_params.get("att_prompt") == PROMPT + " again"
+    assert not any("too long for a link" in c.value for c in at.caption)

@@ -56,7 +56,7 @@ def superweights_session() -> tuple:
     at.text_area(key="sw_prompts").input("Apple Inc. is a worldwide tech company.").run()
     at.button(key="sw_scan").click().run()
     assert not at.exception, at.exception
-    scan = next(d.value for d in at.dataframe if "max_abs_output" in d.value.columns)
+    scan = next(d.value for d in at.dataframe if "max |output|" in d.value.columns)
     return (scan.reset_index(drop=True),)
 
 

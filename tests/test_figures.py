@@ -44,3 +44,20 @@ def test_show_chart_draws_the_chart_and_its_three_downloads(tmp_path):
     assert not at.exception
     buttons = [e for e in at.get("download_button")]
     assert len(buttons) == 3
+
+
+def test_identical_curves_names_the_series_one_line_hides():
+    import pandas as pd
+
+    from ui.figures import identical_curves
+
+    x = [0.0, 0.5, 1.0]
+    frame = pd.DataFrame(
+        {
+            "method": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3,
+            "rejected_fraction": x * 4,
+            "accuracy": [0.5, 0.6, 0.7] + [0.5, 0.6, 0.7] + [0.5, 0.55, 0.7] + [0.5, 0.6, 0.7],
+        }
+    )
+    assert identical_curves(frame) == [["a", "b", "d"]]
+    assert identical_curves(frame[frame["method"] != "b"].query("method != 'd'")) == []

@@ -31,7 +31,7 @@ def test_upload_run_and_table(tiny_gemma3_dir, embedder, tmp_path, monkeypatch):
     at = _app(tiny_gemma3_dir, tmp_path, monkeypatch)
     at.file_uploader(key="uq_upload").upload("q.csv", CSV, "text/csv").run()
     assert not at.exception and not at.error
-    assert "4 questions." in [c.value for c in at.caption]
+    assert "4 questions." in [c.value for c in at.caption]  # every one with a reference answer
     at.number_input(key="uq_k").set_value(2)
     at.number_input(key="uq_max_new").set_value(4)
     at.text_area(key="uq_prompt").set_value("Q: {question}\nA:")
@@ -77,3 +77,24 @@ def test_malformed_uploads_show_messages(tiny_gemma3_dir, tmp_path, monkeypatch)
             [e.value for e in at.error],
             [i.value for i in at.info],
         )
+
+
+def test_an_upload_with_problems_lists_them_all_and_keeps_the_good_rows(tiny_gemma3_dir, tmp_path, monkeypatch):
+    limits = tmp_path / "limits.toml"
+    limits.write_text("question_chars = 40\n")
+    monkeypatch.setenv("LAB_LIMITS_FILE", str(limits))
+    at = _app(tiny_gemma3_dir, tmp_path, monkeypatch)
+    data = (
+        b"question,answer\nthe cat,cat\n" + b"a very long question " * 5 + b"?,x\n"  # line 3: over question_chars
+        b"the dog,\n"  # line 4: no answer
+        b"the bird,bird, a bird\n"  # line 5: an unquoted comma
+        b"\x00\x00,y\n"  # line 6: NUL bytes
+        b"the sky,sky\n"
+    )
+    at.file_uploader(key="uq_upload").upload("q.csv", data, "text/csv").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    warnings = "\n".join(w.value for w in at.warning)
+    for part in ("question_chars in limits.toml", "line 3 (", "line 5.", "NUL bytes", "line 6.", "no reference answer"):
+        assert part in warnings, (part, warnings)
+    assert "3 questions, 2 with reference answers." in [c.value for c in at.caption]
+    assert not at.button(key="uq_start").disabled  # the good rows can run

@@ -111,3 +111,47 @@ def test_marks_of_duplicate_ids_are_not_shared():
     """Two rows with the same id become two questions with their own ids (marks are keyed by id)."""
     qs = qm.load_questions(b"id,question,answer\nx,A?,a\nx,B?,b\n", "x.csv")
     assert list(qs.frame["id"]) == ["x#1", "x#2"]
+
+
+def test_every_problem_of_an_upload_is_listed_at_once_and_bad_rows_are_skipped():
+    """One long question, a NUL line past the first 5 KB, a row without an answer and an unquoted comma:
+    the good rows are kept and every problem is named with its line, in one read."""
+    filler = b"".join(b"filler question %d?,answer %d\n" % (i, i) for i in range(200))  # past 5 KB
+    data = (
+        b"question,answer\n"
+        + b"What is two plus two?,4\n"  # line 2
+        + b"x" * 600
+        + b"?,long\n"  # line 3: over question_chars
+        + b"Who wrote Hamlet?,\n"  # line 4: no answer
+        + b"Capital of Italy?,Rome, Italy\n"  # line 5: an unquoted comma
+        + filler  # lines 6..205
+        + b"bad\x00row?,x\n"  # line 206: NUL
+        + b"Red planet?,Mars\n"  # line 207
+    )
+    assert data.index(b"\x00") > 5_000
+    limits = qm.RowLimits(question_chars=500, references_per_question=8, reference_chars=200, where="limits.toml")
+    qset = qm.load_questions(data, "mixed.csv", limits=limits)
+    assert len(qset) == 1 + 1 + 200 + 1  # lines 2, 4, the filler and 207
+    text = "\n".join(qset.messages)
+    assert "more cells than the header" in text and "line 5." in text
+    assert "NUL bytes" in text and "line 206" in text
+    assert "question_chars in limits.toml" in text and "line 3 (601 characters)" in text
+    assert "1 of 203 question(s) have no reference answer" in text and "line 4." in text
+    assert qset.with_references == 202
+    # without limits (the command line) the long question is kept, as before
+    assert len(qm.load_questions(data, "mixed.csv")) == 204
+
+
+def test_a_nul_line_near_the_top_is_skipped_with_its_line_and_a_binary_file_is_still_refused():
+    qset = qm.load_questions(b"question,answer\nq1?,a\n\x00\x00junk,b\nq3?,c\n", "nul.csv")
+    assert list(qset.frame["question"]) == ["q1?", "q3?"]
+    assert any("NUL bytes" in m and "line 3." in m for m in qset.messages)
+    with pytest.raises(LabError, match="binary.*NUL bytes on lines 1, 2, 3"):
+        qm.load_questions(b"a\x00b\nc\x00d\ne\x00f\nq?\n", "bin.csv")
+
+
+def test_a_file_whose_every_row_is_over_a_limit_is_refused_naming_them_all():
+    limits = qm.RowLimits(question_chars=5, references_per_question=1, reference_chars=50)
+    with pytest.raises(LabError) as refusal:
+        qm.load_questions(b"question,answer\nlong question one?,a\nlong question two?,b|c\n", "x.csv", limits=limits)
+    assert "line 2 (18 characters), line 3 (18 characters)" in str(refusal.value)

@@ -194,24 +194,30 @@ def test_a_missing_runs_link_says_so(cache, tiny_gemma3_dir):
 
 
 def test_run_label_and_status(run, tiny_gemma3):
+    from engine.core.jobs import RUNNER
+    from engine.uq import jobs as uq_jobs
     from engine.uq.config import GenerationConfig
-    from engine.uq.generation import generate_run, open_run_for
-    from ui.uq_view import run_label, status_text
+    from engine.uq.generation import generate_run, job_key, open_run_for
+    from ui.uq_runs import run_label
 
     label = run_label(run, "yours, private")
     assert run.run_id in label and "4 questions" in label and "K=2" in label and "done" not in label
-
-    class Running:
-        running = True
-        total = 4
-
-    assert status_text(run, None) == "Complete: 4 questions saved."
-    assert status_text(run, Running()) == "Generating: 4/4 questions saved."
+    assert uq_jobs.status(run).line == "Complete: 4 questions saved."
     half = open_run_for(tiny_gemma3, QUESTIONS, GenerationConfig(samples=2, max_new_tokens=4, seed=5), source="ux.csv")
     generate_run(tiny_gemma3, half, limit=2)
-    assert status_text(half, None) == "Complete: 2 of the set's 4 questions saved."
+    assert uq_jobs.status(half).line == "Complete: 2 of the set's 4 questions saved."
     half.set_status("stopped", 2, "2/4 questions")
-    assert "Stopped: 2 of the set's 4 questions saved; press Generate" in status_text(half, None)
+    assert "Stopped: 2 of the set's 4 questions saved; press Generate" in uq_jobs.status(half).line
+    half.set_status("running", 2, "2/4 questions")  # nobody writes it: the server stopped mid-run
+    status = uq_jobs.status(half)
+    assert status.state == "interrupted" and "press Generate with the same settings to resume" in status.line
+
+    def fail(job):
+        raise RuntimeError("out of memory")
+
+    RUNNER.start(job_key(half.run_id), fail).wait(10)  # a job that failed is not "stopped"
+    status = uq_jobs.status(half)
+    assert status.state == "failed" and "RuntimeError: out of memory" in status.line
 
 
 def _evaluation(run, embedder):
@@ -266,3 +272,84 @@ def test_curves_fade_all_but_the_highlighted_scores():
         "semantic_entropy",
         "answer_length_tokens",
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs found again
+
+
+def _held_job(run_id: str, owner: str):
+    """A generation job of `run_id` started by `owner` that runs until the event is set."""
+    import threading
+
+    from engine.core.jobs import RUNNER
+    from engine.uq.generation import job_key
+
+    release = threading.Event()
+    job = RUNNER.start(job_key(run_id), lambda job: release.wait(60), total=4, owner=owner)
+    return job, release
+
+
+def test_a_reopened_page_shows_the_persons_running_job_and_says_which_run_is_shown(run, tiny_gemma3, tiny_gemma3_dir):
+    from engine.uq.config import GenerationConfig
+    from engine.uq.generation import open_run_for
+
+    mine = open_run_for(tiny_gemma3, QUESTIONS, GenerationConfig(samples=2, max_new_tokens=4, seed=21), source="a.csv")
+    lab_db().claim_run("uq", mine.run_id, ALICE, "a.csv")
+    newer = open_run_for(tiny_gemma3, QUESTIONS, GenerationConfig(samples=2, max_new_tokens=4, seed=22), source="b.csv")
+    job, release = _held_job(mine.run_id, ALICE)
+    try:
+        # a closed tab opened again (no link): her running job's run, with its progress, not the newest run
+        alice = _open(tiny_gemma3_dir, {}, owner_key=ALICE_KEY)
+        assert alice.selectbox(key="uq_run_pick").value == mine.run_id
+        assert alice.query_params.get("uq_run") == mine.run_id
+        assert any("Generating: 0/4 questions saved." in c.value for c in alice.caption)
+        bob = _open(tiny_gemma3_dir, {}, owner_key=BOB_KEY)  # nobody else is taken to it
+        assert bob.selectbox(key="uq_run_pick").value == newer.run_id
+        # a link to another run: that run is shown, and a note says which run her job is, with a way to it
+        alice = _open(tiny_gemma3_dir, {"uq_run": run.run_id}, owner_key=ALICE_KEY)
+        assert alice.selectbox(key="uq_run_pick").value == run.run_id
+        note = [i.value for i in alice.info if "the job you started" in i.value]
+        assert note and run.run_id in note[0] and mine.run_id in note[0] and "is running" in note[0]
+        alice.button(key=f"_job_show_{job.key}").click().run()
+        assert alice.selectbox(key="uq_run_pick").value == mine.run_id
+        assert alice.query_params.get("uq_run") == mine.run_id
+    finally:
+        release.set()
+        job.wait(10)
+
+
+def test_the_progress_says_estimating_until_a_pace_is_measured():
+    from engine.core.jobs import Job
+    from ui.job_panel import ESTIMATING, progress_text
+
+    job = Job(key="k", total=10, done=4, first_done=4)  # resumed at 4: no pace yet
+    assert job.eta_seconds() is None and progress_text(job, "questions").endswith(ESTIMATING)
+    job.progress(5, seconds=2.0)
+    assert progress_text(job, "questions") == "5/10 questions · about 10 s left"
+
+
+def test_engine_jobs_start_resume_stop_and_refuse_someone_elses_run(cache, tiny_gemma3):
+    """engine.uq.jobs: a start makes the run its starter's and runs it in the background; the same inputs
+    again resume it (nothing new when done); someone else's run of those inputs is refused, and only the
+    owner stops a run; the person's job is found again."""
+    from engine.core.errors import LabError
+    from engine.uq import jobs as uq_jobs
+    from engine.uq.config import GenerationConfig
+
+    config = GenerationConfig(samples=2, max_new_tokens=2, seed=31)
+    first = uq_jobs.start(tiny_gemma3, "carol", QUESTIONS, config, source="c.csv", limit=2)
+    assert not first.resumed and not first.joined and first.line.startswith(f"Started run {first.run.run_id}")
+    first.job.wait(120)
+    assert uq_jobs.latest_job_of("carol") is first.job and uq_jobs.latest_job_of("dave") is None
+    assert lab_db().access("uq", first.run.run_id).owner == "carol"
+    assert uq_jobs.status(first.run).line == "Complete: 2 of the set's 4 questions saved."
+    again = uq_jobs.start(tiny_gemma3, "carol", QUESTIONS, config, source="c.csv", limit=4)
+    assert again.resumed and again.run.run_id == first.run.run_id
+    again.job.wait(120)
+    assert uq_jobs.status(again.run).state == "finished" and again.run.done() == 4
+    with pytest.raises(LabError, match="Change the seed"):
+        uq_jobs.start(tiny_gemma3, "dave", QUESTIONS, config, source="c.csv", limit=4)
+    with pytest.raises(LabError, match="only its owner can stop it"):
+        uq_jobs.stop("dave", first.run.run_id)
+    assert uq_jobs.stop("carol", first.run.run_id) is False  # nothing runs: nothing to stop

@@ -287,8 +287,9 @@ def function_heatmap(table: HeadFunctionTable, fn: HeadFunction, selected: tuple
         alt.Chart(df)
         .mark_rect()
         .encode(
-            x=alt.X("head:O", title="head", axis=_axis(labelAngle=0, values=list(range(n_heads)))),
-            y=alt.Y("layer:O", title="layer", axis=_axis(values=list(range(n_layers)), labelOverlap=False)),
+            # layers as columns and heads as rows, as the model view draws them
+            x=alt.X("layer:O", title="layer", axis=_axis(labelAngle=0, values=list(range(n_layers)))),
+            y=alt.Y("head:O", title="head", axis=_axis(values=list(range(n_heads)), labelOverlap=False)),
             color=alt.Color(
                 "mean:Q",
                 scale=alt.Scale(scheme="viridis"),
@@ -302,13 +303,13 @@ def function_heatmap(table: HeadFunctionTable, fn: HeadFunction, selected: tuple
                 "head",
                 alt.Tooltip("mean:Q", format=".3f"),
                 alt.Tooltip("std:Q", format=".3f"),
-                "n_prompts",
+                alt.Tooltip("n_prompts:Q", title="prompts"),
             ],
         )
         .add_params(pick)
         .properties(
-            width=max(240, 48 * n_heads),
-            height=max(200, 22 * n_layers) + 80,
+            width=max(240, 36 * n_layers),
+            height=max(160, 28 * n_heads) + 80,
             title=f"{FUNCTION_TITLES[fn]}: mean over prompts",
         )
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ui.access import limits, over_limit
+from ui.limits import limits, over_limit
 
 Check = Callable[[float | None], str | None]
 

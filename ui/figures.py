@@ -66,3 +66,13 @@ def show_chart(
             type="tertiary",
         )
     return state
+
+
+def identical_curves(frame: pd.DataFrame, key: str = "method", x: str = "rejected_fraction", y: str = "accuracy"):
+    """Groups (2 or more) of the frame's series that coincide point for point, so that one line hides the
+    others; in the frame's order."""
+    groups: dict[tuple, list[str]] = {}
+    for name, part in frame.groupby(key, sort=False):
+        points = tuple(zip(part[x].round(12), part[y].round(12)))
+        groups.setdefault(points, []).append(str(name))
+    return [names for names in groups.values() if len(names) > 1]

@@ -22,7 +22,7 @@ from engine.uq.config import EvalOptions
 from engine.uq.evaluation import Evaluation, evaluate_run, run_llm_judge
 from engine.uq.store import UqRun
 from ui import access
-from ui.figures import show_chart
+from ui.figures import identical_curves, show_chart
 from ui.models import get_embedder, get_model
 from ui.progress import steps
 from ui.state import compute, recall
@@ -210,6 +210,11 @@ def _curves(evaluation: Evaluation) -> None:
         frame, highlight=[summary.usual_method, summary.semantic_method], by_set=False, width="container"
     )
     show_chart(chart, "rejection_curves", key="uq_fig_curves", data=frame)
+    for same in identical_curves(frame):
+        st.caption(
+            f"{', '.join(same[:-1])} and {same[-1]} draw one and the same curve on these answers (they rank the "
+            "questions alike): one line shows them all."
+        )
 
 
 # ------------------------------------------------------------------------------------------------

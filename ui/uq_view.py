@@ -18,39 +18,24 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.core.errors import LabError
-from engine.core.jobs import RUNNER
-from engine.core.model import LoadedModel
-from engine.core.options import default_of, help_of
-from engine.uq import estimators, store
-from engine.uq import questions as qmod
-from engine.uq.config import (
-    FEW_SHOT_TEMPLATE,
-    MAX_NEW_TOKENS_RANGE,
-    SAMPLES_RANGE,
-    TEMPERATURE_RANGE,
-    GenerationConfig,
-)
-from engine.uq.generation import (
-    default_template,
-    job_key,
-    open_run_for,
-    row_bytes,
-    run_for_model,
-    start_generation,
-)
-from engine.uq.questions import QuestionSet
-from engine.uq.store import UqRun
+from engine.uq import estimators
+from engine.uq import jobs as uq_jobs
 from ui import access, uq_results
-from ui.errors import lab_fragment
-from ui.fields import between, number_field
-from ui.models import current_choice, get_model, is_loaded
-
-RUN_PARAM = "uq_run"  # ?uq_run=<run id>: the run shown (never an owner key)
-POLL_SECONDS = 2  # how often the progress panel refreshes while a run generates
-SEED_MAX = 2**31 - 1
-TOPIC = store.STORE.topic  # the runs' topic in the lab database
-DEFAULT_LIMIT = 50  # questions run by default (the first N)
+from ui.uq_new_run import generation, limit_field, question_set
+from ui.uq_runs import (
+    PICK,
+    RUN_PARAM,
+    TOPIC,
+    apply_selection,
+    bad_records,
+    delete_button,
+    follow_link,
+    progress_panel,
+    saved_run,
+    select,
+    show_in_url,
+    uq_job_note,
+)
 
 METHOD = (
     "- **Generation**: per question one greedy graded answer and K samples at temperature T, several "
@@ -76,83 +61,36 @@ METHOD = (
 
 
 def render() -> None:
-    """The whole page below its title."""
+    """The whole page below its title: the run shown and its results first, then a new run's form."""
     linked, blocked = follow_link()
     if blocked:
         return
     if linked is not None:
-        _select(linked.run_id)
+        select(linked.run_id)
+    elif RUN_PARAM not in st.query_params and PICK not in st.session_state:
+        mine = uq_jobs.latest_job_of(access.me())  # a reopened page finds the person's job again
+        if mine is not None:
+            select(uq_jobs.run_id_of(mine))
     _method()
-    st.header("1. Question set")
-    qset = _question_set()
-    limit = _limit(qset) if qset is not None else None
+    shown = st.container()  # the run shown and its results lead; the form below fills them
+    st.header("New run: 1. Question set")
+    qset = question_set()
+    limit = limit_field(qset) if qset is not None else None
     st.header("2. Generation")
-    _generation(qset, limit)
-    run = _saved_run()
-    if run is None:
-        return
-    show_in_url(run.run_id)
-    writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
-    _bad_records(run)
-    _progress_panel(run, writable)
-    if writable:
-        _delete_button(run)
-    uq_results.render(run)
-
-
-def follow_link() -> tuple[UqRun | None, bool]:
-    """(the run the address bar names when this person may read it and it is not the one already shown,
-    blocked). `?run=<id>` (older links, ui.access) is followed once and turned into `?uq_run=<id>`.
-    blocked: the link names a run that is missing or private to someone else; a notice (and nothing of
-    the run) is shown, with a button back to the page without the link."""
-    linked, blocked = access.follow_link(TOPIC, store.get_run, "uq")
-    if blocked:
-        return None, True
-    if linked is not None:
-        access.set_link(None)
-        return linked, False
-    run_id = st.query_params.get(RUN_PARAM)
-    if not run_id:
-        return None, False
-    try:
-        run = store.get_run(str(run_id))
-    except LabError:
-        st.error(
-            f"No saved run {str(run_id)[:64]!r}: the link is wrong, or the run was deleted.", icon=":material/error:"
-        )
-        _back_button()
-        return None, True
-    if not access.can_read(TOPIC, run.run_id):
-        st.warning(
-            f"{access.PRIVATE_NOTICE} Ask them to share it with the group if you should see it.",
-            icon=":material/lock:",
-        )
-        _back_button()
-        return None, True
-    if st.session_state.get("_uq_url_run") == run.run_id:
-        return None, False  # already shown (the picker may have moved on in this rerun)
-    return run, False
-
-
-def show_in_url(run_id: str | None) -> None:
-    """Make the address bar name the run shown (or no run)."""
-    st.session_state["_uq_url_run"] = run_id
-    if run_id is None:
-        st.query_params.pop(RUN_PARAM, None)
-    elif st.query_params.get(RUN_PARAM) != run_id:
-        st.query_params[RUN_PARAM] = run_id
-
-
-def _back_button() -> None:
-    if st.button("Back to the page", key="uq_link_back", icon=":material/arrow_back:"):
-        show_in_url(None)
-        st.rerun()
-
-
-def _select(run_id: str) -> None:
-    """Show this run in the run picker."""
-    st.session_state["uq_run_id"] = run_id
-    st.session_state.pop("uq_run_pick", None)
+    generation(qset, limit)  # a start selects its run: applied before the picker is drawn
+    apply_selection()
+    with shown:
+        run = saved_run()
+        if run is None:
+            return
+        show_in_url(run.run_id)
+        uq_job_note(run.run_id)
+        writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
+        bad_records(run)
+        progress_panel(run, writable)
+        uq_results.render(run)
+        if writable:
+            delete_button(run)
 
 
 def _method() -> None:
@@ -165,358 +103,3 @@ def _method() -> None:
             hide_index=True,
             width="stretch",
         )
-
-
-# ------------------------------------------------------------------------------------------------
-# 1. Question set
-
-
-def _question_set() -> QuestionSet | None:
-    source = st.radio("Questions", ["Bundled default set", "Upload a file"], key="uq_source", horizontal=True)
-    if source == "Bundled default set":
-        qset = qmod.default_questions()
-        st.caption(
-            f"{len(qset)} short factual questions written for the lab, with references (several forms separated by |)."
-        )
-        return qset
-    upload = st.file_uploader(
-        "CSV (main path) or JSONL: a `question` column; `answer` (references separated by |) and `id` optional",
-        type=["csv", "tsv", "txt", "jsonl", "json"],
-        key="uq_upload",
-    )
-    if upload is None:
-        st.info("Upload a file to start, or pick the bundled default set.", icon=":material/upload_file:")
-        return None
-    data = upload.getvalue()
-    if access.refuse_over("upload_bytes", len(data), "Bytes of this file"):
-        return None
-    try:
-        columns = _columns_picked(qmod.read_table(data, upload.name))
-        qset = qmod.load_questions(data, upload.name, **columns)  # parsed once per file content and columns
-        access.check_question_set(qset.frame)
-        return qset
-    except LabError as err:
-        st.error(f"{err}", icon=":material/error:")
-        return None
-
-
-def _columns_picked(raw: pd.DataFrame) -> dict[str, str]:
-    """Question / answer / id column pickers (guessed first): the columns chosen."""
-    guessed = qmod.guess_columns(raw)
-    columns = [str(c) for c in raw.columns]
-    none = "(none)"
-    c1, c2, c3 = st.columns(3)
-    qcol = c1.selectbox(
-        "Question column",
-        columns,
-        key="uq_qcol",
-        placeholder="pick the question column",
-        index=columns.index(guessed["question"]) if guessed["question"] in columns else None,
-    )
-    acol = c2.selectbox(
-        "Answer column",
-        [none] + columns,
-        key="uq_acol",
-        index=([none] + columns).index(guessed["answer"]) if guessed["answer"] in columns else 0,
-    )
-    icol = c3.selectbox(
-        "Id column",
-        [none] + columns,
-        key="uq_idcol",
-        index=([none] + columns).index(guessed["id"]) if guessed["id"] in columns else 0,
-    )
-    if qcol is None:
-        raise LabError(
-            f"No 'question' column: found [{', '.join(columns[:8])}]. Pick the column that holds the questions above."
-        )
-    return {"question_col": qcol, "answer_col": acol if acol != none else "", "id_col": icol if icol != none else ""}
-
-
-def _limit(qset: QuestionSet) -> int | None:
-    """Warnings and a preview of the set, and how many of its questions to run (None: not a usable number;
-    the reason is under the field)."""
-    for message in qset.messages:
-        st.warning(message, icon=":material/warning:")
-    preview = qset.frame.head(200).assign(references=lambda f: f["references"].map(" | ".join))
-    st.dataframe(preview, hide_index=True, width="stretch", height=220)
-    st.caption(f"{len(qset):,} questions.")
-    default = max(min(len(qset), DEFAULT_LIMIT, access.limits().questions_per_run), 1)
-    follow_question_set(qset, default)
-    n, ok = number_field(
-        st,
-        "How many questions to run (the first N)",
-        default,
-        "uq_limit",
-        between(
-            "Questions to run",
-            1,
-            len(qset),
-            integer=True,
-            limit="questions_per_run",
-            note=f" (this set has {len(qset):,} questions)",
-        ),
-        help="Questions of one run." + access.limit_note("questions_per_run", "questions"),
-    )
-    return int(n) if ok else None
-
-
-def follow_question_set(qset: QuestionSet, default: int) -> None:
-    """When another question set is chosen, "How many questions" starts again at its default (a number
-    typed for the last set is not refused for this one); the first set seen keeps the value of the URL."""
-    seen = (qset.source, len(qset))
-    last = st.session_state.get("_uq_limit_set")
-    st.session_state["_uq_limit_set"] = seen
-    if last is not None and last != seen:
-        st.session_state["uq_limit"] = default
-
-
-# ------------------------------------------------------------------------------------------------
-# 2. Generation
-
-
-def _generation(qset: QuestionSet | None, limit: int | None) -> None:
-    """Generation settings and the button that starts (or resumes) the run in the background."""
-    lm_now = get_model() if is_loaded(current_choice()) else None
-    template = st.text_area(
-        "Prompt template ({question} is replaced; instruction-tuned models get it inside their chat template)",
-        default_template(lm_now) if lm_now is not None else FEW_SHOT_TEMPLATE,
-        height=200,
-        key="uq_prompt",
-        help=access.limit_note("template_chars", "characters").strip(),
-        bind="query-params",
-    )
-    over = access.refuse_over("template_chars", len(template), "Characters of the prompt template")
-    if "{question}" not in template:
-        st.error("The prompt template must contain {question} where the question goes.", icon=":material/block:")
-        over = True
-    c1, c2, c3, c4 = st.columns(4)
-    k, k_ok = number_field(
-        c1,
-        "Samples K",
-        _default("samples"),
-        "uq_k",
-        between("Samples K", *SAMPLES_RANGE, integer=True, limit="samples"),
-        help=_help("samples", "samples"),
-    )
-    temperature, t_ok = number_field(
-        c2,
-        "Temperature",
-        _default("temperature"),
-        "uq_temp",
-        between("Temperature", *TEMPERATURE_RANGE),
-        step=0.1,
-        help=_help("temperature"),
-    )
-    max_new, m_ok = number_field(
-        c3,
-        "Max new tokens",
-        _default("max_new_tokens"),
-        "uq_max_new",
-        between("Max new tokens", *MAX_NEW_TOKENS_RANGE, integer=True, limit="new_tokens"),
-        help=_help("max_new_tokens", "new_tokens"),
-    )
-    seed, s_ok = number_field(
-        c4, "Seed", _default("seed"), "uq_seed", between("Seed", 0, SEED_MAX, integer=True), help=_help("seed")
-    )
-    over |= not (k_ok and t_ok and m_ok and s_ok)
-    start = st.button(
-        "Generate (or resume)",
-        key="uq_start",
-        type="primary",
-        disabled=qset is None or limit is None or over,
-        icon=":material/play_arrow:",
-    )
-    if not start or qset is None or limit is None or over:
-        return
-    lm = get_model()
-    if lm is None:
-        return
-    try:
-        config = GenerationConfig(
-            prompt_template=template,
-            samples=int(k),
-            temperature=float(temperature),
-            max_new_tokens=int(max_new),
-            seed=int(seed),
-        )
-        config.validate()
-        _check_request(lm, qset, limit, config)
-        _start(lm, qset, limit, config)
-    except LabError as err:
-        st.error(str(err), icon=":material/error:")
-
-
-def _check_request(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationConfig) -> None:
-    """LabError naming the limit when the prompt of the longest question is over prompt_tokens, or with
-    the numbers when one question's K + 1 decoding rows would not fit in memory (engine.uq.generation.row_bytes:
-    KV cache 2 x layers x kv_heads x head_dim x (prompt + new tokens) x bytes, and [vocab] float32 logits)."""
-    questions = qset.frame["question"].head(limit)
-    longest = max(questions, key=len, default="")
-    tokens = len(lm.prompt_inputs(config.prompt_template.replace("{question}", longest))["input_ids"][0])
-    access.limits().check("prompt_tokens", tokens, "Tokens of the prompt (the template with the longest question)")
-    rows = config.samples + 1  # the smallest batch the engine decodes: one question's K + 1 rows
-    need = rows * row_bytes(lm, tokens, config)
-    access.ensure_memory(lm, need, f"generating {rows} answers of up to {config.max_new_tokens} tokens")
-
-
-def _start(lm: LoadedModel, qset: QuestionSet, limit: int, config: GenerationConfig) -> None:
-    """Open (or create) the run, make it this person's, and start (or resume) its generation job."""
-    access.check_quota()
-    access.check_jobs()
-    run = run_for_model(lm, qset.frame, config)  # its owner is recorded before its folder is made
-    label = f"{qset.source or 'default'}, K={config.samples}"
-    try:
-        access.claim_started_run(TOPIC, run.run_id, fresh=not run.exists(), label=label)
-    except LabError:
-        if access.can_read(TOPIC, run.run_id):
-            _select(run.run_id)  # the existing run with these inputs, read-only
-        raise
-    run = open_run_for(lm, qset.frame, config, source=qset.source or "default")
-    access.start_job(
-        job_key(run.run_id),
-        lambda: start_generation(lm, run, limit),
-        label=f"uncertainty run {run.run_id}",
-        lock=lm.lock,
-        writes=lambda: [(TOPIC, run)],
-    )
-    _select(run.run_id)
-
-
-def _default(name: str):
-    return default_of(GenerationConfig, name)
-
-
-def _help(name: str, limit: str | None = None) -> str:
-    """An option's help from the engine, with the server's limit on it when there is one."""
-    return help_of(GenerationConfig, name).capitalize() + "." + (access.limit_note(limit) if limit else "")
-
-
-# ------------------------------------------------------------------------------------------------
-# Saved runs
-
-
-def _saved_run() -> UqRun | None:
-    """The run picker over the saved runs (None when there is none); strays can be deleted."""
-    _strays()
-    saved = {run.run_id: run for run in access.readable(TOPIC, store.list_runs())}
-    if not saved:
-        st.info("No saved run yet.")
-        return None
-    ids = list(saved)
-    labels = {
-        run_id: run_label(run, access.owner_label(access.access_of(TOPIC, run_id))) for run_id, run in saved.items()
-    }
-    wanted = st.session_state.get("uq_run_id")
-    run_id = st.selectbox(
-        "Run",
-        ids,
-        index=ids.index(wanted) if wanted in ids else 0,
-        key="uq_run_pick",
-        format_func=labels.get,
-        help="Runs are saved question by question in cache/uq/ and resume. You see your own runs, runs shared "
-        "with the group and runs made outside the server.",
-    )
-    st.session_state["uq_run_id"] = run_id
-    return saved[run_id]
-
-
-def run_label(run: UqRun, owner: str) -> str:
-    """The picker's line for a run: what it is and whose, never its progress (a label does not refresh
-    while a run generates; the progress is the status line under the picker, redrawn from the run)."""
-    cfg = run.config
-    generation = cfg.get("generation") or {}
-    return (
-        f"{run.run_id} · {cfg.get('model')} · {cfg.get('source')} · {cfg.get('n_questions')} questions · "
-        f"K={generation.get('samples')} · {cfg.get('created')} · {owner}"
-    )
-
-
-def status_text(run: UqRun, job) -> str:
-    """The run's progress as of now, from its saved records, its status file and its job here (None: none)."""
-    done, in_set = run.done(), run.total()
-    if job is not None and job.running:
-        return f"Generating: {done:,}/{job.total or in_set:,} questions saved."
-    of_set = f" of the set's {in_set:,}" if done < in_set else ""
-    state = run.status().get("state")
-    if state == "stopped" and done < in_set:
-        return f"Stopped: {done:,}{of_set} questions saved; press Generate with the same settings to resume."
-    if state == "finished" or done >= in_set:
-        return f"Complete: {done:,}{of_set} questions saved."
-    return f"{done:,}{of_set} questions saved."
-
-
-def _bad_records(run: UqRun) -> None:
-    """Records that cannot be read (a crash, a full disk): named, and generated again on resume."""
-    bad = run.bad_records()
-    if bad:
-        listed = "; ".join(f"question {b.index + 1} ({b.reason})" for b in bad[:5]) + (" …" if len(bad) > 5 else "")
-        st.warning(
-            f"{len(bad)} saved record(s) cannot be read and will be generated again when the run resumes "
-            f"(press Generate): {listed}.",
-            icon=":material/build:",
-        )
-
-
-def _strays() -> None:
-    strays = access.deletable_strays(TOPIC, store.stray_runs())
-    if not strays:
-        return
-    with st.expander(f"{len(strays)} saved folder(s) in cache/uq/ from an older version", icon=":material/history:"):
-        st.caption("They cannot be opened: " + ", ".join(s.run_id for s in strays))
-        if st.button("Delete them", key="uq_delete_strays", icon=":material/delete:"):
-            for stray in strays:
-                try:
-                    store.delete_run(stray)
-                    access.forget_deleted(TOPIC, stray.run_id)
-                except LabError as err:
-                    st.error(str(err))
-            st.rerun()
-
-
-def _progress_panel(run: UqRun, writable: bool) -> None:
-    """Progress, ETA, the place in the model's queue and (for the owner) a stop button while the run
-    generates in this process; else a note when another process generates it."""
-    run_id, key = run.run_id, job_key(run.run_id)
-    job = RUNNER.get(key)
-
-    @lab_fragment(run_every=POLL_SECONDS if job is not None and job.running else None)
-    def panel() -> None:
-        job = RUNNER.get(key)
-        st.caption(status_text(run, job))
-        if job is None:
-            if run.is_claimed():
-                st.info("This run is being generated by another session or process.", icon=":material/sync:")
-            return
-        if job.running:
-            eta = job.eta_seconds()
-            total = job.total or 0
-            st.progress(
-                job.done / max(total, 1),
-                text=f"{job.done}/{total} questions"
-                + (f" · ETA {eta / 60:.1f} min" if eta else "")
-                + access.job_queue_note(key),
-            )
-            if writable and st.button("Stop", key="uq_stop", icon=":material/stop:"):
-                job.stop()
-                st.toast("Stopping after the current question; rerun Generate to resume.")
-            return
-        if job.error:
-            st.error(f"Generation stopped: {job.error}", icon=":material/error:")
-        if st.session_state.get("uq_seen_finished") != (run_id, job.started):
-            st.session_state["uq_seen_finished"] = (run_id, job.started)
-            st.rerun(scope="app")
-
-    panel()
-
-
-def _delete_button(run: UqRun) -> None:
-    _, right = st.columns([4, 1])
-    if right.button("Delete this run", key="uq_delete", icon=":material/delete:"):
-        try:
-            store.delete_run(run.run_id)
-            access.forget_deleted(TOPIC, run.run_id)
-            show_in_url(None)
-            st.session_state.pop("uq_run_id", None)
-            st.rerun()
-        except LabError as err:
-            st.error(str(err))

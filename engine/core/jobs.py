@@ -6,6 +6,10 @@ run holds the run's claim (`RunFolder.claim`) for as long as it works, so a seco
 another server) cannot write the same run at once. `work(job)` reports through `job.progress(...)`
 and checks `job.stopping` between steps; whatever it returns is `job.result`; a `LabError` becomes
 `job.error` as its one line, any other exception its type and message (the run stays resumable).
+
+On the shared server a job belongs to the person who started it (`Job.owner`, `start_owned`): it
+counts against their jobs_per_person and disk quota, and `JobRunner.latest_of` finds it again for them
+after a reload or a closed tab.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
+from engine.core.db import RunAccess, lab_db
 from engine.core.errors import LabError
+from engine.core.limits import limits_file, server_limits
+from engine.core.queue import current_owner
 from engine.core.runstore import RunFolder
 
 JobState = Literal["running", "stopping", "finished", "stopped", "failed"]
@@ -32,6 +41,7 @@ class Job:
 
     key: str
     label: str = ""
+    owner: str | None = None  # the person who started it (engine.core.db owner id); None: the CLI, a test
     done: int = 0
     total: int | None = None
     message: str = ""
@@ -39,6 +49,7 @@ class Job:
     ended: float | None = None
     error: str | None = None
     result: Any = None
+    first_done: int = 0  # units already done when it started (a resumed run)
     step_seconds: list[float] = dataclasses.field(default_factory=list)
     stop_event: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
     thread: threading.Thread | None = dataclasses.field(default=None, repr=False)
@@ -73,16 +84,22 @@ class Job:
             return "failed"
         return "stopped" if self.stopping else "finished"
 
+    @property
+    def rate_measured(self) -> bool:
+        """Whether a unit of work finished since the job started, so a pace (and an ETA) is known."""
+        return bool(self.step_seconds) or (self.done > self.first_done)
+
     def eta_seconds(self) -> float | None:
-        """Remaining seconds from the mean of the last 20 units' times (None before the first)."""
+        """Remaining seconds from the mean of the last 20 units' times; before any unit of this job ended
+        (a resumed job starts at `first_done`), None: there is no pace yet."""
         if self.total is None:
             return None
         remaining = max(self.total - self.done, 0)
         if self.step_seconds:
             recent = self.step_seconds[-20:]
             return sum(recent) / len(recent) * remaining
-        elapsed = time.time() - self.started
-        return elapsed / self.done * remaining if self.done else None
+        worked = self.done - self.first_done
+        return (time.time() - self.started) / worked * remaining if worked > 0 else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (True) or the timeout passes (False)."""
@@ -107,6 +124,7 @@ class JobRunner:
         run: RunFolder | None = None,
         total: int | None = None,
         done: int = 0,
+        owner: str | None = None,
     ) -> Job:
         """Run `work(job)` in a daemon thread unless the job of `key` is alive (then return that one).
 
@@ -116,7 +134,8 @@ class JobRunner:
             job = self._jobs.get(key)
             if job is not None and job.running:
                 return job
-            job = Job(key=key, label=label, total=total, done=done)
+            owner = owner if owner is not None else current_owner()
+            job = Job(key=key, label=label, owner=owner, total=total, done=done, first_done=done)
             claim = run.claim() if run is not None else contextlib.nullcontext()
             claim.__enter__()  # raises LabError when another writer holds the run
 
@@ -162,5 +181,141 @@ class JobRunner:
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
 
+    def latest_of(self, owner: str, prefix: str = "") -> Job | None:
+        """The newest job `owner` started in this process whose key starts with `prefix` (running or
+        ended): how a person finds their job again after a reload or a closed tab."""
+        mine = [job for job in self.jobs() if job.owner == owner and job.key.startswith(prefix)]
+        return max(mine, key=lambda job: job.started, default=None)
+
 
 RUNNER = JobRunner()  # the process's runner: every page and session starts its jobs here
+
+
+# ------------------------------------------------------------------------------------------------
+# A person's jobs on the shared server: their runs, their disk quota, how many jobs they run at once
+
+LARGEST_LISTED = 5  # runs named when a person is over their disk quota
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (0 when it is gone)."""
+    total = 0
+    for file in Path(path).rglob("*"):
+        with contextlib.suppress(OSError):
+            if file.is_file():
+                total += file.stat().st_size
+    return total
+
+
+def size_text(n: float) -> str:
+    """12_300_000 -> '12.3 MB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_quota(person: str) -> None:
+    """LabError when the person's runs take more than their disk quota, listing their largest runs
+    (nothing is deleted for them: they choose)."""
+    db = lab_db()
+    quota = db.quota_of(person, server_limits().disk_quota_bytes)
+    used = db.usage(person)
+    if used <= quota:
+        return
+    largest = "; ".join(
+        f"{topic} run {run_id}{f' ({label})' if label else ''}: {size_text(nbytes)}"
+        for topic, run_id, label, nbytes in db.runs_of(person)[:LARGEST_LISTED]
+    )
+    raise LabError(
+        f"Your runs take {size_text(used)}, over your disk quota of {size_text(quota)} on this server "
+        f"(disk_quota_bytes in {limits_file().name}): delete some to start a new one. Your largest runs: {largest}."
+    )
+
+
+def check_jobs(person: str) -> None:
+    """LabError when the person already runs jobs_per_person long jobs in this server process."""
+    running = lab_db().jobs_of(person, pid=os.getpid())
+    limit = server_limits().jobs_per_person
+    if len(running) >= limit:
+        names = ", ".join(label or key for key, label in running)
+        raise LabError(
+            f"You already run {len(running)} long job(s) ({names}); this server allows {limit} at once per "
+            f"person (jobs_per_person in {limits_file().name}). Wait for one to end, or stop one."
+        )
+
+
+def owner_text(access: RunAccess, person: str) -> str:
+    """Whose a run is, as `person` sees it: "yours, private", "shared by Ada (read-only)", ..."""
+    if access.owner is None:
+        return "made outside the server (read-only)"
+    if access.owner == person:
+        return "yours, shared with the group" if access.shared else "yours, private"
+    name = lab_db().name_of(access.owner) or f"person {access.owner[:8]}"
+    return f"shared by {name} (read-only)"
+
+
+def claim_started_run(topic: str, run_id: str, person: str, fresh: bool, label: str = "") -> RunAccess:
+    """Make the person who starts a run its owner, or refuse.
+
+    `fresh`: the run's folder did not exist before this start; it becomes theirs (a row left by a folder
+    deleted outside the server is dropped first). An existing run must be theirs already: run ids hash
+    their inputs, so someone else's run with exactly these inputs is refused with a reason, never taken."""
+    db = lab_db()
+    if fresh:
+        db.forget_run(topic, run_id)
+        return db.claim_run(topic, run_id, person, label)
+    access = db.access(topic, run_id)
+    if access.writable_by(person):
+        return access
+    if not access.readable_by(person):
+        raise LabError(
+            "Someone else already has a private run with exactly these settings (a run's id is a hash of its "
+            "inputs). Change the seed to start your own."
+        )
+    raise LabError(
+        f"A run with exactly these settings already exists and is {owner_text(access, person)}: open it from the "
+        "list to look at it, or change the seed to start your own."
+    )
+
+
+def start_owned(
+    key: str,
+    start: Callable[[], Job],
+    *,
+    person: str,
+    label: str,
+    writes: Callable[[], Sequence[tuple[str, RunFolder]]] = tuple,
+) -> Job:
+    """Start a long job for `person`: `start()` starts it on RUNNER under `key` (the running job of `key`
+    is returned instead, uncounted, when there is one).
+
+    Refused (LabError) when they already run jobs_per_person jobs. While it runs, the database lists it
+    as theirs (jobs table, with this process's pid); when it ends, the size of every (topic, run folder)
+    that `writes()` returns is recorded against their disk quota."""
+    running = RUNNER.running(key)
+    if running is not None:
+        return running
+    check_jobs(person)
+    db = lab_db()
+    db.job_started(key, person, label, os.getpid())
+
+    def ended() -> None:
+        db.job_ended(key)
+        for topic, folder in writes():
+            if folder.path.is_dir():
+                db.set_bytes(topic, folder.run_id, folder_bytes(folder.path))
+
+    try:
+        job = start()
+    except BaseException:
+        ended()
+        raise
+    job.owner = person
+
+    def watch() -> None:
+        job.wait()
+        ended()
+
+    threading.Thread(target=watch, name=f"lab-job-end-{key}", daemon=True).start()
+    return job

@@ -78,6 +78,39 @@ _MAGIC = (
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what csv and io.StringIO(newline="") count as a line
 
 
+@dataclasses.dataclass(frozen=True)
+class RowLimits:
+    """Limits a question set is read under (a shared server's; the command line has none): a row over one
+    is skipped and named with its line, the other rows are kept. `where`: where the limits are set,
+    named in the message ("server_limits.toml")."""
+
+    question_chars: int
+    references_per_question: int
+    reference_chars: int
+    where: str = ""
+
+    def problem(self, question: str, references: Sequence[str]) -> tuple[str, str] | None:
+        """(limit name, what is over it) for the first limit this row is over, or None."""
+        if len(question) > self.question_chars:
+            return "question_chars", f"{len(question):,} characters"
+        if len(references) > self.references_per_question:
+            return "references_per_question", f"{len(references):,} references"
+        longest = max((len(r) for r in references), default=0)
+        if longest > self.reference_chars:
+            return "reference_chars", f"a reference of {longest:,} characters"
+        return None
+
+    def message(self, name: str, rows: Sequence[tuple[int, str]], unit: str) -> str:
+        unit_of = {"question_chars": "characters", "references_per_question": "references"}
+        limit = f"{getattr(self, name):,} {unit_of.get(name, 'characters')}"
+        place = f"{name}" + (f" in {self.where}" if self.where else "")
+        target = "a reference" if name == "reference_chars" else "the question"
+        return (
+            f"{len(rows):,} row(s) over this server's limit of {limit} for {target} ({place}) were skipped: "
+            f"{_problems(unit, rows)}."
+        )
+
+
 @dataclasses.dataclass
 class QuestionSet:
     """A cleaned question set and what was done to it (shown to the user, with the lines concerned)."""
@@ -88,6 +121,11 @@ class QuestionSet:
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    @property
+    def with_references(self) -> int:
+        """Questions that have a reference answer (the others cannot be graded automatically)."""
+        return int(self.frame["references"].map(bool).sum())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,7 +166,8 @@ def decode_bytes(data: bytes) -> tuple[str, list[str]]:
     UTF-8 (with or without BOM), UTF-16 (BOM, or detected by its NUL bytes), else Windows-1252 /
     latin-1 (with a note, since that is a guess). Bytes that cannot be decoded in a file that is otherwise
     UTF-8 are replaced by U+FFFD, with a note naming their lines. Spreadsheets, archives, images and other
-    binary files are refused.
+    binary files are refused; so is a file where most lines hold NUL bytes (a few such lines are kept here
+    and skipped by the reader, each named).
     """
     for magic, what in _MAGIC:
         if data.startswith(magic):
@@ -145,8 +184,6 @@ def decode_bytes(data: bytes) -> tuple[str, list[str]]:
     ):
         # UTF-16 without BOM: every other byte is NUL for ASCII text.
         codec = "utf-16-le" if sample[1::2].count(0) > sample[0::2].count(0) else "utf-16-be"
-    elif b"\x00" in sample:
-        raise LabError("This file looks binary (it contains NUL bytes), not a CSV or JSONL text file.")
     else:
         codec = ""
     notes: list[str] = []
@@ -175,8 +212,15 @@ def decode_bytes(data: bytes) -> tuple[str, list[str]]:
                     f"The file is not UTF-8; it was read as {name}: check accented letters in the preview "
                     "(save it as CSV UTF-8 to be sure)."
                 )
+    if "\x00" in text:
+        lines = _LINE_BREAK.split(text)
+        with_nul = [i + 1 for i, line in enumerate(lines) if "\x00" in line]
+        if 2 * len(with_nul) > sum(1 for line in lines if line.strip()):
+            raise LabError(
+                f"This file looks binary (NUL bytes on {_places('line', with_nul, 3)}), not a CSV or JSONL text file."
+            )
     head = text[:4096]
-    controls = sum(1 for ch in head if ord(ch) < 32 and ch not in "\r\n\t")
+    controls = sum(1 for ch in head if ord(ch) < 32 and ch not in "\r\n\t\x00")
     if controls > max(8, len(head) // 50):
         raise LabError("This file looks binary (many control characters), not a CSV or JSONL text file.")
     return text, notes
@@ -287,7 +331,8 @@ def _sniff_delimiter(text: str) -> str:
 
 def _read_csv(text: str, max_rows: int) -> _Table:
     """Every record checked against the header's width: more non-empty cells (an unquoted delimiter
-    inside a cell) -> skipped, fewer -> padded with empty cells, malformed quoting -> skipped; all named."""
+    inside a cell) -> skipped, fewer -> padded with empty cells, malformed quoting or NUL bytes -> skipped;
+    all named."""
     notes: list[str] = []
     delimiter = _excel_separator(text)
     skip_first = delimiter is not None
@@ -299,6 +344,7 @@ def _read_csv(text: str, max_rows: int) -> _Table:
     wide: list[int] = []
     short: list[int] = []
     broken: list[tuple[int, str]] = []
+    nul: list[int] = []
     for line, record in _records(text, delimiter):
         if skip_first and line == 1:
             continue
@@ -309,6 +355,11 @@ def _read_csv(text: str, max_rows: int) -> _Table:
             continue
         if not any(c.strip() for c in record):
             continue  # a blank line holds nothing
+        if any("\x00" in c for c in record):
+            if header is None:
+                raise LabError(f"The header (line {line}) holds NUL bytes: is this a text file?")
+            nul.append(line)
+            continue
         if header is None:
             if len(record) > MAX_COLUMNS:
                 raise LabError(
@@ -357,6 +408,8 @@ def _read_csv(text: str, max_rows: int) -> _Table:
         )
     if broken:
         notes.append(f"{len(broken):,} row(s) could not be read and were skipped: {_problems('line', broken)}.")
+    if nul:
+        notes.append(f"{len(nul):,} row(s) hold NUL bytes (binary data) and were skipped: {_places('line', nul)}.")
     return _Table(rows, header, lines, "line", notes)
 
 
@@ -704,14 +757,17 @@ def prepare_questions(
     *,
     source: str = "",
     max_rows: int = MAX_ROWS,
+    limits: RowLimits | None = None,
 ) -> QuestionSet:
     """Clean a raw table into a QuestionSet (columns guessed by name when not given).
 
     Rows whose question or answer cannot be read are skipped, blank questions are skipped, questions
     spanning lines are joined into one, over-long questions are cut, exact duplicate rows are dropped,
     blank ids are named, repeated ids get a `#n` suffix (unique by construction), and more than
-    `max_rows` questions keep the first `max_rows`: each with a message naming the lines concerned
-    (`frame.attrs["lines"]` from read_table; row numbers otherwise).
+    `max_rows` questions keep the first `max_rows`, rows over `limits` (a server's) are skipped, and rows
+    without a reference answer among rows that have one are counted: each with a message naming the lines
+    concerned (`frame.attrs["lines"]` from read_table; row numbers otherwise). Every problem of the file is
+    listed at once; only a file with no usable row is refused.
     """
     if frame is None or frame.shape[1] == 0:
         raise LabError("The file has no columns.")
@@ -748,6 +804,7 @@ def prepare_questions(
     kept: list[tuple[int, str, str, list[str]]] = []  # (position, id, question, references)
     unreadable: list[tuple[int, str]] = []
     blank, joined, cut, unnamed = [], [], [], []
+    over: dict[str, list[tuple[int, str]]] = {}
     for position, (question, refs, qid) in enumerate(zip(raw_questions, raw_refs, raw_ids)):
         line = lines[position]
         try:
@@ -762,6 +819,10 @@ def prepare_questions(
             continue
         if clean != text.strip():
             joined.append(line)
+        refused = limits.problem(clean, references) if limits is not None else None
+        if refused is not None:
+            over.setdefault(refused[0], []).append((line, refused[1]))
+            continue
         if len(clean) > MAX_QUESTION_CHARS:
             cut.append(line)
             clean = clean[:MAX_QUESTION_CHARS]
@@ -773,14 +834,18 @@ def prepare_questions(
                 name = f"row{position}#{n}"
             unnamed.append(line)
         kept.append((position, name, clean, references))
+    unread = f"{len(unreadable):,} row(s) could not be read and were skipped: {_problems(unit, unreadable)}."
     if unreadable:
-        messages.append(
-            f"{len(unreadable):,} row(s) could not be read and were skipped: {_problems(unit, unreadable)}."
-        )
+        messages.append(unread)
     if blank:
         messages.append(f"{len(blank):,} row(s) with a blank question were skipped: {_places(unit, blank)}.")
+    refusals = [limits.message(name, rows, unit) for name, rows in over.items()] if limits is not None else []
+    messages += refusals
     if not kept:
-        raise LabError("Every question in the file is blank." if not unreadable else messages[-1])
+        if not unreadable and not over:
+            raise LabError("Every question in the file is blank.")
+        skipped = ([unread] if unreadable else []) + refusals
+        raise LabError(skipped[0] if len(skipped) == 1 else "No row can be used: " + " ".join(skipped))
     if joined:
         messages.append(
             f"{len(joined):,} question(s) had line breaks, tabs or repeated spaces, joined into single spaces: "
@@ -825,6 +890,14 @@ def prepare_questions(
             "No reference answers: automatic correctness needs them; mark answers by hand "
             "or use a set with an answer column."
         )
+    else:
+        ungraded = [lines[row[0]] for row in unique_rows if not row[3]]
+        if ungraded:
+            messages.append(
+                f"{len(ungraded):,} of {len(unique_rows):,} question(s) have no reference answer: they are kept but "
+                f"not graded automatically (A1, A2, A3 leave them out unless you mark them by hand): "
+                f"{_places(unit, ungraded)}."
+            )
     return QuestionSet(out, messages, source)
 
 
@@ -832,10 +905,15 @@ def prepare_questions(
 # Files
 
 
-def load_questions(data: bytes, filename: str = "upload.csv", **columns) -> QuestionSet:
-    """read_table + prepare_questions in one call (the CLI path), cached per file content and columns."""
-    key = (hashlib.sha256(data).hexdigest(), filename, tuple(sorted(columns.items())))
-    qset = _SETS.get(key, lambda: prepare_questions(read_table(data, filename), source=filename, **columns))
+def load_questions(
+    data: bytes, filename: str = "upload.csv", *, limits: RowLimits | None = None, **columns
+) -> QuestionSet:
+    """read_table + prepare_questions in one call, cached per file content, columns and limits (the command
+    line reads without `limits`; a shared server passes its own)."""
+    key = (hashlib.sha256(data).hexdigest(), filename, tuple(sorted(columns.items())), limits)
+    qset = _SETS.get(
+        key, lambda: prepare_questions(read_table(data, filename), source=filename, limits=limits, **columns)
+    )
     return dataclasses.replace(qset, frame=qset.frame.copy(deep=False), messages=list(qset.messages))
 
 

@@ -1,0 +1,265 @@
+"""Sections 4 and 5 of the super-weights tab: ablate the super weight(s) and measure, side by side, and
+super-weight-aware round-to-nearest quantization.
+
+The ablation runs as a background job of the person who pressed Run (engine.core.jobs, ui.job_panel):
+progress with an ETA once a pace is measured, and a reload or a closed tab finds it again (the address
+bar holds its settings and `sw_ablated=1`): its progress while it runs, its result when it is done.
+A changed setting, valid or not, keeps the last result on screen, marked as from other settings, until
+the person runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable
+from typing import Any
+
+import streamlit as st
+
+from engine.core.errors import LabError
+from engine.core.jobs import RUNNER, Job
+from engine.core.model import LoadedModel
+from engine.core.weight_edits import weights_edit_problem
+from engine.superweights import ablation, quantize
+from engine.superweights import detect as sw
+from engine.superweights.config import (
+    CLIP_FRACTION,
+    DEFAULT_BITS,
+    DEFAULT_SCALE,
+    EVAL_TOKENS,
+    METHODS,
+    PAPER_TOPK_FRACTION,
+    SCALE_RANGE,
+    number,
+)
+from ui import jobs as person_jobs
+from ui.fields import range_problem
+from ui.figures import identical_curves, show_chart
+from ui.job_panel import job_panel
+from ui.model_queue import queue_notice
+from ui.state import Shown, compute_steps, forget, keeper, latest, model_key, process_result, shown
+from ui.superweights_charts import ablation_chart, quantization_chart
+from ui.superweights_form import ABLATION_FLAG, CONDITIONS_HELP, QUANT_FLAG, flag, refuse, set_flag
+from ui.superweights_sections import candidate_labels
+
+ABLATION_SLOT = "sw_ablation"
+QUANT_SLOT = "sw_quantization"
+ABLATION_JOB = "sw-ablation-"  # a job key's prefix; a hash of the ablation's inputs follows
+TOKEN_CHOICES = [256, 512, 1024, 2048, EVAL_TOKENS]
+K_RANGE = (0, 100_000)
+FRACTION_RANGE = (0.0, 0.01)
+
+
+def candidates_key(cands: list[sw.Candidate]) -> tuple:
+    """What an ablation or quantization depends on in the candidates (coordinates, weight, activation)."""
+    return tuple((c.coord, c.weight, c.super_activation) for c in cands)
+
+
+def ablation_job_key(inputs: Hashable) -> str:
+    """The job key of the ablation of exactly these inputs (one job per inputs in the process)."""
+    return ABLATION_JOB + hashlib.sha256(repr(inputs).encode()).hexdigest()[:16]
+
+
+def _previous_note(what: str, result: Shown, button: str) -> None:
+    """The note over a result that is not for the settings above (a field is invalid, or it changed)."""
+    st.info(
+        f"Showing the last {what}, computed with other settings than the fields above: press **{button}** to "
+        "run these.",
+        icon=":material/history:",
+    )
+
+
+def start_ablation(lm: LoadedModel, inputs: Hashable, cands: list[sw.Candidate], k: int, scale: float, tokens: int):
+    """The ablation of these inputs as this person's background job (the running one when there is one);
+    its table goes to the process's results for `inputs` when it is done. A LabError is shown."""
+    key = ablation_job_key(inputs)
+    keep = keeper(ABLATION_SLOT, inputs)
+
+    def work(job: Job) -> Any:
+        def progress(done: int, total: int, message: str = "") -> None:
+            job.progress(done, total, message)
+
+        return keep(
+            ablation.ablation_table(lm, cands, k=k or None, scales=[scale], max_tokens=tokens, progress=progress)
+        )
+
+    try:
+        person_jobs.start_job(
+            key, lambda: RUNNER.start(key, work, label="ablation"), label="super-weight ablation", lock=lm.lock
+        )
+    except LabError as err:
+        st.error(str(err), icon=":material/error:")
+
+
+def render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
+    st.subheader("4. Ablate and measure, side by side")
+    problem = weights_edit_problem(lm)
+    if problem:
+        st.info(problem, icon=":material/block:")
+        return
+    if not detection.candidates:
+        st.info("Nothing to ablate: no candidate was detected.")
+        return
+    labels = candidate_labels(detection)
+    fraction = number(PAPER_TOPK_FRACTION)
+    low, high = SCALE_RANGE
+    chosen = st.multiselect(  # a row of its own: in a quarter column the labels were cut
+        "Super weights to ablate",
+        labels,
+        default=labels,
+        key="sw_ablate_cands",
+        bind="query-params",
+        help="All detected candidates by default, as the CLI does.",
+    )
+    bad = refuse(st, None if chosen else "Pick at least one super weight to ablate.")
+    c2, c3, c4 = st.columns(3)
+    k = c2.number_input(
+        f"k other weights (0 = paper's {fraction})",
+        value=0,
+        step=1,
+        key="sw_k",
+        bind="query-params",
+        help=f"0 to {K_RANGE[1]:,}. 0: k = {fraction} x the decoder linear weights = {ablation.paper_k(lm)} "
+        "for this model.",
+    )
+    bad |= refuse(c2, range_problem("k", k, *K_RANGE, integer=True))
+    scale = c3.slider(
+        "Scale s",
+        low,
+        high,
+        DEFAULT_SCALE,
+        0.1,
+        key="sw_scale",
+        bind="query-params",
+        help=f"W[r, c] <- s W[r, c]; s in [{number(low)}, {number(high)}].",
+    )
+    tokens = c4.selectbox(
+        "Evaluation tokens",
+        TOKEN_CHOICES,
+        index=1,
+        key="sw_eval_tokens",
+        bind="query-params",
+        help=f"Tokens of the bundled CC0 text ({EVAL_TOKENS:,} ~ the whole text); fewer is faster.",
+    )
+    with st.expander("Conditions and metrics", icon=":material/functions:"):
+        st.markdown(CONDITIONS_HELP)
+    cands = [detection.candidates[labels.index(lab)] for lab in chosen]
+    inputs = None if bad else (model_key(lm), candidates_key(cands), int(k), float(scale), int(tokens))
+    clicked = st.button("Run ablation", key="sw_ablate", icon=":material/science:", disabled=bad)
+    if inputs is not None:
+        key = ablation_job_key(inputs)
+        done = process_result(ABLATION_SLOT, inputs) is not None
+        restore = flag(ABLATION_FLAG) and latest(ABLATION_SLOT) is None  # a reload or a link
+        if (clicked or restore) and not done and RUNNER.running(key) is None:
+            start_ablation(lm, inputs, cands, int(k), float(scale), int(tokens))
+        if clicked:
+            set_flag(ABLATION_FLAG, True)  # a reload finds this ablation again: running or done
+        if not done and RUNNER.get(key) is not None:
+            job = job_panel(key, what="The ablation", unit="steps", can_stop=False, widget_key="sw_ablation")
+            if job is not None and job.state == "failed":
+                set_flag(ABLATION_FLAG, False)
+    result = shown(ABLATION_SLOT, inputs, shared=True)
+    if result is None:
+        return
+    if not result.current:
+        set_flag(ABLATION_FLAG, False)  # a reload would run these settings, not show the last result
+        _previous_note("ablation", result, "Run ablation")
+    table = result.result
+    show_chart(ablation_chart(table.table), "superweight_ablation", key="sw_ablation_chart", data=table.table)
+    st.caption(f"{table.eval_tokens} evaluation tokens, k = {table.k}, {table.seconds:.0f} s.")
+    st.dataframe(table.table, hide_index=True, width="stretch")
+    st.markdown("**Greedy continuations**")
+    st.dataframe(table.continuations, hide_index=True, width="stretch")
+    with st.expander("Stopword shift per prompt"):
+        st.dataframe(table.stopwords, hide_index=True, width="stretch")
+        st.download_button(
+            "Download stopword_shift.csv",
+            table.stopwords.to_csv(index=False),
+            file_name="stopword_shift.csv",
+            mime="text/csv",
+            key="sw_dl_stop",
+        )
+
+
+def render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
+    st.subheader(f"5. Super-weight-aware {DEFAULT_BITS}-bit round-to-nearest")
+    if weights_edit_problem(lm):
+        st.info("Needs unquantized weights.", icon=":material/block:")
+        return
+    st.caption(
+        "Blockwise asymmetric min-max RTN of every decoder-layer linear weight (embedding and LM head stay in "
+        "full precision). Variants hold the super weight(s), and the largest |w| of each matrix, in full precision "
+        "after clipping them out of the block range."
+    )
+    c1, c2, c3, c4 = st.columns(4)
+    blocks = c1.multiselect(
+        "Block sizes",
+        [64, 128, 256, 512, 1024, 2048, 4096, 16384],
+        default=[128, 4096],
+        key="sw_q_blocks",
+        bind="query-params",
+    )
+    bad = refuse(c1, None if blocks else "Pick at least one block size.")
+    methods = c2.multiselect("Methods", list(METHODS), default=list(METHODS), key="sw_q_methods", bind="query-params")
+    bad |= refuse(c2, None if methods else "Pick at least one method.")
+    fraction = c3.number_input(
+        "Outlier fraction held",
+        value=CLIP_FRACTION,
+        step=1e-5,
+        format="%.5f",
+        key="sw_q_frac",
+        bind="query-params",
+        help=f"Of each matrix's weights, {number(FRACTION_RANGE[0])} to {number(FRACTION_RANGE[1])}.",
+    )
+    bad |= refuse(c3, range_problem("The outlier fraction", fraction, *FRACTION_RANGE))
+    tokens = c4.selectbox("Evaluation tokens", TOKEN_CHOICES, index=1, key="sw_q_tokens", bind="query-params")
+    inputs = (
+        None
+        if bad
+        else (
+            model_key(lm),
+            candidates_key(detection.candidates),
+            tuple(blocks),
+            tuple(methods),
+            float(fraction),
+            int(tokens),
+        )
+    )
+    clicked = st.button("Run quantization", key="sw_quant", icon=":material/compress:", disabled=bad)
+    restore = not clicked and inputs is not None and latest(QUANT_SLOT) is None and flag(QUANT_FLAG)
+    if clicked or restore:
+        if clicked:
+            forget(QUANT_SLOT)
+        with queue_notice(lm):
+            done = compute_steps(
+                QUANT_SLOT,
+                inputs,
+                "Quantizing and measuring perplexity",
+                lambda progress: quantize.quantization_table(
+                    lm,
+                    detection.candidates,
+                    blocks,
+                    clip_fraction=float(fraction),
+                    methods=methods,
+                    max_tokens=int(tokens),
+                    progress=progress,
+                ),
+            )
+        set_flag(QUANT_FLAG, done is not None)
+    result = shown(QUANT_SLOT, inputs, shared=True)
+    if result is None:
+        return
+    if not result.current:
+        set_flag(QUANT_FLAG, False)
+        _previous_note("quantization", result, "Run quantization")
+    table = result.result
+    chart = quantization_chart(table)
+    if chart is not None:
+        show_chart(chart, "superweight_quantization", key="sw_quant_chart", data=table)
+        quant = table.dropna(subset=["block_size"])
+        for same in identical_curves(quant, key="method", x="block_size", y="perplexity"):
+            st.caption(
+                f"{' and '.join(same)} give the same perplexity at every block size: their lines coincide "
+                "(told apart by their dashes and point shapes)."
+            )
+    st.dataframe(table, hide_index=True, width="stretch")

@@ -353,7 +353,9 @@ def spike_column(s: LayerScan, column: ColumnRule) -> int:
 
 
 @torch.no_grad()
-def _record(lm: LoadedModel, ids: torch.Tensor, layer: int, token: int, row: int) -> tuple[torch.Tensor, float, list]:
+def down_and_residual(
+    lm: LoadedModel, ids: torch.Tensor, layer: int, token: int, row: int
+) -> tuple[torch.Tensor, float, list]:
     """One forward pass: (x[t, :] [F] and y[t, row] of `layer`'s down projection, and per decoder layer
     (h_l[t, row], median |h_l|) of the residual stream)."""
     seen: dict[str, object] = {}
@@ -408,7 +410,7 @@ def _measure(
     prompt = result.prompts[s.output_prompt]
     token = s.output_token
     ids = encode(lm, prompt)
-    x, y, residual = _record(lm, ids, layer, token, row)
+    x, y, residual = down_and_residual(lm, ids, layer, token, row)
     editable = weights_edit_problem(lm) is None
     if editable:
         w = down_weight(lm.model, layer)
@@ -416,7 +418,7 @@ def _measure(
         rank = rank_by_magnitude(w, (row, col))
         size = w.numel()
         with edited_weights(lm, [ElementEdit.zero(lm.model, layer, row, col)]):
-            _, y_zeroed, residual_zeroed = _record(lm, ids, layer, token, row)
+            _, y_zeroed, residual_zeroed = down_and_residual(lm, ids, layer, token, row)
         change = residual[layer][0] - residual_zeroed[layer][0]
     else:
         weight, rank, size, y_zeroed = float("nan"), 0, 0, float("nan")

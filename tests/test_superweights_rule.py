@@ -61,7 +61,8 @@ def detection(lm):
 def test_the_rule_keeps_the_super_weight_and_labels_the_cancelling_weight(lm, detection):
     assert [c.coord for c in detection.candidates][:1] == [PLANT]
     assert CANCEL in {c.coord for c in detection.cancelling}
-    assert CANCEL not in {c.coord for c in detection.candidates} and PLANT not in {c.coord for c in detection.cancelling}
+    assert CANCEL not in {c.coord for c in detection.candidates}
+    assert PLANT not in {c.coord for c in detection.cancelling}
     sw_ = next(c for c in detection.candidates if c.coord == PLANT)
     cancel = next(c for c in detection.cancelling if c.coord == CANCEL)
     # a smaller spike survives zeroing the super weight, and it is kept all the same
@@ -73,7 +74,8 @@ def test_the_rule_keeps_the_super_weight_and_labels_the_cancelling_weight(lm, de
     assert cancel.layer > sw_.layer and cancel.residual_change * cancel.residual_in < 0
     assert -cancel.residual_change / cancel.residual_in > 0.5
     # the previous rule reported the cancelling weight and rejected the super weight (replayed)
-    previous = controls.previous_rule(sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0, column="input").scans, 10.0)
+    by_input = sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0, column="input")
+    previous = controls.previous_rule(by_input.scans, by_input.threshold)
     assert PLANT in previous.rejected and CANCEL in previous.candidates
     for coord, value in ((PLANT, 200.0), ((1, 17, SECOND), 60.0)):  # every zeroed weight restored
         assert architecture.down_weight(lm.model, coord[0])[coord[1], coord[2]].item() == value
@@ -95,7 +97,8 @@ def test_causal_test_on_an_untrained_model_confirms_nothing(lm, detection):
 
 
 def _test(ratio: float, randoms: list[float]) -> cf.CausalTest:
-    return cf.CausalTest(1, 17, 42, 10.0, 10.0 * ratio, [(0, i) for i in range(len(randoms))], [10 * r for r in randoms])
+    coords = [(0, i) for i in range(len(randoms))]
+    return cf.CausalTest(1, 17, 42, 10.0, 10.0 * ratio, coords, [10 * r for r in randoms])
 
 
 def test_verdict_rule_by_hand(detection):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 from test_superweights import PROMPTS, one_torch_thread, planted_llama  # noqa: F401 (autouse fixture)
 
@@ -152,6 +153,21 @@ def _tab_script():
 SETTINGS = {"sw_mode": "absolute", "sw_absolute": "0.001", "sw_iters": "1", "sw_eval_tokens": "256"}
 
 
+@pytest.fixture(scope="module")
+def planted_gemma3_dir(tiny_gemma3_dir, tmp_path_factory):
+    """The tiny random Gemma 3 with its strongest spike's weight, layer 1 W[43, 13], made 20x larger: a
+    candidate needs a weight that makes most of its spike, and a random model has none to ablate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[43, 13] *= 20
+    folder = tmp_path_factory.mktemp("planted") / "gemma3"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_gemma3_dir).save_pretrained(folder)
+    return folder
+
+
 def _session(model_dir, params: dict[str, str] | None = None) -> AppTest:
     at = AppTest.from_function(_tab_script, default_timeout=300)
     at.session_state["lab_model_choice"] = (str(model_dir), "none")
@@ -170,8 +186,8 @@ def _errors(at: AppTest) -> str:
     return "\n".join(e.value for e in at.error)
 
 
-def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(tiny_gemma3_dir, monkeypatch):
-    at = _session(tiny_gemma3_dir, SETTINGS)
+def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(planted_gemma3_dir, monkeypatch):
+    at = _session(planted_gemma3_dir, SETTINGS)
     assert at.radio(key="sw_mode").value == "absolute" and at.number_input(key="sw_absolute").value == 0.001
     assert _frame(at, "max_abs_output") is None  # settings alone do not scan
     at.button(key="sw_scan").click().run()
@@ -191,15 +207,15 @@ def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(
 
     monkeypatch.setattr(sw, "detect", no_recompute)
     monkeypatch.setattr(ab, "ablation_table", no_recompute)
-    again = _session(tiny_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
+    again = _session(planted_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
     pd.testing.assert_frame_equal(_frame(again, "max_abs_output"), scan)
     pd.testing.assert_frame_equal(_frame(again, "ppl_ratio"), ablated)
     assert again.selectbox(key="sw_layer").value == other
     assert any(f"Layer {other}:" in c.value for c in again.caption)
 
 
-def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_gemma3_dir):
-    at = _session(tiny_gemma3_dir, SETTINGS)
+def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(planted_gemma3_dir):
+    at = _session(planted_gemma3_dir, SETTINGS)
     at.button(key="sw_scan").click().run()
     at.button(key="sw_ablate").click().run()
     assert not at.exception, at.exception

@@ -101,13 +101,9 @@ def run_controls(args) -> int:
         results.append(controls.run_control(lm, settings, progress=lambda m: print(m, file=sys.stderr)))
         print(results[-1].table.drop(columns=["reason"]).to_string(index=False))
         del lm
-    command = (
-        "python -m engine superweights-controls "
-        + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("superweights-controls") + 1 :])
-        if "superweights-controls" in sys.argv
-        else "python -m engine superweights-controls"
-    )
-    path = controls.write_report(results, Path(args.out), settings, command.strip(), time.perf_counter() - start)
+    flags = sys.argv[sys.argv.index("superweights-controls") + 1 :] if "superweights-controls" in sys.argv else []
+    command = shlex.join(["python", "-m", "engine", "superweights-controls", *flags])
+    path = controls.write_report(results, Path(args.out), settings, command, time.perf_counter() - start)
     print(f"wrote {path}")
     return 0
 

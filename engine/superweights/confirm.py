@@ -97,7 +97,7 @@ def verdict(candidate: Candidate, test: CausalTest, min_ratio: float = CONFIRM_R
     """(verdict, reason) under the rule of the module docstring."""
     ratio = test.ratio
     top = float(test.random_ratios.max()) if test.random_ratios.size else 1.0
-    effect = f"zeroing it: perplexity x{ratio:.3g} (random weights of the matrix: at most x{top:.4g})"
+    effect = f"zeroing it: perplexity x{ratio:.3g} (random weights of the matrix: at most x{top:.6g})"
     if candidate.role == "cancelling":
         pushed = -candidate.residual_change / candidate.residual_in if candidate.residual_in else float("nan")
         return "cancelling weight", (
@@ -110,7 +110,7 @@ def verdict(candidate: Candidate, test: CausalTest, min_ratio: float = CONFIRM_R
         return "super weight", f"makes {candidate.share:.0%} of its spike; {effect}"
     if ratio > top:
         return "weak effect", f"makes {candidate.share:.0%} of its spike; {effect}, below x{min_ratio:g}"
-    return "not confirmed", f"{effect}: within the random controls"
+    return "not confirmed", f"{effect}: not above every random control"
 
 
 @dataclasses.dataclass

@@ -226,8 +226,13 @@ def residual_trace(lm: LoadedModel, prompt: str, token: int, channel: int) -> pd
         finally:
             for handle in handles:
                 handle.remove()
-    frame = pd.DataFrame(values, columns=["value", "median_abs"])
-    frame.insert(0, "layer", range(len(layers)))
+    return trace_frame(values)
+
+
+def trace_frame(values: Sequence[tuple[float, float]]) -> pd.DataFrame:
+    """One row per layer l from (h_l[t, r], median |h_l|): layer, value, median_abs, ratio = |value| / median_abs."""
+    frame = pd.DataFrame(list(values), columns=["value", "median_abs"])
+    frame.insert(0, "layer", range(len(frame)))
     frame["ratio"] = frame["value"].abs() / frame["median_abs"].replace(0, np.nan)
     return frame
 
@@ -426,9 +431,7 @@ def _measure(
     share = weight * x[col].item() / y if y else float("nan")
     residual_in, in_median = residual[layer - 1] if layer > 0 else (0.0, 0.0)
     in_ratio = abs(residual_in) / in_median if in_median else 0.0
-    trace = pd.DataFrame(residual, columns=["value", "median_abs"])
-    trace.insert(0, "layer", range(len(residual)))
-    trace["ratio"] = trace["value"].abs() / trace["median_abs"].replace(0, np.nan)
+    trace = trace_frame(residual)
     return Candidate(
         iteration=iteration,
         layer=layer,

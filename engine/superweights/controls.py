@@ -141,10 +141,10 @@ def run_control(lm: LoadedModel, settings: ConfirmationConfig = REPORT_SETTINGS,
     focus = detection.candidates[0] if detection.candidates else (detection.proposals or [None])[0]
     traces = pd.DataFrame(columns=["layer", "condition", "abs_h"])
     if focus is not None:
-        zeroed = {
+        zeroed = {  # the weights of the traced channel that the causal test did not dismiss
             f"layer {c.layer} W[{c.row}, {c.col}] zeroed ({v})": c.coord
             for c, (v, _) in zip(confirmation.proposals, confirmation.verdicts)
-            if v != "not confirmed"
+            if v != "not confirmed" and c.row == focus.row
         }
         prompt = detection.scans[0].prompts[focus.prompt]
         traces = residual_traces(lm, prompt, focus.token, focus.row, zeroed)
@@ -172,6 +172,7 @@ def figure(controls: Sequence[PositiveControl]):
                 x=alt.X("layer:Q", title="layer"),
                 y=alt.Y("abs_h:Q", scale=alt.Scale(type="log"), title="|h| (log)"),
                 color=alt.Color("condition:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
+                strokeDash=alt.condition(alt.datum.condition == "original", alt.value([1, 0]), alt.value([6, 3])),
             )
             .properties(width=380, height=220)
         )
@@ -187,6 +188,7 @@ def figure(controls: Sequence[PositiveControl]):
                 y=alt.Y("weight:N", title=None, axis=alt.Axis(labelLimit=300)),
                 x=alt.X("ratio:Q", scale=alt.Scale(type="log"), title="PPL zeroed / PPL original (log)"),
                 color=alt.Color("kind:N", legend=alt.Legend(orient="bottom")),
+                size=alt.Size("kind:N", scale=alt.Scale(range=[110, 30]), legend=None),
                 opacity=alt.value(0.7),
             )
             .properties(width=380)
@@ -236,7 +238,8 @@ def markdown(controls: Sequence[PositiveControl], settings: ConfirmationConfig, 
         "and confirm it causally before any study relies on it. Every weight the detector proposes is zeroed",
         f"alone; its perplexity ratio on the first {settings.confirm_tokens} tokens of the lab's bundled eval text",
         f"is set against {settings.n_random} random weights of the same matrix, each zeroed alone (seed "
-        f"{settings.seed}). Verdict after the rework: *super weight* = makes >= half of its spike, ratio >= "
+        f"{settings.seed}); the window starts with the tokenizer's BOS token, as every perplexity in the lab. "
+        "Verdict after the rework: *super weight* = makes >= half of its spike, ratio >= "
         f"x{settings.min_ratio:g} and above every random control; *weak effect* = above every control but below "
         f"x{settings.min_ratio:g}; *cancelling weight* = pushes a massive activation that already enters its layer "
         "back towards zero; *not confirmed* = the rest. Verdict before: the previous rule (zero the strongest "

@@ -261,9 +261,11 @@ def test_embedded_gemma_scan_matches_independent_hooks(embedded_lm):
 
 
 def test_embedded_gemma_detection_keeps_only_weights_that_make_their_spike(embedded_lm):
-    """The README's finding: one super-weight candidate, layer 0 W[400, 1405], which makes ~99% of its spike;
-    whatever the iterative procedure rejects made less than half of its own."""
+    """The README's finding: one super-weight candidate, layer 0 W[400, 1405], which makes ~99% of its spike
+    on <bos> and stays massive through layer 12; the other proposals (layer 0 row 540) make less than half
+    of theirs, and nothing cancels a massive activation."""
     det = sw.detect(embedded_lm, DEFAULT_PROMPT)
     assert [c.coord for c in det.candidates] == [(0, 400, 1405)]
-    assert det.candidates[0].share > 0.9
-    assert all(abs(c.share) < 0.5 for c in det.rejected)
+    assert det.candidates[0].share > 0.9 and det.candidates[0].persists_in_layers == list(range(13))
+    assert det.rejected and all(abs(c.share) < 0.5 and c.row == 540 for c in det.rejected)
+    assert det.cancelling == []

@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: install run test test-fast lint bench prepare clean-cache
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
@@ -16,6 +17,7 @@ install: $(VENV)/.installed
 
 prepare: install
 	$(VENV)/bin/lab models prepare gemma-3-270m
+	$(VENV)/bin/lab models prepare smollm2-135m-instruct
 
 run: install
 	$(VENV)/bin/streamlit run app.py

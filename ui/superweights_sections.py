@@ -66,14 +66,19 @@ def _weight_stats(_lm: LoadedModel, key: ModelKey) -> pd.DataFrame:
 
 
 def _show_rejected(detection: sw.Detection) -> None:
-    """Spikes the iterative procedure rejected: zeroing their weight left them in place."""
+    """Proposals that are not candidates: cancelling weights and minor ones (less than half of their spike)."""
+    if detection.cancelling:
+        with st.expander(f"Cancelling: {len(detection.cancelling)} weight(s) that push a massive activation back"):
+            st.caption(
+                "A massive activation already enters this layer and the weight's change of the residual stream "
+                "opposes it ('residual_in', 'residual_change'): it cancels a super activation, it does not make "
+                "one. Not ablated below."
+            )
+            st.dataframe(_readable(detection.frame(cancelling=True)), hide_index=True, width="stretch")
     if not detection.rejected:
         return
-    with st.expander(f"Rejected: {len(detection.rejected)} spike(s) that survived zeroing their weight"):
-        st.caption(
-            "Zeroing W[r, c] left the spike at the same place: the weight is not what makes it "
-            "(see 'share': W[r, c]·x[t, c] / y[t, r]). Not ablated below."
-        )
+    with st.expander(f"Minor: {len(detection.rejected)} weight(s) that make less than half of their spike"):
+        st.caption("'share' = W[r, c]·x[t, c] / y[t, r]: the rest of the spike comes from other weights. Not ablated.")
         st.dataframe(_readable(detection.frame(rejected=True)), hide_index=True, width="stretch")
 
 

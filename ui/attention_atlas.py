@@ -68,7 +68,11 @@ def atlas_chart(frame: pd.DataFrame, selected: tuple[int, int] | None = None) ->
         alt.Tooltip("layer_head:N", title="head"),
         "best external function",
         "self vs control",
-        *[alt.Tooltip(field=c, type="quantitative", format=".3f") for c in COLUMNS if c.startswith("top1 ") and c in data.columns],
+        *[
+            alt.Tooltip(field=c, type="quantitative", format=".3f")
+            for c in COLUMNS
+            if c.startswith("top1 ") and c in data.columns
+        ],
         *(["explanation"] if "explanation" in data.columns else []),
     ]
     cells = (

@@ -178,19 +178,21 @@ def _click_script() -> None:
     import streamlit as st
 
     from ui.attention_charts import HEAD_PICK
-    from ui.attention_common import on_head_click
-    from ui.attention_study import ATLAS_KEY
+    from ui.attention_common import HEAD_TAB, Q
+    from ui.attention_study import ATLAS_KEY, atlas_click
     from ui.attention_view import _pick_head
 
     shape = st.session_state["shape"]
     st.session_state[ATLAS_KEY] = {"selection": {HEAD_PICK: [{"layer": 1, "head": 2}]}}
-    on_head_click(ATLAS_KEY, shape)()
+    atlas_click(shape)
     _pick_head(shape)
+    st.tabs([HEAD_TAB, "Whole model"], key="att_tab", bind=Q, default="Whole model")
 
 
 def test_a_click_on_an_atlas_cell_selects_that_head(lab, tiny_gemma3_dir, tiny_result):
-    """AppTest cannot click a chart: the atlas is drawn with the page's click handler (on_head_click on
-    ATLAS_KEY, the cells' fields layer / head), which is run here on a click's chart state."""
+    """AppTest cannot click a chart: the atlas is drawn with its click handler (atlas_click: the chart state
+    of ATLAS_KEY, the cells' fields layer / head), which is run here on a click's chart state: the head is
+    selected, in the URL, and its view (the All heads tab) opens."""
     from ui.attention_common import Shape
 
     write_report(lab / "report", tiny_result, reduced=True)
@@ -204,6 +206,7 @@ def test_a_click_on_an_atlas_cell_selects_that_head(lab, tiny_gemma3_dir, tiny_r
     assert (clicked.selectbox(key="att_layer").value, clicked.selectbox(key="att_head").value) == (1, 2)
     clicked.run()  # AppTest shows the URL a run wrote from the next run on
     assert clicked.query_params.get("att_layer") == "1" and clicked.query_params.get("att_head") == "2"
+    assert clicked.session_state["att_tab"] == "All heads" and clicked.query_params.get("att_tab") == "All heads"
 
 
 def test_the_atlas_has_every_head_marks_the_unstudied_and_is_clickable(tiny_result):

@@ -9,7 +9,7 @@ A run smaller than the study says so in a label above everything (`reduced`). Th
 study as the person's background job (engine.attention.jobs) under this server's limits (study_heads,
 study_prompts, jobs_per_person; a request over one is refused naming it, never clamped), with progress,
 ETA and Stop (ui.job_panel); a reload finds the job again. A click on an atlas cell selects that head
-for the page's other tabs (and the URL).
+for the page's other tabs (and the URL) and opens its view.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from engine.core.model import LoadedModel
 from engine.core.paths import REPO_ROOT
 from ui import access
 from ui.attention_atlas import atlas_chart, atlas_frame
-from ui.attention_charts import HEAD_PICK
-from ui.attention_common import Shape, on_head_click
+from ui.attention_charts import HEAD_PICK, head_from_selection
+from ui.attention_common import HEAD_TAB, Shape, select_head
 from ui.fields import between, number_field
 from ui.figures import show_chart
 from ui.job_panel import job_panel
@@ -104,6 +104,13 @@ def whole_model(lm: LoadedModel, shape: Shape, selected: tuple[int, int]) -> Non
             )
         else:
             _show(found, shape, selected)
+
+
+def atlas_click(shape: Shape) -> None:
+    """The atlas's on_select: the clicked head becomes the page's selected head (the pickers and the URL),
+    and the page opens its view (HEAD_TAB)."""
+    if select_head(head_from_selection(st.session_state.get(ATLAS_KEY)), shape):
+        st.session_state["att_tab"] = HEAD_TAB
 
 
 def report_for(lm: LoadedModel, folder: Path | None = None) -> Found | None:
@@ -181,7 +188,7 @@ def _show(found: Found, shape: Shape, selected: tuple[int, int]) -> None:
         "attention_head_atlas",
         key=ATLAS_KEY,
         data=frame,
-        on_select=on_head_click(ATLAS_KEY, shape),
+        on_select=lambda: atlas_click(shape),
         selection_mode=HEAD_PICK,
     )
     studied = int((frame["best external function"] != "not studied").sum())
@@ -189,7 +196,7 @@ def _show(found: Found, shape: Shape, selected: tuple[int, int]) -> None:
         f"{studied} of {len(frame)} heads studied (the others are drawn as not studied). Colour: the detector's "
         "best-fitting library rule on train prompts. Mark: the head's self-text top-1 minus the no-explanation "
         "control, 95% bootstrap interval per head (unadjusted): ▲ above 0, ● includes 0, ▼ below 0. Click a cell "
-        "to select that head for the other tabs."
+        "to open that head (the All heads tab; the other tabs use it too)."
     )
     st.markdown("**Contrasts** (top-1 agreement on held-out prompts; Holm within this family)")
     if result.contrasts:

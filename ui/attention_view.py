@@ -37,6 +37,7 @@ from ui.attention_charts import (
     model_view_chart,
 )
 from ui.attention_common import (
+    HEAD_TAB,
     Q,
     Shape,
     View,
@@ -128,7 +129,7 @@ def render() -> None:
     view = View(lm, key, prompt, max_tokens, result, layer, head, hide_bos, scale)
     tab_all, tab_desc, tab_fn, tab_ask, tab_score, tab_whole = st.tabs(
         [
-            "All heads",
+            HEAD_TAB,
             "Text description",
             "Head functions across prompts",
             "Ask the model",

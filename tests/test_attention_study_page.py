@@ -6,6 +6,7 @@ with the limit named; a click on an atlas cell selects that head."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -222,3 +223,41 @@ def test_the_atlas_has_every_head_marks_the_unstudied_and_is_clickable(tiny_resu
     cells = spec["layer"][0]["encoding"]
     assert cells["x"]["field"] == "layer" and cells["y"]["field"] == "head"  # layers as columns
     assert "datum.layer == 1 && datum.head == 2" in json.dumps(cells["stroke"])
+
+
+def test_study_jobs_join_stop_by_the_owner_only_and_count_against_jobs_per_person(lab, tiny_gemma3, monkeypatch):
+    """engine.attention.jobs: the same settings join the running job (whoever asks); only its owner stops it,
+    and a stopped study ends "stopped" with no result; a person's second job is refused naming jobs_per_person;
+    each person finds their own job again."""
+    from engine.core.errors import LabError
+
+    limits = lab / "limits.toml"
+    limits.write_text("jobs_per_person = 1\n", encoding="utf-8")
+    monkeypatch.setenv("LAB_LIMITS_FILE", str(limits))
+    release = threading.Event()
+    real = study_jobs.run_study
+
+    def held(lm, config, progress, stop):
+        release.wait(120)
+        return real(lm, config, progress, stop)
+
+    monkeypatch.setattr(study_jobs, "run_study", held)
+    config = StudyConfig(model=tiny_gemma3.name, train=3, heldout=4, random=1, queries=2, max_heads=1, **TINY)
+    model = (tiny_gemma3.name, tiny_gemma3.quantization)
+    job, joined = study_jobs.start(tiny_gemma3, "alice", config)
+    try:
+        assert not joined and job.running and job.owner == "alice"
+        again, joined = study_jobs.start(tiny_gemma3, "bob", config)
+        assert joined and again is job
+        with pytest.raises(LabError, match="jobs_per_person"):
+            study_jobs.start(tiny_gemma3, "alice", dataclasses.replace(config, seed=1))
+        with pytest.raises(LabError, match="only they can stop it"):
+            study_jobs.stop("bob", job.key)
+        assert study_jobs.latest_job_of("alice", model) is job and study_jobs.latest_job_of("bob", model) is None
+        assert study_jobs.latest_job_of("alice", ("another model", "none")) is None
+        assert study_jobs.study_of(job).config == config
+        assert study_jobs.stop("alice", job.key)
+    finally:
+        release.set()
+    assert job.wait(120) and job.state == "stopped" and job.result is None
+    assert not study_jobs.stop("alice", job.key)  # nothing runs now

@@ -47,6 +47,9 @@ EXPLANATIONS_KEPT = 32  # explanations kept per session (reused when their heads
 Q = "query-params"  # every input of the view lives in the URL (keys att_*)
 
 
+HEAD_TAB = "All heads"  # the tab that shows the selected head (its heatmap); an atlas click opens it
+
+
 Scope = Literal["selected head", "chosen heads", "all heads of a layer", "top heads by a detector"]
 
 

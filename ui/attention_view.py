@@ -37,6 +37,7 @@ from ui.attention_charts import (
     model_view_chart,
 )
 from ui.attention_common import (
+    HEAD_TAB,
     Q,
     Shape,
     View,
@@ -48,6 +49,7 @@ from ui.attention_common import (
 )
 from ui.attention_functions import head_functions
 from ui.attention_scoring import ask, score
+from ui.attention_study import whole_model
 from ui.figures import show_chart
 from ui.links import url_text_area
 from ui.models import get_model
@@ -125,8 +127,15 @@ def render() -> None:
     _overview(result, server_max)
     layer, head = min(layer, result.n_layers - 1), min(head, result.n_heads - 1)
     view = View(lm, key, prompt, max_tokens, result, layer, head, hide_bos, scale)
-    tab_all, tab_desc, tab_fn, tab_ask, tab_score = st.tabs(
-        ["All heads", "Text description", "Head functions across prompts", "Ask the model", "Score explanations"],
+    tab_all, tab_desc, tab_fn, tab_ask, tab_score, tab_whole = st.tabs(
+        [
+            HEAD_TAB,
+            "Text description",
+            "Head functions across prompts",
+            "Ask the model",
+            "Score explanations",
+            "Whole model",
+        ],
         key="att_tab",
         bind=Q,
     )
@@ -140,6 +149,8 @@ def render() -> None:
         template, mode = ask(view)
     with tab_score:
         score(view, template, mode)
+    with tab_whole:
+        whole_model(lm, shape, (layer, head))
 
 
 def _token_limit(asked: float | None, server_max: int) -> int | None:

@@ -41,6 +41,8 @@ class ServerLimits:
     grok_steps: int = _limit("training steps of one grokking run")
     grok_checkpoints: int = _limit("checkpoints a grokking run keeps")
     sweep_runs: int = _limit("runs of one grokking sweep")
+    study_heads: int = _limit("attention heads of one attention-study run")
+    study_prompts: int = _limit("train + held-out prompts of one attention-study run")
     jobs_per_person: int = _limit("long jobs one person runs at once")
     disk_quota_bytes: int = _limit("bytes of run files one person may keep")
 

@@ -355,7 +355,8 @@ def prompt_set_key(lm_name: str, train_ids, heldout_ids, description_ids, config
 
 
 def study_dir(lm_name: str, key: str) -> Path:
-    return cache_dir("attention_study", _slug(lm_name), key)
+    """The cache folder of one model and prompt set (not created: a read must leave no empty folder)."""
+    return cache_dir("attention_study") / _slug(lm_name) / key
 
 
 def _flatten(preds: Predictions) -> np.ndarray:
@@ -548,6 +549,7 @@ def prepare(lm: LoadedModel, config: StudyConfig, progress: ProgressFn | None = 
             f"Model '{lm.name}' gives attention maps of {shape[0]} layers x {shape[1]} heads, not the "
             f"{model_shape(lm)[0]} x {model_shape(lm)[1]} its config names."
         )
+    folder.mkdir(parents=True, exist_ok=True)
     return StudyRun(lm, config, train, heldout, description, heads, how, folder, mode, shape)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from importlib import metadata
@@ -38,6 +39,10 @@ def atlas_chart(result: StudyResult):
     import altair as alt
 
     frame = result.atlas().copy()
+    if "explanation" in frame.columns:  # a model's text may hold control characters, which SVG/XML refuses
+        frame["explanation"] = frame["explanation"].map(
+            lambda text: re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "\ufffd", text) if isinstance(text, str) else text
+        )
     frame["self top-1"] = frame.get("top1 self-text")
     n_layers, n_heads = result.shape
     base = alt.Chart(frame).encode(  # every layer and head of the model on the axes, studied or not

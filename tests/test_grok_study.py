@@ -93,8 +93,8 @@ def test_bad_input_is_refused_before_training(tmp_path):
     for frac in (0.0, 1.0):
         with pytest.raises(LabError, match="strictly between 0 and 1"):
             validate(TINY.replace(train_frac=frac))
-    with pytest.raises(LabError, match="needs 4-8 layers"):
-        validate(TINY.replace(n_layers=2))
+    with pytest.raises(LabError, match="needs 1-8 layers"):
+        validate(TINY.replace(n_layers=9))
     with pytest.raises(LabError, match="GiB limit"):
         validate(TINY.replace(p=997, d_model=512, d_mlp=2048, n_layers=8), memory_limit_gb=0.5)
     with pytest.raises(LabError, match="remove every weight"):

@@ -24,6 +24,11 @@ from engine.core.runstore import run_id_for
 
 Task = Literal["add", "sub", "mul", "div", "sq_sum", "cube_ab"]
 ModelKind = Literal["mlp", "transformer", "llm"]
+# llm only: "plain" = [BOS, a, op, b, =] -> c; "markov" = BOS + Markov filler with "a op b = c" at a random
+# position, next-token loss everywhere (engine.grokking.contexts)
+Context = Literal["plain", "markov"]
+Filler = Literal["resampled", "fixed"]  # markov filler: drawn anew every step, or one fixed context per pair
+ZeroWeight = Literal["off", "tracked", "random"]  # engine.grokking.zeroing
 Measure = Literal["super_weight", "max_over_median", "kurtosis", "top_coordinate", "massive_activation"]
 
 TASK_LABELS: dict[str, str] = {
@@ -45,6 +50,7 @@ LlmMeasure = Literal[
     "persisting_activation",
     "fourier",
     "attention_sink",
+    "massive_activation",
 ]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 MEASURES: tuple[str, ...] = get_args(Measure)
@@ -69,19 +75,36 @@ LLM_MEASURE_LABELS: dict[str, str] = {
     "super_activation": "super activation at BOS",
     "persisting_activation": "persisting BOS activation",
     "fourier": "few key Fourier frequencies",
-    "attention_sink": "attention sink on BOS",
+    "attention_sink": "attention sink on BOS (share above uniform)",
+    "massive_activation": "massive activation (residual |h| at BOS / median)",
 }
 
 MEMORISATION_ACCURACY = 0.99  # train accuracy that marks memorisation
 HALF_GROK_ACCURACY = 0.50  # test accuracy of the first grokking event
 GROK_ACCURACY = 0.95  # test accuracy that marks grokking (and starts the stop_after_grok countdown)
+# a run has grokked when test accuracy first reaches GROK_ACCURACY and stays there at every evaluation of the
+# next GROK_HOLD_STEPS steps (fewer when stop_after_grok is smaller: the window is stated in every summary)
+GROK_HOLD_STEPS = 200
 
 FORMAT_VERSION = 1  # part of every run id: a new layout of the run folder gives new ids
 RUN_ID_DIGITS = 16  # hex digits of a run id (cache/grokking/<run id>/)
 MAX_LAYERS = 4  # MLP / transformer
-LLM_MIN_LAYERS, LLM_MAX_LAYERS = 4, 8  # the relative detection rule compares a layer with the median over layers
-# the one-click preset of the LLM-shaped model (page and CLI --model llm defaults for these fields)
-LLM_PRESET: dict[str, Any] = {"model": "llm", "n_layers": 4, "d_model": 64, "n_heads": 4, "d_mlp": 256}
+LLM_MIN_LAYERS, LLM_MAX_LAYERS = 1, 8  # with < 4 layers the detector's relative rule (layer vs median) rarely fires
+LLM_MIN_SEQ_LEN, LLM_MAX_SEQ_LEN = 7, 128  # markov context: BOS + "a op b = c" + >= 1 filler token; positions
+# the one-click preset of the LLM-shaped model (page and CLI --model llm defaults for these fields): stable
+# training (plain AdamW, linear warmup, gradient clipping; Grokfast off, it drives loss spikes), checked by
+# benchmarks/bench_grokking.py to grok and hold to the end
+LLM_PRESET: dict[str, Any] = {
+    "model": "llm",
+    "n_layers": 4,
+    "d_model": 64,
+    "n_heads": 4,
+    "d_mlp": 256,
+    "lr": 1e-3,
+    "grokfast": False,
+    "warmup_steps": 50,
+    "grad_clip": 1.0,
+}
 MAX_CHECKPOINTS = 60  # checkpoints a run keeps on disk (thinned evenly; step 0, events and the last kept)
 # suppression of super weights during training (engine.grokking.suppression; checked here, without torch)
 SUPPRESS_EVERY, SUPPRESS_QUANTILE, SUPPRESS_FACTOR = 10, 0.999, 1.0
@@ -134,15 +157,34 @@ class GrokConfig:
     suppress_every: int = option(SUPPRESS_EVERY, "suppression: clip every N steps")
     suppress_quantile: float = option(SUPPRESS_QUANTILE, "suppression: the quantile q of |w|, in (0, 1]")
     suppress_factor: float = option(SUPPRESS_FACTOR, "suppression: the factor c > 0 of the clip threshold")
+    context: Context = option(
+        "plain",
+        "llm: plain = [BOS, a, op, b, =] -> c; markov = BOS + Markov filler with 'a op b = c' at a random position, "
+        "next-token loss everywhere (a task where attention must sometimes do nothing)",
+    )
+    seq_len: int = option(28, f"llm markov context: tokens per sequence ({LLM_MIN_SEQ_LEN}-{LLM_MAX_SEQ_LEN})")
+    filler: Filler = option("resampled", "llm markov context: filler drawn anew every step, or fixed per pair")
+    warmup_steps: int = option(0, "linear learning-rate warmup over the first N steps (0: none)")
+    grad_clip: float = option(0.0, "clip the gradient's global L2 norm to this (0: no clipping)")
+    zero_weight: ZeroWeight = option(
+        "off",
+        "llm: every --zero-every steps zero the tracked super-weight candidate (tracked) or one random weight of "
+        "its matrix (random)",
+    )
+    zero_every: int = option(10, "zeroing: every N steps")
 
     def key_fields(self, owner: str | None = None) -> dict[str, Any]:
         """What the run id hashes: {"v": FORMAT_VERSION, **fields} (config.json holds the fields alone).
 
-        The suppression fields enter only when suppression is on, and {"owner": owner} only when an
+        The suppression fields enter only when suppression is on, OPTIONAL_FIELDS only when they differ from
+        their defaults, and {"owner": owner} only when an
         owner is given (a person's run on the server), so the ids of runs without them never change."""
         fields = dataclasses.asdict(self)
         if not self.suppress:
             for name in SUPPRESSION_FIELDS:
+                fields.pop(name)
+        for name in OPTIONAL_FIELDS:
+            if fields[name] == _FIELD_DEFAULTS[name]:
                 fields.pop(name)
         return {"v": FORMAT_VERSION, **fields, **({"owner": owner} if owner else {})}
 
@@ -158,7 +200,15 @@ class GrokConfig:
             "transformer": f"transformer {self.n_layers}L d{self.d_model} {self.n_heads}h",
             "llm": f"Llama {self.n_layers}L d{self.d_model} {self.n_heads}h mlp{self.d_mlp}",
         }.get(self.model, f"MLP {self.n_layers}x{self.mlp_width}")
+        if self.model == "llm" and self.context == "markov":
+            model += f", markov context T={self.seq_len} ({self.filler} filler)"
         opt = f"AdamW lr {self.lr:g} wd {self.weight_decay:g}" + (" + Grokfast" if self.grokfast else "")
+        if self.warmup_steps:
+            opt += f" + warmup {self.warmup_steps}"
+        if self.grad_clip:
+            opt += f" + clip |g| {self.grad_clip:g}"
+        if self.zero_weight != "off":
+            opt += f" + zero {self.zero_weight} weight every {self.zero_every}"
         if self.suppress:
             opt += (
                 f" + clip W_down to {self.suppress_factor:g} x q{self.suppress_quantile:g} every {self.suppress_every}"
@@ -173,6 +223,14 @@ class GrokConfig:
 
 
 SUPPRESSION_FIELDS = ("suppress", "suppress_every", "suppress_quantile", "suppress_factor")
+# fields added after runs were first stored: part of a run id only when not at their default (old ids stay)
+OPTIONAL_FIELDS = ("context", "seq_len", "filler", "warmup_steps", "grad_clip", "zero_weight", "zero_every")
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GrokConfig)}
+
+
+def sequence_length(config: GrokConfig) -> int:
+    """Tokens per sequence of an llm run: 5 ([BOS, a, op, b, =]) or seq_len (markov context)."""
+    return config.seq_len if config.context == "markov" else 5
 
 
 @dataclass(frozen=True)
@@ -266,10 +324,10 @@ def estimate_memory_bytes(config: GrokConfig) -> int:
     if config.model == "mlp":
         params = 2 * p * config.mlp_width + (config.n_layers - 1) * config.mlp_width**2 + config.mlp_width * p
         per_example = 2 * p + 2 * config.mlp_width * config.n_layers + 2 * p
-    elif config.model == "llm":  # 5 positions; attention, gate/up/down and norms kept per layer
-        d, vocab = config.d_model, p + 12
+    elif config.model == "llm":  # T positions; attention [H, T, T], gate/up/down and norms kept per layer
+        d, vocab, t = config.d_model, p + 12 + 8, sequence_length(config)
         params = 2 * vocab * d + config.n_layers * (4 * d * d + 3 * d * config.d_mlp + 2 * d) + d
-        per_example = 5 * config.n_layers * (12 * d + 4 * config.d_mlp + 5 * config.n_heads) + 5 * d + 2 * vocab
+        per_example = t * config.n_layers * (12 * d + 4 * config.d_mlp + t * config.n_heads) + t * d + 2 * t * vocab
     else:
         d = config.d_model
         params = (p + 1) * d + 3 * d + config.n_layers * (4 * d * d + 2 * d * config.d_mlp) + d * p
@@ -304,8 +362,12 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
     if config.model == "llm":
         if config.n_layers not in range(LLM_MIN_LAYERS, LLM_MAX_LAYERS + 1):
             raise LabError(
-                f"The LLM-shaped model needs {LLM_MIN_LAYERS}-{LLM_MAX_LAYERS} layers (got {config.n_layers}): the "
-                "super-weight detection compares a layer's spike with the median over layers."
+                f"The LLM-shaped model needs {LLM_MIN_LAYERS}-{LLM_MAX_LAYERS} layers (got {config.n_layers})."
+            )
+        if config.context == "markov" and not LLM_MIN_SEQ_LEN <= config.seq_len <= LLM_MAX_SEQ_LEN:
+            raise LabError(
+                f"A markov sequence of {config.seq_len} tokens does not fit: it needs BOS, 'a op b = c' and at least "
+                f"one filler token ({LLM_MIN_SEQ_LEN}) and at most the model's {LLM_MAX_SEQ_LEN} positions."
             )
         if config.n_heads < 1 or config.d_model % config.n_heads or (config.d_model // config.n_heads) % 2:
             raise LabError(f"d_model ({config.d_model}) must split into {config.n_heads} heads of an even size (RoPE).")
@@ -318,6 +380,16 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
         or config.d_model % config.n_heads
     ):
         raise LabError(f"Need 1-{MAX_LAYERS} layers and d_model divisible by the number of heads.")
+    if config.model != "llm":
+        for name, plain in (("context", "plain"), ("zero_weight", "off")):
+            if getattr(config, name) != plain:
+                raise LabError(
+                    f"--{name.replace('_', '-')} {getattr(config, name)} needs the LLM-shaped model: use --model llm."
+                )
+    if config.zero_weight != "off" and config.zero_every < 1:
+        raise LabError(f"Zeroing must run every N >= 1 steps (got {config.zero_every}).")
+    if config.warmup_steps < 0 or config.grad_clip < 0:
+        raise LabError("warmup_steps and grad_clip must be >= 0 (0: off).")
     if config.suppress:
         if config.model != "llm":
             raise LabError("Suppression clips the down projections of the LLM-shaped model: use --model llm.")

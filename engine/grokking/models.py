@@ -97,6 +97,9 @@ def build_model(config: GrokConfig) -> nn.Module:
             n_heads=config.n_heads,
             d_mlp=config.d_mlp,
             seed=config.seed,
+            context=config.context,
+            seq_len=config.seq_len,
+            filler=config.filler,
         )
     if config.model == "mlp":
         return GrokMLP(config.p, config.mlp_width, config.n_layers)

@@ -1,0 +1,104 @@
+"""The markov context of the LLM-shaped grokking model: modular arithmetic inside a sequence where attention
+must sometimes do nothing (the setting in which attention sinks form: Gu et al. 2025, arXiv 2410.10781;
+Guo et al. 2024, arXiv 2410.13835).
+
+A sequence of T tokens is
+
+    [BOS, f, f, ..., f, a, op, b, =, c, f, ..., f]
+
+- f: filler from a fixed first-order Markov source over FILLER_SYMBOLS symbols ("f0" .. "f7", token ids after
+  the plain vocabulary): from state s the next state is (s + 1) mod K with probability STAY_ON_CYCLE and
+  (s + 3) mod K otherwise, the first state uniform. The source is the same for every run (no seed): the next
+  filler token depends on the current token alone, so at a filler position attention has nothing to fetch;
+- "a op b = c": the arithmetic example, its first token at a position drawn uniformly from 1 .. T - 5;
+- the loss is next-token cross-entropy at every position (filler, operands and the answer alike);
+  the answer accuracy is read at the "=" position over the p number tokens, as in the plain context.
+
+Train/test split by pair (a, b): the pairs are those of `engine.grokking.tasks.make_dataset`. The test pairs
+(and, with `filler="fixed"`, the training pairs) each get one fixed context: `context_table` draws one
+sequence per pair (a, b) from a generator seeded by the run's seed. With `filler="resampled"` (the default)
+the training contexts are drawn anew every step from a generator seeded by (seed, step), so a run resumes
+bit for bit and no filler can be memorised.
+
+Shapes: N examples, T tokens, p answers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+FILLER_SYMBOLS = 8
+STAY_ON_CYCLE = 0.75  # probability of the (s + 1) mod K successor; (s + 3) mod K otherwise
+EXPRESSION_LEN = 5  # a, op, b, =, c
+TABLE_SEED = 7_919  # offset of the generator of the fixed contexts
+
+
+def filler_ids(first_id: int) -> list[int]:
+    """Token ids of the filler symbols f0 .. f(K-1), starting at `first_id`."""
+    return list(range(first_id, first_id + FILLER_SYMBOLS))
+
+
+def transition_matrix() -> torch.Tensor:
+    """P[s, s'] of the filler source [K, K]: STAY_ON_CYCLE on s + 1, the rest on s + 3 (mod K)."""
+    k = FILLER_SYMBOLS
+    matrix = torch.zeros(k, k)
+    for s in range(k):
+        matrix[s, (s + 1) % k] += STAY_ON_CYCLE
+        matrix[s, (s + 3) % k] += 1 - STAY_ON_CYCLE
+    return matrix
+
+
+def markov_filler(n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """States [n, length] of n independent chains of the filler source (values 0 .. K-1)."""
+    k = FILLER_SYMBOLS
+    states = torch.empty((n, length), dtype=torch.long)
+    states[:, 0] = torch.randint(k, (n,), generator=generator)
+    jump = torch.rand((n, length), generator=generator) >= STAY_ON_CYCLE  # [n, length]
+    for t in range(1, length):
+        states[:, t] = (states[:, t - 1] + torch.where(jump[:, t], 3, 1)) % k
+    return states
+
+
+def markov_sequences(
+    x: torch.Tensor,
+    c: torch.Tensor,
+    seq_len: int,
+    bos: int,
+    op: int,
+    eq: int,
+    first_filler: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [N, T], answer position [N]) of the pairs x [N, 2] with answers c [N]: one context per row.
+
+    The answer position is that of "=" (its logits predict c, the next token)."""
+    n = x.shape[0]
+    ids = markov_filler(n, seq_len, generator) + first_filler  # [N, T]
+    ids[:, 0] = bos
+    start = torch.randint(1, seq_len - EXPRESSION_LEN + 1, (n,), generator=generator)  # a's position
+    rows = torch.arange(n)
+    x, c = x.cpu(), c.cpu()
+    for offset, token in enumerate((x[:, 0], torch.full((n,), op), x[:, 1], torch.full((n,), eq), c)):
+        ids[rows, start + offset] = token
+    return ids, start + 3
+
+
+@functools.lru_cache(maxsize=8)
+def context_table(
+    p: int, task: str, seq_len: int, seed: int, bos: int, op: int, eq: int, first_filler: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fixed context per pair: (ids [p * p, T], answer position [p * p]), row a * p + b."""
+    from engine.grokking.tasks import OPERATIONS
+
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.flatten(), b.flatten()], dim=1)
+    c = OPERATIONS[task](x[:, 0], x[:, 1], p)
+    generator = torch.Generator().manual_seed(TABLE_SEED + seed)
+    return markov_sequences(x, c, seq_len, bos, op, eq, first_filler, generator)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of the resampled training contexts of one step (a resumed run draws the same ones)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)

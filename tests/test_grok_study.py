@@ -14,7 +14,15 @@ from engine.cli import main
 from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.grokking import analysis as ga
-from engine.grokking.config import LLM_PRESET, GrokConfig, validate, validate_sweep
+from engine.grokking.config import (
+    LLM_PRESET,
+    STUDY_ARMS,
+    GrokConfig,
+    StudyConfig,
+    validate,
+    validate_study,
+    validate_sweep,
+)
 from engine.grokking.runs import checkpoints_to_drop, list_runs, open_run, run_for
 from engine.grokking.training import train
 from engine.superweights import detect as sw
@@ -138,20 +146,26 @@ def test_study_command_writes_the_report(tmp_path):
     report = tmp_path / "report"
     argv = [
         "grok-study",
-        *("--seeds", "0", "--weight-decays", "1.0", "--p", "7", "--steps", "20", "--d-model", "16"),
+        *("--seeds", "0", "--p", "7", "--seq-len", "10", "--steps", "20", "--d-model", "16", "--batch-size", "8"),
         *("--d-mlp", "32", "--eval-every", "10", "--checkpoint-every", "10", "--workers", "1"),
-        *("--report-dir", str(report), "--root", str(tmp_path / "runs")),
+        *("--stop-after-grok", "-1", "--report-dir", str(report), "--root", str(tmp_path / "runs")),
     ]
     assert main(argv) == 0
-    assert {"summary.md", "runs.csv", "study_log.json", "accuracy_curves.png", "suppression_paired.png"} <= {
+    assert {"summary.md", "runs.csv", "study_log.json", "accuracy_curves.png", "measures.png"} <= {
         f.name for f in report.iterdir()
     }
     text = (report / "summary.md").read_text()
+    assert text.index("## 1. Formation check") < text.index("## 2. Outcomes per arm")  # the positive control first
     assert "## Answer" in text and "Wall time" in text and "python -m engine grok-study" in text
     runs_csv = pd.read_csv(report / "runs.csv")
-    assert sorted(runs_csv["arm"]) == ["control", "suppression"] and (runs_csv["state"] == "finished").all()
+    assert sorted(runs_csv["arm"]) == sorted(STUDY_ARMS) and (runs_csv["state"] == "finished").all()
+    assert set(runs_csv["outcome"]) <= {"grokked", "collapsed", "never", "unconfirmed"}
     assert main([*argv, "--report-only"]) == 0  # cached: the report again, no training
     assert torch.get_num_threads() >= 1
+    with pytest.raises(LabError, match="Unknown arm"):
+        validate_study(StudyConfig(arms=("control", "sigmoid")))
+    with pytest.raises(LabError, match="hold window"):
+        validate_study(StudyConfig(stop_after_grok=50))
 
 
 def test_a_stopped_sweep_resumes(tmp_path):

@@ -105,6 +105,28 @@ LLM_PRESET: dict[str, Any] = {
     "warmup_steps": 50,
     "grad_clip": 1.0,
 }
+# the LLM-shaped model on the task that needs a sink (the study's control arm, config.StudyConfig)
+SINK_TASK_PRESET: dict[str, Any] = {
+    **LLM_PRESET,
+    "n_layers": 2,
+    "d_model": 64,
+    "d_mlp": 128,
+    "lr": 3e-3,
+    "p": 23,
+    "context": "markov",
+    "seq_len": 24,
+    "batch_size": 64,
+    "weight_decay": 1.0,
+    "eval_every": 50,
+    "checkpoint_every": 100,
+    "stop_after_grok": 300,
+}
+# the page's grokking presets: name -> GrokConfig fields set by the preset (the rest keep their defaults)
+PRESETS: dict[str, dict[str, Any]] = {
+    "One-hot MLP (default)": {},
+    "LLM-shaped, 5-token task (nothing forms)": dict(LLM_PRESET),
+    "LLM-shaped, task that needs a sink (markov filler)": SINK_TASK_PRESET,
+}
 MAX_CHECKPOINTS = 60  # checkpoints a run keeps on disk (thinned evenly; step 0, events and the last kept)
 # suppression of super weights during training (engine.grokking.suppression; checked here, without torch)
 SUPPRESS_EVERY, SUPPRESS_QUANTILE, SUPPRESS_FACTOR = 10, 0.999, 1.0
@@ -254,48 +276,105 @@ class RunOptions:
     )
 
 
+StudyArm = Literal["control", "zero_tracked", "zero_random", "nothing_forms"]
+STUDY_ARMS: tuple[str, ...] = get_args(StudyArm)
+ARM_LABELS: dict[str, str] = {
+    "control": "(a) control: plain softmax, markov context",
+    "zero_tracked": "(d) zero the tracked super-weight candidate",
+    "zero_random": "(d') zero one random weight of the same matrix",
+    "nothing_forms": "5-token task [BOS, a, +, b, =] (nothing forms)",
+}
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """The grokking / super-weight study (`python -m engine grok-study`, `make study-grok`): the LLM-shaped
-    model over seeds x weight decays, each as a control run and a run with suppression (same seeds)."""
+    """The grokking / super-weight study (`python -m engine grok-study`, `make study-grok`): the LLM-shaped model
+    on the markov context (a task that needs a sink), arms x seeds on paired seeds (a seed fixes the split, the
+    initial weights and the minibatches of all its arms): the control, targeted zeroing of the tracked
+    super-weight candidate, zeroing a random weight of the same matrix, and the old 5-token task ("nothing
+    forms") with the same model and training."""
 
-    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "seeds (each gives a control and a suppression run)")
-    weight_decays: tuple[float, ...] = option((2.0, 3.0), "weight decays")
-    p: int = option(31, "modulus p")
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4, 5), "seeds (each runs every arm)")
+    arms: tuple[str, ...] = option(STUDY_ARMS, f"arms, of {', '.join(STUDY_ARMS)}")
+    p: int = option(23, "modulus p")
+    seq_len: int = option(24, "tokens per markov sequence")
     train_frac: float = option(0.6, "fraction of the pairs used for training")
-    steps: int = option(600, "step cap: a run that has not grokked by then counts as not grokked")
-    n_layers: int = option(4, "decoder layers", flag="--layers")
+    weight_decay: float = option(1.0, "AdamW weight decay")
+    lr: float = option(3e-3, "AdamW learning rate")
+    warmup_steps: int = option(50, "linear warmup steps")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    batch_size: int = option(64, "minibatch size (sequences)")
+    steps: int = option(3000, "step cap: a run that has not grokked by then is censored there")
+    n_layers: int = option(2, "decoder layers", flag="--layers")
     d_model: int = option(64, "width")
     d_mlp: int = option(128, "MLP width")
-    eval_every: int = option(25, "steps between evaluations")
-    checkpoint_every: int = option(50, "steps between checkpoints with all measures")
-    stop_after_grok: int = option(50, "steps to go on after grokking")
+    zero_every: int = option(10, "zeroing arms: zero a weight every N steps")
+    eval_every: int = option(50, "steps between evaluations")
+    checkpoint_every: int = option(100, "steps between checkpoints with all measures")
+    stop_after_grok: int = option(300, "steps to go on after test accuracy first reaches 95% (>= the hold window)")
     workers: int = option(2, "worker processes (1 torch thread each)")
     report_dir: str = option("reports/grokking", "folder of the report (summary.md, figures)")
     report_only: bool = option(False, "write the report from the cached runs without training")
     root: str | None = option(None, "runs folder (default cache/grokking/)")
 
     def base(self) -> GrokConfig:
-        """The control run's configuration of the study (seed and weight decay set per run)."""
+        """The control run's configuration of the study (seed set per run)."""
         return GrokConfig(
-            **{**LLM_PRESET, "n_layers": self.n_layers, "d_model": self.d_model, "d_mlp": self.d_mlp},
+            **{
+                **LLM_PRESET,
+                "n_layers": self.n_layers,
+                "d_model": self.d_model,
+                "d_mlp": self.d_mlp,
+                "lr": self.lr,
+                "warmup_steps": self.warmup_steps,
+                "grad_clip": self.grad_clip,
+            },
             p=self.p,
             train_frac=self.train_frac,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
             steps=self.steps,
             eval_every=self.eval_every,
             checkpoint_every=self.checkpoint_every,
             stop_after_grok=self.stop_after_grok,
+            context="markov",
+            seq_len=self.seq_len,
         )
 
+    def config(self, arm: str, seed: int) -> GrokConfig:
+        """The run of one arm and seed."""
+        base = self.base().replace(seed=int(seed))
+        if arm == "zero_tracked":
+            return base.replace(zero_weight="tracked", zero_every=self.zero_every)
+        if arm == "zero_random":
+            return base.replace(zero_weight="random", zero_every=self.zero_every)
+        if arm == "nothing_forms":
+            return base.replace(context="plain")
+        return base
+
+    def runs(self) -> list[tuple[str, GrokConfig]]:
+        """(arm, config) of every run, seed by seed."""
+        return [(arm, self.config(arm, s)) for s in self.seeds for arm in self.arms]
+
     def configs(self) -> list[GrokConfig]:
-        """Every run: for each weight decay and seed, the control, then the same with suppression."""
-        base = self.base()
-        return [
-            base.replace(seed=int(s), weight_decay=float(wd), suppress=sup)
-            for wd in self.weight_decays
-            for s in self.seeds
-            for sup in (False, True)
-        ]
+        return [config for _, config in self.runs()]
+
+
+def validate_study(study: StudyConfig) -> None:
+    """Refuse unknown arms and a hold window the runs cannot observe, before any training."""
+    unknown = [a for a in study.arms if a not in STUDY_ARMS]
+    if unknown:
+        raise LabError(f"Unknown arm(s) {', '.join(unknown)}; choose from {', '.join(STUDY_ARMS)}.")
+    if not study.seeds:
+        raise LabError("The study needs at least one seed.")
+    if 0 <= study.stop_after_grok < GROK_HOLD_STEPS:
+        raise LabError(
+            f"stop_after_grok ({study.stop_after_grok}) must be >= the hold window ({GROK_HOLD_STEPS} steps) so that "
+            "every run that reaches 95% can show whether it holds."
+        )
+    validate_sweep(len(study.configs()))
+    for config in study.configs():
+        validate(config)
 
 
 def is_prime(n: int) -> bool:

@@ -18,8 +18,9 @@ sequences of T tokens with "=" at a per-example position):
    memorised (train) solution long before test accuracy rises.
 2. Super activation: per layer, max |y| of the down projection's output y [N, T, D] at BOS and at the other
    positions (plain context: at each of BOS, a, op, b, =), the channel and signed value of the BOS spike, and
-   whether the BOS spike persists in the residual stream of the later layers (|h_l[BOS, channel]| >=
-   PERSIST_FACTOR x median |h_l|, with `detect.residual_trace` / `detect.persisting_layers`, as the detector does). The BOS row is the same
+   whether the BOS spike persists in the residual stream of the later layers
+   (|h_l[BOS, channel]| >= PERSIST_FACTOR x median |h_l|, with `detect.residual_trace` /
+   `detect.persisting_layers`, as the detector does). The BOS row is the same
    for every example (causal attention: BOS sees only itself), so the BOS spike is data-free.
 3. Attention sink: per layer, the attention mass on BOS from the later query positions (mean over heads,
    queries 1..T-1 and examples), and from the "=" query alone; eager attention. What uniform causal attention

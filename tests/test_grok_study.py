@@ -15,6 +15,7 @@ from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.grokking import analysis as ga
 from engine.grokking.config import (
+    LLM_MEASURES,
     LLM_PRESET,
     STUDY_ARMS,
     GrokConfig,
@@ -64,7 +65,7 @@ def test_llm_run_measures_and_its_checkpoint_opens_in_the_first_tab(tmp_path):
     assert measures["step"].tolist() == [0, 10, 20]
     for column in ("max_ppl_ratio_train", "max_ppl_ratio_test", "super_activation_bos", "n_key_frequencies"):
         assert measures[column].notna().all()
-    assert set(summary["onsets"]) == set(ga.LLM_MEASURES)
+    assert set(summary["onsets"]) == set(LLM_MEASURES)
     causal = pd.read_csv(run.llm_causal_path)
     assert {"train", "test"} == set(causal["split"]) and set(causal["step"]) == {0, 10, 20}
     folder = run.export_checkpoint(20)
@@ -181,3 +182,26 @@ def test_a_stopped_sweep_resumes(tmp_path):
     second = ga.run_sweep(base, [0, 1], [1.0], root=tmp_path, threads=1)
     assert [s["state"] for s in second] == ["finished", "finished"] and second[1]["last_step"] == 30
     assert "seconds" not in second[0] and second[0]["key"] == first[0]["key"]  # reopened from its cache
+
+
+def test_a_measure_registered_in_one_place_appears_in_onsets_and_the_study_table(tmp_path):
+    from engine.grokking.measure_registry import MeasureSpec, register, unregister
+
+    def compute(model, data, settings) -> dict[str, float]:
+        return {"dummy_norm": float(model.lm.model.embed_tokens.weight.detach().norm())}
+
+    register(MeasureSpec("dummy", "a dummy measure", ("dummy_norm",), lambda m, s: m["dummy_norm"] > 0, compute))
+    try:
+        report = tmp_path / "report"
+        argv = [
+            "grok-study",
+            *("--seeds", "0", "--arms", "control", "--p", "7", "--seq-len", "10", "--steps", "10"),
+            *("--d-model", "16", "--d-mlp", "32", "--eval-every", "10", "--checkpoint-every", "10", "--workers", "1"),
+            *("--stop-after-grok", "-1", "--report-dir", str(report), "--root", str(tmp_path / "runs")),
+        ]
+        assert main(argv) == 0
+        runs_csv = pd.read_csv(report / "runs.csv")
+        assert runs_csv["onset_dummy"].tolist() == [0]  # on at every checkpoint: onset at step 0
+        assert "| a dummy measure | 1 of 1 (median 0) |" in (report / "summary.md").read_text()
+    finally:
+        unregister("dummy")

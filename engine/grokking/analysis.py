@@ -20,7 +20,8 @@ Events of one run (steps; None when the event does not happen within the run):
 - lag of a measure = onset - grok_95 (negative: the measure came first).
 
 For the LLM-shaped model (config.model == "llm") the measures are those of engine.grokking.llm_measures
-(llm_measures.csv, one row per checkpoint), and the onsets are of config.LLM_MEASURES:
+(llm_measures.csv, one row per checkpoint), and the onsets are those of the registered measures
+(engine.grokking.measure_registry; the built-in ones are config.LLM_MEASURES):
   * super_weight (_train / _test): a candidate of the first tab's super-weight scan
     (engine.superweights.detect, relative rule, unchanged) fires in the causal test on train or test
     (zeroing it raises perplexity >= 2x or drops accuracy > 10 points while k random weights do not);
@@ -60,7 +61,6 @@ from engine.grokking.config import (
     GROK_HOLD_STEPS,
     HALF_GROK_ACCURACY,
     LLM_MEASURE_LABELS,
-    LLM_MEASURES,
     MAX_CHECKPOINTS,
     MEASURE_LABELS,
     MEASURES,
@@ -156,37 +156,19 @@ def onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) ->
 
 
 def llm_onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) -> dict[str, int | None]:
-    """Onset step of each measure in LLM_MEASURES from an llm run's llm_measures.csv (see the module docstring)."""
-    out: dict[str, int | None] = {m: None for m in LLM_MEASURES}
+    """Onset step of every registered measure (engine.grokking.measure_registry: LLM_MEASURES and any added)
+    from an llm run's llm_measures.csv (see the module docstring)."""
+    from engine.grokking.measure_registry import REGISTRY
+
+    out: dict[str, int | None] = {m: None for m in REGISTRY}
     if measures.empty or "step" not in measures or len(measures) == 0:
         return out
     m = measures.sort_values("step").reset_index(drop=True)
     steps = m["step"].astype(int).tolist()
-
-    def flag(column: str) -> pd.Series:
-        return m[column].astype(str).str.lower().isin(["true", "1", "1.0"])
-
-    first = m.iloc[0]
-    if "sink_excess_max" in m:
-        sink = m["sink_excess_max"]
-    else:  # measured before the excess was recorded: plain context, T = 5
-        from engine.grokking.llm_measures import uniform_bos_share
-
-        sink = m["sink_share_max"] - uniform_bos_share(5)
-    massive = m["resid_bos_over_median"] if "resid_bos_over_median" in m else pd.Series(0.0, index=m.index)
-    flags = {
-        "super_weight": flag("scan_fires_train") | flag("scan_fires_test"),
-        "super_weight_train": flag("scan_fires_train"),
-        "super_weight_test": flag("scan_fires_test"),
-        "top_weight_causal": flag("fires_train") | flag("fires_test"),
-        "super_activation": m["bos_over_median"] >= settings.ratio_factor * first["bos_over_median"],
-        "persisting_activation": m["persisting_layers"] >= 2,
-        "fourier": m["n_key_frequencies"] <= first["n_key_frequencies"] / settings.ratio_factor,
-        "attention_sink": sink >= settings.sink_excess,
-        "massive_activation": massive.fillna(0.0) >= settings.massive_ratio,
-    }
-    for name, on in flags.items():
-        out[name] = stays_on_from(steps, on.tolist())
+    for name, spec in REGISTRY.items():
+        if spec.compute is not None and not all(c in m for c in spec.columns):
+            continue  # registered after this run was measured
+        out[name] = stays_on_from(steps, spec.onset(m, settings).tolist())
     return out
 
 
@@ -309,11 +291,17 @@ def _append_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def measure_llm(run: GrokRun, step: int, model: GrokLlama, data: LlmData) -> None:
-    """The llm measures of one checkpoint, appended to llm_measures.csv (one row, with the seconds they took)
-    and llm_causal.csv."""
+    """The llm measures of one checkpoint (and the columns of every registered measure with a compute),
+    appended to llm_measures.csv (one row, with the seconds they took) and llm_causal.csv."""
+    from engine.grokking.measure_registry import REGISTRY
+
     start = time.perf_counter()
     result = measure_llm_checkpoint(step, model, data, LLM_MEASURE_SETTINGS)
-    row = {**result.summary(), "measure_seconds": time.perf_counter() - start}
+    row = result.summary()
+    for spec in REGISTRY.values():
+        if spec.compute is not None:
+            row.update(spec.compute(model, data, LLM_MEASURE_SETTINGS))
+    row["measure_seconds"] = time.perf_counter() - start
     _append_csv(run.llm_measures_path, pd.DataFrame([row]))
     _append_csv(run.llm_causal_path, result.causal.assign(step=step))
 

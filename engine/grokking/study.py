@@ -43,13 +43,12 @@ from engine.grokking.analysis import OnsetSettings, run_experiment, summarize
 from engine.grokking.config import (
     ARM_LABELS,
     GROK_ACCURACY,
-    LLM_MEASURE_LABELS,
-    LLM_MEASURES,
     MEMORISATION_ACCURACY,
     GrokConfig,
     StudyConfig,
     validate_study,
 )
+from engine.grokking.measure_registry import REGISTRY, label
 from engine.grokking.runs import RunSummary, run_for
 
 LAG_MEASURES = ("attention_sink", "massive_activation", "super_weight", "super_activation")
@@ -132,8 +131,9 @@ def _log_session(report_dir: Path, start: float, seconds: float, n_trained: int,
 
 
 def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -> pd.DataFrame:
-    """One row per run: arm, seed, outcome and survival time/event, events, onsets of LLM_MEASURES, the largest
-    and last-checkpoint values of CHECK_COLUMNS, the zeroing verdict, state and training seconds."""
+    """One row per run: arm, seed, outcome and survival time/event, events, onsets of every registered measure
+    (measure_registry), the largest and last-checkpoint values of CHECK_COLUMNS, the zeroing verdict, state and
+    training seconds."""
     root = Path(study.root) if study.root else None
     rows = []
     for arm, config in study.runs():
@@ -166,7 +166,7 @@ def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -
                     "final_train_loss": float(metrics["train_loss"].iloc[-1]),
                     "loss_spike": _loss_spike(metrics),
                     "zeroing_verdict": zeroing.get("verdict"),
-                    **{f"onset_{m}": summary["onsets"].get(m) for m in LLM_MEASURES},
+                    **{f"onset_{m}": summary["onsets"].get(m) for m in REGISTRY},
                 }
             )
             for column in CHECK_COLUMNS:
@@ -175,7 +175,7 @@ def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -
                 row[f"last_{column}"] = float(values.iloc[-1]) if len(values) else np.nan
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ["outcome", "event", "time", "grokked", "grok_step", *[f"onset_{m}" for m in LLM_MEASURES]]:
+    for column in ["outcome", "event", "time", "grokked", "grok_step", *[f"onset_{m}" for m in REGISTRY]]:
         if column not in frame:
             frame[column] = np.nan
     return frame
@@ -425,6 +425,8 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
     lines += _manipulation_lines(table)
     lines += ["", "## 5. Onset vs grokking step in the control arm (correlational)", ""]
     lines += _lag_lines(lags)
+    lines += ["", "## 6. Every registered measure: runs with an onset, per arm", ""]
+    lines += _registry_lines(table)
     lines += ["", "## Setup", ""]
     lines += [
         f"- Task and model: {base.describe().split(', seed')[0]}.",
@@ -494,11 +496,11 @@ def _answer(
         if lag.n_with_onset:
             when = "before" if lag.high < 0 else "after" if lag.low > 0 else "with (interval includes 0)"
             parts.append(
-                f"{LLM_MEASURE_LABELS[lag.measure]}: formed {when} grokking, mean lag {_fmt(lag.mean)} steps "
+                f"{label(lag.measure)}: formed {when} grokking, mean lag {_fmt(lag.mean)} steps "
                 f"[95% CI {_fmt(lag.low)}, {_fmt(lag.high)}] over {lag.n_with_onset} of {lag.n_grokked} grokked runs."
             )
         else:
-            parts.append(f"{LLM_MEASURE_LABELS[lag.measure]}: no onset in any grokked control run.")
+            parts.append(f"{label(lag.measure)}: no onset in any grokked control run.")
     for rank, diff in tests:
         if diff.arm != "zero_tracked":
             continue
@@ -623,10 +625,25 @@ def _lag_lines(lags: list[survival.OnsetLag]) -> list[str]:
     ]
     for lag in lags:
         lines.append(
-            f"| {LLM_MEASURE_LABELS[lag.measure]} | {lag.n_with_onset} of {lag.n_grokked} | {_fmt(lag.mean)} "
+            f"| {label(lag.measure)} | {lag.n_with_onset} of {lag.n_grokked} | {_fmt(lag.mean)} "
             f"[{_fmt(lag.low)}, {_fmt(lag.high)}] | {_fmt(lag.median)} | {lag.n_before} / {lag.n_after} / "
             f"{lag.n_same} | {_fmt(lag.p_sign, 3)} |"
         )
+    return lines
+
+
+def _registry_lines(table: pd.DataFrame) -> list[str]:
+    """Per registered measure (engine.grokking.measure_registry) and arm: finished runs with an onset, median onset."""
+    done = finished(table)
+    arms = list(dict.fromkeys(done["arm"]))
+    lines = ["| measure | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for name in REGISTRY:
+        cells = []
+        for arm in arms:
+            onsets = done.loc[done["arm"] == arm, f"onset_{name}"].dropna()
+            n = int((done["arm"] == arm).sum())
+            cells.append(f"{len(onsets)} of {n}" + (f" (median {onsets.median():.0f})" if len(onsets) else ""))
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return lines
 
 

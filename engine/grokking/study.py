@@ -429,14 +429,15 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
     lines += _registry_lines(table)
     lines += ["", "## Setup", ""]
     lines += [
-        f"- Task and model: {base.describe().split(', seed')[0]}.",
+        f"- Task, model and training: {base.describe().replace(f', seed {base.seed}', '')}.",
         f"- Arms: {'; '.join(f'{a} = {ARM_LABELS[a]}' for a in study.arms)}. Seeds {list(study.seeds)}: a seed "
         "fixes the split, initial weights and minibatches of every arm (paired).",
         f"- The tracked candidate (engine/grokking/zeroing.py): every {study.zero_every} steps, on the sequence "
         "[BOS], the layer whose down projection writes the largest |y| at BOS, its row = argmax |y|, its column = "
         "argmax |x| of the down projection's input; the random arm zeroes one uniformly drawn weight of that matrix.",
         f"- Step cap {study.steps}; evaluation every {study.eval_every} steps; measures at every checkpoint "
-        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after first reaching 95%.",
+        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after first reaching 95% "
+        "(-1: to the cap).",
         f"- Runs finished: {n_done} of {n_total}" + ("." if n_done == n_total else " (the rest not trained yet)."),
         f"- Command: `{command_line(study)}` (or `make study-grok`); report only: add `--report-only`.",
         f"- Wall time: {wall / 60:.1f} min over {len(log)} session(s) with {study.workers} worker processes "
@@ -625,11 +626,16 @@ def _lag_lines(lags: list[survival.OnsetLag]) -> list[str]:
     ]
     for lag in lags:
         lines.append(
-            f"| {label(lag.measure)} | {lag.n_with_onset} of {lag.n_grokked} | {_fmt(lag.mean)} "
+            f"| {_cell(label(lag.measure))} | {lag.n_with_onset} of {lag.n_grokked} | {_fmt(lag.mean)} "
             f"[{_fmt(lag.low)}, {_fmt(lag.high)}] | {_fmt(lag.median)} | {lag.n_before} / {lag.n_after} / "
             f"{lag.n_same} | {_fmt(lag.p_sign, 3)} |"
         )
     return lines
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a | inside it would split the cell)."""
+    return text.replace("|", "\\|")
 
 
 def _registry_lines(table: pd.DataFrame) -> list[str]:
@@ -643,7 +649,7 @@ def _registry_lines(table: pd.DataFrame) -> list[str]:
             onsets = done.loc[done["arm"] == arm, f"onset_{name}"].dropna()
             n = int((done["arm"] == arm).sum())
             cells.append(f"{len(onsets)} of {n}" + (f" (median {onsets.median():.0f})" if len(onsets) else ""))
-        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(label(name))} | " + " | ".join(cells) + " |")
     return lines
 
 

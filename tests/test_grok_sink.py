@@ -39,26 +39,30 @@ def _model(n_layers: int = 2, context: str = "markov") -> llm.GrokLlama:
     return llm.build_llm(P, n_layers=n_layers, d_model=16, n_heads=2, d_mlp=32, context=context, seq_len=T, seed=1)
 
 
-def test_markov_sequences_hold_the_example_at_the_answer_position_and_filler_follows_the_source():
-    data = llm.llm_data(MARKOV)
+@pytest.mark.parametrize("filler_vocab", ["numbers", "symbols"])
+def test_markov_sequences_hold_the_example_at_the_answer_position_and_filler_follows_the_source(filler_vocab):
+    data = llm.llm_data(MARKOV.replace(filler_vocab=filler_vocab))
     vocab = llm.vocabulary(P, filler=True)
-    assert data.ids_train.shape[1] == T and data.seq_len == T
+    ids, pos = data.ids_train, data.pos_train
+    assert ids.shape[1] == T and data.seq_len == T
     rows = torch.arange(len(data.y_train))
-    pos = data.pos_train
-    assert (data.ids_train[:, 0] == vocab[llm.BOS_TOKEN]).all()
-    assert (data.ids_train[rows, pos] == vocab[llm.EQ_TOKEN]).all()
-    assert (data.ids_train[rows, pos - 3] == data.x_train[:, 0]).all()
-    assert (data.ids_train[rows, pos - 1] == data.x_train[:, 1]).all()
-    assert (data.ids_train[rows, pos + 1] == data.y_train).all()
-    # filler to filler transitions are the source's: +1 or +3 mod K
-    first = vocab["f0"]
-    a, b = data.ids_train[:, :-1], data.ids_train[:, 1:]
-    both = (a >= first) & (b >= first)
-    step = (b[both] - a[both]) % contexts.FILLER_SYMBOLS
-    assert set(step.tolist()) <= {1, 3} and both.sum() > 10
-    # the prompts of the scan are the sequences' words
-    assert data.prompts(1)[0].split()[0].startswith(("f", *map(str, range(P))))
-    # the split is by pair: no pair is in both
+    assert (ids[:, 0] == vocab[llm.BOS_TOKEN]).all()
+    assert (ids[rows, pos] == vocab[llm.EQ_TOKEN]).all() and (ids[rows, pos - 2] == vocab["+"]).all()
+    assert (ids[rows, pos - 3] == data.x_train[:, 0]).all()
+    assert (ids[rows, pos - 1] == data.x_train[:, 1]).all()
+    assert (ids[rows, pos + 1] == data.y_train).all()
+    # filler positions (all but BOS and a, op, b, =, c): consecutive filler follows the source, +1 or +3 mod K
+    filler = torch.ones_like(ids, dtype=torch.bool)
+    filler[:, 0] = False
+    filler[rows[:, None], pos[:, None] + torch.arange(-3, 2)[None]] = False
+    first, k = llm.filler_source(P, filler_vocab)
+    assert ((ids[filler] >= first) & (ids[filler] < first + k)).all()
+    both = filler[:, :-1] & filler[:, 1:]
+    step = (ids[:, 1:][both] - ids[:, :-1][both]) % k
+    assert set(step.tolist()) == {1, 3}
+    assert k == (P if filler_vocab == "numbers" else contexts.FILLER_SYMBOLS)
+    # the prompts of the scan are the sequences' words; the split is by pair: no pair is in both
+    assert len(data.prompts(1)[0].split()) == T - 1
     train = set(map(tuple, data.x_train.tolist()))
     assert not train & set(map(tuple, data.x_test.tolist()))
 

@@ -28,6 +28,7 @@ ModelKind = Literal["mlp", "transformer", "llm"]
 # position, next-token loss everywhere (engine.grokking.contexts)
 Context = Literal["plain", "markov"]
 Filler = Literal["resampled", "fixed"]  # markov filler: drawn anew every step, or one fixed context per pair
+FillerVocab = Literal["numbers", "symbols"]  # markov filler: the number tokens, or 8 symbols of its own
 ZeroWeight = Literal["off", "tracked", "random"]  # engine.grokking.zeroing
 Measure = Literal["super_weight", "max_over_median", "kurtosis", "top_coordinate", "massive_activation"]
 
@@ -186,6 +187,9 @@ class GrokConfig:
     )
     seq_len: int = option(28, f"llm markov context: tokens per sequence ({LLM_MIN_SEQ_LEN}-{LLM_MAX_SEQ_LEN})")
     filler: Filler = option("resampled", "llm markov context: filler drawn anew every step, or fixed per pair")
+    filler_vocab: FillerVocab = option(
+        "numbers", "llm markov context: filler over the number tokens, or over 8 filler symbols of its own"
+    )
     warmup_steps: int = option(0, "linear learning-rate warmup over the first N steps (0: none)")
     grad_clip: float = option(0.0, "clip the gradient's global L2 norm to this (0: no clipping)")
     zero_weight: ZeroWeight = option(
@@ -223,7 +227,7 @@ class GrokConfig:
             "llm": f"Llama {self.n_layers}L d{self.d_model} {self.n_heads}h mlp{self.d_mlp}",
         }.get(self.model, f"MLP {self.n_layers}x{self.mlp_width}")
         if self.model == "llm" and self.context == "markov":
-            model += f", markov context T={self.seq_len} ({self.filler} filler)"
+            model += f", markov context T={self.seq_len} ({self.filler} {self.filler_vocab} filler)"
         opt = f"AdamW lr {self.lr:g} wd {self.weight_decay:g}" + (" + Grokfast" if self.grokfast else "")
         if self.warmup_steps:
             opt += f" + warmup {self.warmup_steps}"
@@ -246,7 +250,16 @@ class GrokConfig:
 
 SUPPRESSION_FIELDS = ("suppress", "suppress_every", "suppress_quantile", "suppress_factor")
 # fields added after runs were first stored: part of a run id only when not at their default (old ids stay)
-OPTIONAL_FIELDS = ("context", "seq_len", "filler", "warmup_steps", "grad_clip", "zero_weight", "zero_every")
+OPTIONAL_FIELDS = (
+    "context",
+    "seq_len",
+    "filler",
+    "filler_vocab",
+    "warmup_steps",
+    "grad_clip",
+    "zero_weight",
+    "zero_every",
+)
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GrokConfig)}
 
 
@@ -298,6 +311,7 @@ class StudyConfig:
     arms: tuple[str, ...] = option(STUDY_ARMS, f"arms, of {', '.join(STUDY_ARMS)}")
     p: int = option(23, "modulus p")
     seq_len: int = option(24, "tokens per markov sequence")
+    filler_vocab: FillerVocab = option("numbers", "markov filler over the number tokens or 8 symbols of its own")
     train_frac: float = option(0.6, "fraction of the pairs used for training")
     weight_decay: float = option(1.0, "AdamW weight decay")
     lr: float = option(3e-3, "AdamW learning rate")
@@ -339,6 +353,7 @@ class StudyConfig:
             stop_after_grok=self.stop_after_grok,
             context="markov",
             seq_len=self.seq_len,
+            filler_vocab=self.filler_vocab,
         )
 
     def config(self, arm: str, seed: int) -> GrokConfig:

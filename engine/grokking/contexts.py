@@ -6,10 +6,15 @@ A sequence of T tokens is
 
     [BOS, f, f, ..., f, a, op, b, =, c, f, ..., f]
 
-- f: filler from a fixed first-order Markov source over FILLER_SYMBOLS symbols ("f0" .. "f7", token ids after
-  the plain vocabulary): from state s the next state is (s + 1) mod K with probability STAY_ON_CYCLE and
-  (s + 3) mod K otherwise, the first state uniform. The source is the same for every run (no seed): the next
-  filler token depends on the current token alone, so at a filler position attention has nothing to fetch;
+- f: filler from a fixed first-order Markov source over K symbols: from state s the next state is (s + 1) mod K
+  with probability STAY_ON_CYCLE and (s + 3) mod K otherwise, the first state uniform. The symbols are either
+  the p number tokens themselves (filler_vocab="numbers", K = p: the default) or FILLER_SYMBOLS tokens of their
+  own ("f0" .. "f7", filler_vocab="symbols", token ids after the plain vocabulary). The source is the same for
+  every run (no seed): the next filler token depends on the current token alone, so at a filler position
+  attention has nothing to fetch. With number filler, what a head that reads the operands would fetch at a
+  filler position (earlier numbers) conflicts with the filler's own prediction, as in Guo et al.'s
+  bigram-backcopy task, so such a head must be made dormant there; with symbol filler the head's values of
+  filler tokens can simply vanish;
 - "a op b = c": the arithmetic example, its first token at a position drawn uniformly from 1 .. T - 5;
 - the loss is next-token cross-entropy at every position (filler, operands and the answer alike);
   the answer accuracy is read at the "=" position over the p number tokens, as in the plain context.
@@ -35,14 +40,8 @@ EXPRESSION_LEN = 5  # a, op, b, =, c
 TABLE_SEED = 7_919  # offset of the generator of the fixed contexts
 
 
-def filler_ids(first_id: int) -> list[int]:
-    """Token ids of the filler symbols f0 .. f(K-1), starting at `first_id`."""
-    return list(range(first_id, first_id + FILLER_SYMBOLS))
-
-
-def transition_matrix() -> torch.Tensor:
+def transition_matrix(k: int = FILLER_SYMBOLS) -> torch.Tensor:
     """P[s, s'] of the filler source [K, K]: STAY_ON_CYCLE on s + 1, the rest on s + 3 (mod K)."""
-    k = FILLER_SYMBOLS
     matrix = torch.zeros(k, k)
     for s in range(k):
         matrix[s, (s + 1) % k] += STAY_ON_CYCLE
@@ -50,9 +49,8 @@ def transition_matrix() -> torch.Tensor:
     return matrix
 
 
-def markov_filler(n: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """States [n, length] of n independent chains of the filler source (values 0 .. K-1)."""
-    k = FILLER_SYMBOLS
+def markov_filler(n: int, length: int, generator: torch.Generator, k: int = FILLER_SYMBOLS) -> torch.Tensor:
+    """States [n, length] of n independent chains of the filler source over k symbols (values 0 .. k-1)."""
     states = torch.empty((n, length), dtype=torch.long)
     states[:, 0] = torch.randint(k, (n,), generator=generator)
     jump = torch.rand((n, length), generator=generator) >= STAY_ON_CYCLE  # [n, length]
@@ -70,12 +68,13 @@ def markov_sequences(
     eq: int,
     first_filler: int,
     generator: torch.Generator,
+    n_symbols: int = FILLER_SYMBOLS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [N, T], answer position [N]) of the pairs x [N, 2] with answers c [N]: one context per row.
 
     The answer position is that of "=" (its logits predict c, the next token)."""
     n = x.shape[0]
-    ids = markov_filler(n, seq_len, generator) + first_filler  # [N, T]
+    ids = markov_filler(n, seq_len, generator, n_symbols) + first_filler  # [N, T]
     ids[:, 0] = bos
     start = torch.randint(1, seq_len - EXPRESSION_LEN + 1, (n,), generator=generator)  # a's position
     rows = torch.arange(n)
@@ -87,7 +86,7 @@ def markov_sequences(
 
 @functools.lru_cache(maxsize=8)
 def context_table(
-    p: int, task: str, seq_len: int, seed: int, bos: int, op: int, eq: int, first_filler: int
+    p: int, task: str, seq_len: int, seed: int, bos: int, op: int, eq: int, first_filler: int, n_symbols: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fixed context per pair: (ids [p * p, T], answer position [p * p]), row a * p + b."""
     from engine.grokking.tasks import OPERATIONS
@@ -96,7 +95,7 @@ def context_table(
     x = torch.stack([a.flatten(), b.flatten()], dim=1)
     c = OPERATIONS[task](x[:, 0], x[:, 1], p)
     generator = torch.Generator().manual_seed(TABLE_SEED + seed)
-    return markov_sequences(x, c, seq_len, bos, op, eq, first_filler, generator)
+    return markov_sequences(x, c, seq_len, bos, op, eq, first_filler, generator, n_symbols)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -11,7 +11,8 @@ onto it. The tokenizer is a word-level `tokenizers` model wrapped as a `PreTrain
     vocabulary: "0" .. "p-1" (ids 0 .. p-1, so the answer c is also its own token id), the operation
     symbols of OP_TOKENS, "=", then "<bos>", "<eos>", "<pad>", "<unk>";
     "3 + 5 =" encodes to [<bos>, 3, +, 5, =] (BOS added by the tokenizer's post-processor);
-    the markov context appends the filler symbols "f0" .. "f7" (engine.grokking.contexts).
+    the markov context with filler_vocab="symbols" appends the filler symbols "f0" .. "f7"
+    (engine.grokking.contexts); with "numbers" (the default) its filler is number tokens.
 
 A checkpoint is an ordinary Hugging Face folder (`save_pretrained` of model and tokenizer; p and the
 task are kept in config.json as `grok_p` / `grok_task`, the context as `grok_context` / `grok_seq_len` /
@@ -170,7 +171,7 @@ def llm_data(config: Any = None, *, task: str = "add", p: int = 53, train_frac: 
     _op_token(config.task)
     data = make_dataset(config)
     if getattr(config, "context", "plain") == "markov":
-        ids, pos = markov_table(config.p, config.task, config.seq_len, config.seed)
+        ids, pos = markov_table(config.p, config.task, config.seq_len, config.seed, config.filler_vocab)
         tr = data.x_train[:, 0] * config.p + data.x_train[:, 1]
         te = data.x_test[:, 0] * config.p + data.x_test[:, 1]
         return LlmData(
@@ -197,11 +198,21 @@ def llm_data(config: Any = None, *, task: str = "add", p: int = 53, train_frac: 
     )
 
 
-def markov_table(p: int, task: str, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def filler_source(p: int, filler_vocab: str) -> tuple[int, int]:
+    """(first token id, number of symbols) of the markov filler: the p numbers (ids 0 .. p-1), or f0 .. f7."""
+    if filler_vocab == "numbers":
+        return 0, p
+    return vocabulary(p, filler=True)[f"{FILLER_PREFIX}0"], contexts.FILLER_SYMBOLS
+
+
+def markov_table(
+    p: int, task: str, seq_len: int, seed: int, filler_vocab: str = "numbers"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed markov context of every pair: (ids [p * p, T], "=" position [p * p]), row a * p + b."""
-    vocab = vocabulary(p, filler=True)
+    vocab = vocabulary(p)
+    first, k = filler_source(p, filler_vocab)
     return contexts.context_table(
-        p, task, seq_len, seed, vocab[BOS_TOKEN], vocab[_op_token(task)], vocab[EQ_TOKEN], vocab["f0"]
+        p, task, seq_len, seed, vocab[BOS_TOKEN], vocab[_op_token(task)], vocab[EQ_TOKEN], first, k
     )
 
 
@@ -221,6 +232,7 @@ def llm_config(
     context: str = "plain",
     seq_len: int = SEQ_LEN,
     seed: int = 0,
+    filler_vocab: str = "numbers",
 ) -> Any:
     """The LlamaConfig of the grokking model (p, task and context kept as `grok_p`, `grok_task`, `grok_context`,
     `grok_seq_len`, `grok_seed`), with exactly as many positions as the context's sequences have.
@@ -242,7 +254,7 @@ def llm_config(
         raise LabError(f"d_model ({d_model}) must split into {n_heads} heads of an even size (RoPE).")
     if d_mlp < 1 or p < 2:
         raise LabError("d_mlp must be >= 1 and p >= 2.")
-    vocab = vocabulary(p, context == "markov")
+    vocab = vocabulary(p, context == "markov" and filler_vocab == "symbols")
     return LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=d_model,
@@ -262,6 +274,7 @@ def llm_config(
         grok_context=context,
         grok_seq_len=seq_len if context == "markov" else SEQ_LEN,
         grok_seed=seed,
+        grok_filler_vocab=filler_vocab,
     )
 
 
@@ -283,6 +296,7 @@ class GrokLlama(nn.Module):
         context: str = "plain",
         seed: int = 0,
         filler: str = "resampled",
+        filler_vocab: str | None = None,
     ):
         super().__init__()
         self.lm = lm
@@ -292,6 +306,7 @@ class GrokLlama(nn.Module):
         self.context = context
         self.seed = seed
         self.filler = filler
+        self.filler_vocab = filler_vocab or getattr(lm.config, "grok_filler_vocab", "numbers")
         self.seq_len = int(getattr(lm.config, "grok_seq_len", SEQ_LEN)) if context == "markov" else SEQ_LEN
         if self.seq_len > lm.config.max_position_embeddings:
             raise LabError(
@@ -311,11 +326,12 @@ class GrokLlama(nn.Module):
             ids = sequences(x.to(device), self.p, self.task)
             return ids, torch.full((len(x),), SEQ_LEN - 1, dtype=torch.long, device=device)
         if step is not None and self.filler == "resampled":
-            vocab = vocabulary(self.p, filler=True)
+            vocab = vocabulary(self.p)
             from engine.grokking.tasks import OPERATIONS
 
             x = x.cpu()
             c = OPERATIONS[self.task](x[:, 0], x[:, 1], self.p)
+            first, k = filler_source(self.p, self.filler_vocab)
             ids, pos = contexts.markov_sequences(
                 x,
                 c,
@@ -323,11 +339,12 @@ class GrokLlama(nn.Module):
                 vocab[BOS_TOKEN],
                 vocab[_op_token(self.task)],
                 vocab[EQ_TOKEN],
-                vocab["f0"],
+                first,
                 contexts.step_generator(self.seed, step),
+                k,
             )
             return ids.to(device), pos.to(device)
-        ids, pos = markov_table(self.p, self.task, self.seq_len, self.seed)
+        ids, pos = markov_table(self.p, self.task, self.seq_len, self.seed, self.filler_vocab)
         rows = (x[:, 0] * self.p + x[:, 1]).cpu()
         return ids[rows].to(device), pos[rows].to(device)
 
@@ -380,16 +397,28 @@ def build_llm(
     context: str = "plain",
     seq_len: int = SEQ_LEN,
     filler: str = "resampled",
+    filler_vocab: str = "numbers",
 ) -> GrokLlama:
     """A freshly initialised LLM-shaped grokking model (same seed -> same initial weights), float32, CPU."""
     from transformers import LlamaForCausalLM
 
     config = llm_config(
-        p, task, n_layers, d_model, n_heads, d_mlp, init_std, context=context, seq_len=seq_len, seed=seed
+        p,
+        task,
+        n_layers,
+        d_model,
+        n_heads,
+        d_mlp,
+        init_std,
+        context=context,
+        seq_len=seq_len,
+        seed=seed,
+        filler_vocab=filler_vocab,
     )
     torch.manual_seed(seed)
     lm = LlamaForCausalLM(config).float()
-    return GrokLlama(lm, build_tokenizer(p, context == "markov"), p, task, context, seed, filler)
+    symbols = context == "markov" and filler_vocab == "symbols"
+    return GrokLlama(lm, build_tokenizer(p, symbols), p, task, context, seed, filler, filler_vocab)
 
 
 def answer_logits(lm: Any, ids: torch.Tensor, p: int, positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -100,6 +100,7 @@ def build_model(config: GrokConfig) -> nn.Module:
             context=config.context,
             seq_len=config.seq_len,
             filler=config.filler,
+            filler_vocab=config.filler_vocab,
         )
     if config.model == "mlp":
         return GrokMLP(config.p, config.mlp_width, config.n_layers)

@@ -92,7 +92,8 @@ def train(
     those of the full training set at the parameters before that step's update (full batch: the
     training forward itself); losses and accuracies are those of the answer (markov context: each pair in
     its fixed context, while the training loss also has the filler's next-token terms). Every
-    checkpoint_every steps (and at the last step, and when stopped) the model state_dict is saved and on_checkpoint(step, model, data) is called.
+    checkpoint_every steps (and at the last step, and when stopped) the model state_dict is saved and
+    on_checkpoint(step, model, data) is called.
     `stop` ends the run cleanly at the next step: the checkpoint of that step is written and the
     run resumes from it when `train` is called again. A finished run returns at once without
     training (from_cache=True). The run's claim is held while training (LabError at once when

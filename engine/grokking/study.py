@@ -58,7 +58,13 @@ TRACE_COLUMNS = {  # llm_measures.csv columns drawn against the step
     "bos_over_median": "down-projection output at BOS / median",
     "max_ppl_ratio_train": "max perplexity ratio, one weight zeroed (train)",
 }
-CHECK_COLUMNS = ("resid_bos_over_median", "sink_excess_max", "bos_over_median", "max_ppl_ratio_train")
+CHECK_COLUMNS = (
+    "resid_bos_over_median",
+    "sink_excess_max",
+    "sink_head_excess_max",
+    "bos_over_median",
+    "max_ppl_ratio_train",
+)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -206,6 +212,7 @@ def formation_table(table: pd.DataFrame, arm: str = "control") -> pd.DataFrame:
             "sink_formed": part["onset_attention_sink"].notna(),
             "sink_onset": part["onset_attention_sink"],
             "max_sink_excess": part.get("max_sink_excess_max"),
+            "max_head_sink_excess": part.get("max_sink_head_excess_max"),
             "massive_formed": part["onset_massive_activation"].notna(),
             "massive_onset": part["onset_massive_activation"],
             "max_resid_bos_over_median": part.get("max_resid_bos_over_median"),
@@ -536,14 +543,15 @@ def _formation_lines(formation: pd.DataFrame, settings: OnsetSettings) -> list[s
         f"Sink = attention on BOS above uniform >= {settings.sink_excess:g}; massive activation = residual |h| at "
         f"BOS / median >= {settings.massive_ratio:g}; both must stay on at every later checkpoint.",
         "",
-        "| seed | sink formed (onset) | max sink excess | massive activation formed (onset) | max residual BOS / "
-        "median | super weight onset | outcome | grokking step |",
+        "| seed | sink formed (onset) | max sink excess (one head) | massive activation formed (onset) | max residual "
+        "BOS / median | super weight onset | outcome | grokking step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for _, r in formation.iterrows():
         lines.append(
             f"| {r['seed']} | {'yes' if r['sink_formed'] else 'no'} ({_fmt(r['sink_onset'])}) | "
-            f"{_fmt(r['max_sink_excess'], 2)} | {'yes' if r['massive_formed'] else 'no'} "
+            f"{_fmt(r['max_sink_excess'], 2)} ({_fmt(r['max_head_sink_excess'], 2)}) | "
+            f"{'yes' if r['massive_formed'] else 'no'} "
             f"({_fmt(r['massive_onset'])}) | "
             f"{_fmt(r['max_resid_bos_over_median'], 1)} | {_fmt(r['super_weight_onset'])} | {r['outcome']} | "
             f"{_fmt(r['grok_step'])} |"

@@ -5,9 +5,11 @@ Task: predict c = (a o b) mod p from (a, b) for every pair (Power et al. 2022, a
 a random `train_frac` of the p^2 pairs is the training set, the rest the test set. Models: a small
 transformer without LayerNorm (Nanda et al. 2023, arXiv 2301.05217), an MLP on the concatenated
 one-hot codes of a and b (Prieto et al. 2025, arXiv 2501.04697), or an LLM-shaped Llama decoder on
-[BOS, a, op, b, =] (engine.grokking.llm). Optimiser: AdamW, optionally with the Grokfast EMA gradient
-filter (Lee et al. 2024, arXiv 2405.20233), optionally with super-weight suppression (clipping each
-down projection, engine.grokking.suppression).
+[BOS, a, op, b, =] or on the same example inside Markov filler (context="markov", engine.grokking.contexts; a
+task where attention must sometimes do nothing). Optimiser: AdamW, optionally with linear warmup, gradient
+clipping and the Grokfast EMA gradient filter (Lee et al. 2024, arXiv 2405.20233), optionally with super-weight
+suppression (clipping each down projection, engine.grokking.suppression) or zeroing of the tracked super-weight
+candidate (engine.grokking.zeroing).
 """
 
 from __future__ import annotations

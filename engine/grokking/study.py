@@ -495,11 +495,17 @@ def _answer(
     if not n:
         return "No control run has finished yet."
     sink, massive = int(formation["sink_formed"].sum()), int(formation["massive_formed"].sum())
+    passed = n >= 4 and min(sink, massive) >= 3
     parts = [
         f"In the control arm a sink formed in {sink} of {n} seeds and a massive activation in {massive} of {n} "
-        f"(formation check {'passed' if min(sink, massive) >= min(3, n) and n >= 4 else 'not passed'}: >= 3 of 4 "
-        "seeds needed)."
+        f"(formation check {'passed' if passed else 'not passed'}: >= 3 of 4 seeds needed)."
     ]
+    if not passed:
+        parts.append(
+            "Caveat: without a sink and massive activation that form, zeroing the tracked candidate removes the "
+            "weight that writes the largest BOS activation, not a formed super weight; an effect on grokking would "
+            "not show that super weights drive it, and no effect would not show that they do not."
+        )
     for lag in lags:
         if lag.n_with_onset:
             when = "before" if lag.high < 0 else "after" if lag.low > 0 else "with (interval includes 0)"

@@ -327,7 +327,7 @@ class StudyConfig:
     zero_every: int = option(10, "zeroing arms: zero a weight every N steps")
     eval_every: int = option(50, "steps between evaluations")
     checkpoint_every: int = option(100, "steps between checkpoints with all measures")
-    stop_after_grok: int = option(300, "steps to go on after test accuracy first reaches 95% (>= the hold window)")
+    stop_after_grok: int = option(300, "steps to go on after test accuracy first reaches 0.95 (>= the hold window)")
     workers: int = option(2, "worker processes (1 torch thread each)")
     report_dir: str = option("reports/grokking", "folder of the report (summary.md, figures)")
     report_only: bool = option(False, "write the report from the cached runs without training")

@@ -205,3 +205,10 @@ def test_a_measure_registered_in_one_place_appears_in_onsets_and_the_study_table
         assert "| a dummy measure | 1 of 1 (median 0) |" in (report / "summary.md").read_text()
     finally:
         unregister("dummy")
+
+
+@pytest.mark.parametrize("command", ["grok", "grok-sweep", "grok-study"])
+def test_help_of_every_grokking_command_renders(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "--" in capsys.readouterr().out

@@ -234,7 +234,7 @@ class GrokConfig:
         if self.warmup_steps:
             opt += f" + warmup {self.warmup_steps}"
         if self.grad_clip:
-            opt += f" + clip |g| {self.grad_clip:g}"
+            opt += f" + grad-norm clip {self.grad_clip:g}"
         if self.zero_weight != "off":
             opt += f" + zero {self.zero_weight} weight every {self.zero_every}"
         if self.suppress:

@@ -45,9 +45,11 @@ clean-cache:
 study-uq: install
 	$(PY) -m engine uq-study --out reports/uq $(ARGS)
 
-# The super-weight / grokking study: LLM-shaped model, 5 seeds x 2 weight decays, control vs
-# suppression, 2 worker processes; cached and resumable (rerun to continue), report in reports/grokking.
-# Extra flags: make study-grok ARGS="--report-only".
+# The sink / super-weight / grokking study: LLM-shaped model on the markov task (a task that needs a sink),
+# 4 arms (control, zero the tracked super-weight candidate, zero a random weight of its matrix, the 5-token task)
+# x 6 paired seeds = 24 runs, 2 worker processes (control runs took 4-22 min, mean 12, on this 2-core CPU under
+# load average ~14 in the formation check: about 2.5 h in all); cached and resumable (rerun to continue), report in
+# reports/grokking. Extra flags: make study-grok ARGS="--report-only" (or ARGS="--seeds 0,1 --steps 40 ...").
 .PHONY: study-grok
 study-grok: install
 	$(PY) -m engine grok-study $(ARGS)

@@ -14,7 +14,16 @@ from engine.cli import main
 from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.grokking import analysis as ga
-from engine.grokking.config import LLM_PRESET, GrokConfig, validate, validate_sweep
+from engine.grokking.config import (
+    LLM_MEASURES,
+    LLM_PRESET,
+    STUDY_ARMS,
+    GrokConfig,
+    StudyConfig,
+    validate,
+    validate_study,
+    validate_sweep,
+)
 from engine.grokking.runs import checkpoints_to_drop, list_runs, open_run, run_for
 from engine.grokking.training import train
 from engine.superweights import detect as sw
@@ -56,7 +65,7 @@ def test_llm_run_measures_and_its_checkpoint_opens_in_the_first_tab(tmp_path):
     assert measures["step"].tolist() == [0, 10, 20]
     for column in ("max_ppl_ratio_train", "max_ppl_ratio_test", "super_activation_bos", "n_key_frequencies"):
         assert measures[column].notna().all()
-    assert set(summary["onsets"]) == set(ga.LLM_MEASURES)
+    assert set(summary["onsets"]) == set(LLM_MEASURES)
     causal = pd.read_csv(run.llm_causal_path)
     assert {"train", "test"} == set(causal["split"]) and set(causal["step"]) == {0, 10, 20}
     folder = run.export_checkpoint(20)
@@ -93,8 +102,8 @@ def test_bad_input_is_refused_before_training(tmp_path):
     for frac in (0.0, 1.0):
         with pytest.raises(LabError, match="strictly between 0 and 1"):
             validate(TINY.replace(train_frac=frac))
-    with pytest.raises(LabError, match="needs 4-8 layers"):
-        validate(TINY.replace(n_layers=2))
+    with pytest.raises(LabError, match="needs 1-8 layers"):
+        validate(TINY.replace(n_layers=9))
     with pytest.raises(LabError, match="GiB limit"):
         validate(TINY.replace(p=997, d_model=512, d_mlp=2048, n_layers=8), memory_limit_gb=0.5)
     with pytest.raises(LabError, match="remove every weight"):
@@ -138,20 +147,26 @@ def test_study_command_writes_the_report(tmp_path):
     report = tmp_path / "report"
     argv = [
         "grok-study",
-        *("--seeds", "0", "--weight-decays", "1.0", "--p", "7", "--steps", "20", "--d-model", "16"),
+        *("--seeds", "0", "--p", "7", "--seq-len", "10", "--steps", "20", "--d-model", "16", "--batch-size", "8"),
         *("--d-mlp", "32", "--eval-every", "10", "--checkpoint-every", "10", "--workers", "1"),
-        *("--report-dir", str(report), "--root", str(tmp_path / "runs")),
+        *("--stop-after-grok", "-1", "--report-dir", str(report), "--root", str(tmp_path / "runs")),
     ]
     assert main(argv) == 0
-    assert {"summary.md", "runs.csv", "study_log.json", "accuracy_curves.png", "suppression_paired.png"} <= {
+    assert {"summary.md", "runs.csv", "study_log.json", "accuracy_curves.png", "measures.png"} <= {
         f.name for f in report.iterdir()
     }
     text = (report / "summary.md").read_text()
+    assert text.index("## 1. Formation check") < text.index("## 2. Outcomes per arm")  # the positive control first
     assert "## Answer" in text and "Wall time" in text and "python -m engine grok-study" in text
     runs_csv = pd.read_csv(report / "runs.csv")
-    assert sorted(runs_csv["arm"]) == ["control", "suppression"] and (runs_csv["state"] == "finished").all()
+    assert sorted(runs_csv["arm"]) == sorted(STUDY_ARMS) and (runs_csv["state"] == "finished").all()
+    assert set(runs_csv["outcome"]) <= {"grokked", "collapsed", "never", "unconfirmed"}
     assert main([*argv, "--report-only"]) == 0  # cached: the report again, no training
     assert torch.get_num_threads() >= 1
+    with pytest.raises(LabError, match="Unknown arm"):
+        validate_study(StudyConfig(arms=("control", "sigmoid")))
+    with pytest.raises(LabError, match="hold window"):
+        validate_study(StudyConfig(stop_after_grok=50))
 
 
 def test_a_stopped_sweep_resumes(tmp_path):
@@ -167,3 +182,33 @@ def test_a_stopped_sweep_resumes(tmp_path):
     second = ga.run_sweep(base, [0, 1], [1.0], root=tmp_path, threads=1)
     assert [s["state"] for s in second] == ["finished", "finished"] and second[1]["last_step"] == 30
     assert "seconds" not in second[0] and second[0]["key"] == first[0]["key"]  # reopened from its cache
+
+
+def test_a_measure_registered_in_one_place_appears_in_onsets_and_the_study_table(tmp_path):
+    from engine.grokking.measure_registry import MeasureSpec, register, unregister
+
+    def compute(model, data, settings) -> dict[str, float]:
+        return {"dummy_norm": float(model.lm.model.embed_tokens.weight.detach().norm())}
+
+    register(MeasureSpec("dummy", "a dummy measure", ("dummy_norm",), lambda m, s: m["dummy_norm"] > 0, compute))
+    try:
+        report = tmp_path / "report"
+        argv = [
+            "grok-study",
+            *("--seeds", "0", "--arms", "control", "--p", "7", "--seq-len", "10", "--steps", "10"),
+            *("--d-model", "16", "--d-mlp", "32", "--eval-every", "10", "--checkpoint-every", "10", "--workers", "1"),
+            *("--stop-after-grok", "-1", "--report-dir", str(report), "--root", str(tmp_path / "runs")),
+        ]
+        assert main(argv) == 0
+        runs_csv = pd.read_csv(report / "runs.csv")
+        assert runs_csv["onset_dummy"].tolist() == [0]  # on at every checkpoint: onset at step 0
+        assert "| a dummy measure | 1 of 1 (median 0) |" in (report / "summary.md").read_text()
+    finally:
+        unregister("dummy")
+
+
+@pytest.mark.parametrize("command", ["grok", "grok-sweep", "grok-study"])
+def test_help_of_every_grokking_command_renders(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "--" in capsys.readouterr().out

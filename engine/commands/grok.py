@@ -1,5 +1,5 @@
 """`python -m engine grok ...` (one grokking run), `python -m engine grok-sweep ...` (seeds x weight decays) and
-`python -m engine grok-study` (issue 14's study: LLM-shaped model, control vs suppression, report).
+`python -m engine grok-study` (the study: LLM-shaped model on the markov context, arms x paired seeds, report).
 
 Every flag comes from a config dataclass of engine.grokking.config (GrokConfig, SweepConfig, RunOptions,
 StudyConfig): defaults and help are written there once. Building the parser imports no torch.
@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     sweep.set_defaults(func=run_sweep)
     study = subparsers.add_parser(
         "grok-study",
-        help="the super-weight / grokking study: LLM-shaped model, seeds x weight decays, control vs suppression",
+        help="the sink / super-weight / grokking study: LLM-shaped model on a task that needs a sink, arms x seeds",
     )
     add_options(study, StudyConfig)
     study.set_defaults(func=run_study)
@@ -97,25 +97,27 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    from engine.grokking.config import validate, validate_sweep
+    from engine.grokking.config import validate_study
     from engine.grokking.study import run_study as study_runs
     from engine.grokking.study import write_report
 
     study: StudyConfig = from_args(StudyConfig, args)
-    configs = study.configs()
-    validate_sweep(len(configs))
-    for config in configs:
-        validate(config)
+    validate_study(study)
+    arms = {config: arm for arm, config in study.runs()}
     if not study.report_only:
-        print(f"{len(configs)} runs: {study.base().describe()}", file=sys.stderr, flush=True)
+        print(
+            f"{len(arms)} runs ({len(study.arms)} arms x {len(study.seeds)} seeds): {study.base().describe()}",
+            file=sys.stderr,
+            flush=True,
+        )
 
         def on_run(config: GrokConfig, summary: Any, error: str) -> None:
-            arm = "suppression" if config.suppress else "control"
             what = error or (
-                f"grok_95 {summary['grok_95_step']}, memorised {summary['memorisation_step']}, "
-                f"super-weight onset {summary['onsets'].get('super_weight')}"
+                f"{summary['outcome']} (first 95% at {summary['grok_95_step']}), sink onset "
+                f"{summary['onsets'].get('attention_sink')}, massive activation onset "
+                f"{summary['onsets'].get('massive_activation')}"
             )
-            print(f"seed {config.seed} wd {config.weight_decay:g} {arm}: {what}", file=sys.stderr, flush=True)
+            print(f"seed {config.seed} {arms[config]}: {what}", file=sys.stderr, flush=True)
 
         seconds = study_runs(study, on_run)
         print(f"trained for {seconds / 60:.1f} min", file=sys.stderr)

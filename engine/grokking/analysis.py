@@ -4,6 +4,11 @@ Events of one run (steps; None when the event does not happen within the run):
 - memorisation step: first evaluation step with train accuracy >= MEMORISATION_ACCURACY (0.99);
 - grokking steps: first evaluation step with test accuracy >= HALF_GROK_ACCURACY (grok_50) and
   >= GROK_ACCURACY (grok_95) (engine.grokking.config);
+- outcome (`grok_outcome`): "grokked" when test accuracy, once at GROK_ACCURACY, stays there at every evaluation
+  of the hold window (GROK_HOLD_STEPS, or stop_after_grok when smaller; stated as hold_steps); "collapsed" when
+  it falls below inside the window; "unconfirmed" when the run ended inside the window; "never" when it did not
+  reach it. Only "grokked" runs count as grokked (grok_step); the rest are censored (engine.grokking.survival),
+  counted, never dropped;
 - onset of a measure: the first checkpoint from which the measure stays "on" at EVERY later
   checkpoint of the run (so a brief spike is not an onset), the earliest over matrices / layers:
   * max_over_median: max|w|/median|w| of a matrix >= `ratio_factor` (OnsetSettings) x its value at step 0;
@@ -15,7 +20,8 @@ Events of one run (steps; None when the event does not happen within the run):
 - lag of a measure = onset - grok_95 (negative: the measure came first).
 
 For the LLM-shaped model (config.model == "llm") the measures are those of engine.grokking.llm_measures
-(llm_measures.csv, one row per checkpoint), and the onsets are of config.LLM_MEASURES:
+(llm_measures.csv, one row per checkpoint), and the onsets are those of the registered measures
+(engine.grokking.measure_registry; the built-in ones are config.LLM_MEASURES):
   * super_weight (_train / _test): a candidate of the first tab's super-weight scan
     (engine.superweights.detect, relative rule, unchanged) fires in the causal test on train or test
     (zeroing it raises perplexity >= 2x or drops accuracy > 10 points while k random weights do not);
@@ -23,7 +29,11 @@ For the LLM-shaped model (config.model == "llm") the measures are those of engin
   * super_activation: max |y| at BOS / median |y| of a down projection >= ratio_factor x its step-0 value;
   * persisting_activation: the BOS spike persists in >= 2 layers of the residual stream;
   * fourier: the number of key Fourier frequencies <= its step-0 value / ratio_factor (Nanda et al. 2023);
-  * attention_sink: the largest per-layer attention share on BOS >= ratio_factor x its step-0 value.
+  * attention_sink: the largest per-layer attention share on BOS minus what uniform causal attention gives
+    (sink_excess_max) >= `sink_excess` (runs measured before that column: the share minus the 5-token uniform
+    share 0.32);
+  * massive_activation: the residual stream's peak at BOS / its median (resid_bos_over_median, max over
+    layers) >= `massive_ratio`.
 At the end of a grokked llm run the scan's super weights (else the top-|w| of each down projection) are
 zeroed together (llm_measures.zeroing_outcome): does the model fall back to memorisation or break?
 
@@ -48,9 +58,9 @@ from torch import nn
 from engine.core.runstore import write_json
 from engine.grokking.config import (
     GROK_ACCURACY,
+    GROK_HOLD_STEPS,
     HALF_GROK_ACCURACY,
     LLM_MEASURE_LABELS,
-    LLM_MEASURES,
     MAX_CHECKPOINTS,
     MEASURE_LABELS,
     MEASURES,
@@ -78,6 +88,8 @@ class OnsetSettings:
     ratio_factor: float = 2.0
     kurtosis_threshold: float = 5.0
     min_span: int = 3
+    sink_excess: float = 0.2
+    massive_ratio: float = 20.0
 
 
 def first_reaching(metrics: pd.DataFrame, column: str, level: float) -> int | None:
@@ -144,30 +156,43 @@ def onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) ->
 
 
 def llm_onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) -> dict[str, int | None]:
-    """Onset step of each measure in LLM_MEASURES from an llm run's llm_measures.csv (see the module docstring)."""
-    out: dict[str, int | None] = {m: None for m in LLM_MEASURES}
+    """Onset step of every registered measure (engine.grokking.measure_registry: LLM_MEASURES and any added)
+    from an llm run's llm_measures.csv (see the module docstring)."""
+    from engine.grokking.measure_registry import REGISTRY
+
+    out: dict[str, int | None] = {m: None for m in REGISTRY}
     if measures.empty or "step" not in measures or len(measures) == 0:
         return out
     m = measures.sort_values("step").reset_index(drop=True)
     steps = m["step"].astype(int).tolist()
-
-    def flag(column: str) -> pd.Series:
-        return m[column].astype(str).str.lower().isin(["true", "1", "1.0"])
-
-    first = m.iloc[0]
-    flags = {
-        "super_weight": flag("scan_fires_train") | flag("scan_fires_test"),
-        "super_weight_train": flag("scan_fires_train"),
-        "super_weight_test": flag("scan_fires_test"),
-        "top_weight_causal": flag("fires_train") | flag("fires_test"),
-        "super_activation": m["bos_over_median"] >= settings.ratio_factor * first["bos_over_median"],
-        "persisting_activation": m["persisting_layers"] >= 2,
-        "fourier": m["n_key_frequencies"] <= first["n_key_frequencies"] / settings.ratio_factor,
-        "attention_sink": m["sink_share_max"] >= settings.ratio_factor * first["sink_share_max"],
-    }
-    for name, on in flags.items():
-        out[name] = stays_on_from(steps, on.tolist())
+    for name, spec in REGISTRY.items():
+        if spec.compute is not None and not all(c in m for c in spec.columns):
+            continue  # registered after this run was measured
+        out[name] = stays_on_from(steps, spec.onset(m, settings).tolist())
     return out
+
+
+def hold_steps_of(stop_after_grok: int) -> int:
+    """The hold window of a run: GROK_HOLD_STEPS, or stop_after_grok when that is smaller (and >= 0)."""
+    return GROK_HOLD_STEPS if stop_after_grok < 0 else min(GROK_HOLD_STEPS, stop_after_grok)
+
+
+def grok_outcome(metrics: pd.DataFrame, hold_steps: int = GROK_HOLD_STEPS) -> tuple[str, int | None, int]:
+    """(outcome, grokking step or None, time) of a run's metrics (see the module docstring).
+
+    time: the grokking step of a grokked run; the step test accuracy fell below GROK_ACCURACY of a collapsed
+    one; the last step of a run that never reached it or ended inside the window."""
+    last = int(metrics["step"].iloc[-1]) if len(metrics) else 0
+    first = first_reaching(metrics, "test_acc", GROK_ACCURACY)
+    if first is None:
+        return "never", None, last
+    window = metrics[(metrics["step"] >= first) & (metrics["step"] <= first + hold_steps)]
+    fell = window.loc[window["test_acc"] < GROK_ACCURACY, "step"]
+    if len(fell):
+        return "collapsed", None, int(fell.iloc[0])
+    if last < first + hold_steps:
+        return "unconfirmed", None, last
+    return "grokked", first, first
 
 
 def run_events(
@@ -175,23 +200,31 @@ def run_events(
     measures: pd.DataFrame,
     settings: OnsetSettings = OnsetSettings(),
     llm_measures: pd.DataFrame | None = None,
+    hold_steps: int = GROK_HOLD_STEPS,
 ) -> RunEvents:
-    """Memorisation and grokking steps, onsets and lags (onset - grok_95) of one run (of LLM_MEASURES
-    from `llm_measures` when given: an llm run)."""
+    """Memorisation and grokking steps, outcome, onsets and lags (onset - grokking step) of one run (of
+    LLM_MEASURES from `llm_measures` when given: an llm run)."""
     mem = first_reaching(metrics, "train_acc", MEMORISATION_ACCURACY)
-    grok = first_reaching(metrics, "test_acc", GROK_ACCURACY)
+    outcome, grok, time_ = grok_outcome(metrics, hold_steps)
+    first = first_reaching(metrics, "test_acc", GROK_ACCURACY)
+    after = metrics.loc[metrics["step"] >= first, "test_acc"] if first is not None else pd.Series(dtype=float)
     found = onsets(measures, settings) if llm_measures is None else llm_onsets(llm_measures, settings)
     return {
         "memorisation_step": mem,
         "grok_50_step": first_reaching(metrics, "test_acc", HALF_GROK_ACCURACY),
-        "grok_95_step": grok,
+        "grok_95_step": first,
         "final_train_acc": float(metrics["train_acc"].iloc[-1]) if len(metrics) else None,
         "final_test_acc": float(metrics["test_acc"].iloc[-1]) if len(metrics) else None,
         "last_step": int(metrics["step"].iloc[-1]) if len(metrics) else 0,
-        "grokked": grok is not None,
+        "grokked": outcome == "grokked",
         "grokking_delay": None if mem is None or grok is None else grok - mem,
         "onsets": found,
         "lags": {m: (None if s is None or grok is None else s - grok) for m, s in found.items()},
+        "outcome": outcome,
+        "grok_step": grok,
+        "time": time_,
+        "hold_steps": hold_steps,
+        "min_test_acc_after_grok": float(after.min()) if len(after) else None,
     }
 
 
@@ -207,7 +240,13 @@ def summarize(run: GrokRun, settings: OnsetSettings = OnsetSettings()) -> RunSum
         "message": status.get("message", ""),
         "onset_settings": asdict(settings),
         "owner": run.owner,
-        **run_events(run.metrics(), run.measures(), settings, run.llm_measures() if is_llm else None),
+        **run_events(
+            run.metrics(),
+            run.measures(),
+            settings,
+            run.llm_measures() if is_llm else None,
+            hold_steps_of(run.grok_config.stop_after_grok),
+        ),
     }
     if is_llm:
         summary["zeroing"] = (
@@ -252,11 +291,17 @@ def _append_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def measure_llm(run: GrokRun, step: int, model: GrokLlama, data: LlmData) -> None:
-    """The llm measures of one checkpoint, appended to llm_measures.csv (one row, with the seconds they took)
-    and llm_causal.csv."""
+    """The llm measures of one checkpoint (and the columns of every registered measure with a compute),
+    appended to llm_measures.csv (one row, with the seconds they took) and llm_causal.csv."""
+    from engine.grokking.measure_registry import REGISTRY
+
     start = time.perf_counter()
     result = measure_llm_checkpoint(step, model, data, LLM_MEASURE_SETTINGS)
-    row = {**result.summary(), "measure_seconds": time.perf_counter() - start}
+    row = result.summary()
+    for spec in REGISTRY.values():
+        if spec.compute is not None:
+            row.update(spec.compute(model, data, LLM_MEASURE_SETTINGS))
+    row["measure_seconds"] = time.perf_counter() - start
     _append_csv(run.llm_measures_path, pd.DataFrame([row]))
     _append_csv(run.llm_causal_path, result.causal.assign(step=step))
 

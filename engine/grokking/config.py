@@ -5,9 +5,11 @@ Task: predict c = (a o b) mod p from (a, b) for every pair (Power et al. 2022, a
 a random `train_frac` of the p^2 pairs is the training set, the rest the test set. Models: a small
 transformer without LayerNorm (Nanda et al. 2023, arXiv 2301.05217), an MLP on the concatenated
 one-hot codes of a and b (Prieto et al. 2025, arXiv 2501.04697), or an LLM-shaped Llama decoder on
-[BOS, a, op, b, =] (engine.grokking.llm). Optimiser: AdamW, optionally with the Grokfast EMA gradient
-filter (Lee et al. 2024, arXiv 2405.20233), optionally with super-weight suppression (clipping each
-down projection, engine.grokking.suppression).
+[BOS, a, op, b, =] or on the same example inside Markov filler (context="markov", engine.grokking.contexts; a
+task where attention must sometimes do nothing). Optimiser: AdamW, optionally with linear warmup, gradient
+clipping and the Grokfast EMA gradient filter (Lee et al. 2024, arXiv 2405.20233), optionally with super-weight
+suppression (clipping each down projection, engine.grokking.suppression) or zeroing of the tracked super-weight
+candidate (engine.grokking.zeroing).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from engine.core.runstore import run_id_for
 
 Task = Literal["add", "sub", "mul", "div", "sq_sum", "cube_ab"]
 ModelKind = Literal["mlp", "transformer", "llm"]
+# llm only: "plain" = [BOS, a, op, b, =] -> c; "markov" = BOS + Markov filler with "a op b = c" at a random
+# position, next-token loss everywhere (engine.grokking.contexts)
+Context = Literal["plain", "markov"]
+Filler = Literal["resampled", "fixed"]  # markov filler: drawn anew every step, or one fixed context per pair
+FillerVocab = Literal["numbers", "symbols"]  # markov filler: the number tokens, or 8 symbols of its own
+ZeroWeight = Literal["off", "tracked", "random"]  # engine.grokking.zeroing
 Measure = Literal["super_weight", "max_over_median", "kurtosis", "top_coordinate", "massive_activation"]
 
 TASK_LABELS: dict[str, str] = {
@@ -45,6 +53,7 @@ LlmMeasure = Literal[
     "persisting_activation",
     "fourier",
     "attention_sink",
+    "massive_activation",
 ]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 MEASURES: tuple[str, ...] = get_args(Measure)
@@ -69,19 +78,58 @@ LLM_MEASURE_LABELS: dict[str, str] = {
     "super_activation": "super activation at BOS",
     "persisting_activation": "persisting BOS activation",
     "fourier": "few key Fourier frequencies",
-    "attention_sink": "attention sink on BOS",
+    "attention_sink": "attention sink on BOS (share above uniform)",
+    "massive_activation": "massive activation (residual |h| at BOS / median)",
 }
 
 MEMORISATION_ACCURACY = 0.99  # train accuracy that marks memorisation
 HALF_GROK_ACCURACY = 0.50  # test accuracy of the first grokking event
 GROK_ACCURACY = 0.95  # test accuracy that marks grokking (and starts the stop_after_grok countdown)
+# a run has grokked when test accuracy first reaches GROK_ACCURACY and stays there at every evaluation of the
+# next GROK_HOLD_STEPS steps (fewer when stop_after_grok is smaller: the window is stated in every summary)
+GROK_HOLD_STEPS = 200
 
 FORMAT_VERSION = 1  # part of every run id: a new layout of the run folder gives new ids
 RUN_ID_DIGITS = 16  # hex digits of a run id (cache/grokking/<run id>/)
 MAX_LAYERS = 4  # MLP / transformer
-LLM_MIN_LAYERS, LLM_MAX_LAYERS = 4, 8  # the relative detection rule compares a layer with the median over layers
-# the one-click preset of the LLM-shaped model (page and CLI --model llm defaults for these fields)
-LLM_PRESET: dict[str, Any] = {"model": "llm", "n_layers": 4, "d_model": 64, "n_heads": 4, "d_mlp": 256}
+LLM_MIN_LAYERS, LLM_MAX_LAYERS = 1, 8  # with < 4 layers the detector's relative rule (layer vs median) rarely fires
+LLM_MIN_SEQ_LEN, LLM_MAX_SEQ_LEN = 7, 128  # markov context: BOS + "a op b = c" + >= 1 filler token; positions
+# the one-click preset of the LLM-shaped model (page and CLI --model llm defaults for these fields): stable
+# training (plain AdamW, linear warmup, gradient clipping; Grokfast off, it drives loss spikes), checked by
+# benchmarks/bench_grokking.py to grok and hold to the end
+LLM_PRESET: dict[str, Any] = {
+    "model": "llm",
+    "n_layers": 4,
+    "d_model": 64,
+    "n_heads": 4,
+    "d_mlp": 256,
+    "lr": 1e-3,
+    "grokfast": False,
+    "warmup_steps": 50,
+    "grad_clip": 1.0,
+}
+# the LLM-shaped model on the task that needs a sink (the study's control arm, config.StudyConfig)
+SINK_TASK_PRESET: dict[str, Any] = {
+    **LLM_PRESET,
+    "n_layers": 2,
+    "d_model": 64,
+    "d_mlp": 128,
+    "lr": 3e-3,
+    "p": 23,
+    "context": "markov",
+    "seq_len": 24,
+    "batch_size": 64,
+    "weight_decay": 1.0,
+    "eval_every": 50,
+    "checkpoint_every": 100,
+    "stop_after_grok": 300,
+}
+# the page's grokking presets: name -> GrokConfig fields set by the preset (the rest keep their defaults)
+PRESETS: dict[str, dict[str, Any]] = {
+    "One-hot MLP (default)": {},
+    "LLM-shaped, 5-token task (nothing forms)": dict(LLM_PRESET),
+    "LLM-shaped, task that needs a sink (markov filler)": SINK_TASK_PRESET,
+}
 MAX_CHECKPOINTS = 60  # checkpoints a run keeps on disk (thinned evenly; step 0, events and the last kept)
 # suppression of super weights during training (engine.grokking.suppression; checked here, without torch)
 SUPPRESS_EVERY, SUPPRESS_QUANTILE, SUPPRESS_FACTOR = 10, 0.999, 1.0
@@ -134,15 +182,37 @@ class GrokConfig:
     suppress_every: int = option(SUPPRESS_EVERY, "suppression: clip every N steps")
     suppress_quantile: float = option(SUPPRESS_QUANTILE, "suppression: the quantile q of |w|, in (0, 1]")
     suppress_factor: float = option(SUPPRESS_FACTOR, "suppression: the factor c > 0 of the clip threshold")
+    context: Context = option(
+        "plain",
+        "llm: plain = [BOS, a, op, b, =] -> c; markov = BOS + Markov filler with 'a op b = c' at a random position, "
+        "next-token loss everywhere (a task where attention must sometimes do nothing)",
+    )
+    seq_len: int = option(28, f"llm markov context: tokens per sequence ({LLM_MIN_SEQ_LEN}-{LLM_MAX_SEQ_LEN})")
+    filler: Filler = option("resampled", "llm markov context: filler drawn anew every step, or fixed per pair")
+    filler_vocab: FillerVocab = option(
+        "numbers", "llm markov context: filler over the number tokens, or over 8 filler symbols of its own"
+    )
+    warmup_steps: int = option(0, "linear learning-rate warmup over the first N steps (0: none)")
+    grad_clip: float = option(0.0, "clip the gradient's global L2 norm to this (0: no clipping)")
+    zero_weight: ZeroWeight = option(
+        "off",
+        "llm: every --zero-every steps zero the tracked super-weight candidate (tracked) or one random weight of "
+        "its matrix (random)",
+    )
+    zero_every: int = option(10, "zeroing: every N steps")
 
     def key_fields(self, owner: str | None = None) -> dict[str, Any]:
         """What the run id hashes: {"v": FORMAT_VERSION, **fields} (config.json holds the fields alone).
 
-        The suppression fields enter only when suppression is on, and {"owner": owner} only when an
+        The suppression fields enter only when suppression is on, OPTIONAL_FIELDS only when they differ from
+        their defaults, and {"owner": owner} only when an
         owner is given (a person's run on the server), so the ids of runs without them never change."""
         fields = dataclasses.asdict(self)
         if not self.suppress:
             for name in SUPPRESSION_FIELDS:
+                fields.pop(name)
+        for name in OPTIONAL_FIELDS:
+            if fields[name] == _FIELD_DEFAULTS[name]:
                 fields.pop(name)
         return {"v": FORMAT_VERSION, **fields, **({"owner": owner} if owner else {})}
 
@@ -158,7 +228,15 @@ class GrokConfig:
             "transformer": f"transformer {self.n_layers}L d{self.d_model} {self.n_heads}h",
             "llm": f"Llama {self.n_layers}L d{self.d_model} {self.n_heads}h mlp{self.d_mlp}",
         }.get(self.model, f"MLP {self.n_layers}x{self.mlp_width}")
+        if self.model == "llm" and self.context == "markov":
+            model += f", markov context T={self.seq_len} ({self.filler} {self.filler_vocab} filler)"
         opt = f"AdamW lr {self.lr:g} wd {self.weight_decay:g}" + (" + Grokfast" if self.grokfast else "")
+        if self.warmup_steps:
+            opt += f" + warmup {self.warmup_steps}"
+        if self.grad_clip:
+            opt += f" + grad-norm clip {self.grad_clip:g}"
+        if self.zero_weight != "off":
+            opt += f" + zero {self.zero_weight} weight every {self.zero_every}"
         if self.suppress:
             opt += (
                 f" + clip W_down to {self.suppress_factor:g} x q{self.suppress_quantile:g} every {self.suppress_every}"
@@ -173,6 +251,23 @@ class GrokConfig:
 
 
 SUPPRESSION_FIELDS = ("suppress", "suppress_every", "suppress_quantile", "suppress_factor")
+# fields added after runs were first stored: part of a run id only when not at their default (old ids stay)
+OPTIONAL_FIELDS = (
+    "context",
+    "seq_len",
+    "filler",
+    "filler_vocab",
+    "warmup_steps",
+    "grad_clip",
+    "zero_weight",
+    "zero_every",
+)
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GrokConfig)}
+
+
+def sequence_length(config: GrokConfig) -> int:
+    """Tokens per sequence of an llm run: 5 ([BOS, a, op, b, =]) or seq_len (markov context)."""
+    return config.seq_len if config.context == "markov" else 5
 
 
 @dataclass(frozen=True)
@@ -196,48 +291,107 @@ class RunOptions:
     )
 
 
+StudyArm = Literal["control", "zero_tracked", "zero_random", "nothing_forms"]
+STUDY_ARMS: tuple[str, ...] = get_args(StudyArm)
+ARM_LABELS: dict[str, str] = {
+    "control": "(a) control: plain softmax, markov context",
+    "zero_tracked": "(d) zero the tracked super-weight candidate",
+    "zero_random": "(d') zero one random weight of the same matrix",
+    "nothing_forms": "5-token task [BOS, a, +, b, =] (nothing forms)",
+}
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """The grokking / super-weight study (`python -m engine grok-study`, `make study-grok`): the LLM-shaped
-    model over seeds x weight decays, each as a control run and a run with suppression (same seeds)."""
+    """The grokking / super-weight study (`python -m engine grok-study`, `make study-grok`): the LLM-shaped model
+    on the markov context (a task that needs a sink), arms x seeds on paired seeds (a seed fixes the split, the
+    initial weights and the minibatches of all its arms): the control, targeted zeroing of the tracked
+    super-weight candidate, zeroing a random weight of the same matrix, and the old 5-token task ("nothing
+    forms") with the same model and training."""
 
-    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "seeds (each gives a control and a suppression run)")
-    weight_decays: tuple[float, ...] = option((2.0, 3.0), "weight decays")
-    p: int = option(31, "modulus p")
+    seeds: tuple[int, ...] = option((0, 1, 2, 3, 4, 5), "seeds (each runs every arm)")
+    arms: tuple[str, ...] = option(STUDY_ARMS, f"arms, of {', '.join(STUDY_ARMS)}")
+    p: int = option(23, "modulus p")
+    seq_len: int = option(24, "tokens per markov sequence")
+    filler_vocab: FillerVocab = option("numbers", "markov filler over the number tokens or 8 symbols of its own")
     train_frac: float = option(0.6, "fraction of the pairs used for training")
-    steps: int = option(600, "step cap: a run that has not grokked by then counts as not grokked")
-    n_layers: int = option(4, "decoder layers", flag="--layers")
+    weight_decay: float = option(1.0, "AdamW weight decay")
+    lr: float = option(3e-3, "AdamW learning rate")
+    warmup_steps: int = option(50, "linear warmup steps")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    batch_size: int = option(64, "minibatch size (sequences)")
+    steps: int = option(3000, "step cap: a run that has not grokked by then is censored there")
+    n_layers: int = option(2, "decoder layers", flag="--layers")
     d_model: int = option(64, "width")
     d_mlp: int = option(128, "MLP width")
-    eval_every: int = option(25, "steps between evaluations")
-    checkpoint_every: int = option(50, "steps between checkpoints with all measures")
-    stop_after_grok: int = option(50, "steps to go on after grokking")
+    zero_every: int = option(10, "zeroing arms: zero a weight every N steps")
+    eval_every: int = option(50, "steps between evaluations")
+    checkpoint_every: int = option(100, "steps between checkpoints with all measures")
+    stop_after_grok: int = option(300, "steps to go on after test accuracy first reaches 0.95 (>= the hold window)")
     workers: int = option(2, "worker processes (1 torch thread each)")
     report_dir: str = option("reports/grokking", "folder of the report (summary.md, figures)")
     report_only: bool = option(False, "write the report from the cached runs without training")
     root: str | None = option(None, "runs folder (default cache/grokking/)")
 
     def base(self) -> GrokConfig:
-        """The control run's configuration of the study (seed and weight decay set per run)."""
+        """The control run's configuration of the study (seed set per run)."""
         return GrokConfig(
-            **{**LLM_PRESET, "n_layers": self.n_layers, "d_model": self.d_model, "d_mlp": self.d_mlp},
+            **{
+                **LLM_PRESET,
+                "n_layers": self.n_layers,
+                "d_model": self.d_model,
+                "d_mlp": self.d_mlp,
+                "lr": self.lr,
+                "warmup_steps": self.warmup_steps,
+                "grad_clip": self.grad_clip,
+            },
             p=self.p,
             train_frac=self.train_frac,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
             steps=self.steps,
             eval_every=self.eval_every,
             checkpoint_every=self.checkpoint_every,
             stop_after_grok=self.stop_after_grok,
+            context="markov",
+            seq_len=self.seq_len,
+            filler_vocab=self.filler_vocab,
         )
 
+    def config(self, arm: str, seed: int) -> GrokConfig:
+        """The run of one arm and seed."""
+        base = self.base().replace(seed=int(seed))
+        if arm == "zero_tracked":
+            return base.replace(zero_weight="tracked", zero_every=self.zero_every)
+        if arm == "zero_random":
+            return base.replace(zero_weight="random", zero_every=self.zero_every)
+        if arm == "nothing_forms":
+            return base.replace(context="plain")
+        return base
+
+    def runs(self) -> list[tuple[str, GrokConfig]]:
+        """(arm, config) of every run, seed by seed."""
+        return [(arm, self.config(arm, s)) for s in self.seeds for arm in self.arms]
+
     def configs(self) -> list[GrokConfig]:
-        """Every run: for each weight decay and seed, the control, then the same with suppression."""
-        base = self.base()
-        return [
-            base.replace(seed=int(s), weight_decay=float(wd), suppress=sup)
-            for wd in self.weight_decays
-            for s in self.seeds
-            for sup in (False, True)
-        ]
+        return [config for _, config in self.runs()]
+
+
+def validate_study(study: StudyConfig) -> None:
+    """Refuse unknown arms and a hold window the runs cannot observe, before any training."""
+    unknown = [a for a in study.arms if a not in STUDY_ARMS]
+    if unknown:
+        raise LabError(f"Unknown arm(s) {', '.join(unknown)}; choose from {', '.join(STUDY_ARMS)}.")
+    if not study.seeds:
+        raise LabError("The study needs at least one seed.")
+    if 0 <= study.stop_after_grok < GROK_HOLD_STEPS:
+        raise LabError(
+            f"stop_after_grok ({study.stop_after_grok}) must be >= the hold window ({GROK_HOLD_STEPS} steps) so that "
+            "every run that reaches 95% can show whether it holds."
+        )
+    validate_sweep(len(study.configs()))
+    for config in study.configs():
+        validate(config)
 
 
 def is_prime(n: int) -> bool:
@@ -276,10 +430,10 @@ def estimate_memory_bytes(config: GrokConfig) -> int:
     if config.model == "mlp":
         params = 2 * p * config.mlp_width + (config.n_layers - 1) * config.mlp_width**2 + config.mlp_width * p
         per_example = 2 * p + 2 * config.mlp_width * config.n_layers + 2 * p
-    elif config.model == "llm":  # 5 positions; attention, gate/up/down and norms kept per layer
-        d, vocab = config.d_model, p + 12
+    elif config.model == "llm":  # T positions; attention [H, T, T], gate/up/down and norms kept per layer
+        d, vocab, t = config.d_model, p + 12 + 8, sequence_length(config)
         params = 2 * vocab * d + config.n_layers * (4 * d * d + 3 * d * config.d_mlp + 2 * d) + d
-        per_example = 5 * config.n_layers * (12 * d + 4 * config.d_mlp + 5 * config.n_heads) + 5 * d + 2 * vocab
+        per_example = t * config.n_layers * (12 * d + 4 * config.d_mlp + t * config.n_heads) + t * d + 2 * t * vocab
     else:
         d = config.d_model
         params = (p + 1) * d + 3 * d + config.n_layers * (4 * d * d + 2 * d * config.d_mlp) + d * p
@@ -316,8 +470,13 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
         if config.n_layers not in range(LLM_MIN_LAYERS, LLM_MAX_LAYERS + 1):
             raise FieldError(
                 "n_layers",
-                f"The LLM-shaped model needs {LLM_MIN_LAYERS}-{LLM_MAX_LAYERS} layers (got {config.n_layers}): the "
-                "super-weight detection compares a layer's spike with the median over layers.",
+                f"The LLM-shaped model needs {LLM_MIN_LAYERS}-{LLM_MAX_LAYERS} layers (got {config.n_layers}).",
+            )
+        if config.context == "markov" and not LLM_MIN_SEQ_LEN <= config.seq_len <= LLM_MAX_SEQ_LEN:
+            raise FieldError(
+                "seq_len",
+                f"A markov sequence of {config.seq_len} tokens does not fit: it needs BOS, 'a op b = c' and at least "
+                f"one filler token ({LLM_MIN_SEQ_LEN}) and at most the model's {LLM_MAX_SEQ_LEN} positions."
             )
         if config.n_heads < 1 or config.d_model % config.n_heads or (config.d_model // config.n_heads) % 2:
             raise FieldError(
@@ -333,6 +492,17 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
     ):
         field = "n_layers" if config.n_layers not in range(1, MAX_LAYERS + 1) else "n_heads"
         raise FieldError(field, f"Need 1-{MAX_LAYERS} layers and d_model divisible by the number of heads.")
+    if config.model != "llm":
+        for name, plain in (("context", "plain"), ("zero_weight", "off")):
+            if getattr(config, name) != plain:
+                raise FieldError(
+                    name,
+                    f"--{name.replace('_', '-')} {getattr(config, name)} needs the LLM-shaped model: use --model llm.",
+                )
+    if config.zero_weight != "off" and config.zero_every < 1:
+        raise FieldError("zero_every", f"Zeroing must run every N >= 1 steps (got {config.zero_every}).")
+    if config.warmup_steps < 0 or config.grad_clip < 0:
+        raise LabError("warmup_steps and grad_clip must be >= 0 (0: off).")
     if config.suppress:
         if config.model != "llm":
             raise FieldError(

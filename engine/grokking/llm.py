@@ -1,4 +1,6 @@
-"""An LLM-shaped grokking model: a small Llama decoder trained from scratch on [BOS, a, op, b, =] -> c.
+"""An LLM-shaped grokking model: a small Llama decoder trained from scratch on [BOS, a, op, b, =] -> c (the
+plain context), or on the same example inside a Markov filler sequence (the markov context,
+engine.grokking.contexts).
 
 Built from transformers' own `LlamaConfig` / `LlamaForCausalLM` (RMSNorm pre-norm, gated SiLU MLP with
 gate/up/down projections, rotary position embeddings, untied input/output embeddings), so everything
@@ -8,15 +10,19 @@ onto it. The tokenizer is a word-level `tokenizers` model wrapped as a `PreTrain
 
     vocabulary: "0" .. "p-1" (ids 0 .. p-1, so the answer c is also its own token id), the operation
     symbols of OP_TOKENS, "=", then "<bos>", "<eos>", "<pad>", "<unk>";
-    "3 + 5 =" encodes to [<bos>, 3, +, 5, =] (BOS added by the tokenizer's post-processor).
+    "3 + 5 =" encodes to [<bos>, 3, +, 5, =] (BOS added by the tokenizer's post-processor);
+    the markov context with filler_vocab="symbols" appends the filler symbols "f0" .. "f7"
+    (engine.grokking.contexts); with "numbers" (the default) its filler is number tokens.
 
 A checkpoint is an ordinary Hugging Face folder (`save_pretrained` of model and tokenizer; p and the
-task are kept in config.json as `grok_p` / `grok_task`), so `engine.core.loading.load_model(folder)`
+task are kept in config.json as `grok_p` / `grok_task`, the context as `grok_context` / `grok_seq_len` /
+`grok_seed`), so `engine.core.loading.load_model(folder)`
 opens it like any local model and the super-weight scan of the first tab
 (`engine.superweights.detect.scan/detect`) runs on it unchanged. `as_loaded_model` gives the same
 `LoadedModel` view of a model in memory (no disk round trip) for the measures of each checkpoint.
 
-Shapes: N examples, T = 5 positions (BOS, a, op, b, =), D = d_model, p answers.
+Shapes: N examples, T positions (plain: 5 = BOS, a, op, b, =; markov: seq_len), D = d_model, p answers.
+The model has exactly T positions (max_position_embeddings); a longer sequence is refused.
 """
 
 from __future__ import annotations
@@ -32,34 +38,39 @@ from torch import nn
 
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
+from engine.grokking import contexts
 from engine.grokking.tasks import make_dataset
 
 OP_TOKENS: dict[str, str] = {"add": "+", "sub": "-", "mul": "*", "div": "/", "sq_sum": "sq+", "cube_ab": "cube+"}
 EQ_TOKEN = "="
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN = "<bos>", "<eos>", "<pad>", "<unk>"
-SEQ_LEN = 5  # [BOS, a, op, b, =]
-POSITION_NAMES = ("bos", "a", "op", "b", "eq")
+SEQ_LEN = 5  # plain context: [BOS, a, op, b, =]
+POSITION_NAMES = ("bos", "a", "op", "b", "eq")  # of the plain context
 EQ_POSITION = 4
-MIN_LAYERS = 4  # the relative detection rule compares a layer with the median over layers
+MIN_LAYERS = 1
+FILLER_PREFIX = "f"
 
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary and tokenizer
 
 
-def vocabulary(p: int) -> dict[str, int]:
-    """Token -> id: numbers 0..p-1 first (id = value), then the op symbols, "=", BOS, EOS, pad, unk."""
+def vocabulary(p: int, filler: bool = False) -> dict[str, int]:
+    """Token -> id: numbers 0..p-1 first (id = value), then the op symbols, "=", BOS, EOS, pad, unk, and with
+    `filler` (the markov context) the filler symbols f0 .. f7."""
     tokens = [str(i) for i in range(p)] + list(OP_TOKENS.values()) + [EQ_TOKEN, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
     tokens.append(UNK_TOKEN)
+    if filler:
+        tokens += [f"{FILLER_PREFIX}{i}" for i in range(contexts.FILLER_SYMBOLS)]
     return {token: i for i, token in enumerate(tokens)}
 
 
-def build_tokenizer(p: int) -> Any:
-    """A word-level PreTrainedTokenizerFast over `vocabulary(p)`: whitespace-split words, BOS prepended."""
+def build_tokenizer(p: int, filler: bool = False) -> Any:
+    """A word-level PreTrainedTokenizerFast over `vocabulary(p, filler)`: whitespace-split words, BOS prepended."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = vocabulary(p)
+    vocab = vocabulary(p, filler)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
@@ -101,8 +112,10 @@ def sequences(x: torch.Tensor, p: int, task: str = "add") -> torch.Tensor:
 
 @dataclass
 class LlmData:
-    """The grokking split as token sequences. ids_*: int64 [N, 5]; y_*: int64 [N] (c, also its token id);
-    x_*: int64 [N, 2] (a, b), the pairs of the existing dataset in the same order."""
+    """The grokking split as token sequences. ids_*: int64 [N, T]; y_*: int64 [N] (c, also its token id);
+    x_*: int64 [N, 2] (a, b), the pairs of the existing dataset in the same order; pos_*: int64 [N], the
+    position of "=" (whose logits predict c): T - 1 in the plain context. The markov context's sequences are
+    the fixed ones of each pair (contexts.context_table)."""
 
     ids_train: torch.Tensor
     y_train: torch.Tensor
@@ -112,6 +125,18 @@ class LlmData:
     x_test: torch.Tensor
     p: int
     task: str
+    pos_train: torch.Tensor | None = None
+    pos_test: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            ids = getattr(self, f"ids_{split}")
+            if getattr(self, f"pos_{split}") is None:
+                setattr(self, f"pos_{split}", torch.full((len(ids),), ids.shape[1] - 1, dtype=torch.long))
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.ids_train.shape[1])
 
     def triples(self, split: str = "train") -> torch.Tensor:
         """(a, b, c) rows [N, 3] of one split ("train" or "test")."""
@@ -119,9 +144,11 @@ class LlmData:
         return torch.cat([x, y[:, None]], dim=1)
 
     def prompts(self, n: int = 4, split: str = "train") -> list[str]:
-        """The texts of the first n examples of a split ("a op b ="), e.g. as prompts of the super-weight scan."""
-        x = self.x_train if split == "train" else self.x_test
-        return [prompt_text(int(a), int(b), self.task) for a, b in x[:n].tolist()]
+        """The texts of the first n sequences of a split without BOS (plain: "a op b ="), e.g. as prompts of the
+        super-weight scan."""
+        ids = self.ids_train if split == "train" else self.ids_test
+        words = {i: w for w, i in vocabulary(self.p, self.seq_len != SEQ_LEN).items()}
+        return [" ".join(words[int(i)] for i in row[1:]) for row in ids[:n].tolist()]
 
     def to(self, device: str | torch.device) -> LlmData:
         """The same data with every tensor on `device`."""
@@ -143,6 +170,22 @@ def llm_data(config: Any = None, *, task: str = "add", p: int = 53, train_frac: 
         config = types.SimpleNamespace(task=task, p=p, train_frac=train_frac, seed=seed)
     _op_token(config.task)
     data = make_dataset(config)
+    if getattr(config, "context", "plain") == "markov":
+        ids, pos = markov_table(config.p, config.task, config.seq_len, config.seed, config.filler_vocab)
+        tr = data.x_train[:, 0] * config.p + data.x_train[:, 1]
+        te = data.x_test[:, 0] * config.p + data.x_test[:, 1]
+        return LlmData(
+            ids[tr],
+            data.y_train,
+            ids[te],
+            data.y_test,
+            data.x_train,
+            data.x_test,
+            config.p,
+            config.task,
+            pos[tr],
+            pos[te],
+        )
     return LlmData(
         sequences(data.x_train, config.p, config.task),
         data.y_train,
@@ -152,6 +195,24 @@ def llm_data(config: Any = None, *, task: str = "add", p: int = 53, train_frac: 
         data.x_test,
         config.p,
         config.task,
+    )
+
+
+def filler_source(p: int, filler_vocab: str) -> tuple[int, int]:
+    """(first token id, number of symbols) of the markov filler: the p numbers (ids 0 .. p-1), or f0 .. f7."""
+    if filler_vocab == "numbers":
+        return 0, p
+    return vocabulary(p, filler=True)[f"{FILLER_PREFIX}0"], contexts.FILLER_SYMBOLS
+
+
+def markov_table(
+    p: int, task: str, seq_len: int, seed: int, filler_vocab: str = "numbers"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed markov context of every pair: (ids [p * p, T], "=" position [p * p]), row a * p + b."""
+    vocab = vocabulary(p)
+    first, k = filler_source(p, filler_vocab)
+    return contexts.context_table(
+        p, task, seq_len, seed, vocab[BOS_TOKEN], vocab[_op_token(task)], vocab[EQ_TOKEN], first, k
     )
 
 
@@ -168,25 +229,32 @@ def llm_config(
     d_mlp: int = 256,
     init_std: float = 0.02,
     attn_implementation: str = "eager",
+    context: str = "plain",
+    seq_len: int = SEQ_LEN,
+    seed: int = 0,
+    filler_vocab: str = "numbers",
 ) -> Any:
-    """The LlamaConfig of the grokking model (p and task kept as `grok_p`, `grok_task`).
+    """The LlamaConfig of the grokking model (p, task and context kept as `grok_p`, `grok_task`, `grok_context`,
+    `grok_seq_len`, `grok_seed`), with exactly as many positions as the context's sequences have.
 
-    Refuses (LabError) fewer than MIN_LAYERS layers (the relative detection rule cannot fire with 1-2
-    layers), a d_model not divisible by n_heads, and an odd head size (RoPE rotates pairs of channels).
+    Refuses (LabError) fewer than MIN_LAYERS layers, a d_model not divisible by n_heads, an odd head size
+    (RoPE rotates pairs of channels) and a markov sequence too short for BOS, the example and a filler token.
     """
     from transformers import LlamaConfig
 
     _op_token(task)
     if n_layers < MIN_LAYERS:
+        raise LabError(f"The LLM-shaped model needs at least {MIN_LAYERS} layer (got {n_layers}).")
+    if context == "markov" and seq_len < contexts.EXPRESSION_LEN + 2:
         raise LabError(
-            f"The LLM-shaped model needs at least {MIN_LAYERS} layers (got {n_layers}): the super-weight detection "
-            "compares a layer's spike with the median over layers."
+            f"A markov sequence needs >= {contexts.EXPRESSION_LEN + 2} tokens (BOS, 'a op b = c', a filler token); "
+            f"got {seq_len}."
         )
     if n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
         raise LabError(f"d_model ({d_model}) must split into {n_heads} heads of an even size (RoPE).")
     if d_mlp < 1 or p < 2:
         raise LabError("d_mlp must be >= 1 and p >= 2.")
-    vocab = vocabulary(p)
+    vocab = vocabulary(p, context == "markov" and filler_vocab == "symbols")
     return LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=d_model,
@@ -194,7 +262,7 @@ def llm_config(
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_heads,
-        max_position_embeddings=SEQ_LEN,
+        max_position_embeddings=seq_len if context == "markov" else SEQ_LEN,
         initializer_range=init_std,
         tie_word_embeddings=False,
         bos_token_id=vocab[BOS_TOKEN],
@@ -203,6 +271,10 @@ def llm_config(
         attn_implementation=attn_implementation,
         grok_p=p,
         grok_task=task,
+        grok_context=context,
+        grok_seq_len=seq_len if context == "markov" else SEQ_LEN,
+        grok_seed=seed,
+        grok_filler_vocab=filler_vocab,
     )
 
 
@@ -210,25 +282,89 @@ class GrokLlama(nn.Module):
     """The grokking model: `lm` (a LlamaForCausalLM) + its tokenizer, called like the lab's other models.
 
     forward(x [N, 2] int64 pairs (a, b)) -> logits [N, p] at the "=" position over the p answer tokens,
-    so `engine.grokking` evaluate/training code that calls model(x) works unchanged. `acts`, when given,
-    receives the residual stream after each decoder layer, "layer{i}.resid_out" [N, 5, D].
+    so `engine.grokking` evaluate/training code that calls model(x) works unchanged (markov context: each
+    pair in its fixed context). `acts`, when given, receives the residual stream after each decoder layer,
+    "layer{i}.resid_out" [N, T, D]. `train_loss` is the training objective of either context.
     """
 
-    def __init__(self, lm: Any, tokenizer: Any, p: int, task: str = "add"):
+    def __init__(
+        self,
+        lm: Any,
+        tokenizer: Any,
+        p: int,
+        task: str = "add",
+        context: str = "plain",
+        seed: int = 0,
+        filler: str = "resampled",
+        filler_vocab: str | None = None,
+    ):
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
         self.p = p
         self.task = task
+        self.context = context
+        self.seed = seed
+        self.filler = filler
+        self.filler_vocab = filler_vocab or getattr(lm.config, "grok_filler_vocab", "numbers")
+        self.seq_len = int(getattr(lm.config, "grok_seq_len", SEQ_LEN)) if context == "markov" else SEQ_LEN
+        if self.seq_len > lm.config.max_position_embeddings:
+            raise LabError(
+                f"Sequences of {self.seq_len} tokens do not fit this model's {lm.config.max_position_embeddings} "
+                "positions: train a model for this context."
+            )
 
     @property
     def device(self) -> torch.device:
         return self.lm.device
 
+    def sequences_of(self, x: torch.Tensor, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [N, T], "=" position [N]) of the pairs x [N, 2]: plain [BOS, a, op, b, =]; markov: each pair's
+        fixed context, or (step given, resampled filler) a fresh context drawn for that training step."""
+        device = self.lm.device
+        if self.context != "markov":
+            ids = sequences(x.to(device), self.p, self.task)
+            return ids, torch.full((len(x),), SEQ_LEN - 1, dtype=torch.long, device=device)
+        if step is not None and self.filler == "resampled":
+            vocab = vocabulary(self.p)
+            from engine.grokking.tasks import OPERATIONS
+
+            x = x.cpu()
+            c = OPERATIONS[self.task](x[:, 0], x[:, 1], self.p)
+            first, k = filler_source(self.p, self.filler_vocab)
+            ids, pos = contexts.markov_sequences(
+                x,
+                c,
+                self.seq_len,
+                vocab[BOS_TOKEN],
+                vocab[_op_token(self.task)],
+                vocab[EQ_TOKEN],
+                first,
+                contexts.step_generator(self.seed, step),
+                k,
+            )
+            return ids.to(device), pos.to(device)
+        ids, pos = markov_table(self.p, self.task, self.seq_len, self.seed, self.filler_vocab)
+        rows = (x[:, 0] * self.p + x[:, 1]).cpu()
+        return ids[rows].to(device), pos[rows].to(device)
+
+    def train_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, answer logits [N, p]) of a training batch: plain, cross-entropy of the answer; markov,
+        next-token cross-entropy averaged over every position of every sequence (the answer's included) plus
+        the answer's cross-entropy over the p numbers (so that the task is not drowned by T - 2 filler targets)."""
+        if self.context != "markov":
+            logits = self(x)
+            return nn.functional.cross_entropy(logits, y), logits
+        ids, pos = self.sequences_of(x, step)
+        logits = self.lm(input_ids=ids, use_cache=False).logits  # [N, T, V]
+        lm_loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        answer = logits[torch.arange(len(pos), device=pos.device), pos, : self.p]
+        return lm_loss + nn.functional.cross_entropy(answer, y.to(answer.device)), answer
+
     def forward(self, x: torch.Tensor, acts: dict | None = None) -> torch.Tensor:
-        ids = sequences(x.to(self.lm.device), self.p, self.task)
+        ids, pos = self.sequences_of(x)
         if acts is None:
-            return answer_logits(self.lm, ids, self.p)
+            return answer_logits(self.lm, ids, self.p, pos)
 
         def make(i: int):
             def hook(module, inputs, output):
@@ -239,7 +375,7 @@ class GrokLlama(nn.Module):
 
         handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(self.lm.model.layers)]
         try:
-            return answer_logits(self.lm, ids, self.p)
+            return answer_logits(self.lm, ids, self.p, pos)
         finally:
             for handle in handles:
                 handle.remove()
@@ -258,28 +394,54 @@ def build_llm(
     d_mlp: int = 256,
     seed: int = 0,
     init_std: float = 0.02,
+    context: str = "plain",
+    seq_len: int = SEQ_LEN,
+    filler: str = "resampled",
+    filler_vocab: str = "numbers",
 ) -> GrokLlama:
     """A freshly initialised LLM-shaped grokking model (same seed -> same initial weights), float32, CPU."""
     from transformers import LlamaForCausalLM
 
-    config = llm_config(p, task, n_layers, d_model, n_heads, d_mlp, init_std)
+    config = llm_config(
+        p,
+        task,
+        n_layers,
+        d_model,
+        n_heads,
+        d_mlp,
+        init_std,
+        context=context,
+        seq_len=seq_len,
+        seed=seed,
+        filler_vocab=filler_vocab,
+    )
     torch.manual_seed(seed)
     lm = LlamaForCausalLM(config).float()
-    return GrokLlama(lm, build_tokenizer(p), p, task)
+    symbols = context == "markov" and filler_vocab == "symbols"
+    return GrokLlama(lm, build_tokenizer(p, symbols), p, task, context, seed, filler, filler_vocab)
 
 
-def answer_logits(lm: Any, ids: torch.Tensor, p: int) -> torch.Tensor:
-    """Logits [N, p] at the "=" position (the last of ids [N, 5]) restricted to the number tokens 0..p-1."""
-    out = lm(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1)
-    return out.logits[:, -1, :p]
+def answer_logits(lm: Any, ids: torch.Tensor, p: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [N, p] at the "=" position restricted to the number tokens 0..p-1: the last of ids [N, T], or
+    positions [N] when given."""
+    ids = ids.to(lm.device)
+    if positions is None or bool((positions == ids.shape[1] - 1).all()):
+        out = lm(input_ids=ids, use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1, :p]
+    logits = lm(input_ids=ids, use_cache=False).logits  # [N, T, V]
+    return logits[torch.arange(len(ids), device=logits.device), positions.to(logits.device), :p]
 
 
 @torch.no_grad()
-def evaluate_ids(lm: Any, ids: torch.Tensor, y: torch.Tensor, p: int, chunk: int = 4096) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of the answers y [N] from sequences ids [N, 5], in chunks."""
+def evaluate_ids(
+    lm: Any, ids: torch.Tensor, y: torch.Tensor, p: int, chunk: int = 4096, positions: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the answers y [N] from sequences ids [N, T] ("=" at positions [N], default
+    the last), in chunks."""
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), chunk):
-        logits = answer_logits(lm, ids[start : start + chunk], p).float()
+        pos = None if positions is None else positions[start : start + chunk]
+        logits = answer_logits(lm, ids[start : start + chunk], p, pos).float()
         target = y[start : start + chunk].to(logits.device)
         loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(-1) == target).sum().item()
@@ -314,7 +476,8 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> GrokLlama:
     p, task = getattr(lm.config, "grok_p", None), getattr(lm.config, "grok_task", "add")
     if p is None:
         raise LabError(f"{folder} holds a Llama model but not a grokking one (no grok_p in its config).")
-    return GrokLlama(lm.to(device).eval(), tokenizer, int(p), task)
+    context, seed = getattr(lm.config, "grok_context", "plain"), int(getattr(lm.config, "grok_seed", 0))
+    return GrokLlama(lm.to(device).eval(), tokenizer, int(p), task, context, seed)
 
 
 def as_loaded_model(model: GrokLlama | Any, tokenizer: Any = None, name: str = "grokking-llm") -> LoadedModel:

@@ -1,6 +1,7 @@
 """Measures of the LLM-shaped grokking model at one checkpoint, defined so that they can fire before grokking.
 
-For the model of `engine.grokking.llm` (sequences [BOS, a, op, b, =] -> c):
+For the model of `engine.grokking.llm` (sequences [BOS, a, op, b, =] -> c, or the markov context's
+sequences of T tokens with "=" at a per-example position):
 
 1. Causal effect of candidate super weights, on the TRAIN and the TEST split separately. Candidates:
    the super-weight detection of the first tab (`engine.superweights.detect.detect`, relative rule,
@@ -15,18 +16,26 @@ For the model of `engine.grokking.llm` (sequences [BOS, a, op, b, =] -> c):
    the control's ppl_ratio < ppl_threshold, or acc_drop > acc_threshold while the control's acc_drop
    <= acc_threshold. Because train loss and accuracy are measured too, the test can fire on the
    memorised (train) solution long before test accuracy rises.
-2. Super activation: per layer, max |y| of the down projection's output y [N, 5, D] at each position
-   (BOS, a, op, b, =), the channel and signed value of the BOS spike, and whether the BOS spike persists
-   in the residual stream of the later layers (|h_l[BOS, channel]| >= PERSIST_FACTOR x median |h_l|, with
-   `detect.residual_trace` / `detect.persisting_layers`, as the detector does). The BOS row is the same
+2. Super activation: per layer, max |y| of the down projection's output y [N, T, D] at BOS and at the other
+   positions (plain context: at each of BOS, a, op, b, =), the channel and signed value of the BOS spike, and
+   whether the BOS spike persists in the residual stream of the later layers
+   (|h_l[BOS, channel]| >= PERSIST_FACTOR x median |h_l|, with `detect.residual_trace` /
+   `detect.persisting_layers`, as the detector does). The BOS row is the same
    for every example (causal attention: BOS sees only itself), so the BOS spike is data-free.
-3. Attention-sink share: per layer, the attention mass on BOS from the later query positions (mean
-   over heads, queries 1..4 and examples), and from the "=" query alone; eager attention.
-4. Key Fourier frequencies of the number embedding (`engine.grokking.fourier`).
+3. Attention sink: per layer, the attention mass on BOS from the later query positions (mean over heads,
+   queries 1..T-1 and examples), and from the "=" query alone; eager attention. What uniform causal attention
+   would give is subtracted: query i (0-based) sees i + 1 keys, so uniform attention puts 1 / (i + 1) on BOS and
+       sink_excess = share - mean_{i=1..T-1} 1 / (i + 1)
+   (T = 5: 0.32 is uniform and reads 0; a head that always attends to BOS reads 1 - that mean).
+4. Massive activation (Sun et al. 2024, arXiv 2402.17762): per layer, the residual stream h_l [N, T, D] after the
+   layer; resid_bos_over_median = max_d |h_l[BOS, d]| / median |h_l| (over examples, positions, channels) and
+   the same peak at any other position (resid_other_over_median), so a peak at the sink position is told from
+   a peak anywhere.
+5. Key Fourier frequencies of the number embedding (`engine.grokking.fourier`).
 
-`measure_llm_checkpoint` runs all four; `LlmMeasures.summary()` is one row of scalars per checkpoint
+`measure_llm_checkpoint` runs them all; `LlmMeasures.summary()` is one row of scalars per checkpoint
 for onset analysis. The model is read as it is (weights restored bit for bit after every edit, train/eval
-mode untouched: the grokking Llama has no dropout). Shapes: N examples, T = 5 positions, D = d_model, I = d_mlp.
+mode untouched: the grokking Llama has no dropout). Shapes: N examples, T positions, D = d_model, I = d_mlp.
 """
 
 from __future__ import annotations
@@ -104,32 +113,39 @@ CAUSAL_COLUMNS = [
 # Helpers
 
 
-def _subset(ids: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most n rows of (ids [N, 5], y [N]): all of them, or a seeded random subset."""
+def _subset(
+    ids: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """At most n rows of (ids [N, T], y [N], pos [N]): all of them, or a seeded random subset."""
     if len(y) <= n:
-        return ids, y
+        return ids, y, pos
     idx = torch.from_numpy(np.random.default_rng(seed).choice(len(y), n, replace=False)).to(ids.device)
-    return ids[idx], y[idx]
+    return ids[idx], y[idx], pos[idx]
 
 
 @dataclass
 class _Splits:
     """Train and test subsets, concatenated so that one forward pass measures both."""
 
-    ids: torch.Tensor  # [N_train + N_test, 5]
+    ids: torch.Tensor  # [N_train + N_test, T]
     y: torch.Tensor  # [N_train + N_test]
     n_train: int
+    pos: torch.Tensor  # [N_train + N_test], the "=" position of each row
 
     @classmethod
     def of(cls, data: LlmData, settings: LlmMeasureSettings) -> _Splits:
-        ids_tr, y_tr = _subset(data.ids_train, data.y_train, settings.max_examples, settings.seed)
-        ids_te, y_te = _subset(data.ids_test, data.y_test, settings.max_examples, settings.seed + 1)
-        return cls(torch.cat([ids_tr, ids_te]), torch.cat([y_tr, y_te]), len(y_tr))
+        ids_tr, y_tr, pos_tr = _subset(
+            data.ids_train, data.y_train, data.pos_train, settings.max_examples, settings.seed
+        )
+        ids_te, y_te, pos_te = _subset(
+            data.ids_test, data.y_test, data.pos_test, settings.max_examples, settings.seed + 1
+        )
+        return cls(torch.cat([ids_tr, ids_te]), torch.cat([y_tr, y_te]), len(y_tr), torch.cat([pos_tr, pos_te]))
 
     @torch.no_grad()
     def evaluate(self, lm: LoadedModel, p: int) -> dict[str, tuple[float, float]]:
         """{"train": (loss, acc), "test": (loss, acc)} of the model as it is now."""
-        logits = answer_logits(lm.model, self.ids, p).float()
+        logits = answer_logits(lm.model, self.ids, p, self.pos).float()
         y = self.y.to(logits.device)
         losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
         correct = (logits.argmax(-1) == y).float()
@@ -294,16 +310,17 @@ def zeroing_outcome(
     stays >= kept x its value; else "partial". Weights are restored bit for bit afterwards.
     """
     lm, p = _lm(model)
-    with lm.lock:
-        before = {
-            "train": evaluate_ids(lm.model, data.ids_train, data.y_train, p),
-            "test": evaluate_ids(lm.model, data.ids_test, data.y_test, p),
+
+    def both() -> dict[str, tuple[float, float]]:
+        return {
+            "train": evaluate_ids(lm.model, data.ids_train, data.y_train, p, positions=data.pos_train),
+            "test": evaluate_ids(lm.model, data.ids_test, data.y_test, p, positions=data.pos_test),
         }
+
+    with lm.lock:
+        before = both()
         with edited_weights(lm, [ElementEdit.zero(lm.model, *c) for c in coords]):
-            after = {
-                "train": evaluate_ids(lm.model, data.ids_train, data.y_train, p),
-                "test": evaluate_ids(lm.model, data.ids_test, data.y_test, p),
-            }
+            after = both()
     train_kept = after["train"][1] >= kept * before["train"][1]
     test_kept = after["test"][1] >= kept * before["test"][1]
     test_lost = after["test"][1] < lost * before["test"][1]
@@ -340,7 +357,8 @@ def super_activations(
 ) -> pd.DataFrame:
     """Per layer: max |y| of the down projection output at each position, the BOS spike and its persistence.
 
-    Columns: layer, max_abs_<bos|a|op|b|eq> (over examples and channels), bos_channel, bos_value (signed
+    Columns: layer, max_abs_bos and max_abs_other (at the other positions; plain context also
+    max_abs_<a|op|b|eq>), over examples and channels, bos_channel, bos_value (signed
     y[BOS, channel]), bos_input_channel / bos_input_value (largest |x| of the down projection's input at
     BOS), median_abs (median |y| over all examples, positions, channels), bos_over_median, and
     persists_in_layers: the layers from this one on where the residual stream still carries the BOS
@@ -370,13 +388,15 @@ def super_activations(
             x, y = seen[i]
             ay = y.abs()
             per_position = ay.amax(dim=(0, 2))  # [T]
+            named = POSITION_NAMES if len(per_position) == len(POSITION_NAMES) else ("bos",)
             bos_y, bos_x = y[0, 0], x[0, 0]  # the same for every example
             channel = int(bos_y.abs().argmax())
             in_channel = int(bos_x.abs().argmax())
             median = float(ay.median().item())
             trace = sw.residual_trace(lm, prompt, 0, channel)
             row = {"layer": i}
-            row.update({f"max_abs_{name}": float(v) for name, v in zip(POSITION_NAMES, per_position.tolist())})
+            row.update({f"max_abs_{name}": float(v) for name, v in zip(named, per_position.tolist())})
+            row["max_abs_other"] = float(per_position[1:].max()) if len(per_position) > 1 else 0.0
             row.update(
                 {
                     "bos_channel": channel,
@@ -398,12 +418,32 @@ def super_activations(
 # 3. Attention sinks
 
 
+def uniform_bos_share(seq_len: int) -> float:
+    """The BOS share of uniform causal attention, averaged over queries 1..T-1: mean_{i=1..T-1} 1 / (i + 1)."""
+    return float(np.mean(1.0 / np.arange(2, seq_len + 1))) if seq_len > 1 else 1.0
+
+
+def sink_scores(att: torch.Tensor) -> dict[str, float]:
+    """Sink measures of one layer's attention weights att [N, H, T, T] (rows sum to 1, causal):
+    sink_share (mean weight on BOS over heads, queries 1..T-1, examples), sink_excess = sink_share minus
+    uniform_bos_share(T), max_head_share / max_head_excess: the same for the head with the largest share."""
+    on_bos = att[:, :, 1:, 0].float()  # [N, H, T - 1]
+    uniform = uniform_bos_share(att.shape[-1])
+    share, head = float(on_bos.mean().item()), float(on_bos.mean(dim=(0, 2)).max().item())
+    return {
+        "sink_share": share,
+        "sink_excess": share - uniform,
+        "max_head_share": head,
+        "max_head_excess": head - uniform,
+    }
+
+
 @torch.no_grad()
 def attention_sink(
     model: GrokLlama | LoadedModel, data: LlmData, settings: LlmMeasureSettings = LlmMeasureSettings()
 ) -> pd.DataFrame:
-    """Per layer: sink_share = mean attention weight on BOS over heads, query positions 1..4 and examples;
-    sink_share_eq = the same from the "=" query only; max_head_share = the largest per-head sink_share.
+    """Per layer: sink_scores (sink_share, sink_excess, max_head_share, max_head_excess; see the module
+    docstring) and sink_share_eq = the mean attention weight on BOS from the "=" query only.
 
     Attention weights need eager attention: a model loaded with another implementation is switched to
     eager for the measurement and back afterwards.
@@ -420,19 +460,59 @@ def attention_sink(
             if previous != "eager":
                 lm.model.set_attn_implementation(previous)
     rows = []
+    pos = splits.pos.to(out.attentions[0].device)
     for i, att in enumerate(out.attentions):  # [N, H, T, T]
-        on_bos = att[:, :, 1:, 0].float()  # [N, H, T - 1]
-        rows.append(
-            {
-                "layer": i,
-                "sink_share": float(on_bos.mean().item()),
-                "sink_share_eq": float(on_bos[:, :, -1].mean().item()),
-                "max_head_share": float(on_bos.mean(dim=(0, 2)).max().item()),
-            }
-        )
+        eq = att[torch.arange(len(pos), device=pos.device), :, pos, 0].float()  # [N, H]
+        rows.append({"layer": i, **sink_scores(att), "sink_share_eq": float(eq.mean().item())})
     if len(rows) != len(decoder_layers(lm.model)):
         raise LabError("The model returned no attention weights (eager attention is needed).")
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Massive activations in the residual stream
+
+
+def residual_peaks(hidden: torch.Tensor) -> dict[str, float]:
+    """Peaks of one layer's residual stream h [N, T, D]: resid_bos_over_median = max |h[:, 0]| / median |h|,
+    resid_other_over_median = max |h[:, 1:]| / median |h|, and the channel of the BOS peak."""
+    a = hidden.float().abs()
+    median = float(a.median().item())
+    bos = a[:, 0].amax(dim=0)  # [D]
+    other = float(a[:, 1:].max().item()) if a.shape[1] > 1 else 0.0
+    return {
+        "resid_bos_max": float(bos.max().item()),
+        "resid_bos_channel": int(bos.argmax().item()),
+        "resid_median": median,
+        "resid_bos_over_median": float(bos.max().item()) / median if median else math.inf,
+        "resid_other_over_median": other / median if median else math.inf,
+    }
+
+
+@torch.no_grad()
+def massive_activations(
+    model: GrokLlama | LoadedModel, data: LlmData, settings: LlmMeasureSettings = LlmMeasureSettings()
+) -> pd.DataFrame:
+    """Per layer: residual_peaks of the residual stream after the layer (its output), on the measure subsets."""
+    lm, _ = _lm(model)
+    splits = _Splits.of(data, settings)
+    layers = decoder_layers(lm.model)
+    seen: dict[int, torch.Tensor] = {}
+
+    def make(i: int):
+        def hook(module, inputs, output):
+            seen[i] = (output[0] if isinstance(output, tuple) else output).detach()  # [N, T, D]
+
+        return hook
+
+    with lm.lock:
+        handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]
+        try:
+            body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return pd.DataFrame([{"layer": i, **residual_peaks(seen[i])} for i in range(len(layers))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,6 +528,7 @@ class LlmMeasures:
     activations: pd.DataFrame  # super_activations
     attention: pd.DataFrame  # attention_sink
     fourier: FourierResult
+    residual: pd.DataFrame | None = None  # massive_activations
     detection: sw.Detection | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
@@ -468,12 +549,19 @@ class LlmMeasures:
         top = acts.loc[acts["max_abs_bos"].idxmax()]
         row["super_activation_bos"] = float(top["max_abs_bos"])
         row["super_activation_layer"] = int(top["layer"])
-        row["super_activation_any"] = float(acts[[f"max_abs_{n}" for n in POSITION_NAMES]].to_numpy().max())
+        row["super_activation_any"] = float(acts[["max_abs_bos", "max_abs_other"]].to_numpy().max())
         row["bos_over_median"] = float(acts["bos_over_median"].max())
         persists = top["persists_in_layers"]
         row["persisting_layers"] = len(persists.split(",")) if persists else 0
         row["sink_share_max"] = float(self.attention["sink_share"].max())
         row["sink_share_mean"] = float(self.attention["sink_share"].mean())
+        row["sink_excess_max"] = float(self.attention["sink_excess"].max())
+        row["sink_head_excess_max"] = float(self.attention["max_head_excess"].max())
+        if self.residual is not None:
+            peak = self.residual.loc[self.residual["resid_bos_over_median"].idxmax()]
+            row["resid_bos_over_median"] = float(peak["resid_bos_over_median"])
+            row["resid_bos_layer"] = int(peak["layer"])
+            row["resid_other_over_median"] = float(self.residual["resid_other_over_median"].max())
         row["n_key_frequencies"] = self.fourier.n_key
         row["fourier_covered"] = self.fourier.covered
         return row
@@ -491,6 +579,7 @@ def measure_llm_checkpoint(
         causal=causal_effects(lm, data, candidates, settings),
         activations=super_activations(lm, data, settings),
         attention=attention_sink(lm, data, settings),
+        residual=massive_activations(lm, data, settings),
         fourier=embedding_key_frequencies(model, settings.fourier_share),
         detection=detection,
     )

@@ -97,6 +97,10 @@ def build_model(config: GrokConfig) -> nn.Module:
             n_heads=config.n_heads,
             d_mlp=config.d_mlp,
             seed=config.seed,
+            context=config.context,
+            seq_len=config.seq_len,
+            filler=config.filler,
+            filler_vocab=config.filler_vocab,
         )
     if config.model == "mlp":
         return GrokMLP(config.p, config.mlp_width, config.n_layers)

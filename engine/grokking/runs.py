@@ -50,6 +50,11 @@ class RunEvents(TypedDict):
     grokking_delay: int | None
     onsets: dict[str, int | None]
     lags: dict[str, int | None]
+    outcome: NotRequired[str]  # grokked / collapsed / unconfirmed / never (analysis.grok_outcome)
+    grok_step: NotRequired[int | None]  # grok_95 when the run grokked and held, else None
+    time: NotRequired[int]  # the survival time: the grokking step, or the censoring step
+    hold_steps: NotRequired[int]
+    min_test_acc_after_grok: NotRequired[float | None]
 
 
 class RunSummary(RunEvents):

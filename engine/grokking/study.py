@@ -1,26 +1,23 @@
-"""The study of issue 14: is there a connection between super weights and grokking?
+"""The grokking / super-weight study: does a sink, a massive activation or a super weight form, when, relative to
+grokking, and does removing the super-weight candidate change when the model groks?
 
-`python -m engine grok-study` (`make study-grok`): the LLM-shaped model (engine.grokking.llm) over seeds x
-weight decays, each as a control run and a run with super-weight suppression (same seed, same split,
-same initial weights; engine.grokking.suppression), with the llm measures at every checkpoint
-(engine.grokking.analysis). Runs live in the ordinary run store (cache/grokking/), so the study is
-cached and resumable: a finished run reopens, a stopped or killed one resumes from its last checkpoint,
-and a second invocation (or `--report-only`) only writes the report. A run that does not reach 95% test
-accuracy within the step cap counts as "not grokked", never as missing.
+`python -m engine grok-study` (`make study-grok`): the LLM-shaped model (engine.grokking.llm) on the markov
+context (engine.grokking.contexts: a task where attention must sometimes do nothing), arms x seeds
+(config.StudyConfig, config.ARM_LABELS). Paired seeds: a seed fixes the split, the initial weights and the
+minibatches of all its arms. Runs live in the ordinary run store (cache/grokking/), so the study is cached and
+resumable: a finished run reopens, a stopped or killed one resumes from its last checkpoint, and `--report-only`
+only writes the report. Training runs in `workers` processes with 1 torch thread each.
 
-Training runs in `workers` processes with 1 torch thread each. The report (`report_dir`, default
-reports/grokking/) holds summary.md (the answer in words with numbers), runs.csv, PNG figures (Altair,
-vl-convert) and study_log.json (wall time of every session that trained).
-
-Statistics (scipy):
-- onset of a measure vs the grokking step, over the control runs that grokked and show the onset:
-  paired differences lag = onset - grok_95 (mean with a t 95% interval, median), Pearson r of onset vs
-  grokking step with its 95% interval (Fisher z), and a two-sided sign test of "onset before grokking"
-  (engine.grokking.analysis.connection);
-- suppression's effect on the grokking step: paired differences d = grok_95(suppressed) - grok_95(control)
-  over the (seed, weight decay) pairs where both grokked, mean with a t 95% interval, and a Wilcoxon
-  signed-rank test; the pairs where only one grokked are counted separately;
-- end-of-run zeroing outcome: the verdicts of llm_measures.zeroing_outcome over grokked runs.
+The report (`report_dir`): summary.md, runs.csv, PNG figures, study_log.json (wall time of every session).
+1. Formation (the positive control, first): in the control arm, per seed, whether the lab's own measures see a
+   sink (attention share on BOS above uniform, analysis.llm_onsets) and a massive activation (residual peak at
+   BOS / median) form and stay; "formed in k of n seeds".
+2. Outcomes per arm: grokked / collapsed / unconfirmed / never (analysis.grok_outcome), Kaplan-Meier of the
+   grokking step with censoring, log-rank stratified by seed, paired differences of log grokking step with
+   bootstrap intervals (engine.grokking.survival).
+3. Manipulation checks: per arm, the massive activation, sink and train loss at the last checkpoint.
+4. Onset lags within the control arm (sink, massive activation, super weight, super activation): onset minus
+   grokking step, bootstrap interval, sign test; correlational, not causal.
 """
 
 from __future__ import annotations
@@ -41,28 +38,33 @@ from engine.core.figures import chart_png
 from engine.core.options import shell_command, to_flags
 from engine.core.paths import atomic_write
 from engine.core.provenance import git_commit, machine, machine_line, utc_now, versions, versions_line
-from engine.grokking.analysis import connection, connection_found, run_experiment, summarize
+from engine.grokking import survival
+from engine.grokking.analysis import OnsetSettings, run_experiment, summarize
 from engine.grokking.config import (
+    ARM_LABELS,
     GROK_ACCURACY,
-    LLM_MEASURE_LABELS,
-    LLM_MEASURES,
     MEMORISATION_ACCURACY,
     GrokConfig,
     StudyConfig,
-    validate,
-    validate_sweep,
+    validate_study,
 )
+from engine.grokking.measure_registry import REGISTRY, label
 from engine.grokking.runs import RunSummary, run_for
 
-ARMS = ("control", "suppression")
-TRACE_COLUMNS = {  # llm_measures.csv columns drawn against the steps from grokking
-    "max_ppl_ratio_train": "max perplexity ratio, train (fires >= 2)",
-    "max_ppl_ratio_test": "max perplexity ratio, test (fires >= 2)",
-    "bos_over_median": "BOS activation / median",
-    "sink_share_max": "attention share on BOS (max layer)",
-    "n_key_frequencies": "key Fourier frequencies",
-    "n_scan_candidates": "super-weight scan candidates",
+LAG_MEASURES = ("attention_sink", "massive_activation", "super_weight", "super_activation")
+TRACE_COLUMNS = {  # llm_measures.csv columns drawn against the step
+    "sink_excess_max": "attention on BOS above uniform (max layer)",
+    "resid_bos_over_median": "residual |h| at BOS / median (max layer)",
+    "bos_over_median": "down-projection output at BOS / median",
+    "max_ppl_ratio_train": "max perplexity ratio, one weight zeroed (train)",
 }
+CHECK_COLUMNS = (
+    "resid_bos_over_median",
+    "sink_excess_max",
+    "sink_head_excess_max",
+    "bos_over_median",
+    "max_ppl_ratio_train",
+)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -82,10 +84,8 @@ def _run_one(config: GrokConfig, root: str | None) -> RunSummary:
 def run_study(study: StudyConfig, on_run: Callable[[GrokConfig, RunSummary | None, str], None] | None = None) -> float:
     """Train every run of the study that is not finished yet (in study.workers processes); returns the
     wall seconds of this session (also appended to study_log.json)."""
+    validate_study(study)
     configs = study.configs()
-    validate_sweep(len(configs))
-    for config in configs:
-        validate(config)
     root = Path(study.root) if study.root else None
     todo = [c for c in configs if not run_for(c, root).is_finished()]
     start, t0 = time.time(), time.perf_counter()
@@ -136,48 +136,52 @@ def _log_session(report_dir: Path, start: float, seconds: float, n_trained: int,
 # ------------------------------------------------------------------------------------------ tables
 
 
-def study_table(study: StudyConfig) -> pd.DataFrame:
-    """One row per run of the study: seed, weight decay, arm, events, onsets, zeroing verdict, state."""
+def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -> pd.DataFrame:
+    """One row per run: arm, seed, outcome and survival time/event, events, onsets of every registered measure
+    (measure_registry), the largest and last-checkpoint values of CHECK_COLUMNS, the zeroing verdict, state and
+    training seconds."""
     root = Path(study.root) if study.root else None
     rows = []
-    for config in study.configs():
+    for arm, config in study.runs():
         run = run_for(config, root)
-        summary = summarize(run) if run.is_finished() else None  # with the current onset rules
+        summary = summarize(run, settings) if run.is_finished() else None  # with the current onset rules
         metrics = run.metrics()
         row: dict[str, Any] = {
+            "arm": arm,
             "seed": config.seed,
-            "weight_decay": config.weight_decay,
-            "arm": ARMS[int(config.suppress)],
             "run_id": run.run_id,
             "state": run.status().get("state", "new"),
             "train_seconds": float(metrics["elapsed_s"].iloc[-1]) if len(metrics) else np.nan,
         }
-        if summary is None:
-            rows.append(row)
-            continue
-        zeroing = summary.get("zeroing") or {}
-        row.update(
-            {
-                "loss_spike": _loss_spike(metrics),
-                "memorisation_step": summary["memorisation_step"],
-                "grok_95_step": summary["grok_95_step"],
-                "grokked": bool(summary["grokked"]),
-                "last_step": summary["last_step"],
-                "final_train_acc": summary["final_train_acc"],
-                "final_test_acc": summary["final_test_acc"],
-                "zeroing_verdict": zeroing.get("verdict"),
-                "zeroing_step": zeroing.get("step"),
-                "zeroing_train_before": zeroing.get("train_acc_before"),
-                "zeroing_test_before": zeroing.get("test_acc_before"),
-                "zeroing_source": zeroing.get("source"),
-                "zeroing_train_acc": zeroing.get("train_acc_after"),
-                "zeroing_test_acc": zeroing.get("test_acc_after"),
-                **{f"onset_{m}": summary["onsets"].get(m) for m in LLM_MEASURES},
-            }
-        )
+        if summary is not None:
+            measures = run.llm_measures()
+            zeroing = summary.get("zeroing") or {}
+            row.update(
+                {
+                    "outcome": summary["outcome"],
+                    "event": summary["outcome"] == "grokked",
+                    "time": summary["time"],
+                    "grokked": bool(summary["grokked"]),
+                    "grok_step": summary["grok_step"],
+                    "grok_95_step": summary["grok_95_step"],
+                    "memorisation_step": summary["memorisation_step"],
+                    "last_step": summary["last_step"],
+                    "final_train_acc": summary["final_train_acc"],
+                    "final_test_acc": summary["final_test_acc"],
+                    "min_test_acc_after_grok": summary["min_test_acc_after_grok"],
+                    "final_train_loss": float(metrics["train_loss"].iloc[-1]),
+                    "loss_spike": _loss_spike(metrics),
+                    "zeroing_verdict": zeroing.get("verdict"),
+                    **{f"onset_{m}": summary["onsets"].get(m) for m in REGISTRY},
+                }
+            )
+            for column in CHECK_COLUMNS:
+                values = measures[column] if column in measures else pd.Series(dtype=float)
+                row[f"max_{column}"] = float(values.max()) if len(values) else np.nan
+                row[f"last_{column}"] = float(values.iloc[-1]) if len(values) else np.nan
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ["grokked", "grok_95_step", *[f"onset_{m}" for m in LLM_MEASURES]]:
+    for column in ["outcome", "event", "time", "grokked", "grok_step", *[f"onset_{m}" for m in REGISTRY]]:
         if column not in frame:
             frame[column] = np.nan
     return frame
@@ -189,150 +193,87 @@ def _loss_spike(metrics: pd.DataFrame) -> bool:
     return bool(len(memorised) and (metrics.loc[metrics["step"] > memorised.iloc[0], "train_acc"] < 0.5).any())
 
 
-def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """(mean, low, high) of a t 95% interval (NaN bounds with fewer than 2 values)."""
-    from scipy import stats
+def finished(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of finished runs (with an outcome), time and event typed for survival."""
+    done = table[table["outcome"].notna()].copy()
+    done["time"] = done["time"].astype(float)
+    done["event"] = done["event"].astype(bool)
+    return done
 
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean()) if len(values) else np.nan
-    if len(values) < 2 or np.ptp(values) == 0:
-        return mean, mean if len(values) else np.nan, mean if len(values) else np.nan
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
-    return mean, float(low), float(high)
+
+def formation_table(table: pd.DataFrame, arm: str = "control") -> pd.DataFrame:
+    """Per finished run of `arm`: whether a sink and a massive activation formed (an onset: on at a checkpoint
+    and at every later one), their onsets and largest values, and the run's outcome."""
+    done = finished(table)
+    part = done[done["arm"] == arm]
+    return pd.DataFrame(
+        {
+            "seed": part["seed"],
+            "sink_formed": part["onset_attention_sink"].notna(),
+            "sink_onset": part["onset_attention_sink"],
+            "max_sink_excess": part.get("max_sink_excess_max"),
+            "max_head_sink_excess": part.get("max_sink_head_excess_max"),
+            "massive_formed": part["onset_massive_activation"].notna(),
+            "massive_onset": part["onset_massive_activation"],
+            "max_resid_bos_over_median": part.get("max_resid_bos_over_median"),
+            "super_weight_onset": part["onset_super_weight"],
+            "outcome": part["outcome"],
+            "grok_step": part["grok_step"],
+        }
+    ).reset_index(drop=True)
 
 
 @dataclass
-class MeasureConnection:
-    """Onset of one llm measure vs the grokking step over the finished control runs."""
+class ArmOutcomes:
+    """Outcome counts of one arm and its Kaplan-Meier curve of P(grokked by step t)."""
 
-    measure: str
-    n_runs: int
-    n_grokked: int
-    n_with_onset: int
-    mean_lag: float
-    lag_low: float
-    lag_high: float
-    median_lag: float | None
-    n_before: int
-    n_after: int
-    n_same: int
-    r: float | None
-    r_low: float | None
-    r_high: float | None
-    p_sign: float | None
-    found: bool
-    n_not_grokked_with_onset: int
-    n_not_grokked: int
+    arm: str
+    n: int
+    counts: dict[str, int]
+    km: pd.DataFrame
+    median_step: float | None  # first KM step with P(grokked) >= 0.5 (None when it never gets there)
 
 
-def measure_connections(table: pd.DataFrame, arm: str = "control") -> list[MeasureConnection]:
-    """Per llm measure, onset vs grokking step over the finished runs of one arm (see the module docstring)."""
-    done = table[(table["arm"] == arm) & table["grokked"].notna()]
+def arm_outcomes(table: pd.DataFrame) -> list[ArmOutcomes]:
+    done = finished(table)
     out = []
-    for m in LLM_MEASURES:
-        sub = pd.DataFrame(
-            {
-                "grokked": done["grokked"].astype(bool),
-                "grok_95_step": done["grok_95_step"],
-                "onset_step": done[f"onset_{m}"],
-            }
-        )
-        sub["lag"] = sub["onset_step"] - sub["grok_95_step"]
-        stats_ = connection(sub)
-        lags = sub.loc[sub["grokked"], "lag"].dropna().to_numpy(dtype=float)
-        mean, low, high = _t_interval(lags)
-        out.append(
-            MeasureConnection(
-                measure=m,
-                n_runs=stats_.n_runs,
-                n_grokked=stats_.n_grokked,
-                n_with_onset=stats_.n_with_onset,
-                mean_lag=mean,
-                lag_low=low,
-                lag_high=high,
-                median_lag=stats_.median_lag,
-                n_before=stats_.n_before,
-                n_after=stats_.n_after,
-                n_same=stats_.n_same,
-                r=stats_.r,
-                r_low=stats_.ci_low,
-                r_high=stats_.ci_high,
-                p_sign=stats_.p_sign,
-                found=connection_found(stats_),
-                n_not_grokked_with_onset=stats_.n_not_grokked_with_onset,
-                n_not_grokked=stats_.n_not_grokked,
-            )
-        )
+    for arm in dict.fromkeys(done["arm"]):
+        part = done[done["arm"] == arm]
+        km = survival.kaplan_meier(part["time"].to_numpy(), part["event"].to_numpy())
+        half = km.loc[km["grokked"] >= 0.5, "step"] if len(km) else pd.Series(dtype=float)
+        counts = {o: int((part["outcome"] == o).sum()) for o in ("grokked", *survival.CENSORED_OUTCOMES)}
+        out.append(ArmOutcomes(arm, len(part), counts, km, float(half.iloc[0]) if len(half) else None))
     return out
 
 
-@dataclass
-class SuppressionEffect:
-    """Grokking step with suppression minus without, paired over (seed, weight decay)."""
-
-    n_pairs: int  # pairs with both runs finished
-    n_both_grokked: int
-    n_control_only: int  # control grokked, suppressed run did not
-    n_suppressed_only: int
-    n_neither: int
-    mean_diff: float
-    diff_low: float
-    diff_high: float
-    median_diff: float | None
-    p_wilcoxon: float | None
-    diffs: list[float]
-    p_mcnemar: float | None = None  # exact McNemar: control-only vs suppressed-only grokked pairs
-    capped_mean: float = np.nan  # paired difference with "not grokked" set to the step cap: a lower bound
-    capped_low: float = np.nan
-    capped_high: float = np.nan
+COMPARISONS = (
+    ("zero_tracked", "zero_random"),
+    ("zero_tracked", "control"),
+    ("zero_random", "control"),
+    ("nothing_forms", "control"),
+)
 
 
-def suppression_effect(table: pd.DataFrame, cap: int | None = None) -> SuppressionEffect:
-    """Paired differences of grok_95 (suppressed - control) over the pairs where both grokked (t 95% CI,
-    Wilcoxon signed-rank); pairs where only one arm grokked are counted, not dropped silently, and enter
-    an exact McNemar test (binomial test of the discordant pairs) and a capped difference (a run that did
-    not grok counted at the step cap `cap`: a lower bound on the delay when suppression prevents grokking)."""
-    from scipy import stats
+def comparisons(table: pd.DataFrame) -> list[tuple[survival.LogRank | None, survival.PairedLogDifference]]:
+    """For each pair of COMPARISONS present in the table: stratified log-rank and paired log differences."""
+    done = finished(table)
+    arms = set(done["arm"])
+    return [
+        (survival.logrank(done, a, b), survival.paired_log_differences(done, a, b))
+        for a, b in COMPARISONS
+        if a in arms and b in arms
+    ]
 
-    done = table[table["grokked"].notna()]
-    keys = ["seed", "weight_decay"]
-    control = done[done["arm"] == "control"][[*keys, "grokked", "grok_95_step"]]
-    suppressed = done[done["arm"] == "suppression"][[*keys, "grokked", "grok_95_step"]]
-    pairs = control.merge(suppressed, on=keys, suffixes=("_c", "_s"))
-    if not len(pairs):
-        return SuppressionEffect(0, 0, 0, 0, 0, np.nan, np.nan, np.nan, None, None, [])
-    g_c = pairs["grokked_c"].astype(bool)
-    g_s = pairs["grokked_s"].astype(bool)
-    both = pairs[g_c & g_s]
-    diffs = (both["grok_95_step_s"] - both["grok_95_step_c"]).to_numpy(dtype=float)
-    mean, low, high = _t_interval(diffs)
-    p = None
-    if len(diffs) >= 2 and np.any(diffs != 0):
-        p = float(stats.wilcoxon(diffs).pvalue)
-    n_c_only, n_s_only = int((g_c & ~g_s).sum()), int((~g_c & g_s).sum())
-    p_mcnemar = float(stats.binomtest(n_c_only, n_c_only + n_s_only, 0.5).pvalue) if n_c_only + n_s_only else None
-    capped = (np.nan, np.nan, np.nan)
-    if cap is not None:
-        capped = _t_interval(
-            (pairs["grok_95_step_s"].fillna(cap) - pairs["grok_95_step_c"].fillna(cap)).to_numpy(dtype=float)
-        )
-    return SuppressionEffect(
-        n_pairs=len(pairs),
-        n_both_grokked=len(both),
-        n_control_only=int((g_c & ~g_s).sum()),
-        n_suppressed_only=int((~g_c & g_s).sum()),
-        n_neither=int((~g_c & ~g_s).sum()),
-        mean_diff=mean,
-        diff_low=low,
-        diff_high=high,
-        median_diff=float(np.median(diffs)) if len(diffs) else None,
-        p_wilcoxon=p,
-        diffs=diffs.tolist(),
-        p_mcnemar=p_mcnemar,
-        capped_mean=capped[0],
-        capped_low=capped[1],
-        capped_high=capped[2],
-    )
+
+def onset_lags(table: pd.DataFrame, arm: str = "control") -> list[survival.OnsetLag]:
+    """Onset - grokking step of LAG_MEASURES over the grokked runs of `arm` (correlational)."""
+    done = finished(table)
+    grokked = done[(done["arm"] == arm) & done["event"]]
+    out = []
+    for m in LAG_MEASURES:
+        lags = (grokked[f"onset_{m}"] - grokked["grok_step"]).dropna().to_numpy(dtype=float)
+        out.append(survival.onset_lag(lags, len(grokked), m))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -349,8 +290,8 @@ def command_line(study: StudyConfig) -> str:
     return shell_command("python -m engine grok-study", to_flags(study, skip=("report_only",)))
 
 
-def _figures(study: StudyConfig, table: pd.DataFrame, out: Path) -> list[str]:
-    """PNG figures (Altair + vl-convert): accuracy curves, onset vs grokking step, paired grokking steps."""
+def _figures(study: StudyConfig, table: pd.DataFrame, outcomes: list[ArmOutcomes], out: Path) -> list[str]:
+    """PNG figures (Altair + vl-convert): test accuracy of every run per arm, Kaplan-Meier curves, measure traces."""
     import altair as alt
 
     root = Path(study.root) if study.root else None
@@ -360,80 +301,49 @@ def _figures(study: StudyConfig, table: pd.DataFrame, out: Path) -> list[str]:
         (out / name).write_bytes(chart_png(chart))
         written.append(name)
 
-    curves = []
-    for config in study.configs():
-        metrics = run_for(config, root).metrics()
+    curves, traces = [], []
+    for arm, config in study.runs():
+        run = run_for(config, root)
+        metrics = run.metrics()
         if len(metrics):
-            curves.append(
-                metrics[["step", "train_acc", "test_acc"]].assign(
-                    seed=config.seed, weight_decay=f"wd {config.weight_decay:g}", arm=ARMS[int(config.suppress)]
-                )
-            )
+            curves.append(metrics[["step", "train_acc", "test_acc"]].assign(seed=config.seed, arm=arm))
+        measures = run.llm_measures()
+        present = [c for c in TRACE_COLUMNS if c in measures]
+        if len(measures) and present:
+            part = measures[["step", *present]].melt("step", var_name="measure")
+            traces.append(part.assign(arm=arm, run=f"{arm} seed {config.seed}"))
     if curves:
-        frame = pd.concat(curves).melt(
-            id_vars=["step", "seed", "weight_decay", "arm"], value_vars=["train_acc", "test_acc"], var_name="split"
-        )
-        frame["run"] = frame["arm"] + " seed " + frame["seed"].astype(str) + " " + frame["split"]
+        frame = pd.concat(curves).melt(id_vars=["step", "seed", "arm"], value_vars=["train_acc", "test_acc"])
+        frame["run"] = "seed " + frame["seed"].astype(str) + " " + frame["variable"]
         chart = (
             alt.Chart(frame)
             .mark_line(opacity=0.7)
             .encode(
-                x=alt.X("step:Q"),
+                x="step:Q",
                 y=alt.Y("value:Q", title="accuracy"),
-                color=alt.Color("arm:N"),
-                strokeDash=alt.StrokeDash("split:N"),
+                color="seed:N",
+                strokeDash=alt.StrokeDash("variable:N", title="split"),
                 detail="run:N",
             )
-            .properties(width=320, height=200)
-            .facet(column=alt.Column("weight_decay:N", title=None))
-            .properties(title="Train (dashed) and test accuracy of every run")
+            .properties(width=260, height=180)
+            .facet(facet=alt.Facet("arm:N", title=None), columns=2)
+            .properties(title="Train (dashed) and test accuracy of every run, per arm")
         )
         save(chart, "accuracy_curves.png")
-
-    done = table[(table["arm"] == "control") & table["grokked"].fillna(False).astype(bool)]
-    points = []
-    for m in LLM_MEASURES:
-        part = done[["seed", "weight_decay", "grok_95_step", f"onset_{m}"]].dropna()
-        for _, row in part.iterrows():
-            points.append(
-                {
-                    "measure": LLM_MEASURE_LABELS[m],
-                    "grok_95_step": row["grok_95_step"],
-                    "onset": row[f"onset_{m}"],
-                    "weight_decay": f"wd {row['weight_decay']:g}",
-                }
-            )
-    if points:
-        frame = pd.DataFrame(points)
+    km = [o.km.assign(arm=o.arm) for o in outcomes if len(o.km)]
+    if km:
+        frame = pd.concat(km)
         chart = (
             alt.Chart(frame)
-            .mark_circle(size=60)
+            .mark_line(interpolate="step-after", point=True)
             .encode(
-                x=alt.X("grok_95_step:Q", title="grokking step (95% test)"),
-                y=alt.Y("onset:Q", title="onset step"),
-                color="weight_decay:N",
+                x=alt.X("step:Q", title="step"),
+                y=alt.Y("grokked:Q", title="P(grokked and held by step), Kaplan-Meier", scale=alt.Scale(domain=[0, 1])),
+                color="arm:N",
             )
-            .properties(width=200, height=180)
-            .facet(facet=alt.Facet("measure:N", title=None), columns=4)
-            .properties(title="Onset of each measure vs the grokking step (control runs)")
+            .properties(width=360, height=240, title="Grokking step with censoring, per arm")
         )
-        save(chart, "onset_vs_grokking.png")
-
-    traces = []
-    for config in study.configs():
-        run = run_for(config, root)
-        summary = run.summary() if run.is_finished() else None
-        measures = run.llm_measures()
-        if summary is None or not summary["grokked"] or not len(measures):
-            continue
-        part = measures[["step", *TRACE_COLUMNS]].melt("step", var_name="measure")
-        traces.append(
-            part.assign(
-                steps_from_grokking=part["step"] - summary["grok_95_step"],
-                run=f"{ARMS[int(config.suppress)]} seed {config.seed} wd {config.weight_decay:g}",
-                arm=ARMS[int(config.suppress)],
-            )
-        )
+        save(chart, "kaplan_meier.png")
     if traces:
         frame = pd.concat(traces)
         frame["measure"] = frame["measure"].map(TRACE_COLUMNS)
@@ -441,134 +351,93 @@ def _figures(study: StudyConfig, table: pd.DataFrame, out: Path) -> list[str]:
             alt.Chart(frame)
             .mark_line(opacity=0.6)
             .encode(
-                x=alt.X("steps_from_grokking:Q", title="steps from the grokking step"),
+                x="step:Q",
                 y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
                 color="arm:N",
                 detail="run:N",
             )
-            .properties(width=220, height=160)
-            .facet(facet=alt.Facet("measure:N", title=None), columns=3)
+            .properties(width=240, height=170)
+            .facet(facet=alt.Facet("measure:N", title=None), columns=2)
             .resolve_scale(y="independent")
-            .properties(title="The llm measures of every grokked run, aligned at its grokking step")
+            .properties(title="Sink, massive activation and super-weight measures at every checkpoint")
         )
-        save(chart, "measures_vs_grokking.png")
-
-    finished = table[table["grokked"].notna()].copy()
-    if len(finished):
-        finished["grok_or_cap"] = finished["grok_95_step"].fillna(study.steps)
-        finished["outcome"] = np.where(finished["grokked"].astype(bool), "grokked", f"not grokked (cap {study.steps})")
-        finished["pair"] = "seed " + finished["seed"].astype(str) + " wd " + finished["weight_decay"].astype(str)
-        lines = alt.Chart(finished).mark_line(color="lightgray").encode(x="arm:N", y="grok_or_cap:Q", detail="pair:N")
-        dots = (
-            alt.Chart(finished)
-            .mark_point(size=70, filled=True)
-            .encode(
-                x=alt.X("arm:N", title=None),
-                y=alt.Y("grok_or_cap:Q", title="grokking step (95% test)"),
-                color="weight_decay:N",
-                shape="outcome:N",
-            )
-        )
-        save(
-            (lines + dots).properties(width=260, height=260, title="Grokking step: control vs suppression, paired"),
-            "suppression_paired.png",
-        )
+        save(chart, "measures.png")
     return written
 
 
-def write_report(study: StudyConfig, session_seconds: float | None = None) -> Path:
+def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -> Path:
     """summary.md, runs.csv and the figures of the study's cached runs (unfinished runs are listed as such)."""
     out = Path(study.report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = study_table(study)
+    table = study_table(study, settings)
     atomic_write(out / "runs.csv", table.to_csv(index=False).encode())
-    connections = measure_connections(table)
-    effect = suppression_effect(table, study.steps)
-    figures = _figures(study, table, out)
+    formation = formation_table(table)
+    outcomes = arm_outcomes(table)
+    tests = comparisons(table)
+    lags = onset_lags(table)
+    figures = _figures(study, table, outcomes, out)
     log_path = out / "study_log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else []
     wall = sum(entry["seconds"] for entry in log)
-    finished = table["grokked"].notna()
-    n_total, n_done = len(table), int(finished.sum())
-    control = table[(table["arm"] == "control") & finished]
-    suppressed = table[(table["arm"] == "suppression") & finished]
+    n_total, n_done = len(table), int(table["outcome"].notna().sum())
     base = study.base()
-
-    lines = ["# Super weights and grokking: the study (issue 14)", ""]
-    lines += ["## Answer", ""]
-    lines += _answer(study, table, connections, effect, n_done, n_total)
+    lines = ["# Sinks, massive activations, super weights and grokking: the study", ""]
+    lines += ["## Answer", "", _answer(formation, tests, lags, outcomes, settings), ""]
+    lines += ["## 1. Formation check (positive control): does anything form in the control arm?", ""]
+    lines += _formation_lines(formation, settings)
+    lines += ["", "## 2. Outcomes per arm (censored, never dropped)", ""]
+    lines += _outcome_lines(outcomes, base.stop_after_grok)
+    lines += ["", "## 3. Arms compared on paired seeds", ""]
+    lines += _comparison_lines(tests)
+    lines += ["", "## 4. Manipulation checks (last checkpoint; median over finished runs)", ""]
+    lines += _manipulation_lines(table)
+    lines += ["", "## 5. Onset vs grokking step in the control arm (correlational)", ""]
+    lines += _lag_lines(lags)
+    lines += ["", "## 6. Every registered measure: runs with an onset, per arm", ""]
+    lines += _registry_lines(table)
     lines += ["", "## Setup", ""]
     lines += [
-        f"- Model: {base.describe().split(', seed')[0]}; LLM-shaped Llama decoder "
-        f"({base.n_layers} layers, d_model {base.d_model}, {base.n_heads} heads, d_mlp {base.d_mlp}), "
-        "trained from scratch on [BOS, a, +, b, =] -> c, full batch, AdamW + Grokfast.",
-        f"- Seeds {list(study.seeds)} x weight decays {list(study.weight_decays)}; each as a control run and a run "
-        f"with suppression (clip every down projection's |w| to {base.suppress_factor:g} x its "
-        f"{base.suppress_quantile:g}-quantile every {base.suppress_every} steps), same seed = same split and "
-        "initial weights.",
-        f"- Step cap {study.steps} (a run without 95% test accuracy by then is 'not grokked'); evaluation every "
-        f"{study.eval_every} steps; all llm measures at every checkpoint ({study.checkpoint_every} steps).",
-        f"- Runs finished: {n_done} of {n_total}" + ("." if n_done == n_total else " (the rest were not trained yet)."),
+        f"- Task, model and training: {base.describe().replace(f', seed {base.seed}', '')}.",
+        f"- Arms: {'; '.join(f'{a} = {ARM_LABELS[a]}' for a in study.arms)}. Seeds {list(study.seeds)}: a seed "
+        "fixes the split, initial weights and minibatches of every arm (paired).",
+        f"- The tracked candidate (engine/grokking/zeroing.py): every {study.zero_every} steps, on the sequence "
+        "[BOS], the layer whose down projection writes the largest |y| at BOS, its row = argmax |y|, its column = "
+        "argmax |x| of the down projection's input; the random arm zeroes one uniformly drawn weight of that matrix.",
+        f"- Step cap {study.steps}; evaluation every {study.eval_every} steps; measures at every checkpoint "
+        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after first reaching 95% "
+        "(-1: to the cap).",
+        f"- Runs finished: {n_done} of {n_total}" + ("." if n_done == n_total else " (the rest not trained yet)."),
         f"- Command: `{command_line(study)}` (or `make study-grok`); report only: add `--report-only`.",
         f"- Wall time: {wall / 60:.1f} min over {len(log)} session(s) with {study.workers} worker processes "
         f"(1 torch thread each); training time summed over runs: {table['train_seconds'].sum() / 60:.1f} min.",
         f"- Machine: {machine_line(machine())}; shared with other work while the study ran.",
         f"- Versions: {versions_line(versions(), git_commit())}; report written {utc_now()}.",
+        "- The earlier study on the 5-token task alone: study_5token_nothing_forms.md (no sink, no massive "
+        "activation, no super weight formed there).",
         "",
-        "## Onset of each measure vs the grokking step (control runs)",
+        "## Runs",
         "",
-        "lag = onset - grokking step (negative: the measure came first); r: Pearson correlation of onset and "
-        "grokking step with its 95% interval; sign test: two-sided, of 'onset before grokking'.",
-        "",
-        "| measure | grokked runs with onset | mean lag [95% CI] | median lag | before / after / same | "
-        "r [95% CI] | sign test p | not-grokked runs with onset |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in connections:
-        r = f"{c.r:.2f} [{c.r_low:.2f}, {c.r_high:.2f}]" if c.r is not None else "n/a"
-        lines.append(
-            f"| {LLM_MEASURE_LABELS[c.measure]} | {c.n_with_onset} of {c.n_grokked} | {_fmt(c.mean_lag)} "
-            f"[{_fmt(c.lag_low)}, {_fmt(c.lag_high)}] | {_fmt(c.median_lag)} | {c.n_before} / {c.n_after} / "
-            f"{c.n_same} | {r} | {_fmt(c.p_sign, 3)} | {c.n_not_grokked_with_onset} of {c.n_not_grokked} |"
-        )
-    lines += [
-        "",
-        "## Suppression's effect on the grokking step",
-        "",
-        f"- Pairs (seed, weight decay) with both runs finished: {effect.n_pairs}; both grokked: "
-        f"{effect.n_both_grokked}; only the control grokked: {effect.n_control_only}; only the suppressed run "
-        f"grokked: {effect.n_suppressed_only}; neither: {effect.n_neither}.",
-        f"- Grokked: control {int(control['grokked'].astype(bool).sum())} of {len(control)}, suppression "
-        f"{int(suppressed['grokked'].astype(bool).sum())} of {len(suppressed)}.",
-        f"- Grokking step, suppressed minus control (pairs where both grokked): mean {_fmt(effect.mean_diff)} steps "
-        f"[95% CI {_fmt(effect.diff_low)}, {_fmt(effect.diff_high)}], median {_fmt(effect.median_diff)}, "
-        f"Wilcoxon p = {_fmt(effect.p_wilcoxon, 3)}; differences: {[int(d) for d in effect.diffs]}.",
-        f"- Grokked or not, paired (exact McNemar test of the {effect.n_control_only + effect.n_suppressed_only} "
-        f"discordant pairs): p = {_fmt(effect.p_mcnemar, 3)}.",
-        f"- Counting a run that did not grok at the cap ({study.steps} steps), suppressed minus control over all "
-        f"{effect.n_pairs} pairs: mean {_fmt(effect.capped_mean)} steps [95% CI {_fmt(effect.capped_low)}, "
-        f"{_fmt(effect.capped_high)}] (a lower bound on the delay where suppression kept a run from grokking).",
-        "",
-        "## Zeroing the super weight(s) at the end of a grokked run",
+        _markdown_table(table),
         "",
     ]
-    lines += _zeroing_lines(table)
-    lines += ["", "## What the measures reached (all checkpoints of the finished runs)", ""]
-    lines += _reach_lines(study, table)
-    lines += ["", "## Runs", "", _markdown_table(table), ""]
     if figures:
         lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
     lines += [
         "## Definitions",
         "",
-        "- Memorisation: train accuracy >= 99%; grokking: test accuracy >= 95% (first evaluation step).",
-        "- Onset of a measure: the first checkpoint from which it stays on at every later checkpoint "
-        "(engine/grokking/analysis.py, `llm_onsets`).",
-        "- Super weight: a candidate of the first tab's super-weight scan (engine/superweights/detect.py, relative "
-        "rule, unchanged) whose zeroing raises the split's perplexity >= 2x or drops its accuracy by > 10 points "
-        "while zeroing 5 random weights of the same matrix does not (engine/grokking/llm_measures.py).",
-        "- Zeroing outcome: 'memorisation' = train accuracy kept (>= 90% of before) while test accuracy falls "
-        "below half; 'broken' = both fall below half; 'unaffected' = test accuracy kept; else 'partial'.",
+        f"- Grokked: test accuracy >= {GROK_ACCURACY:.0%} first reached and held at every evaluation of the next "
+        f"{min(200, base.stop_after_grok)} steps (the hold window). Collapsed: fell below inside the window "
+        "(censored at that step); never: not reached by the cap (censored there); unconfirmed: the run ended "
+        "inside the window (censored at its end).",
+        f"- Sink: attention share on BOS (mean over heads, queries 1..T-1, examples) minus the share uniform causal "
+        f"attention gives, max over layers, >= {settings.sink_excess:g} and staying so at every later checkpoint.",
+        f"- Massive activation: max |h| of the residual stream at BOS / median |h|, max over layers, >= "
+        f"{settings.massive_ratio:g} and staying so.",
+        "- Super weight: a candidate of the first tab's super-weight scan whose zeroing raises the split's "
+        "perplexity >= 2x or drops its accuracy by > 10 points while zeroing 5 random weights does not.",
+        "- Statistics: Kaplan-Meier (scipy.stats.ecdf on CensoredData), log-rank stratified by seed "
+        "(statsmodels survdiff), paired log-step differences with BCa bootstrap intervals (scipy.stats.bootstrap), "
+        "sign test (scipy.stats.binomtest).",
         "",
     ]
     atomic_write(out / "summary.md", "\n".join(lines).encode())
@@ -576,153 +445,186 @@ def write_report(study: StudyConfig, session_seconds: float | None = None) -> Pa
 
 
 def _answer(
-    study: StudyConfig,
-    table: pd.DataFrame,
-    connections: list[MeasureConnection],
-    effect: SuppressionEffect,
-    n_done: int,
-    n_total: int,
-) -> list[str]:
-    control = table[(table["arm"] == "control") & table["grokked"].notna()]
-    n_grok = int(control["grokked"].astype(bool).sum())
-    out = [
-        f"Of {len(control)} finished control runs, {n_grok} grokked (test accuracy >= {GROK_ACCURACY:.0%} "
-        f"within {study.steps} steps)." + ("" if n_done == n_total else f" Only {n_done} of {n_total} runs finished.")
+    formation: pd.DataFrame,
+    tests: list[tuple[survival.LogRank | None, survival.PairedLogDifference]],
+    lags: list[survival.OnsetLag],
+    outcomes: list[ArmOutcomes],
+    settings: OnsetSettings,
+) -> str:
+    """The verdict in words, generated from the numbers (no free text)."""
+    n = len(formation)
+    if not n:
+        return "No control run has finished yet."
+    sink, massive = int(formation["sink_formed"].sum()), int(formation["massive_formed"].sum())
+    passed = n >= 4 and min(sink, massive) >= 3
+    parts = [
+        f"In the control arm a sink formed in {sink} of {n} seeds and a massive activation in {massive} of {n} "
+        f"(formation check {'passed' if passed else 'not passed'}: >= 3 of 4 seeds needed)."
     ]
-    sw = next(c for c in connections if c.measure == "super_weight")
-    if sw.n_with_onset == 0:
-        out.append(
-            "A super weight in the first tab's sense (scan + causal test) never appeared and stayed in any grokked "
-            "control run: no connection found between super weights and grokking."
+    if not passed:
+        parts.append(
+            "Caveat: without a sink and massive activation that form, zeroing the tracked candidate removes the "
+            "weight that writes the largest BOS activation, not a formed super weight; an effect on grokking would "
+            "not show that super weights drive it, and no effect would not show that they do not."
         )
-    else:
-        out.append(
-            f"A super weight (scan + causal test) appeared in {sw.n_with_onset} of {sw.n_grokked} grokked control "
-            f"runs, mean lag {_fmt(sw.mean_lag)} steps [95% CI {_fmt(sw.lag_low)}, {_fmt(sw.lag_high)}] relative to "
-            f"grokking (before in {sw.n_before}, after in {sw.n_after}); "
-            + (
-                "a connection is supported."
-                if sw.found
-                else "no connection found (no consistent order or correlation)."
-            )
-        )
-    others = [c for c in connections if c.measure != "super_weight" and c.n_with_onset]
-    for c in others:
-        out.append(
-            f"{LLM_MEASURE_LABELS[c.measure]}: onset in {c.n_with_onset} of {c.n_grokked} grokked runs, mean lag "
-            f"{_fmt(c.mean_lag)} [{_fmt(c.lag_low)}, {_fmt(c.lag_high)}], before/after {c.n_before}/{c.n_after}"
-            + (f", r = {c.r:.2f} [{c.r_low:.2f}, {c.r_high:.2f}]" if c.r is not None else "")
-            + (f", sign test p = {c.p_sign:.3f}" if c.p_sign is not None else "")
-            + ("; connected to grokking." if c.found else "; no connection found.")
-        )
-    silent = [LLM_MEASURE_LABELS[c.measure] for c in connections if c.measure != "super_weight" and not c.n_with_onset]
-    if silent:
-        out.append("No onset in any grokked control run: " + "; ".join(silent) + ".")
-    if effect.n_pairs:
-        if effect.n_both_grokked:
-            out.append(
-                f"Suppressing super weights during training changed the grokking step by {_fmt(effect.mean_diff)} "
-                f"steps on average [95% CI {_fmt(effect.diff_low)}, {_fmt(effect.diff_high)}] over "
-                f"{effect.n_both_grokked} pairs where both grokked"
-                + (f" (Wilcoxon p = {effect.p_wilcoxon:.3f})" if effect.p_wilcoxon is not None else "")
-                + f"; {effect.n_control_only} pair(s) grokked only without suppression, "
-                f"{effect.n_suppressed_only} only with it."
-                + (
-                    " The interval includes 0: no effect of suppression found."
-                    if np.isfinite(effect.diff_low) and effect.diff_low <= 0 <= effect.diff_high
-                    else ""
-                )
+    for lag in lags:
+        if lag.n_with_onset:
+            when = "before" if lag.high < 0 else "after" if lag.low > 0 else "with (interval includes 0)"
+            parts.append(
+                f"{label(lag.measure)}: formed {when} grokking, mean lag {_fmt(lag.mean)} steps "
+                f"[95% CI {_fmt(lag.low)}, {_fmt(lag.high)}] over {lag.n_with_onset} of {lag.n_grokked} grokked runs."
             )
         else:
-            out.append(f"No pair grokked in both arms ({effect.n_pairs} finished pairs).")
-        n_ctl = int(table.loc[(table["arm"] == "control") & table["grokked"].notna(), "grokked"].astype(bool).sum())
-        n_sup = int(table.loc[(table["arm"] == "suppression") & table["grokked"].notna(), "grokked"].astype(bool).sum())
-        out.append(
-            f"Grokked within the cap: {n_ctl} control vs {n_sup} suppressed runs "
-            f"(McNemar p = {_fmt(effect.p_mcnemar, 3)} over {effect.n_pairs} pairs); counting 'not grokked' at the "
-            f"cap, suppression moved the grokking step by {_fmt(effect.capped_mean)} steps "
-            f"[95% CI {_fmt(effect.capped_low)}, {_fmt(effect.capped_high)}], a lower bound."
-        )
-        if sw.n_with_onset == 0:
-            out.append(
-                "Since no super weight formed in the control runs, the clip removed the tails of ordinary "
-                "down-projection weights: an effect of suppression on grokking is not, here, evidence that super "
-                "weights drive it."
+            parts.append(f"{label(lag.measure)}: no onset in any grokked control run.")
+    for rank, diff in tests:
+        if diff.arm != "zero_tracked":
+            continue
+        if diff.n_both:
+            factor, low, high = np.exp(diff.mean), np.exp(diff.low), np.exp(diff.high)
+            verdict = "delays" if diff.low > 0 else "speeds up" if diff.high < 0 else "does not measurably change"
+            parts.append(
+                f"Zeroing the tracked candidate {verdict} grokking against {diff.reference}: grokking step x"
+                f"{factor:.2f} [95% CI x{low:.2f}, x{high:.2f}] over {diff.n_both} seeds where both grokked"
+                + (f", stratified log-rank p = {rank.p:.3f}" if rank else "")
+                + f"; {diff.n_reference_only} seed(s) grokked only in {diff.reference}, "
+                f"{diff.n_arm_only} only with zeroing."
             )
-    n_spiky = int(table.get("loss_spike", pd.Series(dtype=bool)).fillna(False).astype(bool).sum())
-    if n_spiky:
-        out.append(
-            f"Training was unstable: {n_spiky} of {n_done} finished runs had a loss spike (train accuracy back "
-            "below 50% after memorisation), so a run's test accuracy can fall again after it grokked."
-        )
-    verdicts = table.loc[table["zeroing_verdict"].notna(), "zeroing_verdict"] if "zeroing_verdict" in table else []
-    if len(verdicts):
-        counts = pd.Series(verdicts).value_counts()
-        out.append(
-            "Zeroing the super weight(s) at the end of a grokked run: "
-            + ", ".join(f"{n} {v}" for v, n in counts.items())
-            + f" (of {len(verdicts)} grokked runs)."
-        )
-    return [" ".join(out)]
+        else:
+            parts.append(f"Zeroing vs {diff.reference}: no seed grokked in both arms ({diff.n_pairs} pairs).")
+    for o in outcomes:
+        censored = {k: v for k, v in o.counts.items() if k != "grokked" and v}
+        if censored:
+            parts.append(
+                f"{o.arm}: {o.counts['grokked']} of {o.n} grokked; censored: "
+                + ", ".join(f"{v} {k}" for k, v in censored.items())
+                + "."
+            )
+    parts.append("Onset lags are correlational: they say when things form, not that one causes the other.")
+    return " ".join(parts)
 
 
-def _reach_lines(study: StudyConfig, table: pd.DataFrame) -> list[str]:
-    """Per arm, how far each measure got over every checkpoint (how close to firing), and the training spikes."""
-    root = Path(study.root) if study.root else None
-    frames, spikes = [], {arm: 0 for arm in ARMS}
-    for config in study.configs():
-        run = run_for(config, root)
-        if not run.is_finished():
-            continue
-        arm = ARMS[int(config.suppress)]
-        measures = run.llm_measures()
-        if len(measures):
-            frames.append(measures.assign(arm=arm))
-        spikes[arm] += _loss_spike(run.metrics())
-    if not frames:
-        return ["No measures yet."]
-    m = pd.concat(frames)
+def _formation_lines(formation: pd.DataFrame, settings: OnsetSettings) -> list[str]:
+    if not len(formation):
+        return ["No finished control run."]
     lines = [
-        "| arm | checkpoints | max ppl ratio, one weight zeroed (train / test) | max accuracy drop (train / test) | "
-        "checkpoints with scan candidates | max BOS / median activation | max attention share on BOS | "
-        "fewest key Fourier frequencies | runs with a loss spike after memorisation |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Sink = attention on BOS above uniform >= {settings.sink_excess:g}; massive activation = residual |h| at "
+        f"BOS / median >= {settings.massive_ratio:g}; both must stay on at every later checkpoint.",
+        "",
+        "| seed | sink formed (onset) | max sink excess (one head) | massive activation formed (onset) | max residual "
+        "BOS / median | super weight onset | outcome | grokking step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
-        part = m[m["arm"] == arm]
-        if not len(part):
-            continue
+    for _, r in formation.iterrows():
         lines.append(
-            f"| {arm} | {len(part)} | {part['max_ppl_ratio_train'].max():.3f} / {part['max_ppl_ratio_test'].max():.3f}"
-            f" | {part['max_acc_drop_train'].max():.3f} / {part['max_acc_drop_test'].max():.3f} | "
-            f"{int((part['n_scan_candidates'] > 0).sum())} | {part['bos_over_median'].max():.1f} | "
-            f"{part['sink_share_max'].max():.2f} | {int(part['n_key_frequencies'].min())} of {study.p // 2} | "
-            f"{spikes[arm]} |"
+            f"| {r['seed']} | {'yes' if r['sink_formed'] else 'no'} ({_fmt(r['sink_onset'])}) | "
+            f"{_fmt(r['max_sink_excess'], 2)} ({_fmt(r['max_head_sink_excess'], 2)}) | "
+            f"{'yes' if r['massive_formed'] else 'no'} "
+            f"({_fmt(r['massive_onset'])}) | "
+            f"{_fmt(r['max_resid_bos_over_median'], 1)} | {_fmt(r['super_weight_onset'])} | {r['outcome']} | "
+            f"{_fmt(r['grok_step'])} |"
         )
     lines += [
         "",
-        "A super weight fires at a perplexity ratio >= 2 or an accuracy drop > 0.10 (with the random control below "
-        "both); a loss spike = train accuracy back below 50% after memorisation.",
+        f"Formed: sink in {int(formation['sink_formed'].sum())} of {len(formation)} seeds, massive activation in "
+        f"{int(formation['massive_formed'].sum())} of {len(formation)}.",
     ]
     return lines
 
 
-def _zeroing_lines(table: pd.DataFrame) -> list[str]:
-    if "zeroing_verdict" not in table or not table["zeroing_verdict"].notna().any():
-        return ["No grokked run was zeroed (none grokked, or none finished)."]
-    part = table[table["zeroing_verdict"].notna()]
+def _outcome_lines(outcomes: list[ArmOutcomes], stop_after_grok: int) -> list[str]:
     lines = [
-        "| arm | seed | wd | checkpoint | zeroed | train acc before -> after | test acc before -> after | verdict |",
+        "| arm | runs | grokked (held) | collapsed | never | unconfirmed | KM median grokking step | "
+        "P(grokked by the last event) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for _, row in part.iterrows():
+    for o in outcomes:
+        last = float(o.km["grokked"].iloc[-1]) if len(o.km) else 0.0
         lines.append(
-            f"| {row['arm']} | {row['seed']} | {row['weight_decay']:g} | {row['zeroing_step']:.0f} | "
-            f"{row['zeroing_source']} | {row['zeroing_train_before']:.2f} -> {row['zeroing_train_acc']:.2f} | "
-            f"{row['zeroing_test_before']:.2f} -> {row['zeroing_test_acc']:.2f} | {row['zeroing_verdict']} |"
+            f"| {o.arm} | {o.n} | {o.counts['grokked']} | {o.counts['collapsed']} | {o.counts['never']} | "
+            f"{o.counts['unconfirmed']} | {_fmt(o.median_step)} | {last:.2f} |"
         )
-    counts = part.groupby(["arm", "zeroing_verdict"]).size()
-    lines += ["", "Counts: " + ", ".join(f"{arm} {verdict}: {n}" for (arm, verdict), n in counts.items()) + "."]
+    return lines
+
+
+def _comparison_lines(tests: list[tuple[survival.LogRank | None, survival.PairedLogDifference]]) -> list[str]:
+    if not tests:
+        return ["Fewer than two arms finished."]
+    lines = [
+        "Log-rank stratified by seed (censored runs in the risk sets); paired difference d = log(step in arm) - "
+        "log(step in reference) over seeds where both grokked, shown as a factor exp(d) with a BCa bootstrap 95% "
+        "interval; the other pairs counted.",
+        "",
+        "| arm vs reference | log-rank chi2 (p) | factor on the grokking step [95% CI] | both grokked | only arm | "
+        "only reference | neither |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rank, d in tests:
+        lr = f"{rank.chi2:.2f} ({rank.p:.3f})" if rank else "n/a (no event)"
+        factor = (
+            f"x{np.exp(d.mean):.2f} [x{np.exp(d.low):.2f}, x{np.exp(d.high):.2f}]" if np.isfinite(d.mean) else "n/a"
+        )
+        lines.append(
+            f"| {d.arm} vs {d.reference} | {lr} | {factor} | {d.n_both} | {d.n_arm_only} | {d.n_reference_only} | "
+            f"{d.n_neither} |"
+        )
+    return lines
+
+
+def _manipulation_lines(table: pd.DataFrame) -> list[str]:
+    done = finished(table)
+    if not len(done):
+        return ["No finished run."]
+    lines = [
+        "Does zeroing remove the massive activation / sink, and does the train loss otherwise track the control?",
+        "",
+        "| arm | residual BOS / median | sink excess | down-proj BOS / median | final train loss | final train acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in dict.fromkeys(done["arm"]):
+        part = done[done["arm"] == arm]
+        med = {c: part[f"last_{c}"].median() if f"last_{c}" in part else np.nan for c in CHECK_COLUMNS}
+        lines.append(
+            f"| {arm} | {_fmt(med['resid_bos_over_median'], 1)} | {_fmt(med['sink_excess_max'], 2)} | "
+            f"{_fmt(med['bos_over_median'], 1)} | {_fmt(part['final_train_loss'].median(), 3)} | "
+            f"{_fmt(part['final_train_acc'].median(), 3)} |"
+        )
+    return lines
+
+
+def _lag_lines(lags: list[survival.OnsetLag]) -> list[str]:
+    lines = [
+        "lag = onset - grokking step (negative: formed first); bootstrap 95% interval of the mean; sign test of "
+        "before vs after (two-sided). A lag says when, not why.",
+        "",
+        "| measure | grokked runs with onset | mean lag [95% CI] | median | before / after / same | sign test p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lag in lags:
+        lines.append(
+            f"| {_cell(label(lag.measure))} | {lag.n_with_onset} of {lag.n_grokked} | {_fmt(lag.mean)} "
+            f"[{_fmt(lag.low)}, {_fmt(lag.high)}] | {_fmt(lag.median)} | {lag.n_before} / {lag.n_after} / "
+            f"{lag.n_same} | {_fmt(lag.p_sign, 3)} |"
+        )
+    return lines
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a | inside it would split the cell)."""
+    return text.replace("|", "\\|")
+
+
+def _registry_lines(table: pd.DataFrame) -> list[str]:
+    """Per registered measure (engine.grokking.measure_registry) and arm: finished runs with an onset, median onset."""
+    done = finished(table)
+    arms = list(dict.fromkeys(done["arm"]))
+    lines = ["| measure | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for name in REGISTRY:
+        cells = []
+        for arm in arms:
+            onsets = done.loc[done["arm"] == arm, f"onset_{name}"].dropna()
+            n = int((done["arm"] == arm).sum())
+            cells.append(f"{len(onsets)} of {n}" + (f" (median {onsets.median():.0f})" if len(onsets) else ""))
+        lines.append(f"| {_cell(label(name))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -730,16 +632,18 @@ def _markdown_table(table: pd.DataFrame) -> str:
     columns = [
         "arm",
         "seed",
-        "weight_decay",
         "state",
+        "outcome",
         "memorisation_step",
         "grok_95_step",
+        "time",
         "final_test_acc",
-        "onset_super_weight",
-        "onset_fourier",
+        "min_test_acc_after_grok",
         "onset_attention_sink",
-        "onset_super_activation",
-        "zeroing_verdict",
+        "onset_massive_activation",
+        "onset_super_weight",
+        "max_sink_excess_max",
+        "max_resid_bos_over_median",
         "train_seconds",
     ]
     frame = table[[c for c in columns if c in table]].copy()
@@ -748,7 +652,7 @@ def _markdown_table(table: pd.DataFrame) -> str:
         cells = []
         for value in row:
             if isinstance(value, float):
-                cells.append("" if not np.isfinite(value) else f"{value:.3g}" if value < 1 else f"{value:.0f}")
+                cells.append("" if not np.isfinite(value) else f"{value:.3g}" if abs(value) < 10 else f"{value:.0f}")
             else:
                 cells.append("" if value is None else str(value))
         lines.append("| " + " | ".join(cells) + " |")

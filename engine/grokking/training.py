@@ -1,5 +1,7 @@
 """The training loop of a grokking run: AdamW on the full batch (or seeded minibatches), optionally
-with the Grokfast EMA gradient filter g <- g + lamb * EMA_alpha(g) (Lee et al. 2024, arXiv 2405.20233),
+with a linear learning-rate warmup (lr_t = lr x min(1, (t + 1) / warmup_steps)), gradient clipping to a
+global L2 norm, and the Grokfast EMA gradient filter g <- g + lamb * EMA_alpha(g) (Lee et al. 2024, arXiv
+2405.20233; applied before clipping),
 an evaluation row every eval_every steps and a checkpoint every checkpoint_every steps, written to the
 run's folder (engine.grokking.runs). A stopped run keeps every checkpoint written so far and resumes
 from the last one; a finished run reopens without training.
@@ -25,10 +27,12 @@ from torch import nn
 
 from engine.core.paths import atomic_write
 from engine.grokking.config import GROK_ACCURACY, MAX_CHECKPOINTS, MEMORISATION_ACCURACY, GrokConfig, validate
+from engine.grokking.llm import BOS_TOKEN, GrokLlama, vocabulary
 from engine.grokking.models import build_model, evaluate, weight_norm
 from engine.grokking.runs import METRIC_COLUMNS, GrokRun, checkpoints_to_drop, open_run
 from engine.grokking.suppression import Suppression
 from engine.grokking.tasks import Dataset, make_dataset
+from engine.grokking.zeroing import ZEROING_COLUMNS, Zeroing
 
 Stop = threading.Event | Callable[[], bool] | None  # asks a run to end cleanly at its next step
 
@@ -86,8 +90,10 @@ def train(
     Every eval_every steps a metrics row {step, train_loss, train_acc, test_loss, test_acc,
     weight_norm, elapsed_s} is appended to metrics.csv and passed to on_eval. Train metrics are
     those of the full training set at the parameters before that step's update (full batch: the
-    training forward itself). Every checkpoint_every steps (and at the last step, and when
-    stopped) the model state_dict is saved and on_checkpoint(step, model, data) is called.
+    training forward itself); losses and accuracies are those of the answer (markov context: each pair in
+    its fixed context, while the training loss also has the filler's next-token terms). Every
+    checkpoint_every steps (and at the last step, and when stopped) the model state_dict is saved and
+    on_checkpoint(step, model, data) is called.
     `stop` ends the run cleanly at the next step: the checkpoint of that step is written and the
     run resumes from it when `train` is called again. A finished run returns at once without
     training (from_cache=True). The run's claim is held while training (LabError at once when
@@ -164,6 +170,9 @@ def _train_claimed(
         model.to(device)
         data = Dataset(*(t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test)), data.p)
     suppression = Suppression.of(config)
+    zeroing = Zeroing.of(config)
+    zeroing_path = run.path / "zeroing.csv"
+    bos_id = vocabulary(config.p, config.context == "markov")[BOS_TOKEN]
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
     )
@@ -188,7 +197,14 @@ def _train_claimed(
             if extra > step:
                 run.checkpoint_path(extra).unlink(missing_ok=True)
     else:
-        for old in (run.metrics_path, run.measures_path, run.llm_measures_path, run.llm_causal_path, run.summary_path):
+        for old in (
+            run.metrics_path,
+            run.measures_path,
+            run.llm_measures_path,
+            run.llm_causal_path,
+            run.summary_path,
+            zeroing_path,
+        ):
             old.unlink(missing_ok=True)
         if run.ckpt_dir.exists():
             for old in run.ckpt_dir.glob("*.pt"):
@@ -215,11 +231,14 @@ def _train_claimed(
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
                 idx = torch.randint(len(data.y_train), (config.batch_size,), generator=gen).to(device)
                 xb, yb = data.x_train[idx], data.y_train[idx]
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb)
+            if isinstance(model, GrokLlama):
+                loss, logits = model.train_loss(xb, yb, step)
+            else:
+                logits = model(xb)
+                loss = nn.functional.cross_entropy(logits, yb)
             if is_eval and not (resumed and step == resumed_at):
                 model.eval()
-                if full_batch:
+                if full_batch and config.context != "markov":  # markov: the loss has filler terms; read the answer
                     train_loss, train_acc = loss.item(), (logits.argmax(-1) == yb).float().mean().item()
                 else:
                     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
@@ -278,10 +297,18 @@ def _train_claimed(
             loss.backward()
             if ema is not None:
                 ema.apply(model)
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if config.warmup_steps > 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
             optimizer.step()
             step += 1
             if suppression is not None and suppression.due(step):
                 suppression.apply(model)
+            if zeroing is not None and zeroing.due(step):
+                assert isinstance(model, GrokLlama)
+                _append_row(zeroing_path, ZEROING_COLUMNS, zeroing.apply(model.lm, bos_id, step))
             if step % config.eval_every == 0:
                 run.set_status("running", step)
 
@@ -290,9 +317,24 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _append_row(path: Path, columns: list[str], row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(columns)
+        writer.writerow([row[c] for c in columns])
+
+
 def _truncate_after(run: GrokRun, step: int) -> None:
     """Drop metric / measure rows after `step` (written after the last checkpoint of a stopped run)."""
-    for path in (run.metrics_path, run.measures_path, run.llm_measures_path, run.llm_causal_path):
+    for path in (
+        run.metrics_path,
+        run.measures_path,
+        run.llm_measures_path,
+        run.llm_causal_path,
+        run.path / "zeroing.csv",
+    ):
         if path.exists():
             frame = pd.read_csv(path)
             frame = frame[frame["step"] <= step]

@@ -100,8 +100,10 @@ def test_to_flags_round_trips_through_the_command_parser(command):
         assert {n: getattr(parsed, n) for n in owned} == {n: getattr(config, n) for n in owned}
         if not a.skip:
             assert parsed == config
-    # and the defaults give no flag at all, and parse back to the defaults
-    assert all(to_flags(a.cls(), skip=a.skip, defaults=a.defaults) == [] for a in added)
+    # and the parser's defaults (the class's, or those the command sets) give no flag at all, and parse back
+    assert all(
+        to_flags(dataclasses.replace(a.cls(), **a.defaults), skip=a.skip, defaults=a.defaults) == [] for a in added
+    )
     args = parser.parse_args(REQUIRED.get(command, []))
     for a in added:
         parsed = from_args(a.cls, args)
@@ -114,7 +116,7 @@ def test_one_field_at_a_time_round_trips():
         for a in options_added(parser):
             config, owned = _changed(a)
             for name in owned:
-                single = dataclasses.replace(a.cls(), **{name: getattr(config, name)})
+                single = dataclasses.replace(a.cls(), **{**a.defaults, name: getattr(config, name)})
                 flags = to_flags(single, skip=a.skip, defaults=a.defaults)
                 assert len(flags) in (1, 2), (command, name, flags)
                 parsed = from_args(a.cls, parser.parse_args(REQUIRED.get(command, []) + flags))
@@ -186,13 +188,13 @@ def _parse_line(line: str) -> argparse.Namespace:
     return build_parser().parse_args(words[3:])
 
 
-def test_the_grokking_study_reproduce_line_runs_with_other_seeds_and_weight_decays():
+def test_the_grokking_study_reproduce_line_runs_with_other_seeds_and_arms():
     from engine.grokking.config import StudyConfig
     from engine.grokking.study import command_line
 
-    study = StudyConfig(seeds=(3, 11), weight_decays=(0.5, 2.0, 4.25), n_layers=6, root="my runs", report_only=True)
+    study = StudyConfig(seeds=(3, 11), arms=("control", "zero_tracked"), n_layers=3, root="my runs", report_only=True)
     line = command_line(study)
-    assert "--seeds 3,11" in line and "--weight-decays 0.5,2.0,4.25" in line and "--report-only" not in line
+    assert "--seeds 3,11" in line and "--arms control,zero_tracked" in line and "--report-only" not in line
     assert from_args(StudyConfig, _parse_line(line)) == dataclasses.replace(study, report_only=False)
     assert command_line(StudyConfig()) == "python -m engine grok-study"
 

@@ -18,6 +18,7 @@ from engine.grokking import jobs, runs
 from engine.grokking.config import GROK_ACCURACY, LLM_MEASURE_LABELS, MEASURE_LABELS, GrokConfig
 from ui import grokking_charts as charts
 from ui.errors import lab_fragment
+from ui.job_panel import job_ended, job_progress
 from ui.progress import eta_text
 
 POLL_SECONDS = 1.0
@@ -109,20 +110,28 @@ def checkpoint_detail(metrics: pd.DataFrame, measures: pd.DataFrame, step: int, 
 
 
 def _training(run: runs.GrokRun, config: GrokConfig, writable: bool) -> Job | None:
-    """The progress of the job training the run (and Stop), or a note that another process trains it."""
+    """The progress of the job training the run (ui.job_panel, in the phases' words) and Stop, or a note that
+    another process trains it, or why the last job failed."""
     job = jobs.running_job(run)
     progress = jobs.progress(run)
     if job is not None and progress is not None:
-        st.progress(min(1.0, progress.step / max(config.steps, 1)), text=progress_text(progress, config))
-        if writable and st.button("Stop", key="grok_stop", icon=":material/stop_circle:"):
-            jobs.stop(run)
-            st.toast("Stopping at the next step; that step's checkpoint is kept and Start resumes from it.")
+        job_progress(
+            job,
+            what="Training",
+            unit="steps",
+            can_stop=writable,
+            widget_key="grok",
+            text=lambda _: progress_text(progress, config),
+            fraction=lambda _: progress.step / max(config.steps, 1),
+            on_stop=lambda: jobs.stop(run),
+            stop_note="Stopping at the next step; that step's checkpoint is kept and Start resumes from it.",
+        )
     elif run.is_claimed():
         st.info("This run is being trained by another session or process; the view follows it.", icon=":material/sync:")
     else:
         ended = jobs.last_job(run)
         if ended is not None and ended.error:
-            st.error(ended.error, icon=":material/error:")
+            job_ended(ended, "Training")
     return job
 
 

@@ -77,6 +77,10 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     at.selectbox(key="sw_q_tokens").set_value(256)
     at.button(key="sw_quant").click().run()
     assert not at.exception
+    for job in RUNNER.jobs():  # the quantization too
+        if job.key.startswith("sw-quantization-"):
+            job.wait(600)
+    at.run()
     quant = next(f for f in _frames(at) if "held_weights" in f.columns)
     assert len(quant) == 3 and quant["perplexity"].gt(1).all()
 

@@ -36,7 +36,13 @@ from ui.memory_estimates import ensure_memory, scan_bytes
 from ui.model_queue import queue_notice
 from ui.models import current_choice, get_model, is_loaded
 from ui.state import compute_steps, forget, latest, model_key, recall
-from ui.superweights_edits import ABLATION_SLOT, QUANT_SLOT, render_ablation, render_quantization
+from ui.superweights_edits import (
+    ABLATION_SLOT,
+    QUANT_SLOT,
+    render_ablation,
+    render_found_again,
+    render_quantization,
+)
 from ui.superweights_form import (
     ABLATION_FLAG,
     DETECTION_HELP,
@@ -120,6 +126,7 @@ def render() -> None:
                 "largest activation comes here, then the candidates, the ablation and the quantization.",
                 icon=":material/info:",
             )
+            render_found_again()  # a tab opened again without its link: the person's job, running or done
             return
         lm, detection, note = _shown_detection(config)
         if lm is None or detection is None:

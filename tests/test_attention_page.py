@@ -94,9 +94,9 @@ def test_ask_and_score_tabs_with_a_tiny_model(tiny_gemma3_dir):
     at.run()
     at.button(key="att_score_run").click().run()
     assert not at.exception and not at.error
-    scores = next(d.value for d in at.dataframe if "top1_agreement" in d.value.columns)
-    assert set(scores["layer.head"]) == {"1.2"} and len(scores) == 5 and (scores["n_queries"] == 6).all()
+    scores = next(d.value for d in at.dataframe if "top1 agreement" in d.value.columns)
+    assert set(scores["layer.head"]) == {"1.2"} and len(scores) == 5 and (scores["n queries"] == 6).all()
     assert any("**1.2**" in m.value and "→" in m.value for m in at.markdown)
     at.text_area(key="att_prompt").set_value("A different prompt").run()
     assert not at.exception
-    assert not any("top1_agreement" in d.value.columns for d in at.dataframe)
+    assert not any("top1 agreement" in d.value.columns for d in at.dataframe)

@@ -20,6 +20,7 @@ from ui import grokking_charts as charts
 from ui.errors import lab_fragment
 from ui.job_panel import job_ended, job_progress
 from ui.progress import eta_text
+from ui.tables import MISSING, cell_text, readable
 
 POLL_SECONDS = 1.0
 SMALL_MODEL_COLUMNS = {  # measures.csv of the small models, in words
@@ -100,13 +101,13 @@ def checkpoint_detail(metrics: pd.DataFrame, measures: pd.DataFrame, step: int, 
             table = pd.DataFrame(
                 {
                     "measure": [charts.column_label(c) for c in values.index],
-                    "value": list(map(charts.cell_text, values)),
+                    "value": list(map(cell_text, values)),
                 }
             )
             st.dataframe(table, hide_index=True, height=300)
         return
     shown = [c for c in SMALL_MODEL_COLUMNS if c in rows]
-    st.dataframe(charts.readable(rows[shown], SMALL_MODEL_COLUMNS), hide_index=True)
+    st.dataframe(readable(rows[shown], SMALL_MODEL_COLUMNS), hide_index=True)
 
 
 def _training(run: runs.GrokRun, config: GrokConfig, writable: bool) -> Job | None:
@@ -181,7 +182,7 @@ def run_panel(run: runs.GrokRun, writable: bool) -> None:
     if is_llm and len(measures):
         st.caption("Scan and causal test at every checkpoint")
         scan = measures[[c for c in SCAN_COLUMNS if c in measures]]
-        st.dataframe(charts.readable(scan, charts.LLM_COLUMN_LABELS), hide_index=True, height=180)
+        st.dataframe(readable(scan, charts.LLM_COLUMN_LABELS), hide_index=True, height=180)
     if summary is not None and job is None:
         _summary(run, summary, metrics, measures, note)
     if is_llm and run.checkpoint_steps():
@@ -211,8 +212,8 @@ def _summary(
             for m in labels
         ]
     )
-    st.dataframe(charts.readable(onset_rows, {}), hide_index=True)
-    st.caption(f"{charts.MISSING}: no onset (the measure never stays on), or no lag (the run did not grok).")
+    st.dataframe(readable(onset_rows, {}), hide_index=True)
+    st.caption(f"{MISSING}: no onset (the measure never stays on), or no lag (the run did not grok).")
     key = run.run_id
     d1, d2 = st.columns(2)
     d1.download_button("metrics.csv", metrics.to_csv(index=False), f"grok_{key}_metrics.csv", key="grok_dl_metrics")

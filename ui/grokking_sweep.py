@@ -26,10 +26,11 @@ from engine.grokking.config import (
 from ui import access
 from ui.errors import lab_fragment
 from ui.figures import show_chart
-from ui.grokking_charts import AXIS, readable
+from ui.grokking_charts import AXIS
 from ui.grokking_runs import gate
 from ui.job_panel import job_ended, job_progress
 from ui.state import latest, recall, remember
+from ui.tables import readable
 
 POLL_SECONDS = 1.0
 SWEEP_SLOT = "grok_sweep"  # the sweep job started for exactly these sweep inputs

@@ -35,6 +35,7 @@ from engine.superweights.config import (
     number,
 )
 from ui import jobs as person_jobs
+from ui import superweights_tables as tables
 from ui.fields import range_problem
 from ui.figures import identical_curves, show_chart
 from ui.job_panel import job_panel
@@ -180,11 +181,11 @@ def show_ablation(table: ablation.AblationResult) -> None:
     """An ablation's figure, its table and the greedy continuations, every column in words."""
     show_chart(ablation_chart(table.table), "superweight_ablation", key="sw_ablation_chart", data=table.table)
     st.caption(f"{table.eval_tokens} evaluation tokens, k = {table.k}, {table.seconds:.0f} s.")
-    st.dataframe(table.table, hide_index=True, width="stretch")
+    st.dataframe(tables.table(table.table, tables.ABLATION), hide_index=True, width="stretch")
     st.markdown("**Greedy continuations**")
-    st.dataframe(table.continuations, hide_index=True, width="stretch")
+    st.dataframe(tables.table(table.continuations, tables.CONTINUATIONS), hide_index=True, width="stretch")
     with st.expander("Stopword shift per prompt"):
-        st.dataframe(table.stopwords, hide_index=True, width="stretch")
+        st.dataframe(tables.table(table.stopwords, tables.STOPWORDS), hide_index=True, width="stretch")
         st.download_button(
             "Download stopword_shift.csv",
             table.stopwords.to_csv(index=False),
@@ -277,7 +278,8 @@ def show_quantization(table: pd.DataFrame) -> None:
                 f"{' and '.join(same)} give the same perplexity at every block size: their lines coincide "
                 "(told apart by their dashes and point shapes)."
             )
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(tables.table(table, tables.QUANTIZATION), hide_index=True, width="stretch")
+    st.caption(tables.QUANTIZATION_NOTE)
 
 
 def render_found_again() -> None:

@@ -30,8 +30,9 @@ def test_prompt_head_description_empty_and_truncated(embedded_lm):
     lines = text.splitlines()
     assert lines[0].startswith("0 \u27e8bos\u27e9 -> ") and "Alice@1" in text and "Bob@3" in text
     assert "layer 2, head 3" in at.markdown[0].value or any("layer 2, head 3" in m.value for m in at.markdown)
-    table = next(d.value for d in at.dataframe if "top1" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "attended #1" in d.value.columns)
     assert list(table["token"])[:2] == ["\u27e8bos\u27e9", "Alice@1"]
+    assert "top1" not in table.columns and not table.isna().any().any() and not (table == "").any().any()
     assert len(at.get("vega_lite_chart")) >= 2  # head heatmap + model view
     # Empty prompt: the message, and no stale chart or description from the previous prompt.
     at.text_area(key="att_prompt").set_value("   ").run()

@@ -401,3 +401,29 @@ def test_every_table_of_the_tab_is_in_words(tiny_gemma3_dir):
     assert "perplexity ratio vs original" in columns and "persists in layers" in columns
     cells = [v for f in frames for v in f.astype(object).to_numpy().ravel().tolist()]
     assert not [c for c in cells if c is None or c != c or str(c).strip() in ("None", "nan", "")]
+
+
+def test_a_stopped_job_ends_stopped_with_every_weight_restored(lm, candidates):
+    """engine.superweights.jobs: a stop ends the computation at its next step, without a result, and the
+    weight edits in flight are undone bit for bit."""
+    import torch
+
+    from engine.superweights import jobs
+
+    before = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
+    kept, started = [], []
+
+    def stop_at_second_forward(module, args):  # a stop asked while the ablation evaluates
+        started.append(1)
+        if len(started) == 2:
+            jobs.RUNNER.stop(jobs.job_key("ablation", ("stop test",)))
+
+    handle = lm.model.register_forward_pre_hook(stop_at_second_forward)
+    try:
+        job = jobs.start_ablation(lm, ("stop test",), candidates, k=3, scale=0.0, max_tokens=64, keep=kept.append)
+        assert job.wait(120)
+    finally:
+        handle.remove()
+    assert job.state == "stopped" and job.result is None and not kept and not job.error
+    assert all(torch.equal(p, before[name]) for name, p in lm.model.named_parameters())
+    assert jobs.kind_of(job.key) == "ablation" and jobs.kind_of("grokking:x") is None

@@ -9,7 +9,8 @@ the person's place in its queue.
 
 Figures first: each result starts with its figure (ui.figures.show_chart: PNG, SVG and CSV downloads), the
 table below. The scan's figure is linked to the layer picker: clicking a layer selects it, the selected
-layer is highlighted. Long steps (detection, ablation, quantization) show steps and an ETA (ui.progress).
+layer is highlighted. Detection shows steps and an ETA (ui.progress); the ablation and the quantization
+run as the person's background jobs (engine.superweights.jobs, ui.job_panel: progress, Stop, found again).
 
 State that survives a reload and travels as a link: every input is bound to a query parameter (`sw_prompts`,
 `sw_mode`, `sw_factor`, `sw_absolute`, `sw_iters`; `sw_layer`, `sw_topk`, `sw_neigh_pick`, `sw_radius`;

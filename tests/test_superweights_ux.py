@@ -335,11 +335,11 @@ def _running(prefix: str):
     return job
 
 
-def test_the_quantization_runs_as_a_job_a_reload_finds_and_its_person_stops(tiny_gemma3_dir, monkeypatch):
+def test_the_quantization_runs_as_a_job_a_reload_finds_and_its_person_stops(planted_gemma3_dir, monkeypatch):
     """Run quantization no longer blocks the page: its progress comes back after a reload (before: the
     reload lost it), Stop ends it at its next step with its weights restored, and says so."""
     gate, calls = _gate(monkeypatch, swq, "quantization_table", 9)
-    at = _session(tiny_gemma3_dir, {**SETTINGS, "sw_q_tokens": "256"})
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_q_tokens": "256"})
     at.button(key="sw_scan").click().run()
     at.button(key="sw_quant").click().run()
     assert not at.exception, at.exception
@@ -347,7 +347,7 @@ def test_the_quantization_runs_as_a_job_a_reload_finds_and_its_person_stops(tiny
     job = _running("sw-quantization-")
     try:
         reload = AppTest.from_function(_tab_script, default_timeout=300)
-        reload.session_state["lab_model_choice"] = (str(tiny_gemma3_dir), "none")
+        reload.session_state["lab_model_choice"] = (str(planted_gemma3_dir), "none")
         reload.session_state["_lab_owner_key"] = at.session_state["_lab_owner_key"]
         for name, value in at.query_params.items():
             reload.query_params[name] = str(value)
@@ -366,24 +366,24 @@ def test_the_quantization_runs_as_a_job_a_reload_finds_and_its_person_stops(tiny
     assert reload.query_params.get("sw_quantized") is None  # a reload does not start it again
 
 
-def test_a_tab_reopened_without_its_link_finds_the_persons_ablation(tiny_gemma3_dir, monkeypatch):
+def test_a_tab_reopened_without_its_link_finds_the_persons_ablation(planted_gemma3_dir, monkeypatch):
     """A new tab with no link (no scan on it) shows the person's ablation: its progress while it runs, its
     result when it is done (before: only "Press Scan"); someone else's new tab shows nothing of it."""
     gate, calls = _gate(monkeypatch, ab, "ablation_table", 15)
-    at = _session(tiny_gemma3_dir, {**SETTINGS, "sw_k": "11"})  # inputs no other test ablates
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_k": "11"})  # inputs no other test ablates
     at.button(key="sw_scan").click().run()
     at.button(key="sw_ablate").click().run()
     job = _running("sw-ablation-")
     try:
         again = AppTest.from_function(_tab_script, default_timeout=300)
-        again.session_state["lab_model_choice"] = (str(tiny_gemma3_dir), "none")
+        again.session_state["lab_model_choice"] = (str(planted_gemma3_dir), "none")
         again.session_state["_lab_owner_key"] = at.session_state["_lab_owner_key"]
         again.run()
         assert not again.exception, again.exception
         assert any("Your ablation (running), found again" in h.value for h in again.subheader)
         bars = [p.text for p in again.get("progress")]
         assert any("The ablation: 0/15 steps · waiting" in (t or "") for t in bars), bars
-        other = _session(tiny_gemma3_dir)
+        other = _session(planted_gemma3_dir)
         assert not other.get("progress") and not any("found again" in h.value for h in other.subheader)
     finally:
         gate.set()
@@ -394,13 +394,13 @@ def test_a_tab_reopened_without_its_link_finds_the_persons_ablation(tiny_gemma3_
     assert _ablation_frame(again) is not None and len(calls) == 1
 
 
-def test_every_table_of_the_tab_is_in_words(tiny_gemma3_dir):
+def test_every_table_of_the_tab_is_in_words(planted_gemma3_dir):
     """Scan, candidates, weights, ablation (with its continuations and stopwords) and quantization: no raw
     column name (before: ppl_ratio, persists_in_layers, held_weights...), no "None", "nan" or empty cell
     (before: the original row's block size and bits, an empty "persists in layers")."""
     from engine.core.jobs import RUNNER
 
-    at = _session(tiny_gemma3_dir, {**SETTINGS, "sw_q_tokens": "256"})
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_q_tokens": "256"})
     at.button(key="sw_scan").click().run()
     at.button(key="sw_wstats").click().run()
     _ablate(at)

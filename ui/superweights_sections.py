@@ -61,8 +61,8 @@ def _show_rejected(detection: sw.Detection) -> None:
         with st.expander(f"Cancelling: {len(detection.cancelling)} weight(s) that push a massive activation back"):
             st.caption(
                 "A massive activation already enters this layer and the weight's change of the residual stream "
-                "opposes it (columns 'residual stream entering' and 'its change of the residual stream'): it cancels a super activation, it does not make "
-                "one. Not ablated below."
+                "opposes it (columns 'residual stream entering' and 'its change of the residual stream'): it "
+                "cancels a super activation, it does not make one. Not ablated below."
             )
             st.dataframe(
                 tables.table(_readable(detection.frame(cancelling=True)), tables.CANDIDATES),

@@ -43,6 +43,9 @@ LLM_COLUMN_LABELS = {  # llm_measures.csv (engine.grokking.llm_measures.LlmMeasu
     "persisting_layers": "layers the BOS spike persists in",
     "sink_share_max": "attention share on BOS, largest over layers",
     "sink_share_mean": "attention share on BOS, mean over layers",
+    "sink_excess_max": "BOS share minus uniform attention's, largest over layers",
+    "sink_head_excess_max": "BOS share minus uniform attention's, largest head",
+    "resid_bos_over_median": "residual stream max |h| at BOS / median |h|",
     "n_key_frequencies": "key Fourier frequencies",
     "fourier_covered": "energy share of the key frequencies",
 }
@@ -51,8 +54,11 @@ LLM_SERIES = {  # the llm charts' legend entries (each chart's title says what i
     "max_ppl_ratio_test": "test",
     "super_activation_bos": "max |y| at BOS",
     "bos_over_median": "max |y| at BOS / median |y|",
-    "sink_share_max": "largest over layers",
-    "sink_share_mean": "mean over layers",
+    "sink_share_max": "BOS share, largest over layers",
+    "sink_share_mean": "BOS share, mean over layers",
+    "sink_excess_max": "excess over uniform, largest layer mean",
+    "sink_head_excess_max": "excess over uniform, largest head",
+    "resid_bos_over_median": "residual max |h| at BOS / median |h|",
     "n_key_frequencies": "key frequencies",
 }
 
@@ -255,12 +261,20 @@ def llm_measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, ste
             "Super activation at BOS (max |y|, / median)",
             "log",
         ),
-        (["sink_share_max", "sink_share_mean"], "share", "Attention share on BOS (sink)", "linear"),
+        (
+            ["sink_excess_max", "sink_head_excess_max", "sink_share_max"],
+            "share",
+            "Attention sink: BOS share (and its excess over uniform attention)",
+            "linear",
+        ),
+        (["resid_bos_over_median"], "ratio", "Massive activation: residual |h| at BOS / median (log)", "log"),
         (["n_key_frequencies"], "frequencies", "Key Fourier frequencies of the number embedding", "linear"),
     ]
     charts = []
     for i, (columns, axis_title, title, scale) in enumerate(panels):
         present = [c for c in columns if c in measures]
+        if not present:  # a run measured before this measure existed
+            continue
         long = measures.melt("step", present)
         long["series"] = long["variable"].map(lambda c: LLM_SERIES.get(c, column_label(c)))
         y = alt.Y("value:Q", title=axis_title, scale=alt.Scale(type=scale), axis=alt.Axis(**AXIS))

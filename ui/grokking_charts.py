@@ -13,6 +13,7 @@ import streamlit as st
 
 from engine.grokking import runs
 from engine.grokking.config import GROK_ACCURACY, HALF_GROK_ACCURACY, MEMORISATION_ACCURACY, GrokConfig
+from engine.grokking.measure_registry import REGISTRY
 from engine.grokking.measures import MeasureSettings
 from ui.figures import show_chart
 
@@ -242,34 +243,31 @@ def measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps: 
     show_step_charts(charts, steps, per_row=2)
 
 
+FIXED_LLM_PANELS = [  # (columns, y axis, title, scale): columns of the built-in summary no single measure owns
+    (["max_ppl_ratio_train", "max_ppl_ratio_test"], "ppl ratio", "Largest perplexity ratio, one weight zeroed", "log"),
+    (["super_activation_bos", "bos_over_median"], "activation", "Super activation at BOS (max |y|, / median)", "log"),
+    (["n_key_frequencies"], "frequencies", "Key Fourier frequencies of the number embedding", "linear"),
+]
+
+
+def llm_panels() -> list[tuple[list[str], str, str, str]]:
+    """The llm measure charts: the fixed panels, then one per measure registered with a chart panel
+    (engine.grokking.measure_registry), so a new measure is charted with no edit here."""
+    registered = [
+        (list(spec.columns), spec.panel.axis_title, spec.panel.title, spec.panel.scale)
+        for spec in REGISTRY.values()
+        if spec.panel is not None
+    ]
+    return FIXED_LLM_PANELS[:2] + registered + FIXED_LLM_PANELS[2:]
+
+
 def llm_measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps: Sequence[int]) -> None:
     """The llm measures of every checkpoint (llm_measures.csv): causal effects on train and test, super
     activation, attention sink, key Fourier frequencies."""
     if measures.empty or len(measures) == 0:
         st.info("The measures appear at the first checkpoint.")
         return
-    panels = [
-        (
-            ["max_ppl_ratio_train", "max_ppl_ratio_test"],
-            "ppl ratio",
-            "Largest perplexity ratio, one weight zeroed",
-            "log",
-        ),
-        (
-            ["super_activation_bos", "bos_over_median"],
-            "activation",
-            "Super activation at BOS (max |y|, / median)",
-            "log",
-        ),
-        (
-            ["sink_excess_max", "sink_head_excess_max", "sink_share_max"],
-            "share",
-            "Attention sink: BOS share (and its excess over uniform attention)",
-            "linear",
-        ),
-        (["resid_bos_over_median"], "ratio", "Massive activation: residual |h| at BOS / median (log)", "log"),
-        (["n_key_frequencies"], "frequencies", "Key Fourier frequencies of the number embedding", "linear"),
-    ]
+    panels = llm_panels()
     charts = []
     for i, (columns, axis_title, title, scale) in enumerate(panels):
         present = [c for c in columns if c in measures]

@@ -34,14 +34,14 @@ def test_a1_a2_a3_with_ties():
     correct = np.array([1, 0, 1, 1, 0, 0], dtype=bool)
     scores = pd.DataFrame(
         {
-            "mean_token_nll": [0.1, 0.1, 0.1, 0.1, 0.9, 0.9],  # a 4-way tie across the cut: keep q0, q1, q2
+            "mean_token_nll": [0.1, 0.1, 0.1, 0.1, 0.9, 0.9],  # a 4-way tie across the cut: 3 of its 4 kept
             "semantic_entropy": [0.0, 1.0, 0.0, 0.5, 2.0, 0.0],  # kept: q0, q2, q5
         },
         index=[f"q{i}" for i in range(6)],
     )
     c = comparison(scores, correct, n_boot=50)
     assert c["A1"] == pytest.approx(0.5)
-    assert c["A2"] == pytest.approx(2 / 3)
+    assert c["A2"] == pytest.approx(3 / 4)  # tie-averaged: 3 of the tied 4 are right, whichever 3 are kept
     assert c["A3"] == pytest.approx(2 / 3)
     assert c["methods"]["mean_token_nll"]["n_tied_at_cutoff"] == 4
     assert c["methods"]["semantic_entropy"]["n_tied_at_cutoff"] == 0
@@ -186,7 +186,7 @@ def test_summary_has_paired_differences_verdict_and_a_table_per_judge(embedder, 
     assert summary["methods"]["mean_token_nll"]["diff_vs_usual"] is None  # the usual score itself
     for name, m in summary["methods"].items():
         if name != "mean_token_nll":
-            assert set(m["diff_vs_usual"]) == {"acc50", "auroc", "auarc"}, name
+            assert set(m["diff_vs_usual"]) == {"acc50", "auroc"}, name  # AUARC is described, not tested
             for d in m["diff_vs_usual"].values():
                 assert set(d) == {"estimate", "ci_low", "ci_high", "p", "p_holm"}
     semantic = summary["methods"]["semantic_entropy"]
@@ -211,3 +211,21 @@ def test_summary_has_paired_differences_verdict_and_a_table_per_judge(embedder, 
     graded = f1.drop(index="q2")
     assert (graded["judge"] == (graded["f1"] >= EvalOptions().f1_threshold)).all()
     assert f1.loc["q2", "correct"] is None and f1["correctness_probe_full_state"].notna().all()
+
+
+def test_tie_averaged_acc50_is_the_mean_over_random_tie_orders():
+    from engine.uq.metrics import acc50, acc50_draws, resample_counts
+
+    unc = np.array([0.1, 0.5, 0.5, 0.5, 0.5, 0.9, 0.2])  # k = ceil(7/2) = 4: the cut falls inside the 0.5 tie
+    correct = np.array([1, 0, 1, 1, 0, 0, 0], dtype=float)
+    rng = np.random.default_rng(0)
+    orders = [correct[np.lexsort((rng.random(unc.size), unc))][:4].mean() for _ in range(20_000)]
+    # exact: 2 certain ones (1 right) + 2 of the 4 tied (2 right of 4): (1 + 2 * 2/4) / 4 = 0.5
+    assert acc50(unc, correct) == pytest.approx(0.5)
+    assert acc50(unc, correct) == pytest.approx(np.mean(orders), abs=0.005)
+    assert method_metrics(unc, correct, n_boot=0)["acc50"] == pytest.approx(0.5)  # the same in the metrics table
+    # a resample as counts: the same as the metric on the explicit resampled list
+    counts = resample_counts(unc.size, 50, 3)
+    for row in counts[:10]:
+        idx = np.repeat(np.arange(unc.size), row)
+        assert acc50_draws(unc, correct, row[None])[0] == pytest.approx(acc50(unc[idx], correct[idx]))

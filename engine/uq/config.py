@@ -103,6 +103,12 @@ class EvalOptions:
     n_boot: int = option(
         1000, "bootstrap resamples of the questions behind the 95 percent intervals", flag="--bootstrap"
     )
+    n_boot_test: int = option(
+        20_000,
+        "bootstrap resamples behind every paired accuracy-at-50-percent test and its interval (a family of m "
+        "tests needs more than 2 m / alpha for two-sided tests)",
+        flag="--bootstrap-test",
+    )
     seed: int = option(0, "bootstrap and cross-fitting seed")
     n_folds: int = option(5, "question folds of the cross-fitted scores (SEP, subspaces)", cli=False)
     cluster_threshold: float = option(0.8, "MiniLM cosine above which two samples share a meaning", cli=False)

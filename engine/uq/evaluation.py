@@ -34,7 +34,7 @@ from engine.uq.correctness import Judge
 from engine.uq.estimators import ScoreKind, ScoreResult, Stats, labelled_estimators, scoring_stats
 from engine.uq.metrics import DIFF_METRICS, METRICS, comparison, rejection_curves
 from engine.uq.nli import LMJudge, load_nli
-from engine.uq.paired import LengthCheck, Verdict, against_length, differences_vs_usual, verdict
+from engine.uq.paired import Acc50Bootstrap, LengthCheck, Verdict, against_length, differences_vs_usual, verdict
 from engine.uq.records import QuestionRecord
 from engine.uq.store import UqRun
 
@@ -324,15 +324,15 @@ def _judge(
         seed=options.seed,
         draws=draws,
     )
-    common = dict(n_boot=options.n_boot, seed=options.seed, draws=draws)
-    diffs = differences_vs_usual(compared, correct, usual=options.usual, **common)
+    boot = Acc50Bootstrap(correct, options.n_boot_test, options.seed)
+    diffs = differences_vs_usual(compared, correct, usual=options.usual, boot=boot)
     for name, m in comp["methods"].items():
         m["diff_vs_usual"] = {k: d.as_dict() for k, d in diffs[name].items()} if name in diffs else None
     return _Judged(
         comp,
         diffs,
         verdict(diffs, comp["n"], kinds=kinds, usual=options.usual, n_right=int(correct.sum())),
-        against_length(compared, correct, kinds=kinds, **common),
+        against_length(compared, correct, kinds=kinds),
         scores,
         graded,
         correct,

@@ -88,12 +88,12 @@ class EvalOptions:
 
     judge: Judge = option(
         "auto",
-        "correctness judge: auto = normalised reference contained in the answer, or SQuAD token F1 >= the F1 "
+        "correctness judge: auto = normalised reference contained in the answer, or SQuAD token F1 > the F1 "
         "threshold; contains / f1 = either alone; embedding = MiniLM cosine to the best reference >= the "
         "embedding threshold; llm = the Nature paper's yes/no prompt to a language model. Manual marks "
         "override every judge",
     )
-    f1_threshold: float = option(F1_THRESHOLD, "token F1 from which an answer is right (judges f1 and auto)")
+    f1_threshold: float = option(F1_THRESHOLD, "token F1 above which an answer is right (judges f1 and auto)")
     embedding_threshold: float = option(
         EMBEDDING_THRESHOLD, "MiniLM cosine similarity from which an answer is right (judge embedding)"
     )

@@ -37,7 +37,8 @@ Cross-fitted by engine.uq.subspace.cross_fit: questions are split into `n_folds`
 each fold's questions are scored by the standardisation and subspaces fitted on the other folds only.
 
 Subspace probes (`subspace_probes`): per fold, on the training questions, a StandardScaler +
-LogisticRegression is fitted on the graded answer's hidden state, standardised with that fold's mu and
+LogisticRegression (its C chosen by an inner cross-validation on those questions only, `tuned_probe`) is
+fitted on the graded answer's hidden state, standardised with that fold's mu and
 sigma and projected onto the fold's semantic or surface basis (coordinates z @ B) or kept whole ("full"),
 and scores the held-out fold. Targets: high semantic entropy (the SEP probe, arXiv 2406.15927: SE > a
 split found on the training questions) and the answer being right (the p(IK) idea, Kadavath et al. 2022).
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -134,6 +136,7 @@ def discriminant_decomposition(
     ridge: float = 0.1,
     n_null: int = 3,
     surface_energy: float = 0.95,
+    folds: np.ndarray | None = None,
 ) -> Decomposition:
     """(b): semantic = top generalised eigenvectors of (S_b, S_w + lambda I); see the module docstring.
 
@@ -186,7 +189,7 @@ def discriminant_decomposition(
         info = {"ratios": values[: r + 3].tolist(), "null_ratio": null, "lambda": lam, "df_between": int(df_b)}
         return semantic, surface, info
 
-    return cross_fit("discriminant", hidden, n_folds, seed, fit)
+    return cross_fit("discriminant", hidden, n_folds, seed, fit, folds)
 
 
 # ---------------------------------------------------------------- (c) lexical map
@@ -215,6 +218,7 @@ def lexical_map_decomposition(
     n_components: int = 32,
     energy: float = 0.95,
     keep: float = 0.5,
+    folds: np.ndarray | None = None,
 ) -> Decomposition:
     """(c): surface = row space of a ridge map from within-cluster hidden variation to within-cluster
     variation of the text's lexical features; semantic = the embedding map's row space with the surface
@@ -258,29 +262,94 @@ def lexical_map_decomposition(
         }
         return semantic, surface, info
 
-    return cross_fit("lexical_map", hidden, n_folds, seed, fit)
+    return cross_fit("lexical_map", hidden, n_folds, seed, fit, folds)
 
 
 # ---------------------------------------------------------------- subspace probes
 
 
-def full_state(hidden: Sequence[np.ndarray], *, n_folds: int = 5, seed: int = 0) -> Decomposition:
+def full_state(
+    hidden: Sequence[np.ndarray], *, n_folds: int = 5, seed: int = 0, folds: np.ndarray | None = None
+) -> Decomposition:
     """The folds and per-fold standardisation of `cross_fit` with empty subspaces: all that the full-state
-    probes (subspace_probes(..., parts=("full",))) need, without fitting a decomposition."""
+    probes (subspace_probes(..., parts=("full",))) need, and the total spread (`Decomposition.total`),
+    without fitting a decomposition."""
 
     def fit(z, train):
         empty = np.zeros((z.shape[1], 0))
         return empty, empty, {}
 
-    return cross_fit("full_state", hidden, n_folds, seed, fit)
+    return cross_fit("full_state", hidden, n_folds, seed, fit, folds)
 
 
-def _probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
+ControlKind = Literal["random", "pca"]
+CONTROLS: tuple[ControlKind, ...] = get_args(ControlKind)
+
+
+def same_rank_control(
+    hidden: Sequence[np.ndarray], decomposition: Decomposition, kind: ControlKind, *, seed: int = 0
+) -> Decomposition:
+    """A subspace of the same rank as `decomposition`'s semantic one in each fold, chosen without meaning:
+    "random" = span of r standard normal directions (orthonormalised; default_rng(seed + fold)),
+    "pca" = the top r principal directions of the fold's standardised training samples (eigenvectors of
+    Z^T Z, Z = z of the training samples, centred). Same folds and standardisation; empty surface. A gain
+    of the semantic subspace over these is a gain from meaning, not from having fewer dimensions."""
+    ranks = decomposition.semantic_ranks
+    counts = np.array([len(x) for x in hidden])
+    groups = np.repeat(np.arange(len(hidden)), counts)
+    folds = decomposition.folds
+
+    def fit(z, train):
+        fold = int(folds[groups[~train][0]])
+        r = ranks[fold]
+        d = z.shape[1]
+        if r == 0:
+            raise CannotFit(f"the {decomposition.name} semantic subspace of this fold is empty")
+        if kind == "random":
+            basis = np.linalg.qr(np.random.default_rng(seed + fold).normal(size=(d, r)))[0]
+        else:
+            zt = z[train] - z[train].mean(0)
+            _values, vectors = np.linalg.eigh(zt.T @ zt)
+            basis = vectors[:, ::-1][:, :r]
+        return basis, np.zeros((d, 0)), {"rank": r}
+
+    if not decomposition.bases:
+        n = len(hidden)
+        nan = np.full(n, np.nan)
+        note = decomposition.note or "the decomposition was not fitted"
+        return Decomposition(f"{decomposition.name}_{kind}", nan, nan.copy(), nan.copy(), np.full(n, -1), note=note)
+    return cross_fit(f"{decomposition.name}_{kind}", hidden, len(decomposition.bases), seed, fit, folds)
+
+
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strengths tried by the probes' inner cross-validation
+
+
+def tuned_probe(y_train: np.ndarray):
+    """StandardScaler + logistic regression whose C (PROBE_CS) is chosen by cross-validated log loss on the
+    training questions it is given (LogisticRegressionCV, 3 stratified folds): chosen out-of-fold for every
+    probe. With fewer than 3 questions in the smaller class no inner split is possible: C = 1."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, y_train)
+    y = np.asarray(y_train, dtype=bool)
+    if min(int(y.sum()), int((~y).sum())) < 3:
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return make_pipeline(
+        StandardScaler(), LogisticRegressionCV(Cs=list(PROBE_CS), cv=3, scoring="neg_log_loss", max_iter=2000)
+    )
+
+
+def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """P(y = 1 | x) for `x_test` from `tuned_probe` fitted on the training rows."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9 announces LogisticRegressionCV renames
+        model = tuned_probe(y_train).fit(x_train, y_train)
     return model.predict_proba(x_test)[:, 1]
 
 
@@ -327,7 +396,7 @@ def subspace_probes(
     with single_blas_thread():
         for fold, basis in enumerate(decomposition.bases):
             test = np.flatnonzero(decomposition.folds == fold)
-            train_all = np.flatnonzero((decomposition.folds != fold) & (decomposition.folds >= 0))
+            train_all = np.flatnonzero(decomposition.folds != fold)  # fold -1: training only (cross_fit)
             z = basis.standardise(x_all)
             for target, values in targets.items():
                 train = train_all[~np.isnan(values[train_all])]  # questions with a label (e.g. graded) only
@@ -344,7 +413,7 @@ def subspace_probes(
                     if features.shape[1] == 0:
                         note(f"{target}_{part}", f"fold {fold}: the {part} subspace is empty")
                         continue
-                    p = _probe(features[train], y, features[test])
+                    p = probe_scores(features[train], y, features[test])
                     getattr(out, target)[part][test] = p if target == "se" else 1.0 - p
     return out
 

@@ -173,7 +173,7 @@ def test_sep_is_scored_out_of_fold():
         test, train = folds == fold, folds != fold
         assert np.ptp(scores[test]) < 1e-9  # a never-seen direction: the same prediction for all held out
         y = se[train] > best_variance_split(se[train])
-        probe = tuned_probe(y).fit(features[train], y)  # C chosen inside the training questions only
+        probe = tuned_probe(features[train], y)  # C chosen inside the training questions only
         np.testing.assert_allclose(scores[test], probe.predict_proba(features[test])[:, 1])
     in_sample = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features, se > 0.5)
     assert np.ptp(in_sample.predict_proba(features)[:, 1]) > 0.2  # in-sample the probe would memorise

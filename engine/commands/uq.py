@@ -21,7 +21,7 @@ from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
 from engine.uq import questions as qmod
-from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
 from engine.uq.export import write_outputs
 from engine.uq.generation import default_template, generate_run, open_run_for
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     add_options(parser, BatchOptions)
     add_options(parser, EvalOptions, skip=("seed",))  # one --seed: the generation's, as on the page
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, n_seeds=CLI_FOLD_SEEDS)
 
     study = subparsers.add_parser(
         "uq-study",
@@ -65,7 +65,7 @@ def register(subparsers) -> None:
     add_options(study, BatchOptions)
     add_options(study, EvalOptions, skip=("seed",))
     study.add_argument("--quiet", action="store_true", help="no progress lines")
-    study.set_defaults(func=study_command)
+    study.set_defaults(func=study_command, n_seeds=CLI_FOLD_SEEDS)
 
 
 def study_command(args) -> int:

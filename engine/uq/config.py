@@ -31,6 +31,7 @@ MAX_NEW_TOKENS_RANGE = (1, 256)
 BATCH_MEMORY_FRACTION = 0.25
 BATCH_QUESTIONS_CPU = 8
 BATCH_QUESTIONS_GPU = 64
+CLI_FOLD_SEEDS = 10  # fold seeds averaged by `engine uq` and `engine uq-study` (the page: one, labelled so)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,13 @@ class EvalOptions:
         flag="--bootstrap-test",
     )
     seed: int = option(0, "bootstrap and cross-fitting seed")
+    n_seeds: int = option(
+        1,
+        "fold seeds of every cross-fitted score (probes, subspaces): the score is the mean over the seeds seed .. "
+        "seed + n - 1; the contrasts report the seed-to-seed spread (1: a single fit, the page's default; the "
+        f"command line and the study use {CLI_FOLD_SEEDS})",
+        flag="--fold-seeds",
+    )
     n_folds: int = option(5, "question folds of the cross-fitted scores (SEP, subspaces)", cli=False)
     cluster_threshold: float = option(0.8, "MiniLM cosine above which two samples share a meaning", cli=False)
     layer: int | None = option(

@@ -322,35 +322,56 @@ def same_rank_control(
 
 
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strengths tried by the probes' inner cross-validation
+INNER_FOLDS = 3
 
 
-def tuned_probe(y_train: np.ndarray):
-    """StandardScaler + logistic regression whose C (PROBE_CS) is chosen by cross-validated log loss on the
-    training questions it is given (LogisticRegressionCV, 3 stratified folds): chosen out-of-fold for every
-    probe. With fewer than 3 questions in the smaller class no inner split is possible: C = 1."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.pipeline import make_pipeline
+@dataclasses.dataclass
+class TunedProbe:
+    """StandardScaler + LogisticRegression whose C was chosen on the training questions only."""
+
+    scaler: object
+    model: object
+    C: float
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self.scaler.transform(x))
+
+
+def tuned_probe(x_train: np.ndarray, y_train: np.ndarray) -> TunedProbe:
+    """A probe whose L2 strength is chosen out-of-fold: standardise the training rows, then pick C from
+    PROBE_CS by the least held-out log loss
+        L(C) = -(1/N) sum_{inner folds f} sum_{i in f} [y_i log p_i + (1 - y_i) log(1 - p_i)],
+    p_i from LogisticRegression(C) fitted on the other inner folds (StratifiedKFold(INNER_FOLDS), no
+    shuffle), and refit on all training rows with that C. The test questions of the outer fold are never
+    seen. With fewer than INNER_FOLDS questions in the smaller class: C = 1."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(y_train, dtype=bool)
-    if min(int(y.sum()), int((~y).sum())) < 3:
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return make_pipeline(
-        StandardScaler(), LogisticRegressionCV(Cs=list(PROBE_CS), cv=3, scoring="neg_log_loss", max_iter=2000)
-    )
+    scaler = StandardScaler().fit(x_train)
+    x = scaler.transform(x_train)
+    best = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if min(int(y.sum()), int((~y).sum())) >= INNER_FOLDS:
+            loss = np.zeros(len(PROBE_CS))
+            for inner, held in StratifiedKFold(INNER_FOLDS).split(x, y):
+                for j, c in enumerate(PROBE_CS):
+                    p = LogisticRegression(C=c, max_iter=2000).fit(x[inner], y[inner]).predict_proba(x[held])[:, 1]
+                    p = np.clip(p, 1e-12, 1 - 1e-12)
+                    loss[j] -= np.sum(np.where(y[held], np.log(p), np.log1p(-p)))
+            best = float(PROBE_CS[int(np.argmin(loss))])
+        model = LogisticRegression(C=best, max_iter=2000).fit(x, y)
+    return TunedProbe(scaler, model, best)
 
 
 def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     """P(y = 1 | x) for `x_test` from `tuned_probe` fitted on the training rows."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9 announces LogisticRegressionCV renames
-        model = tuned_probe(y_train).fit(x_train, y_train)
-    return model.predict_proba(x_test)[:, 1]
+    return tuned_probe(x_train, y_train).predict_proba(x_test)[:, 1]
 
 
 def subspace_probes(

@@ -178,7 +178,7 @@ def run_contrasts(
             continue
         rows.append({})
         tested[i] = spec
-    families = {spec.family for spec in tested.values()}
+    families = list(dict.fromkeys(spec.family for spec in tested.values()))  # in planned order
     for family in families:
         members = [i for i, spec in tested.items() if spec.family == family]
         one_sided = tested[members[0]].one_sided

@@ -37,7 +37,7 @@ from engine.core.options import option
 from engine.core.paths import atomic_write, shared_data_dir
 from engine.uq import confirmation, export, report
 from engine.uq import questions as qmod
-from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.evaluation import Evaluation, entailment_judge, evaluate_run
 from engine.uq.generation import default_template, generate_run, open_run_for
 from engine.uq.store import UqRun, get_run
@@ -170,6 +170,8 @@ def command_line(config: StudyConfig, generation: GenerationConfig, options: Eva
             if not field.metadata.get("cli", True) or "help" not in field.metadata:
                 continue
             value, default = getattr(obj, field.name), field.default
+            if obj is options and field.name == "n_seeds":
+                default = CLI_FOLD_SEEDS  # the command line's default, not the page's
             if value == default or (obj is options and field.name == "seed"):
                 continue
             flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")

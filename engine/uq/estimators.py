@@ -150,7 +150,7 @@ class Stats:
             raise LabError(f"Got {labels.size} correctness labels for {len(self.records)} records.")
         base = self.parent or self
         info = {k: v for k, v in base.info.items() if k not in ("notes", "seconds", "formulas")}
-        return dataclasses.replace(base, correct=labels, values={}, info=info, parent=base)
+        return dataclasses.replace(base, correct=labels, values={}, info=info, parent=base, seed_children={})
 
     def seeded(self, offset: int) -> Stats:
         """These statistics with fold seed `seed + offset`: the seed-free statistics (clusters, entropies,
@@ -163,7 +163,11 @@ class Stats:
                 base, seed=base.seed + offset, values={}, info={}, parent=None, seed_base=base, seed_children={}
             )
         child = base.seed_children[offset]
-        return child if self.parent is None else child.with_labels(self.correct)
+        if self.parent is None:
+            return child
+        if offset not in self.seed_children:  # this labelled object's own (with_labels gives it a fresh dict)
+            self.seed_children[offset] = child.with_labels(self.correct)
+        return self.seed_children[offset]
 
     def drop_sample_arrays(self) -> None:
         """Forget the per-sample arrays (hidden states, embeddings, log-probs): what stays (decompositions,

@@ -126,6 +126,8 @@ def test_study_names_what_is_missing(tmp_path, monkeypatch, capsys):
     assert "webquestions_test.csv" in err and "--webquestions 0" in err
     assert main(["uq-study", "--report-only", "--out", str(tmp_path / "none")]) == 2
     assert "No study in" in capsys.readouterr().err
+    assert main(["uq-study", "--confirm", "--out", str(tmp_path / "none")]) == 2  # nothing explored, nothing fixed
+    assert "No contrast is fixed" in capsys.readouterr().err
 
 
 def test_study_flags_come_from_the_config_dataclasses():

@@ -85,3 +85,29 @@ def test_one_test_on_the_confirmation_set(embedder):
     assert result["sentence"].split(":")[0] in ("Useful", "Not useful", "Inconclusive")
     assert "minimal detectable effect" in result["sentence"] and result["hash"] == conf.contrast_hash(contrast)
     assert 0 <= result["A3_decomposition"] <= 1 and result["n_exploration"] == 24
+
+
+def test_the_report_leads_with_the_seed_answer_and_the_confirmation_sentence():
+    from engine.uq.report import seed_answer
+
+    contrast = {k: contrasts()[0][k] for k in conf.SPEC_KEYS}
+    plan = {"contrast": contrast, "hash": conf.contrast_hash(contrast)}
+    confirmed = {
+        "contrast": contrast,
+        "hash": plan["hash"],
+        "n_graded": 1032,
+        "n_exploration": 1000,
+        "judge": "auto",
+        "A1": 0.12,
+        "A2": 0.2,
+        "A3": 0.21,
+        "A3_decomposition": 0.22,
+        "A3_baseline": 0.2,
+        "sentence": "Inconclusive: numbers",
+    }
+    text = "\n".join(seed_answer([], plan, confirmed))
+    for part in ("**A1** = 0.120", "**A2** = 0.200", "**A3** = 0.210", "**A3 with the decomposition** = 0.220"):
+        assert part in text
+    assert "**Inconclusive: numbers**" in text and plan["hash"][:12] in text
+    pending = "\n".join(seed_answer([], plan, None))
+    assert "Not confirmed yet" in pending and contrast["name"] in pending

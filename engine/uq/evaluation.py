@@ -350,13 +350,14 @@ def _judge(
         m["diff_vs_usual"] = {k: d.as_dict() for k, d in diffs[name].items()} if name in diffs else None
     rule = verdict(diffs, comp["n"], kinds=kinds, usual=options.usual, n_right=int(correct.sum()))
     tested: list[dict] = []
-    if chosen and decomposition_ran(compared) and 0 < int(correct.sum()) < correct.size:
+    if chosen and decomposition_ran(compared):
         seeded = {**base.seed_scores, **labelled.seed_scores}
         seeded = {k: v[:, graded] for k, v in seeded.items()}
         specs = planned(options.usual, options.semantic)
         tested = run_contrasts(compared, correct, specs, seed_scores=seeded, boot=boot, seed=options.seed)
-        fair = contrast_verdict(tested, comp["n"])
-        rule = Verdict(fair.answer, fair.sentence, comp["n"], fair.best)
+        if 0 < int(correct.sum()) < correct.size:  # with one class of answers the rule's own sentence says so
+            fair = contrast_verdict(tested, comp["n"])
+            rule = Verdict(fair.answer, fair.sentence, comp["n"], fair.best)
     return _Judged(
         comp,
         diffs,

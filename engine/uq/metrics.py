@@ -161,21 +161,23 @@ def acc50_draws(unc, correct, counts: np.ndarray, chunk: int = 2000) -> np.ndarr
     u = _unc(unc)
     y = np.asarray(correct, dtype=np.float64)
     order = np.argsort(u, kind="stable")
-    u_sorted, y_sorted = u[order], y[order]
+    u_sorted = u[order]
     starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
-    right = y_sorted > 0.5
+    ties = starts.size < u_sorted.size  # without ties every question is its own block
+    right = (y[order] > 0.5).astype(np.int32)
     out = np.empty(counts.shape[0])
     k = math.ceil(counts.shape[1] / 2)
     for lo in range(0, counts.shape[0], chunk):
-        c = counts[lo : lo + chunk][:, order].astype(np.int64)  # [rows, n] in score order
-        size = np.add.reduceat(c, starts, axis=1)  # [rows, blocks]
-        hits = np.add.reduceat(np.where(right, c, 0), starts, axis=1)
+        c = counts[lo : lo + chunk][:, order].astype(np.int32)  # [rows, n] in score order
+        hits = c * right
+        size = np.add.reduceat(c, starts, axis=1) if ties else c  # [rows, blocks]
+        hits = np.add.reduceat(hits, starts, axis=1) if ties else hits
         cum_size, cum_hits = np.cumsum(size, axis=1), np.cumsum(hits, axis=1)
-        cut = np.sum(cum_size < k, axis=1)  # the block holding position k
         rows = np.arange(c.shape[0])
-        before = cum_size[rows, cut] - size[rows, cut]
-        hits_before = cum_hits[rows, cut] - hits[rows, cut]
-        out[lo : lo + chunk] = (hits_before + (k - before) * hits[rows, cut] / size[rows, cut]) / k
+        cut = np.sum(cum_size < k, axis=1)  # the block holding position k
+        at_size, at_hits = size[rows, cut], hits[rows, cut]
+        before = cum_size[rows, cut] - at_size
+        out[lo : lo + chunk] = (cum_hits[rows, cut] - at_hits + (k - before) * at_hits / at_size) / k
     return out
 
 

@@ -283,3 +283,19 @@ def test_decompositions_probes_and_baselines_in_score_records(embedder):
     np.testing.assert_allclose(full.scores.iloc[:, 0], a.scores["correctness_probe_full_state"])
     with pytest.raises(LabError, match="labels"):
         stats.with_labels([1.0, 0.0])
+
+
+def test_cross_fitted_scores_are_the_mean_over_fold_seeds(embedder):
+    """n_seeds refits every cross-fitted score with seeds seed .. seed + n - 1; the column is their mean."""
+    recs = study_records()
+    names = ["mean_token_nll", "discriminant_semantic_spread", "se_probe_full_state", "correctness_probe_full_state"]
+    correct = np.array([float(i % 3 == 0) for i in range(len(recs))])
+    result = score_records(recs, embedder, estimators=names, n_seeds=3, correct=correct)
+    assert "mean_token_nll" not in result.seed_scores  # not fitted: one value
+    for name in names[1:]:
+        per_seed = result.seed_scores[name]
+        assert per_seed.shape == (3, len(recs))
+        np.testing.assert_allclose(result.scores[name], per_seed.mean(axis=0))
+        one = score_records(recs, embedder, estimators=[name], seed=1, correct=correct).scores[name]
+        np.testing.assert_allclose(per_seed[1], one)  # the second fold seed is seed 1's single fit
+    assert np.ptp(result.seed_scores["se_probe_full_state"], axis=0).max() > 0  # refitting varies

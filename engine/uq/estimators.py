@@ -131,8 +131,8 @@ class Stats:
     def __getitem__(self, key: str):
         if self.parent is not None and key not in _LABELLED:
             return self.parent[key]
-        if self.seed_base is not None and key not in _SEEDED:
-            return self.seed_base[key]
+        if self.seed_base is not None and key not in _SEEDED and key not in _LABELLED:
+            return self.seed_base[key]  # a label-free statistic that no fold seed changes
         if key not in self.values:
             try:
                 self.values[key] = _STATS[key](self)

@@ -15,6 +15,12 @@ Correctness-dependent scores (the correctness probes and the entropy + probe com
 labels of one judge: `score_records(..., correct=...)` or `Stats.with_labels(correct)` computes them;
 without labels they are NaN with a note. The evaluation layer (engine.uq.evaluation) computes them per
 judge, out-of-fold, reusing the label-free statistics (decompositions, entropies) of one `Stats`.
+
+Refit variance: a cross-fitted score (one that needs a seeded statistic: a decomposition, its same-rank
+controls, a probe; or the SEP) is the mean over the fold seeds seed, ..., seed + n_seeds - 1
+(`Stats.seeded`: each seed refits the folds, subspaces and probes; clusters, entropies and hidden states are
+shared); the per-seed columns are kept in `ScoreResult.seed_scores` [n_seeds, n] for the seed-to-seed
+spread. Kinds: "control" marks the same-rank controls of a decomposition (random / PCA subspaces).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ judge; the same for the page and the CLI given the same `EvalOptions`. Label-fre
 records only, so they are cached in the run folder; the correctness-dependent ones (correctness probes,
 entropy + probe) are computed per judge, out-of-fold, from the label-free statistics kept in memory.
 Grading (judges, thresholds, manual marks) is recomputed on every call; manual marks override every judge.
+Under the chosen judge, whenever a decomposition ran, the pre-registered contrasts (engine.uq.contrasts:
+each method with against without the decomposition, same-rank controls, the exploratory comparisons with
+the usual score) are tested and their primary family gives the verdict; the other judges' tables keep the
+A3 - A2 rule on the decomposition scores (engine.uq.paired.verdict), with one fold seed.
 """
 
 from __future__ import annotations

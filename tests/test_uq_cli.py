@@ -133,13 +133,14 @@ def test_study_names_what_is_missing(tmp_path, monkeypatch, capsys):
 def test_study_flags_come_from_the_config_dataclasses():
     from engine.cli import build_parser
     from engine.core.options import from_args
-    from engine.uq.config import EvalOptions, GenerationConfig
+    from engine.uq.config import CLI_FOLD_SEEDS, EvalOptions, GenerationConfig
     from engine.uq.study import StudyConfig
 
     args = build_parser().parse_args(["uq-study"])
     assert from_args(StudyConfig, args) == StudyConfig()
     assert StudyConfig().webquestions == 1000 and from_args(GenerationConfig, args).samples == 10
-    assert from_args(EvalOptions, args) == EvalOptions()  # no NLI model, no LM entailment by default
+    # no NLI model, no LM entailment by default; the study averages 10 fold seeds (the page: one)
+    assert from_args(EvalOptions, args) == EvalOptions(n_seeds=CLI_FOLD_SEEDS)
     args = build_parser().parse_args(["uq-study", "--limit", "5", "--no-bundled", "--nli-model", "m"])
     assert from_args(StudyConfig, args) == StudyConfig(limit=5, bundled=False)
     assert from_args(EvalOptions, args).nli_model == "m"

@@ -340,8 +340,9 @@ def run_study(
     paths = []
     for study_set, _run, evaluation in evaluations:
         paths += export.write_outputs(evaluation, out / study_set.name)
+    whole = config.limit is None and (manifest.get("config") or {}).get("limit") is None  # never from a --limit check
     for study_set, run, evaluation in evaluations:
-        if study_set.name == "webquestions" and config.limit is None and evaluation.summary.contrasts:
+        if study_set.name == "webquestions" and whole and evaluation.summary.contrasts:
             s = evaluation.summary
             confirmation.fix_contrast(out, s.contrasts, run_id=run.run_id, n=s.n, judge=s.judge)
             paths.append(out / confirmation.PLAN)

@@ -317,7 +317,7 @@ def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
 
 def contrasts_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFrame:
     """One row per AUROC contrast of the primary and same-rank control families with an estimate: set,
-    family, contrast, estimate and its 95% interval, and whether Holm's p is below 0.05."""
+    family, contrast, estimate and its 95% interval, and whether Holm's p is below 0.05 ("holm")."""
     rows = []
     for title, evaluation in evaluations:
         for c in evaluation.summary.contrasts:
@@ -330,10 +330,10 @@ def contrasts_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFra
                         "estimate": c["estimate"],
                         "low": c["ci_low"],
                         "high": c["ci_high"],
-                        "Holm p < 0.05": bool(c["p_holm"] < 0.05),
+                        "holm": "Holm p < 0.05" if c["p_holm"] < 0.05 else "Holm p ≥ 0.05",
                     }
                 )
-    return pd.DataFrame(rows, columns=["set", "family", "contrast", "estimate", "low", "high", "Holm p < 0.05"])
+    return pd.DataFrame(rows, columns=["set", "family", "contrast", "estimate", "low", "high", "holm"])
 
 
 def contrasts_chart(frame: pd.DataFrame, *, order: Sequence[str] | None = None):
@@ -348,7 +348,7 @@ def contrasts_chart(frame: pd.DataFrame, *, order: Sequence[str] | None = None):
             x=alt.X("estimate:Q", title="ΔAUROC (with the decomposition − without / − same-rank control)"),
             y=y,
             color=alt.Color("family:N"),
-            shape=alt.Shape("Holm p < 0.05:N"),
+            shape=alt.Shape("holm:N", title="within its family"),
         )
     )
     ranges = alt.Chart().mark_rule().encode(x="low:Q", x2="high:Q", y=y, color=alt.Color("family:N"))

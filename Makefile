@@ -39,11 +39,15 @@ bench: install
 clean-cache:
 	rm -rf cache/models cache/gguf
 
-# The uncertainty study: 1000 WebQuestions (seeded sample) + the bundled set, K = 10, embedded model;
-# resumable (rerun to continue), report in reports/uq. Extra flags: make study-uq ARGS="--model <id> --limit 12".
+# The uncertainty study, two stages, each resumable (rerun to continue), report in reports/uq:
+# 1. exploration: 1000 WebQuestions (seeded sample) + the bundled set, K = 10, embedded model; fixes one contrast
+#    (reports/uq/confirmation_plan.json);
+# 2. confirmation: the 1032 WebQuestions test questions the sample leaves out, that contrast tested once (skipped
+#    when reports/uq/confirmation.json exists: it runs once). Extra flags: make study-uq ARGS="--model <id>".
 .PHONY: study-uq
 study-uq: install
 	$(PY) -m engine uq-study --out reports/uq $(ARGS)
+	test -f reports/uq/confirmation.json || $(PY) -m engine uq-study --confirm --out reports/uq $(ARGS)
 
 # The sink / super-weight / grokking study: LLM-shaped model on the markov task (a task that needs a sink),
 # 4 arms (control, zero the tracked super-weight candidate, zero a random weight of its matrix, the 5-token task)

@@ -51,6 +51,7 @@ def test_cli_on_webquestions(shared_data, embedded_lm, tmp_path, monkeypatch, ca
                 set(d) == {"estimate", "ci_low", "ci_high", "p", "p_holm"} for d in method["diff_vs_usual"].values()
             )
     assert [t["judge"] for t in summary["judges"]] == ["auto", "contains", "f1", "embedding"]
+    assert summary["contrasts"] == []  # 3 questions: too few to cross-fit a decomposition, so no contrast
     assert "| contains | 3 |" in text and "| f1 | 3 |" in text and "| embedding | 3 |" in text
     # a second call resumes the saved run (nothing generated) and gives the same numbers
     assert main(argv[:-1] + ["--out", str(tmp_path / "again")]) == 0
@@ -70,16 +71,16 @@ def test_cli_flags_come_from_the_config_dataclasses():
     """Defaults and flags are the dataclasses' own: one --seed for generation and scores, as on the page."""
     from engine.cli import build_parser
     from engine.core.options import from_args
-    from engine.uq.config import EvalOptions, GenerationConfig
+    from engine.uq.config import CLI_FOLD_SEEDS, EvalOptions, GenerationConfig
 
     parser = build_parser()
     args = parser.parse_args(["uq", "--questions", "q.csv", "--out", "o"])
     assert from_args(GenerationConfig, args) == GenerationConfig()
-    assert from_args(EvalOptions, args) == EvalOptions()
+    assert from_args(EvalOptions, args) == EvalOptions(n_seeds=CLI_FOLD_SEEDS)  # the page fits one fold seed
     argv = ["uq", "--questions", "q.csv", "--out", "o", "-k", "3", "--bootstrap", "50", "--seed", "7", "--judge", "f1"]
     args = parser.parse_args(argv)
     assert from_args(GenerationConfig, args) == GenerationConfig(samples=3, seed=7)
-    assert from_args(EvalOptions, args) == EvalOptions(judge="f1", n_boot=50, seed=7)
+    assert from_args(EvalOptions, args) == EvalOptions(judge="f1", n_boot=50, seed=7, n_seeds=CLI_FOLD_SEEDS)
 
 
 def test_study_on_a_tiny_limit_writes_the_report(shared_data, embedded_lm, tmp_path, monkeypatch, capsys):
@@ -88,6 +89,7 @@ def test_study_on_a_tiny_limit_writes_the_report(shared_data, embedded_lm, tmp_p
     _isolated_cache(tmp_path, monkeypatch)
     out = tmp_path / "report"
     argv = ["uq-study", "--limit", "10", "--samples", "2", "--max-new-tokens", "8", "--bootstrap", "50", "--quiet"]
+    argv += ["--fold-seeds", "2"]
     assert main(argv + ["--out", str(out)]) == 0
     for name in ("webquestions", "bundled"):
         for file in ("results.csv", "summary.json", "summary.md"):
@@ -99,14 +101,21 @@ def test_study_on_a_tiny_limit_writes_the_report(shared_data, embedded_lm, tmp_p
     web = json.loads((out / "webquestions" / "summary.json").read_text())
     assert text.startswith("# Is decomposition") and web["verdict"]["sentence"] in text
     assert "## A1 / A2 / A3 under each judge" in text and "| contains | 10 |" in text
-    command = f"`python -m engine uq-study --limit 10 --out {out} --samples 2 --max-new-tokens 8 --bootstrap 50`"
+    command = (
+        f"`python -m engine uq-study --limit 10 --out {out} --samples 2 --max-new-tokens 8 --bootstrap 50 "
+        "--fold-seeds 2`"
+    )
     assert command in text  # the exact command
     assert "Berant" in text and "CC-BY 4.0" in text and "torch" in text and "Wall time" in text
     assert "default_rng(0).choice" in text  # the seeded sample, stated
     manifest = json.loads((out / "study.json").read_text())
     assert [s["name"] for s in manifest["sets"]] == ["webquestions", "bundled"]
     (out / "summary.md").unlink()
-    assert main(["uq-study", "--report-only", "--bootstrap", "50", "--quiet", "--out", str(out)]) == 0
+    assert web["contrasts"] and "## Pre-registered contrasts" in text and "| primary |" in text
+    assert (out / "figures" / "contrasts.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "confirmation_plan.json").exists()  # a --limit check never fixes the contrast
+    reported = ["uq-study", "--report-only", "--bootstrap", "50", "--fold-seeds", "2", "--quiet", "--out", str(out)]
+    assert main(reported) == 0
     assert (out / "summary.md").read_text().split("## How this was made")[0] == text.split("## How this was made")[0]
 
 
@@ -117,18 +126,21 @@ def test_study_names_what_is_missing(tmp_path, monkeypatch, capsys):
     assert "webquestions_test.csv" in err and "--webquestions 0" in err
     assert main(["uq-study", "--report-only", "--out", str(tmp_path / "none")]) == 2
     assert "No study in" in capsys.readouterr().err
+    assert main(["uq-study", "--confirm", "--out", str(tmp_path / "none")]) == 2  # nothing explored, nothing fixed
+    assert "No contrast is fixed" in capsys.readouterr().err
 
 
 def test_study_flags_come_from_the_config_dataclasses():
     from engine.cli import build_parser
     from engine.core.options import from_args
-    from engine.uq.config import EvalOptions, GenerationConfig
+    from engine.uq.config import CLI_FOLD_SEEDS, EvalOptions, GenerationConfig
     from engine.uq.study import StudyConfig
 
     args = build_parser().parse_args(["uq-study"])
     assert from_args(StudyConfig, args) == StudyConfig()
     assert StudyConfig().webquestions == 1000 and from_args(GenerationConfig, args).samples == 10
-    assert from_args(EvalOptions, args) == EvalOptions()  # no NLI model, no LM entailment by default
+    # no NLI model, no LM entailment by default; the study averages 10 fold seeds (the page: one)
+    assert from_args(EvalOptions, args) == EvalOptions(n_seeds=CLI_FOLD_SEEDS)
     args = build_parser().parse_args(["uq-study", "--limit", "5", "--no-bundled", "--nli-model", "m"])
     assert from_args(StudyConfig, args) == StudyConfig(limit=5, bundled=False)
     assert from_args(EvalOptions, args).nli_model == "m"

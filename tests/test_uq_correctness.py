@@ -24,9 +24,23 @@ def test_contains_uses_word_boundaries():
 
 def test_grade_automatic_auto_is_contains_or_f1():
     frame = c.grade_automatic(["Leonardo", "Rome", "x"], [["Leonardo da Vinci"], ["Paris"], []], f1_threshold=0.5)
-    assert frame["f1"][0] == 2 * (1 * (1 / 3)) / (1 + 1 / 3)  # 0.5 -> right at threshold 0.5
-    assert list(frame["auto"][:2]) == [True, False]
+    assert frame["f1"][0] == 2 * (1 * (1 / 3)) / (1 + 1 / 3)  # 0.5: not above the threshold 0.5, so wrong
+    assert list(frame["auto"][:2]) == [False, False]
     assert frame["auto"][2] is None and math.isnan(frame["f1"][2])
+    frame = c.grade_automatic(["Leonardo da Vinci's", "Vinci painter"], [["Leonardo da Vinci"], ["Vinci"]])
+    assert list(frame["auto"]) == [True, True]  # contained / F1 2/3 > 0.5
+
+
+def test_the_stricter_judge_rejects_one_shared_word():
+    cases = [  # (answer, references): one word shared with a two-word reference, F1 = 0.5
+        ("Julius Caesar", ["Augustus", "Caesar Augustus"]),
+        ("Steve Wozniak", ["Steve Jobs"]),
+        ("the Pacific Ocean", ["Atlantic", "Atlantic Ocean"]),
+    ]
+    frame = c.grade_automatic([a for a, _ in cases], [r for _, r in cases])
+    assert list(frame["f1"]) == [0.5, 0.5, 0.5]
+    for column in ("auto", "f1_correct", "contains"):
+        assert [bool(v) for v in frame[column]] == [False, False, False], column
 
 
 def test_embedding_judge(embedder):

@@ -9,6 +9,7 @@ import pytest
 
 from engine.core.errors import LabError
 from engine.uq.clustering import semantic_clusters
+from engine.uq.decompositions import CONTROLS
 from engine.uq.estimators import (
     EIGENSCORE_ALPHA,
     ESTIMATORS,
@@ -161,6 +162,8 @@ def test_sep_is_scored_out_of_fold():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from engine.uq.decompositions import tuned_probe
+
     n, rng = 30, np.random.default_rng(1)
     se = np.where(rng.random(n) < 0.5, 0.0, 1.0) + rng.random(n) * 0.1
     features = np.eye(n)  # each question has its own direction: only a probe that saw it could know it
@@ -170,7 +173,7 @@ def test_sep_is_scored_out_of_fold():
         test, train = folds == fold, folds != fold
         assert np.ptp(scores[test]) < 1e-9  # a never-seen direction: the same prediction for all held out
         y = se[train] > best_variance_split(se[train])
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features[train], y)
+        probe = tuned_probe(features[train], y)  # C chosen inside the training questions only
         np.testing.assert_allclose(scores[test], probe.predict_proba(features[test])[:, 1])
     in_sample = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features, se > 0.5)
     assert np.ptp(in_sample.predict_proba(features)[:, 1]) > 0.2  # in-sample the probe would memorise
@@ -259,7 +262,10 @@ def test_decompositions_probes_and_baselines_in_score_records(embedder):
             assert result.scores[name].notna().sum() >= 25, (name, result.info["notes"].get(name))
     np.testing.assert_array_equal(result.scores["answer_length_tokens"], [len(r.answer_token_logprobs) for r in recs])
     np.testing.assert_array_equal(result.scores["answer_length_chars"], [len(r.answer) for r in recs])
-    assert set(result.info["decompositions"]) == {"embedding_map", "discriminant", "lexical_map", "full_state"}
+    controls = {f"{name}_{kind}" for name in ("embedding_map", "discriminant", "lexical_map") for kind in CONTROLS}
+    assert (
+        set(result.info["decompositions"]) == {"embedding_map", "discriminant", "lexical_map", "full_state"} | controls
+    )
     share = result.scores["discriminant_semantic_share"].dropna()
     assert ((share >= 0) & (share <= 1 + 1e-9)).all()
     # with labels (NaN = ungraded): the labelled columns, and the label-free statistics computed once
@@ -277,3 +283,19 @@ def test_decompositions_probes_and_baselines_in_score_records(embedder):
     np.testing.assert_allclose(full.scores.iloc[:, 0], a.scores["correctness_probe_full_state"])
     with pytest.raises(LabError, match="labels"):
         stats.with_labels([1.0, 0.0])
+
+
+def test_cross_fitted_scores_are_the_mean_over_fold_seeds(embedder):
+    """n_seeds refits every cross-fitted score with seeds seed .. seed + n - 1; the column is their mean."""
+    recs = study_records()
+    names = ["mean_token_nll", "discriminant_semantic_spread", "se_probe_full_state", "correctness_probe_full_state"]
+    correct = np.array([float(i % 3 == 0) for i in range(len(recs))])
+    result = score_records(recs, embedder, estimators=names, n_seeds=3, correct=correct)
+    assert "mean_token_nll" not in result.seed_scores  # not fitted: one value
+    for name in names[1:]:
+        per_seed = result.seed_scores[name]
+        assert per_seed.shape == (3, len(recs))
+        np.testing.assert_allclose(result.scores[name], per_seed.mean(axis=0))
+        one = score_records(recs, embedder, estimators=[name], seed=1, correct=correct).scores[name]
+        np.testing.assert_allclose(per_seed[1], one)  # the second fold seed is seed 1's single fit
+    assert np.ptp(result.seed_scores["se_probe_full_state"], axis=0).max() > 0  # refitting varies

@@ -1,4 +1,5 @@
-"""Paired comparison with the usual score (engine/uq/paired.py): bootstrap differences, Holm, the verdict."""
+"""Paired comparison with the usual score (engine/uq/paired.py): DeLong and bootstrap differences, Holm, the
+reachability check, the minimal detectable effect, the verdict."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from engine.uq.paired import (
     DIFF_METRICS,
     PairedDifference,
     against_length,
+    attainable_floor,
     differences_vs_usual,
     holm,
+    mde,
     paired_differences,
+    require_reachable,
     score_kind,
     verdict,
 )
@@ -38,7 +42,8 @@ def test_identical_scores_differ_by_exactly_zero():
     for m in DIFF_METRICS:
         d = diffs[m]
         assert d.estimate == 0 and d.ci_low <= 0 <= d.ci_high and (d.ci_low, d.ci_high) == (0, 0)
-        assert d.p == 1 and d.p_holm == 1 and d.n_boot_used == 500
+        assert d.p == 1 and d.p_holm == 1
+    assert diffs["acc50"].n_boot_used == 500 and diffs["auroc"].method == "delong"
 
 
 def test_correctness_plus_noise_is_significantly_better():
@@ -192,13 +197,51 @@ def test_against_length_says_when_no_semantic_method_beats_answer_length():
             "discriminant_semantic_spread": length + 0.3 * rng.normal(size=N),
         }
     )
-    check = against_length(frame, correct, n_boot=400)
+    check = against_length(frame, correct)
     assert not check.beaten and check.length_score == "answer_length_tokens"
     assert check.sentence.startswith("No semantic method beats answer length") and check.best in frame.columns
     frame["semantic_entropy"] = (1 - correct) + 0.2 * rng.normal(size=N)  # now far better than length
-    check = against_length(frame, correct, n_boot=400)
+    check = against_length(frame, correct)
     assert check.beaten and check.best == "semantic_entropy" and check.difference.ci_low > 0
     assert "beat answer length" in check.sentence
     assert against_length(frame.drop(columns=["answer_length_tokens", "answer_length_chars"]), correct).sentence == (
         "No length check: answer length was not computed."
     )
+
+
+def test_planted_truth_reaches_p_holm_below_001_in_a_family_of_40():
+    """A score = correctness label + small noise beats a useless reference in a family of 40 scores."""
+    rng, correct, usual = data(6)
+    columns = {"mean_token_nll": usual, "planted": (1 - correct) + 0.3 * rng.normal(size=N)}
+    columns.update({f"noise_{i}": rng.normal(size=N) for i in range(39)})
+    diffs = differences_vs_usual(pd.DataFrame(columns), correct, n_boot=20_000, seed=0)
+    assert len(diffs) == 40
+    for m in DIFF_METRICS:
+        assert diffs["planted"][m].p_holm < 0.01 and diffs["planted"][m].ci_low > 0, (m, diffs["planted"][m])
+        assert diffs["planted"][m].mde > 0
+    # the old floor (1000 resamples, +1, two-sided, Holm over 40) could never go below 40 * 2 / 1001 = 0.08
+
+
+def test_a_family_that_cannot_reach_alpha_is_refused_with_the_numbers():
+    rng, correct, usual = data(7)
+    frame = pd.DataFrame({"mean_token_nll": usual, **{f"s{i}": rng.normal(size=N) for i in range(34)}})
+    with pytest.raises(LabError, match=r"alpha = 0\.05: 34 tests with 1000 bootstrap resamples.*0\.0679 >= 0\.05"):
+        differences_vs_usual(frame, correct, n_boot=1000)
+    require_reachable("f", 34, method="bootstrap", n_boot=20_000, alternative="two-sided")  # 0.0034 < 0.05
+    require_reachable("f", 10**6, method="delong", n_boot=0, alternative="greater")  # DeLong has no floor
+    assert attainable_floor("bootstrap", 999, "greater") == pytest.approx(1e-3)
+
+
+def test_mde_matches_the_normal_formula():
+    # one-sided at alpha = 0.05, power 0.8: (1.6449 + 0.8416) * SE; a family of 10 tests at alpha / 10
+    assert mde(0.01) == pytest.approx(0.024865, abs=1e-5)
+    assert mde(0.01, family_size=10) == pytest.approx((2.575829 + 0.841621) * 0.01, abs=1e-5)
+    assert mde(0.01, alternative="two-sided") == pytest.approx((1.959964 + 0.841621) * 0.01, abs=1e-5)
+
+
+def test_identical_scores_give_an_interval_covering_zero_in_each_test():
+    _, correct, usual = data(8)
+    for alternative in ("greater", "two-sided"):
+        d = paired_differences(usual, usual.copy(), correct, n_boot=2000, alternative=alternative)
+        for m in DIFF_METRICS:
+            assert d[m].ci_low <= 0 <= d[m].ci_high and d[m].p == 1, (m, alternative)

@@ -1,5 +1,6 @@
-"""`python -m engine uq --questions FILE --out DIR`: A1 / A2 / A3 of semantic vs usual uncertainty, and
-`python -m engine uq-study`: the issue-15 study (1000 WebQuestions + the bundled set, report in reports/uq).
+"""`python -m engine uq --questions FILE --out DIR`: A1 / A2 / A3 of semantic vs usual uncertainty,
+`python -m engine uq-study`: the study (1000 WebQuestions + the bundled set, then `--confirm`, report in
+reports/uq), and `python -m engine uq-marks sample|agreement`: the judges against hand marks.
 
 Same engine calls as the page (engine.uq.generation, .evaluation, .export): same inputs and seed give
 the same numbers. The run is saved question by question in cache/uq/<run_id>/, so an interrupted
@@ -22,7 +23,7 @@ from engine.core.executor import ExecutorConfig
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
 from engine.uq import questions as qmod
-from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.distributed import RayGeneration, ShardOptions
 from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
 from engine.uq.export import write_outputs
@@ -59,7 +60,7 @@ def register(subparsers) -> None:
     add_options(parser, ShardOptions)
     add_options(parser, EvalOptions, skip=("seed",))  # one --seed: the generation's, as on the page
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, n_seeds=CLI_FOLD_SEEDS)
 
     study = subparsers.add_parser(
         "uq-study",
@@ -70,7 +71,73 @@ def register(subparsers) -> None:
     add_options(study, BatchOptions)
     add_options(study, EvalOptions, skip=("seed",))
     study.add_argument("--quiet", action="store_true", help="no progress lines")
-    study.set_defaults(func=study_command)
+    study.set_defaults(func=study_command, n_seeds=CLI_FOLD_SEEDS)
+    register_marks(subparsers)
+
+
+def register_marks(subparsers) -> None:
+    marks = subparsers.add_parser(
+        "uq-marks",
+        help="hand marks for the judges: draw the answers to mark (sample) or measure each judge against marks",
+    )
+    marks.add_argument(
+        "action",
+        choices=("sample", "agreement"),
+        help="sample: write the answers to mark; "
+        "agreement: each judge's accuracy and stratum-weighted Cohen's kappa against a marks file",
+    )
+    marks.add_argument("--run", required=True, help="run id (cache/uq/<run_id>), e.g. the study's WebQuestions run")
+    marks.add_argument("--limit", type=int, default=None, help="only the run's first N questions")
+    marks.add_argument("--out", default=None, help="sample: the CSV to write (question_id, stratum, answer)")
+    marks.add_argument("--marks", default=None, help="agreement: the marks CSV (question_id, answer, mark)")
+    marks.add_argument("--n", type=int, default=150, help="sample: answers drawn at random (default: %(default)s)")
+    marks.add_argument(
+        "--disagreements", type=int, default=50, help="sample: extra answers the judges disagree on (%(default)s)"
+    )
+    marks.add_argument("--sample-seed", type=int, default=0, help="sample: seed of the draw (default: %(default)s)")
+    add_options(marks, EvalOptions, skip=("seed",))
+    marks.set_defaults(func=marks_command)
+
+
+def marks_command(args) -> int:
+    """`uq-marks sample|agreement` (engine.uq.handmarks)."""
+    import pandas as pd
+
+    from engine.core.paths import atomic_write
+    from engine.uq import correctness, handmarks
+    from engine.uq.store import get_run
+
+    options = from_args(EvalOptions, args)
+    run = get_run(args.run)
+    records = run.load_records(args.limit)
+    ids = [r.id for r in records]
+    auto = correctness.grade_automatic(
+        [r.answer for r in records],
+        [r.references for r in records],
+        f1_threshold=options.f1_threshold,
+        embedder=load_embedder(),
+        embedding_threshold=options.embedding_threshold,
+    )
+    auto.index = pd.Index(ids, name="id")
+    verdicts = auto[["auto", "contains", "f1_correct", "embedding"]].rename(columns={"f1_correct": "f1"})
+    answers = pd.Series([r.answer for r in records], index=ids)
+    if args.action == "sample":
+        if not args.out:
+            raise LabError("uq-marks sample needs --out (the CSV of answers to mark).")
+        sample = handmarks.draw_sample(
+            answers, verdicts, n_random=args.n, n_disagreement=args.disagreements, seed=args.sample_seed
+        )
+        atomic_write(Path(args.out), sample.to_csv(index=False).encode("utf-8"))
+        counts = sample["stratum"].value_counts().to_dict()
+        print(f"{len(sample)} answers to mark ({counts}) written to {args.out}")
+        return 0
+    if not args.marks:
+        raise LabError("uq-marks agreement needs --marks (the CSV of hand marks: question_id, answer, mark).")
+    table, note = handmarks.judge_agreement(handmarks.read_marks(args.marks), answers, verdicts)
+    print(table.to_string(index=False))
+    if note:
+        print(note)
+    return 0
 
 
 def study_command(args) -> int:

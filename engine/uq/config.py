@@ -31,6 +31,7 @@ MAX_NEW_TOKENS_RANGE = (1, 256)
 BATCH_MEMORY_FRACTION = 0.25
 BATCH_QUESTIONS_CPU = 8
 BATCH_QUESTIONS_GPU = 64
+CLI_FOLD_SEEDS = 10  # fold seeds averaged by `engine uq` and `engine uq-study` (the page: one, labelled so)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +89,12 @@ class EvalOptions:
 
     judge: Judge = option(
         "auto",
-        "correctness judge: auto = normalised reference contained in the answer, or SQuAD token F1 >= the F1 "
+        "correctness judge: auto = normalised reference contained in the answer, or SQuAD token F1 > the F1 "
         "threshold; contains / f1 = either alone; embedding = MiniLM cosine to the best reference >= the "
         "embedding threshold; llm = the Nature paper's yes/no prompt to a language model. Manual marks "
         "override every judge",
     )
-    f1_threshold: float = option(F1_THRESHOLD, "token F1 from which an answer is right (judges f1 and auto)")
+    f1_threshold: float = option(F1_THRESHOLD, "token F1 above which an answer is right (judges f1 and auto)")
     embedding_threshold: float = option(
         EMBEDDING_THRESHOLD, "MiniLM cosine similarity from which an answer is right (judge embedding)"
     )
@@ -103,7 +104,20 @@ class EvalOptions:
     n_boot: int = option(
         1000, "bootstrap resamples of the questions behind the 95 percent intervals", flag="--bootstrap"
     )
+    n_boot_test: int = option(
+        20_000,
+        "bootstrap resamples behind every paired accuracy-at-50-percent test and its interval (a family of m "
+        "tests needs more than 2 m / alpha for two-sided tests)",
+        flag="--bootstrap-test",
+    )
     seed: int = option(0, "bootstrap and cross-fitting seed")
+    n_seeds: int = option(
+        1,
+        "fold seeds of every cross-fitted score (probes, subspaces): the score is the mean over the seeds seed .. "
+        "seed + n - 1; the contrasts report the seed-to-seed spread (1: a single fit, the page's default; the "
+        f"command line and the study use {CLI_FOLD_SEEDS})",
+        flag="--fold-seeds",
+    )
     n_folds: int = option(5, "question folds of the cross-fitted scores (SEP, subspaces)", cli=False)
     cluster_threshold: float = option(0.8, "MiniLM cosine above which two samples share a meaning", cli=False)
     layer: int | None = option(

@@ -1,8 +1,10 @@
 """Is the graded answer right? Automatic judges against the references, an LLM judge, manual marks.
 
 - `contains`: a normalised reference occurs in the normalised answer as whole words (or equals it).
-- `f1`: SQuAD token F1 (Rajpurkar et al. 2016), best over references; right when >= `f1_threshold`.
-- `auto` (default): contains OR f1 >= threshold.
+- `f1`: SQuAD token F1 (Rajpurkar et al. 2016), best over references; right when strictly above
+  `f1_threshold` (0.5: sharing one word of a two-word reference, F1 = 0.5, is not enough: "Steve
+  Wozniak" for "Steve Jobs", "Julius Caesar" for "Caesar Augustus", "Pacific Ocean" for "Atlantic Ocean").
+- `auto` (default): contains OR f1 > threshold.
 - `embedding`: cosine similarity of MiniLM embeddings, best over references, >= `embedding_threshold`.
 - `llm`: the Nature paper's prompt (Farquhar et al. 2024) to a language model, constrained to yes/no:
   right when p("yes") > p("no") at the first answer token (both case variants summed).
@@ -91,7 +93,7 @@ def grade_automatic(
         contains = contains_reference(answer, refs)
         f1 = best_f1(answer, refs)
         rows.append(
-            {"contains": contains, "f1": f1, "f1_correct": f1 >= f1_threshold, "auto": contains or f1 >= f1_threshold}
+            {"contains": contains, "f1": f1, "f1_correct": f1 > f1_threshold, "auto": contains or f1 > f1_threshold}
         )
     frame = pd.DataFrame(rows, columns=["contains", "f1", "f1_correct", "auto"])
     if embedder is not None:

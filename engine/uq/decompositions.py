@@ -37,7 +37,8 @@ Cross-fitted by engine.uq.subspace.cross_fit: questions are split into `n_folds`
 each fold's questions are scored by the standardisation and subspaces fitted on the other folds only.
 
 Subspace probes (`subspace_probes`): per fold, on the training questions, a StandardScaler +
-LogisticRegression is fitted on the graded answer's hidden state, standardised with that fold's mu and
+LogisticRegression (its C chosen by an inner cross-validation on those questions only, `tuned_probe`) is
+fitted on the graded answer's hidden state, standardised with that fold's mu and
 sigma and projected onto the fold's semantic or surface basis (coordinates z @ B) or kept whole ("full"),
 and scores the held-out fold. Targets: high semantic entropy (the SEP probe, arXiv 2406.15927: SE > a
 split found on the training questions) and the answer being right (the p(IK) idea, Kadavath et al. 2022).
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -134,6 +136,7 @@ def discriminant_decomposition(
     ridge: float = 0.1,
     n_null: int = 3,
     surface_energy: float = 0.95,
+    folds: np.ndarray | None = None,
 ) -> Decomposition:
     """(b): semantic = top generalised eigenvectors of (S_b, S_w + lambda I); see the module docstring.
 
@@ -186,7 +189,7 @@ def discriminant_decomposition(
         info = {"ratios": values[: r + 3].tolist(), "null_ratio": null, "lambda": lam, "df_between": int(df_b)}
         return semantic, surface, info
 
-    return cross_fit("discriminant", hidden, n_folds, seed, fit)
+    return cross_fit("discriminant", hidden, n_folds, seed, fit, folds)
 
 
 # ---------------------------------------------------------------- (c) lexical map
@@ -215,6 +218,7 @@ def lexical_map_decomposition(
     n_components: int = 32,
     energy: float = 0.95,
     keep: float = 0.5,
+    folds: np.ndarray | None = None,
 ) -> Decomposition:
     """(c): surface = row space of a ridge map from within-cluster hidden variation to within-cluster
     variation of the text's lexical features; semantic = the embedding map's row space with the surface
@@ -258,30 +262,116 @@ def lexical_map_decomposition(
         }
         return semantic, surface, info
 
-    return cross_fit("lexical_map", hidden, n_folds, seed, fit)
+    return cross_fit("lexical_map", hidden, n_folds, seed, fit, folds)
 
 
 # ---------------------------------------------------------------- subspace probes
 
 
-def full_state(hidden: Sequence[np.ndarray], *, n_folds: int = 5, seed: int = 0) -> Decomposition:
+def full_state(
+    hidden: Sequence[np.ndarray], *, n_folds: int = 5, seed: int = 0, folds: np.ndarray | None = None
+) -> Decomposition:
     """The folds and per-fold standardisation of `cross_fit` with empty subspaces: all that the full-state
-    probes (subspace_probes(..., parts=("full",))) need, without fitting a decomposition."""
+    probes (subspace_probes(..., parts=("full",))) need, and the total spread (`Decomposition.total`),
+    without fitting a decomposition."""
 
     def fit(z, train):
         empty = np.zeros((z.shape[1], 0))
         return empty, empty, {}
 
-    return cross_fit("full_state", hidden, n_folds, seed, fit)
+    return cross_fit("full_state", hidden, n_folds, seed, fit, folds)
 
 
-def _probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+ControlKind = Literal["random", "pca"]
+CONTROLS: tuple[ControlKind, ...] = get_args(ControlKind)
+
+
+def same_rank_control(
+    hidden: Sequence[np.ndarray], decomposition: Decomposition, kind: ControlKind, *, seed: int = 0
+) -> Decomposition:
+    """A subspace of the same rank as `decomposition`'s semantic one in each fold, chosen without meaning:
+    "random" = span of r standard normal directions (orthonormalised; default_rng(seed + fold)),
+    "pca" = the top r principal directions of the fold's standardised training samples (eigenvectors of
+    Z^T Z, Z = z of the training samples, centred). Same folds and standardisation; empty surface. A gain
+    of the semantic subspace over these is a gain from meaning, not from having fewer dimensions."""
+    ranks = decomposition.semantic_ranks
+    counts = np.array([len(x) for x in hidden])
+    groups = np.repeat(np.arange(len(hidden)), counts)
+    folds = decomposition.folds
+
+    def fit(z, train):
+        fold = int(folds[groups[~train][0]])
+        r = ranks[fold]
+        d = z.shape[1]
+        if r == 0:
+            raise CannotFit(f"the {decomposition.name} semantic subspace of this fold is empty")
+        if kind == "random":
+            basis = np.linalg.qr(np.random.default_rng(seed + fold).normal(size=(d, r)))[0]
+        else:
+            zt = z[train] - z[train].mean(0)
+            _values, vectors = np.linalg.eigh(zt.T @ zt)
+            basis = vectors[:, ::-1][:, :r]
+        return basis, np.zeros((d, 0)), {"rank": r}
+
+    if not decomposition.bases:
+        n = len(hidden)
+        nan = np.full(n, np.nan)
+        note = decomposition.note or "the decomposition was not fitted"
+        return Decomposition(f"{decomposition.name}_{kind}", nan, nan.copy(), nan.copy(), np.full(n, -1), note=note)
+    return cross_fit(f"{decomposition.name}_{kind}", hidden, len(decomposition.bases), seed, fit, folds)
+
+
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strengths tried by the probes' inner cross-validation
+INNER_FOLDS = 3
+
+
+@dataclasses.dataclass
+class TunedProbe:
+    """StandardScaler + LogisticRegression whose C was chosen on the training questions only."""
+
+    scaler: object
+    model: object
+    C: float
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self.scaler.transform(x))
+
+
+def tuned_probe(x_train: np.ndarray, y_train: np.ndarray) -> TunedProbe:
+    """A probe whose L2 strength is chosen out-of-fold: standardise the training rows, then pick C from
+    PROBE_CS by the least held-out log loss
+        L(C) = -(1/N) sum_{inner folds f} sum_{i in f} [y_i log p_i + (1 - y_i) log(1 - p_i)],
+    p_i from LogisticRegression(C) fitted on the other inner folds (StratifiedKFold(INNER_FOLDS), no
+    shuffle), and refit on all training rows with that C. The test questions of the outer fold are never
+    seen. With fewer than INNER_FOLDS questions in the smaller class: C = 1."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, y_train)
-    return model.predict_proba(x_test)[:, 1]
+    y = np.asarray(y_train, dtype=bool)
+    scaler = StandardScaler().fit(x_train)
+    x = scaler.transform(x_train)
+    best = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if min(int(y.sum()), int((~y).sum())) >= INNER_FOLDS:
+            loss = np.zeros(len(PROBE_CS))
+            for inner, held in StratifiedKFold(INNER_FOLDS).split(x, y):
+                for j, c in enumerate(PROBE_CS):
+                    p = LogisticRegression(C=c, max_iter=2000).fit(x[inner], y[inner]).predict_proba(x[held])[:, 1]
+                    p = np.clip(p, 1e-12, 1 - 1e-12)
+                    loss[j] -= np.sum(np.where(y[held], np.log(p), np.log1p(-p)))
+            best = float(PROBE_CS[int(np.argmin(loss))])
+        model = LogisticRegression(C=best, max_iter=2000).fit(x, y)
+    return TunedProbe(scaler, model, best)
+
+
+def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """P(y = 1 | x) for `x_test` from `tuned_probe` fitted on the training rows."""
+    return tuned_probe(x_train, y_train).predict_proba(x_test)[:, 1]
 
 
 def subspace_probes(
@@ -327,7 +417,7 @@ def subspace_probes(
     with single_blas_thread():
         for fold, basis in enumerate(decomposition.bases):
             test = np.flatnonzero(decomposition.folds == fold)
-            train_all = np.flatnonzero((decomposition.folds != fold) & (decomposition.folds >= 0))
+            train_all = np.flatnonzero(decomposition.folds != fold)  # fold -1: training only (cross_fit)
             z = basis.standardise(x_all)
             for target, values in targets.items():
                 train = train_all[~np.isnan(values[train_all])]  # questions with a label (e.g. graded) only
@@ -344,7 +434,7 @@ def subspace_probes(
                     if features.shape[1] == 0:
                         note(f"{target}_{part}", f"fold {fold}: the {part} subspace is empty")
                         continue
-                    p = _probe(features[train], y, features[test])
+                    p = probe_scores(features[train], y, features[test])
                     getattr(out, target)[part][test] = p if target == "se" else 1.0 - p
     return out
 

@@ -15,6 +15,12 @@ Correctness-dependent scores (the correctness probes and the entropy + probe com
 labels of one judge: `score_records(..., correct=...)` or `Stats.with_labels(correct)` computes them;
 without labels they are NaN with a note. The evaluation layer (engine.uq.evaluation) computes them per
 judge, out-of-fold, reusing the label-free statistics (decompositions, entropies) of one `Stats`.
+
+Refit variance: a cross-fitted score (one that needs a seeded statistic: a decomposition, its same-rank
+controls, a probe; or the SEP) is the mean over the fold seeds seed, ..., seed + n_seeds - 1
+(`Stats.seeded`: each seed refits the folds, subspaces and probes; clusters, entropies and hidden states are
+shared); the per-seed columns are kept in `ScoreResult.seed_scores` [n_seeds, n] for the seed-to-seed
+spread. Kinds: "control" marks the same-rank controls of a decomposition (random / PCA subspaces).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
@@ -32,19 +39,22 @@ from engine.core.errors import LabError
 from engine.uq.baselines import answer_lengths, entropy_probe_combination, kernel_language_entropy
 from engine.uq.clustering import semantic_clusters
 from engine.uq.decompositions import (
+    CONTROLS,
     DECOMPOSITIONS,
     ProbeScores,
     discriminant_decomposition,
     full_state,
     lexical_map_decomposition,
+    probe_scores,
+    same_rank_control,
     subspace_probes,
 )
 from engine.uq.records import QuestionRecord
 from engine.uq.subspace import Decomposition, embedding_map_decomposition, single_blas_thread
 
-SCORES_VERSION = 2  # bump when a score's definition changes (for callers that cache scores)
+SCORES_VERSION = 3  # bump when a score's definition changes (for callers that cache scores)
 EIGENSCORE_ALPHA = 1e-3  # Chen et al. 2024 (INSIDE): regulariser of the covariance's log-determinant
-ScoreKind = Literal["usual", "semantic", "decomposition", "baseline"]
+ScoreKind = Literal["usual", "semantic", "decomposition", "baseline", "control"]
 SCORE_KINDS: tuple[ScoreKind, ...] = get_args(ScoreKind)
 PROBED = ("semantic", "surface")  # the subspaces probed per decomposition (the full state: once, below)
 NEEDS_LABELS = "needs correctness labels: computed per judge by the evaluation"
@@ -67,10 +77,16 @@ class Estimator:
         """Whether the score depends on the answers' correctness (computed per judge)."""
         return "correct" in self.needs
 
+    @property
+    def cross_fitted(self) -> bool:
+        """Whether the score is fitted on other questions (folds): it is the mean over the fold seeds."""
+        return self.name == "sep" or any(need in _SEEDED for need in self.needs)
+
 
 ESTIMATORS: dict[str, Estimator] = {}
 _STATS: dict[str, Callable[[Stats], object]] = {}
 _LABELLED: set[str] = set()  # statistics that depend on the correctness labels
+_SEEDED: set[str] = set()  # statistics that depend on the fold seed (cross-fitted)
 
 
 def _estimator(name: str, kind: ScoreKind, needs: tuple[str, ...], formula: str):
@@ -81,11 +97,13 @@ def _estimator(name: str, kind: ScoreKind, needs: tuple[str, ...], formula: str)
     return register
 
 
-def _stat(name: str, *, labelled: bool = False):
+def _stat(name: str, *, labelled: bool = False, seeded: bool = False):
     def register(fn):
         _STATS[name] = fn
         if labelled:
             _LABELLED.add(name)
+        if seeded:
+            _SEEDED.add(name)
         return fn
 
     return register
@@ -111,10 +129,16 @@ class Stats:
     values: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
     parent: Stats | None = None  # with_labels: the label-free statistics are the parent's (computed once)
+    n_seeds: int = 1  # cross-fitted scores: the mean over fold seeds seed, seed + 1, ..., seed + n_seeds - 1
+    folds: np.ndarray | None = None  # fixed question folds (-1: train only) instead of seeded ones
+    seed_base: Stats | None = None  # a fold seed's statistics: the seed-free ones are this one's
+    seed_children: dict = dataclasses.field(default_factory=dict)  # offset -> that fold seed's statistics
 
     def __getitem__(self, key: str):
         if self.parent is not None and key not in _LABELLED:
             return self.parent[key]
+        if self.seed_base is not None and key not in _SEEDED and key not in _LABELLED:
+            return self.seed_base[key]  # a label-free statistic that no fold seed changes
         if key not in self.values:
             try:
                 self.values[key] = _STATS[key](self)
@@ -132,7 +156,24 @@ class Stats:
             raise LabError(f"Got {labels.size} correctness labels for {len(self.records)} records.")
         base = self.parent or self
         info = {k: v for k, v in base.info.items() if k not in ("notes", "seconds", "formulas")}
-        return dataclasses.replace(base, correct=labels, values={}, info=info, parent=base)
+        return dataclasses.replace(base, correct=labels, values={}, info=info, parent=base, seed_children={})
+
+    def seeded(self, offset: int) -> Stats:
+        """These statistics with fold seed `seed + offset`: the seed-free statistics (clusters, entropies,
+        hidden states) stay those of offset 0, computed once; the cross-fitted ones are refitted."""
+        if offset == 0:
+            return self
+        base = self.parent or self
+        if offset not in base.seed_children:
+            base.seed_children[offset] = dataclasses.replace(
+                base, seed=base.seed + offset, values={}, info={}, parent=None, seed_base=base, seed_children={}
+            )
+        child = base.seed_children[offset]
+        if self.parent is None:
+            return child
+        if offset not in self.seed_children:  # this labelled object's own (with_labels gives it a fresh dict)
+            self.seed_children[offset] = child.with_labels(self.correct)
+        return self.seed_children[offset]
 
     def drop_sample_arrays(self) -> None:
         """Forget the per-sample arrays (hidden states, embeddings, log-probs): what stays (decompositions,
@@ -149,16 +190,18 @@ class Stats:
         self.info.setdefault("notes", {})
         self.info.setdefault("seconds", {})
         self.info.setdefault("formulas", {}).update({n: ESTIMATORS[n].formula for n in names})
-        columns = {}
+        columns, per_seed = {}, {}
         for name in names:
             start = time.perf_counter()
-            try:
-                for need in ESTIMATORS[name].needs:
-                    self[need]
-                columns[name] = np.asarray(ESTIMATORS[name].compute(self), dtype=np.float64)
-            except Unavailable as err:
-                columns[name] = np.full(len(self.records), np.nan)
-                self.info["notes"][name] = str(err)
+            seeds = self.n_seeds if ESTIMATORS[name].cross_fitted else 1
+            runs = [self._column(self.seeded(k), name) for k in range(seeds)]
+            if seeds > 1:
+                per_seed[name] = np.stack(runs)  # [n_seeds, n]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a question NaN under every seed stays NaN
+                    columns[name] = np.nanmean(per_seed[name], axis=0)
+            else:
+                columns[name] = runs[0]
             self.info["seconds"][name] = time.perf_counter() - start
         ids = [str(r.id) for r in self.records]
         computed = (self.parent or self).values.get("clusters")
@@ -167,7 +210,22 @@ class Stats:
         if self.parent is not None:  # the settings of the label-free statistics (decompositions) are the parent's
             shared = {k: v for k, v in self.parent.info.items() if k not in ("notes", "seconds", "formulas")}
             self.info = {**shared, **self.info}
-        return ScoreResult(scores, clusters, self.info)
+        return ScoreResult(scores, clusters, self.info, per_seed)
+
+    def _column(self, stats: Stats, name: str) -> np.ndarray:
+        """One estimator's column on `stats` (this object or a fold seed's); NaN with a note here when it is
+        unavailable; the settings of a fold seed's decompositions are kept under info["seeds"]."""
+        try:
+            for need in ESTIMATORS[name].needs:
+                stats[need]
+            column = np.asarray(ESTIMATORS[name].compute(stats), dtype=np.float64)
+        except Unavailable as err:
+            column = np.full(len(self.records), np.nan)
+            self.info["notes"].setdefault(name, str(err))
+        if stats is not self:
+            for key, note in stats.info.get("notes", {}).items():
+                self.info["notes"].setdefault(key, note)
+        return column
 
 
 # ---------------------------------------------------------------- shared statistics
@@ -263,31 +321,48 @@ def _fit(s: Stats, fit: Callable[[], Decomposition]) -> Decomposition:
         raise Unavailable(f"cannot fit: {err}") from err
 
 
-@_stat("decomp_embedding_map")
+@_stat("decomp_embedding_map", seeded=True)
 def _decomp_embedding_map(s: Stats) -> Decomposition:
     hidden, embeddings = s["sample_hidden"], s["sample_embeddings"]
-    return _fit(s, lambda: embedding_map_decomposition(hidden, embeddings, n_folds=s.n_folds, seed=s.seed))
+    return _fit(
+        s, lambda: embedding_map_decomposition(hidden, embeddings, n_folds=s.n_folds, seed=s.seed, folds=s.folds)
+    )
 
 
-@_stat("decomp_discriminant")
+@_stat("decomp_discriminant", seeded=True)
 def _decomp_discriminant(s: Stats) -> Decomposition:
     hidden, clusters = s["sample_hidden"], s["clusters"]
-    return _fit(s, lambda: discriminant_decomposition(hidden, clusters, n_folds=s.n_folds, seed=s.seed))
+    return _fit(s, lambda: discriminant_decomposition(hidden, clusters, n_folds=s.n_folds, seed=s.seed, folds=s.folds))
 
 
-@_stat("decomp_lexical_map")
+@_stat("decomp_lexical_map", seeded=True)
 def _decomp_lexical_map(s: Stats) -> Decomposition:
     hidden, embeddings, clusters = s["sample_hidden"], s["sample_embeddings"], s["clusters"]
     texts = [r.samples for r in s.records]
     return _fit(
-        s, lambda: lexical_map_decomposition(hidden, texts, embeddings, clusters, n_folds=s.n_folds, seed=s.seed)
+        s,
+        lambda: lexical_map_decomposition(
+            hidden, texts, embeddings, clusters, n_folds=s.n_folds, seed=s.seed, folds=s.folds
+        ),
     )
 
 
-@_stat("full_state")
+@_stat("full_state", seeded=True)
 def _full_state(s: Stats) -> Decomposition:
     hidden = s["sample_hidden"]
-    return _fit(s, lambda: full_state(hidden, n_folds=s.n_folds, seed=s.seed))
+    return _fit(s, lambda: full_state(hidden, n_folds=s.n_folds, seed=s.seed, folds=s.folds))
+
+
+def _register_control_stat(name: str, kind: str) -> None:
+    @_stat(f"control_{kind}_{name}", seeded=True)
+    def _control(s: Stats) -> Decomposition:
+        decomposition = s[f"decomp_{name}"]
+        return _fit(s, lambda: same_rank_control(s["sample_hidden"], decomposition, kind, seed=s.seed))
+
+
+for _name in DECOMPOSITIONS:
+    for _kind in CONTROLS:
+        _register_control_stat(_name, _kind)
 
 
 def _probes(s: Stats, base: str, parts: tuple[str, ...], target: str) -> ProbeScores:
@@ -300,16 +375,18 @@ def _probes(s: Stats, base: str, parts: tuple[str, ...], target: str) -> ProbeSc
 
 
 def _register_probe_stats(name: str, base: str, parts: tuple[str, ...]) -> None:
-    _stat(f"se_probes_{name}")(lambda s: _probes(s, base, parts, "se"))
-    _stat(f"correctness_probes_{name}", labelled=True)(lambda s: _probes(s, base, parts, "wrong"))
+    _stat(f"se_probes_{name}", seeded=True)(lambda s: _probes(s, base, parts, "se"))
+    _stat(f"correctness_probes_{name}", labelled=True, seeded=True)(lambda s: _probes(s, base, parts, "wrong"))
 
 
 for _name in DECOMPOSITIONS:
     _register_probe_stats(_name, f"decomp_{_name}", PROBED)
+    for _kind in CONTROLS:
+        _register_probe_stats(f"{_name}_{_kind}", f"control_{_kind}_{_name}", ("semantic",))
 _register_probe_stats("full_state", "full_state", ("full",))
 
 
-@_stat("combination", labelled=True)
+@_stat("combination", labelled=True, seeded=True)
 def _combination(s: Stats):
     probe = s["correctness_probes_full_state"].wrong["full"]
     return entropy_probe_combination(s["semantic_entropy"], probe, s["correct"], n_folds=s.n_folds, seed=s.seed)
@@ -399,14 +476,12 @@ def sep_out_of_fold(features: np.ndarray, se: np.ndarray, *, n_folds: int = 5, s
 
     Questions are split by a seeded StratifiedKFold; for each fold the SE threshold
     (`best_variance_split`) is found on the training questions only, a StandardScaler +
-    LogisticRegression is fitted on their features, and the held-out fold gets its P(SE > threshold).
+    LogisticRegression (C chosen by an inner cross-validation, decompositions.tuned_probe) is fitted on
+    their features, and the held-out fold gets its P(SE > threshold).
     No question is ever scored by a probe that saw it. All NaN (with a note) when there are fewer than
     2 * n_folds questions or a training fold has a single SE class.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     se = np.asarray(se, dtype=np.float64)
     n = len(se)
@@ -428,8 +503,7 @@ def sep_out_of_fold(features: np.ndarray, se: np.ndarray, *, n_folds: int = 5, s
         y = se[train] > threshold if threshold is not None else np.zeros(len(train), bool)
         if y.all() or not y.any():
             return np.full(n, np.nan), np.full(n, -1), f"fold {fold}: a single SE class among training questions"
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y)
-        scores[test] = probe.predict_proba(x[test])[:, 1]
+        scores[test] = probe_scores(x[train], y, x[test])
         folds[test] = fold
     note = "" if n_splits == n_folds else f"{n_splits} folds (the smaller SE class has {n_splits} questions)"
     return scores, folds, note
@@ -576,6 +650,53 @@ for _name in DECOMPOSITIONS:
     _register_decomposition(_name)
 
 
+def _register_controls(name: str) -> None:
+    """Same-rank controls of one decomposition's semantic subspace (decompositions.same_rank_control): the
+    spread and both probes through a random and a PCA subspace of the same rank, per fold."""
+    for kind in CONTROLS:
+        stat, what = f"control_{kind}_{name}", f"a {kind} subspace of the rank of {name}'s semantic one"
+        spread = f"{name}_{kind}_spread"
+
+        def compute_spread(s: Stats, column=spread, stat=stat) -> np.ndarray:
+            fit = s[stat]
+            _note(s, column, fit.note)
+            return fit.semantic
+
+        _estimator(spread, "control", ("sample_hidden", stat), f"(1/K) sum_k ||P (z_k - zbar)||^2, P onto {what}")(
+            compute_spread
+        )
+        probes = f"{name}_{kind}"
+        se_column, wrong_column = f"se_probe_{probes}", f"correctness_probe_{probes}"
+        _estimator(
+            se_column,
+            "control",
+            ("answer_hidden", "semantic_entropy", f"se_probes_{probes}"),
+            f"out-of-fold P(high SE | answer state projected onto {what})",
+        )(lambda s, c=se_column, p=probes: _probe_column(s, c, s[f"se_probes_{p}"], "se", "semantic"))
+        _estimator(
+            wrong_column,
+            "control",
+            ("answer_hidden", "correct", f"correctness_probes_{probes}"),
+            f"out-of-fold 1 - P(right | answer state projected onto {what}), per judge",
+        )(lambda s, c=wrong_column, p=probes: _probe_column(s, c, s[f"correctness_probes_{p}"], "wrong", "semantic"))
+
+
+for _name in DECOMPOSITIONS:
+    _register_controls(_name)
+
+
+@_estimator(
+    "full_state_spread",
+    "baseline",
+    ("sample_hidden", "full_state"),
+    "(1/K) sum_k ||z_k - zbar||^2 over the whole standardised state (the spreads' control without decomposition)",
+)
+def _full_state_spread(s: Stats) -> np.ndarray:
+    fit = s["full_state"]
+    _note(s, "full_state_spread", fit.note)
+    return fit.total
+
+
 @_estimator(
     "correctness_probe_full_state",
     "baseline",
@@ -628,6 +749,7 @@ class ScoreResult:
     scores: pd.DataFrame  # index: record id; one column per estimator; higher = more uncertain
     clusters: dict[str, list[int]]  # record id -> cluster label of each sample
     info: dict  # layer used, method notes, per-estimator notes and timings
+    seed_scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # cross-fitted: [n_seeds, n]
 
     @property
     def kinds(self) -> dict[str, ScoreKind]:
@@ -658,6 +780,8 @@ def scoring_stats(
     seed: int = 0,
     threshold: float = 0.8,
     correct=None,
+    n_seeds: int = 1,
+    folds: np.ndarray | None = None,
 ) -> Stats:
     """The statistics of `records`, computed on first use (`Stats.score` gives the columns).
 
@@ -665,7 +789,9 @@ def scoring_stats(
     the embedding targets; `entails(a, b) -> bool` switches clustering to bidirectional entailment
     (engine.uq.nli); `layer`: model layer of the stored hidden states (default: the middle stored one);
     `n_folds`, `seed`: cross-fitting of the probes and decompositions; `threshold`: cosine similarity of
-    one meaning; `correct`: 1 / 0 per record (NaN: ungraded) for the correctness-dependent scores.
+    one meaning; `correct`: 1 / 0 per record (NaN: ungraded) for the correctness-dependent scores;
+    `n_seeds`: every cross-fitted score is the mean over the fold seeds seed .. seed + n_seeds - 1 (the
+    per-seed columns in ScoreResult.seed_scores); `folds`: fixed question folds (fold -1: only trained on).
     """
     records = list(records)
     if not records:
@@ -674,7 +800,9 @@ def scoring_stats(
     if len(set(ids)) != len(ids):
         raise LabError("Question ids must be unique.")
     position, layer_index = _layer_position(records, layer)
-    stats = Stats(records, embedder, entails, position, n_folds, seed, threshold)
+    if n_seeds < 1:
+        raise LabError("The number of fold seeds must be at least 1.")
+    stats = Stats(records, embedder, entails, position, n_folds, seed, threshold, n_seeds=n_seeds, folds=folds)
     stats.info.update(
         version=SCORES_VERSION,
         layer=layer_index,
@@ -683,6 +811,7 @@ def scoring_stats(
         else f"MiniLM cosine, average linkage, similarity > {threshold}",
         semantic_entropy_weights="length-normalised: exp(mean token log-prob) per sample",
         eigenscore_alpha=EIGENSCORE_ALPHA,
+        fold_seeds=list(range(seed, seed + n_seeds)),
         notes={},
         seconds={},
     )
@@ -700,6 +829,7 @@ def score_records(
     threshold: float = 0.8,
     correct=None,
     estimators: Sequence[str] | None = None,
+    n_seeds: int = 1,
 ) -> ScoreResult:
     """Every estimator in ESTIMATORS (or those named) on `records`: `scoring_stats(...).score(estimators)`
     (see there and the module docstring). Without `correct` the correctness-dependent scores are NaN."""
@@ -712,5 +842,6 @@ def score_records(
         seed=seed,
         threshold=threshold,
         correct=correct,
+        n_seeds=n_seeds,
     )
     return stats.score(estimators)

@@ -9,6 +9,10 @@ judge; the same for the page and the CLI given the same `EvalOptions`. Label-fre
 records only, so they are cached in the run folder; the correctness-dependent ones (correctness probes,
 entropy + probe) are computed per judge, out-of-fold, from the label-free statistics kept in memory.
 Grading (judges, thresholds, manual marks) is recomputed on every call; manual marks override every judge.
+Under the chosen judge, whenever a decomposition ran, the pre-registered contrasts (engine.uq.contrasts:
+each method with against without the decomposition, same-rank controls, the exploratory comparisons with
+the usual score) are tested and their primary family gives the verdict; the other judges' tables keep the
+A3 - A2 rule on the decomposition scores (engine.uq.paired.verdict), with one fold seed.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from engine.core.model import LoadedModel
 from engine.core.runstore import read_json, write_json
 from engine.uq import correctness, estimators
 from engine.uq.config import EvalOptions
+from engine.uq.contrasts import contrast_verdict, decomposition_ran, planned, run_contrasts
 from engine.uq.correctness import Judge
 from engine.uq.estimators import ScoreKind, ScoreResult, Stats, labelled_estimators, scoring_stats
 from engine.uq.metrics import DIFF_METRICS, METRICS, comparison, rejection_curves
 from engine.uq.nli import LMJudge, load_nli
-from engine.uq.paired import LengthCheck, Verdict, against_length, differences_vs_usual, verdict
+from engine.uq.paired import Acc50Bootstrap, LengthCheck, Verdict, against_length, differences_vs_usual, verdict
 from engine.uq.records import QuestionRecord
 from engine.uq.store import UqRun
 
@@ -103,6 +108,9 @@ class Summary:
     length: LengthCheck
     judges: list[JudgeTable]
     run: dict[str, Any] | None = None  # run_id, model, source, questions_hash, generation (saved runs only)
+    contrasts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # engine.uq.contrasts, chosen judge
+    n_seeds: int = 1  # fold seeds averaged in every cross-fitted score
+    n_boot_test: int = 0  # bootstrap resamples behind every acc50 test
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as summary.json writes it (no "run" key when it was not a saved run)."""
@@ -207,6 +215,7 @@ def _score_cache_key(records: list[QuestionRecord], options: EvalOptions, entail
         [r.id for r in records],
         options.n_folds,
         options.seed,
+        options.n_seeds,
         options.cluster_threshold,
         estimators.SCORES_VERSION,
         options.layer,
@@ -239,6 +248,7 @@ def _stats(run: UqRun | None, records: list[QuestionRecord], embedder, options: 
         seed=options.seed,
         threshold=options.cluster_threshold,
         layer=options.layer,
+        n_seeds=options.n_seeds,
     )
     if key is not None:
         with _STATS_LOCK:
@@ -266,7 +276,8 @@ def score_run(
             scores = pd.read_json(io.StringIO(cached["scores"]), orient="split")
             scores.index = scores.index.astype(str)
             scores.index.name = "id"
-            return ScoreResult(scores, cached["clusters"], cached["info"])
+            seeded = {k: np.asarray(v, dtype=np.float64) for k, v in (cached.get("seed_scores") or {}).items()}
+            return ScoreResult(scores, cached["clusters"], cached["info"], seeded)
     computed = stats() if stats is not None else _stats(run, records, embedder, options, entails)
     result = computed.score()
     computed.drop_sample_arrays()
@@ -278,6 +289,7 @@ def score_run(
                 "scores": result.scores.to_json(orient="split", double_precision=15),
                 "clusters": result.clusters,
                 "info": _jsonable(result.info),
+                "seed_scores": {k: np.round(v, 12).tolist() for k, v in result.seed_scores.items()},
             },
         )
     return result
@@ -298,16 +310,28 @@ class _Judged:
     graded: np.ndarray  # bool per record
     correct: np.ndarray  # bool per graded record
     notes: dict[str, str]  # the labelled columns' notes
+    contrasts: list[dict]  # engine.uq.contrasts.run_contrasts (the chosen judge, when a decomposition ran)
 
 
 def _judge(
-    final: pd.Series, base: ScoreResult, stats: Callable[[], Stats], options: EvalOptions, kinds: dict[str, ScoreKind]
+    final: pd.Series,
+    base: ScoreResult,
+    stats: Callable[[], Stats],
+    options: EvalOptions,
+    kinds: dict[str, ScoreKind],
+    *,
+    chosen: bool = True,
 ) -> _Judged:
     """Labelled scores, comparison, paired differences, verdict and length check for one judge's final
-    verdicts `final` (index = record id, None where ungraded)."""
+    verdicts `final` (index = record id, None where ungraded). The chosen judge's labelled scores are the
+    mean over `options.n_seeds` fold seeds and its contrasts are tested; another judge's labelled scores
+    use the first fold seed only (its table is a robustness check)."""
     graded = ~final.isna().to_numpy()
     labels = np.where(graded, final.map(lambda v: float(bool(v)) if not pd.isna(v) else np.nan), np.nan)
-    labelled = stats().with_labels(labels).score(labelled_estimators())
+    with_labels = stats().with_labels(labels)
+    if not chosen:
+        with_labels = dataclasses.replace(with_labels, n_seeds=1)
+    labelled = with_labels.score(labelled_estimators())
     scores = base.scores.copy()
     for column in labelled.scores.columns:
         scores[column] = labelled.scores[column].to_numpy()
@@ -324,19 +348,30 @@ def _judge(
         seed=options.seed,
         draws=draws,
     )
-    common = dict(n_boot=options.n_boot, seed=options.seed, draws=draws)
-    diffs = differences_vs_usual(compared, correct, usual=options.usual, **common)
+    boot = Acc50Bootstrap(correct, options.n_boot_test, options.seed)
+    diffs = differences_vs_usual(compared, correct, usual=options.usual, boot=boot)
     for name, m in comp["methods"].items():
         m["diff_vs_usual"] = {k: d.as_dict() for k, d in diffs[name].items()} if name in diffs else None
+    rule = verdict(diffs, comp["n"], kinds=kinds, usual=options.usual, n_right=int(correct.sum()))
+    tested: list[dict] = []
+    if chosen and decomposition_ran(compared):
+        seeded = {**base.seed_scores, **labelled.seed_scores}
+        seeded = {k: v[:, graded] for k, v in seeded.items()}
+        specs = planned(options.usual, options.semantic)
+        tested = run_contrasts(compared, correct, specs, seed_scores=seeded, boot=boot, seed=options.seed)
+        if 0 < int(correct.sum()) < correct.size:  # with one class of answers the rule's own sentence says so
+            fair = contrast_verdict(tested, comp["n"])
+            rule = Verdict(fair.answer, fair.sentence, comp["n"], fair.best)
     return _Judged(
         comp,
         diffs,
-        verdict(diffs, comp["n"], kinds=kinds, usual=options.usual, n_right=int(correct.sum())),
-        against_length(compared, correct, kinds=kinds, **common),
+        rule,
+        against_length(compared, correct, kinds=kinds),
         scores,
         graded,
         correct,
         labelled.info.get("notes", {}),
+        tested,
     )
 
 
@@ -412,7 +447,7 @@ def evaluate_records(
         return holder[0]
 
     base = score_run(run, records, embedder, options, entails=entails, stats=stats)
-    base = ScoreResult(base.scores.loc[ids], base.clusters, base.info)
+    base = ScoreResult(base.scores.loc[ids], base.clusters, base.info, base.seed_scores)
     kinds = base.kinds
 
     judged = {options.judge: _judge(final, base, stats, options, kinds)}
@@ -422,7 +457,7 @@ def evaluate_records(
             continue
         verdict_j = correctness.apply_marks(auto[column], marks)
         if not verdict_j.isna().all():
-            judged[judge] = _judge(verdict_j, base, stats, options, kinds)
+            judged[judge] = _judge(verdict_j, base, stats, options, kinds, chosen=False)
     if holder:
         holder[0].drop_sample_arrays()
     main = judged[options.judge]
@@ -464,6 +499,9 @@ def evaluate_records(
         length=main.length,
         judges=[_table(judge, j, options) for judge, j in judged.items()],
         run=None if run is None else _run_info(run),
+        contrasts=_jsonable(main.contrasts),
+        n_seeds=options.n_seeds,
+        n_boot_test=options.n_boot_test,
     )
     return Evaluation(results, summary, curves, base.clusters, base.info, agree, records)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.core.paths import atomic_write
+from engine.uq.contrasts import contrasts_markdown
 from engine.uq.evaluation import Evaluation, Summary
 from engine.uq.metrics import format_difference, format_value, summary_markdown
 
@@ -82,15 +83,18 @@ def summary_md(evaluation: Evaluation) -> str:
             f"run `{run.get('run_id')}`."
         )
     head.append(f"Judge: `{s.judge}`; {s.n_graded} graded questions ({s.n_manual} marked by hand).")
-    head += [
-        "",
-        "## A1 / A2 / A3 under each judge",
-        "",
-        judges_markdown(s),
-        "",
-        f"## Every score ({s.judge} judge)",
-        "",
-    ]
+    head += ["", "## A1 / A2 / A3 under each judge", "", judges_markdown(s), ""]
+    if s.contrasts:
+        head += [
+            "## Pre-registered contrasts (with against without the decomposition)",
+            "",
+            f"Every cross-fitted score: the mean over {s.n_seeds} fold seed(s); AUROC by DeLong's paired test, acc@50 "
+            f"by a paired bootstrap of {s.n_boot_test} resamples; Holm within each family.",
+            "",
+            contrasts_markdown(s.contrasts),
+            "",
+        ]
+    head += [f"## Every score ({s.judge} judge)", ""]
     notes = [f"- `{name}`: {note}" for name, note in (s.score_info.get("notes") or {}).items()]
     tail = ["", "Notes:", *notes] if notes else []
     return "\n".join(head) + summary_markdown(s.as_dict()) + "\n" + "\n".join(tail) + ("\n" if tail else "")

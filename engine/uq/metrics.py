@@ -3,7 +3,11 @@
 Conventions: `unc` higher = more uncertain; `correct` 1/0 per question. A NaN score counts as the most
 uncertain (rejected first). Rejecting the most uncertain questions first gives the accuracy-rejection
 curve; ties in `unc` are averaged there (expected accuracy over a random order inside a tie), as
-sklearn's AUROC does. The 50%-coverage set (A2, A3) is a definite set: see `retained_mask`.
+sklearn's AUROC does. Accuracy at 50% coverage (A2, A3) is that curve at k = ceil(n/2):
+    acc50 = (1/k) [ sum_{blocks b before the cut} R_b + (k - N_<) R_c / N_c ],
+with tie blocks of equal `unc` in ascending order, R_b the right answers and N_b the size of block b,
+c the block holding the k-th position and N_< the questions before it: the expected accuracy when ties
+at the cut are broken in a random order (not by file order). `retained_mask` is one definite set.
 Intervals: percentile bootstrap (95%) resampling questions with a seeded generator, the same
 resamples for every score (paired); resamples where a metric is undefined are left out.
 """
@@ -18,7 +22,7 @@ import pandas as pd
 from engine.core.errors import LabError
 
 METRICS = ("acc50", "auroc", "prr", "auarc")
-DIFF_METRICS = ("acc50", "auroc", "auarc")  # compared with the usual score, paired (engine.uq.paired)
+DIFF_METRICS = ("acc50", "auroc")  # tested against another score, paired (engine.uq.paired)
 
 
 def _unc(unc) -> np.ndarray:
@@ -61,9 +65,6 @@ class _Sorted:
         averaged = (self.block_sum(self.correct) / self.block_size)[self.block].reshape(self.rows, self.n)
         return np.cumsum(averaged, axis=1) / np.arange(1, self.n + 1)
 
-    def acc50(self) -> np.ndarray:
-        return self.correct[:, : math.ceil(self.n / 2)].mean(axis=1)
-
     def auroc(self) -> np.ndarray:
         """P(unc_wrong > unc_right) + P(tie) / 2 per row: the Mann-Whitney form sklearn's AUROC equals."""
         right = self.block_sum(self.correct)
@@ -82,7 +83,8 @@ def _batch_metrics(unc: np.ndarray, correct: np.ndarray) -> dict:
     """acc50, AUROC, PRR, AUARC for each row of unc / correct [rows, n] (NaN unc: most uncertain)."""
     unc = np.where(np.isnan(unc), np.inf, unc)
     rows = _Sorted(unc, correct)
-    auarc = rows.accuracy_curves().mean(axis=1)
+    curves = rows.accuracy_curves()
+    auarc = curves.mean(axis=1)
     n = rows.n
     n_correct = correct.sum(axis=1)
     harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
@@ -90,7 +92,7 @@ def _batch_metrics(unc: np.ndarray, correct: np.ndarray) -> dict:
     acc = n_correct / n
     with np.errstate(invalid="ignore", divide="ignore"):
         prr = np.where(oracle - acc > 1e-12, (auarc - acc) / (oracle - acc), np.nan)
-    return {"acc50": rows.acc50(), "auroc": rows.auroc(), "prr": prr, "auarc": auarc}
+    return {"acc50": curves[:, math.ceil(n / 2) - 1], "auroc": rows.auroc(), "prr": prr, "auarc": auarc}
 
 
 def accuracy_curve(unc, correct) -> np.ndarray:
@@ -136,6 +138,55 @@ def _tied_at_cutoff(unc: np.ndarray) -> int:
 def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     """The bootstrap's question resamples [n_boot, n]: the same for every score (paired comparisons)."""
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def resample_counts(n: int, n_boot: int, seed: int, chunk: int = 2000) -> np.ndarray:
+    """Seeded question resamples as counts [n_boot, n]: how often each question is drawn (n with
+    replacement) in each resample (uint16 for n < 65536), the form the fast acc50 bootstrap reads
+    (`acc50_draws`); every score compared on the same counts is paired."""
+    dtype = np.uint16 if n < 2**16 else np.uint32
+    out = np.zeros((n_boot, n), dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(rows, n))
+        flat = idx + (np.arange(rows) * n)[:, None]
+        out[start : start + rows] = np.bincount(flat.ravel(), minlength=rows * n).reshape(rows, n)
+    return out
+
+
+def acc50_draws(unc, correct, counts: np.ndarray, chunk: int = 2000) -> np.ndarray:
+    """Tie-averaged acc50 (module docstring) of one score on each resample given by `counts` [B, n]
+    (`resample_counts`; a row of ones is the data itself): [B]. A question drawn c times counts c times."""
+    u = _unc(unc)
+    y = np.asarray(correct, dtype=np.float64)
+    order = np.argsort(u, kind="stable")
+    u_sorted = u[order]
+    starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
+    ties = starts.size < u_sorted.size  # without ties every question is its own block
+    right = (y[order] > 0.5).astype(np.int32)
+    out = np.empty(counts.shape[0])
+    k = math.ceil(counts.shape[1] / 2)
+    for lo in range(0, counts.shape[0], chunk):
+        c = counts[lo : lo + chunk][:, order].astype(np.int32)  # [rows, n] in score order
+        hits = c * right
+        size = np.add.reduceat(c, starts, axis=1) if ties else c  # [rows, blocks]
+        hits = np.add.reduceat(hits, starts, axis=1) if ties else hits
+        cum_size, cum_hits = np.cumsum(size, axis=1), np.cumsum(hits, axis=1)
+        rows = np.arange(c.shape[0])
+        cut = np.sum(cum_size < k, axis=1)  # the block holding position k
+        at_size, at_hits = size[rows, cut], hits[rows, cut]
+        before = cum_size[rows, cut] - at_size
+        out[lo : lo + chunk] = (cum_hits[rows, cut] - at_hits + (k - before) * at_hits / at_size) / k
+    return out
+
+
+def acc50(unc, correct) -> float:
+    """Tie-averaged accuracy on the ceil(n/2) least uncertain questions (module docstring)."""
+    unc = np.asarray(unc, dtype=np.float64)
+    if unc.size == 0:
+        return float("nan")
+    return float(acc50_draws(unc, correct, np.ones((1, unc.size), dtype=np.uint16))[0])
 
 
 def metric_draws(unc, correct, idx: np.ndarray) -> tuple[dict, dict]:

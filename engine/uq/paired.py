@@ -1,27 +1,32 @@
-"""Does a score beat the usual one? Paired bootstrap differences, Holm's adjustment and the verdict.
+"""Does a score beat another on the same questions? Paired tests that can reach their level, Holm's
+adjustment, the minimal detectable effect and the verdict.
 
-For a score s and the usual score u behind A2, on the same n questions (higher = better for all three):
-    acc50: accuracy on the ceil(n/2) least uncertain (metrics.retained_mask: ties by question order),
-           so diff = acc50(s) - acc50(u) = A3 - A2 when s is the semantic score;
-    auroc: AUROC of the score for wrong answers;  auarc: area under the accuracy-rejection curve.
-Paired bootstrap: the same `n_boot` question resamples that metrics.method_metrics draws
-(numpy default_rng(seed).integers(0, n, (n_boot, n))); each resample scores s and u on the same
-questions, giving d*_b = metric_b(s) - metric_b(u). Resamples where either metric is undefined (AUROC
-with one class) are left out (B = those kept).
-    95% interval = the 2.5 and 97.5 percentiles of d*;
-    two-sided p = min(1, 2 min((1 + #{d*_b <= 0}) / (B + 1), (1 + #{d*_b >= 0}) / (B + 1)))
-(the percentile-bootstrap test of "no difference": about the smallest level at which the equal-tailed
-interval excludes 0; the +1 keeps it above 0). Two identical scores give d* = 0 and p = 1.
-Holm (1979), one family per metric over all scores compared with u: sort p_(1) <= ... <= p_(m), then
+For a score s and a reference r on the same n questions (higher = more uncertain for both):
+- auroc (the primary metric): AUROC of the score for wrong answers; the difference AUROC(s) - AUROC(r)
+  is tested by DeLong's paired test (engine.uq.delong, Sun and Xu 2014), its 95% interval
+  estimate -/+ 1.96 SE. No resampling: the p-value has no floor.
+- acc50 (the seed's A3 - A2 when s is the semantic score and r the usual one): accuracy on the ceil(n/2)
+  least uncertain, tie-averaged (engine.uq.metrics); paired bootstrap on B question resamples
+  (metrics.resample_counts, the same for every score), d*_b = acc50_b(s) - acc50_b(r):
+      95% interval = the 2.5 and 97.5 percentiles of d*;
+      one-sided p ("s beats r") = (1 + #{d*_b <= 0}) / (B + 1);
+      two-sided p = min(1, 2 min((1 + #{d*_b <= 0}) / (B + 1), (1 + #{d*_b >= 0}) / (B + 1))).
+  The +1 keeps p above 0, so the smallest attainable p is 1 / (B + 1) (one-sided) or 2 / (B + 1).
+Two identical scores give a difference of exactly 0, the interval [0, 0] and p = 1.
+Holm (1979) within a family of m tests: sort p_(1) <= ... <= p_(m), then
     p_holm_(i) = min(1, max_{j <= i} (m - j + 1) p_(j))   (NaN p-values are left out of m).
-Verdict (issue 15), on A3 - A2 of the decomposition scores:
-    "useful"                 some decomposition score has A3 - A2 > 0 with p_holm < 0.05;
-    "not useful"             every decomposition score's 95% interval lies below +0.02 (a gain of 2
-                             points or more is ruled out);
-    "inconclusive at n = N"  otherwise.
-Length check (arXiv 2508.08285: length heuristics rival semantic entropy): every semantic and
-decomposition score against the stronger answer-length baseline (higher AUROC), paired AUROC differences
-Holm-adjusted over those scores; a score "beats answer length" when its difference is > 0 with p_holm < 0.05.
+(statsmodels' multipletests(method="holm") gives the same; it is not a dependency of the lab.)
+A family can reach level alpha only when its smallest attainable p times m is below alpha
+(`require_reachable`); a bootstrap family that cannot is refused with the numbers, never reported as
+"not significant".
+Minimal detectable effect (MDE) of a test: the true difference it detects with probability `power` at
+Holm's strictest step alpha / m:
+    MDE = (z_{1 - alpha / (m sides)} + z_{power}) * SE,
+SE = the DeLong standard error (auroc) or the bootstrap standard deviation of d* (acc50), sides = 1 for a
+one-sided test, 2 for a two-sided one.
+Verdict (the A3 - A2 rule on the decomposition scores against the usual score, `verdict`), the length
+check (`against_length`: every semantic and decomposition score against the stronger answer-length
+baseline, AUROC by DeLong, Holm over those scores).
 """
 
 from __future__ import annotations
@@ -29,15 +34,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
+from engine.uq.delong import delong_paired
 from engine.uq.estimators import ESTIMATORS
-from engine.uq.metrics import DIFF_METRICS, _aligned_correct, metric_draws, resamples
+from engine.uq.metrics import DIFF_METRICS, _aligned_correct, _auroc, acc50_draws, resample_counts
 
 LENGTH_SCORES = ("answer_length_tokens", "answer_length_chars")
+N_BOOT_TEST = 20_000  # bootstrap resamples behind every acc50 test and interval
+ALPHA = 0.05
+POWER = 0.8
+Alternative = Literal["greater", "two-sided"]
+TestMethod = Literal["delong", "bootstrap"]
+TEST_METHOD: dict[str, TestMethod] = {"auroc": "delong", "acc50": "bootstrap"}
 
 
 def score_kind(name: str) -> str:
@@ -48,7 +61,7 @@ def score_kind(name: str) -> str:
 
 @dataclasses.dataclass
 class PairedDifference:
-    """metric(score) - metric(reference) with its 95% bootstrap interval and two-sided p-value."""
+    """metric(score) - metric(reference) with its 95% interval, p-value, SE and minimal detectable effect."""
 
     estimate: float
     ci_low: float
@@ -56,6 +69,10 @@ class PairedDifference:
     p: float
     p_holm: float = float("nan")
     n_boot_used: int = 0
+    se: float = float("nan")
+    mde: float = float("nan")
+    method: str = ""
+    one_sided: bool = False
 
     def as_dict(self) -> dict:
         """{estimate, ci_low, ci_high, p, p_holm}: the `diff_vs_usual` entry of summary.json."""
@@ -65,28 +82,103 @@ class PairedDifference:
 _NAN_DIFF = PairedDifference(*(float("nan"),) * 4)
 
 
-def _difference(point_s: float, point_r: float, boot_s: np.ndarray, boot_r: np.ndarray) -> PairedDifference:
-    estimate = point_s - point_r
-    draws = boot_s - boot_r
-    draws = draws[~np.isnan(draws)]
-    if math.isnan(estimate) or draws.size == 0:
-        return dataclasses.replace(_NAN_DIFF, estimate=estimate)
-    low, high = np.percentile(draws, [2.5, 97.5])
+def attainable_floor(method: TestMethod, n_boot: int, alternative: Alternative) -> float:
+    """The smallest p-value a test can give: 1 / (B + 1) one-sided, 2 / (B + 1) two-sided for the
+    bootstrap; 0 for DeLong (a normal approximation, no resampling)."""
+    if method == "delong":
+        return 0.0
+    return (1.0 if alternative == "greater" else 2.0) / (n_boot + 1)
+
+
+def require_reachable(
+    family: str, size: int, *, method: TestMethod, n_boot: int, alternative: Alternative, alpha: float = ALPHA
+) -> None:
+    """LabError when the family's smallest attainable p times its size is not below alpha (module docstring)."""
+    floor = attainable_floor(method, n_boot, alternative)
+    if size and floor * size >= alpha:
+        needed = math.ceil((1.0 if alternative == "greater" else 2.0) * size / alpha)
+        raise LabError(
+            f"The {family} family cannot reach alpha = {alpha:g}: {size} tests with {n_boot} bootstrap resamples "
+            f"give a smallest attainable p of {floor:.3g}, times {size} = {floor * size:.3g} >= {alpha:g}; use more "
+            f"than {needed} resamples (--bootstrap-test)."
+        )
+
+
+def mde(
+    se: float, *, family_size: int = 1, alternative: Alternative = "greater", alpha: float = ALPHA, power: float = POWER
+) -> float:
+    """(z_{1 - alpha / (m sides)} + z_power) * SE: the minimal detectable effect (module docstring)."""
+    from scipy.stats import norm
+
+    if not np.isfinite(se):
+        return float("nan")
+    sides = 1 if alternative == "greater" else 2
+    return float((norm.ppf(1 - alpha / (max(family_size, 1) * sides)) + norm.ppf(power)) * se)
+
+
+def bootstrap_p(draws: np.ndarray, alternative: Alternative) -> float:
+    """The percentile-bootstrap p of "no difference" from the differences d* (module docstring)."""
     b = draws.size
-    p = min(1.0, 2 * min((1 + np.sum(draws <= 0)) / (b + 1), (1 + np.sum(draws >= 0)) / (b + 1)))
-    return PairedDifference(float(estimate), float(low), float(high), float(p), n_boot_used=int(b))
+    below, above = (1 + np.sum(draws <= 0)) / (b + 1), (1 + np.sum(draws >= 0)) / (b + 1)
+    return float(below if alternative == "greater" else min(1.0, 2 * min(below, above)))
+
+
+def bootstrap_difference(point: float, draws: np.ndarray, alternative: Alternative = "two-sided") -> PairedDifference:
+    """A PairedDifference from the point difference and its bootstrap differences d* (NaN ones dropped)."""
+    draws = draws[~np.isnan(draws)]
+    if math.isnan(point) or draws.size == 0:
+        return dataclasses.replace(_NAN_DIFF, estimate=point, method="bootstrap")
+    if np.all(draws == 0) and point == 0:  # identical orderings: no difference in any resample
+        return PairedDifference(
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+            n_boot_used=int(draws.size),
+            se=0.0,
+            method="bootstrap",
+            one_sided=alternative == "greater",
+        )
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return PairedDifference(
+        float(point),
+        float(low),
+        float(high),
+        bootstrap_p(draws, alternative),
+        n_boot_used=int(draws.size),
+        se=float(np.std(draws, ddof=1)) if draws.size > 1 else float("nan"),
+        method="bootstrap",
+        one_sided=alternative == "greater",
+    )
+
+
+def delong_difference(score, reference, correct, alternative: Alternative = "two-sided") -> PairedDifference:
+    """AUROC(score) - AUROC(reference) for wrong answers by DeLong's paired test."""
+    r = delong_paired(score, reference, 1.0 - np.asarray(correct, dtype=np.float64), alternative=alternative)
+    return PairedDifference(
+        r.estimate, r.ci_low, r.ci_high, r.p, se=r.se, method="delong", one_sided=alternative == "greater"
+    )
 
 
 def paired_differences(
-    score, reference, correct, *, metrics: Sequence[str] = DIFF_METRICS, n_boot: int = 1000, seed: int = 0
+    score,
+    reference,
+    correct,
+    *,
+    metrics: Sequence[str] = DIFF_METRICS,
+    n_boot: int = N_BOOT_TEST,
+    seed: int = 0,
+    alternative: Alternative = "two-sided",
 ) -> dict[str, PairedDifference]:
-    """metric(score) - metric(reference) for each metric, on the same bootstrap resamples (module docstring)."""
+    """metric(score) - metric(reference) for each metric (module docstring), one test each (family of 1)."""
     unc_s, unc_r = np.asarray(score, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     y = np.asarray(correct, dtype=np.float64)
     if not (unc_s.shape == unc_r.shape == y.shape) or y.ndim != 1:
         raise LabError(f"Scores ({unc_s.shape}, {unc_r.shape}) and correctness ({y.shape}) must have equal length.")
     frame = pd.DataFrame({"score": unc_s, "reference": unc_r})
-    return differences_vs(frame, y, reference="reference", metrics=metrics, n_boot=n_boot, seed=seed)["score"]
+    return differences_vs(
+        frame, y, reference="reference", metrics=metrics, n_boot=n_boot, seed=seed, alternative=alternative
+    )["score"]
 
 
 def holm(p_values) -> np.ndarray:
@@ -103,6 +195,28 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+class Acc50Bootstrap:
+    """Tie-averaged acc50 of any score on one fixed set of seeded question resamples (paired tests)."""
+
+    def __init__(self, correct, n_boot: int = N_BOOT_TEST, seed: int = 0):
+        self.correct = np.asarray(correct, dtype=np.float64)
+        self.n_boot = int(n_boot)
+        self.counts = resample_counts(self.correct.size, self.n_boot, seed)
+        self._memo: dict[str, tuple[float, np.ndarray]] = {}
+
+    def draws(self, name: str, unc) -> tuple[float, np.ndarray]:
+        """(acc50 on the data, acc50 on each resample [B]) of the score `unc`, remembered by `name`."""
+        if name not in self._memo:
+            unc = np.asarray(unc, dtype=np.float64)
+            point = acc50_draws(unc, self.correct, np.ones((1, unc.size), dtype=np.uint16))[0]
+            self._memo[name] = (float(point), acc50_draws(unc, self.correct, self.counts))
+        return self._memo[name]
+
+    def difference(self, name_s: str, unc_s, name_r: str, unc_r, alternative: Alternative) -> PairedDifference:
+        (point_s, boot_s), (point_r, boot_r) = self.draws(name_s, unc_s), self.draws(name_r, unc_r)
+        return bootstrap_difference(point_s - point_r, boot_s - boot_r, alternative)
+
+
 def differences_vs(
     scores_df: pd.DataFrame,
     correct,
@@ -110,40 +224,53 @@ def differences_vs(
     reference: str,
     names: Sequence[str] | None = None,
     metrics: Sequence[str] = DIFF_METRICS,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT_TEST,
     seed: int = 0,
-    draws: dict | None = None,
+    alternative: Alternative = "two-sided",
+    alpha: float = ALPHA,
+    boot: Acc50Bootstrap | None = None,
+    family: str = "comparison",
 ) -> dict[str, dict[str, PairedDifference]]:
     """Each of `names` (default: every other column) against the column `reference`: {score: {metric:
-    PairedDifference}}, p_holm adjusted over those scores (one family per metric). `correct`: as
-    metrics.comparison takes it; `draws`: metrics.comparison's per-score draws on the same resamples."""
+    PairedDifference}}, p_holm adjusted over those scores (one family per metric), each with its MDE.
+    `correct`: as metrics.comparison takes it; `boot`: the acc50 resamples to share (made here otherwise).
+    A bootstrap family that cannot reach `alpha` is refused (`require_reachable`)."""
     if reference not in scores_df.columns:
         raise LabError(f"The reference score '{reference}' is not among the scores: {list(scores_df.columns)}.")
     y = _aligned_correct(scores_df, correct)
-    draws = {} if draws is None else draws
-    idx = None
-
-    def drawn(name: str, unc: np.ndarray):
-        nonlocal idx
-        if name not in draws:
-            idx = resamples(y.size, n_boot, seed) if idx is None else idx
-            draws[name] = metric_draws(unc, y, idx)
-        return draws[name]
-
     unc_r = scores_df[reference].to_numpy(dtype=np.float64)
     names = [n for n in (names if names is not None else scores_df.columns) if n != reference]
+    if "acc50" in metrics and names:
+        require_reachable(
+            family,
+            len(names),
+            method="bootstrap",
+            n_boot=boot.n_boot if boot else n_boot,
+            alternative=alternative,
+            alpha=alpha,
+        )
+    if boot is None and "acc50" in metrics and names:
+        boot = Acc50Bootstrap(y, n_boot, seed)
     out: dict[str, dict[str, PairedDifference]] = {}
     for name in names:
         unc_s = scores_df[name].to_numpy(dtype=np.float64)
         if np.isnan(unc_s).all() or np.isnan(unc_r).all():
-            out[name] = {m: dataclasses.replace(_NAN_DIFF) for m in metrics}
+            out[name] = {m: dataclasses.replace(_NAN_DIFF, method=TEST_METHOD.get(m, "")) for m in metrics}
             continue
-        (point_s, boot_s), (point_r, boot_r) = drawn(name, unc_s), drawn(reference, unc_r)
-        out[name] = {m: _difference(point_s[m], point_r[m], boot_s[m], boot_r[m]) for m in metrics}
+        row = {}
+        for m in metrics:
+            if m == "auroc":
+                row[m] = delong_difference(unc_s, unc_r, y, alternative)
+            elif m == "acc50":
+                row[m] = boot.difference(name, unc_s, reference, unc_r, alternative)
+            else:
+                raise LabError(f"No paired test for the metric '{m}': choose from {list(TEST_METHOD)}.")
+        out[name] = row
     for m in metrics:
         adjusted = holm([out[n][m].p for n in out])
         for n, p_adj in zip(out, adjusted):
             out[n][m].p_holm = float(p_adj)
+            out[n][m].mde = mde(out[n][m].se, family_size=len(out), alternative=alternative, alpha=alpha)
     return out
 
 
@@ -153,15 +280,25 @@ def differences_vs_usual(
     *,
     usual: str = "mean_token_nll",
     metrics: Sequence[str] = DIFF_METRICS,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT_TEST,
     seed: int = 0,
-    draws: dict | None = None,
+    boot: Acc50Bootstrap | None = None,
 ) -> dict[str, dict[str, PairedDifference]]:
-    """Every other column of `scores_df` against `usual`: {score: {metric: PairedDifference}}, with p_holm
-    adjusted over all compared scores (one family per metric). `correct`: as metrics.comparison takes it."""
+    """Every other column of `scores_df` against `usual` (two-sided): {score: {metric: PairedDifference}},
+    with p_holm adjusted over all compared scores (one family per metric, labelled exploratory in the
+    report). `correct`: as metrics.comparison takes it."""
     if usual not in scores_df.columns:
         raise LabError(f"The usual score '{usual}' is not among the scores: {list(scores_df.columns)}.")
-    return differences_vs(scores_df, correct, reference=usual, metrics=metrics, n_boot=n_boot, seed=seed, draws=draws)
+    return differences_vs(
+        scores_df,
+        correct,
+        reference=usual,
+        metrics=metrics,
+        n_boot=n_boot,
+        seed=seed,
+        boot=boot,
+        family="exploratory (against the usual score)",
+    )
 
 
 @dataclasses.dataclass
@@ -180,10 +317,7 @@ def against_length(
     correct,
     *,
     kinds: dict[str, str] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    draws: dict | None = None,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
 ) -> LengthCheck:
     """The length check of the module docstring on the columns of `scores_df` (kinds: as in `verdict`)."""
     kinds = kinds or {}
@@ -197,19 +331,15 @@ def against_length(
     if not lengths or not candidates:
         missing = "answer length was not computed" if not lengths else "no semantic score was computed"
         return LengthCheck(False, f"No length check: {missing}.")
-    draws = {} if draws is None else draws
-    idx = resamples(y.size, n_boot, seed)
-    for n in lengths:
-        if n not in draws:
-            draws[n] = metric_draws(scores_df[n].to_numpy(dtype=np.float64), y, idx)
-    reference = max(lengths, key=lambda n: np.nan_to_num(draws[n][0]["auroc"], nan=-1.0))
+    aurocs = {n: _auroc(scores_df[n].to_numpy(dtype=np.float64), y) for n in lengths}
+    reference = max(lengths, key=lambda n: np.nan_to_num(aurocs[n], nan=-1.0))
     diffs = differences_vs(
-        scores_df, y, reference=reference, names=candidates, metrics=("auroc",), n_boot=n_boot, seed=seed, draws=draws
+        scores_df, y, reference=reference, names=candidates, metrics=("auroc",), alternative="greater", alpha=alpha
     )
     rows = {n: d["auroc"] for n, d in diffs.items() if not math.isnan(d["auroc"].estimate)}
     if not rows:
         return LengthCheck(False, "No length check: no AUROC could be computed (one class of answers).", reference)
-    auroc_length = draws[reference][0]["auroc"]
+    auroc_length = aurocs[reference]
     winners = {n: d for n, d in rows.items() if d.estimate > 0 and d.p_holm < alpha}
     if winners:
         best = max(winners, key=lambda n: winners[n].estimate)
@@ -217,7 +347,7 @@ def against_length(
         sentence = (
             f"{len(winners)} semantic / decomposition score(s) beat answer length (`{reference}`, AUROC "
             f"{auroc_length:.3f}); the best, `{best}`: AUROC {d.estimate:+.3f} (95% CI [{d.ci_low:+.3f}, "
-            f"{d.ci_high:+.3f}], Holm-adjusted p = {d.p_holm:.3g})."
+            f"{d.ci_high:+.3f}], one-sided DeLong, Holm-adjusted p = {d.p_holm:.3g})."
         )
         return LengthCheck(True, sentence, reference, best, d)
     best = max(rows, key=lambda n: rows[n].estimate)

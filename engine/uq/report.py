@@ -6,6 +6,8 @@ Figures, one facet per question set:
 - rejection_curves.png: accuracy of the retained answers as the most uncertain are rejected, for the
   usual score behind A2, the semantic score behind A3, the best decomposition score (by AUROC), the
   strongest baselines (answer length, kernel language entropy);
+- contrasts.png: the pre-registered contrasts (engine.uq.contrasts) of the primary and same-rank control
+  families, ΔAUROC with 95% intervals;
 - decomposition_ablation.png: AUROC and accuracy at 50% coverage (A3 of that score) with 95% intervals
   for every decomposition score (spreads, share, subspace probes of the embedding map, the meaning-cluster
   discriminant and the lexical map), the usual score's value as a rule.
@@ -13,6 +15,7 @@ Figures, one facet per question set:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -25,6 +28,8 @@ import pandas as pd
 from engine.core.figures import chart_png
 from engine.core.paths import atomic_write
 from engine.core.provenance import git_commit, versions, versions_line
+from engine.uq.confirmation import PLAN, RESULT
+from engine.uq.contrasts import contrasts_markdown
 from engine.uq.decompositions import DECOMPOSITIONS
 from engine.uq.evaluation import Evaluation
 from engine.uq.export import judges_markdown
@@ -282,7 +287,58 @@ def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
         .properties(title="Decomposition scores (dashed: the usual score behind A2)")
         .configure_axisY(labelLimit=320)
     )
-    return {"a1_a2_a3": a123_chart_, "rejection_curves": curves, "decomposition_ablation": ablation_chart}
+    out = {"a1_a2_a3": a123_chart_, "rejection_curves": curves, "decomposition_ablation": ablation_chart}
+    contrasts = contrasts_frame(evaluations)
+    if len(contrasts):
+        out["contrasts"] = contrasts_chart(contrasts, order=order)
+    return out
+
+
+def contrasts_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFrame:
+    """One row per AUROC contrast of the primary and same-rank control families with an estimate: set,
+    family, contrast, estimate and its 95% interval, and whether Holm's p is below 0.05 ("holm")."""
+    rows = []
+    for title, evaluation in evaluations:
+        for c in evaluation.summary.contrasts:
+            if c["family"] in ("primary", "same-rank control") and not _nan(c.get("estimate")):
+                rows.append(
+                    {
+                        "set": title,
+                        "family": c["family"],
+                        "contrast": c["name"],
+                        "estimate": c["estimate"],
+                        "low": c["ci_low"],
+                        "high": c["ci_high"],
+                        "holm": "Holm p < 0.05" if c["p_holm"] < 0.05 else "Holm p ≥ 0.05",
+                    }
+                )
+    return pd.DataFrame(rows, columns=["set", "family", "contrast", "estimate", "low", "high", "holm"])
+
+
+def contrasts_chart(frame: pd.DataFrame, *, order: Sequence[str] | None = None):
+    """ΔAUROC (enhanced − baseline) with 95% intervals per contrast, one facet per set; zero as a rule."""
+    import altair as alt
+
+    y = alt.Y("contrast:N", title=None, sort=None)
+    points = (
+        alt.Chart()
+        .mark_point(filled=True)
+        .encode(
+            x=alt.X("estimate:Q", title="ΔAUROC (with the decomposition − without / − same-rank control)"),
+            y=y,
+            color=alt.Color("family:N"),
+            shape=alt.Shape("holm:N", title="within its family"),
+        )
+    )
+    ranges = alt.Chart().mark_rule().encode(x="low:Q", x2="high:Q", y=y, color=alt.Color("family:N"))
+    zero = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(x=alt.datum(0))
+    return (
+        alt.layer(ranges, points, zero, data=frame)
+        .properties(width=360, height=max(120, 14 * frame["contrast"].nunique()))
+        .facet(row=alt.Row("set:N", title=None, sort=list(order) if order else None))
+        .properties(title="Pre-registered contrasts: each method with against without the decomposition (AUROC)")
+        .configure_axisY(labelLimit=420)
+    )
 
 
 def save_png(chart, path: Path) -> Path:
@@ -387,6 +443,49 @@ def _setup(manifest: dict, sets: Sequence, seconds: dict[str, float], report_mac
     return lines
 
 
+def seed_answer(evaluations: Sequence[tuple[str, Evaluation]], plan: dict | None, confirmed: dict | None) -> list[str]:
+    """The seed's question in its own words: A1, A2 (usual score), A3 (semantic entropy), A3 with the
+    decomposition (the fixed contrast's enhanced score), then the confirmation's one sentence."""
+    lines = ["## The answer", ""]
+    explore = next((e for t, e in evaluations if e.summary.contrasts), evaluations[0][1] if evaluations else None)
+    enhanced = plan["contrast"]["enhanced"] if plan else None
+    if confirmed:
+        c = confirmed
+        lines += [
+            f"On the {c['n_graded']} unseen confirmation questions ({c['judge']} judge; probes and subspaces fitted "
+            f"on the {c['n_exploration']} exploration questions): **A1** = {c['A1']:.3f} (answering all) · **A2** = "
+            f"{c['A2']:.3f} (the 50% most certain by mean token NLL, the usual score) · **A3** = {c['A3']:.3f} (by "
+            f"semantic entropy) · **A3 with the decomposition** = {c['A3_decomposition']:.3f} (by `{enhanced}`; the "
+            f"same method without it, `{c['contrast']['baseline']}`: {c['A3_baseline']:.3f}).",
+            "",
+            f"**{c['sentence']}** (the one pre-registered test: {c['contrast']['name']}, fixed from the exploration "
+            f"set, hash `{c['hash'][:12]}`.)",
+            "",
+        ]
+        return lines
+    if explore is not None:
+        s = explore.summary
+        a3d = s.methods.get(enhanced, {}).get("acc50") if enhanced else None
+        lines += [
+            f"Exploration set, n = {s.n} ({s.judge} judge): **A1** = {s.A1:.3f} · **A2** = {s.A2:.3f} (by "
+            f"`{s.usual_method}`, the usual score) · **A3** = {s.A3:.3f} (by `{s.semantic_method}`)"
+            + (f" · **A3 with the decomposition** = {a3d:.3f} (by `{enhanced}`)" if a3d is not None else "")
+            + ".",
+            "",
+        ]
+    if plan:
+        lines += [
+            f"**Not confirmed yet.** The contrast fixed for confirmation is *{plan['contrast']['name']}* "
+            f"(`{plan['contrast']['enhanced']}` against `{plan['contrast']['baseline']}`, hash "
+            f"`{plan['hash'][:12]}`); its exploration estimate does not answer the question: run the confirmation "
+            "stage (`make study-uq`).",
+            "",
+        ]
+    elif explore is not None:
+        lines += [f"Exploration verdict: {explore.summary.verdict.sentence}", ""]
+    return lines
+
+
 def summary_report(
     manifest: dict,
     sets: Sequence,
@@ -394,9 +493,35 @@ def summary_report(
     *,
     seconds: dict[str, float],
     report_machine: dict,
+    plan: dict | None = None,
+    confirmed: dict | None = None,
 ) -> str:
-    """summary.md of the study: the answer per set first, the tables, the figures, how it was made."""
+    """summary.md of the study: the seed's answer first (A1, A2, A3, A3 with the decomposition, the
+    confirmation's sentence), the contrast tables, the tables under each judge, the figures, how it was made."""
     lines = ["# Is decomposition into semantic / surface subspaces useful for reducing errors?", ""]
+    lines += seed_answer(evaluations, plan, confirmed)
+    lines += ["## Pre-registered contrasts (with against without the decomposition)", ""]
+    for title, evaluation in evaluations:
+        s = evaluation.summary
+        if not s.contrasts:
+            continue
+        lines += [
+            f"### {title} ({s.judge} judge, n = {s.n})",
+            "",
+            "Primary family: each method on the decomposition's semantic subspace against the same method on the "
+            "full hidden state, AUROC of wrong-answer detection, DeLong's one-sided paired test, Holm within the "
+            "family; beside it acc@50 (tie-averaged, paired bootstrap of "
+            f"{s.n_boot_test} resamples). Same-rank controls: the semantic subspace against a random and a PCA "
+            "subspace of the same rank per fold through the same method. Exploratory: against the usual score. "
+            f"Every cross-fitted score is the mean over {s.n_seeds} fold seeds; the last column is the seed-to-seed "
+            "spread of the AUROC difference. MDE: the minimal detectable effect (80% power) at Holm's strictest "
+            "level.",
+            "",
+            contrasts_markdown(s.contrasts),
+            "",
+        ]
+    if any(e.summary.contrasts for _t, e in evaluations):
+        lines += ["![contrasts](figures/contrasts.png)", ""]
     for title, evaluation in evaluations:
         s = evaluation.summary
         lines += [f"**{title}, n = {s.n}, {s.judge} judge:** {s.verdict.sentence}", "", s.length.sentence, ""]
@@ -407,8 +532,10 @@ def summary_report(
             f"### {title}",
             "",
             f"A1 = accuracy on all {s.n} questions; A2 = on the 50% most certain by `{s.usual_method}`; A3 = "
-            f"by `{s.semantic_method}`. A3 − A2: paired bootstrap difference ({s.n_boot} resamples), "
-            "Holm-adjusted p over all scores compared. Decompositions: the verdict under that judge.",
+            f"by `{s.semantic_method}` (both tie-averaged at the cut). A3 − A2: paired bootstrap difference "
+            f"({s.n_boot_test} resamples), Holm-adjusted p over all scores compared with the usual one (exploratory). "
+            "Decompositions: the verdict under that judge (the chosen judge: on the primary contrasts; another "
+            "judge: its correctness probes from one fold seed).",
             "",
             judges_markdown(s),
             "",
@@ -450,8 +577,16 @@ def write_report(
     (out / "figures").mkdir(parents=True, exist_ok=True)
     titled = [(s.title, e) for s, e in evaluations]
     paths = [save_png(chart, out / "figures" / f"{stem}.png") for stem, chart in charts(titled).items()]
+    plan = json.loads((out / PLAN).read_text(encoding="utf-8")) if (out / PLAN).is_file() else None
+    confirmed = json.loads((out / RESULT).read_text(encoding="utf-8")) if (out / RESULT).is_file() else None
     text = summary_report(
-        manifest, [s for s, _e in evaluations], titled, seconds=seconds, report_machine=report_machine
+        manifest,
+        [s for s, _e in evaluations],
+        titled,
+        seconds=seconds,
+        report_machine=report_machine,
+        plan=plan,
+        confirmed=confirmed,
     )
     atomic_write(out / "summary.md", text.encode("utf-8"))
     return [out / "summary.md", *paths]

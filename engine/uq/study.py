@@ -34,9 +34,9 @@ from engine.core.model import LoadedModel
 from engine.core.options import option, shell_command, to_flags
 from engine.core.paths import atomic_write, shared_data_dir
 from engine.core.provenance import machine, utc_now
-from engine.uq import export, report
+from engine.uq import confirmation, export, report
 from engine.uq import questions as qmod
-from engine.uq.config import BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.evaluation import Evaluation, entailment_judge, evaluate_run
 from engine.uq.generation import default_template, generate_run, open_run_for
 from engine.uq.store import UqRun, get_run
@@ -61,6 +61,12 @@ class StudyConfig:
     report_only: bool = option(
         False, "rebuild the report from the cached runs named in OUT/study.json (no model, no generation)"
     )
+    confirm: bool = option(
+        False,
+        "the confirmation stage: generate the WebQuestions test questions the exploration sample leaves out, fit on "
+        "the exploration questions, test the contrast fixed in OUT/" + confirmation.PLAN + " once",
+    )
+    contrast: str = option("", "with --confirm: the contrast to confirm (refused unless it is the fixed one)")
 
     def validate(self) -> None:
         if self.webquestions < 0:
@@ -139,8 +145,14 @@ def _question_sets(config: StudyConfig) -> list[tuple[str, str, qmod.QuestionSet
 
 def command_line(config: StudyConfig, generation: GenerationConfig, options: EvalOptions, batch: BatchOptions) -> str:
     """The CLI call that reproduces these settings: `python -m engine uq-study` and each non-default flag
-    (the evaluation's seed is the generation's: `uq-study` has one --seed)."""
-    flags = [to_flags(config), to_flags(generation), to_flags(options, skip=("seed",)), to_flags(batch)]
+    (the evaluation's seed is the generation's: `uq-study` has one --seed; its fold seeds default to the command
+    line's CLI_FOLD_SEEDS, not the page's)."""
+    flags = [
+        to_flags(config),
+        to_flags(generation),
+        to_flags(options, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS}),
+        to_flags(batch),
+    ]
     return shell_command("python -m engine uq-study", *flags)
 
 
@@ -225,6 +237,54 @@ def evaluate(
     return out
 
 
+def run_confirmation(
+    config: StudyConfig,
+    generation: GenerationConfig,
+    options: EvalOptions,
+    batch: BatchOptions,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """The confirmation stage (engine.uq.confirmation): generate what is missing of the confirmation run
+    (resumable), fit on the exploration run, test the fixed contrast once, rewrite the report."""
+    out = Path(config.out)
+    plan = confirmation.read_plan(out)
+    confirmation.check_request(plan, out, config.contrast)
+    manifest = read_manifest(out)
+    options = dataclasses.replace(options, seed=manifest["generation"]["seed"])
+    explore_entry = next((e for e in manifest["sets"] if e["name"] == "webquestions"), None)
+    if explore_entry is None or explore_entry["run_id"] != plan["exploration"]["run_id"]:
+        raise LabError(f"The study in {out} does not name the exploration run the plan was fixed on.")
+    start = time.perf_counter()
+    lm = load_model(config.model)
+    generation = dataclasses.replace(generation, prompt_template=default_template(lm))
+    qset, description = webquestions_confirmation(config.webquestions, config.sample_seed)
+    run = open_run_for(lm, qset.frame, generation, source=f"confirmation: {qset.source}")
+    total = run.total(config.limit)
+    log(f"confirmation: run {run.run_id}, {run.done(total)}/{total} questions already generated")
+    generate_run(lm, run, limit=total, batch_questions=batch.batch_questions)
+    generated = time.perf_counter() - start
+    explore = get_run(explore_entry["run_id"])
+    log(f"confirmation: fitting on {explore_entry['total']} exploration questions, testing on {total}")
+    result = confirmation.confirm_contrast(
+        explore.load_records(explore_entry["total"]),
+        run.load_records(total),
+        plan["contrast"],
+        options,
+        load_embedder(),
+        marks=(explore.marks(), run.marks()),
+    )
+    result.update(
+        run_id=run.run_id,
+        exploration_run_id=explore.run_id,
+        description=description,
+        seconds={"generation": generated, "test": time.perf_counter() - start - generated},
+        written=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    paths = [confirmation.write_result(out, result)]
+    log(result["sentence"])
+    return paths
+
+
 def run_study(
     config: StudyConfig,
     generation: GenerationConfig,
@@ -232,8 +292,13 @@ def run_study(
     batch: BatchOptions,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Generate (unless `report_only`), evaluate and write the report; returns the files written."""
+    """Generate (unless `report_only`), evaluate and write the report; returns the files written. With
+    `confirm`: the confirmation stage (`run_confirmation`) instead, then the report again."""
     config.validate()
+    if config.confirm:
+        paths = run_confirmation(config, generation, options, batch, log)
+        config = dataclasses.replace(config, confirm=False, report_only=True)
+        return paths + run_study(config, generation, options, batch, log)
     if options.nli_model:
         entailment_judge(options)  # a missing NLI model says so before any generation
     out = Path(config.out)
@@ -249,6 +314,12 @@ def run_study(
     paths = []
     for study_set, _run, evaluation in evaluations:
         paths += export.write_outputs(evaluation, out / study_set.name)
+    whole = config.limit is None and (manifest.get("config") or {}).get("limit") is None  # never from a --limit check
+    for study_set, run, evaluation in evaluations:
+        if study_set.name == "webquestions" and whole and evaluation.summary.contrasts:
+            s = evaluation.summary
+            confirmation.fix_contrast(out, s.contrasts, run_id=run.run_id, n=s.n, judge=s.judge)
+            paths.append(out / confirmation.PLAN)
     paths += report.write_report(
         out,
         manifest,

@@ -199,20 +199,31 @@ def _complement(basis: np.ndarray) -> np.ndarray:
 
 
 def cross_fit(
-    name: str, hidden: Sequence[np.ndarray], n_folds: int, seed: int, fit: Callable[[np.ndarray, np.ndarray], tuple]
+    name: str,
+    hidden: Sequence[np.ndarray],
+    n_folds: int,
+    seed: int,
+    fit: Callable[[np.ndarray, np.ndarray], tuple],
+    folds: np.ndarray | None = None,
 ) -> Decomposition:
     """Standardise and fit `fit(z, train) -> (semantic [d, r], surface [d, s], info)` per fold on the other
     folds' samples (`train`: sample mask; `fit` raises CannotFit for a fold it cannot fit); spreads of the
-    held-out fold's questions in those subspaces. `hidden[i]`: question i's sample states [K_i, d]."""
+    held-out fold's questions in those subspaces. `hidden[i]`: question i's sample states [K_i, d].
+    `folds`: fixed question folds instead of `question_folds(n, n_folds, seed)`; a question in fold -1 is
+    only ever trained on (fit on one set, apply to another: folds = -1 for the first, 0 for the second)."""
     n = len(hidden)
     nan = np.full(n, np.nan)
-    if n < 2 * n_folds or n_folds < 2:
+    if folds is None and (n < 2 * n_folds or n_folds < 2):
         note = f"needs at least {2 * max(n_folds, 2)} questions to cross-fit with {n_folds} folds; got {n}"
         return Decomposition(name, nan, nan.copy(), nan.copy(), np.full(n, -1), note=note)
     counts = np.array([len(x) for x in hidden])
     h = flatten(hidden, "hidden states")
     groups = np.repeat(np.arange(n), counts)
-    folds = question_folds(n, n_folds, seed)
+    if folds is None:
+        folds = question_folds(n, n_folds, seed)
+    else:
+        folds = np.asarray(folds, dtype=int)
+        n_folds = int(folds.max()) + 1
     out = Decomposition(name, nan, nan.copy(), nan.copy(), folds)
     notes: dict[str, list[str]] = {}  # why a fold could not be fitted -> those folds
     with single_blas_thread():
@@ -249,6 +260,7 @@ def embedding_map_decomposition(
     seed: int = 0,
     rank: int | None = None,
     energy: float = 0.95,
+    folds: np.ndarray | None = None,
 ) -> Decomposition:
     """(a), cross-fitted (module docstring): semantic = row space of the ridge map z -> sentence embedding,
     surface = its complement. `hidden[i]` [K_i, d], `embeddings[i]` [K_i, e]. Each fold's info: the ridge
@@ -264,7 +276,7 @@ def embedding_map_decomposition(
         r2 = float(r2_score(e[test], ridge.predict(z[test]))) if test.sum() > 1 else float("nan")
         return basis, _complement(basis), {"alpha": ridge.alpha, "heldout_r2": r2}
 
-    return cross_fit("embedding_map", hidden, n_folds, seed, fit)
+    return cross_fit("embedding_map", hidden, n_folds, seed, fit, folds)
 
 
 def subspace_spreads(

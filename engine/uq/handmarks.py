@@ -1,0 +1,116 @@
+"""The automatic judges against hand marks: which answers to mark, and how well each judge agrees.
+
+Sample (`draw_sample`): the graded answers of a run fall in two strata, "agree" (every automatic judge
+gives the same verdict) and "disagree" (they differ). A seeded simple random sample of `n_random`
+answers of the run (numpy default_rng(seed).choice without replacement) is drawn first, then up to
+`n_disagreement` more answers from the disagree stratum that the random sample missed (same generator):
+disagreements are where the judges' accuracies differ, so they are oversampled. The marking happens in the
+lab's marking view with the automatic verdicts hidden; the marks file holds question_id, answer, mark.
+
+Agreement (`judge_agreement`): each marked answer belongs to one population stratum s (agree /
+disagree) with N_s answers in the run and n_s marked; it gets the weight w = N_s / n_s (post-
+stratification), so the weighted numbers estimate the whole run's, not the oversampled sample's:
+    accuracy_j = sum_i w_i [judge_j(i) = mark(i)] / sum_i w_i,
+    kappa_j = Cohen's kappa of judge j against the marks with sample_weight w (sklearn cohen_kappa_score).
+With fewer than MIN_FOR_KAPPA marked answers, or one class only among the marks or the verdicts, the
+kappa is not computed and the row says "too few hand marks for a kappa".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from engine.core.errors import LabError
+
+MIN_FOR_KAPPA = 30
+SAMPLE_COLUMNS = ("question_id", "stratum", "answer")
+MARK_COLUMNS = ("question_id", "answer", "mark")
+TOO_FEW = "too few hand marks for a kappa"
+
+
+def disagreement(verdicts: pd.DataFrame) -> pd.Series:
+    """Per answer (index = question id): whether the automatic judges' verdicts (bool columns; None where
+    ungraded) differ; NaN where no judge graded it."""
+    graded = verdicts.notna().any(axis=1)
+    differs = verdicts.apply(lambda row: len({bool(v) for v in row if v is not None and not pd.isna(v)}) > 1, axis=1)
+    return differs.where(graded)
+
+
+def draw_sample(
+    answers: pd.Series, verdicts: pd.DataFrame, *, n_random: int = 150, n_disagreement: int = 50, seed: int = 0
+) -> pd.DataFrame:
+    """The answers to mark (module docstring): question_id, stratum ("random" / "disagreement"), answer,
+    in the run's order. `answers`: the graded answer per question id; `verdicts`: the judges' columns."""
+    differs = disagreement(verdicts)
+    graded = differs.index[differs.notna()]
+    if len(graded) < n_random:
+        raise LabError(f"The run has {len(graded)} graded answers; a sample of {n_random} needs at least that many.")
+    rng = np.random.default_rng(seed)
+    random = set(rng.choice(np.asarray(graded), size=n_random, replace=False).tolist())
+    pool = [i for i in graded if differs[i] and i not in random]
+    extra = (
+        set(rng.choice(np.asarray(pool), size=min(n_disagreement, len(pool)), replace=False).tolist())
+        if pool
+        else set()
+    )
+    rows = [
+        {"question_id": i, "stratum": "random" if i in random else "disagreement", "answer": answers[i]}
+        for i in answers.index
+        if i in random or i in extra
+    ]
+    return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
+
+
+def read_marks(path) -> pd.DataFrame:
+    """A marks file (CSV: question_id, answer, mark as true/false or 1/0); LabError naming what is wrong."""
+    try:
+        frame = pd.read_csv(path, dtype={"question_id": str, "answer": str})
+    except (OSError, ValueError) as err:
+        raise LabError(f"Cannot read the marks file {path}: {err}") from err
+    missing = [c for c in MARK_COLUMNS if c not in frame.columns]
+    if missing:
+        raise LabError(
+            f"The marks file {path} lacks the column(s) {', '.join(missing)} (needs {', '.join(MARK_COLUMNS)})."
+        )
+    truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    marks = frame["mark"].astype(str).str.strip().str.lower().map(truth)
+    if marks.isna().any():
+        bad = frame["mark"][marks.isna()].iloc[0]
+        raise LabError(f"The marks file {path} has a mark '{bad}': use true / false.")
+    return frame.assign(mark=marks.astype(bool), answer=frame["answer"].fillna(""))
+
+
+def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per judge: n marked, weighted accuracy and kappa against the hand marks (module docstring), and a
+    note on marks left out (unknown question or an answer that is not the run's)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    differs = disagreement(verdicts)
+    known = marks["question_id"].isin(answers.index)
+    same = known & (marks["answer"].str.strip() == answers.reindex(marks["question_id"]).fillna("").str.strip().values)
+    used = marks[same].drop_duplicates("question_id", keep="last").set_index("question_id")
+    note = ""
+    if (~same).any():
+        note = f"{int((~same).sum())} mark(s) left out: their question is not in the run or their answer differs"
+    stratum = differs.reindex(used.index).fillna(False).astype(bool)
+    population = differs.dropna().astype(bool)
+    weights = np.ones(len(used))
+    for value in (True, False):
+        n_marked = int((stratum == value).sum())
+        if n_marked:
+            weights[(stratum == value).to_numpy()] = int((population == value).sum()) / n_marked
+    rows = []
+    for judge in verdicts.columns:
+        v = verdicts[judge].reindex(used.index)
+        ok = v.notna().to_numpy()
+        y_judge, y_mark, w = v[ok].astype(bool).to_numpy(), used["mark"].to_numpy()[ok], weights[ok]
+        row = {"judge": judge, "n": int(ok.sum()), "accuracy": float("nan"), "kappa": float("nan"), "note": ""}
+        if ok.any():
+            row["accuracy"] = float(np.sum(w * (y_judge == y_mark)) / np.sum(w))
+        if ok.sum() < MIN_FOR_KAPPA or len(set(y_mark)) < 2 or len(set(y_judge)) < 2:
+            row["note"] = f"{TOO_FEW} ({int(ok.sum())} marked, at least {MIN_FOR_KAPPA} of both kinds needed)"
+        else:
+            row["kappa"] = float(cohen_kappa_score(y_mark, y_judge, sample_weight=w))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["judge", "n", "accuracy", "kappa", "note"]), note

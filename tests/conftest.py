@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
 import tiny_models  # noqa: E402
 
-REAL_MODEL_FIXTURES = {"embedded_lm", "embedder"}
+REAL_MODEL_FIXTURES = {"embedded_lm", "embedder", "smollm2_lm"}
+REAL_MODEL_MODULES = {"test_executor_ray.py"}  # every test there evaluates with the real sentence embedder
 # Tests that load a real model without asking for a fixture: a page's own loader or the server's.
 LOADS_A_REAL_MODEL = {
     "test_app_home.py::test_a_failed_load_leaves_the_picker_on_the_model_in_use",
@@ -48,7 +49,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         browser = _drives_a_browser(item)
         if browser:
             item.add_marker(pytest.mark.browser)
-        if browser or name in LOADS_A_REAL_MODEL or REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        real = item.path.name in REAL_MODEL_MODULES or name in LOADS_A_REAL_MODEL
+        if browser or real or REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_model)
 
 

@@ -33,6 +33,7 @@ REQUIRED = {
     "heads": ["--out", "x"],
     "superweights": ["--out", "x"],
     "uq": ["--questions", "default"],
+    "uq-marks": ["sample", "--run", "abc123"],
 }
 WITHOUT_CONFIG = {"models"}  # commands with no config dataclass
 

@@ -58,9 +58,10 @@ def register(subparsers) -> None:
     add_options(parser, BatchOptions)
     add_options(parser, ExecutorConfig)
     add_options(parser, ShardOptions)
-    add_options(parser, EvalOptions, skip=("seed",))  # one --seed: the generation's, as on the page
+    # one --seed: the generation's, as on the page; 10 fold seeds on the command line (the page takes 1)
+    add_options(parser, EvalOptions, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS})
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.set_defaults(func=run, n_seeds=CLI_FOLD_SEEDS)
+    parser.set_defaults(func=run)
 
     study = subparsers.add_parser(
         "uq-study",
@@ -69,9 +70,9 @@ def register(subparsers) -> None:
     add_options(study, StudyConfig)
     add_options(study, GenerationConfig)
     add_options(study, BatchOptions)
-    add_options(study, EvalOptions, skip=("seed",))
+    add_options(study, EvalOptions, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS})
     study.add_argument("--quiet", action="store_true", help="no progress lines")
-    study.set_defaults(func=study_command, n_seeds=CLI_FOLD_SEEDS)
+    study.set_defaults(func=study_command)
     register_marks(subparsers)
 
 
@@ -95,7 +96,7 @@ def register_marks(subparsers) -> None:
         "--disagreements", type=int, default=50, help="sample: extra answers the judges disagree on (%(default)s)"
     )
     marks.add_argument("--sample-seed", type=int, default=0, help="sample: seed of the draw (default: %(default)s)")
-    add_options(marks, EvalOptions, skip=("seed",))
+    add_options(marks, EvalOptions, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS})
     marks.set_defaults(func=marks_command)
 
 

@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from engine.core.architecture import body, decoder_layers, down_projections, down_weight
+from engine.core.capture import capture
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import ElementEdit, edited_weights
@@ -367,21 +368,10 @@ def super_activations(
     lm, _ = _lm(model)
     splits = _Splits.of(data, settings)
     modules = down_projections(lm.model)
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make(i: int):
-        def hook(module, inputs, output):
-            seen[i] = (inputs[0].detach().float(), output.detach().float())  # [N, T, I], [N, T, D]
-
-        return hook
-
     with lm.lock:
-        handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
-        try:
+        with capture(lm, modules, inputs=True) as acts:
             body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+        seen = {i: (acts.inputs[i].float(), acts[i].float()) for i in acts}  # [N, T, I], [N, T, D]
         prompt = data.prompts(1)[0]
         rows = []
         for i in range(len(modules)):
@@ -497,21 +487,8 @@ def massive_activations(
     lm, _ = _lm(model)
     splits = _Splits.of(data, settings)
     layers = decoder_layers(lm.model)
-    seen: dict[int, torch.Tensor] = {}
-
-    def make(i: int):
-        def hook(module, inputs, output):
-            seen[i] = (output[0] if isinstance(output, tuple) else output).detach()  # [N, T, D]
-
-        return hook
-
-    with lm.lock:
-        handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]
-        try:
-            body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with capture(lm, layers) as seen:  # layer i -> the residual stream after it, [N, T, D]
+        body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
     return pd.DataFrame([{"layer": i, **residual_peaks(seen[i])} for i in range(len(layers))])
 
 

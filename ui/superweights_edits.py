@@ -20,8 +20,7 @@ from engine.core.errors import LabError
 from engine.core.jobs import RUNNER, Job
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import weights_edit_problem
-from engine.superweights import ablation, quantize
-from engine.superweights import detect as sw
+from engine.superweights import ablation, detect, quantize
 from engine.superweights.config import (
     CLIP_FRACTION,
     DEFAULT_BITS,
@@ -50,7 +49,7 @@ K_RANGE = (0, 100_000)
 FRACTION_RANGE = (0.0, 0.01)
 
 
-def candidates_key(cands: list[sw.Candidate]) -> tuple:
+def candidates_key(cands: list[detect.Candidate]) -> tuple:
     """What an ablation or quantization depends on in the candidates (coordinates, weight, activation)."""
     return tuple((c.coord, c.weight, c.super_activation) for c in cands)
 
@@ -69,7 +68,7 @@ def _previous_note(what: str, result: Shown, button: str) -> None:
     )
 
 
-def start_ablation(lm: LoadedModel, inputs: Hashable, cands: list[sw.Candidate], k: int, scale: float, tokens: int):
+def start_ablation(lm: LoadedModel, inputs: Hashable, cands: list[detect.Candidate], k: int, scale: float, tokens: int):
     """The ablation of these inputs as this person's background job (the running one when there is one);
     its table goes to the process's results for `inputs` when it is done. A LabError is shown."""
     key = ablation_job_key(inputs)
@@ -91,7 +90,7 @@ def start_ablation(lm: LoadedModel, inputs: Hashable, cands: list[sw.Candidate],
         st.error(str(err), icon=":material/error:")
 
 
-def render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
+def render_ablation(lm: LoadedModel, detection: detect.Detection) -> None:
     st.subheader("4. Ablate and measure, side by side")
     problem = weights_edit_problem(lm)
     if problem:
@@ -181,7 +180,7 @@ def render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
         )
 
 
-def render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
+def render_quantization(lm: LoadedModel, detection: detect.Detection) -> None:
     st.subheader(f"5. Super-weight-aware {DEFAULT_BITS}-bit round-to-nearest")
     if weights_edit_problem(lm):
         st.info("Needs unquantized weights.", icon=":material/block:")

@@ -62,7 +62,7 @@ from engine.grokking.llm import (
     as_loaded_model,
     evaluate_ids,
 )
-from engine.superweights import detect as sw
+from engine.superweights import detect
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class LlmMeasureSettings:
     top_per_layer: int = 1
     scan_prompts: int = 4
     detect_iterations: int = 5
-    persist_factor: float = sw.PERSIST_FACTOR
+    persist_factor: float = detect.PERSIST_FACTOR
     fourier_share: float = KEY_SHARE
     seed: int = 0
 
@@ -194,13 +194,13 @@ class CandidateWeight:
 
 def candidate_weights(
     model: GrokLlama | LoadedModel, prompts: list[str], settings: LlmMeasureSettings = LlmMeasureSettings()
-) -> tuple[list[CandidateWeight], sw.Detection]:
+) -> tuple[list[CandidateWeight], detect.Detection]:
     """The detector's candidates on `prompts` and the top_per_layer largest |w| of each down projection.
 
     Returns (candidates without duplicates, scan ones first; the Detection of the first tab's rule).
     """
     lm, _ = _lm(model)
-    detection = sw.detect(
+    detection = detect.detect(
         lm, prompts, max_iterations=settings.detect_iterations, persist_factor=settings.persist_factor
     )
     found: dict[tuple[int, int, int], CandidateWeight] = {}
@@ -383,7 +383,7 @@ def super_activations(
             channel = int(bos_y.abs().argmax())
             in_channel = int(bos_x.abs().argmax())
             median = float(ay.median().item())
-            trace = sw.residual_trace(lm, prompt, 0, channel)
+            trace = detect.residual_trace(lm, prompt, 0, channel)
             row = {"layer": i}
             row.update({f"max_abs_{name}": float(v) for name, v in zip(named, per_position.tolist())})
             row["max_abs_other"] = float(per_position[1:].max()) if len(per_position) > 1 else 0.0
@@ -396,7 +396,7 @@ def super_activations(
                     "median_abs": median,
                     "bos_over_median": float(bos_y.abs().max().item()) / median if median else math.inf,
                     "persists_in_layers": ",".join(
-                        map(str, sw.persisting_layers(trace.iloc[i:], settings.persist_factor))
+                        map(str, detect.persisting_layers(trace.iloc[i:], settings.persist_factor))
                     ),
                 }
             )
@@ -506,7 +506,7 @@ class LlmMeasures:
     attention: pd.DataFrame  # attention_sink
     fourier: FourierResult
     residual: pd.DataFrame | None = None  # massive_activations
-    detection: sw.Detection | None = field(default=None, repr=False)
+    detection: detect.Detection | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
         """One row of scalars: what onset analysis reads per checkpoint."""

@@ -1,4 +1,4 @@
-"""The attention page as issue 13 asks: the view in the URL (a link or a reload restores it), the layer and
+"""The attention page: the view in the URL (a link or a reload restores it), the layer and
 head kept while the prompt is cleared, a click on a head selects it (the handler; the browser test clicks),
 long prompts readable (token window, thinned labels), the token limit's messages true, bad numbers refused
 next to their field with the results kept, figures first, and progress from the engine."""

@@ -1,4 +1,4 @@
-"""The LLM-shaped model in the grokking lab (issue 14): the normal train loop with resume, checkpoints that the
+"""The LLM-shaped model in the grokking lab: the normal train loop with resume, checkpoints that the
 first tab's loader and scan open, suppression's bound in a trained run, bad input, the bounded number of
 checkpoints, owner-namespaced run ids, and the study command on a tiny setting."""
 

@@ -40,6 +40,8 @@ def test_bad_input_is_refused_with_a_reason():
             validate(GrokConfig(train_frac=frac))
     with pytest.raises(LabError, match="GiB"):
         validate(GrokConfig(p=20000))  # 4e8 pairs: refused before anything is allocated
+    with pytest.raises(LabError, match="choose one of mlp, transformer, llm"):
+        validate(GrokConfig(model="cnn"))
 
 
 def test_dataset_labels_and_split():

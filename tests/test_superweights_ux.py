@@ -1,4 +1,4 @@
-"""Issue 13 on the super-weights tab: progress callbacks that leave every number unchanged, the figures
+"""The super-weights tab: progress callbacks that leave every number unchanged, the figures
 (integer layer axis, click-to-select a layer, perplexity-ratio bars), a reload / link that restores the
 scan and the ablation without recomputing them, and validation that explains a refused value under its
 field while the results on screen stay.

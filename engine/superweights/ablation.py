@@ -334,18 +334,18 @@ def ablation_table(
                     lm, ticking(windows, lambda i, n=n, name=cond.name: tick(n * per + i, f"{name}, window {i + 1}"))
                 )
                 tick(n * per + len(windows), f"{cond.name}, prompts")
-                sw = stopword_shift(lm, stopword_prompts, stop_ids)
+                shift = stopword_shift(lm, stopword_prompts, stop_ids)
                 texts = greedy_continuations(lm, continuation_prompts, max_new_tokens)
             rows.append(
                 {
                     "condition": cond.name,
                     "perplexity": ppl,
-                    "p_stopwords": float(sw["p_stopwords"].mean()),
-                    "p_expected": float(sw["p_expected"].mean()),
+                    "p_stopwords": float(shift["p_stopwords"].mean()),
+                    "p_expected": float(shift["p_expected"].mean()),
                     "continuation": texts[0] if texts else "",
                 }
             )
-            stops.append(sw.assign(condition=cond.name))
+            stops.append(shift.assign(condition=cond.name))
             conts.extend(
                 {"condition": cond.name, "prompt": p, "continuation": t} for p, t in zip(continuation_prompts, texts)
             )

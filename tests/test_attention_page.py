@@ -30,8 +30,9 @@ def test_prompt_head_description_empty_and_truncated(embedded_lm):
     lines = text.splitlines()
     assert lines[0].startswith("0 \u27e8bos\u27e9 -> ") and "Alice@1" in text and "Bob@3" in text
     assert "layer 2, head 3" in at.markdown[0].value or any("layer 2, head 3" in m.value for m in at.markdown)
-    table = next(d.value for d in at.dataframe if "top1" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "attended #1" in d.value.columns)
     assert list(table["token"])[:2] == ["\u27e8bos\u27e9", "Alice@1"]
+    assert "top1" not in table.columns and not table.isna().any().any() and not (table == "").any().any()
     assert len(at.get("vega_lite_chart")) >= 2  # head heatmap + model view
     # Empty prompt: the message, and no stale chart or description from the previous prompt.
     at.text_area(key="att_prompt").set_value("   ").run()
@@ -94,9 +95,9 @@ def test_ask_and_score_tabs_with_a_tiny_model(tiny_gemma3_dir):
     at.run()
     at.button(key="att_score_run").click().run()
     assert not at.exception and not at.error
-    scores = next(d.value for d in at.dataframe if "top1_agreement" in d.value.columns)
-    assert set(scores["layer.head"]) == {"1.2"} and len(scores) == 5 and (scores["n_queries"] == 6).all()
+    scores = next(d.value for d in at.dataframe if "top1 agreement" in d.value.columns)
+    assert set(scores["layer.head"]) == {"1.2"} and len(scores) == 5 and (scores["n queries"] == 6).all()
     assert any("**1.2**" in m.value and "→" in m.value for m in at.markdown)
     at.text_area(key="att_prompt").set_value("A different prompt").run()
     assert not at.exception
-    assert not any("top1_agreement" in d.value.columns for d in at.dataframe)
+    assert not any("top1 agreement" in d.value.columns for d in at.dataframe)

@@ -46,7 +46,7 @@ def attention_session(prompt: str) -> tuple:
     at.selectbox(key="att_head").set_value(1)
     at.run()
     assert not at.exception, at.exception
-    table = next(d.value for d in at.dataframe if "top1" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "attended #1" in d.value.columns)
     return at.code[0].value, table.reset_index(drop=True)
 
 

@@ -53,7 +53,7 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     frames = _frames(at)
     scan = next(f for f in frames if "max |output|" in f.columns)
     assert len(scan) == 18  # Gemma 3 270M layers
-    cands = next(f for f in frames if "persists_in_layers" in f.columns)
+    cands = next(f for f in frames if "persists in layers" in f.columns)
     assert len(cands) >= 1
     first = cands.iloc[0]
     assert first["layer"] == scan["max |output|"].idxmax()
@@ -67,7 +67,7 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
         if job.key.startswith("sw-ablation-"):
             job.wait(600)
     at.run()
-    table = next(f for f in _frames(at) if "ppl_ratio" in f.columns)
+    table = next(f for f in _frames(at) if "perplexity ratio, ablated / original" in f.columns)
     assert list(table["condition"])[:2] == ["original", "super weight zeroed"] and len(table) == 5
     assert table["perplexity"].gt(1).all()
     assert at.query_params.get("sw_ablated") == "1"  # a reload shows the ablation again
@@ -77,7 +77,11 @@ def test_tab_loads_nothing_until_scan_then_scans_ablates_and_quantizes():
     at.selectbox(key="sw_q_tokens").set_value(256)
     at.button(key="sw_quant").click().run()
     assert not at.exception
-    quant = next(f for f in _frames(at) if "held_weights" in f.columns)
+    for job in RUNNER.jobs():  # the quantization too
+        if job.key.startswith("sw-quantization-"):
+            job.wait(600)
+    at.run()
+    quant = next(f for f in _frames(at) if "weights held in full precision" in f.columns)
     assert len(quant) == 3 and quant["perplexity"].gt(1).all()
 
     # a changed input keeps the last results on screen, marked as from other settings, until Scan

@@ -183,6 +183,10 @@ def _frame(at: AppTest, column: str) -> pd.DataFrame | None:
     return next((d.value for d in at.dataframe if column in d.value.columns), None)
 
 
+def _ablation_frame(at: AppTest) -> pd.DataFrame | None:
+    return _frame(at, "perplexity ratio, ablated / original")
+
+
 def _errors(at: AppTest) -> str:
     return "\n".join(e.value for e in at.error)
 
@@ -207,9 +211,9 @@ def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(
     assert not at.exception, at.exception
     scan = _frame(at, "max |output|")
     assert scan is not None and at.query_params.get("sw_scanned") == "1"
-    assert _frame(at, "persists_in_layers") is not None
+    assert _frame(at, "persists in layers") is not None
     _ablate(at)
-    ablated = _frame(at, "ppl_ratio")
+    ablated = _ablation_frame(at)
     assert ablated is not None and at.query_params.get("sw_ablated") == "1"
     other = 1 - at.selectbox(key="sw_layer").value  # the layer the page did not select by itself (2 layers)
 
@@ -221,7 +225,7 @@ def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(
     monkeypatch.setattr(ab, "ablation_table", no_recompute)
     again = _session(planted_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
     pd.testing.assert_frame_equal(_frame(again, "max |output|"), scan)
-    pd.testing.assert_frame_equal(_frame(again, "ppl_ratio"), ablated)
+    pd.testing.assert_frame_equal(_ablation_frame(again), ablated)
     assert again.selectbox(key="sw_layer").value == other
     assert any(f"Layer {other}:" in c.value for c in again.caption)
 
@@ -230,14 +234,14 @@ def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(plant
     at = _session(planted_gemma3_dir, SETTINGS)
     at.button(key="sw_scan").click().run()
     _ablate(at)
-    scan, ablated = _frame(at, "max |output|"), _frame(at, "ppl_ratio")
+    scan, ablated = _frame(at, "max |output|"), _ablation_frame(at)
     assert scan is not None and ablated is not None
 
     at.number_input(key="sw_k").set_value(-5).run()
     assert not at.exception, at.exception
     assert "k must be a whole number between 0 and 100,000 (got -5)" in _errors(at)
     assert at.button(key="sw_ablate").disabled and not at.button(key="sw_scan").disabled
-    pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)  # still on screen, marked as the last one
+    pd.testing.assert_frame_equal(_ablation_frame(at), ablated)  # still on screen, marked as the last one
     assert any("last ablation" in i.value for i in at.info)
     assert at.number_input(key="sw_k").value == -5  # never silently put back
 
@@ -250,7 +254,7 @@ def test_a_refused_value_is_explained_under_its_field_and_the_results_stay(plant
     at.number_input(key="sw_iters").set_value(1).run()
     at.number_input(key="sw_k").set_value(0).run()
     assert not _errors(at) and not at.button(key="sw_ablate").disabled
-    pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)
+    pd.testing.assert_frame_equal(_ablation_frame(at), ablated)
 
 
 def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(planted_gemma3_dir, monkeypatch):
@@ -281,23 +285,23 @@ def test_a_reload_during_the_ablation_finds_its_progress_then_its_result(planted
         reload = _session(planted_gemma3_dir, params)  # the reload, while it runs
         bars = [p.text for p in reload.get("progress")]
         assert any("The ablation: 0/15 steps · waiting · estimating…" in (t or "") for t in bars), bars
-        assert _frame(reload, "ppl_ratio") is None
+        assert _ablation_frame(reload) is None
     finally:
         gate.set()
     job.wait(300)
     reload.run()
     assert not reload.exception, reload.exception
-    assert _frame(reload, "ppl_ratio") is not None and len(calls) == 1
+    assert _ablation_frame(reload) is not None and len(calls) == 1
 
 
 def test_a_valid_change_keeps_the_last_results_marked_until_run_again(planted_gemma3_dir):
     at = _session(planted_gemma3_dir, SETTINGS)
     at.button(key="sw_scan").click().run()
     _ablate(at)
-    ablated = _frame(at, "ppl_ratio")
+    ablated = _ablation_frame(at)
     at.number_input(key="sw_k").set_value(50).run()  # valid: the chart stays, marked, until Run ablation
     assert not at.exception and not _errors(at)
-    pd.testing.assert_frame_equal(_frame(at, "ppl_ratio"), ablated)
+    pd.testing.assert_frame_equal(_ablation_frame(at), ablated)
     assert any("last ablation, computed with other settings" in i.value for i in at.info)
     assert at.query_params.get("sw_ablated") is None
     # 20 prompts: the server's limit of 16 is named under the field before Scan; the scan stays
@@ -305,3 +309,137 @@ def test_a_valid_change_keeps_the_last_results_marked_until_run_again(planted_ge
     at.text_area(key="sw_prompts").input("\n".join(f"prompt {i}" for i in range(20))).run()
     assert "prompts_per_request" in _errors(at) and at.button(key="sw_scan").disabled
     pd.testing.assert_frame_equal(_frame(at, "max |output|"), scan)
+
+
+def _gate(monkeypatch, module, name: str, total: int):
+    """Replace module.name by a version that reports (0, total, "waiting") and waits for the returned event."""
+    import threading
+
+    gate, calls = threading.Event(), []
+    real = getattr(module, name)
+
+    def gated(*args, **kwargs):
+        calls.append(1)
+        kwargs["progress"](0, total, "waiting")
+        assert gate.wait(120)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, gated)
+    return gate, calls
+
+
+def _running(prefix: str):
+    from engine.core.jobs import RUNNER
+
+    (job,) = [j for j in RUNNER.jobs() if j.key.startswith(prefix) and j.running]
+    return job
+
+
+def test_the_quantization_runs_as_a_job_a_reload_finds_and_its_person_stops(planted_gemma3_dir, monkeypatch):
+    """Run quantization no longer blocks the page: its progress comes back after a reload (before: the
+    reload lost it), Stop ends it at its next step with its weights restored, and says so."""
+    gate, calls = _gate(monkeypatch, swq, "quantization_table", 9)
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_q_tokens": "256"})
+    at.button(key="sw_scan").click().run()
+    at.button(key="sw_quant").click().run()
+    assert not at.exception, at.exception
+    assert at.query_params.get("sw_quantized") == "1"
+    job = _running("sw-quantization-")
+    try:
+        reload = AppTest.from_function(_tab_script, default_timeout=300)
+        reload.session_state["lab_model_choice"] = (str(planted_gemma3_dir), "none")
+        reload.session_state["_lab_owner_key"] = at.session_state["_lab_owner_key"]
+        for name, value in at.query_params.items():
+            reload.query_params[name] = str(value)
+        reload.run()
+        bars = [p.text for p in reload.get("progress")]
+        assert any("The quantization: 0/9 steps · waiting · estimating…" in (t or "") for t in bars), bars
+        reload.button(key="sw_quantization_stop").click().run()
+        assert job.stopping
+    finally:
+        gate.set()
+    job.wait(300)
+    assert job.state == "stopped" and job.result is None and len(calls) == 1
+    reload.run()
+    assert not reload.exception, reload.exception
+    assert any("The quantization stopped at 0/9" in i.value for i in reload.info), [i.value for i in reload.info]
+    assert reload.query_params.get("sw_quantized") is None  # a reload does not start it again
+
+
+def test_a_tab_reopened_without_its_link_finds_the_persons_ablation(planted_gemma3_dir, monkeypatch):
+    """A new tab with no link (no scan on it) shows the person's ablation: its progress while it runs, its
+    result when it is done (before: only "Press Scan"); someone else's new tab shows nothing of it."""
+    gate, calls = _gate(monkeypatch, ab, "ablation_table", 15)
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_k": "11"})  # inputs no other test ablates
+    at.button(key="sw_scan").click().run()
+    at.button(key="sw_ablate").click().run()
+    job = _running("sw-ablation-")
+    try:
+        again = AppTest.from_function(_tab_script, default_timeout=300)
+        again.session_state["lab_model_choice"] = (str(planted_gemma3_dir), "none")
+        again.session_state["_lab_owner_key"] = at.session_state["_lab_owner_key"]
+        again.run()
+        assert not again.exception, again.exception
+        assert any("Your ablation (running), found again" in h.value for h in again.subheader)
+        bars = [p.text for p in again.get("progress")]
+        assert any("The ablation: 0/15 steps · waiting" in (t or "") for t in bars), bars
+        other = _session(planted_gemma3_dir)
+        assert not other.get("progress") and not any("found again" in h.value for h in other.subheader)
+    finally:
+        gate.set()
+    job.wait(300)
+    again.run()
+    assert not again.exception, again.exception
+    assert any("Your ablation (done), found again" in h.value for h in again.subheader)
+    assert _ablation_frame(again) is not None and len(calls) == 1
+
+
+def test_every_table_of_the_tab_is_in_words(planted_gemma3_dir):
+    """Scan, candidates, weights, ablation (with its continuations and stopwords) and quantization: no raw
+    column name (before: ppl_ratio, persists_in_layers, held_weights...), no "None", "nan" or empty cell
+    (before: the original row's block size and bits, an empty "persists in layers")."""
+    from engine.core.jobs import RUNNER
+
+    at = _session(planted_gemma3_dir, {**SETTINGS, "sw_q_tokens": "256"})
+    at.button(key="sw_scan").click().run()
+    at.button(key="sw_wstats").click().run()
+    _ablate(at)
+    at.button(key="sw_quant").click().run()
+    for job in RUNNER.jobs():
+        if job.key.startswith("sw-quantization-"):
+            job.wait(300)
+    at.run()
+    assert not at.exception, at.exception
+    frames = [d.value for d in at.dataframe]
+    assert len(frames) >= 8, [list(f.columns) for f in frames]
+    columns = [c for f in frames for c in f.columns]
+    assert not [c for c in columns if "_" in str(c)], columns
+    assert "perplexity ratio vs original" in columns and "persists in layers" in columns
+    cells = [v for f in frames for v in f.astype(object).to_numpy().ravel().tolist()]
+    assert not [c for c in cells if c is None or c != c or str(c).strip() in ("None", "nan", "")]
+
+
+def test_a_stopped_job_ends_stopped_with_every_weight_restored(lm, candidates):
+    """engine.superweights.jobs: a stop ends the computation at its next step, without a result, and the
+    weight edits in flight are undone bit for bit."""
+    import torch
+
+    from engine.superweights import jobs
+
+    before = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
+    kept, started = [], []
+
+    def stop_at_second_forward(module, args):  # a stop asked while the ablation evaluates
+        started.append(1)
+        if len(started) == 2:
+            jobs.RUNNER.stop(jobs.job_key("ablation", ("stop test",)))
+
+    handle = lm.model.register_forward_pre_hook(stop_at_second_forward)
+    try:
+        job = jobs.start_ablation(lm, ("stop test",), candidates, k=3, scale=0.0, max_tokens=64, keep=kept.append)
+        assert job.wait(120)
+    finally:
+        handle.remove()
+    assert job.state == "stopped" and job.result is None and not kept and not job.error
+    assert all(torch.equal(p, before[name]) for name, p in lm.model.named_parameters())
+    assert jobs.kind_of(job.key) == "ablation" and jobs.kind_of("grokking:x") is None

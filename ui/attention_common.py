@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, get_args
 
+import pandas as pd
 import streamlit as st
 
 from engine.attention import head_functions, maps, self_explain
@@ -26,6 +27,7 @@ from ui.attention_charts import (
 )
 from ui.fields import between, number_field
 from ui.state import ModelKey, latest, remember
+from ui.tables import readable
 
 PROMPT_ONLY = "this prompt only (the same evidence the model saw); run Head functions for labels over many prompts"
 
@@ -198,3 +200,15 @@ def select_head(picked: tuple[int, int] | None, shape: Shape) -> bool:
 def on_head_click(chart_key: str, shape: Shape) -> Callable[[], None]:
     """The on_select callback of a clickable chart: the clicked head becomes the selected one."""
     return lambda: select_head(head_from_selection(st.session_state.get(chart_key)), shape)
+
+
+def description_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """maps.describe_head's table in words: each query token's position, the r-th most attended token and its
+    weight (a dash where the query has fewer than r tokens to attend to)."""
+    labels = {"pos": "position", "token": "token"}
+    for column in map(str, frame.columns):
+        if column.startswith("top") and column[3:].isdigit():
+            labels[column] = f"attended #{column[3:]}"
+        elif column.startswith("w") and column[1:].isdigit():
+            labels[column] = f"weight #{column[1:]}"
+    return readable(frame, labels)

@@ -43,6 +43,7 @@ from ui.attention_common import (
 from ui.figures import show_chart
 from ui.progress import steps
 from ui.state import entries, latest, recall
+from ui.tables import readable
 
 SCORING_HELP = f"""
 **Explain → simulate → score** (Bills et al. 2023, adapted to heads). The explanation is written from
@@ -283,9 +284,13 @@ def _show_scores(scored: Scored) -> None:
         for e in scored.evaluations:
             st.markdown(f"- **{e.layer}.{e.head}** ({e.detector_label}): _{e.explanation}_ → {e.verdict}")
     st.markdown("**Top-1 agreement with the real argmax** (per head and predictor)")
-    st.dataframe(self_explain.top1_summary(scored.evaluations), hide_index=True, key="att_score_summary")
+    st.dataframe(
+        readable(self_explain.top1_summary(scored.evaluations), {"detector_label": "head's detector label"}),
+        hide_index=True,
+        key="att_score_summary",
+    )
     st.markdown("**All scores**")
-    st.dataframe(table.drop(columns=["explanation"]), hide_index=True, key="att_score_table")
+    st.dataframe(readable(table.drop(columns=["explanation"]), {}), hide_index=True, key="att_score_table")
     st.download_button(
         "Download scores (csv)", table.to_csv(index=False), file_name="explanation_scores.csv", key="att_score_dl"
     )

@@ -41,6 +41,7 @@ from ui.attention_common import (
     Q,
     Shape,
     View,
+    description_table,
     forward,
     help_text,
     model_shape,
@@ -295,7 +296,7 @@ def _description(view: View) -> None:
         f"Top-{TOP_K} attended tokens for every query token of **layer {layer}, head {head}**: "
         "the text given to the model."
     )
-    st.dataframe(maps.describe_head(view.result, layer, head), hide_index=True, key="att_desc_table")
+    st.dataframe(description_table(maps.describe_head(view.result, layer, head)), hide_index=True, key="att_desc_table")
     text = maps.description_text(view.result, layer, head)
     st.code(text, language=None)
     st.download_button("Download description (txt)", text, file_name=f"head_{layer}_{head}.txt", key="att_desc_dl")

@@ -24,7 +24,6 @@ AXIS = {"labelLimit": 0, "titleLimit": 0}
 CHART_FRAME = 170  # px of a step chart's height outside its plot and legends: title, x axis, paddings (measured)
 LEGEND_ROW = 24  # px a legend row takes
 MEASURE = MeasureSettings()
-MISSING = "—"  # a value a table does not have (never "None" or "nan")
 LLM_COLUMN_LABELS = {  # llm_measures.csv (engine.grokking.llm_measures.LlmMeasures.summary) in words
     "step": "step",
     "max_ppl_ratio_train": "largest perplexity ratio on train, one weight zeroed",
@@ -61,28 +60,6 @@ LLM_SERIES = {  # the llm charts' legend entries (each chart's title says what i
 def column_label(column: str) -> str:
     """A column's label in words (an llm measure's, else the name with spaces)."""
     return LLM_COLUMN_LABELS.get(column, column.replace("_", " "))
-
-
-def cell_text(value: Any) -> str:
-    """A table cell as text: MISSING for None / NaN, yes / no for booleans, numbers to 4 significant digits."""
-    if value is None or (isinstance(value, float) and value != value):
-        return MISSING
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def readable(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """A table to show: rows with no value at all dropped, columns renamed; a column with a missing value, or of
-    booleans or objects, as text (cell_text: never "None" or "nan"); complete numeric columns stay numbers."""
-    table = table.dropna(how="all").copy()
-    for column in table.columns:
-        values = table[column]
-        if values.isna().any() or values.dtype == bool or values.dtype == object:
-            table[column] = values.map(cell_text)
-    return table.rename(columns=labels)
 
 
 def step_from_selection(state: Any, steps: Sequence[int]) -> int | None:

@@ -18,7 +18,9 @@ from engine.grokking import jobs, runs
 from engine.grokking.config import GROK_ACCURACY, LLM_MEASURE_LABELS, MEASURE_LABELS, GrokConfig
 from ui import grokking_charts as charts
 from ui.errors import lab_fragment
+from ui.job_panel import job_ended, job_progress
 from ui.progress import eta_text
+from ui.tables import MISSING, cell_text, readable
 
 POLL_SECONDS = 1.0
 SMALL_MODEL_COLUMNS = {  # measures.csv of the small models, in words
@@ -99,30 +101,38 @@ def checkpoint_detail(metrics: pd.DataFrame, measures: pd.DataFrame, step: int, 
             table = pd.DataFrame(
                 {
                     "measure": [charts.column_label(c) for c in values.index],
-                    "value": list(map(charts.cell_text, values)),
+                    "value": list(map(cell_text, values)),
                 }
             )
             st.dataframe(table, hide_index=True, height=300)
         return
     shown = [c for c in SMALL_MODEL_COLUMNS if c in rows]
-    st.dataframe(charts.readable(rows[shown], SMALL_MODEL_COLUMNS), hide_index=True)
+    st.dataframe(readable(rows[shown], SMALL_MODEL_COLUMNS), hide_index=True)
 
 
 def _training(run: runs.GrokRun, config: GrokConfig, writable: bool) -> Job | None:
-    """The progress of the job training the run (and Stop), or a note that another process trains it."""
+    """The progress of the job training the run (ui.job_panel, in the phases' words) and Stop, or a note that
+    another process trains it, or why the last job failed."""
     job = jobs.running_job(run)
     progress = jobs.progress(run)
     if job is not None and progress is not None:
-        st.progress(min(1.0, progress.step / max(config.steps, 1)), text=progress_text(progress, config))
-        if writable and st.button("Stop", key="grok_stop", icon=":material/stop_circle:"):
-            jobs.stop(run)
-            st.toast("Stopping at the next step; that step's checkpoint is kept and Start resumes from it.")
+        job_progress(
+            job,
+            what="Training",
+            unit="steps",
+            can_stop=writable,
+            widget_key="grok",
+            text=lambda _: progress_text(progress, config),
+            fraction=lambda _: progress.step / max(config.steps, 1),
+            on_stop=lambda: jobs.stop(run),
+            stop_note="Stopping at the next step; that step's checkpoint is kept and Start resumes from it.",
+        )
     elif run.is_claimed():
         st.info("This run is being trained by another session or process; the view follows it.", icon=":material/sync:")
     else:
         ended = jobs.last_job(run)
         if ended is not None and ended.error:
-            st.error(ended.error, icon=":material/error:")
+            job_ended(ended, "Training")
     return job
 
 
@@ -172,7 +182,7 @@ def run_panel(run: runs.GrokRun, writable: bool) -> None:
     if is_llm and len(measures):
         st.caption("Scan and causal test at every checkpoint")
         scan = measures[[c for c in SCAN_COLUMNS if c in measures]]
-        st.dataframe(charts.readable(scan, charts.LLM_COLUMN_LABELS), hide_index=True, height=180)
+        st.dataframe(readable(scan, charts.LLM_COLUMN_LABELS), hide_index=True, height=180)
     if summary is not None and job is None:
         _summary(run, summary, metrics, measures, note)
     if is_llm and run.checkpoint_steps():
@@ -202,8 +212,8 @@ def _summary(
             for m in labels
         ]
     )
-    st.dataframe(charts.readable(onset_rows, {}), hide_index=True)
-    st.caption(f"{charts.MISSING}: no onset (the measure never stays on), or no lag (the run did not grok).")
+    st.dataframe(readable(onset_rows, {}), hide_index=True)
+    st.caption(f"{MISSING}: no onset (the measure never stays on), or no lag (the run did not grok).")
     key = run.run_id
     d1, d2 = st.columns(2)
     d1.download_button("metrics.csv", metrics.to_csv(index=False), f"grok_{key}_metrics.csv", key="grok_dl_metrics")

@@ -5,8 +5,6 @@ words and a table with every column labelled. Its inputs live in the URL (`grok_
 
 from __future__ import annotations
 
-import time
-
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -28,10 +26,11 @@ from engine.grokking.config import (
 from ui import access
 from ui.errors import lab_fragment
 from ui.figures import show_chart
-from ui.grokking_charts import AXIS, readable
+from ui.grokking_charts import AXIS
 from ui.grokking_runs import gate
-from ui.progress import eta_seconds, eta_text
+from ui.job_panel import job_ended, job_progress
 from ui.state import latest, recall, remember
+from ui.tables import readable
 
 POLL_SECONDS = 1.0
 SWEEP_SLOT = "grok_sweep"  # the sweep job started for exactly these sweep inputs
@@ -145,16 +144,10 @@ def _sweep_panel(sweep_key: str, measure: str) -> None:
         if job is None:
             return
         if job.running:
-            left = eta_text(eta_seconds(job.done, job.total or 0, time.time() - job.started))
-            st.progress(
-                job.done / max(job.total or 1, 1),
-                text=f"Sweep: {job.done} of {job.total} runs done, {left or 'estimating the time left…'}; now "
-                + (job.message or "starting the training process"),
+            job_progress(
+                job, what="Sweep", unit="runs", can_stop=True, widget_key="grok_sweep", stop_label="Stop sweep"
             )
-            if st.button("Stop sweep", key="grok_sweep_stop", icon=":material/stop_circle:"):
-                job.stop()
-        if job.error:
-            st.error(job.error, icon=":material/error:")
+        job_ended(job, "The sweep")
         summaries = list(job.result or [])
         if not summaries:
             return

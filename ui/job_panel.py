@@ -5,6 +5,10 @@ ended (stopped or failed), and the page redrawn once when it ends so its result 
 A job is found again by the person who started it (engine.core.jobs.JobRunner.latest_of): a reload or a
 reopened tab shows its progress while it runs and its result when it is done. When the view shows
 another run than the one the person just started, `started_elsewhere_note` says so, with a button to it.
+
+`job_progress` is the bar and Stop alone, for a view that polls a whole run itself (the grokking run
+panel, the sweep): its phases give the bar's words there ("Starting the training process…", "Loading
+checkpoint N…", "estimating the time left…"), the bar, Stop and the stop's note are the kit's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,46 @@ def ended_text(job: Job, what: str) -> str | None:
     return None
 
 
+def job_progress(
+    job: Job,
+    *,
+    what: str,
+    unit: str,
+    can_stop: bool,
+    widget_key: str,
+    text: Callable[[Job], str] | None = None,
+    fraction: Callable[[Job], float] | None = None,
+    stop_label: str = "Stop",
+    on_stop: Callable[[], None] | None = None,
+    stop_note: str | None = None,
+) -> None:
+    """A running job's bar and Stop, drawn where the caller is (inside a fragment that polls, e.g. a view that
+    redraws a whole run while it trains; `job_panel` is that fragment for a job alone).
+
+    text(job): the bar's text when the job's phases need their own words (default "what: progress_text");
+    fraction(job): the bar's fill (default done/total); on_stop(): what Stop does (default job.stop());
+    stop_note: the toast after Stop (default "what stops after the step in flight"). Once a stop is asked,
+    Stop gives way to that line."""
+    after = stop_note or f"{what} stops after the step in flight."
+    total = job.total or 0
+    filled = fraction(job) if fraction is not None else (job.done / total if total else 0.0)
+    label = text(job) if text is not None else f"{what}: {progress_text(job, unit)}"
+    st.progress(min(max(filled, 0.0), 1.0), text=label)
+    if job.stopping:
+        st.caption(after)
+    elif can_stop and st.button(stop_label, key=f"{widget_key}_stop", icon=":material/stop_circle:"):
+        (on_stop or job.stop)()
+        st.toast(after)
+
+
+def job_ended(job: Job, what: str) -> None:
+    """Why an ended job did not finish (ended_text), as an error (failed) or a note (stopped); nothing when it
+    finished."""
+    ended = ended_text(job, what)
+    if ended:
+        (st.error if job.state == "failed" else st.info)(ended, icon=":material/info:")
+
+
 def job_panel(
     key: str,
     *,
@@ -67,17 +111,9 @@ def job_panel(
         if job is None:
             return
         if job.running:
-            total = job.total or 0
-            st.progress(min(job.done / total, 1.0) if total else 0.0, text=f"{what}: {progress_text(job, unit)}")
-            if job.stopping:
-                st.caption(f"{what} stops after the step in flight.")
-            elif can_stop and st.button("Stop", key=f"{widget_key}_stop", icon=":material/stop:"):
-                job.stop()
-                st.toast(f"{what} stops after the step in flight.")
+            job_progress(job, what=what, unit=unit, can_stop=can_stop, widget_key=widget_key)
             return
-        ended = ended_text(job, what)
-        if ended:
-            (st.error if job.state == "failed" else st.info)(ended, icon=":material/info:")
+        job_ended(job, what)
         seen = f"_{widget_key}_seen_end"
         if st.session_state.get(seen) != (key, job.started):
             st.session_state[seen] = (key, job.started)

@@ -1,5 +1,5 @@
-"""Progress with steps and an ETA for blocking work on a page (ablation, quantization, detection,
-explanation scoring, asking the model).
+"""Progress with steps and an ETA for blocking work on a page (detection, head scoring, explanation
+scoring, asking the model, the LLM judge); background jobs are drawn by ui.job_panel.
 
 The engine's long functions take `progress: ProgressFn | None` and call `progress(done, total, message)`
 before each step and once at the end; `steps(label)` gives such a callback drawing a Streamlit progress

@@ -1,26 +1,28 @@
 """Sections 4 and 5 of the super-weights tab: ablate the super weight(s) and measure, side by side, and
 super-weight-aware round-to-nearest quantization.
 
-The ablation runs as a background job of the person who pressed Run (engine.core.jobs, ui.job_panel):
-progress with an ETA once a pace is measured, and a reload or a closed tab finds it again (the address
-bar holds its settings and `sw_ablated=1`): its progress while it runs, its result when it is done.
+The ablation and the quantization run as background jobs of the person who pressed Run
+(engine.superweights.jobs, ui.job_panel): progress with an ETA once a pace is measured, Stop, and a reload
+finds them again (the address bar holds their settings and `sw_ablated=1` / `sw_quantized=1`): the
+progress while one runs, its result when it is done. A tab opened without its link shows the person's
+latest job of the tab (`render_found_again`).
 A changed setting, valid or not, keeps the last result on screen, marked as from other settings, until
 the person runs again.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable
 
+import pandas as pd
 import streamlit as st
 
 from engine.core.errors import LabError
 from engine.core.jobs import RUNNER, Job
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import weights_edit_problem
-from engine.superweights import ablation, detect, quantize
+from engine.superweights import ablation, detect
+from engine.superweights import jobs as sw_jobs
 from engine.superweights.config import (
     CLIP_FRACTION,
     DEFAULT_BITS,
@@ -32,18 +34,18 @@ from engine.superweights.config import (
     number,
 )
 from ui import jobs as person_jobs
+from ui import superweights_tables as tables
 from ui.fields import range_problem
 from ui.figures import identical_curves, show_chart
 from ui.job_panel import job_panel
-from ui.model_queue import queue_notice
-from ui.state import Shown, compute_steps, forget, keeper, latest, model_key, process_result, shown
+from ui.people import me
+from ui.state import Shown, keeper, latest, model_key, process_result, shown
 from ui.superweights_charts import ablation_chart, quantization_chart
 from ui.superweights_form import ABLATION_FLAG, CONDITIONS_HELP, QUANT_FLAG, flag, refuse, set_flag
 from ui.superweights_sections import candidate_labels
 
 ABLATION_SLOT = "sw_ablation"
 QUANT_SLOT = "sw_quantization"
-ABLATION_JOB = "sw-ablation-"  # a job key's prefix; a hash of the ablation's inputs follows
 TOKEN_CHOICES = [256, 512, 1024, 2048, EVAL_TOKENS]
 K_RANGE = (0, 100_000)
 FRACTION_RANGE = (0.0, 0.01)
@@ -52,11 +54,6 @@ FRACTION_RANGE = (0.0, 0.01)
 def candidates_key(cands: list[detect.Candidate]) -> tuple:
     """What an ablation or quantization depends on in the candidates (coordinates, weight, activation)."""
     return tuple((c.coord, c.weight, c.super_activation) for c in cands)
-
-
-def ablation_job_key(inputs: Hashable) -> str:
-    """The job key of the ablation of exactly these inputs (one job per inputs in the process)."""
-    return ABLATION_JOB + hashlib.sha256(repr(inputs).encode()).hexdigest()[:16]
 
 
 def _previous_note(what: str, result: Shown, button: str) -> None:
@@ -68,26 +65,34 @@ def _previous_note(what: str, result: Shown, button: str) -> None:
     )
 
 
-def start_ablation(lm: LoadedModel, inputs: Hashable, cands: list[detect.Candidate], k: int, scale: float, tokens: int):
-    """The ablation of these inputs as this person's background job (the running one when there is one);
-    its table goes to the process's results for `inputs` when it is done. A LabError is shown."""
-    key = ablation_job_key(inputs)
-    keep = keeper(ABLATION_SLOT, inputs)
-
-    def work(job: Job) -> Any:
-        def progress(done: int, total: int, message: str = "") -> None:
-            job.progress(done, total, message)
-
-        return keep(
-            ablation.ablation_table(lm, cands, k=k or None, scales=[scale], max_tokens=tokens, progress=progress)
-        )
-
+def _start(lm: LoadedModel, key: str, begin) -> Job | None:
+    """Start a job as this person's (their jobs and quota, the model's queue); a LabError is shown (None)."""
     try:
-        person_jobs.start_job(
-            key, lambda: RUNNER.start(key, work, label="ablation"), label="super-weight ablation", lock=lm.lock
-        )
+        return person_jobs.start_job(key, begin, label=f"super-weight {sw_jobs.kind_of(key)}", lock=lm.lock)
     except LabError as err:
         st.error(str(err), icon=":material/error:")
+        return None
+
+
+def _job_section(
+    kind: sw_jobs.Kind, slot: str, link_flag: str, inputs: Hashable | None, clicked: bool, start: Callable[[], object]
+) -> None:
+    """The job of `kind` for exactly these inputs: started by a click, or by a reload / link showing it
+    (`link_flag`) when its result is not in the process; its panel while it runs (Stop for its starter)."""
+    if inputs is None:
+        return
+    key = sw_jobs.job_key(kind, inputs)
+    done = process_result(slot, inputs) is not None
+    restore = flag(link_flag) and latest(slot) is None and RUNNER.get(key) is None  # a reload, a link; not one
+    if (clicked or restore) and not done and RUNNER.running(key) is None:  # that stopped or failed here
+        start()
+    if clicked:
+        set_flag(link_flag, True)  # a reload finds this job again: running or done
+    if not done and RUNNER.get(key) is not None:
+        what = f"The {kind}"
+        job = job_panel(key, what=what, unit="steps", can_stop=person_jobs.is_my_job(key), widget_key=f"sw_{kind}")
+        if job is not None and job.state in ("failed", "stopped"):
+            set_flag(link_flag, False)  # a reload would run it again
 
 
 def render_ablation(lm: LoadedModel, detection: detect.Detection) -> None:
@@ -145,32 +150,41 @@ def render_ablation(lm: LoadedModel, detection: detect.Detection) -> None:
     cands = [detection.candidates[labels.index(lab)] for lab in chosen]
     inputs = None if bad else (model_key(lm), candidates_key(cands), int(k), float(scale), int(tokens))
     clicked = st.button("Run ablation", key="sw_ablate", icon=":material/science:", disabled=bad)
-    if inputs is not None:
-        key = ablation_job_key(inputs)
-        done = process_result(ABLATION_SLOT, inputs) is not None
-        restore = flag(ABLATION_FLAG) and latest(ABLATION_SLOT) is None  # a reload or a link
-        if (clicked or restore) and not done and RUNNER.running(key) is None:
-            start_ablation(lm, inputs, cands, int(k), float(scale), int(tokens))
-        if clicked:
-            set_flag(ABLATION_FLAG, True)  # a reload finds this ablation again: running or done
-        if not done and RUNNER.get(key) is not None:
-            job = job_panel(key, what="The ablation", unit="steps", can_stop=False, widget_key="sw_ablation")
-            if job is not None and job.state == "failed":
-                set_flag(ABLATION_FLAG, False)
+    _job_section(
+        "ablation",
+        ABLATION_SLOT,
+        ABLATION_FLAG,
+        inputs,
+        clicked,
+        lambda: sw_jobs.start_ablation(
+            lm,
+            inputs,
+            cands,
+            k=int(k),
+            scale=float(scale),
+            max_tokens=int(tokens),
+            keep=keeper(ABLATION_SLOT, inputs),
+            start=lambda key, begin: _start(lm, key, begin),
+        ),
+    )
     result = shown(ABLATION_SLOT, inputs, shared=True)
     if result is None:
         return
     if not result.current:
         set_flag(ABLATION_FLAG, False)  # a reload would run these settings, not show the last result
         _previous_note("ablation", result, "Run ablation")
-    table = result.result
+    show_ablation(result.result)
+
+
+def show_ablation(table: ablation.AblationResult) -> None:
+    """An ablation's figure, its table and the greedy continuations, every column in words."""
     show_chart(ablation_chart(table.table), "superweight_ablation", key="sw_ablation_chart", data=table.table)
     st.caption(f"{table.eval_tokens} evaluation tokens, k = {table.k}, {table.seconds:.0f} s.")
-    st.dataframe(table.table, hide_index=True, width="stretch")
+    st.dataframe(tables.table(table.table, tables.ABLATION), hide_index=True, width="stretch")
     st.markdown("**Greedy continuations**")
-    st.dataframe(table.continuations, hide_index=True, width="stretch")
+    st.dataframe(tables.table(table.continuations, tables.CONTINUATIONS), hide_index=True, width="stretch")
     with st.expander("Stopword shift per prompt"):
-        st.dataframe(table.stopwords, hide_index=True, width="stretch")
+        st.dataframe(tables.table(table.stopwords, tables.STOPWORDS), hide_index=True, width="stretch")
         st.download_button(
             "Download stopword_shift.csv",
             table.stopwords.to_csv(index=False),
@@ -225,33 +239,35 @@ def render_quantization(lm: LoadedModel, detection: detect.Detection) -> None:
         )
     )
     clicked = st.button("Run quantization", key="sw_quant", icon=":material/compress:", disabled=bad)
-    restore = not clicked and inputs is not None and latest(QUANT_SLOT) is None and flag(QUANT_FLAG)
-    if clicked or restore:
-        if clicked:
-            forget(QUANT_SLOT)
-        with queue_notice(lm):
-            done = compute_steps(
-                QUANT_SLOT,
-                inputs,
-                "Quantizing and measuring perplexity",
-                lambda progress: quantize.quantization_table(
-                    lm,
-                    detection.candidates,
-                    blocks,
-                    clip_fraction=float(fraction),
-                    methods=methods,
-                    max_tokens=int(tokens),
-                    progress=progress,
-                ),
-            )
-        set_flag(QUANT_FLAG, done is not None)
+    _job_section(
+        "quantization",
+        QUANT_SLOT,
+        QUANT_FLAG,
+        inputs,
+        clicked,
+        lambda: sw_jobs.start_quantization(
+            lm,
+            inputs,
+            detection.candidates,
+            block_sizes=[int(b) for b in blocks],
+            methods=list(methods),
+            clip_fraction=float(fraction),
+            max_tokens=int(tokens),
+            keep=keeper(QUANT_SLOT, inputs),
+            start=lambda key, begin: _start(lm, key, begin),
+        ),
+    )
     result = shown(QUANT_SLOT, inputs, shared=True)
     if result is None:
         return
     if not result.current:
         set_flag(QUANT_FLAG, False)
         _previous_note("quantization", result, "Run quantization")
-    table = result.result
+    show_quantization(result.result)
+
+
+def show_quantization(table: pd.DataFrame) -> None:
+    """A quantization's figure (a note when two methods' lines coincide) and its table, in words."""
     chart = quantization_chart(table)
     if chart is not None:
         show_chart(chart, "superweight_quantization", key="sw_quant_chart", data=table)
@@ -261,4 +277,20 @@ def render_quantization(lm: LoadedModel, detection: detect.Detection) -> None:
                 f"{' and '.join(same)} give the same perplexity at every block size: their lines coincide "
                 "(told apart by their dashes and point shapes)."
             )
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(tables.table(table, tables.QUANTIZATION), hide_index=True, width="stretch")
+    st.caption(tables.QUANTIZATION_NOTE)
+
+
+def render_found_again() -> None:
+    """A tab opened without its link: the person's latest ablation or quantization in this server process,
+    its progress (and Stop) while it runs, its result when it is done."""
+    job = sw_jobs.find_mine(me())
+    kind = sw_jobs.kind_of(job.key) if job is not None else None
+    if job is None or kind is None:
+        return
+    state = {"running": "running", "stopping": "stopping", "finished": "done"}.get(job.state, "ended")
+    st.subheader(f"Your {kind} ({state}), found again")
+    st.caption(f"{job.label}. Scan with its settings to change them and run it again.")
+    job_panel(job.key, what=f"The {kind}", unit="steps", can_stop=True, widget_key=f"sw_found_{kind}")
+    if job.state == "finished" and job.result is not None:
+        (show_ablation if kind == "ablation" else show_quantization)(job.result)

@@ -13,6 +13,7 @@ from engine.core.embedded import EMBEDDED_LM
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import weights_edit_problem
 from engine.superweights import detect
+from ui import superweights_tables as tables
 from ui.fields import range_problem
 from ui.figures import show_chart
 from ui.model_queue import queue_notice
@@ -32,17 +33,6 @@ LAYER_KEY = "sw_layer"  # the selected layer (picker and chart clicks)
 SCAN_CHART_KEY = "sw_scan_chart"
 N_LAYERS_KEY = "_sw_n_layers"
 TOPK_RANGE = (1, 200)
-SCAN_COLUMNS = {  # the scan table's columns in words (the CSV download keeps the engine's names)
-    "max_abs_input": "max |input|",
-    "input_channel": "input channel",
-    "input_token": "input token",
-    "input_prompt": "input prompt",
-    "max_abs_output": "max |output|",
-    "output_value": "output value",
-    "output_channel": "output channel",
-    "output_token": "output token",
-    "output_prompt": "output prompt",
-}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -71,15 +61,21 @@ def _show_rejected(detection: detect.Detection) -> None:
         with st.expander(f"Cancelling: {len(detection.cancelling)} weight(s) that push a massive activation back"):
             st.caption(
                 "A massive activation already enters this layer and the weight's change of the residual stream "
-                "opposes it ('residual_in', 'residual_change'): it cancels a super activation, it does not make "
-                "one. Not ablated below."
+                "opposes it (columns 'residual stream entering' and 'its change of the residual stream'): it "
+                "cancels a super activation, it does not make one. Not ablated below."
             )
-            st.dataframe(_readable(detection.frame(cancelling=True)), hide_index=True, width="stretch")
+            st.dataframe(
+                tables.table(_readable(detection.frame(cancelling=True)), tables.CANDIDATES),
+                hide_index=True,
+                width="stretch",
+            )
     if not detection.rejected:
         return
     with st.expander(f"Minor: {len(detection.rejected)} weight(s) that make less than half of their spike"):
         st.caption("'share' = W[r, c]·x[t, c] / y[t, r]: the rest of the spike comes from other weights. Not ablated.")
-        st.dataframe(_readable(detection.frame(rejected=True)), hide_index=True, width="stretch")
+        st.dataframe(
+            tables.table(_readable(detection.frame(rejected=True)), tables.CANDIDATES), hide_index=True, width="stretch"
+        )
 
 
 def _readable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -156,7 +152,7 @@ def render_scan(lm: LoadedModel, detection: detect.Detection) -> None:
             "block quantization, and the paper did not study Gemma 3. Its numbers are measured here, not "
             "published ones."
         )
-    st.dataframe(scan_frame.rename(columns=SCAN_COLUMNS), hide_index=True, width="stretch")
+    st.dataframe(tables.table(scan_frame, tables.SCAN), hide_index=True, width="stretch")
 
     st.subheader("2. Detected super-weight candidates")
     st.caption(f"Rule: {detection.rule}. Stopped: {detection.stop_reason}. {detection.note}")
@@ -176,13 +172,16 @@ def render_scan(lm: LoadedModel, detection: detect.Detection) -> None:
     chart = residual_chart(trace)
     show_chart(chart, "superweight_residual_trace", key="sw_trace_chart", data=trace)
     frame = _readable(detection.frame())
-    st.dataframe(frame, hide_index=True, width="stretch")
+    st.dataframe(tables.table(frame, tables.CANDIDATES), hide_index=True, width="stretch")
     _download(frame, "superweight_candidates.csv", "sw_dl_candidates")
     _show_rejected(detection)
     published = detect.published_for(lm.name)
     if published:
         st.markdown("**Detected vs published** (Yu et al. 2024, Table 2 / their code)")
-        st.dataframe(detect.compare_with_published(detection.candidates, published), hide_index=True)
+        st.dataframe(
+            tables.table(detect.compare_with_published(detection.candidates, published), tables.PUBLISHED),
+            hide_index=True,
+        )
     else:
         st.caption(
             f"No published coordinates for {lm.name} (the paper did not study it; its numbers are this "
@@ -203,7 +202,7 @@ def render_weights(lm: LoadedModel, detection: detect.Detection) -> None:
     if stats is not None:
         chart = weight_stats_chart(stats)
         show_chart(chart, "weight_stats", key="sw_wstats_chart", data=stats)
-        st.dataframe(stats, hide_index=True, width="stretch")
+        st.dataframe(tables.table(stats, tables.WEIGHT_STATS), hide_index=True, width="stretch")
     layer = int(st.session_state.get(LAYER_KEY, 0))
     low, high = TOPK_RANGE
     c1, c2 = st.columns([1, 3])
@@ -221,7 +220,7 @@ def render_weights(lm: LoadedModel, detection: detect.Detection) -> None:
     shown = int(st.session_state.get("_sw_topk_shown", 10))
     if problem:
         st.caption(f"Showing the top {shown} until the field is fixed.")
-    st.dataframe(_top_weights(lm, key, layer, shown), hide_index=True)
+    st.dataframe(tables.table(_top_weights(lm, key, layer, shown), tables.TOP_WEIGHTS), hide_index=True)
     if detection.candidates:
         labels = candidate_labels(detection)
         pick = st.selectbox("Row and column around a candidate", labels, key="sw_neigh_pick", bind="query-params")

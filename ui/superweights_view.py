@@ -9,7 +9,8 @@ the person's place in its queue.
 
 Figures first: each result starts with its figure (ui.figures.show_chart: PNG, SVG and CSV downloads), the
 table below. The scan's figure is linked to the layer picker: clicking a layer selects it, the selected
-layer is highlighted. Long steps (detection, ablation, quantization) show steps and an ETA (ui.progress).
+layer is highlighted. Detection shows steps and an ETA (ui.progress); the ablation and the quantization
+run as the person's background jobs (engine.superweights.jobs, ui.job_panel: progress, Stop, found again).
 
 State that survives a reload and travels as a link: every input is bound to a query parameter (`sw_prompts`,
 `sw_mode`, `sw_factor`, `sw_absolute`, `sw_iters`; `sw_layer`, `sw_topk`, `sw_neigh_pick`, `sw_radius`;
@@ -36,7 +37,13 @@ from ui.memory_estimates import ensure_memory, scan_bytes
 from ui.model_queue import queue_notice
 from ui.models import current_choice, get_model, is_loaded
 from ui.state import compute_steps, forget, latest, model_key, recall
-from ui.superweights_edits import ABLATION_SLOT, QUANT_SLOT, render_ablation, render_quantization
+from ui.superweights_edits import (
+    ABLATION_SLOT,
+    QUANT_SLOT,
+    render_ablation,
+    render_found_again,
+    render_quantization,
+)
 from ui.superweights_form import (
     ABLATION_FLAG,
     DETECTION_HELP,
@@ -120,6 +127,7 @@ def render() -> None:
                 "largest activation comes here, then the candidates, the ablation and the quantization.",
                 icon=":material/info:",
             )
+            render_found_again()  # a tab opened again without its link: the person's job, running or done
             return
         lm, detection, note = _shown_detection(config)
         if lm is None or detection is None:

@@ -26,6 +26,7 @@ from ui.figures import identical_curves, show_chart
 from ui.models import get_embedder, get_model
 from ui.progress import steps
 from ui.state import compute, recall
+from ui.tables import cell_text, column_name, readable
 
 MARKS = {"right": True, "wrong": False}  # the editor's manual column -> mark
 SHARED_EVALUATIONS = 8  # evaluations kept for every session of the process (a reload finds them)
@@ -229,14 +230,14 @@ def _tables(evaluation: Evaluation) -> None:
         "The same comparison graded by each automatic judge (manual marks override all of them), so the "
         "conclusion does not hang on one judge. A3 − A2: paired bootstrap difference, Holm-adjusted p."
     )
-    st.dataframe(summary.judges_table(), hide_index=True, width="stretch")
+    st.dataframe(readable(summary.judges_table(), {}), hide_index=True, width="stretch")
     st.subheader("Every score")
     st.caption(
         f"Δ columns: the score minus `{summary.usual_method}` on the same bootstrap resamples (paired), with its "
         "95% interval and Holm-adjusted p over all scores compared. Kinds: usual, semantic, decomposition "
         "(anything computed from a semantic / surface split, surface spreads included), baseline."
     )
-    st.dataframe(summary.methods_table(), hide_index=True, width="stretch")
+    st.dataframe(readable(summary.methods_table(), {}), hide_index=True, width="stretch")
     notes = summary.score_info.get("notes") or {}
     if notes:
         with st.expander(f"Notes on {len(notes)} score(s) (why some are not computed)", icon=":material/notes:"):
@@ -250,7 +251,7 @@ def _tables(evaluation: Evaluation) -> None:
             "Pairs of judges on the questions both graded: share of equal verdicts and Cohen's kappa "
             "(empty where a judge graded nothing, e.g. the LLM judge before it is run)."
         )
-        st.dataframe(evaluation.agreement, hide_index=True, width="stretch")
+        st.dataframe(readable(evaluation.agreement, {}), hide_index=True, width="stretch")
 
 
 def _results_editor(run: UqRun, evaluation: Evaluation, writable: bool) -> None:
@@ -260,7 +261,7 @@ def _results_editor(run: UqRun, evaluation: Evaluation, writable: bool) -> None:
     view = evaluation.results.copy()
     view["manual"] = view["manual"].map({v: k for k, v in MARKS.items()}).fillna("")
     if not writable:
-        st.dataframe(view, hide_index=True, width="stretch", height=360)
+        st.dataframe(readable(view, {}), hide_index=True, width="stretch", height=360)
         st.caption("Marks are the owner's (read-only for you).")
         return
     edited = st.data_editor(
@@ -270,7 +271,8 @@ def _results_editor(run: UqRun, evaluation: Evaluation, writable: bool) -> None:
         width="stretch",
         height=360,
         disabled=[c for c in view.columns if c != "manual"],
-        column_config={"manual": st.column_config.SelectboxColumn("manual", options=["", *MARKS])},
+        column_config={c: column_name(c, {}) for c in view.columns}
+        | {"manual": st.column_config.SelectboxColumn("manual", options=["", *MARKS])},
     )
     changes = {qid: MARKS.get(mark) for qid, mark in zip(edited["id"], edited["manual"])}  # "" -> None clears
     saved = run.marks()
@@ -291,18 +293,23 @@ def _drill_down(evaluation: Evaluation) -> None:
     st.text(f"Question: {record.question}\nReferences: {' | '.join(record.references)}\nGraded answer: {record.answer}")
     labels = evaluation.clusters.get(pick, [])
     st.dataframe(
-        pd.DataFrame(
-            {
-                "sample": record.samples,
-                "cluster": labels if len(labels) == len(record.samples) else [None] * len(record.samples),
-                "tokens": [len(t) for t in record.sample_token_logprobs],
-            }
+        readable(
+            pd.DataFrame(
+                {
+                    "sample": record.samples,
+                    "cluster": labels if len(labels) == len(record.samples) else [None] * len(record.samples),
+                    "tokens": [len(t) for t in record.sample_token_logprobs],
+                }
+            ),
+            {},
         ),
         hide_index=True,
         width="stretch",
     )
     row = results.set_index("id").loc[pick]
-    st.dataframe(row.drop(["question", "reference", "answer"]).astype(str).rename("value").to_frame(), width="stretch")
+    values = row.drop(["question", "reference", "answer"])
+    values.index = [column_name(c, {}) for c in values.index]
+    st.dataframe(values.map(cell_text).rename("value").to_frame(), width="stretch")
 
 
 def _downloads(run: UqRun, evaluation: Evaluation) -> None:

@@ -184,14 +184,19 @@ def test_a_stopped_sweep_resumes(tmp_path):
     assert "seconds" not in second[0] and second[0]["key"] == first[0]["key"]  # reopened from its cache
 
 
-def test_a_measure_registered_in_one_place_appears_in_onsets_and_the_study_table(tmp_path):
-    from engine.grokking.measure_registry import MeasureSpec, register, unregister
+def test_a_measure_registered_in_one_place_appears_in_onsets_the_study_table_and_the_charts(tmp_path):
+    from engine.grokking.measure_registry import ChartPanel, MeasureSpec, register, unregister
+    from ui.grokking_charts import llm_panels
 
     def compute(model, data, settings) -> dict[str, float]:
         return {"dummy_norm": float(model.lm.model.embed_tokens.weight.detach().norm())}
 
-    register(MeasureSpec("dummy", "a dummy measure", ("dummy_norm",), lambda m, s: m["dummy_norm"] > 0, compute))
+    panel = ChartPanel("Dummy norm over training", "norm")
+    register(
+        MeasureSpec("dummy", "a dummy measure", ("dummy_norm",), lambda m, s: m["dummy_norm"] > 0, compute, panel)
+    )
     try:
+        assert (["dummy_norm"], "norm", "Dummy norm over training", "linear") in llm_panels()
         report = tmp_path / "report"
         argv = [
             "grok-study",

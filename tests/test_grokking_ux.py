@@ -220,3 +220,29 @@ def test_the_engines_refusal_shows_under_the_field_it_names():
     after = order[heads + 1]
     assert after.type == "error", order[heads : heads + 3]
     assert "must split into 4 heads of an even size" in after.value
+
+
+def test_the_sink_task_preset_sets_the_studys_control_arm_and_its_link():
+    """The preset of the task that needs a sink (engine.grokking.config.SINK_TASK_PRESET) fills every field it
+    names, the configuration is valid (Start on), and the link carries the markov sequence."""
+    from engine.grokking.config import SINK_TASK_PRESET
+
+    at = _open({})
+    at.button(key="grok_sink_preset").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="grok_model").value == "llm"
+    assert at.selectbox(key="grok_context").value == "markov"
+    numbers = {n.key: n.value for n in at.number_input}
+    assert numbers["grok_seq_len"] == SINK_TASK_PRESET["seq_len"] and numbers["grok_p"] == SINK_TASK_PRESET["p"]
+    assert numbers["grok_layers"] == SINK_TASK_PRESET["n_layers"] and numbers["grok_lr"] == SINK_TASK_PRESET["lr"]
+    assert numbers["grok_warmup"] == SINK_TASK_PRESET["warmup_steps"]
+    assert numbers["grok_clip"] == SINK_TASK_PRESET["grad_clip"]
+    assert not at.button(key="grok_start").disabled
+    link = {k: v for k, v in at.run().query_params.items()}
+    assert "markov" in str(link.get("grok_context")), sorted(link)
+    colleague = _open(link)  # the link opens the same settings
+    assert colleague.selectbox(key="grok_context").value == "markov"
+    assert {n.key: n.value for n in colleague.number_input}["grok_seq_len"] == SINK_TASK_PRESET["seq_len"]
+    at.number_input(key="grok_seq_len").set_value(200).run()  # past the model's positions: refused under it
+    assert at.button(key="grok_start").disabled
+    assert any("Tokens per sequence" in e.value for e in at.error)

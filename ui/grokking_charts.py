@@ -13,6 +13,7 @@ import streamlit as st
 
 from engine.grokking import runs
 from engine.grokking.config import GROK_ACCURACY, HALF_GROK_ACCURACY, MEMORISATION_ACCURACY, GrokConfig
+from engine.grokking.measure_registry import REGISTRY
 from engine.grokking.measures import MeasureSettings
 from ui.figures import show_chart
 
@@ -43,6 +44,9 @@ LLM_COLUMN_LABELS = {  # llm_measures.csv (engine.grokking.llm_measures.LlmMeasu
     "persisting_layers": "layers the BOS spike persists in",
     "sink_share_max": "attention share on BOS, largest over layers",
     "sink_share_mean": "attention share on BOS, mean over layers",
+    "sink_excess_max": "BOS share minus uniform attention's, largest over layers",
+    "sink_head_excess_max": "BOS share minus uniform attention's, largest head",
+    "resid_bos_over_median": "residual stream max |h| at BOS / median |h|",
     "n_key_frequencies": "key Fourier frequencies",
     "fourier_covered": "energy share of the key frequencies",
 }
@@ -51,8 +55,11 @@ LLM_SERIES = {  # the llm charts' legend entries (each chart's title says what i
     "max_ppl_ratio_test": "test",
     "super_activation_bos": "max |y| at BOS",
     "bos_over_median": "max |y| at BOS / median |y|",
-    "sink_share_max": "largest over layers",
-    "sink_share_mean": "mean over layers",
+    "sink_share_max": "BOS share, largest over layers",
+    "sink_share_mean": "BOS share, mean over layers",
+    "sink_excess_max": "excess over uniform, largest layer mean",
+    "sink_head_excess_max": "excess over uniform, largest head",
+    "resid_bos_over_median": "residual max |h| at BOS / median |h|",
     "n_key_frequencies": "key frequencies",
 }
 
@@ -236,31 +243,36 @@ def measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps: 
     show_step_charts(charts, steps, per_row=2)
 
 
+FIXED_LLM_PANELS = [  # (columns, y axis, title, scale): columns of the built-in summary no single measure owns
+    (["max_ppl_ratio_train", "max_ppl_ratio_test"], "ppl ratio", "Largest perplexity ratio, one weight zeroed", "log"),
+    (["super_activation_bos", "bos_over_median"], "activation", "Super activation at BOS (max |y|, / median)", "log"),
+    (["n_key_frequencies"], "frequencies", "Key Fourier frequencies of the number embedding", "linear"),
+]
+
+
+def llm_panels() -> list[tuple[list[str], str, str, str]]:
+    """The llm measure charts: the fixed panels, then one per measure registered with a chart panel
+    (engine.grokking.measure_registry), so a new measure is charted with no edit here."""
+    registered = [
+        (list(spec.columns), spec.panel.axis_title, spec.panel.title, spec.panel.scale)
+        for spec in REGISTRY.values()
+        if spec.panel is not None
+    ]
+    return FIXED_LLM_PANELS[:2] + registered + FIXED_LLM_PANELS[2:]
+
+
 def llm_measure_charts(measures: pd.DataFrame, marks: alt.LayerChart | None, steps: Sequence[int]) -> None:
     """The llm measures of every checkpoint (llm_measures.csv): causal effects on train and test, super
     activation, attention sink, key Fourier frequencies."""
     if measures.empty or len(measures) == 0:
         st.info("The measures appear at the first checkpoint.")
         return
-    panels = [
-        (
-            ["max_ppl_ratio_train", "max_ppl_ratio_test"],
-            "ppl ratio",
-            "Largest perplexity ratio, one weight zeroed",
-            "log",
-        ),
-        (
-            ["super_activation_bos", "bos_over_median"],
-            "activation",
-            "Super activation at BOS (max |y|, / median)",
-            "log",
-        ),
-        (["sink_share_max", "sink_share_mean"], "share", "Attention share on BOS (sink)", "linear"),
-        (["n_key_frequencies"], "frequencies", "Key Fourier frequencies of the number embedding", "linear"),
-    ]
+    panels = llm_panels()
     charts = []
     for i, (columns, axis_title, title, scale) in enumerate(panels):
         present = [c for c in columns if c in measures]
+        if not present:  # a run measured before this measure existed
+            continue
         long = measures.melt("step", present)
         long["series"] = long["variable"].map(lambda c: LLM_SERIES.get(c, column_label(c)))
         y = alt.Y("value:Q", title=axis_title, scale=alt.Scale(type=scale), axis=alt.Axis(**AXIS))

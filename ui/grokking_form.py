@@ -15,10 +15,13 @@ from engine.core.options import help_of
 from engine.grokking.config import (
     GROK_ACCURACY,
     LLM_MAX_LAYERS,
+    LLM_MAX_SEQ_LEN,
     LLM_MIN_LAYERS,
+    LLM_MIN_SEQ_LEN,
     LLM_PRESET,
     MAX_LAYERS,
     MODEL_KINDS,
+    SINK_TASK_PRESET,
     TASK_LABELS,
     GrokConfig,
     validate,
@@ -40,6 +43,8 @@ MODEL_HELP = (
 # server while other work ran; the issue saw 110 s on a fully busy one
 DEFAULT_TAKES = "about 20 s on an idle 2-core CPU, up to about 2 min when the server is busy"
 LLM_PRESET_LABEL = "LLM-shaped (Llama)"
+SINK_PRESET_LABEL = "LLM-shaped, task that needs a sink"
+CONTEXT_FORMAT = {"plain": "plain: [BOS, a, op, b, =]", "markov": "markov filler (needs a sink)"}
 LLM_WHY_SLOWER = (
     f"The one-hot MLP default takes {DEFAULT_TAKES}: one matrix product per layer on 2p inputs. The LLM-shaped "
     f"model ({LLM_PRESET['n_layers']} Llama layers, d_model {LLM_PRESET['d_model']}, d_mlp {LLM_PRESET['d_mlp']}) "
@@ -49,13 +54,18 @@ LLM_WHY_SLOWER = (
 )
 
 
-def apply_llm_preset() -> None:
-    """on_click of the preset button: the form's model fields set to config.LLM_PRESET."""
-    st.session_state["grok_model"] = LLM_PRESET["model"]
-    st.session_state["grok_layers"] = LLM_PRESET["n_layers"]
-    st.session_state["grok_d_model"] = LLM_PRESET["d_model"]
-    st.session_state["grok_heads"] = LLM_PRESET["n_heads"]
-    st.session_state["grok_d_mlp"] = LLM_PRESET["d_mlp"]
+def apply_preset(preset: dict[str, Any]) -> None:
+    """on_click of a preset button: every form field the preset names (engine.grokking.config.PRESETS) set to
+    its value; a setting the form has no field for (e.g. checkpoint_every) keeps the form's own rule. A field
+    the form draws only for the LLM-shaped model may not exist yet, so its value also goes into the link at once
+    (a bound widget made in the next run would not put it there, and a colleague's link would lose it)."""
+    for name, value in preset.items():
+        if name not in FIELD_KEYS:
+            continue
+        key = FIELD_KEYS[name]
+        st.session_state[key] = value
+        if key in LLM_FORM_FIELDS and value != getattr(DEFAULTS, name):
+            st.query_params[key] = CONTEXT_FORMAT[value] if key == "grok_context" else str(value)
 
 
 class _Form:
@@ -124,6 +134,10 @@ LLM_FORM_FIELDS = {  # the LLM-shaped model's fields
     "grok_d_model": "d_model",
     "grok_heads": "n_heads",
     "grok_d_mlp": "d_mlp",
+    "grok_context": "context",
+    "grok_seq_len": "seq_len",
+    "grok_warmup": "warmup_steps",
+    "grok_clip": "grad_clip",
     "grok_suppress": "suppress",
     "grok_sup_q": "suppress_quantile",
     "grok_sup_c": "suppress_factor",
@@ -151,12 +165,23 @@ def config_form() -> GrokConfig | None:
     problem (shown under it; Start is then off)."""
     d = DEFAULTS
     form = _Form()
-    st.button(
+    b1, b2 = st.columns(2)
+    b1.button(
         LLM_PRESET_LABEL,
         key="grok_llm_preset",
         icon=":material/neurology:",
-        on_click=apply_llm_preset,
-        help="One click: the LLM-shaped model. " + LLM_WHY_SLOWER,
+        on_click=apply_preset,
+        args=(LLM_PRESET,),
+        help="One click: the LLM-shaped model on the 5-token task (where no sink forms). " + LLM_WHY_SLOWER,
+    )
+    b2.button(
+        SINK_PRESET_LABEL,
+        key="grok_sink_preset",
+        icon=":material/water_drop:",
+        on_click=apply_preset,
+        args=(SINK_TASK_PRESET,),
+        help="One click: the study's control arm: BOS, Markov filler and 'a + b = c' at a random position, "
+        "next-token loss everywhere (attention must sometimes do nothing). " + LLM_WHY_SLOWER,
     )
     c1, c2, c3, c4 = st.columns(4)
     task = c1.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="grok_task", bind="query-params")
@@ -238,6 +263,7 @@ def config_form() -> GrokConfig | None:
         "evaluations.",
     )
     sizes: dict[str, Any] = {}
+    training: dict[str, Any] = {}
     suppression: dict[str, Any] = {}
     if is_llm:
         st.caption(LLM_WHY_SLOWER)
@@ -249,6 +275,46 @@ def config_form() -> GrokConfig | None:
             "n_heads": form.number(s2, "Heads", "grok_heads", LLM_PRESET["n_heads"], between("Heads", 1, 16), step=1),
             "d_mlp": form.number(s3, "d_mlp", "grok_d_mlp", LLM_PRESET["d_mlp"], between("d_mlp", 8, 2048), step=8),
         }
+        t1, t2, t3, t4 = st.columns(4)
+        context = t1.selectbox(
+            "Sequence",
+            list(CONTEXT_FORMAT),
+            key="grok_context",
+            format_func=CONTEXT_FORMAT.get,
+            help=help_of(GrokConfig, "context"),
+            bind="query-params",
+        )
+        training = {
+            "context": context,
+            "warmup_steps": form.number(
+                t3,
+                "Warmup steps",
+                "grok_warmup",
+                d.warmup_steps,
+                between("Warmup steps", 0, 100_000),
+                step=10,
+                help=help_of(GrokConfig, "warmup_steps"),
+            ),
+            "grad_clip": form.number(
+                t4,
+                "Gradient clip (0 = off)",
+                "grok_clip",
+                d.grad_clip,
+                between("Gradient clip", 0, 1000),
+                step=0.5,
+                help=help_of(GrokConfig, "grad_clip"),
+            ),
+        }
+        if context == "markov":
+            training["seq_len"] = form.number(
+                t2,
+                "Tokens per sequence",
+                "grok_seq_len",
+                d.seq_len,
+                between("Tokens per sequence", LLM_MIN_SEQ_LEN, LLM_MAX_SEQ_LEN),
+                step=1,
+                help=help_of(GrokConfig, "seq_len"),
+            )
         if s4.checkbox(
             "Suppress super weights",
             False,
@@ -293,7 +359,7 @@ def config_form() -> GrokConfig | None:
     if not form.problems:
         config = d.replace(
             **{name: int(value) for name, value in sizes.items()},
-            **{name: type(getattr(d, name))(value) for name, value in suppression.items()},
+            **{name: type(getattr(d, name))(value) for name, value in (training | suppression).items()},
             task=task,
             p=int(p),
             train_frac=float(frac),

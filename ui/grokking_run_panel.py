@@ -157,7 +157,12 @@ def run_panel(run: runs.GrokRun, writable: bool) -> None:
             st.info("No evaluation yet: the first one is at step 0, right after the model is built.")
         return
     is_llm = config.model == "llm"
-    events = ga.run_events(metrics, measures, llm_measures=measures if is_llm else None)
+    events = ga.run_events(
+        metrics,
+        measures,
+        llm_measures=measures if is_llm else None,
+        hold_steps=ga.hold_steps_of(config.stop_after_grok),
+    )
     steps = checkpoint_steps(measures)
     selected = checkpoint_picker(steps)
     marks = charts.event_marks(events, selected)

@@ -7,6 +7,7 @@ and the study's tables iterate the registry and a new measure is one `register(.
         columns=("my_value",),
         compute=lambda model, data, settings: {"my_value": ...},   # one checkpoint -> {column: scalar}
         onset=lambda m, s: m["my_value"] >= 3.0,                    # llm_measures.csv rows -> on/off per row
+        panel=ChartPanel("My measure over training", "value"),     # the grokking tab charts its columns
     ))
 
 The onset of a measure is the first checkpoint from which its rule is on at every later checkpoint
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -29,15 +30,25 @@ Rule = Callable[[pd.DataFrame, Any], pd.Series]  # (llm_measures rows sorted by 
 
 
 @dataclass(frozen=True)
+class ChartPanel:
+    """How the grokking tab charts a measure's columns over the steps: a title, the y axis and its scale."""
+
+    title: str
+    axis_title: str
+    scale: Literal["linear", "log"] = "linear"
+
+
+@dataclass(frozen=True)
 class MeasureSpec:
     """One onset measure: name, label, the columns it writes, compute (or None: columns written by the built-in
-    summary), and its onset rule."""
+    summary), its onset rule, and its chart panel on the grokking tab (None: not charted on its own)."""
 
     name: str
     label: str
     columns: tuple[str, ...]
     onset: Rule
     compute: Callable[[Any, Any, Any], dict[str, float]] | None = None
+    panel: ChartPanel | None = None
 
 
 REGISTRY: dict[str, MeasureSpec] = {}
@@ -96,12 +107,24 @@ _BUILT_IN: list[tuple[str, tuple[str, ...], Rule]] = [
         ("n_key_frequencies",),
         lambda m, s: m["n_key_frequencies"] <= m["n_key_frequencies"].iloc[0] / s.ratio_factor,
     ),
-    ("attention_sink", ("sink_excess_max",), lambda m, s: _sink_excess(m) >= s.sink_excess),
-    (
+]
+for _name, _columns, _rule in _BUILT_IN:  # charted together in the tab's fixed panels (ui.grokking_charts)
+    register(MeasureSpec(_name, LLM_MEASURE_LABELS[_name], _columns, _rule))
+register(
+    MeasureSpec(
+        "attention_sink",
+        LLM_MEASURE_LABELS["attention_sink"],
+        ("sink_excess_max", "sink_head_excess_max", "sink_share_max"),
+        lambda m, s: _sink_excess(m) >= s.sink_excess,
+        panel=ChartPanel("Attention sink: BOS share (and its excess over uniform attention)", "share"),
+    )
+)
+register(
+    MeasureSpec(
         "massive_activation",
+        LLM_MEASURE_LABELS["massive_activation"],
         ("resid_bos_over_median",),
         lambda m, s: _column(m, "resid_bos_over_median") >= s.massive_ratio,
-    ),
-]
-for _name, _columns, _rule in _BUILT_IN:
-    register(MeasureSpec(_name, LLM_MEASURE_LABELS[_name], _columns, _rule))
+        panel=ChartPanel("Massive activation: residual |h| at BOS / median (log)", "ratio", "log"),
+    )
+)

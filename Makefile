@@ -58,7 +58,7 @@ study-uq: install
 study-grok: install
 	$(PY) -m engine grok-study $(ARGS)
 
-# The attention study (issue 23): every head of the model, self-explanations (free text and rule pick) against
+# The attention study: every head of the model, self-explanations (free text and rule pick) against
 # the detector's best rule, a token-feature probe and controls, scored on held-out prompts; cached per head and
 # resumable (rerun to continue), report in reports/attention. Extra flags: make study-attention ARGS="--max-heads 72
 # --model HuggingFaceTB/SmolLM2-135M-Instruct --out reports/attention/smollm2".

@@ -13,7 +13,7 @@ from test_superweights import PLANT, PROMPTS, one_torch_thread, planted_llama  #
 from engine.core import architecture, lm_eval, weight_edits
 from engine.core.errors import LabError
 from engine.superweights import ablation as ab
-from engine.superweights import detect as sw
+from engine.superweights import detect
 from engine.superweights import quantize as swq
 from engine.superweights.config import DEFAULT_PROMPT
 
@@ -25,7 +25,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def candidates(lm):
-    return sw.detect(lm, PROMPTS).candidates
+    return detect.detect(lm, PROMPTS).candidates
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -254,7 +254,7 @@ def test_plain_rtn_copies_are_shared_across_methods_with_the_same_numbers(lm, ca
 
 def test_embedded_gemma_ablation_table(embedded_lm):
     """The table on the real model, reported whatever it shows; the shared model is left unchanged."""
-    det = sw.detect(embedded_lm, DEFAULT_PROMPT, max_iterations=1)
+    det = detect.detect(embedded_lm, DEFAULT_PROMPT, max_iterations=1)
     assert len(det.candidates) == 1
     c = det.candidates[0]
     w = architecture.down_weight(embedded_lm.model, c.layer)
@@ -293,7 +293,7 @@ def test_gpt2_quantized_copies_keep_the_conv1d_layout():
     from test_superweights import planted_gpt2
 
     gpt2 = planted_gpt2()
-    cands = sw.detect(gpt2, PROMPTS, max_iterations=1).candidates
+    cands = detect.detect(gpt2, PROMPTS, max_iterations=1).candidates
     assert cands[0].coord == PLANT
     pairs, held = swq.quantized_copies(gpt2, cands, 4, 256, "rtn, super weight held", 0.0)
     assert held == 1 and all(t.shape == q.shape for t, q in pairs)

@@ -36,7 +36,7 @@ def test_picking_an_unavailable_model_keeps_the_app_working():
 
 
 def test_a_failed_load_leaves_the_picker_on_the_model_in_use():
-    """Issue 13: after a failed load the sidebar names the loaded model, not the one that failed."""
+    """After a failed load the sidebar names the loaded model, not the one that failed."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     at.sidebar.button(key="lab_model_load_now").click().run()  # the embedded model, now the working choice

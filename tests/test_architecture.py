@@ -1,7 +1,7 @@
 """The house rules, checked: imports point one way (pages -> ui -> features -> core; commands ->
 features), no import cycle in engine/ (function-level imports count: a lazy import does not hide an
-edge), no Streamlit below ui/, thin pages, no ui/ module over UI_MODULE_LINES lines, and `lab` is
-`python -m engine`."""
+edge), no Streamlit below ui/, forward hooks only through engine/core/capture.py, thin pages, no ui/
+module over UI_MODULE_LINES lines, and `lab` is `python -m engine`."""
 
 from __future__ import annotations
 
@@ -113,6 +113,23 @@ def test_no_streamlit_below_ui():
     ui_importing_pages = [str(p.relative_to(ROOT)) for p in (ROOT / "ui").rglob("*.py")
                           if any(m.startswith("app_pages") for m in imports_of(p))]
     assert ui_importing_pages == []
+
+
+def hook_calls(path: Path) -> list[int]:
+    """Lines where the file calls `<something>.register_forward_hook(...)`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and node.func.attr == "register_forward_hook"]
+
+
+def test_forward_hooks_only_through_capture():
+    """Hooks go on and come off in one place (engine/core/capture.py: `capture`, `hooked`); tests may
+    hook a model directly to check the lab against an independent reading."""
+    capture = ROOT / "engine" / "core" / "capture.py"
+    assert hook_calls(capture), "capture.py no longer registers hooks: update this test"
+    files = [p for folder in ("engine", "ui", "app_pages", "benchmarks") for p in (ROOT / folder).rglob("*.py")]
+    offenders = {str(p.relative_to(ROOT)): hook_calls(p) for p in files if p != capture and hook_calls(p)}
+    assert offenders == {}, f"use engine.core.capture.capture / hooked instead: {offenders}"
 
 
 def test_pages_are_thin_shells():

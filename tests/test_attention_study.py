@@ -11,8 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from engine.attention import rules, study
-from engine.attention import self_explain as se
+from engine.attention import rules, self_explain, study
 from engine.attention import study_stats as st
 from engine.attention.maps import AttentionResult
 from engine.attention.self_rule import RuleChoice, choose_rule, continuation_logprobs
@@ -69,7 +68,9 @@ def planted():
     heldout = [planted_result(100 + s) for s in range(10)]
     speaker = PerfectSpeaker()
     records = [study.study_head(0, h, train, heldout, train[0], 8, speaker) for h in range(3)]
-    control = [speaker.simulate(se.NO_EXPLANATION, r, q) for r, q in zip(heldout, study.heldout_queries(heldout, 8))]
+    control = [
+        speaker.simulate(self_explain.NO_EXPLANATION, r, q) for r, q in zip(heldout, study.heldout_queries(heldout, 8))
+    ]
     heads = [(0, 0), (0, 1), (0, 2)]
     scores = study.score_heads(records, heldout, 8, control, study.other_head(heads, 0))
     return train, heldout, records, scores
@@ -147,7 +148,7 @@ def test_prompt_stats_pool_to_score_prediction():
         a = np.tril(rng.random((n, n)))
         patterns.append(a / a.sum(1, keepdims=True))
         preds.append({i: rng.dirichlet(np.ones(i + 1)) for i in range(1, n)})
-    direct = se.pooled_score(patterns, preds)
+    direct = self_explain.pooled_score(patterns, preds)
     top1, corr = st.scores_from_stats(sum(st.prompt_stats(a, p) for a, p in zip(patterns, preds)))
     assert top1 == pytest.approx(direct.top1) and corr == pytest.approx(direct.correlation)
 
@@ -179,7 +180,7 @@ def test_rule_library_agrees_with_the_page_rules():
     toks = ["<bos>", "a", "b", ".", "a", "c", "b", "."]
     q = list(range(1, len(t)))
     for label in ("previous_token", "duplicate_token", "induction", "self", "bos_sink", "uniform"):
-        mine, page = rules.predict(label, t, toks, q), se.rule_prediction(label, t, q)
+        mine, page = rules.predict(label, t, toks, q), self_explain.rule_prediction(label, t, q)
         assert all(np.allclose(mine[i], page[i]) for i in q), label
     assert int(np.argmax(rules.rule_weights("punctuation", t, toks, 5))) == 3
     assert int(np.argmax(rules.rule_weights("previous_2", t, toks, 1))) == 0  # no target: BOS
@@ -197,9 +198,9 @@ def test_shared_prefix_simulator_and_rule_scorer_match_full_forwards(tiny_llama)
 
     lm = tiny_llama
     res = run_attention(lm, "The cat sat on the mat. The cat")
-    q = se.query_positions(len(res.token_ids), 4)
-    full = se.simulate_with_lm(lm, "attends to the previous token", res, q)
-    shared = se.simulate_shared_prefix(lm, "attends to the previous token", res, q)
+    q = self_explain.query_positions(len(res.token_ids), 4)
+    full = self_explain.simulate_with_lm(lm, "attends to the previous token", res, q)
+    shared = self_explain.simulate_shared_prefix(lm, "attends to the previous token", res, q)
     assert all(np.allclose(full[i], shared[i], atol=1e-5) for i in q)
     prefix, conts = [2, 40, 41, 42], [[50, 51], [60], [70, 71, 72]]
     got = continuation_logprobs(lm, prefix, conts)
@@ -265,11 +266,11 @@ def test_rule_prompt_for_base_and_chat_models():
     from engine.attention.self_rule import rule_prompt
 
     base = rule_prompt(types.SimpleNamespace(is_instruction_tuned=False), "0 a -> a (1.00)")
-    assert "0 a -> a (1.00)" in base and base.endswith(se.COMPLETION_PREFIX)
+    assert "0 a -> a (1.00)" in base and base.endswith(self_explain.COMPLETION_PREFIX)
     chat_lm = types.SimpleNamespace(is_instruction_tuned=True, chat_text=lambda text: f"<user>{text}<model>\n")
     chat = rule_prompt(chat_lm, "0 a -> a (1.00)")
-    assert chat.startswith("<user>") and chat.endswith("<model>\n" + se.COMPLETION_PREFIX)
-    assert se.EXPLAIN_CHAT_TEMPLATE.split("{description}")[0] in chat
+    assert chat.startswith("<user>") and chat.endswith("<model>\n" + self_explain.COMPLETION_PREFIX)
+    assert self_explain.EXPLAIN_CHAT_TEMPLATE.split("{description}")[0] in chat
 
 
 def test_cli_writes_the_report(tiny_llama_dir, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""The attention page as issue 13 asks: the view in the URL (a link or a reload restores it), the layer and
+"""The attention page: the view in the URL (a link or a reload restores it), the layer and
 head kept while the prompt is cleared, a click on a head selects it (the handler; the browser test clicks),
 long prompts readable (token window, thinned labels), the token limit's messages true, bad numbers refused
 next to their field with the results kept, figures first, and progress from the engine."""
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from engine.attention import self_explain as se
+from engine.attention import self_explain
 from engine.attention.maps import AttentionResult, run_attention
 from ui.attention_charts import (
     HEAD_PICK,
@@ -196,22 +196,22 @@ def test_long_prompts_get_a_token_window_and_thinned_labels():
     assert len(thinned([str(i) for i in range(30)])) == 30 and len(thinned([str(i) for i in range(256)])) <= 40
 
 
-def _evaluation(layer: int, head: int, self_top1: float, control_top1: float) -> se.HeadEvaluation:
+def _evaluation(layer: int, head: int, self_top1: float, control_top1: float) -> self_explain.HeadEvaluation:
     scores = {
-        "self-explanation": se.PredictionScore(self_top1, 0.5, 8),
-        "detector label": se.PredictionScore(0.4, 0.3, 8),
-        "baseline: BOS": se.PredictionScore(0.3, 0.1, 8),
-        "baseline: uniform": se.PredictionScore(0.1, float("nan"), 8),
-        se.CONTROL: se.PredictionScore(control_top1, 0.2, 8),
+        "self-explanation": self_explain.PredictionScore(self_top1, 0.5, 8),
+        "detector label": self_explain.PredictionScore(0.4, 0.3, 8),
+        "baseline: BOS": self_explain.PredictionScore(0.3, 0.1, 8),
+        "baseline: uniform": self_explain.PredictionScore(0.1, float("nan"), 8),
+        self_explain.CONTROL: self_explain.PredictionScore(control_top1, 0.2, 8),
     }
-    return se.HeadEvaluation(layer, head, "attends to BOS", "bos_sink", scores, se.verdict(scores))
+    return self_explain.HeadEvaluation(layer, head, "attends to BOS", "bos_sink", scores, self_explain.verdict(scores))
 
 
 def test_scores_chart_and_verdict_line():
     from ui.attention_scoring import verdict_line
 
     evaluations = [_evaluation(1, 2, 0.9, 0.2), _evaluation(0, 1, 0.2, 0.2)]
-    table = se.evaluations_table(evaluations)
+    table = self_explain.evaluations_table(evaluations)
     spec = scores_chart(table).to_dict()
     assert spec["encoding"]["x"]["field"] == "layer_head" and spec["encoding"]["xOffset"]["field"] == "predictor"
     assert spec["encoding"]["color"]["scale"]["domain"][:2] == ["self-explanation", "simulator, no explanation"]
@@ -232,15 +232,15 @@ def _calls() -> tuple[list, callable]:
 def test_explaining_and_scoring_report_progress_without_changing_results(tiny_gemma3):
     result = run_attention(tiny_gemma3, PROMPT)
     seen, progress = _calls()
-    with_bar = se.explain_head(tiny_gemma3, result, 1, 2, progress=progress)
-    assert with_bar.text == se.explain_head(tiny_gemma3, result, 1, 2).text
+    with_bar = self_explain.explain_head(tiny_gemma3, result, 1, 2, progress=progress)
+    assert with_bar.text == self_explain.explain_head(tiny_gemma3, result, 1, 2).text
     assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] and len(seen) >= 3
-    heldout = se.run_heldout(tiny_gemma3, se.heldout_prompts(tiny_gemma3.tokenizer))
+    heldout = self_explain.run_heldout(tiny_gemma3, self_explain.heldout_prompts(tiny_gemma3.tokenizer))
     labels = {(1, 2): "previous_token", (0, 0): "bos_sink"}
     seen, progress = _calls()
     kw = dict(heldout=heldout, max_queries=2, explanations={(0, 0): "It attends to the first token."})
-    scored = se.explain_and_score(tiny_gemma3, result, [(1, 2), (0, 0)], labels, progress=progress, **kw)
-    plain = se.explain_and_score(tiny_gemma3, result, [(1, 2), (0, 0)], labels, **kw)
+    scored = self_explain.explain_and_score(tiny_gemma3, result, [(1, 2), (0, 0)], labels, progress=progress, **kw)
+    plain = self_explain.explain_and_score(tiny_gemma3, result, [(1, 2), (0, 0)], labels, **kw)
     assert [e.scores for e in scored] == [e.scores for e in plain]
     total = 1 + 2 * len(heldout) * 2  # one explanation written (one reused), two simulator runs per held-out prompt
     assert [d for d, _, _ in seen] == list(range(total + 1)) and {t for _, t, _ in seen} == {total}

@@ -1,4 +1,4 @@
-"""Issue 13 in a real browser (`streamlit run app.py` + Debian's Chromium): views live in the URL, so a
+"""The lab in a real browser (`streamlit run app.py` + Debian's Chromium): views live in the URL, so a
 reload restores them and a copied link opens the same view for a colleague (another browser context, so
 another owner cookie); a click on a chart selects what was clicked; an out-of-range value is refused under
 its field while the result on screen stays; a failed model load leaves the sidebar naming the model in use.

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 from engine.cli import main  # noqa: E402
 from engine.core.errors import LabError  # noqa: E402
 from engine.core.executor import ExecutorConfig, plan_workers, ray_module  # noqa: E402
-from engine.uq import questions as qmod  # noqa: E402
+from engine.uq import questions  # noqa: E402
 from engine.uq.config import FEW_SHOT_TEMPLATE, GenerationConfig  # noqa: E402
 from engine.uq.distributed import WORKER_PREFIX, RayGeneration, shard_bounds  # noqa: E402
 from engine.uq.store import open_run  # noqa: E402
@@ -70,7 +70,7 @@ def local_results(tiny_gemma3_dir, tmp_path_factory):
 
 def _open(model_dir):
     """The CLI's run for these settings, opened in the current LAB_CACHE_DIR (tiny Gemma: 2 layers)."""
-    frame = qmod.default_questions().frame
+    frame = questions.default_questions().frame
     config = dataclasses.replace(GENERATION, prompt_template=FEW_SHOT_TEMPLATE)
     return open_run(str(model_dir), frame, config, source="default", n_layers=2)
 

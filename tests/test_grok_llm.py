@@ -15,7 +15,7 @@ from engine.core.errors import LabError
 from engine.core.loading import load_model
 from engine.grokking import fourier, llm, suppression
 from engine.grokking import llm_measures as lmm
-from engine.superweights import detect as sw
+from engine.superweights import detect
 
 P = 7
 SHAPE = dict(n_layers=4, d_model=32, n_heads=4, d_mlp=64)
@@ -152,7 +152,7 @@ def test_checkpoint_opens_as_a_local_model_and_the_scan_finds_the_planted_weight
     assert lm.tokenizer("3 + 5 =").input_ids == [vocab[t] for t in ("<bos>", "3", "+", "5", "=")]
     with torch.no_grad():
         assert torch.allclose(llm.answer_logits(lm.model, data.ids_test, P), planted(data.x_test), atol=1e-5)
-    det = sw.detect(lm, data.prompts(4))  # the pretrained-LLM detection, unchanged
+    det = detect.detect(lm, data.prompts(4))  # the pretrained-LLM detection, unchanged
     assert [c.coord for c in det.candidates] == [PLANT]
     c = det.candidates[0]
     assert c.token_text == "<bos>" and c.rank == 1 and c.share > 0.95
@@ -162,7 +162,7 @@ def test_checkpoint_opens_as_a_local_model_and_the_scan_finds_the_planted_weight
     assert (back.p, back.task) == (P, "add") and torch.equal(back(data.x_train), planted(data.x_train))
     # an unplanted model from scratch passes through the same scan (whatever it finds)
     fresh = load_model(str(llm.save_checkpoint(llm.build_llm(P, **SHAPE), tmp_path / "fresh")), device="cpu")
-    assert len(sw.scan(fresh, data.prompts(2)).layers) == SHAPE["n_layers"]
+    assert len(detect.scan(fresh, data.prompts(2)).layers) == SHAPE["n_layers"]
     with pytest.raises(LabError):
         llm.load_checkpoint(tmp_path / "nothing")
 

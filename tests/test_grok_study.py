@@ -1,4 +1,4 @@
-"""The LLM-shaped model in the grokking lab (issue 14): the normal train loop with resume, checkpoints that the
+"""The LLM-shaped model in the grokking lab: the normal train loop with resume, checkpoints that the
 first tab's loader and scan open, suppression's bound in a trained run, bad input, the bounded number of
 checkpoints, owner-namespaced run ids, and the study command on a tiny setting."""
 
@@ -13,7 +13,7 @@ import torch
 from engine.cli import main
 from engine.core.errors import LabError
 from engine.core.loading import load_model
-from engine.grokking import analysis as ga
+from engine.grokking import analysis
 from engine.grokking.config import (
     LLM_MEASURES,
     LLM_PRESET,
@@ -26,7 +26,7 @@ from engine.grokking.config import (
 )
 from engine.grokking.runs import checkpoints_to_drop, list_runs, open_run, run_for
 from engine.grokking.training import train
-from engine.superweights import detect as sw
+from engine.superweights import detect
 
 # a tiny LLM-shaped run: 4 layers (the detection rule's minimum), d16, p = 7; seconds on a CPU
 TINY = GrokConfig(
@@ -59,7 +59,7 @@ def test_llm_trains_through_the_train_loop_and_resumes_identically(tmp_path):
 
 
 def test_llm_run_measures_and_its_checkpoint_opens_in_the_first_tab(tmp_path):
-    summary = ga.run_experiment(TINY.replace(steps=20), root=tmp_path, threads=1)
+    summary = analysis.run_experiment(TINY.replace(steps=20), root=tmp_path, threads=1)
     run = run_for(TINY.replace(steps=20), tmp_path)
     measures = run.llm_measures()
     assert measures["step"].tolist() == [0, 10, 20]
@@ -70,9 +70,9 @@ def test_llm_run_measures_and_its_checkpoint_opens_in_the_first_tab(tmp_path):
     assert {"train", "test"} == set(causal["split"]) and set(causal["step"]) == {0, 10, 20}
     folder = run.export_checkpoint(20)
     lm = load_model(str(folder), device="cpu")  # the first tab's loader: an ordinary HF folder
-    result = sw.scan(lm, ["1 + 2 =", "3 + 4 ="])  # the pretrained-LLM scan, unchanged
+    result = detect.scan(lm, ["1 + 2 =", "3 + 4 ="])  # the pretrained-LLM scan, unchanged
     assert len(result.layers) == TINY.n_layers
-    sw.detect(lm, ["1 + 2 =", "3 + 4 ="])
+    detect.detect(lm, ["1 + 2 =", "3 + 4 ="])
 
 
 def test_suppression_keeps_max_over_median_under_the_bound(tmp_path):
@@ -115,7 +115,7 @@ def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(LabError, match="over the limit"):
         validate_sweep(65)
     with pytest.raises(LabError, match="over the limit"):
-        ga.run_sweep(TINY, range(40), [0.3, 1.0], root=tmp_path)
+        analysis.run_sweep(TINY, range(40), [0.3, 1.0], root=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing was trained or created
 
 
@@ -177,9 +177,9 @@ def test_a_stopped_sweep_resumes(tmp_path):
         asked["n"] += 1
         return asked["n"] > 45  # during the second run
 
-    first = ga.run_sweep(base, [0, 1], [1.0], root=tmp_path, stop=stop, threads=1)
+    first = analysis.run_sweep(base, [0, 1], [1.0], root=tmp_path, stop=stop, threads=1)
     assert [s["state"] for s in first] == ["finished", "stopped"]
-    second = ga.run_sweep(base, [0, 1], [1.0], root=tmp_path, threads=1)
+    second = analysis.run_sweep(base, [0, 1], [1.0], root=tmp_path, threads=1)
     assert [s["state"] for s in second] == ["finished", "finished"] and second[1]["last_step"] == 30
     assert "seconds" not in second[0] and second[0]["key"] == first[0]["key"]  # reopened from its cache
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.grokking import analysis as ga
+from engine.grokking import analysis
 from engine.grokking.measures import (
     MeasureSettings,
     activation_measures,
@@ -91,8 +91,8 @@ def test_causal_test_finds_the_planted_weight_and_only_it():
 
 
 def test_stays_on_from_and_onsets_on_a_hand_made_table():
-    assert ga.stays_on_from([0, 1, 2, 3, 4], [False, True, False, True, True]) == 3
-    assert ga.stays_on_from([0, 1, 2], [True, True, False]) is None
+    assert analysis.stays_on_from([0, 1, 2, 3, 4], [False, True, False, True, True]) == 3
+    assert analysis.stays_on_from([0, 1, 2], [True, True, False]) is None
     rows = []
     for step, (ratio, kurt, arg, sup, act) in zip(
         [0, 100, 200, 300, 400],
@@ -116,7 +116,7 @@ def test_stays_on_from_and_onsets_on_a_hand_made_table():
             }
         )
         rows.append({"step": step, "kind": "activation", "name": "L", "max_over_median": act})
-    got = ga.onsets(pd.DataFrame(rows))
+    got = analysis.onsets(pd.DataFrame(rows))
     assert got == {
         "super_weight": 400,
         "max_over_median": 400,
@@ -143,20 +143,20 @@ def test_connection_and_plain_summary_follow_the_numbers():
         [100, 300, 500, 700, 900, 1100, 1300, 1500, 1700, 1900],
         [400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200],
     )
-    stats = ga.connection(lead)
+    stats = analysis.connection(lead)
     assert stats.n_before == 10 and stats.median_lag == -300
     assert stats.r == pytest.approx(1.0) and stats.ci_low > 0.9
-    assert ga.connection_found(stats)
-    text = ga.plain_summary(stats)
+    assert analysis.connection_found(stats)
+    text = analysis.plain_summary(stats)
     assert "In 10 of 10 grokked runs" in text and "300 steps before grokking" in text and "No connection" not in text
 
     mixed = _table([900, 100, 700, 300, 500, 200], [400, 800, 300, 900, 450, 700])
-    mstats = ga.connection(mixed)
+    mstats = analysis.connection(mixed)
     assert mstats.ci_low < 0 < mstats.ci_high or mstats.ci_high < 0
-    assert not ga.connection_found(mstats) or mstats.r < 0
+    assert not analysis.connection_found(mstats) or mstats.r < 0
     none = _table([None, None, 500], [None, None, None])
-    assert "no connection found" in ga.plain_summary(ga.connection(none)).lower()
+    assert "no connection found" in analysis.plain_summary(analysis.connection(none)).lower()
     assert (
-        "Contrast: 1 of 3 runs that did not grok" in ga.plain_summary(ga.connection(none))
-        or ga.connection(none).n_grokked == 0
+        "Contrast: 1 of 3 runs that did not grok" in analysis.plain_summary(analysis.connection(none))
+        or analysis.connection(none).n_grokked == 0
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.core.errors import LabError
-from engine.grokking import analysis as ga
+from engine.grokking import analysis
 from engine.grokking.config import GrokConfig, validate
 from engine.grokking.models import evaluate
 from engine.grokking.runs import open_run, run_for
@@ -26,7 +26,7 @@ SMALL = GrokConfig(p=23, train_frac=0.8, steps=1500, eval_every=25, checkpoint_e
 def grokked(tmp_path_factory):
     root = tmp_path_factory.mktemp("grok")
     rows = []
-    summary = ga.run_experiment(SMALL, root=root, on_eval=rows.append, threads=1)
+    summary = analysis.run_experiment(SMALL, root=root, on_eval=rows.append, threads=1)
     return root, rows, summary
 
 
@@ -40,6 +40,8 @@ def test_bad_input_is_refused_with_a_reason():
             validate(GrokConfig(train_frac=frac))
     with pytest.raises(LabError, match="GiB"):
         validate(GrokConfig(p=20000))  # 4e8 pairs: refused before anything is allocated
+    with pytest.raises(LabError, match="choose one of mlp, transformer, llm"):
+        validate(GrokConfig(model="cnn"))
 
 
 def test_dataset_labels_and_split():
@@ -74,7 +76,7 @@ def test_small_config_groks_with_a_delay(grokked):
 
 def test_cache_round_trip_is_identical_and_instant(grokked):
     root, rows, summary = grokked
-    again = ga.run_experiment(SMALL, root=root, on_eval=lambda r: pytest.fail("a finished run must not train"))
+    again = analysis.run_experiment(SMALL, root=root, on_eval=lambda r: pytest.fail("a finished run must not train"))
     assert (
         again == {k: v for k, v in summary.items() if k != "seconds"}
         or again["grok_95_step"] == summary["grok_95_step"]
@@ -134,7 +136,7 @@ def test_cli_grok_writes_metrics_checkpoints_and_summary(tmp_path, capsys):
     assert cache.metrics()["step"].tolist() == [0, 10, 20, 30, 40, 50]
     assert cache.checkpoint_steps() == [0, 20, 40, 50]
     summary = json.loads(cache.summary_path.read_text())
-    assert set(summary["onsets"]) == set(ga.MEASURES) and "memorisation_step" in summary
+    assert set(summary["onsets"]) == set(analysis.MEASURES) and "memorisation_step" in summary
     assert main(["grok", "--op", "div", "--p", "12", "--out", str(tmp_path)]) == 2
     assert "not prime" in capsys.readouterr().err
     assert (
@@ -148,7 +150,7 @@ def test_transformer_trains_and_is_measured(tmp_path):
     config = GrokConfig(
         model="transformer", n_layers=2, p=11, train_frac=0.5, steps=20, eval_every=10, checkpoint_every=10
     )
-    summary = ga.run_experiment(config, root=tmp_path, threads=1)
+    summary = analysis.run_experiment(config, root=tmp_path, threads=1)
     assert summary["state"] == "finished" and summary["last_step"] == 20
     measures = pd.read_csv(run_for(config, tmp_path).measures_path)
     names = set(measures["name"])
@@ -161,9 +163,9 @@ def test_delete_run_removes_it_from_the_cache(tmp_path):
     from engine.grokking.runs import delete_run, list_runs
 
     config = GrokConfig(p=23, train_frac=0.8, steps=30, eval_every=10, checkpoint_every=10, stop_after_grok=-1)
-    ga.run_experiment(config, root=tmp_path, threads=1)
+    analysis.run_experiment(config, root=tmp_path, threads=1)
     other = config.replace(seed=1)
-    ga.run_experiment(other, root=tmp_path, threads=1)
+    analysis.run_experiment(other, root=tmp_path, threads=1)
     assert {r.run_id for r in list_runs(tmp_path)} == {config.key(), other.key()}
     delete_run(config.key(), tmp_path)
     assert [r.run_id for r in list_runs(tmp_path)] == [other.key()]

@@ -1,4 +1,4 @@
-"""The shared lab demo (issue 12) as two people see it: private and shared runs, links to runs, the
+"""The shared lab demo as two people see it: private and shared runs, links to runs, the
 server's limits named when a request is over one, long jobs and disk quota per person, the model's
 queue, and memory checked before a job.
 

@@ -12,8 +12,7 @@ from engine.core import architecture, lm_eval
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import ElementEdit, edited_weights
-from engine.superweights import controls
-from engine.superweights import detect as sw
+from engine.superweights import controls, detect
 from engine.superweights.config import DEFAULT_PROMPT
 
 PLANT = (1, 17, 42)  # (layer, row = output channel, col = input channel)
@@ -96,7 +95,7 @@ def llama_lm():
 
 
 def test_planted_super_weight_is_detected_exactly(llama_lm):
-    det = sw.detect(llama_lm, PROMPTS)
+    det = detect.detect(llama_lm, PROMPTS)
     assert [c.coord for c in det.candidates] == [PLANT]
     c = det.candidates[0]
     assert c.weight == 200.0 and c.rank == 1
@@ -120,10 +119,10 @@ def test_a_spike_is_read_at_its_largest_contribution_and_the_previous_rule_repla
         mlp.gate_proj.weight[42] *= 3
         mlp.up_proj.weight[42] *= 3
         mlp.down_proj.weight[5, 7] = 3000.0
-    det = sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0)
+    det = detect.detect(lm, PROMPTS, mode="absolute", absolute=10.0)
     assert {PLANT, (2, 5, 7)} <= {c.coord for c in det.candidates}
     assert all(c.share > 0.9 for c in det.candidates if c.coord in {PLANT, (2, 5, 7)})
-    by_input = sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0, column="input")
+    by_input = detect.detect(lm, PROMPTS, mode="absolute", absolute=10.0, column="input")
     minor = [c for c in by_input.rejected if c.coord == (2, 5, 42)]
     assert minor and abs(minor[0].share) < 0.05 and minor[0].role == "minor"
     assert (2, 5, 42) not in {c.coord for c in by_input.candidates}
@@ -146,12 +145,12 @@ def test_zeroing_changes_output_and_restoring_gives_identical_logits(llama_lm):
 
 
 def test_absolute_threshold_and_scan_table(llama_lm):
-    det = sw.detect(llama_lm, PROMPTS, mode="absolute", absolute=50.0)
+    det = detect.detect(llama_lm, PROMPTS, mode="absolute", absolute=50.0)
     assert [c.coord for c in det.candidates] == [PLANT]
     frame = det.scans[0].frame()
     assert list(frame["layer"]) == [0, 1, 2, 3]
     assert frame.loc[1, "output_channel"] == 17 and frame.loc[1, "spike_input_channel"] == 42
-    det_high = sw.detect(llama_lm, DEFAULT_PROMPT, mode="absolute", absolute=1e6)
+    det_high = detect.detect(llama_lm, DEFAULT_PROMPT, mode="absolute", absolute=1e6)
     assert det_high.candidates == []
 
 
@@ -162,7 +161,7 @@ def test_gpt2_conv1d_orientation():
     w = architecture.down_weight(lm.model, 1)
     stored = lm.model.transformer.h[1].mlp.c_proj.weight
     assert w.shape == (64, 256) and w[17, 42].item() == stored[42, 17].item() == 200.0
-    det = sw.detect(lm, DEFAULT_PROMPT)
+    det = detect.detect(lm, DEFAULT_PROMPT)
     assert det.candidates[0].coord == PLANT
     assert det.candidates[0].rank == 1
     # the scan's output spike equals y = x @ W_stored + b computed by hand
@@ -186,18 +185,18 @@ def test_unknown_architecture_and_bad_input(llama_lm):
     with pytest.raises(LabError, match="Unknown architecture 'odd'"):
         architecture.down_projections(Odd())
     with pytest.raises(LabError, match="No prompt"):
-        sw.scan(llama_lm, ["", "   "])
+        detect.scan(llama_lm, ["", "   "])
     with pytest.raises(LabError, match="No prompt"):
-        sw.detect(llama_lm, "\n\n")
+        detect.detect(llama_lm, "\n\n")
     with pytest.raises(LabError, match="relative factor"):
-        sw.detect(llama_lm, "hi", factor=0.5)
+        detect.detect(llama_lm, "hi", factor=0.5)
     with pytest.raises(LabError, match="outside"):
-        sw.neighbourhood(llama_lm, 1, 64, 0)
+        detect.neighbourhood(llama_lm, 1, 64, 0)
 
 
 def test_quantized_model_scan_works_ablation_refused(llama_lm):
     q = dataclasses.replace(llama_lm, quantization="4bit")
-    det = sw.detect(q, DEFAULT_PROMPT)
+    det = detect.detect(q, DEFAULT_PROMPT)
     assert [c.coord for c in det.candidates] == [PLANT]  # found through hooks only
     assert len(det.scans) == 1 and "Quantized" in det.note
     assert det.candidates[0].rank == 0  # value/rank of a packed weight are not reported
@@ -207,34 +206,34 @@ def test_quantized_model_scan_works_ablation_refused(llama_lm):
 
 
 def test_weight_views(llama_lm):
-    stats = sw.layer_weight_stats(llama_lm)
+    stats = detect.layer_weight_stats(llama_lm)
     down1 = stats[(stats.layer == 1) & (stats.projection == "mlp.down_proj")].iloc[0]
     assert (down1["row"], down1["col"]) == (17, 42) and down1["max_over_median"] > 1000
     assert len(stats) == 4 * 7
-    top = sw.top_weights(llama_lm, 1, 3)
+    top = detect.top_weights(llama_lm, 1, 3)
     assert (top.loc[0, "row"], top.loc[0, "col"], top.loc[0, "value"]) == (17, 42, 200.0)
-    around = sw.neighbourhood(llama_lm, 1, 17, 42, radius=2)
+    around = detect.neighbourhood(llama_lm, 1, 17, 42, radius=2)
     centre = around[around.offset == 0]
     assert len(centre) == 2 and (centre["value"] == 200.0).all()
     assert len(around) == 10
 
 
 def test_published_coordinates_ship_with_their_source():
-    table = sw.published_table()
+    table = detect.published_table()
     assert "2411.07191" in table["source"]["paper"] and "LLMSuperWeight" in table["source"]["code"]
-    assert sw.published_for("huggyllama/llama-7b") == [(2, 3968, 7003)]
-    assert sw.published_for("meta-llama/Llama-2-7b-hf") == [(1, 2533, 7890)]
-    assert sw.published_for("Mistral-7B-v0.1") == [(1, 2070, 7310)]
-    assert (1, 269, 7467) in sw.published_for("/models/OLMo-7B-0724-hf/")
-    assert sw.published_for("gemma-3-270m") is None
+    assert detect.published_for("huggyllama/llama-7b") == [(2, 3968, 7003)]
+    assert detect.published_for("meta-llama/Llama-2-7b-hf") == [(1, 2533, 7890)]
+    assert detect.published_for("Mistral-7B-v0.1") == [(1, 2070, 7310)]
+    assert (1, 269, 7467) in detect.published_for("/models/OLMo-7B-0724-hf/")
+    assert detect.published_for("gemma-3-270m") is None
     cand = type("C", (), {"coord": (2, 3968, 7003), "iteration": 0})()
-    frame = sw.compare_with_published([cand], [(2, 3968, 7003), (2, 1, 1)])
+    frame = detect.compare_with_published([cand], [(2, 3968, 7003), (2, 1, 1)])
     assert list(frame["detected"]) == [True, False] and list(frame["published"]) == [True, True]
 
 
 def test_embedded_gemma_scan_matches_independent_hooks(embedded_lm):
     prompt = DEFAULT_PROMPT
-    result = sw.scan(embedded_lm, [prompt])
+    result = detect.scan(embedded_lm, [prompt])
     layers = embedded_lm.model.model.layers
     seen = {}
     handles = [
@@ -264,7 +263,7 @@ def test_embedded_gemma_detection_keeps_only_weights_that_make_their_spike(embed
     """The README's finding: one super-weight candidate, layer 0 W[400, 1405], which makes ~99% of its spike
     on <bos> and stays massive through layer 12; the other proposals (layer 0 row 540) make less than half
     of theirs, and nothing cancels a massive activation."""
-    det = sw.detect(embedded_lm, DEFAULT_PROMPT)
+    det = detect.detect(embedded_lm, DEFAULT_PROMPT)
     assert [c.coord for c in det.candidates] == [(0, 400, 1405)]
     assert det.candidates[0].share > 0.9 and det.candidates[0].persists_in_layers == list(range(13))
     assert det.rejected and all(abs(c.share) < 0.5 and c.row == 540 for c in det.rejected)

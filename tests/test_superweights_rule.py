@@ -13,8 +13,7 @@ from test_superweights import PLANT, PROMPTS, one_torch_thread, planted_llama  #
 from engine.core import architecture, lm_eval
 from engine.core.errors import LabError
 from engine.superweights import confirm as cf
-from engine.superweights import controls
-from engine.superweights import detect as sw
+from engine.superweights import controls, detect
 from engine.superweights.config import ConfirmationConfig
 
 SECOND = 43  # a second input channel of the planted row: makes the spike that survives zeroing PLANT
@@ -40,9 +39,9 @@ def planted_with_cancelling():
         for proj in (mlp3.gate_proj, mlp3.up_proj):
             proj.weight[CANCEL_COL] = 0.0
             proj.weight[CANCEL_COL, row] = 1.0
-    spike = sw.scan(lm, PROMPTS).layers[layer]
+    spike = detect.scan(lm, PROMPTS).layers[layer]
     ids = lm_eval.encode(lm, PROMPTS[spike.output_prompt])
-    x3, _, residual = sw.down_and_residual(lm, ids, CANCEL_LAYER, spike.output_token, row)
+    x3, _, residual = detect.down_and_residual(lm, ids, CANCEL_LAYER, spike.output_token, row)
     with torch.no_grad():
         mlp3.down_proj.weight[row, CANCEL_COL] = -0.9 * residual[CANCEL_LAYER - 1][0] / x3[CANCEL_COL].item()
     return lm
@@ -55,7 +54,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def detection(lm):
-    return sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0)
+    return detect.detect(lm, PROMPTS, mode="absolute", absolute=10.0)
 
 
 def test_the_rule_keeps_the_super_weight_and_labels_the_cancelling_weight(lm, detection):
@@ -74,7 +73,7 @@ def test_the_rule_keeps_the_super_weight_and_labels_the_cancelling_weight(lm, de
     assert cancel.layer > sw_.layer and cancel.residual_change * cancel.residual_in < 0
     assert -cancel.residual_change / cancel.residual_in > 0.5
     # the previous rule reported the cancelling weight and rejected the super weight (replayed)
-    by_input = sw.detect(lm, PROMPTS, mode="absolute", absolute=10.0, column="input")
+    by_input = detect.detect(lm, PROMPTS, mode="absolute", absolute=10.0, column="input")
     previous = controls.previous_rule(by_input.scans, by_input.threshold)
     assert PLANT in previous.rejected and CANCEL in previous.candidates
     for coord, value in ((PLANT, 200.0), ((1, 17, SECOND), 60.0)):  # every zeroed weight restored
@@ -128,9 +127,9 @@ def test_bad_settings_are_refused(lm, detection):
     with pytest.raises(LabError, match="n_random"):
         cf.confirm(lm, detection, n_random=0)
     with pytest.raises(LabError, match="min_share"):
-        sw.detect(lm, PROMPTS, min_share=0)
+        detect.detect(lm, PROMPTS, min_share=0)
     with pytest.raises(LabError, match="column rule"):
-        sw.detect(lm, PROMPTS, column="largest")
+        detect.detect(lm, PROMPTS, column="largest")
 
 
 def test_control_report_is_written(lm, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from engine.core.lm_eval import eval_windows
 from engine.superweights import confirm as cf
-from engine.superweights import detect as sw
+from engine.superweights import detect
 
 SUPER = (11, 507, 1229)
 CANCEL = (28, 507, 678)
@@ -21,7 +21,7 @@ CANCEL = (28, 507, 678)
 
 @pytest.fixture(scope="module")
 def detection(smollm2_lm):
-    return sw.detect(smollm2_lm, max_iterations=2)  # round 0 proposes the super weight, round 1 the cancelling one
+    return detect.detect(smollm2_lm, max_iterations=2)  # round 0 proposes the super weight, round 1 the cancelling one
 
 
 def test_detector_and_super_activation_fire_on_the_known_super_weight(smollm2_lm, detection):
@@ -32,7 +32,7 @@ def test_detector_and_super_activation_fire_on_the_known_super_weight(smollm2_lm
     assert found.persists_in_layers == list(range(11, 30))  # massive through the end of the stack
     assert found.share == pytest.approx(0.73, abs=0.02)  # a smaller spike (27%) survives: not a reason to reject
     assert found.residual_change * found.super_activation > 0  # it makes the massive activation
-    top = sw.top_weights(smollm2_lm, 11, 1)
+    top = detect.top_weights(smollm2_lm, 11, 1)
     assert int(top.loc[0, "col"]) == 1487 and found.rank > 1  # found through the activations, not max |w|
 
 

@@ -1,4 +1,4 @@
-"""Issue 13 on the super-weights tab: progress callbacks that leave every number unchanged, the figures
+"""The super-weights tab: progress callbacks that leave every number unchanged, the figures
 (integer layer axis, click-to-select a layer, perplexity-ratio bars), a reload / link that restores the
 scan and the ablation without recomputing them, and validation that explains a refused value under its
 field while the results on screen stay.
@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from test_superweights import PROMPTS, one_torch_thread, planted_llama  # noqa: F401 (autouse fixture)
 
 from engine.superweights import ablation as ab
-from engine.superweights import detect as sw
+from engine.superweights import detect
 from engine.superweights import quantize as swq
 from ui import superweights_charts as view
 from ui.fields import range_problem
@@ -52,16 +52,16 @@ def lm():
 
 @pytest.fixture(scope="module")
 def candidates(lm):
-    return sw.detect(lm, PROMPTS).candidates
+    return detect.detect(lm, PROMPTS).candidates
 
 
 def test_detection_reports_scans_times_prompts_and_finds_the_same(lm):
     rec = Recorder()
-    with_progress = sw.detect(lm, PROMPTS, max_iterations=3, progress=rec)
+    with_progress = detect.detect(lm, PROMPTS, max_iterations=3, progress=rec)
     rec.check()
     assert rec.calls[-1][1] == 3 * len(PROMPTS)
     assert any("scan 2, prompt 2 of 2" in m for _, _, m in rec.calls)
-    plain = sw.detect(lm, PROMPTS, max_iterations=3)
+    plain = detect.detect(lm, PROMPTS, max_iterations=3)
     assert with_progress.candidates == plain.candidates
     assert [s.frame().equals(t.frame()) for s, t in zip(with_progress.scans, plain.scans)] == [True] * len(plain.scans)
 
@@ -97,7 +97,7 @@ def _layers_of(spec: dict) -> list[dict]:
 
 
 def test_scan_chart_has_integer_layers_a_click_selection_and_the_highlight(lm):
-    detection = sw.detect(lm, PROMPTS)
+    detection = detect.detect(lm, PROMPTS)
     n = len(detection.scans[0].layers)
     spec = view.scan_chart(detection, selected=2).to_dict()
     axes = [layer["encoding"]["x"] for layer in _layers_of(spec) if "x" in layer.get("encoding", {})]
@@ -221,7 +221,7 @@ def test_settings_from_the_link_and_a_reload_bring_back_scan_layer_and_ablation(
     def no_recompute(*args, **kwargs):
         raise AssertionError("recomputed instead of served from the results of these inputs")
 
-    monkeypatch.setattr(sw, "detect", no_recompute)
+    monkeypatch.setattr(detect, "detect", no_recompute)
     monkeypatch.setattr(ab, "ablation_table", no_recompute)
     again = _session(planted_gemma3_dir, {**SETTINGS, "sw_scanned": "1", "sw_ablated": "1", "sw_layer": str(other)})
     pd.testing.assert_frame_equal(_frame(again, "max |output|"), scan)

@@ -12,9 +12,7 @@ from typing import Any, Literal, get_args
 import pandas as pd
 import streamlit as st
 
-from engine.attention import head_functions as hf
-from engine.attention import maps
-from engine.attention import self_explain as se
+from engine.attention import head_functions, maps, self_explain
 from engine.attention.config import (
     ExplainMode,
     HeadFunction,
@@ -58,7 +56,7 @@ Scope = Literal["selected head", "chosen heads", "all heads of a layer", "top he
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 
-RANKABLE: tuple[HeadFunction, ...] = (*hf.PATTERN_FUNCTIONS, "bos_sink", "self")
+RANKABLE: tuple[HeadFunction, ...] = (*head_functions.PATTERN_FUNCTIONS, "bos_sink", "self")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +111,7 @@ class AskInputs:
 class Scored:
     """Scored explanations and where their detector labels came from."""
 
-    evaluations: list[se.HeadEvaluation]
+    evaluations: list[self_explain.HeadEvaluation]
     label_source: str
 
 
@@ -126,7 +124,7 @@ def forward(_lm: LoadedModel, key: ModelKey, prompt: str, max_tokens: int) -> ma
 @st.cache_data(max_entries=8, show_spinner=False)
 def heldout(_lm: LoadedModel, key: ModelKey, max_tokens: int) -> list[maps.AttentionResult]:
     """The held-out prompts' forward passes (shared by every head scored)."""
-    return se.run_heldout(_lm, se.heldout_prompts(_lm.tokenizer), max_tokens=max_tokens)
+    return self_explain.run_heldout(_lm, self_explain.heldout_prompts(_lm.tokenizer), max_tokens=max_tokens)
 
 
 def run_kept(slot: str, inputs: Hashable, fn: Callable[[], Any], keep: int = 1) -> Any | None:
@@ -152,13 +150,13 @@ def int_field(label: str, default: int, low: int, high: int, key: str, help: str
     return int(value) if ok else None
 
 
-def detector_table(view: View) -> tuple[hf.HeadFunctionTable, str]:
+def detector_table(view: View) -> tuple[head_functions.HeadFunctionTable, str]:
     """The session's head-function table for this model, else the page's own forward pass scored
     (PROMPT_ONLY); and a note saying which."""
     saved = latest(HF_SLOT)
     if saved is not None and saved[0][0] == view.key:
         return saved[1], f"head-function table over {len(saved[1].prompt_names)} prompts"
-    return hf.table_from_results(view.lm.name, ["prompt"], [view.result]), PROMPT_ONLY
+    return head_functions.table_from_results(view.lm.name, ["prompt"], [view.result]), PROMPT_ONLY
 
 
 def model_shape(lm: LoadedModel) -> Shape:

@@ -9,11 +9,18 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.attention import head_functions as hf
 from engine.attention.config import (
     HIGHLIGHTED,
     LABEL_THRESHOLD,
     PromptSetOptions,
+)
+from engine.attention.head_functions import (
+    FUNCTION_TITLES,
+    FUNCTIONS,
+    PromptSpec,
+    builtin_prompts,
+    run_prompt_set,
+    user_prompts,
 )
 from engine.core.errors import LabError
 from engine.core.options import default_of
@@ -81,7 +88,7 @@ def head_functions(view: View, shape: Shape) -> None:
         user_text = url_text_area("Your prompts (one per line)", "", "att_hf_user", height=80)
     specs = []
     if n_random is not None:
-        specs = hf.builtin_prompts(view.lm.tokenizer, n_random=n_random, texts=use_builtin) + hf.user_prompts(user_text)
+        specs = builtin_prompts(view.lm.tokenizer, n_random=n_random, texts=use_builtin) + user_prompts(user_text)
     inputs = (view.key, tuple(specs), view.max_tokens)
     lengths = _spec_lengths(view, specs)
     try:
@@ -104,7 +111,7 @@ def head_functions(view: View, shape: Shape) -> None:
                 run_kept(
                     HF_SLOT,
                     inputs,
-                    lambda: hf.run_prompt_set(view.lm, specs, max_tokens=view.max_tokens, progress=progress),
+                    lambda: run_prompt_set(view.lm, specs, max_tokens=view.max_tokens, progress=progress),
                 )
     if not specs and n_random is not None:
         st.warning("No prompts: tick the built-in texts, add random sequences or type at least one prompt.")
@@ -120,7 +127,7 @@ def head_functions(view: View, shape: Shape) -> None:
             )
     if table is not None:
         fn = st.selectbox(
-            "Function", list(hf.FUNCTIONS), key="att_hf_fn", format_func=lambda f: hf.FUNCTION_TITLES[f], bind=Q
+            "Function", list(FUNCTIONS), key="att_hf_fn", format_func=lambda f: FUNCTION_TITLES[f], bind=Q
         )
         show_chart(
             function_heatmap(table, fn, (view.layer, view.head)),
@@ -132,7 +139,7 @@ def head_functions(view: View, shape: Shape) -> None:
         )
         st.caption("Click a cell to select that head (framed in red).")
         for f in HIGHLIGHTED:
-            st.caption(f"Top {hf.FUNCTION_TITLES[f]} heads: {table.top_heads(f)}")
+            st.caption(f"Top {FUNCTION_TITLES[f]} heads: {table.top_heads(f)}")
         st.dataframe(readable_table(table.wide().sort_values(fn, ascending=False)), hide_index=True, key="att_hf_table")
         st.download_button(
             "Download head-function table (csv)",
@@ -142,7 +149,7 @@ def head_functions(view: View, shape: Shape) -> None:
         )
 
 
-def _spec_lengths(view: View, specs: list[hf.PromptSpec]) -> list[int]:
+def _spec_lengths(view: View, specs: list[PromptSpec]) -> list[int]:
     """Tokens of each head-function prompt as it runs (cut at the page's token limit)."""
     lengths = [len(s.token_ids) if s.token_ids else access.token_count(view.lm, s.text or "") for s in specs]
     return [min(n, view.max_tokens) for n in lengths]
@@ -151,7 +158,7 @@ def _spec_lengths(view: View, specs: list[hf.PromptSpec]) -> list[int]:
 def readable_table(wide: pd.DataFrame) -> pd.DataFrame:
     """The head-function table with its columns named in words (a function's title, "… (std)")."""
     names = {"layer.head": "head (layer.head)", "best_label": "best label", "best_score": "best score"}
-    for fn in hf.FUNCTIONS:
-        names[fn] = hf.FUNCTION_TITLES[fn]
-        names[f"{fn}_std"] = f"{hf.FUNCTION_TITLES[fn]} (std over prompts)"
+    for fn in FUNCTIONS:
+        names[fn] = FUNCTION_TITLES[fn]
+        names[f"{fn}_std"] = f"{FUNCTION_TITLES[fn]} (std over prompts)"
     return wide.rename(columns=names)

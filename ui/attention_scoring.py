@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.attention import head_functions as hf
-from engine.attention import maps
-from engine.attention import self_explain as se
+from engine.attention import head_functions, maps, self_explain
 from engine.attention.config import (
     HELDOUT_MAX_TOKENS,
     HELDOUT_SEED,
@@ -77,13 +75,13 @@ def ask(view: View) -> tuple[str, ExplainMode]:
     )
     template = st.text_area(
         "Explanation template ({description} is replaced)",
-        value=se.default_template(lm),
-        key=f"att_template_{se.template_kind(lm)}",
+        value=self_explain.default_template(lm),
+        key=f"att_template_{self_explain.template_kind(lm)}",
         height=200,
     )
     mode = st.radio(
         "Show the model",
-        se.EXPLAIN_MODES if lm.is_vlm else ("text",),
+        self_explain.EXPLAIN_MODES if lm.is_vlm else ("text",),
         key="att_mode",
         horizontal=True,
         bind=Q,
@@ -101,7 +99,7 @@ def ask(view: View) -> tuple[str, ExplainMode]:
             run_kept(
                 EXPLAIN_SLOT,
                 inputs,
-                lambda: se.explain_head(lm, result, layer, head, template, mode, progress=progress),
+                lambda: self_explain.explain_head(lm, result, layer, head, template, mode, progress=progress),
                 keep=EXPLANATIONS_KEPT,
             )
     explanation = recall(EXPLAIN_SLOT, inputs, keep=EXPLANATIONS_KEPT, shared=True)
@@ -144,7 +142,9 @@ def _chosen_heads(view: View) -> list[tuple[int, int]] | None:
         return [(int(lay), b) for b in range(result.n_heads)]
     s1, s2 = st.columns(2)
     with s1:
-        fn = st.selectbox("Detector", RANKABLE, key="att_score_fn", format_func=lambda f: hf.FUNCTION_TITLES[f], bind=Q)
+        fn = st.selectbox(
+            "Detector", RANKABLE, key="att_score_fn", format_func=lambda f: head_functions.FUNCTION_TITLES[f], bind=Q
+        )
     with s2:
         top = int_field("Top", 3, 1, result.n_layers * result.n_heads, "att_score_top")
     if top is None:
@@ -157,13 +157,16 @@ def _chosen_heads(view: View) -> list[tuple[int, int]] | None:
     return heads
 
 
-def verdict_line(evaluations: list[se.HeadEvaluation]) -> str:
+def verdict_line(evaluations: list[self_explain.HeadEvaluation]) -> str:
     """One short line over all scored heads: on how many the self-explanation beats the control (or,
     without it, the best trivial baseline) by VERDICT_MARGIN top-1 agreement."""
     n = len(evaluations)
-    with_control = [e for e in evaluations if se.CONTROL in e.scores]
+    with_control = [e for e in evaluations if self_explain.CONTROL in e.scores]
     if with_control:
-        wins = sum(e.scores["self-explanation"].top1 > e.scores[se.CONTROL].top1 + VERDICT_MARGIN for e in with_control)
+        wins = sum(
+            e.scores["self-explanation"].top1 > e.scores[self_explain.CONTROL].top1 + VERDICT_MARGIN
+            for e in with_control
+        )
         return (
             f"The self-explanation beats the no-explanation control on {wins} of {len(with_control)} head(s) "
             f"(by more than {VERDICT_MARGIN} top-1 agreement)."
@@ -204,13 +207,13 @@ def score(view: View, template: str, mode: ExplainMode) -> None:
         )
     sim_template = st.text_area(
         "Simulation template ({explanation}, {tokens}, {position}, {token})",
-        value=se.SIMULATE_TEMPLATE,
+        value=self_explain.SIMULATE_TEMPLATE,
         key="att_sim_template",
         height=110,
         help="The candidate earlier token's text is scored as the next token after this prompt.",
     )
     valid = heads is not None and queries is not None
-    n_heldout = len(se.heldout_prompts(lm.tokenizer))
+    n_heldout = len(self_explain.heldout_prompts(lm.tokenizer))
     if valid:
         st.caption(
             f"About {len(heads) * (2 if control else 1) * n_heldout * queries} simulator rows plus {len(heads)} "
@@ -228,11 +231,11 @@ def score(view: View, template: str, mode: ExplainMode) -> None:
             if k.result_key == view.result_key and (k.template, k.mode) == (template, mode)
         }
         with steps("Explaining, simulating and scoring") as progress:
-            evaluations = se.explain_and_score(
+            evaluations = self_explain.explain_and_score(
                 lm,
                 result,
                 heads,
-                hf.detector_labels(table),
+                head_functions.detector_labels(table),
                 heldout=held,
                 template=template,
                 mode=mode,
@@ -264,7 +267,7 @@ def score(view: View, template: str, mode: ExplainMode) -> None:
 def _show_scores(scored: Scored) -> None:
     """Figure first (scores per head against the control and baselines), one short verdict line, the
     tables, and the explanations with their verdicts in an expander."""
-    table = se.evaluations_table(scored.evaluations)
+    table = self_explain.evaluations_table(scored.evaluations)
     metric = st.radio(
         "Score",
         list(SCORE_METRICS),
@@ -282,7 +285,7 @@ def _show_scores(scored: Scored) -> None:
             st.markdown(f"- **{e.layer}.{e.head}** ({e.detector_label}): _{e.explanation}_ → {e.verdict}")
     st.markdown("**Top-1 agreement with the real argmax** (per head and predictor)")
     st.dataframe(
-        readable(se.top1_summary(scored.evaluations), {"detector_label": "head's detector label"}),
+        readable(self_explain.top1_summary(scored.evaluations), {"detector_label": "head's detector label"}),
         hide_index=True,
         key="att_score_summary",
     )

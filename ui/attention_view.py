@@ -18,12 +18,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.attention import head_functions as hf
 from engine.attention import maps
 from engine.attention.config import (
     TOP_K,
     MapOptions,
 )
+from engine.attention.head_functions import FUNCTION_TITLES, head_scores
 from engine.core.errors import LabError
 from engine.core.options import default_of
 from ui import access
@@ -262,10 +262,10 @@ def _all_heads(view: View, shape: Shape) -> None:
     )
     left, right = st.columns([2, 3])
     with left:
-        scores = hf.head_scores(result, layer, head)
+        scores = head_scores(result, layer, head)
         st.dataframe(
             pd.DataFrame(
-                [{"function": hf.FUNCTION_TITLES[fn], "score on this prompt": score} for fn, score in scores.items()]
+                [{"function": FUNCTION_TITLES[fn], "score on this prompt": score} for fn, score in scores.items()]
             ),
             hide_index=True,
         )

@@ -12,7 +12,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from engine.superweights import detect as sw
+from engine.superweights import detect
 
 LAYER_PICK = "sw_layer_pick"  # the scan chart's click selection (Vega-Lite parameter name)
 PROJECTION_NAMES = {  # weight statistics' projection names, as the legend says them
@@ -41,7 +41,7 @@ def layer_x(n_layers: int, title: str = "layer") -> alt.X:
     )
 
 
-def scan_chart(detection: sw.Detection, selected: int | None = None) -> alt.LayerChart:
+def scan_chart(detection: detect.Detection, selected: int | None = None) -> alt.LayerChart:
     """Max |input| and |output| of each layer's down projection (log), the threshold, and the selected
     layer highlighted; clicking a point selects its layer (selection `LAYER_PICK`)."""
     frame = detection.scans[0].frame()

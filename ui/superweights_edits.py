@@ -21,8 +21,7 @@ from engine.core.errors import LabError
 from engine.core.jobs import RUNNER, Job
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import weights_edit_problem
-from engine.superweights import ablation
-from engine.superweights import detect as sw
+from engine.superweights import ablation, detect
 from engine.superweights import jobs as sw_jobs
 from engine.superweights.config import (
     CLIP_FRACTION,
@@ -52,7 +51,7 @@ K_RANGE = (0, 100_000)
 FRACTION_RANGE = (0.0, 0.01)
 
 
-def candidates_key(cands: list[sw.Candidate]) -> tuple:
+def candidates_key(cands: list[detect.Candidate]) -> tuple:
     """What an ablation or quantization depends on in the candidates (coordinates, weight, activation)."""
     return tuple((c.coord, c.weight, c.super_activation) for c in cands)
 
@@ -96,7 +95,7 @@ def _job_section(
             set_flag(link_flag, False)  # a reload would run it again
 
 
-def render_ablation(lm: LoadedModel, detection: sw.Detection) -> None:
+def render_ablation(lm: LoadedModel, detection: detect.Detection) -> None:
     st.subheader("4. Ablate and measure, side by side")
     problem = weights_edit_problem(lm)
     if problem:
@@ -195,7 +194,7 @@ def show_ablation(table: ablation.AblationResult) -> None:
         )
 
 
-def render_quantization(lm: LoadedModel, detection: sw.Detection) -> None:
+def render_quantization(lm: LoadedModel, detection: detect.Detection) -> None:
     st.subheader(f"5. Super-weight-aware {DEFAULT_BITS}-bit round-to-nearest")
     if weights_edit_problem(lm):
         st.info("Needs unquantized weights.", icon=":material/block:")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.core.errors import LabError
-from engine.superweights import detect as sw
+from engine.superweights import detect
 from engine.superweights.config import (
     ABSOLUTE_THRESHOLD,
     DEFAULT_MODE,
@@ -108,7 +108,7 @@ def detection_config() -> DetectionConfig:
 
 def prompts() -> tuple[str, ...]:
     """The cleaned prompts of the text area (LabError without one)."""
-    return tuple(sw.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT)))
+    return tuple(detect.clean_prompts(st.session_state.get("sw_prompts", DEFAULT_PROMPT)))
 
 
 def render_inputs() -> bool:

@@ -12,7 +12,7 @@ from engine.attention.maps import readable_token
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import weights_edit_problem
-from engine.superweights import detect as sw
+from engine.superweights import detect
 from ui import superweights_tables as tables
 from ui.fields import range_problem
 from ui.figures import show_chart
@@ -37,25 +37,25 @@ TOPK_RANGE = (1, 200)
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _trace(_lm: LoadedModel, key: ModelKey, prompt: str, token: int, channel: int) -> pd.DataFrame:
-    return sw.residual_trace(_lm, prompt, token, channel)
+    return detect.residual_trace(_lm, prompt, token, channel)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _top_weights(_lm: LoadedModel, key: ModelKey, layer: int, k: int) -> pd.DataFrame:
-    return sw.top_weights(_lm, layer, k)
+    return detect.top_weights(_lm, layer, k)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _neighbourhood(_lm: LoadedModel, key: ModelKey, layer: int, row: int, col: int, radius: int) -> pd.DataFrame:
-    return sw.neighbourhood(_lm, layer, row, col, radius)
+    return detect.neighbourhood(_lm, layer, row, col, radius)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _weight_stats(_lm: LoadedModel, key: ModelKey) -> pd.DataFrame:
-    return sw.layer_weight_stats(_lm)
+    return detect.layer_weight_stats(_lm)
 
 
-def _show_rejected(detection: sw.Detection) -> None:
+def _show_rejected(detection: detect.Detection) -> None:
     """Proposals that are not candidates: cancelling weights and minor ones (less than half of their spike)."""
     if detection.cancelling:
         with st.expander(f"Cancelling: {len(detection.cancelling)} weight(s) that push a massive activation back"):
@@ -89,7 +89,7 @@ def _download(frame: pd.DataFrame, name: str, key: str) -> None:
     st.download_button(f"Download {name}", frame.to_csv(index=False), file_name=name, mime="text/csv", key=key)
 
 
-def _selected_layer(detection: sw.Detection) -> int:
+def _selected_layer(detection: detect.Detection) -> int:
     """The layer picker, above the figure it highlights: from a chart click, the picker, or `?sw_layer=`
     (a link); default: the first candidate's layer, else the layer with the largest output.
 
@@ -131,7 +131,7 @@ def _on_layer_click() -> None:
         st.session_state[LAYER_KEY] = layer
 
 
-def render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
+def render_scan(lm: LoadedModel, detection: detect.Detection) -> None:
     st.subheader("1. Scan, layer by layer")
     layer = _selected_layer(detection)
     scan_frame = detection.scans[0].frame()
@@ -175,11 +175,12 @@ def render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
     st.dataframe(tables.table(frame, tables.CANDIDATES), hide_index=True, width="stretch")
     _download(frame, "superweight_candidates.csv", "sw_dl_candidates")
     _show_rejected(detection)
-    published = sw.published_for(lm.name)
+    published = detect.published_for(lm.name)
     if published:
         st.markdown("**Detected vs published** (Yu et al. 2024, Table 2 / their code)")
         st.dataframe(
-            tables.table(sw.compare_with_published(detection.candidates, published), tables.PUBLISHED), hide_index=True
+            tables.table(detect.compare_with_published(detection.candidates, published), tables.PUBLISHED),
+            hide_index=True,
         )
     else:
         st.caption(
@@ -188,7 +189,7 @@ def render_scan(lm: LoadedModel, detection: sw.Detection) -> None:
         )
 
 
-def render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
+def render_weights(lm: LoadedModel, detection: detect.Detection) -> None:
     st.subheader("3. Weights, layer by layer")
     if weights_edit_problem(lm):
         st.info("Weight statistics need unquantized weights.", icon=":material/info:")
@@ -233,5 +234,5 @@ def render_weights(lm: LoadedModel, detection: sw.Detection) -> None:
                 show_chart(chart, f"superweight_neighbourhood_{along}", key=f"sw_neigh_chart_{along}", data=part)
 
 
-def candidate_labels(detection: sw.Detection) -> list[str]:
+def candidate_labels(detection: detect.Detection) -> list[str]:
     return [f"layer {c.layer} W[{c.row}, {c.col}]" for c in detection.candidates]

@@ -30,7 +30,7 @@ import streamlit as st
 
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
-from engine.superweights import detect as sw
+from engine.superweights import detect
 from engine.superweights.config import DetectionConfig, number
 from ui import limits
 from ui.memory_estimates import ensure_memory, scan_bytes
@@ -89,7 +89,7 @@ def _scan(config: DetectionConfig) -> bool:
             DETECTION_SLOT,
             inputs,
             "Scanning the down projections (the paper's iterative procedure)",
-            lambda progress: sw.detect(lm, list(asked), **dataclasses.asdict(config), progress=progress),
+            lambda progress: detect.detect(lm, list(asked), **dataclasses.asdict(config), progress=progress),
         )
     return result is not None
 
@@ -143,7 +143,7 @@ def render() -> None:
     render_quantization(lm, detection)
 
 
-def _shown_detection(config: DetectionConfig | None) -> tuple[LoadedModel | None, sw.Detection | None, str]:
+def _shown_detection(config: DetectionConfig | None) -> tuple[LoadedModel | None, detect.Detection | None, str]:
     """(model, detection, note) to show: the scan for exactly the fields' inputs; when a field is invalid or
     the settings changed since, the last scan of this model, with a note saying which settings it had
     (a changed field never wipes the figure); (.., None, "") when the model changed."""

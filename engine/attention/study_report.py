@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
-import time
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +22,7 @@ from engine.attention.rules import RULE_TITLES, RULES
 from engine.attention.study_config import HELDOUT_PROMPTS
 from engine.attention.study_result import LAYER_DELTA, StudyResult, _clean
 from engine.core.figures import chart_png
+from engine.core.provenance import git_commit, machine, machine_line, provenance, utc_now, versions, versions_line
 
 SELF_COLOURS = {
     "beats the control": "#1a9850",
@@ -123,16 +121,6 @@ def layers_chart(result: StudyResult):
         .encode(x=x, y=alt.Y("ci_low:Q", title="top-1 agreement (held-out)"), y2="ci_high:Q", color=colour)
     )
     return (bands + lines).properties(width=560, height=280, title="Per layer: mean top-1 of each explainer")
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "scikit-learn", "numpy", "scipy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def command_line(config: dict) -> str:
@@ -263,8 +251,7 @@ def summary_markdown(result: StudyResult, reduced: bool, command: str) -> str:
         "",
         f"`{command}` (resumes from cache/attention_study/; `make study-attention` runs the defaults).",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()) + f"; {os.cpu_count()} CPU cores, "
-        f"{platform.platform()}. Written {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"Versions: {versions_line(versions(), git_commit())}; {machine_line(machine())}. Written {utc_now()}.",
         "",
     ]
     return "\n".join(lines)
@@ -281,7 +268,7 @@ def write_report(result: StudyResult, out: str | Path, reduced: bool) -> list[Pa
     result.table().to_csv(tmp / "heads.csv", index=False)
     result.layers().to_csv(tmp / "layers.csv", index=False)
     pd.DataFrame(result.contrasts + result.correlation_contrasts).to_csv(tmp / "contrasts.csv", index=False)
-    data = _clean({**result.to_json(), "reduced": reduced, "command": command, "versions": _versions()})
+    data = _clean({**result.to_json(), "reduced": reduced, "command": command, **provenance()})
     (tmp / "atlas.json").write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
     (tmp / "atlas.png").write_bytes(chart_png(atlas_chart(result)))
     (tmp / "layers.png").write_bytes(chart_png(layers_chart(result)))

@@ -51,12 +51,11 @@ def _log(message: str) -> None:
 def _explain(lm, result, table, heads: list[tuple[int, int]], out, scoring: ScoringOptions) -> None:
     import json
 
-    from engine.attention import head_functions as hf
-    from engine.attention import self_explain as se
+    from engine.attention import head_functions, self_explain
 
-    labels = hf.detector_labels(table)
+    labels = head_functions.detector_labels(table)
     _log(f"Explaining and scoring {len(heads)} head(s) on held-out prompts...")
-    evaluations = se.explain_and_score(
+    evaluations = self_explain.explain_and_score(
         lm,
         result,
         heads,
@@ -65,7 +64,7 @@ def _explain(lm, result, table, heads: list[tuple[int, int]], out, scoring: Scor
         control=scoring.control,
         progress=lambda k, n, what: _log(f"  [{k}/{n}] {what}"),
     )
-    se.evaluations_table(evaluations).to_csv(out / "explanations.csv", index=False)
+    self_explain.evaluations_table(evaluations).to_csv(out / "explanations.csv", index=False)
     (out / "explanations.json").write_text(json.dumps([e.to_json() for e in evaluations], indent=2, ensure_ascii=False))
     for e in evaluations:
         print(
@@ -81,7 +80,7 @@ def run(args) -> int:
 
     import numpy as np
 
-    from engine.attention import head_functions as hf
+    from engine.attention import head_functions
     from engine.attention.maps import all_descriptions, parse_head, run_attention
     from engine.core.errors import LabError
     from engine.core.loading import load_model
@@ -118,17 +117,19 @@ def run(args) -> int:
             ),
             encoding="utf-8",
         )
-        table = hf.table_from_results(lm.name, ["prompt"], [result])  # the forward pass above, scored
+        table = head_functions.table_from_results(lm.name, ["prompt"], [result])  # the forward pass above, scored
         table.wide().to_csv(out / "head_scores.csv", index=False)
         print(f"{len(result.token_ids)} tokens, {result.n_layers} layers x {result.n_heads} heads -> {out}")
     else:
         prompt_set = from_args(PromptSetOptions, args)
-        prompts = hf.builtin_prompts(lm.tokenizer, n_random=max(0, prompt_set.random), texts=prompt_set.builtin)
+        prompts = head_functions.builtin_prompts(
+            lm.tokenizer, n_random=max(0, prompt_set.random), texts=prompt_set.builtin
+        )
         if args.prompts:
-            prompts += hf.read_prompts_file(args.prompts)
+            prompts += head_functions.read_prompts_file(args.prompts)
         if not prompts:
             raise LabError("No prompts: give --prompts FILE, --random N, or drop --no-builtin.")
-        table = hf.run_prompt_set(
+        table = head_functions.run_prompt_set(
             lm, prompts, max_tokens=max_tokens, progress=lambda k, n, what: _log(f"[{k}/{n}] {what}")
         )
         table.table().to_csv(out / "head_functions.csv", index=False)

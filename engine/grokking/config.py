@@ -447,7 +447,7 @@ def validate(config: GrokConfig, memory_limit_gb: float | None = None) -> None:
     if config.task not in TASK_LABELS:
         raise LabError(f"Unknown task {config.task!r}; choose one of {', '.join(TASK_LABELS)}.")
     if config.model not in MODEL_KINDS:
-        raise LabError(f"Unknown model {config.model!r}; choose transformer or mlp.")
+        raise LabError(f"Unknown model {config.model!r}; choose one of {', '.join(MODEL_KINDS)}.")
     if not isinstance(config.p, int) or config.p < 3:
         raise FieldError("p", f"p must be an integer >= 3 (got {config.p}).")
     if config.task in INVERSE_TASKS and not is_prime(config.p):

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.core.capture import capture
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.grokking import contexts
@@ -366,19 +367,10 @@ class GrokLlama(nn.Module):
         if acts is None:
             return answer_logits(self.lm, ids, self.p, pos)
 
-        def make(i: int):
-            def hook(module, inputs, output):
-                h = output[0] if isinstance(output, tuple) else output
-                acts[f"layer{i}.resid_out"] = h.detach()
-
-            return hook
-
-        handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(self.lm.model.layers)]
-        try:
-            return answer_logits(self.lm, ids, self.p, pos)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with capture(self.lm, list(self.lm.model.layers)) as resid:  # layer i -> [N, T, D]
+            logits = answer_logits(self.lm, ids, self.p, pos)
+        acts.update({f"layer{i}.resid_out": h for i, h in sorted(resid.items())})
+        return logits
 
     def save_pretrained(self, folder: str | Path) -> Path:
         return save_checkpoint(self, folder)

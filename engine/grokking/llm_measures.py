@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from engine.core.architecture import body, decoder_layers, down_projections, down_weight
+from engine.core.capture import capture
 from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.core.weight_edits import ElementEdit, edited_weights
@@ -61,7 +62,7 @@ from engine.grokking.llm import (
     as_loaded_model,
     evaluate_ids,
 )
-from engine.superweights import detect as sw
+from engine.superweights import detect
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class LlmMeasureSettings:
     top_per_layer: int = 1
     scan_prompts: int = 4
     detect_iterations: int = 5
-    persist_factor: float = sw.PERSIST_FACTOR
+    persist_factor: float = detect.PERSIST_FACTOR
     fourier_share: float = KEY_SHARE
     seed: int = 0
 
@@ -193,13 +194,13 @@ class CandidateWeight:
 
 def candidate_weights(
     model: GrokLlama | LoadedModel, prompts: list[str], settings: LlmMeasureSettings = LlmMeasureSettings()
-) -> tuple[list[CandidateWeight], sw.Detection]:
+) -> tuple[list[CandidateWeight], detect.Detection]:
     """The detector's candidates on `prompts` and the top_per_layer largest |w| of each down projection.
 
     Returns (candidates without duplicates, scan ones first; the Detection of the first tab's rule).
     """
     lm, _ = _lm(model)
-    detection = sw.detect(
+    detection = detect.detect(
         lm, prompts, max_iterations=settings.detect_iterations, persist_factor=settings.persist_factor
     )
     found: dict[tuple[int, int, int], CandidateWeight] = {}
@@ -367,21 +368,10 @@ def super_activations(
     lm, _ = _lm(model)
     splits = _Splits.of(data, settings)
     modules = down_projections(lm.model)
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make(i: int):
-        def hook(module, inputs, output):
-            seen[i] = (inputs[0].detach().float(), output.detach().float())  # [N, T, I], [N, T, D]
-
-        return hook
-
     with lm.lock:
-        handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
-        try:
+        with capture(lm, modules, inputs=True) as acts:
             body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+        seen = {i: (acts.inputs[i].float(), acts[i].float()) for i in acts}  # [N, T, I], [N, T, D]
         prompt = data.prompts(1)[0]
         rows = []
         for i in range(len(modules)):
@@ -393,7 +383,7 @@ def super_activations(
             channel = int(bos_y.abs().argmax())
             in_channel = int(bos_x.abs().argmax())
             median = float(ay.median().item())
-            trace = sw.residual_trace(lm, prompt, 0, channel)
+            trace = detect.residual_trace(lm, prompt, 0, channel)
             row = {"layer": i}
             row.update({f"max_abs_{name}": float(v) for name, v in zip(named, per_position.tolist())})
             row["max_abs_other"] = float(per_position[1:].max()) if len(per_position) > 1 else 0.0
@@ -406,7 +396,7 @@ def super_activations(
                     "median_abs": median,
                     "bos_over_median": float(bos_y.abs().max().item()) / median if median else math.inf,
                     "persists_in_layers": ",".join(
-                        map(str, sw.persisting_layers(trace.iloc[i:], settings.persist_factor))
+                        map(str, detect.persisting_layers(trace.iloc[i:], settings.persist_factor))
                     ),
                 }
             )
@@ -497,21 +487,8 @@ def massive_activations(
     lm, _ = _lm(model)
     splits = _Splits.of(data, settings)
     layers = decoder_layers(lm.model)
-    seen: dict[int, torch.Tensor] = {}
-
-    def make(i: int):
-        def hook(module, inputs, output):
-            seen[i] = (output[0] if isinstance(output, tuple) else output).detach()  # [N, T, D]
-
-        return hook
-
-    with lm.lock:
-        handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]
-        try:
-            body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with capture(lm, layers) as seen:  # layer i -> the residual stream after it, [N, T, D]
+        body(lm.model)(input_ids=splits.ids.to(lm.model.device), use_cache=False)
     return pd.DataFrame([{"layer": i, **residual_peaks(seen[i])} for i in range(len(layers))])
 
 
@@ -529,7 +506,7 @@ class LlmMeasures:
     attention: pd.DataFrame  # attention_sink
     fourier: FourierResult
     residual: pd.DataFrame | None = None  # massive_activations
-    detection: sw.Detection | None = field(default=None, repr=False)
+    detection: detect.Detection | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
         """One row of scalars: what onset analysis reads per checkpoint."""

@@ -160,7 +160,7 @@ def run_store(root: Path | None = None) -> RunStore:
 
 
 def checkpoints_to_drop(steps: list[int], keep_max: int, events: tuple[int | None, ...] = ()) -> list[int]:
-    """Checkpoint steps to delete so that at most `keep_max` stay (issue 12's disk rule), thinning evenly.
+    """Checkpoint steps to delete so that at most `keep_max` stay (the shared demo's disk rule), thinning evenly.
 
     Always kept: the first (step 0) and the last checkpoint, and for each event step (memorisation,
     grokking) the checkpoints just before and at/after it; the rest keep evenly spaced survivors."""

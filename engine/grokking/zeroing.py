@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from engine.core.architecture import down_projections, out_in_weight
+from engine.core.capture import capture
 
 ZEROING_COLUMNS = ["step", "mode", "layer", "row", "col", "value", "bos_max_abs"]
 
@@ -40,20 +41,9 @@ class Candidate:
 def tracked_candidate(lm: Any, bos_id: int) -> Candidate:
     """The candidate of a transformers causal LM (see the module docstring): one forward pass on [BOS]."""
     modules = down_projections(lm)
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make(i: int):
-        def hook(module, inputs, output):
-            seen[i] = (inputs[0][0, 0].detach().float(), output[0, 0].detach().float())  # [I], [D]
-
-        return hook
-
-    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
-    try:
+    with capture(lm, modules, inputs=True) as acts:
         lm.base_model(input_ids=torch.tensor([[bos_id]], device=lm.device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    seen = {i: (acts.inputs[i][0, 0].float(), acts[i][0, 0].float()) for i in acts}  # [I], [D]
     peaks = [float(seen[i][1].abs().max()) for i in range(len(modules))]
     layer = max(range(len(peaks)), key=peaks.__getitem__)
     x, y = seen[layer]

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from engine.core.architecture import down_projections, linear_weights, out_in_weight
+from engine.core.capture import hooked
 from engine.core.errors import LabError
 from engine.core.lm_eval import eval_windows, next_token_probs, perplexity, prompt_batch
 from engine.core.model import LoadedModel
@@ -74,7 +75,6 @@ def restored_super_activation(
     activation|. Ordinary tokens keep the ablated value.
     """
     modules = down_projections(lm.model)
-    handles = []
 
     def make(weight: float, row: int, col: int, limit: float):
         def hook(module, inputs, output):
@@ -89,15 +89,12 @@ def restored_super_activation(
 
         return hook
 
-    with lm.lock:
-        try:
-            for c in candidates:
-                limit = fraction * abs(c.super_activation)
-                handles.append(modules[c.layer].register_forward_hook(make(c.weight, c.row, c.col, limit)))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    def hook_of(i: int):
+        c = candidates[i]
+        return make(c.weight, c.row, c.col, fraction * abs(c.super_activation))
+
+    with hooked(lm, [modules[c.layer] for c in candidates], hook_of):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,18 +334,18 @@ def ablation_table(
                     lm, ticking(windows, lambda i, n=n, name=cond.name: tick(n * per + i, f"{name}, window {i + 1}"))
                 )
                 tick(n * per + len(windows), f"{cond.name}, prompts")
-                sw = stopword_shift(lm, stopword_prompts, stop_ids)
+                shift = stopword_shift(lm, stopword_prompts, stop_ids)
                 texts = greedy_continuations(lm, continuation_prompts, max_new_tokens)
             rows.append(
                 {
                     "condition": cond.name,
                     "perplexity": ppl,
-                    "p_stopwords": float(sw["p_stopwords"].mean()),
-                    "p_expected": float(sw["p_expected"].mean()),
+                    "p_stopwords": float(shift["p_stopwords"].mean()),
+                    "p_expected": float(shift["p_expected"].mean()),
                     "continuation": texts[0] if texts else "",
                 }
             )
-            stops.append(sw.assign(condition=cond.name))
+            stops.append(shift.assign(condition=cond.name))
             conts.extend(
                 {"condition": cond.name, "prompt": p, "continuation": t} for p, t in zip(continuation_prompts, texts)
             )

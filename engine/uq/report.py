@@ -297,9 +297,14 @@ def charts(evaluations: Sequence[tuple[str, Evaluation]]) -> dict[str, Any]:
 def contrasts_frame(evaluations: Sequence[tuple[str, Evaluation]]) -> pd.DataFrame:
     """One row per AUROC contrast of the primary and same-rank control families with an estimate: set,
     family, contrast, estimate and its 95% interval, and whether Holm's p is below 0.05 ("holm")."""
+    return contrast_rows([(title, evaluation.summary.contrasts) for title, evaluation in evaluations])
+
+
+def contrast_rows(sets: Sequence[tuple[str, Sequence[dict]]]) -> pd.DataFrame:
+    """`contrasts_frame` of (set title, its summary's contrasts) pairs."""
     rows = []
-    for title, evaluation in evaluations:
-        for c in evaluation.summary.contrasts:
+    for title, contrasts in sets:
+        for c in contrasts:
             if c["family"] in ("primary", "same-rank control") and not _nan(c.get("estimate")):
                 rows.append(
                     {

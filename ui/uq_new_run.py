@@ -16,7 +16,7 @@ from engine.core.errors import LabError
 from engine.core.model import LoadedModel
 from engine.core.options import default_of, help_of
 from engine.uq import jobs as uq_jobs
-from engine.uq import questions as qmod
+from engine.uq import questions
 from engine.uq.config import (
     FEW_SHOT_TEMPLATE,
     MAX_NEW_TOKENS_RANGE,
@@ -42,7 +42,7 @@ DEFAULT_LIMIT = 50  # questions run by default (the first N)
 def question_set() -> QuestionSet | None:
     source = st.radio("Questions", ["Bundled default set", "Upload a file"], key="uq_source", horizontal=True)
     if source == "Bundled default set":
-        qset = qmod.default_questions()
+        qset = questions.default_questions()
         st.caption(
             f"{len(qset)} short factual questions written for the lab, with references (several forms separated by |)."
         )
@@ -59,9 +59,9 @@ def question_set() -> QuestionSet | None:
     if access.refuse_over("upload_bytes", len(data), "Bytes of this file"):
         return None
     try:
-        columns = _columns_picked(qmod.read_table(data, upload.name))
+        columns = _columns_picked(questions.read_table(data, upload.name))
         # parsed once per file content, columns and limits; rows over this server's limits are skipped, named
-        return qmod.load_questions(data, upload.name, limits=question_row_limits(), **columns)
+        return questions.load_questions(data, upload.name, limits=question_row_limits(), **columns)
     except LabError as err:
         st.error(f"{err}", icon=":material/error:")
         return None
@@ -69,7 +69,7 @@ def question_set() -> QuestionSet | None:
 
 def _columns_picked(raw: pd.DataFrame) -> dict[str, str]:
     """Question / answer / id column pickers (guessed first): the columns chosen."""
-    guessed = qmod.guess_columns(raw)
+    guessed = questions.guess_columns(raw)
     columns = [str(c) for c in raw.columns]
     none = "(none)"
     c1, c2, c3 = st.columns(3)

@@ -22,7 +22,7 @@ from engine.core.errors import LabError
 from engine.core.executor import ExecutorConfig
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
-from engine.uq import questions as qmod
+from engine.uq import questions
 from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.distributed import RayGeneration, ShardOptions
 from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
@@ -167,10 +167,12 @@ def run(args) -> int:
         raise LabError("--limit must be at least 1.")
     columns = {"question_col": args.question_column, "answer_col": args.answer_column, "id_col": args.id_column}
     qset = (
-        qmod.default_questions() if args.questions == "default" else qmod.load_question_file(args.questions, **columns)
+        questions.default_questions()
+        if args.questions == "default"
+        else questions.load_question_file(args.questions, **columns)
     )
     if args.check:
-        print("\n".join(qmod.check_lines(qset)))
+        print("\n".join(questions.check_lines(qset)))
         return 0
     if not args.out:
         raise LabError("--out is required (the folder for results.csv, summary.json, summary.md), unless --check.")

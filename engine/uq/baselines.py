@@ -34,8 +34,6 @@ import numpy as np
 from engine.uq.records import QuestionRecord
 from engine.uq.subspace import question_folds
 
-SCORE_NAMES = ("answer_length_tokens", "answer_length_chars", "kernel_language_entropy", "entropy_probe_combination")
-
 
 def answer_lengths(records: Sequence[QuestionRecord]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, characters) of each record's graded answer: len(answer_token_logprobs), len(answer.strip())."""

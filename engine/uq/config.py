@@ -21,6 +21,10 @@ FEW_SHOT_TEMPLATE = (
     "Question: How many legs does a spider have?\nAnswer: eight\n\n"
     "Question: {question}\nAnswer:"
 )
+USUAL_SCORE = "mean_token_nll"  # the default usual (token-level) score behind A2
+SEMANTIC_SCORE = "semantic_entropy"  # the default semantic score behind A3
+CURVE_BASELINES = ("answer_length_tokens", "kernel_language_entropy")  # baselines drawn in the rejection curves
+DEFAULT_SCORES = (USUAL_SCORE, SEMANTIC_SCORE, *CURVE_BASELINES)  # every score named here (registered: tested)
 CHAT_TEMPLATE = "Answer the following question as briefly as possible, in a few words.\nQuestion: {question}"
 
 SAMPLES_RANGE = (1, 64)  # K
@@ -99,8 +103,8 @@ class EvalOptions:
         EMBEDDING_THRESHOLD, "MiniLM cosine similarity from which an answer is right (judge embedding)"
     )
     judge_model: str = option("", "model whose saved verdicts judge llm uses (default: the generating model)")
-    usual: str = option("mean_token_nll", "usual (token-level) score behind A2")
-    semantic: str = option("semantic_entropy", "semantic score behind A3")
+    usual: str = option(USUAL_SCORE, "usual (token-level) score behind A2")
+    semantic: str = option(SEMANTIC_SCORE, "semantic score behind A3")
     n_boot: int = option(
         1000, "bootstrap resamples of the questions behind the 95 percent intervals", flag="--bootstrap"
     )

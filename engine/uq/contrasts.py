@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
+from engine.uq.config import SEMANTIC_SCORE, USUAL_SCORE
 from engine.uq.decompositions import CONTROLS, DECOMPOSITIONS
+from engine.uq.estimators import FULL_STATE, correctness_probe_name, se_probe_name, spread_name
 from engine.uq.paired import (
     ALPHA,
     Acc50Bootstrap,
@@ -49,14 +51,10 @@ from engine.uq.paired import (
 
 Method = Literal["correctness probe", "semantic-entropy probe", "spread"]
 Family = Literal["primary", "primary acc@50", "same-rank control", "exploratory", "exploratory acc@50"]
-METHODS: dict[Method, tuple[str, str, str]] = {  # method -> (enhanced, full-state baseline, control) patterns
-    "correctness probe": (
-        "correctness_probe_{d}_semantic",
-        "correctness_probe_full_state",
-        "correctness_probe_{d}_{c}",
-    ),
-    "semantic-entropy probe": ("se_probe_{d}_semantic", "se_probe_full_state", "se_probe_{d}_{c}"),
-    "spread": ("{d}_semantic_spread", "full_state_spread", "{d}_{c}_spread"),
+METHODS: dict[Method, Callable[[str], str]] = {  # method -> its score's name on a subspace (estimators)
+    "correctness probe": correctness_probe_name,
+    "semantic-entropy probe": se_probe_name,
+    "spread": spread_name,
 }
 MARGIN = 0.02  # an AUROC gain the study wants to rule out or find
 
@@ -76,23 +74,21 @@ class ContrastSpec:
         return dataclasses.asdict(self)
 
 
-def planned(usual: str = "mean_token_nll", semantic: str = "semantic_entropy") -> list[ContrastSpec]:
+def planned(usual: str = USUAL_SCORE, semantic: str = SEMANTIC_SCORE) -> list[ContrastSpec]:
     """Every contrast of the module docstring, in a fixed order."""
     specs: list[ContrastSpec] = []
     pairs = []
-    for method, (enhanced, baseline, _control) in METHODS.items():
+    for method, score in METHODS.items():
         for d in DECOMPOSITIONS:
-            pairs.append((f"{method}, {d}: semantic subspace vs full state", enhanced.format(d=d), baseline))
+            pairs.append((f"{method}, {d}: semantic subspace vs full state", score(f"{d}_semantic"), score(FULL_STATE)))
     specs += [ContrastSpec(n, e, b, "auroc", "primary", True) for n, e, b in pairs]
     specs += [ContrastSpec(n, e, b, "acc50", "primary acc@50", True) for n, e, b in pairs]
-    for method, (enhanced, _baseline, control) in METHODS.items():
+    for method, score in METHODS.items():
         for d in DECOMPOSITIONS:
             for c in CONTROLS:
                 name = f"{method}, {d}: semantic subspace vs {c} subspace of the same rank"
                 specs.append(
-                    ContrastSpec(
-                        name, enhanced.format(d=d), control.format(d=d, c=c), "auroc", "same-rank control", True
-                    )
+                    ContrastSpec(name, score(f"{d}_semantic"), score(f"{d}_{c}"), "auroc", "same-rank control", True)
                 )
     against = [(f"{e} vs {usual}", e) for _n, e, _b in pairs] + [(f"{semantic} vs {usual}", semantic)]
     specs += [ContrastSpec(n, e, usual, "auroc", "exploratory", False) for n, e in against]

@@ -65,33 +65,63 @@ class Unavailable(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Statistic:
+    """A shared statistic: computed once per `Stats` (per fold seed when seeded, per judge when labelled)."""
+
+    name: str
+    compute: Callable[[Stats], object]
+    labelled: bool = False  # depends on the correctness labels
+    seeded: bool = False  # depends on the fold seed (cross-fitted)
+
+
+@dataclasses.dataclass(frozen=True)
 class Estimator:
     name: str
     kind: ScoreKind
-    needs: tuple[str, ...]
+    needs: tuple[str, ...]  # names of registered statistics (checked at registration: `statistics`)
     formula: str  # one line for the page
     compute: Callable[[Stats], np.ndarray]
 
     @property
+    def statistics(self) -> tuple[Statistic, ...]:
+        """The registered statistics this estimator needs, in `needs` order."""
+        return tuple(STATISTICS[need] for need in self.needs)
+
+    @property
     def needs_labels(self) -> bool:
         """Whether the score depends on the answers' correctness (computed per judge)."""
-        return "correct" in self.needs
+        return any(stat.labelled for stat in self.statistics)
 
     @property
     def cross_fitted(self) -> bool:
         """Whether the score is fitted on other questions (folds): it is the mean over the fold seeds."""
-        return self.name == "sep" or any(need in _SEEDED for need in self.needs)
+        return self.name == "sep" or any(stat.seeded for stat in self.statistics)
+
+
+class UnknownStatistic(LabError):
+    """An estimator registered with a dependency that is no registered statistic."""
 
 
 ESTIMATORS: dict[str, Estimator] = {}
-_STATS: dict[str, Callable[[Stats], object]] = {}
+STATISTICS: dict[str, Statistic] = {}
 _LABELLED: set[str] = set()  # statistics that depend on the correctness labels
 _SEEDED: set[str] = set()  # statistics that depend on the fold seed (cross-fitted)
 
 
-def _estimator(name: str, kind: ScoreKind, needs: tuple[str, ...], formula: str):
+def _estimator(name: str, kind: ScoreKind, needs: Sequence[str | Statistic], formula: str):
+    """Register `fn` as estimator `name`; every need (a statistic or its name) must already be registered."""
+    names = tuple(need.name if isinstance(need, Statistic) else need for need in needs)
+    unknown = [need for need in names if need not in STATISTICS]
+    if unknown:
+        raise UnknownStatistic(
+            f"Estimator {name!r} needs unregistered statistic(s) {unknown}; register them with @_stat first "
+            f"(registered: {sorted(STATISTICS)})."
+        )
+    if kind not in SCORE_KINDS:
+        raise LabError(f"Estimator {name!r} has kind {kind!r}; choose one of {list(SCORE_KINDS)}.")
+
     def register(fn):
-        ESTIMATORS[name] = Estimator(name, kind, needs, formula, fn)
+        ESTIMATORS[name] = Estimator(name, kind, names, formula, fn)
         return fn
 
     return register
@@ -99,7 +129,7 @@ def _estimator(name: str, kind: ScoreKind, needs: tuple[str, ...], formula: str)
 
 def _stat(name: str, *, labelled: bool = False, seeded: bool = False):
     def register(fn):
-        _STATS[name] = fn
+        STATISTICS[name] = Statistic(name, fn, labelled, seeded)
         if labelled:
             _LABELLED.add(name)
         if seeded:
@@ -107,6 +137,24 @@ def _stat(name: str, *, labelled: bool = False, seeded: bool = False):
         return fn
 
     return register
+
+
+FULL_STATE = "full_state"  # the subspace name of the whole standardised state (no decomposition)
+
+
+def spread_name(subspace: str) -> str:
+    """The spread score through `subspace` ("{decomposition}_semantic", "{decomposition}_{control}", FULL_STATE)."""
+    return f"{subspace}_spread"
+
+
+def se_probe_name(subspace: str) -> str:
+    """The semantic-entropy probe score on the answer state projected onto `subspace` (as spread_name)."""
+    return f"se_probe_{subspace}"
+
+
+def correctness_probe_name(subspace: str) -> str:
+    """The correctness probe score on the answer state projected onto `subspace` (as spread_name)."""
+    return f"correctness_probe_{subspace}"
 
 
 def labelled_estimators() -> list[str]:
@@ -141,7 +189,7 @@ class Stats:
             return self.seed_base[key]  # a label-free statistic that no fold seed changes
         if key not in self.values:
             try:
-                self.values[key] = _STATS[key](self)
+                self.values[key] = STATISTICS[key].compute(self)
             except Unavailable as err:
                 self.values[key] = err
         if isinstance(self.values[key], Unavailable):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
+from engine.uq.config import SEMANTIC_SCORE, USUAL_SCORE
 
 METRICS = ("acc50", "auroc", "prr", "auarc")
 DIFF_METRICS = ("acc50", "auroc")  # tested against another score, paired (engine.uq.paired)
@@ -246,8 +247,8 @@ def comparison(
     scores_df: pd.DataFrame,
     correct,
     *,
-    usual: str = "mean_token_nll",
-    semantic: str = "semantic_entropy",
+    usual: str = USUAL_SCORE,
+    semantic: str = SEMANTIC_SCORE,
     kinds: dict[str, str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,

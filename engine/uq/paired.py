@@ -40,11 +40,12 @@ import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
+from engine.uq.config import USUAL_SCORE
 from engine.uq.delong import delong_paired
 from engine.uq.estimators import ESTIMATORS
 from engine.uq.metrics import DIFF_METRICS, _aligned_correct, _auroc, acc50_draws, resample_counts
 
-LENGTH_SCORES = ("answer_length_tokens", "answer_length_chars")
+LENGTH_SCORES = tuple(name for name, e in ESTIMATORS.items() if "answer_lengths" in e.needs)  # every length baseline
 N_BOOT_TEST = 20_000  # bootstrap resamples behind every acc50 test and interval
 ALPHA = 0.05
 POWER = 0.8
@@ -278,7 +279,7 @@ def differences_vs_usual(
     scores_df: pd.DataFrame,
     correct,
     *,
-    usual: str = "mean_token_nll",
+    usual: str = USUAL_SCORE,
     metrics: Sequence[str] = DIFF_METRICS,
     n_boot: int = N_BOOT_TEST,
     seed: int = 0,
@@ -379,12 +380,12 @@ def verdict(
     n: int,
     *,
     kinds: dict[str, str] | None = None,
-    usual: str = "mean_token_nll",
+    usual: str = USUAL_SCORE,
     alpha: float = 0.05,
     margin: float = 0.02,
     n_right: int | None = None,
 ) -> Verdict:
-    """The issue's rule on the A3 - A2 ("acc50") differences of the decomposition scores (module docstring).
+    """The decision rule on the A3 - A2 ("acc50") differences of the decomposition scores (module docstring).
 
     `differences`: differences_vs_usual's output; `kinds`: score -> kind (default: score_kind); scores
     whose difference is NaN (not computed) do not count. `n_right`: right answers among the n; when all or

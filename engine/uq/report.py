@@ -28,6 +28,7 @@ import pandas as pd
 from engine.core.figures import chart_png
 from engine.core.paths import atomic_write
 from engine.core.provenance import git_commit, versions, versions_line
+from engine.uq.config import CURVE_BASELINES
 from engine.uq.confirmation import PLAN, RESULT
 from engine.uq.contrasts import contrasts_markdown
 from engine.uq.decompositions import DECOMPOSITIONS
@@ -84,8 +85,7 @@ def curve_methods(evaluation: Evaluation) -> list[str]:
         s.usual_method,
         s.semantic_method,
         _best(s.methods, "decomposition"),
-        "answer_length_tokens",
-        "kernel_language_entropy",
+        *CURVE_BASELINES,
     ]
     computed = set(evaluation.curves["method"]) if not evaluation.curves.empty else set()
     return list(dict.fromkeys(n for n in chosen if n and n in computed))

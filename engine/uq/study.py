@@ -1,4 +1,4 @@
-"""The study of issue 15 at the seed's scale: is decomposing hidden states into semantic and surface
+"""The uncertainty study at the seed's scale: is decomposing hidden states into semantic and surface
 subspaces useful for reducing errors?
 
 `run_study` answers it on two question sets with one model: a seeded sample of `webquestions` questions
@@ -34,8 +34,7 @@ from engine.core.model import LoadedModel
 from engine.core.options import option, shell_command, to_flags
 from engine.core.paths import atomic_write, shared_data_dir
 from engine.core.provenance import machine, utc_now
-from engine.uq import confirmation, export, report
-from engine.uq import questions as qmod
+from engine.uq import confirmation, export, questions, report
 from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.evaluation import Evaluation, entailment_judge, evaluate_run
 from engine.uq.generation import default_template, generate_run, open_run_for
@@ -89,7 +88,7 @@ class StudySet:
     generation_seconds: float = 0.0  # spent generating in this call
 
 
-def webquestions_sample(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
+def webquestions_sample(n: int, seed: int) -> tuple[questions.QuestionSet, str]:
     """The seeded sample of WebQuestions' test split and a sentence stating how it was drawn."""
     folder = shared_data_dir()
     path = folder / WEBQUESTIONS_FILE if folder is not None else None
@@ -99,7 +98,7 @@ def webquestions_sample(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
             "the checkout, or in the folder LAB_SHARED_DATA names; it is not there. Pass --webquestions 0 to run "
             "the bundled set only."
         )
-    qset = qmod.load_question_file(path)
+    qset = questions.load_question_file(path)
     frame = qset.frame
     n = min(n, len(frame))
     rows = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
@@ -111,14 +110,14 @@ def webquestions_sample(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
     return sample, text
 
 
-def webquestions_confirmation(n: int, seed: int) -> tuple[qmod.QuestionSet, str]:
+def webquestions_confirmation(n: int, seed: int) -> tuple[questions.QuestionSet, str]:
     """The questions of WebQuestions' test split that `webquestions_sample(n, seed)` leaves out (file
     order): the confirmation set, never used to choose a contrast, and a sentence stating how it was made."""
     folder = shared_data_dir()
     path = folder / WEBQUESTIONS_FILE if folder is not None else None
     if path is None or not path.is_file():
         raise LabError(f"The confirmation stage needs {WEBQUESTIONS_FILE} in ../shared/data beside the checkout.")
-    qset = qmod.load_question_file(path)
+    qset = questions.load_question_file(path)
     frame = qset.frame
     n = min(n, len(frame))
     used = np.random.default_rng(seed).choice(len(frame), size=n, replace=False)
@@ -131,13 +130,13 @@ def webquestions_confirmation(n: int, seed: int) -> tuple[qmod.QuestionSet, str]
     return rest, text
 
 
-def _question_sets(config: StudyConfig) -> list[tuple[str, str, qmod.QuestionSet, str]]:
+def _question_sets(config: StudyConfig) -> list[tuple[str, str, questions.QuestionSet, str]]:
     sets = []
     if config.webquestions:
         sample, text = webquestions_sample(config.webquestions, config.sample_seed)
         sets.append(("webquestions", "WebQuestions (test split, seeded sample)", sample, text))
     if config.bundled:
-        bundled = qmod.default_questions()
+        bundled = questions.default_questions()
         text = f"the lab's bundled set, all {len(bundled.frame)} questions (engine/data)"
         sets.append(("bundled", "Bundled question set", bundled, text))
     return sets

@@ -161,3 +161,80 @@ def test_lab_script_is_python_m_engine():
     b = subprocess.run([sys.executable, "-m", "engine", "--help"], capture_output=True, text=True, check=True).stdout
     assert a.replace("usage: lab ", "usage: python -m engine ", 1) == b
     assert all(f"    {name}" in a for name in ("superweights", "grok", "uq", "attention", "models"))
+
+
+SOURCE_FOLDERS = ("engine", "ui", "app_pages", "benchmarks")
+ESTIMATOR_HOMES = {  # where an estimator's name may be written out: its registry and the declared defaults
+    "engine/uq/estimators.py": "the registry",
+    "engine/uq/config.py": "USUAL_SCORE, SEMANTIC_SCORE, CURVE_BASELINES: the deliberate default choices",
+}
+MEASURE_HOMES = {  # where a grokking LLM measure's name may be written out
+    "engine/grokking/measure_registry.py": "the registry",
+    "engine/grokking/config.py": "the LlmMeasure Literal and LLM_MEASURE_LABELS the registry reads",
+}
+MEASURE_EXCEPTIONS = {  # (file, name): why the name is written there
+    ("engine/grokking/config.py", "super_weight"): "SweepConfig's default measure",
+    ("engine/grokking/analysis.py", "super_weight"): "a toy-model onset (config.Measure) and the sweep's default",
+    ("engine/grokking/analysis.py", "massive_activation"): "a toy-model onset (config.Measure, MEASURE_LABELS)",
+    ("engine/grokking/study.py", "attention_sink"): "LAG_MEASURES: the study's chosen measures",
+    ("engine/grokking/study.py", "massive_activation"): "LAG_MEASURES: the study's chosen measures",
+    ("engine/grokking/study.py", "super_weight"): "LAG_MEASURES: the study's chosen measures",
+    ("engine/grokking/study.py", "super_activation"): "LAG_MEASURES: the study's chosen measures",
+    ("engine/commands/grok.py", "attention_sink"): "the study command's progress line names two onsets",
+    ("engine/commands/grok.py", "massive_activation"): "the study command's progress line names two onsets",
+    ("engine/superweights/confirm.py", "super_activation"): "the super-weight feature's own column, not the measure",
+    ("engine/superweights/controls.py", "super_activation"): "the super-weight feature's own column, not the measure",
+    ("ui/superweights_tables.py", "super_activation"): "the super-weight feature's own column, not the measure",
+}
+
+
+def name_literals(source: str, names) -> list[tuple[int, str]]:
+    """(line, name) of every string constant of `source` that is exactly one of `names` (f-string parts and
+    comments are not constants that equal a whole name)."""
+    wanted = set(names)
+    return sorted((node.lineno, node.value) for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in wanted)
+
+
+def misplaced_names(names, homes, exceptions=()) -> dict[str, list[tuple[int, str]]]:
+    """file -> (line, name) of each registered name written outside its homes and the listed exceptions."""
+    found = {}
+    for path in sorted(p for folder in SOURCE_FOLDERS for p in (ROOT / folder).rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in homes:
+            continue
+        hits = [(line, name) for line, name in name_literals(path.read_text(encoding="utf-8"), names)
+                if (rel, name) not in exceptions]
+        if hits:
+            found[rel] = hits
+    return found
+
+
+def test_estimators_are_only_named_in_their_registry():
+    """Reports, paired tests and contrasts take score names from engine.uq.estimators.ESTIMATORS (its kinds,
+    needs and naming functions) or engine.uq.config's defaults; a score name written anywhere else fails."""
+    from engine.uq.config import DEFAULT_SCORES
+    from engine.uq.estimators import ESTIMATORS
+
+    assert set(DEFAULT_SCORES) <= set(ESTIMATORS), "a default score is no registered estimator"
+    assert misplaced_names(ESTIMATORS, ESTIMATOR_HOMES) == {}
+
+
+def test_grokking_measures_are_only_named_in_their_registry():
+    from engine.grokking.measure_registry import REGISTRY
+
+    assert {name for _file, name in MEASURE_EXCEPTIONS} <= set(REGISTRY)
+    assert misplaced_names(REGISTRY, MEASURE_HOMES, MEASURE_EXCEPTIONS) == {}
+    written = {f: {name for _line, name in name_literals((ROOT / f).read_text(encoding="utf-8"), REGISTRY)}
+               for f, _name in MEASURE_EXCEPTIONS}
+    stale = {(f, name) for f, name in MEASURE_EXCEPTIONS if name not in written[f]}
+    assert stale == set(), f"exceptions no longer needed: remove them from MEASURE_EXCEPTIONS: {stale}"
+
+
+def test_a_score_name_written_in_a_report_is_caught():
+    from engine.uq.estimators import ESTIMATORS
+
+    report = (ROOT / "engine" / "uq" / "report.py").read_text(encoding="utf-8")
+    assert name_literals(report, ESTIMATORS) == []
+    planted = report + '\nCHOSEN = ("semantic_entropy", f"{1}_spread")\n'
+    assert name_literals(planted, ESTIMATORS) == [(planted.count("\n"), "semantic_entropy")]

@@ -13,6 +13,9 @@ from engine.uq.decompositions import CONTROLS
 from engine.uq.estimators import (
     EIGENSCORE_ALPHA,
     ESTIMATORS,
+    STATISTICS,
+    UnknownStatistic,
+    _estimator,
     best_variance_split,
     cluster_entropy,
     eigenscore,
@@ -299,3 +302,35 @@ def test_cross_fitted_scores_are_the_mean_over_fold_seeds(embedder):
         one = score_records(recs, embedder, estimators=[name], seed=1, correct=correct).scores[name]
         np.testing.assert_allclose(per_seed[1], one)  # the second fold seed is seed 1's single fit
     assert np.ptp(result.seed_scores["se_probe_full_state"], axis=0).max() > 0  # refitting varies
+
+
+def test_every_estimator_need_is_a_registered_statistic():
+    for name, estimator in ESTIMATORS.items():
+        assert [stat.name for stat in estimator.statistics] == list(estimator.needs)
+        assert all(need in STATISTICS for need in estimator.needs), name
+
+
+def test_labels_and_seeds_follow_the_statistics():
+    assert ESTIMATORS["correctness_probe_full_state"].needs_labels
+    assert ESTIMATORS["entropy_probe_combination"].needs_labels
+    assert not ESTIMATORS["semantic_entropy"].needs_labels
+    assert ESTIMATORS["embedding_map_semantic_spread"].cross_fitted
+    assert not ESTIMATORS["mean_token_nll"].cross_fitted
+    assert ESTIMATORS["sep"].cross_fitted
+
+
+def test_registering_an_estimator_with_an_unknown_need_raises():
+    before = dict(ESTIMATORS)
+    with pytest.raises(UnknownStatistic, match="answer_logprob"):
+        _estimator("misspelt_need", "usual", ("answer_logprob",), "x")
+    with pytest.raises(LabError, match="kind"):
+        _estimator("bad_kind", "sematic", ("answer_logprobs",), "x")
+    assert ESTIMATORS == before
+
+
+def test_an_estimator_may_name_its_statistics_by_object():
+    try:
+        _estimator("typed_need", "usual", (STATISTICS["answer_logprobs"],), "x")(lambda s: np.zeros(1))
+        assert ESTIMATORS["typed_need"].needs == ("answer_logprobs",)
+    finally:
+        ESTIMATORS.pop("typed_need", None)

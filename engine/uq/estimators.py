@@ -673,13 +673,17 @@ def _register_decomposition(name: str) -> None:
         return compute
 
     for column, attribute, formula in (
-        (f"{name}_semantic_spread", "semantic", f"(1/K) sum_k ||P_S (z_k - zbar)||^2, S = {what}"),
-        (f"{name}_surface_spread", "surface", f"(1/K) sum_k ||P_U (z_k - zbar)||^2, U = surface subspace of {name}"),
+        (spread_name(f"{name}_semantic"), "semantic", f"(1/K) sum_k ||P_S (z_k - zbar)||^2, S = {what}"),
+        (
+            spread_name(f"{name}_surface"),
+            "surface",
+            f"(1/K) sum_k ||P_U (z_k - zbar)||^2, U = surface subspace of {name}",
+        ),
         (f"{name}_semantic_share", "share", f"semantic spread / total spread (1/K) sum_k ||z_k - zbar||^2 ({name})"),
     ):
         _estimator(column, "decomposition", ("sample_hidden", stat), formula)(spread(column, attribute))
     for part in PROBED:
-        se_column, wrong_column = f"se_probe_{name}_{part}", f"correctness_probe_{name}_{part}"
+        se_column, wrong_column = se_probe_name(f"{name}_{part}"), correctness_probe_name(f"{name}_{part}")
         _estimator(
             se_column,
             "decomposition",
@@ -703,7 +707,7 @@ def _register_controls(name: str) -> None:
     spread and both probes through a random and a PCA subspace of the same rank, per fold."""
     for kind in CONTROLS:
         stat, what = f"control_{kind}_{name}", f"a {kind} subspace of the rank of {name}'s semantic one"
-        spread = f"{name}_{kind}_spread"
+        spread = spread_name(f"{name}_{kind}")
 
         def compute_spread(s: Stats, column=spread, stat=stat) -> np.ndarray:
             fit = s[stat]
@@ -714,7 +718,7 @@ def _register_controls(name: str) -> None:
             compute_spread
         )
         probes = f"{name}_{kind}"
-        se_column, wrong_column = f"se_probe_{probes}", f"correctness_probe_{probes}"
+        se_column, wrong_column = se_probe_name(probes), correctness_probe_name(probes)
         _estimator(
             se_column,
             "control",

@@ -205,6 +205,11 @@ def train_runs(
         for run in runs:
             claims.enter_context(run.claim("trained"))
         shards = [Shard(f"run {run.run_id}", (i, resume_files(run))) for i, run in enumerate(runs)]
-        reruns = run_shards(plan, make_worker, call, shards, on_item, retry)
+        idle: list[Any] = []
+        try:
+            reruns = run_shards(plan, make_worker, call, shards, on_item, retry, pool=idle)
+        finally:
+            for actor in idle:  # the workers left idle at the end: nothing stays running
+                ray.kill(actor)
     return RayTraining(errors, reruns)
 

@@ -14,6 +14,12 @@ adds once per command (starting a local instance; starting a worker, which loads
 against loading it here), and whether the records are identical (answers, log-probs and hidden states
 byte for byte). Multi-node and GPU placement cannot be measured on this machine.
 
+Second table row group: a grokking study (GROK_SEEDS tiny LLM-shaped runs of the control arm) trained by
+the local pool of 2 processes and by 2 Ray workers of 1 CPU each (`--executor ray --ray-workers 2`), each
+into its own run store, local first; reported: both wall times (the Ray side's includes starting its
+workers, not the instance), Ray's speed relative to the pool (target >= 0.9x) and whether the metrics
+and measures (wall-time columns aside) are identical.
+
 Usage: python benchmarks/bench_cluster.py [--quick]
 """
 
@@ -23,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from common import print_report, row
 
@@ -118,5 +125,64 @@ def run(quick: bool = False) -> list[dict]:
     ]
 
 
+GROK_SEEDS = (0, 1, 2, 3)
+GROK_STEPS, GROK_QUICK_STEPS = 200, 40
+
+
+def run_grok(quick: bool = False) -> list[dict]:
+    """The grokking study on the local 2-process pool and on 2 Ray workers, side by side."""
+    try:
+        import ray
+    except ImportError:
+        print("bench_cluster: ray is not installed (pip install -e .[cluster]); skipped", file=sys.stderr)
+        return []
+    from engine.core.executor import ExecutorConfig, connect
+    from engine.grokking.config import StudyConfig
+    from engine.grokking.runs import run_for
+    from engine.grokking.study import run_study
+
+    steps = GROK_QUICK_STEPS if quick else GROK_STEPS
+    executor = ExecutorConfig(executor="ray", ray_workers=2, ray_cpus=1)
+    seconds, tables = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        studies = {
+            side: StudyConfig(
+                seeds=GROK_SEEDS, arms=("control",), p=7, seq_len=10, steps=steps, d_model=16, d_mlp=32,
+                eval_every=10, checkpoint_every=20, stop_after_grok=-1, workers=2,
+                root=os.path.join(folder, side, "runs"), report_dir=os.path.join(folder, side, "report"),
+            )  # fmt: skip
+            for side in ("local", "ray")
+        }
+        try:
+            start = time.perf_counter()
+            connect(executor)
+            ray_start = time.perf_counter() - start
+            seconds["local"] = run_study(studies["local"])
+            seconds["ray"] = run_study(studies["ray"], executor=executor)
+        finally:
+            ray.shutdown()
+        for side, study in studies.items():
+            root = Path(study.root)
+            tables[side] = [
+                (
+                    run_for(c, root).metrics().drop(columns=["elapsed_s"]).to_csv(),
+                    run_for(c, root).llm_measures().drop(columns=["measure_seconds"]).to_csv(),
+                )
+                for _, c in study.runs()
+            ]
+    same = tables["local"] == tables["ray"]
+    speed = seconds["local"] / seconds["ray"]
+    name = "cluster (grokking study, 2 Ray workers vs local pool of 2)"
+    runs = f"{len(GROK_SEEDS)} runs x {steps} steps"
+    return [
+        row(name, f"local pool, 2 processes x 1 thread, {runs}", seconds["local"], "s"),
+        row(name, "Ray, 2 workers x 1 CPU (workers started in the time)", seconds["ray"], "s"),
+        row(name, "Ray speed relative to the local pool", speed, "x", ">= 0.9x", speed >= 0.9),
+        row(name, "once per command: start a local Ray instance", ray_start, "s"),
+        row(name, "metrics and measures identical (wall times aside)", "yes" if same else "no", "", "yes", same),
+    ]
+
+
 if __name__ == "__main__":
-    print_report(run(quick="--quick" in sys.argv))
+    quick = "--quick" in sys.argv
+    print_report(run(quick) + run_grok(quick))

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from engine.core.executor import ExecutorConfig
 from engine.core.options import add_options, from_args
 from engine.grokking.config import LLM_PRESET, GrokConfig, RunOptions, StudyConfig, SweepConfig
 
@@ -32,6 +33,7 @@ def register(subparsers: Any) -> None:
         help="the sink / super-weight / grokking study: LLM-shaped model on a task that needs a sink, arms x seeds",
     )
     add_options(study, StudyConfig)
+    add_options(study, ExecutorConfig)
     study.set_defaults(func=run_study)
 
 
@@ -102,7 +104,9 @@ def run_study(args: argparse.Namespace) -> int:
     from engine.grokking.study import write_report
 
     study: StudyConfig = from_args(StudyConfig, args)
+    executor: ExecutorConfig = from_args(ExecutorConfig, args)
     validate_study(study)
+    executor.validate()
     arms = {config: arm for arm, config in study.runs()}
     if not study.report_only:
         print(
@@ -119,7 +123,7 @@ def run_study(args: argparse.Namespace) -> int:
             )
             print(f"seed {config.seed} {arms[config]}: {what}", file=sys.stderr, flush=True)
 
-        seconds = study_runs(study, on_run)
+        seconds = study_runs(study, on_run, executor)
         print(f"trained for {seconds / 60:.1f} min", file=sys.stderr)
     path = write_report(study)
     print(f"wrote {path}")

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.core.executor import ExecutorConfig
 from engine.core.figures import chart_png
 from engine.core.options import shell_command, to_flags
 from engine.core.paths import atomic_write
@@ -81,9 +82,14 @@ def _run_one(config: GrokConfig, root: str | None) -> RunSummary:
     return run_experiment(config, root=Path(root) if root else None, threads=1)
 
 
-def run_study(study: StudyConfig, on_run: Callable[[GrokConfig, RunSummary | None, str], None] | None = None) -> float:
-    """Train every run of the study that is not finished yet (in study.workers processes); returns the
-    wall seconds of this session (also appended to study_log.json)."""
+def run_study(
+    study: StudyConfig,
+    on_run: Callable[[GrokConfig, RunSummary | None, str], None] | None = None,
+    executor: ExecutorConfig | None = None,
+) -> float:
+    """Train every run of the study that is not finished yet (in study.workers processes, or on Ray workers
+    when `executor` says ray: engine.grokking.distributed); returns the wall seconds of this session (also
+    appended to study_log.json)."""
     validate_study(study)
     configs = study.configs()
     root = Path(study.root) if study.root else None
@@ -91,7 +97,11 @@ def run_study(study: StudyConfig, on_run: Callable[[GrokConfig, RunSummary | Non
     start, t0 = time.time(), time.perf_counter()
     errors = []
     if todo:
-        if study.workers <= 1:
+        if executor is not None and executor.executor == "ray":
+            from engine.grokking.distributed import train_runs
+
+            errors = train_runs(todo, executor, root, on_run).errors
+        elif study.workers <= 1:
             _worker_init()
             for config in todo:
                 summary = _run_one(config, study.root)

@@ -1,0 +1,128 @@
+"""Grokking on the Ray executor, on a local Ray instance (2 CPUs, no dashboard, one instance for the module):
+a study of 2 tiny runs writes the local pool's metrics and measures, a worker killed mid-run gives the
+same run (resumed from the checkpoint that reached the driver, never written twice), and an unreachable
+address is refused before any work."""
+
+from __future__ import annotations
+
+import socket
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from engine.cli import main  # noqa: E402
+from engine.core.errors import LabError  # noqa: E402
+from engine.core.executor import ExecutorConfig  # noqa: E402
+from engine.grokking import analysis, distributed  # noqa: E402
+from engine.grokking.config import StudyConfig  # noqa: E402
+from engine.grokking.runs import run_for  # noqa: E402
+
+TINY = (
+    *("--seeds", "0,1", "--arms", "control", "--p", "7", "--seq-len", "10", "--steps", "20", "--d-model", "16"),
+    *("--d-mlp", "32", "--batch-size", "8", "--eval-every", "10", "--checkpoint-every", "10"),
+    *("--stop-after-grok", "-1"),
+)
+TIMING = ["elapsed_s"]  # wall times: the only columns that differ between two trainings of a run
+MEASURE_TIMING = ["measure_seconds"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    """One local Ray instance for the module (2 CPUs: two 1-CPU workers), torch at 1 thread like them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    torch.set_num_threads(threads)
+
+
+def _configs():
+    """The GrokConfig of each run of the tiny study, as the CLI builds them from TINY."""
+    from engine.cli import build_parser
+    from engine.core.options import from_args
+
+    return [config for _, config in from_args(StudyConfig, build_parser().parse_args(["grok-study", *TINY])).runs()]
+
+
+def _study(tmp_path, name: str, *extra: str):
+    """Run the tiny study with the CLI; (metrics without wall time, llm measures, checkpoint steps, state) per run."""
+    root, report = tmp_path / name / "runs", tmp_path / name / "report"
+    assert main(["grok-study", *TINY, "--root", str(root), "--report-dir", str(report), *extra]) == 0
+    return [_files(run_for(config, root)) for config in _configs()]
+
+
+def _files(run):
+    measures = run.llm_measures().drop(columns=MEASURE_TIMING)
+    return run.metrics().drop(columns=TIMING), measures, run.checkpoint_steps(), run.status()["state"]
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b) == 2
+    for (ma, la, ca, sa), (mb, lb, cb, sb) in zip(a, b):
+        pd.testing.assert_frame_equal(ma, mb)
+        pd.testing.assert_frame_equal(la, lb)
+        assert ca == cb and sa == sb == "finished"
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """The local 2-process pool's runs (the reference)."""
+    folder = tmp_path_factory.mktemp("local")
+    return _study(folder, "local", "--workers", "2")
+
+
+def test_grok_study_on_ray_writes_the_local_pools_runs(tmp_path, local_runs):
+    _same(_study(tmp_path, "ray", "--executor", "ray", "--ray-workers", "2"), local_runs)
+    assert (tmp_path / "ray" / "report" / "summary.md").exists()
+    assert not list((tmp_path / "ray" / "runs").rglob("*.tmp*"))
+
+
+def test_a_killed_worker_reruns_its_run_from_the_last_checkpoint_that_came_back(tmp_path, monkeypatch):
+    """The first worker is killed as soon as checkpoint 10 of its run (of 40 steps) reached the driver; the
+    run resumes from it on a fresh worker and ends as the local one did (same rows, once each)."""
+    configs = [config.replace(steps=40) for config in _configs()]
+    reference = []
+    for config in configs:
+        analysis.run_experiment(config, root=tmp_path / "local", threads=1)
+        reference.append(_files(run_for(config, tmp_path / "local")))
+    root = tmp_path / "kill" / "runs"
+    applied = distributed.apply_snapshot
+    killed: list[str] = []
+    checkpoints_at_kill: list[list[int]] = []
+
+    def apply_then_kill(path, snapshot):
+        applied(path, snapshot)
+        if not killed and not snapshot.final and "checkpoints/step_0000010.pt" in snapshot.present:
+            name = next(n for n in ray.util.list_named_actors() if n.startswith(distributed.WORKER_PREFIX))
+            ray.kill(ray.get_actor(name))
+            killed.append(name)
+            checkpoints_at_kill.append(sorted(p for p in snapshot.present if p.startswith("checkpoints/")))
+
+    monkeypatch.setattr(distributed, "apply_snapshot", apply_then_kill)
+    ended = []
+    executor = ExecutorConfig(executor="ray", ray_workers=1, ray_cpus=1)
+    outcome = distributed.train_runs(configs, executor, root, lambda c, s, e: ended.append((c.seed, e)))
+    assert killed and checkpoints_at_kill[0]
+    assert outcome.errors == [] and outcome.reruns == 1
+    assert sorted(ended) == [(0, ""), (1, "")]  # each run ended once
+    _same([_files(run_for(config, root)) for config in configs], reference)  # no row twice, none lost
+
+
+def test_an_unreachable_address_is_refused_before_any_work(tmp_path, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
+    root = tmp_path / "runs"
+    argv = ["grok-study", *TINY, "--root", str(root), "--report-dir", str(tmp_path / "report")]
+    argv += ["--executor", "ray", "--ray-address", f"127.0.0.1:{port}"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "Cannot reach the Ray cluster at 127.0.0.1" in err[-1]
+    assert not root.exists() or not any(root.rglob("metrics.csv"))
+    with pytest.raises(LabError, match="Cannot reach"):
+        distributed.train_runs([], ExecutorConfig(executor="ray", ray_address=f"127.0.0.1:{port}"), root)

@@ -245,3 +245,15 @@ def test_metrics_read_while_the_file_grows(tmp_path):
     assert frame["step"].tolist() == [1] and frame["acc"].tolist() == [0.5]
     path.write_text("step,ac")
     assert read_growing_csv(path, ["step", "acc"]).empty
+
+
+def test_a_run_stopped_at_step_0_resumes_without_a_second_step_0_row(tmp_path):
+    """Stopped right after its first evaluation (checkpoint 0 kept), a run resumes from that checkpoint and
+    writes the step-0 metrics once: the resumed step is never evaluated again, whatever its number."""
+    config = GrokConfig(p=23, train_frac=0.8, steps=40, eval_every=10, checkpoint_every=10, stop_after_grok=-1)
+    seen = []
+    first = train(config, root=tmp_path, on_eval=seen.append, stop=lambda: len(seen) >= 1, threads=1)
+    assert first.state == "stopped" and first.step == 0
+    assert run_for(config, tmp_path).checkpoint_steps() == [0]
+    assert train(config, root=tmp_path, threads=1).state == "finished"
+    assert run_for(config, tmp_path).metrics()["step"].tolist() == [0, 10, 20, 30, 40]

@@ -178,8 +178,9 @@ def _train_claimed(
     )
     ema = _GrokfastEMA(config.grokfast_alpha, config.grokfast_lamb) if config.grokfast else None
     step, elapsed0, grok_step, mem_step = 0, 0.0, None, None
+    resumed = run.resume_path.exists() and bool(run.checkpoint_steps())  # from a checkpoint, step 0 included
 
-    if run.resume_path.exists() and run.checkpoint_steps():
+    if resumed:
         state = torch.load(run.resume_path, weights_only=True, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -211,7 +212,6 @@ def _train_claimed(
                 old.unlink()
     run.ckpt_dir.mkdir(exist_ok=True)
     run.set_status("running", step)
-    resumed = step > 0
     resumed_at = step
     saved = set(run.checkpoint_steps())
     t0 = time.perf_counter() - elapsed0

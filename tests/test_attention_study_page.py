@@ -94,10 +94,11 @@ def test_a_report_of_the_loaded_model_shows_the_atlas_verdict_and_the_reduced_la
     assert any(m == f"**Verdict.** {tiny_result.verdict}" for m in texts(at.markdown))
     assert any("the committed report" in c and "--tiny" in c for c in texts(at.caption))
     assert any("3 of 8 heads studied" in c for c in texts(at.caption))
-    heads = next(d.value for d in at.dataframe if "detector_title" in d.value.columns)
+    heads = next(d.value for d in at.dataframe if "detector title" in d.value.columns)  # columns in words
     assert heads["layer.head"].tolist() == ["0.1", "1.0", "1.2"]
-    contrasts = next(d.value for d in at.dataframe if "p_holm" in d.value.columns)
-    assert contrasts["name"].iloc[0] == "top-1: self-text - better external"
+    contrasts = next(d.value for d in at.dataframe if "p (Holm)" in d.value.columns)
+    assert contrasts["contrast"].iloc[0] == "top-1: self-text - better external"
+    assert not any("_" in c for c in contrasts.columns) and "None" not in contrasts.to_string()
     assert not any("No study for this model yet" in i for i in texts(at.info))
     # the same report as a full run: no label
     write_report(lab / "report", tiny_result, reduced=False)

@@ -40,6 +40,7 @@ from ui.figures import show_chart
 from ui.job_panel import job_panel
 from ui.model_queue import watch_job_queue
 from ui.state import model_key, recall, remember
+from ui.tables import readable
 
 REPORT_DIR = REPO_ROOT / "reports" / "attention"  # the committed report the view falls back on
 SLOT = "attn_study"  # ui.state: the finished study of (model key, settings)
@@ -49,7 +50,14 @@ SEED_MAX = 2**31 - 1
 PAGE_DEFAULTS = {"train": 12, "heldout": 8, "random": 2, "queries": SCORE_QUERIES, "heads": 6, "seed": 0}
 PAGE_BOOT = 2000  # bootstrap resamples of a page run (the committed reduced run's)
 FIXED: dict = {}  # further StudyConfig settings of page runs (their defaults unless set here)
-CONTRAST_COLUMNS = ["name", "estimate", "ci_low", "ci_high", "p", "p_holm"]
+CONTRAST_COLUMNS = {  # column -> label shown
+    "name": "contrast",
+    "estimate": "Δ top-1",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "p": "p",
+    "p_holm": "p (Holm)",
+}
 HEAD_COLUMNS = [
     "layer.head",
     "detector_title",
@@ -201,7 +209,8 @@ def _show(found: Found, shape: Shape, selected: tuple[int, int]) -> None:
     st.markdown("**Contrasts** (top-1 agreement on held-out prompts; Holm within this family)")
     if result.contrasts:
         contrasts = pd.DataFrame(result.contrasts)
-        st.dataframe(contrasts[[c for c in CONTRAST_COLUMNS if c in contrasts.columns]], hide_index=True)
+        shown = contrasts[[c for c in CONTRAST_COLUMNS if c in contrasts.columns]]
+        st.dataframe(readable(shown, CONTRAST_COLUMNS), hide_index=True)
     else:
         st.caption("No self-explanation was run: no contrast.")
     if result.agreement:
@@ -215,7 +224,8 @@ def _show(found: Found, shape: Shape, selected: tuple[int, int]) -> None:
         show_chart(layers_chart(result), "attention_study_layers", key="att_study_layers", data=layers)
     table = result.table()
     st.markdown("**Every studied head**")
-    st.dataframe(table[[c for c in HEAD_COLUMNS if c in table.columns]], hide_index=True, key="att_study_heads")
+    heads = table[[c for c in HEAD_COLUMNS if c in table.columns]]
+    st.dataframe(readable(heads, {}), hide_index=True, key="att_study_heads")
 
 
 def _settings(lm: LoadedModel, shape: Shape) -> StudyConfig | None:

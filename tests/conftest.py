@@ -173,3 +173,17 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("../shared/data is not beside this checkout (it is in CI): real-data test skipped")
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance per test module (2 CPUs: two 1-CPU workers), torch at 1 thread like them."""
+    import ray
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    torch.set_num_threads(threads)

@@ -29,16 +29,8 @@ MEASURE_TIMING = ["measure_seconds"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    """One local Ray instance for the module (2 CPUs: two 1-CPU workers), torch at 1 thread like them."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    torch.set_num_threads(threads)
+def ray_instance(ray_local):
+    """The module's local Ray instance (tests/conftest.py ray_local) for every test here."""
 
 
 def _configs():

@@ -25,6 +25,7 @@ from engine.attention import jobs as study_jobs
 from engine.attention.config import SCORE_QUERIES
 from engine.attention.study import cached_study
 from engine.attention.study_config import StudyConfig
+from engine.attention.study_report import HEAD_COLUMNS as HEAD_COLUMNS_OF_REPORT
 from engine.attention.study_report import layers_chart, load_report
 from engine.attention.study_result import StudyResult
 from engine.core.errors import LabError
@@ -58,18 +59,8 @@ CONTRAST_COLUMNS = {  # column -> label shown
     "p": "p",
     "p_holm": "p (Holm)",
 }
-HEAD_COLUMNS = [
-    "layer.head",
-    "detector_title",
-    "self_rule",
-    "top1 self-text",
-    "top1 self-rule",
-    "top1 detector",
-    "top1 probe",
-    "top1 control: no explanation",
-    "top1 control: other head",
-    "self_vs_control",
-    "explanation",
+HEAD_COLUMNS = [  # the report's head table, the detector's rule by its title
+    "detector_title" if c == "detector_rule" else c for c in HEAD_COLUMNS_OF_REPORT
 ]
 INTRO = (
     "Every studied head is explained five ways, each turned into a prediction of the head's attention on "

@@ -24,6 +24,19 @@ from engine.attention.study_result import LAYER_DELTA, StudyResult, _clean
 from engine.core.figures import chart_png
 from engine.core.provenance import git_commit, machine, machine_line, provenance, utc_now, versions, versions_line
 
+HEAD_COLUMNS = (  # the table of every studied head, in the report and on the page
+    "layer.head",
+    "detector_rule",
+    "self_rule",
+    "top1 self-text",
+    "top1 self-rule",
+    "top1 detector",
+    "top1 probe",
+    "top1 control: no explanation",
+    "top1 control: other head",
+    "self_vs_control",
+    "explanation",
+)
 SELF_COLOURS = {
     "beats the control": "#1a9850",
     "no difference": "#bdbdbd",
@@ -227,23 +240,7 @@ def summary_markdown(result: StudyResult, reduced: bool, command: str) -> str:
         lines += ["", f"Per layer, {LAYER_DELTA} (top-1, 95% bootstrap interval, unadjusted):", ""]
         lines.append(_md_table(delta[["layer", "top1", "ci_low", "ci_high", "n_heads"]]))
     lines += ["", "## Head atlas", "", "![atlas](atlas.png)", "", "## Every head", ""]
-    show = [
-        c
-        for c in (
-            "layer.head",
-            "detector_rule",
-            "self_rule",
-            "top1 self-text",
-            "top1 self-rule",
-            "top1 detector",
-            "top1 probe",
-            "top1 control: no explanation",
-            "top1 control: other head",
-            "self_vs_control",
-            "explanation",
-        )
-        if c in table.columns
-    ]
+    show = [c for c in HEAD_COLUMNS if c in table.columns]
     lines.append(_md_table(table[show]))
     lines += [
         "",

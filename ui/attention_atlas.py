@@ -119,9 +119,7 @@ def atlas_chart(frame: pd.DataFrame, selected: tuple[int, int] | None = None) ->
     return (
         alt.layer(cells, marks)
         .resolve_scale(color="independent")
-        .properties(
-            width=max(240, 40 * n_layers),
-            height=max(120, 32 * n_heads),
+        .properties(  # no fixed width or height: Streamlit's renderer collapsed the ordinal grid to one row
             title="Head atlas: best external function, and whether the self-explanation beats the control",
         )
     )

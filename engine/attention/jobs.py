@@ -7,7 +7,8 @@ The study itself (engine.attention.study.run_study) caches every finished head u
 cache/attention_study/, so a stopped job resumes where it ended when it is started again with the same
 settings. Its cache is not anyone's run: it is the deterministic result of (model, settings), shared by
 everyone who asks for the same. The command line runs it in the foreground
-(`python -m engine attention-study`), uncapped.
+(`python -m engine attention-study`), uncapped. With LAB_EXECUTOR=ray (engine.core.executor.
+server_executor) a job studies the heads on Ray workers (engine.attention.distributed).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from engine.attention.study import run_study
 from engine.attention.study_config import StudyConfig
 from engine.core import jobs
 from engine.core.errors import LabError
+from engine.core.executor import server_executor
 from engine.core.jobs import RUNNER, Job
 from engine.core.model import LoadedModel
 
@@ -58,6 +60,7 @@ def start(lm: LoadedModel, person: str, config: StudyConfig) -> tuple[Job, bool]
     person is over their disk quota or already runs jobs_per_person jobs. The job's result is the
     StudyResult, or None when it was stopped (the finished heads stay cached)."""
     config.validate()
+    executor = server_executor()
     model = (lm.name, lm.quantization)
     key = job_key(model, config)
     running = RUNNER.running(key)
@@ -67,7 +70,13 @@ def start(lm: LoadedModel, person: str, config: StudyConfig) -> tuple[Job, bool]
     label = f"attention study of {lm.name}"
 
     def work(job: Job):
-        return run_study(lm, config, lambda done, total, message: job.progress(done, total, message), job.stop_event)
+        return run_study(
+            lm,
+            config,
+            lambda done, total, message: job.progress(done, total, message),
+            job.stop_event,
+            executor=executor,
+        )
 
     with _LOCK:
         _STARTED[key] = StudyJob(model, config)

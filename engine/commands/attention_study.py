@@ -10,6 +10,7 @@ import sys
 import time
 
 from engine.attention.study_config import StudyConfig
+from engine.core.executor import ExecutorConfig
 from engine.core.options import add_options, from_args
 
 
@@ -19,6 +20,7 @@ def register(subparsers) -> None:
         help="the attention study: self-explanations vs detector / probe / controls over all heads; reports/attention",
     )
     add_options(parser, StudyConfig)
+    add_options(parser, ExecutorConfig)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
 
@@ -30,6 +32,8 @@ def run(args) -> int:
 
     config = from_args(StudyConfig, args)
     config.validate()
+    executor = from_args(ExecutorConfig, args)
+    executor.validate()
     last = [0.0]
     start = time.perf_counter()
 
@@ -41,7 +45,7 @@ def run(args) -> int:
             print(f"[{done}/{total}] {elapsed / 60:.1f} min: {message}", file=sys.stderr, flush=True)
 
     lm = load_model(config.model)
-    result = run_study(lm, config, progress, report_only=config.report_only)
+    result = run_study(lm, config, progress, report_only=config.report_only, executor=executor)
     paths = write_report(result, config.out, config.reduced)
     print(result.verdict)
     for path in paths:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from engine.core.errors import LabError
 from engine.core.executor import ExecutorConfig
 from engine.core.options import add_options, from_args
 from engine.grokking.config import LLM_PRESET, GrokConfig, RunOptions, StudyConfig, SweepConfig
@@ -27,6 +28,7 @@ def register(subparsers: Any) -> None:
     add_options(sweep, GrokConfig, skip=("seed", "weight_decay"))
     add_options(sweep, SweepConfig)
     add_options(sweep, RunOptions)
+    add_options(sweep, ExecutorConfig)
     sweep.set_defaults(func=run_sweep)
     study = subparsers.add_parser(
         "grok-study",
@@ -80,6 +82,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     base = _config(args)
     plan: SweepConfig = from_args(SweepConfig, args)
     options: RunOptions = from_args(RunOptions, args)
+    executor: ExecutorConfig = from_args(ExecutorConfig, args)
+    executor.validate()
+    if plan.workers < 1:
+        raise LabError("--workers must be at least 1.")
     for wd in plan.weight_decays:
         validate(base.replace(weight_decay=wd))
 
@@ -90,7 +96,16 @@ def run_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    summaries = sweep(base, plan.seeds, plan.weight_decays, root=options.out, on_run=on_run, threads=options.threads)
+    summaries = sweep(
+        base,
+        plan.seeds,
+        plan.weight_decays,
+        root=options.out,
+        on_run=on_run,
+        threads=options.threads,
+        executor=executor,
+        workers=plan.workers,
+    )
     table = sweep_table(summaries, plan.measure)
     print(table.drop(columns=["key"]).to_string(index=False))
     print()

@@ -70,6 +70,8 @@ def register(subparsers) -> None:
     add_options(study, StudyConfig)
     add_options(study, GenerationConfig)
     add_options(study, BatchOptions)
+    add_options(study, ExecutorConfig)
+    add_options(study, ShardOptions)
     add_options(study, EvalOptions, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS})
     study.add_argument("--quiet", action="store_true", help="no progress lines")
     study.set_defaults(func=study_command)
@@ -155,7 +157,13 @@ def study_command(args) -> int:
             print(message, file=sys.stderr, flush=True)
 
     paths = run_study(
-        config, from_args(GenerationConfig, args), from_args(EvalOptions, args), from_args(BatchOptions, args), log
+        config,
+        from_args(GenerationConfig, args),
+        from_args(EvalOptions, args),
+        from_args(BatchOptions, args),
+        log,
+        from_args(ExecutorConfig, args),
+        from_args(ShardOptions, args),
     )
     for path in paths:
         print(path)

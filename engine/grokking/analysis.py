@@ -67,14 +67,13 @@ from engine.grokking.config import (
     MEMORISATION_ACCURACY,
     GrokConfig,
     validate,
-    validate_sweep,
 )
 from engine.grokking.llm import GrokLlama, LlmData, llm_data
 from engine.grokking.llm_measures import LlmMeasureSettings, candidate_weights, measure_llm_checkpoint, zeroing_outcome
 from engine.grokking.measures import MeasureSettings, measure_checkpoint
 from engine.grokking.runs import GrokRun, RunEvents, RunSummary, open_run, run_for
 from engine.grokking.tasks import Dataset
-from engine.grokking.training import Stop, should_stop, train
+from engine.grokking.training import Stop, train
 
 # the llm measures at every checkpoint: 256 examples per split and 2 random draws keep them under 20% of
 # training time at checkpoint_every = 50 (benchmarks/bench_grokking.py)
@@ -382,39 +381,13 @@ def sweep_configs(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequenc
 
 
 def run_sweep(
-    base: GrokConfig,
-    seeds: Sequence[int],
-    weight_decays: Sequence[float],
-    *,
-    root: Path | None = None,
-    stop: Stop = None,
-    on_start: Callable[[GrokConfig, int, int], None] | None = None,
-    on_run: Callable[[RunSummary, int, int], None] | None = None,
-    threads: int | None = None,
-    owner: str | None = None,
-    max_checkpoints: int = MAX_CHECKPOINTS,
+    base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[float], **options: Any
 ) -> list[RunSummary]:
-    """Run (or reopen) every seed x weight decay configuration, each a run of its own.
+    """Run (or reopen) every seed x weight decay configuration, each a run of its own, in this process, a
+    local pool or on Ray: engine.grokking.pool.run_sweep (its keyword options and what it returns)."""
+    from engine.grokking.pool import run_sweep as sweep
 
-    on_start(config, done, total) before each run, on_run(summary, done, total) after it; `stop`
-    ends the current run at its next step and skips the rest. A stopped sweep resumes: finished runs
-    reopen from their cache and a stopped run from its last checkpoint."""
-    configs = sweep_configs(base, seeds, weight_decays)
-    validate_sweep(len(configs))
-    for config in configs:
-        validate(config)
-    summaries: list[RunSummary] = []
-    for config in configs:
-        if should_stop(stop):
-            break
-        if on_start:
-            on_start(config, len(summaries), len(configs))
-        summaries.append(
-            run_experiment(config, root=root, stop=stop, threads=threads, owner=owner, max_checkpoints=max_checkpoints)
-        )
-        if on_run:
-            on_run(summaries[-1], len(summaries), len(configs))
-    return summaries
+    return sweep(base, seeds, weight_decays, **options)
 
 
 def sweep_table(summaries: Sequence[RunSummary], measure: str = "super_weight") -> pd.DataFrame:

@@ -277,6 +277,10 @@ class SweepConfig:
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds")
     weight_decays: tuple[float, ...] = option((0.3, 1.0), "weight decays (0 usually does not grok: a contrast)")
     measure: Measure = option("super_weight", "onset measure to correlate with the grokking step")
+    workers: int = option(
+        1, "runs trained at once: 1 = one after another in this process (at --threads); N > 1 = a local pool of N "
+        "processes, 1 torch thread each (as grok-study); --executor ray: Ray workers instead"
+    )
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,11 @@ from typing import Literal, get_args
 
 from engine.core.db import lab_db
 from engine.core.errors import LabError
+from engine.core.executor import server_executor
 from engine.core.jobs import RUNNER, Job
 from engine.core.processes import StopTimeout, run_in_process
 from engine.core.runstore import RunFolder, run_id_for
-from engine.grokking import process
+from engine.grokking import pool, process
 from engine.grokking.analysis import sweep_configs
 from engine.grokking.config import TRAIN_THREADS, GrokConfig
 from engine.grokking.runs import CACHE_TOPIC, GrokRun, RunSummary, get_run, open_run, run_for
@@ -357,10 +358,13 @@ def start_sweep(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[
     configs = sweep_configs(base, seeds, weight_decays)
     key = sweep_key(configs, gate.person)
     person = gate.person
+    executor = server_executor()
 
     def work(job: Job) -> list[RunSummary]:
         summaries: list[RunSummary] = []
         job.result = summaries  # the summaries so far, for every session watching the sweep
+        if executor.executor == "ray":
+            return _sweep_on_ray(job, summaries)
 
         def on_message(message: process.Message) -> None:
             if isinstance(message, process.SweepRunStarted):
@@ -379,6 +383,33 @@ def start_sweep(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[
             for run in (run_of(config, person) for config in configs):
                 if not run.is_claimed():  # the ended child's claims are gone; a claimed run trains elsewhere
                     stopped_if_running(run)
+        return summaries
+
+    def _sweep_on_ray(job: Job, summaries: list[RunSummary]) -> list[RunSummary]:
+        """The sweep's runs on Ray workers, one task per run (engine.grokking.pool): this job's thread is
+        the driver, which writes each run's folder as it comes back; a stop ends the runs in flight at
+        the last checkpoint that reached it."""
+        job.progress(0, len(configs), "starting the Ray workers")
+
+        def on_start(config: GrokConfig, done: int, total: int) -> None:
+            job.progress(done, total, f"seed {config.seed}, wd {config.weight_decay:g} on Ray")
+
+        def on_run(summary: RunSummary, done: int, total: int) -> None:
+            summaries.append(summary)
+            job.progress(done, total)
+
+        extra = {} if gate.max_checkpoints is None else {"max_checkpoints": gate.max_checkpoints}
+        pool.run_sweep(
+            base,
+            list(seeds),
+            list(weight_decays),
+            stop=job.stop_event,
+            on_start=on_start,
+            on_run=on_run,
+            owner=person,
+            executor=executor,
+            **extra,
+        )
         return summaries
 
     label = f"grokking sweep of {len(configs)} runs"

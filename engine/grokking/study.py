@@ -23,10 +23,8 @@ The report (`report_dir`): summary.md, runs.csv, PNG figures, study_log.json (wa
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from engine.core.options import shell_command, to_flags
 from engine.core.paths import atomic_write
 from engine.core.provenance import git_commit, machine, machine_line, utc_now, versions, versions_line
 from engine.grokking import survival
-from engine.grokking.analysis import OnsetSettings, run_experiment, summarize
+from engine.grokking.analysis import OnsetSettings, summarize
 from engine.grokking.config import (
     ARM_LABELS,
     GROK_ACCURACY,
@@ -50,6 +48,7 @@ from engine.grokking.config import (
     validate_study,
 )
 from engine.grokking.measure_registry import REGISTRY, label
+from engine.grokking.pool import train_all
 from engine.grokking.runs import RunSummary, run_for
 
 LAG_MEASURES = ("attention_sink", "massive_activation", "super_weight", "super_activation")
@@ -71,25 +70,14 @@ CHECK_COLUMNS = (
 # ------------------------------------------------------------------------------------------ running
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ["LAB_GROK_THREADS"] = "1"
-
-
-def _run_one(config: GrokConfig, root: str | None) -> RunSummary:
-    return run_experiment(config, root=Path(root) if root else None, threads=1)
-
-
 def run_study(
     study: StudyConfig,
     on_run: Callable[[GrokConfig, RunSummary | None, str], None] | None = None,
     executor: ExecutorConfig | None = None,
 ) -> float:
-    """Train every run of the study that is not finished yet (in study.workers processes, or on Ray workers
-    when `executor` says ray: engine.grokking.distributed); returns the wall seconds of this session (also
-    appended to study_log.json)."""
+    """Train every run of the study that is not finished yet (engine.grokking.pool.train_all: in
+    study.workers processes, or on Ray workers when `executor` says ray); returns the wall seconds of this
+    session (also appended to study_log.json)."""
     validate_study(study)
     configs = study.configs()
     root = Path(study.root) if study.root else None
@@ -97,32 +85,8 @@ def run_study(
     start, t0 = time.time(), time.perf_counter()
     errors = []
     if todo:
-        if executor is not None and executor.executor == "ray":
-            from engine.grokking.distributed import train_runs
-
-            errors = train_runs(todo, executor, root, on_run).errors
-        elif study.workers <= 1:
-            _worker_init()
-            for config in todo:
-                summary = _run_one(config, study.root)
-                if on_run:
-                    on_run(config, summary, "")
-        else:
-            import multiprocessing
-
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(study.workers, mp_context=ctx, initializer=_worker_init) as pool:
-                futures = {pool.submit(_run_one, c, study.root): c for c in todo}
-                for future in as_completed(futures):
-                    config = futures[future]
-                    try:
-                        summary = future.result()
-                        error = ""
-                    except Exception as err:  # noqa: BLE001 - one failed run must not end the study
-                        summary, error = None, f"{type(err).__name__}: {err}"
-                        errors.append((config, error))
-                    if on_run:
-                        on_run(config, summary, error)
+        trained = train_all(todo, executor=executor, workers=study.workers, root=root, threads=1, on_run=on_run)
+        errors = trained.errors
     seconds = time.perf_counter() - t0
     _log_session(Path(study.report_dir), start, seconds, len(todo), len(errors))
     return seconds

@@ -283,3 +283,26 @@ def test_uq_study_on_ray_resumes_a_local_run_and_writes_the_local_results(tiny_g
     local = (tmp_path / "local" / "bundled" / "results.csv").read_bytes()
     assert (tmp_path / "ray" / "bundled" / "results.csv").read_bytes() == local
     assert "Ray worker(s)" in json.loads((tmp_path / "ray" / "study.json").read_text())["executor"]
+
+
+def test_a_generation_job_with_the_ray_executor_generates_on_ray_and_reports_progress(
+    local_results, tiny_gemma3, tmp_path, monkeypatch
+):
+    """A page's generation job started with LAB_EXECUTOR=ray (the server's configuration) writes the local
+    executor's records through Ray workers, and its progress (the job panel's) moves record by record."""
+    from engine.uq import jobs as uq_jobs
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAB_EXECUTOR", "ray")
+    monkeypatch.setenv("LAB_RAY_WORKERS", "2")
+    config = dataclasses.replace(GENERATION, prompt_template=FEW_SHOT_TEMPLATE)
+    frame = questions.default_questions().frame
+    started = uq_jobs.start(tiny_gemma3, "erin", frame, config, source="default", limit=N, batch_questions=BATCH)
+    seen = []
+    while not started.job.wait(0.2):
+        seen.append((started.job.done, started.job.message))
+    assert started.job.error is None and started.job.result == N
+    _same_records(started.run.load_records(), local_results[1])
+    assert any("Ray worker" in message for _, message in seen) and any("shard" in message for _, message in seen)
+    assert len({done for done, _ in seen}) >= 3 and uq_jobs.status(started.run).state == "finished"
+    assert _workers() == []

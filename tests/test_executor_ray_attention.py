@@ -85,11 +85,11 @@ def test_heads_on_ray_give_the_local_records_and_result(lm, local_study, tmp_pat
         if message.startswith("head "):
             stop.set()
 
-    assert study.run_study(lm, CONFIG, progress, stop, executor=RAY) is None
+    assert study.run_study(lm, CONFIG, progress, stop, elsewhere=distributed.on_ray(RAY)) is None
     assert 1 <= len(saves) < len(CONFIG.heads)
     assert not [n for n in ray.util.list_named_actors() if n.startswith(distributed.WORKER_PREFIX)]
     calls.clear()
-    result = study.run_study(lm, CONFIG, lambda d, n, m: calls.append((d, n, m)), executor=RAY)
+    result = study.run_study(lm, CONFIG, lambda d, n, m: calls.append((d, n, m)), elsewhere=distributed.on_ray(RAY))
     assert sorted(saves) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # every head written once over both calls
     _same(_records(lm), local_study[1])
     pd.testing.assert_frame_equal(result.table(), local_study[0].table())

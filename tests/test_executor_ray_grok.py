@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 from engine.cli import main  # noqa: E402
 from engine.core.errors import LabError  # noqa: E402
 from engine.core.executor import ExecutorConfig  # noqa: E402
-from engine.grokking import analysis, distributed  # noqa: E402
+from engine.grokking import analysis, distributed, pool  # noqa: E402
 from engine.grokking.config import GrokConfig, StudyConfig  # noqa: E402
 from engine.grokking.runs import run_for  # noqa: E402
 
@@ -145,7 +145,7 @@ def test_grok_sweep_on_ray_writes_the_local_sweeps_runs(tmp_path, capsys):
     assert capsys.readouterr().out == local  # the same sweep table and connection sentence
     _same(_sweep_files(tmp_path / "ray"), _sweep_files(tmp_path / "local"))
     assert not list((tmp_path / "ray").rglob("*.tmp*"))
-    again = analysis.run_sweep(
+    again = pool.run_sweep(
         SWEEP_BASE, [0, 1], [1.0], root=tmp_path / "ray", executor=ExecutorConfig(executor="ray", ray_address="x:1")
     )  # an unreachable address: finished runs reopen from the cache before Ray is asked for anything
     assert [s["state"] for s in again] == ["finished", "finished"]

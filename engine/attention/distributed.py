@@ -28,6 +28,7 @@ from typing import Any
 from engine.attention.maps import AttentionResult
 from engine.attention.study import (
     HeadRecord,
+    HeadsElsewhere,
     SelfExplainer,
     StudyRun,
     load_control,
@@ -92,6 +93,13 @@ class HeadWorker:
             record = study_head(layer, head, maps.train, maps.heldout, maps.description, config.queries, speaker)
             record.seconds = time.perf_counter() - start
             yield "head", record
+
+
+def on_ray(executor: ExecutorConfig | None) -> HeadsElsewhere | None:
+    """study.run_study's `elsewhere` for this executor: Ray workers (`study_on_ray`), or None (this process)."""
+    if executor is None or executor.executor != "ray":
+        return None
+    return lambda run, records, came_back, stop: study_on_ray(run, records, executor, came_back, stop)
 
 
 def study_on_ray(

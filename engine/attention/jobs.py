@@ -18,6 +18,7 @@ import hashlib
 import json
 import threading
 
+from engine.attention.distributed import on_ray
 from engine.attention.study import run_study
 from engine.attention.study_config import StudyConfig
 from engine.core import jobs
@@ -75,7 +76,7 @@ def start(lm: LoadedModel, person: str, config: StudyConfig) -> tuple[Job, bool]
             config,
             lambda done, total, message: job.progress(done, total, message),
             job.stop_event,
-            executor=executor,
+            elsewhere=on_ray(executor),
         )
 
     with _LOCK:

@@ -77,7 +77,6 @@ from engine.attention.self_rule import RuleChoice, Scorer, choose_rule, lm_score
 from engine.attention.study_config import StudyConfig
 from engine.attention.study_result import StudyResult, build_result
 from engine.core.errors import LabError
-from engine.core.executor import ExecutorConfig
 from engine.core.model import LoadedModel
 from engine.core.paths import DATA_DIR, atomic_write, cache_dir
 
@@ -88,6 +87,9 @@ STUDY_VERSION = 1
 RANDOM_LEN = 10  # random word tokens per sequence (each sequence appears twice)
 SOURCE_SHARES = {"prose": 0.6, "questions": 0.2, "attention set": 0.2}
 ProgressFn = Callable[[int, int, str], None]
+# studies the run's heads missing from `records` (adding and caching each as it comes back), calling
+# came_back(message) after each; False when `stop` ended it first
+HeadsElsewhere = Callable[["StudyRun", dict, Callable[[str], None], "threading.Event | None"], bool]
 Predictions = list[dict[int, np.ndarray]]  # one {query row: weights [i + 1]} per held-out prompt
 
 
@@ -616,16 +618,16 @@ def run_study(
     stop: threading.Event | None = None,
     speaker: SelfExplainer | None = None,
     report_only: bool = False,
-    executor: ExecutorConfig | None = None,
+    elsewhere: HeadsElsewhere | None = None,
 ) -> StudyResult | None:
     """Run (or resume) the study for a loaded model; None when `stop` was set before it finished.
 
     `progress(done, total, message)` after every unit of work (a held-out prompt simulated, an explanation
     written, a head finished). Finished heads are cached, so a later call continues where this one ended.
     The result (study_result.StudyResult) is written to the cache folder once every head is done;
-    `report_only` only reads it (LabError when that run has not finished). With the ray `executor` the
-    heads missing from the cache (and the control) are studied on Ray workers, one task per group of heads
-    (engine.attention.distributed); this process runs the prompts once, writes the cache and scores."""
+    `report_only` only reads it (LabError when that run has not finished). `elsewhere` studies the heads
+    missing from the cache (and the control) somewhere else first, e.g. on Ray workers, one task per group
+    of heads (engine.attention.distributed.on_ray); this process runs the prompts once, and scores."""
     started = time.perf_counter()
     say = progress or (lambda done, total, message: None)
     say(0, 1, "running every prompt once")
@@ -649,14 +651,13 @@ def run_study(
         say(min(done[0], total), total, message)
         done[0] += 1
 
-    if executor is not None and executor.executor == "ray":
-        from engine.attention.distributed import study_on_ray
+    if elsewhere is not None:
 
         def came_back(message: str) -> None:
             controlled = len(run.heldout) if load_control(run) is not None else 0
             say(controlled + per_head * len(records), total, message)
 
-        if not study_on_ray(run, records, executor, came_back, stop):
+        if not elsewhere(run, records, came_back, stop):
             return None
     controlled = _control(run, speaker, step, stop)
     if controlled is None:

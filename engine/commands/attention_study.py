@@ -26,6 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from engine.attention.distributed import on_ray
     from engine.attention.study import run_study
     from engine.attention.study_report import write_report
     from engine.core.loading import load_model
@@ -45,7 +46,7 @@ def run(args) -> int:
             print(f"[{done}/{total}] {elapsed / 60:.1f} min: {message}", file=sys.stderr, flush=True)
 
     lm = load_model(config.model)
-    result = run_study(lm, config, progress, report_only=config.report_only, executor=executor)
+    result = run_study(lm, config, progress, report_only=config.report_only, elsewhere=on_ray(executor))
     paths = write_report(result, config.out, config.reduced)
     print(result.verdict)
     for path in paths:

@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from engine.grokking.analysis import connection, plain_summary, sweep_table
-    from engine.grokking.analysis import run_sweep as sweep
     from engine.grokking.config import validate
+    from engine.grokking.pool import run_sweep as sweep
     from engine.grokking.runs import RunSummary
 
     base = _config(args)

@@ -380,16 +380,6 @@ def sweep_configs(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequenc
     return [base.replace(seed=int(s), weight_decay=float(wd)) for wd in weight_decays for s in seeds]
 
 
-def run_sweep(
-    base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[float], **options: Any
-) -> list[RunSummary]:
-    """Run (or reopen) every seed x weight decay configuration, each a run of its own, in this process, a
-    local pool or on Ray: engine.grokking.pool.run_sweep (its keyword options and what it returns)."""
-    from engine.grokking.pool import run_sweep as sweep
-
-    return sweep(base, seeds, weight_decays, **options)
-
-
 def sweep_table(summaries: Sequence[RunSummary], measure: str = "super_weight") -> pd.DataFrame:
     """One row per run: seed, weight decay, memorisation / grokking steps, onset and lag of `measure`."""
     rows = []

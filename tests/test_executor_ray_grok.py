@@ -182,3 +182,35 @@ def test_the_servers_executor_comes_from_the_environment():
         server_executor({"LAB_EXECUTOR": "dask"})
     with pytest.raises(LabError, match="LAB_RAY_WORKERS='two' is not a number"):
         server_executor({"LAB_EXECUTOR": "ray", "LAB_RAY_WORKERS": "two"})
+
+
+def test_a_stop_on_ray_keeps_what_came_back_and_the_run_resumes_to_the_local_result(tmp_path):
+    """Two runs on 2 workers; a stop when the short one ends: the long one's worker ends, the run keeps what
+    reached the driver (stopped, or untouched when nothing came back), and a second call finishes it with the
+    rows of the same run trained in this process."""
+    import threading
+
+    from engine.grokking import pool
+
+    short, long = SWEEP_BASE.replace(steps=20), SWEEP_BASE.replace(steps=400, seed=1)
+    analysis.run_experiment(long, root=tmp_path / "local", threads=1)
+    reference = _files_of(run_for(long, tmp_path / "local"))
+    stop = threading.Event()
+    executor = ExecutorConfig(executor="ray", ray_workers=2, ray_cpus=1)
+    root = tmp_path / "ray"
+    first = pool.train_all(
+        [short, long], executor=executor, root=root, stop=stop, on_run=lambda c, s, e: stop.set()
+    )
+    assert first.errors == [] and first.summaries[short]["state"] == "finished"
+    state = run_for(long, root).status().get("state")
+    assert state != "finished" and (state == "stopped") == (long in first.summaries)
+    assert not [n for n in ray.util.list_named_actors() if n.startswith(distributed.WORKER_PREFIX)]
+    second = pool.train_all([short, long], executor=executor, root=root)
+    assert second.summaries[long]["state"] == "finished"
+    resumed = _files_of(run_for(long, root))
+    pd.testing.assert_frame_equal(resumed[0], reference[0])
+    pd.testing.assert_frame_equal(resumed[1], reference[1])
+
+
+def _files_of(run):
+    return run.metrics().drop(columns=TIMING), run.measures(), run.checkpoint_steps()

@@ -114,11 +114,11 @@ SINK_TASK_PRESET: dict[str, Any] = {
     "n_layers": 2,
     "d_model": 64,
     "d_mlp": 128,
-    "lr": 3e-3,
+    "lr": 1.5e-3,
     "p": 23,
     "context": "markov",
     "seq_len": 24,
-    "batch_size": 64,
+    "batch_size": 128,
     "weight_decay": 1.0,
     "eval_every": 50,
     "checkpoint_every": 100,
@@ -320,10 +320,10 @@ class StudyConfig:
     filler_vocab: FillerVocab = option("numbers", "markov filler over the number tokens or 8 symbols of its own")
     train_frac: float = option(0.6, "fraction of the pairs used for training")
     weight_decay: float = option(1.0, "AdamW weight decay")
-    lr: float = option(3e-3, "AdamW learning rate")
+    lr: float = option(1.5e-3, "AdamW learning rate")
     warmup_steps: int = option(50, "linear warmup steps")
     grad_clip: float = option(1.0, "gradient norm clip")
-    batch_size: int = option(64, "minibatch size (sequences)")
+    batch_size: int = option(128, "minibatch size (sequences)")
     steps: int = option(3000, "step cap: a run that has not grokked by then is censored there")
     n_layers: int = option(2, "decoder layers", flag="--layers")
     d_model: int = option(64, "width")

@@ -143,6 +143,8 @@ def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -
                     "final_train_acc": summary["final_train_acc"],
                     "final_test_acc": summary["final_test_acc"],
                     "min_test_acc_after_grok": summary["min_test_acc_after_grok"],
+                    "dips_after_grok": summary.get("dips_after_grok", 0),
+                    "dips_after_first_95": summary.get("dips_after_first_95", 0),
                     "final_train_loss": float(metrics["train_loss"].iloc[-1]),
                     "loss_spike": _loss_spike(metrics),
                     "zeroing_verdict": zeroing.get("verdict"),
@@ -360,7 +362,7 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
     lines += ["## 1. Formation check (positive control): does anything form in the control arm?", ""]
     lines += _formation_lines(formation, settings)
     lines += ["", "## 2. Outcomes per arm (censored, never dropped)", ""]
-    lines += _outcome_lines(outcomes, base.stop_after_grok)
+    lines += _outcome_lines(outcomes, table)
     lines += ["", "## 3. Arms compared on paired seeds", ""]
     lines += _comparison_lines(tests)
     lines += ["", "## 4. Manipulation checks (last checkpoint; median over finished runs)", ""]
@@ -378,8 +380,8 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
         "[BOS], the layer whose down projection writes the largest |y| at BOS, its row = argmax |y|, its column = "
         "argmax |x| of the down projection's input; the random arm zeroes one uniformly drawn weight of that matrix.",
         f"- Step cap {study.steps}; evaluation every {study.eval_every} steps; measures at every checkpoint "
-        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after first reaching 95% "
-        "(-1: to the cap).",
+        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after test accuracy last rose "
+        "to 95% (a dip below and a new rise restart the count; -1: to the cap).",
         f"- Runs finished: {n_done} of {n_total}" + ("." if n_done == n_total else " (the rest not trained yet)."),
         f"- Command: `{command_line(study)}` (or `make study-grok`); report only: add `--report-only`.",
         f"- Wall time: {wall / 60:.1f} min over {len(log)} session(s) with {study.workers} worker processes "
@@ -399,10 +401,11 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
     lines += [
         "## Definitions",
         "",
-        f"- Grokked: test accuracy >= {GROK_ACCURACY:.0%} first reached and held at every evaluation of the next "
-        f"{min(200, base.stop_after_grok)} steps (the hold window). Collapsed: fell below inside the window "
-        "(censored at that step); never: not reached by the cap (censored there); unconfirmed: the run ended "
-        "inside the window (censored at its end).",
+        f"- Grokked at the first evaluation from which test accuracy stays >= {GROK_ACCURACY:.0%} at every "
+        f"evaluation of the next {min(200, base.stop_after_grok)} steps (the hold window). Collapsed: reached it "
+        "but fell below inside every window the run observed; never: not reached by the cap; unconfirmed: the run "
+        "ended inside the window of its latest rise. The three are censored at the run's last step. Dips below "
+        "95% after the first rise and after grokking are counted in the outcome table, never hidden.",
         f"- Sink: attention share on BOS (mean over heads, queries 1..T-1, examples) minus the share uniform causal "
         f"attention gives, max over layers, >= {settings.sink_excess:g} and staying so at every later checkpoint.",
         f"- Massive activation: max |h| of the residual stream at BOS / median |h|, max over layers, >= "
@@ -505,17 +508,24 @@ def _formation_lines(formation: pd.DataFrame, settings: OnsetSettings) -> list[s
     return lines
 
 
-def _outcome_lines(outcomes: list[ArmOutcomes], stop_after_grok: int) -> list[str]:
+def _outcome_lines(outcomes: list[ArmOutcomes], table: pd.DataFrame) -> list[str]:
     lines = [
         "| arm | runs | grokked (held) | collapsed | never | unconfirmed | KM median grokking step | "
-        "P(grokked by the last event) |",
-        "|---|---|---|---|---|---|---|---|",
+        "P(grokked by the last event) | runs that dipped below 95% after first reaching it | "
+        "grokked runs that dipped after grokking | lowest test accuracy after grokking |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         last = float(o.km["grokked"].iloc[-1]) if len(o.km) else 0.0
+        part = table[(table["arm"] == o.arm) & table["outcome"].notna()]
+        dipped = int((part.get("dips_after_first_95", pd.Series(dtype=float)).fillna(0) > 0).sum())
+        grokked = part[part["outcome"] == "grokked"]
+        dipped_after = int((grokked.get("dips_after_grok", pd.Series(dtype=float)).fillna(0) > 0).sum())
+        lowest = grokked.get("min_test_acc_after_grok", pd.Series(dtype=float)).min()
         lines.append(
             f"| {o.arm} | {o.n} | {o.counts['grokked']} | {o.counts['collapsed']} | {o.counts['never']} | "
-            f"{o.counts['unconfirmed']} | {_fmt(o.median_step)} | {last:.2f} |"
+            f"{o.counts['unconfirmed']} | {_fmt(o.median_step)} | {last:.2f} | {dipped} | {dipped_after} | "
+            f"{_fmt(lowest, 3)} |"
         )
     return lines
 

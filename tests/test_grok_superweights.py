@@ -93,6 +93,7 @@ def test_causal_test_finds_the_planted_weight_and_only_it():
 def test_stays_on_from_and_onsets_on_a_hand_made_table():
     assert analysis.stays_on_from([0, 1, 2, 3, 4], [False, True, False, True, True]) == 3
     assert analysis.stays_on_from([0, 1, 2], [True, True, False]) is None
+    assert analysis.stays_on_from([0, 1, 2], [False, False, True]) is None  # on at the last checkpoint only
     rows = []
     for step, (ratio, kurt, arg, sup, act) in zip(
         [0, 100, 200, 300, 400],
@@ -117,9 +118,9 @@ def test_stays_on_from_and_onsets_on_a_hand_made_table():
         )
         rows.append({"step": step, "kind": "activation", "name": "L", "max_over_median": act})
     got = analysis.onsets(pd.DataFrame(rows))
-    assert got == {
-        "super_weight": 400,
-        "max_over_median": 400,
+    assert got == {  # super weight and max/median are on at the last checkpoint only: not confirmed, no onset
+        "super_weight": None,
+        "max_over_median": None,
         "kurtosis": 200,
         "top_coordinate": 200,
         "massive_activation": 100,

@@ -84,19 +84,22 @@ def test_onset_lag_sign_test_and_interval():
 def test_sink_and_massive_activation_onsets_use_their_thresholds():
     m = pd.DataFrame(
         {
-            "step": [0, 100, 200, 300],
-            "sink_excess_max": [0.01, 0.25, 0.1, 0.3],  # on at 100, off at 200, on from 300
-            "resid_bos_over_median": [3.0, 25.0, 30.0, 40.0],  # on from 100
-            **{c: [False] * 4 for c in ("scan_fires_train", "scan_fires_test", "fires_train", "fires_test")},
-            "bos_over_median": [1.0] * 4,
-            "persisting_layers": [0] * 4,
-            "n_key_frequencies": [10] * 4,
+            "step": [0, 100, 200, 300, 400],
+            "sink_excess_max": [0.01, 0.25, 0.1, 0.3, 0.3],  # on at 100, off at 200, on from 300
+            "resid_bos_over_median": [3.0, 25.0, 30.0, 40.0, 41.0],  # on from 100
+            **{c: [False] * 5 for c in ("scan_fires_train", "scan_fires_test", "fires_train", "fires_test")},
+            "bos_over_median": [1.0] * 5,
+            "persisting_layers": [0] * 5,
+            "n_key_frequencies": [10] * 5,
         }
     )
     found = llm_onsets(m)
     assert found["attention_sink"] == 300 and found["massive_activation"] == 100
+    # on at the last checkpoint only: nothing after it confirms it, so no onset
+    last_only = m.assign(sink_excess_max=[0.01, 0.25, 0.1, 0.1, 0.3])
+    assert llm_onsets(last_only)["attention_sink"] is None
     # a run measured before the excess column: the share minus the 5-token uniform share (0.32 reads 0)
-    old = m.drop(columns=["sink_excess_max", "resid_bos_over_median"]).assign(sink_share_max=[0.32] * 4)
+    old = m.drop(columns=["sink_excess_max", "resid_bos_over_median"]).assign(sink_share_max=[0.32] * 5)
     assert llm_onsets(old)["attention_sink"] is None and llm_onsets(old)["massive_activation"] is None
 
 

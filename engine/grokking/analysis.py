@@ -100,14 +100,17 @@ def first_reaching(metrics: pd.DataFrame, column: str, level: float) -> int | No
 
 
 def stays_on_from(steps: list[int], on: list[bool]) -> int | None:
-    """First step from which `on` is True at every later step (None if off at the last step)."""
-    onset = None
+    """First step from which `on` is True at every later step, seen at >= 2 checkpoints (None if off at the last
+    step, or on at the last checkpoint only: a flag nothing after it confirms is not an onset)."""
+    onset, seen = None, 0
     for step, flag in zip(steps, on):
         if flag and onset is None:
-            onset = step
-        elif not flag:
-            onset = None
-    return onset
+            onset, seen = step, 1
+        elif flag:
+            seen += 1
+        else:
+            onset, seen = None, 0
+    return onset if seen >= 2 or len(steps) == 1 else None
 
 
 def onsets(measures: pd.DataFrame, settings: OnsetSettings = OnsetSettings()) -> dict[str, int | None]:

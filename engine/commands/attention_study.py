@@ -12,6 +12,8 @@ import time
 from engine.attention.study_config import StudyConfig
 from engine.core.options import add_options, from_args
 
+STOPPED = 130  # exit code of a study stopped with Ctrl-C (the finished heads stay cached), as after an interrupt
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -24,12 +26,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from engine.attention.study import run_study
+    """The study through engine.attention.jobs.run_here (validation, resume, Ctrl-C as a stop, as on the page)."""
+    from engine.attention import jobs
     from engine.attention.study_report import write_report
     from engine.core.loading import load_model
 
     config = from_args(StudyConfig, args)
-    config.validate()
+    config.validate()  # before the model loads
     last = [0.0]
     start = time.perf_counter()
 
@@ -41,7 +44,10 @@ def run(args) -> int:
             print(f"[{done}/{total}] {elapsed / 60:.1f} min: {message}", file=sys.stderr, flush=True)
 
     lm = load_model(config.model)
-    result = run_study(lm, config, progress, report_only=config.report_only)
+    result = jobs.run_here(lm, config, progress)
+    if result is None:
+        print(jobs.STOPPED_TEXT, file=sys.stderr)
+        return STOPPED
     paths = write_report(result, config.out, config.reduced)
     print(result.verdict)
     for path in paths:

@@ -51,6 +51,7 @@ VOLATILE = {
     "path",
     "run_dir",
 }
+VOLATILE_IN = {"status.json": {"time"}}  # per file: a run's status time (summary.json's "time" is a step count)
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,67 @@ PROMPT = "The cat sat on the mat. The cat"
 CASES = (
     Case(
         "uq",
-        ("uq", "--questions", "default", "--limit", "2", "--samples", "2", "--max-new-tokens", "8", "--quiet",
-         "--out", "{out}"),
-        ("uq", "--questions", "default", "--limit", "2", "--samples", "2", "--max-new-tokens", "8", "--quiet",
-         "--out", "{out}"),
+        (
+            "uq",
+            "--questions",
+            "default",
+            "--limit",
+            "2",
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--quiet",
+            "--out",
+            "{out}",
+        ),
+        (
+            "uq",
+            "--questions",
+            "default",
+            "--limit",
+            "2",
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--quiet",
+            "--out",
+            "{out}",
+        ),
     ),
     Case(
         "grok",
-        ("grok", "--p", "7", "--steps", "60", "--eval-every", "20", "--checkpoint-every", "20", "--threads", "1",
-         "--out", "{out}"),
-        ("grok", "--p", "7", "--steps", "60", "--eval-every", "20", "--checkpoint-every", "20", "--threads", "1",
-         "--out", "{out}"),
+        (
+            "grok",
+            "--p",
+            "7",
+            "--steps",
+            "60",
+            "--eval-every",
+            "20",
+            "--checkpoint-every",
+            "20",
+            "--threads",
+            "1",
+            "--out",
+            "{out}",
+        ),
+        (
+            "grok",
+            "--p",
+            "7",
+            "--steps",
+            "60",
+            "--eval-every",
+            "20",
+            "--checkpoint-every",
+            "20",
+            "--threads",
+            "1",
+            "--out",
+            "{out}",
+        ),
     ),
     Case(
         "superweights",
@@ -86,8 +137,11 @@ CASES = (
         ("superweights", "--no-ablation", "--no-confirm", "--column", "input", "--out", "{out}"),
         "new side: --column input (the paper's rule, the old default) and --no-confirm (the causal test is new)",
     ),
-    Case("attention", ("attention", "--prompt", PROMPT, "--out", "{out}"), ("attention", "--prompt", PROMPT,
-                                                                             "--out", "{out}")),
+    Case(
+        "attention",
+        ("attention", "--prompt", PROMPT, "--out", "{out}"),
+        ("attention", "--prompt", PROMPT, "--out", "{out}"),
+    ),
 )
 
 
@@ -99,8 +153,9 @@ def ensure_tree(commit: str, tree: Path) -> Path:
         if head.returncode == 0 and head.stdout.strip() == want.stdout.strip():
             return tree
         raise SystemExit(f"{tree} exists and is not {commit}: remove it (git worktree remove {tree}) or pick another")
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True
+    )
     return tree
 
 
@@ -110,43 +165,47 @@ def run_side(tree: Path, args: tuple[str, ...], out: Path, cache: Path) -> tuple
     (cache / "models").parent.mkdir(parents=True, exist_ok=True)
     if not (cache / "models").exists():
         (cache / "models").symlink_to(MODELS.resolve())
-    env = {**os.environ, "PYTHONPATH": str(tree), "LAB_CACHE_DIR": str(cache), "CUDA_VISIBLE_DEVICES": "",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "LAB_CACHE_DIR": str(cache),
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     argv = [a.replace("{out}", str(out)) for a in args]
     start = time.perf_counter()
-    done = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "engine", *argv], cwd=tree, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["nice", "-n", "10", sys.executable, "-m", "engine", *argv], cwd=tree, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     (out / "stdout.txt").write_text(done.stdout.replace(str(out), "<out>").replace(str(cache), "<cache>"))
     (out.parent / f"{out.name}.stderr.txt").write_text(done.stderr)
     return done.returncode, seconds
 
 
-def _drop_volatile(value):
+def _drop_volatile(value, volatile: set[str]):
     if isinstance(value, dict):
-        return {k: _drop_volatile(v) for k, v in value.items() if k not in VOLATILE}
+        return {k: _drop_volatile(v, volatile) for k, v in value.items() if k not in volatile}
     if isinstance(value, list):
-        return [_drop_volatile(v) for v in value]
+        return [_drop_volatile(v, volatile) for v in value]
     return value
 
 
-def _first_difference(a, b, where: str = "") -> str | None:
-    """Where two JSON values differ, over the keys both have (None: nowhere)."""
+def _differences(a, b, where: str = "") -> list[str]:
+    """Where two JSON values differ, over the keys both have (sorted paths; empty: nowhere)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in a.keys() & b.keys():
-            found = _first_difference(a[key], b[key], f"{where}.{key}")
-            if found:
-                return found
-        return None
+        return [d for key in sorted(a.keys() & b.keys()) for d in _differences(a[key], b[key], f"{where}.{key}")]
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
-            return f"{where} (length {len(a)} vs {len(b)})"
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = _first_difference(x, y, f"{where}[{i}]")
-            if found:
-                return found
-        return None
-    return None if a == b else where or "value"
+            return [f"{where} (length {len(a)} vs {len(b)})"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [where or "value"]
+
+
+def _listed(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _new_keys(a, b, where: str = "") -> list[str]:
@@ -164,37 +223,49 @@ def compare_file(old: Path, new: Path) -> tuple[str, str]:
     a, b = old.read_bytes(), new.read_bytes()
     if a == b:
         return "identical", ""
+    volatile = VOLATILE | VOLATILE_IN.get(old.name, set())
     if old.suffix == ".csv":
         x, y = pd.read_csv(io.BytesIO(a)), pd.read_csv(io.BytesIO(b))
-        common = [c for c in x.columns if c in y.columns and c not in VOLATILE]
+        common = [c for c in x.columns if c in y.columns and c not in volatile]
         added = [c for c in y.columns if c not in x.columns]
         gone = [c for c in x.columns if c not in y.columns]
-        extra = (f"new columns {added}" if added else "") + (f"; old columns gone {gone}" if gone else "")
+        extra = "; ".join(
+            p
+            for p in (f"new columns: {_listed(added)}" if added else "", f"gone: {_listed(gone)}" if gone else "")
+            if p
+        )
         if len(x) != len(y):
             return "differs", f"{len(x)} vs {len(y)} rows"
-        for c in common:
-            if not x[c].equals(y[c]):
-                return "differs", f"column {c}" + (f"; {extra}" if extra else "")
-        skipped = [c for c in x.columns if c in VOLATILE]
-        return "same content", "; ".join(p for p in (extra, f"volatile {skipped}" if skipped else "") if p)
+        bad = [c for c in common if not x[c].equals(y[c])]
+        if bad:
+            return "differs", f"columns {_listed(bad)} (of {len(common)} shared)" + (f"; {extra}" if extra else "")
+        skipped = [c for c in x.columns if c in volatile]
+        return "same content", "; ".join(
+            p for p in (extra, f"clock columns: {_listed(skipped)}" if skipped else "") if p
+        )
     if old.suffix == ".json":
         x, y = json.loads(a), json.loads(b)
-        where = _first_difference(_drop_volatile(x), _drop_volatile(y))
+        bad = _differences(_drop_volatile(x, volatile), _drop_volatile(y, volatile))
         added = _new_keys(x, y)
-        if where:
-            return "differs", f"at {where}"
-        return "same content", f"new fields {added}" if added else "volatile fields only"
+        extra = f"new fields: {_listed(added)}" if added else ""
+        if bad:
+            return "differs", f"at {_listed(bad)}" + (f"; {extra}" if extra else "")
+        return "same content", extra or "clock fields only"
     if old.suffix == ".npz":
         with np.load(old) as p, np.load(new) as q:
             if set(p.files) != set(q.files):
                 return "differs", f"arrays {sorted(p.files)} vs {sorted(q.files)}"
             bad = [k for k in p.files if not np.array_equal(p[k], q[k])]
             return ("differs", f"arrays {bad}") if bad else ("same content", "same arrays (zip timestamps differ)")
-    return "differs", f"{len(a)} vs {len(b)} bytes"
+    x, y = a.decode("utf-8", "replace").splitlines(), b.decode("utf-8", "replace").splitlines()
+    first = next((i + 1 for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)) + 1)
+    changed = sum(p != q for p, q in zip(x, y)) + abs(len(x) - len(y))
+    return "differs", f"{changed} of {max(len(x), len(y))} lines, the first at line {first}"
 
 
 def compare(old_out: Path, new_out: Path) -> list[tuple[str, str, str]]:
     """(file, verdict, detail) of every file either side wrote (checkpoints: their count only)."""
+
     def files(root: Path) -> set[str]:
         return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
@@ -225,15 +296,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", nargs="+", default=[c.feature for c in CASES], help="which commands")
     args = parser.parse_args(argv)
     old_tree = ensure_tree(args.old, Path(args.old_tree))
-    new_commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    new_commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    lines = [f"CLI outputs: {args.old} (old) vs {new_commit}{' + uncommitted changes' if dirty else ''} (new); "
-             "one torch thread, CPU", "",
-             "| feature | file | verdict | detail |", "|---|---|---|---|"]
+    lines = [
+        f"CLI outputs: {args.old} (old) vs {new_commit}{' + uncommitted changes' if dirty else ''} (new); "
+        "one torch thread, CPU",
+        "",
+        "| feature | file | verdict | detail |",
+        "|---|---|---|---|",
+    ]
     failed = False
     for case in (c for c in CASES if c.feature in args.features):
         timing = []

@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old-tree", default="/tmp/cli_identity_old", help="its worktree (made once)")
     parser.add_argument("--work", default="/tmp/cli_identity", help="output folders of both sides (emptied)")
     parser.add_argument("--features", nargs="+", default=[c.feature for c in CASES], help="which commands")
+    parser.add_argument(
+        "--same-args", action="store_true", help="the new side's arguments on both sides (an old commit with its flags)"
+    )
     args = parser.parse_args(argv)
     old_tree = ensure_tree(args.old, Path(args.old_tree))
     new_commit = subprocess.run(
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     lines = [
         f"CLI outputs: {args.old} (old) vs {new_commit}{' + uncommitted changes' if dirty else ''} (new); "
-        "one torch thread, CPU",
+        f"one torch thread, CPU{'; the same arguments on both sides' if args.same_args else ''}",
         "",
         "| feature | file | verdict | detail |",
         "|---|---|---|---|",
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for case in (c for c in CASES if c.feature in args.features):
         timing = []
-        for side, tree, cmd in (("old", old_tree, case.old), ("new", ROOT, case.new)):
+        for side, tree, cmd in (("old", old_tree, case.new if args.same_args else case.old), ("new", ROOT, case.new)):
             code, seconds = run_side(tree, cmd, work / side / case.feature, work / side / "cache")
             timing.append(f"{side} {seconds:.0f} s" + ("" if code == 0 else f" (exit {code})"))
             failed |= code != 0
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, verdict, detail in compare(work / "old" / case.feature, work / "new" / case.feature):
             failed |= verdict == "differs"
             lines.append(f"| {case.feature} | {name} | {verdict} | {detail} |")
-        if case.note:
+        if case.note and not args.same_args:
             lines.append(f"| {case.feature} | (command) | | {case.note} |")
         lines.append(f"| {case.feature} | (run) | | `python -m engine {' '.join(case.new)}`; {', '.join(timing)} |")
     print("\n".join(lines))

@@ -3,7 +3,7 @@ file by file (the evidence that a refactor left every number as it was).
 
     python benchmarks/cli_identity.py                      # against ccb0f3b (before the views-on-one-kit and
                                                            # one-place-registries work), table on stdout
-    python benchmarks/cli_identity.py --old <commit> --features grok attention
+    python benchmarks/cli_identity.py --old <commit> --old-tree /tmp/other --same-args --features grok attention
 
 The old commit is checked out once as a detached git worktree (`--old-tree`, kept for the next call); each side
 runs `python -m engine ...` with PYTHONPATH at its tree and a cache of its own (LAB_CACHE_DIR: nothing is reused
@@ -14,8 +14,10 @@ A file's verdict:
 - same content: different bytes, the same values after the volatile fields are set aside (wall-clock seconds,
   times of day, the run folder's path: VOLATILE) and, for a table, only the columns both sides write compared
   (the new columns and fields are listed);
-- differs: a shared value differs (the first differing field is named); only old / only new: one side writes it.
-Standard output is compared as a file (`stdout.txt`, the work folders' paths replaced by `<out>`).
+- differs: a shared value differs (the fields, columns or lines are named); only old / only new: one side writes it.
+Standard output is compared as a file (`stdout.txt`, the work folders' paths replaced by `<out>`); a grokking
+run's checkpoints byte by byte, in one row. `--same-args`: an old commit that has the new side's flags runs
+them too (CASES' old arguments are those of ccb0f3b). Exit code 1 when a file differs or a command failed.
 """
 
 from __future__ import annotations
@@ -264,7 +266,7 @@ def compare_file(old: Path, new: Path) -> tuple[str, str]:
 
 
 def compare(old_out: Path, new_out: Path) -> list[tuple[str, str, str]]:
-    """(file, verdict, detail) of every file either side wrote (checkpoints: their count only)."""
+    """(file, verdict, detail) of every file either side wrote (the checkpoints in one row)."""
 
     def files(root: Path) -> set[str]:
         return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
@@ -283,8 +285,9 @@ def compare(old_out: Path, new_out: Path) -> list[tuple[str, str, str]]:
     ckpt_a = sorted(n for n in a if n.endswith(".pt"))
     ckpt_b = sorted(n for n in b if n.endswith(".pt"))
     if ckpt_a or ckpt_b:
-        same = ckpt_a == ckpt_b
-        rows.append(("checkpoints (*.pt)", "same names" if same else "differs", f"{len(ckpt_a)} vs {len(ckpt_b)}"))
+        same = ckpt_a == ckpt_b and all((old_out / n).read_bytes() == (new_out / n).read_bytes() for n in ckpt_a)
+        verdict = "identical" if same else "differs"
+        rows.append(("checkpoints (*.pt)", verdict, f"{len(ckpt_a)} vs {len(ckpt_b)} files, byte by byte"))
     return rows
 
 

@@ -92,7 +92,10 @@ def test_uq_generation_stopped_by_ctrl_c_is_resumable_and_says_so(cache, tiny_ge
     )
     run = open_run_for(tiny_gemma3, questions, GenerationConfig(samples=2, max_new_tokens=3, seed=1), source="t.csv")
     written, where = uq_jobs.generate_here(
-        tiny_gemma3, run, limit=3, progress=lambda done, total, seconds: ctrl_c() if done == 1 else None,
+        tiny_gemma3,
+        run,
+        limit=3,
+        progress=lambda done, total, seconds: ctrl_c() if done == 1 else None,
         batch_questions=1,
     )
     assert written == 1 and where.state == "stopped"

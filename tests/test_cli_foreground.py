@@ -105,3 +105,29 @@ def test_uq_generation_stopped_by_ctrl_c_is_resumable_and_says_so(cache, tiny_ge
     assert where.line.endswith("press Generate with the same settings to resume.")  # the page's words
     written, where = uq_jobs.generate_here(tiny_gemma3, run, limit=3, batch_questions=1)
     assert written == 2 and where.state == "finished" and where.done == 3
+
+
+def test_attention_study_stopped_by_ctrl_c_exits_130_and_says_the_heads_are_kept(
+    cache, tiny_gemma3_dir, capsys, monkeypatch
+):
+    """engine.attention.jobs.run_here: the page's validation, the stop event handed to the study (its first
+    Ctrl-C), None when stopped; the command says the finished heads stay cached and writes no report. The study
+    itself is replaced by one that reports a step and honours the stop (the real one is tested on its own)."""
+    from engine.attention import jobs as study_jobs
+
+    seen = {}
+
+    def study(lm, config, progress, stop, report_only=False):
+        seen["report_only"] = report_only
+        progress(1, 4, "first head")
+        ctrl_c()
+        return None if stop.is_set() else "finished"
+
+    monkeypatch.setattr(study_jobs, "run_study", study)
+    out = cache / "report"
+    argv = ["attention-study", "--model", str(tiny_gemma3_dir), "--out", str(out), "--quiet"]
+    assert main(argv) == 130
+    assert study_jobs.STOPPED_TEXT in capsys.readouterr().err and seen == {"report_only": False}
+    assert not out.exists()
+    assert main([*argv, "--queries", "0"]) == 2  # refused as on the page, before the model loads
+    assert "--queries must be at least 1." in capsys.readouterr().err

@@ -31,7 +31,7 @@ test: install lint
 # The tests that load no real model and drive no browser (marks set in tests/conftest.py); a real model
 # loaded by an unmarked test fails the run.
 test-fast: install lint
-	$(PY) -m pytest -q -p no:cacheprovider -m "not real_model and not browser" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not real_model and not browser and not ray" tests
 
 bench: install
 	$(PY) benchmarks/run_all.py

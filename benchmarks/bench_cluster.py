@@ -20,6 +20,12 @@ into its own run store, local first; reported: both wall times (the Ray side's i
 workers, not the instance), Ray's speed relative to the pool (target >= 0.9x) and whether the metrics
 and measures (wall-time columns aside) are identical.
 
+Third row group: a grokking sweep (SWEEP_SEEDS runs of a small modular-addition transformer, one weight
+decay) trained one run after another in this process (grok-sweep's default), by the local pool of 2
+processes (`--workers 2`) and by 2 Ray workers (`--executor ray --ray-workers 2`), each into its own run
+store; reported: the three wall times, Ray's speed relative to the pool (target >= 0.9x) and whether the
+metrics and measures (wall times aside) are identical on all three.
+
 Usage: python benchmarks/bench_cluster.py [--quick]
 """
 
@@ -183,6 +189,60 @@ def run_grok(quick: bool = False) -> list[dict]:
     ]
 
 
+SWEEP_SEEDS = (0, 1, 2, 3)
+SWEEP_STEPS, SWEEP_QUICK_STEPS = 1500, 60
+
+
+def run_grok_sweep(quick: bool = False) -> list[dict]:
+    """A grokking sweep (seeds x 1 weight decay of a small modular-addition transformer) one run after
+    another in this process (grok-sweep's default), on the local pool of 2 processes, and on 2 Ray workers."""
+    try:
+        import ray
+    except ImportError:
+        print("bench_cluster: ray is not installed (pip install -e .[cluster]); skipped", file=sys.stderr)
+        return []
+    from engine.core.executor import ExecutorConfig, connect
+    from engine.grokking.analysis import sweep_configs
+    from engine.grokking.config import GrokConfig
+    from engine.grokking.pool import run_sweep
+    from engine.grokking.runs import run_for
+
+    steps = SWEEP_QUICK_STEPS if quick else SWEEP_STEPS
+    base = GrokConfig(p=11, train_frac=0.5, steps=steps, eval_every=10, checkpoint_every=20, stop_after_grok=-1)
+    executor = ExecutorConfig(executor="ray", ray_workers=2, ray_cpus=1)
+    sides = {"sequential": {"threads": 1}, "pool": {"workers": 2}, "ray": {"executor": executor}}
+    seconds, tables = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            connect(executor)
+            for side, options in sides.items():
+                start = time.perf_counter()
+                run_sweep(base, SWEEP_SEEDS, [1.0], root=Path(folder, side), **options)
+                seconds[side] = time.perf_counter() - start
+        finally:
+            ray.shutdown()
+        for side in sides:
+            tables[side] = [
+                (
+                    run_for(c, Path(folder, side)).metrics().drop(columns=["elapsed_s"]).to_csv(),
+                    run_for(c, Path(folder, side)).measures().to_csv(),
+                )
+                for c in sweep_configs(base, SWEEP_SEEDS, [1.0])
+            ]
+    same = tables["sequential"] == tables["pool"] == tables["ray"]
+    answer = "yes" if same else "no"
+    speed = seconds["pool"] / seconds["ray"]
+    name = "cluster (grokking sweep, 2 Ray workers vs local pool of 2 vs one by one)"
+    runs = f"{len(SWEEP_SEEDS)} runs x {steps} steps"
+    return [
+        row(name, f"one run after another in this process, 1 thread, {runs}", seconds["sequential"], "s"),
+        row(name, "local pool, 2 processes x 1 thread", seconds["pool"], "s"),
+        row(name, "Ray, 2 workers x 1 CPU (workers started in the time)", seconds["ray"], "s"),
+        row(name, "Ray speed relative to the local pool", speed, "x", ">= 0.9x", speed >= 0.9),
+        row(name, "metrics and measures identical, all three (wall times aside)", answer, "", "yes", same),
+    ]
+
+
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
-    print_report(run(quick) + run_grok(quick))
+    print_report(run(quick) + run_grok(quick) + run_grok_sweep(quick))

@@ -9,7 +9,8 @@ Marks, set here and not by hand (declared in pyproject.toml):
   fixture, or is listed in LOADS_A_REAL_MODEL (a page that loads the model itself).
 - `browser`: the test drives Chromium against `streamlit run app.py` (its module uses tests/browser.py);
   the server it starts loads the real model too, so these are `real_model` as well.
-`make test` runs everything; `make test-fast` runs `-m "not real_model and not browser"`. When no
+- `ray`: the test runs on a local Ray instance (it uses the `ray_local` fixture): tens of seconds each.
+`make test` runs everything; `make test-fast` runs `-m "not real_model and not browser and not ray"`. When no
 selected test is `real_model`, loading a real model in this process fails the test that does it (and
 the run), so a test that needs a mark and lacks one cannot hide in the fast selection.
 """
@@ -52,6 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         real = item.path.name in REAL_MODEL_MODULES or name in LOADS_A_REAL_MODEL
         if browser or real or REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_model)
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 _REAL_LOADS: list[str] = []  # tests that loaded a real model although none selected is marked real_model

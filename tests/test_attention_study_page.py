@@ -122,10 +122,10 @@ def test_a_run_from_the_page_shows_progress_is_found_after_a_reload_then_shows_t
     release = threading.Event()
     real = study_jobs.run_study
 
-    def held(lm, config, progress, stop):  # the real study, once the test has seen it running
+    def held(lm, config, progress, stop, elsewhere=None):  # the real study, once the test has seen it running
         progress(0, 1, "waiting for the test")
         release.wait(120)
-        return real(lm, config, progress, stop)
+        return real(lm, config, progress, stop, elsewhere=elsewhere)
 
     monkeypatch.setattr(study_jobs, "run_study", held)
     at = open_page(tiny_gemma3_dir, **FIELDS)
@@ -247,9 +247,9 @@ def test_study_jobs_join_stop_by_the_owner_only_and_count_against_jobs_per_perso
     release = threading.Event()
     real = study_jobs.run_study
 
-    def held(lm, config, progress, stop):
+    def held(lm, config, progress, stop, elsewhere=None):
         release.wait(120)
-        return real(lm, config, progress, stop)
+        return real(lm, config, progress, stop, elsewhere=elsewhere)
 
     monkeypatch.setattr(study_jobs, "run_study", held)
     config = StudyConfig(model=tiny_gemma3.name, train=3, heldout=4, random=1, queries=2, max_heads=1, **TINY)

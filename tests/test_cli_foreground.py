@@ -82,6 +82,30 @@ def test_a_setting_the_page_refuses_the_cli_refuses_before_anything_is_made(cach
     assert "p must be an integer >= 3" in capsys.readouterr().err and not (cache / "bad").exists()
 
 
+def test_grok_sweep_hands_its_executor_workers_and_stop_to_the_pool(cache, capsys, monkeypatch):
+    """grok-sweep through engine.grokking.jobs.sweep_here: --executor / --workers reach engine.grokking.pool.run_sweep
+    with the Ctrl-C stop event; a worker count the pool cannot use is refused before the pool is called."""
+    import threading
+
+    from engine.core.errors import LabError
+    from engine.grokking import pool
+
+    seen = {}
+
+    def sweep(base, seeds, weight_decays, **kwargs):
+        seen.update(kwargs, seeds=list(seeds), weight_decays=list(weight_decays))
+        raise LabError("the pool was called")
+
+    monkeypatch.setattr(pool, "run_sweep", sweep)
+    argv = ["grok-sweep", "--p", "7", "--seeds", "0,1", "--weight-decays", "1.0", "--out", str(cache / "sweep")]
+    assert main([*argv, "--workers", "0"]) == 2
+    assert "--workers must be at least 1." in capsys.readouterr().err and not seen
+    assert main([*argv, "--executor", "ray", "--ray-workers", "2", "--workers", "3"]) == 2
+    assert "the pool was called" in capsys.readouterr().err
+    assert seen["executor"].executor == "ray" and seen["executor"].ray_workers == 2 and seen["workers"] == 3
+    assert isinstance(seen["stop"], threading.Event) and seen["seeds"] == [0, 1] and seen["weight_decays"] == [1.0]
+
+
 def test_uq_generation_stopped_by_ctrl_c_is_resumable_and_says_so(cache, tiny_gemma3):
     from engine.uq import jobs as uq_jobs
     from engine.uq.config import GenerationConfig
@@ -117,8 +141,9 @@ def test_attention_study_stopped_by_ctrl_c_exits_130_and_says_the_heads_are_kept
 
     seen = {}
 
-    def study(lm, config, progress, stop, report_only=False):
+    def study(lm, config, progress, stop, report_only=False, elsewhere=None):
         seen["report_only"] = report_only
+        seen["elsewhere"] = elsewhere  # the local executor: every head in this process
         progress(1, 4, "first head")
         ctrl_c()
         return None if stop.is_set() else "finished"
@@ -127,7 +152,11 @@ def test_attention_study_stopped_by_ctrl_c_exits_130_and_says_the_heads_are_kept
     out = cache / "report"
     argv = ["attention-study", "--model", str(tiny_gemma3_dir), "--out", str(out), "--quiet"]
     assert main(argv) == 130
-    assert study_jobs.STOPPED_TEXT in capsys.readouterr().err and seen == {"report_only": False}
+    assert study_jobs.STOPPED_TEXT in capsys.readouterr().err and seen == {"report_only": False, "elsewhere": None}
     assert not out.exists()
     assert main([*argv, "--queries", "0"]) == 2  # refused as on the page, before the model loads
     assert "--queries must be at least 1." in capsys.readouterr().err
+    assert main([*argv, "--executor", "ray", "--ray-cpus", "0"]) == 2  # the executor refused before the model loads
+    assert "--ray-cpus must be at least 1." in capsys.readouterr().err
+    assert main([*argv, "--executor", "ray"]) == 130  # the heads missing from the cache go to Ray workers
+    assert seen["elsewhere"] is not None

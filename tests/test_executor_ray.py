@@ -7,6 +7,7 @@ refuses an unreachable cluster or one without the GPUs asked for before any work
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import sys
@@ -255,3 +256,53 @@ def test_a_missing_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(LabError, match=r"pip install -e \.\[cluster\]"):
         ray_module()
+
+
+def test_uq_study_on_ray_resumes_a_local_run_and_writes_the_local_results(tiny_gemma3_dir, tmp_path, monkeypatch):
+    """`uq-study --executor ray` (the bundled set, 10 questions) finishes a run stopped after 5 records on the
+    local executor and writes the local study's results.csv byte for byte (the study's generation stage
+    runs on the same Generator as `lab uq`)."""
+    from engine.uq.generator import Generator
+
+    argv = [
+        "uq-study", "--webquestions", "0", "--limit", "10", "--model", str(tiny_gemma3_dir), "--samples", "2",
+        "--max-new-tokens", "6", "--seed", "3", "--batch-questions", str(BATCH), "--bootstrap", "50",
+        "--fold-seeds", "2", "--quiet",
+    ]  # fmt: skip
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache-local"))
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache-ray"))
+    stop = threading.Event()
+    with Generator(str(tiny_gemma3_dir), batch_questions=BATCH) as generator:
+        generation = dataclasses.replace(GENERATION, prompt_template=generator.facts["template"])
+        run = generator.open_run(questions.default_questions().frame, generation, "bundled")
+        generator.generate(run, 10, lambda done, total, message: stop.set() if done == 5 else None, stop)
+    assert run.done() == 5
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--executor", "ray", "--ray-workers", "2"]) == 0
+    assert run.done() == 10 and _workers() == []
+    local = (tmp_path / "local" / "bundled" / "results.csv").read_bytes()
+    assert (tmp_path / "ray" / "bundled" / "results.csv").read_bytes() == local
+    assert "Ray worker(s)" in json.loads((tmp_path / "ray" / "study.json").read_text())["executor"]
+
+
+def test_a_generation_job_with_the_ray_executor_generates_on_ray_and_reports_progress(
+    local_results, tiny_gemma3, tmp_path, monkeypatch
+):
+    """A page's generation job started with LAB_EXECUTOR=ray (the server's configuration) writes the local
+    executor's records through Ray workers, and its progress (the job panel's) moves record by record."""
+    from engine.uq import jobs as uq_jobs
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAB_EXECUTOR", "ray")
+    monkeypatch.setenv("LAB_RAY_WORKERS", "2")
+    config = dataclasses.replace(GENERATION, prompt_template=FEW_SHOT_TEMPLATE)
+    frame = questions.default_questions().frame
+    started = uq_jobs.start(tiny_gemma3, "erin", frame, config, source="default", limit=N, batch_questions=BATCH)
+    seen = []
+    while not started.job.wait(0.2):
+        seen.append((started.job.done, started.job.message))
+    assert started.job.error is None and started.job.result == N
+    _same_records(started.run.load_records(), local_results[1])
+    assert any("Ray worker" in message for _, message in seen) and any("shard" in message for _, message in seen)
+    assert len({done for done, _ in seen}) >= 3 and uq_jobs.status(started.run).state == "finished"
+    assert _workers() == []

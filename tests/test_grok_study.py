@@ -13,7 +13,7 @@ import torch
 from engine.cli import main
 from engine.core.errors import LabError
 from engine.core.loading import load_model
-from engine.grokking import analysis
+from engine.grokking import analysis, pool
 from engine.grokking.config import (
     LLM_MEASURES,
     LLM_PRESET,
@@ -115,7 +115,7 @@ def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(LabError, match="over the limit"):
         validate_sweep(65)
     with pytest.raises(LabError, match="over the limit"):
-        analysis.run_sweep(TINY, range(40), [0.3, 1.0], root=tmp_path)
+        pool.run_sweep(TINY, range(40), [0.3, 1.0], root=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing was trained or created
 
 
@@ -177,9 +177,9 @@ def test_a_stopped_sweep_resumes(tmp_path):
         asked["n"] += 1
         return asked["n"] > 45  # during the second run
 
-    first = analysis.run_sweep(base, [0, 1], [1.0], root=tmp_path, stop=stop, threads=1)
+    first = pool.run_sweep(base, [0, 1], [1.0], root=tmp_path, stop=stop, threads=1)
     assert [s["state"] for s in first] == ["finished", "stopped"]
-    second = analysis.run_sweep(base, [0, 1], [1.0], root=tmp_path, threads=1)
+    second = pool.run_sweep(base, [0, 1], [1.0], root=tmp_path, threads=1)
     assert [s["state"] for s in second] == ["finished", "finished"] and second[1]["last_step"] == 30
     assert "seconds" not in second[0] and second[0]["key"] == first[0]["key"]  # reopened from its cache
 

@@ -21,8 +21,12 @@ def _metrics(test_acc: list[float], every: int = 50) -> pd.DataFrame:
 def test_grokked_means_reached_and_held_for_the_window():
     held = _metrics([0.1, 0.5, 0.96, 0.97, 0.99, 0.98, 0.99])  # 95% first at 100, held to 300
     assert grok_outcome(held, hold_steps=200) == ("grokked", 100, 100)
-    collapsed = _metrics([0.1, 0.96, 0.97, 0.30, 0.96, 0.99, 0.99])  # falls at 150: collapsed, never "grokked"
-    assert grok_outcome(collapsed, hold_steps=200) == ("collapsed", None, 150)
+    collapsed = _metrics([0.1, 0.96, 0.97, 0.30, 0.96, 0.99, 0.20])  # falls in every observed window: collapsed
+    assert grok_outcome(collapsed, hold_steps=200) == ("collapsed", None, 300)
+    dipped = _metrics([0.1, 0.96, 0.90, 0.96, 0.97, 0.99, 0.98, 0.99])  # dips at 100, then holds from 150 to 350
+    assert grok_outcome(dipped, hold_steps=200) == ("grokked", 150, 150)
+    rerising = _metrics([0.1, 0.96, 0.30, 0.96, 0.99])  # fell, rose again at 150, run ended inside the window
+    assert grok_outcome(rerising, hold_steps=200) == ("unconfirmed", None, 200)
     never = _metrics([0.1, 0.2, 0.5])
     assert grok_outcome(never, hold_steps=200) == ("never", None, 100)
     short = _metrics([0.1, 0.96, 0.99])  # ended 50 steps after reaching it: the window is not observed
@@ -94,3 +98,15 @@ def test_sink_and_massive_activation_onsets_use_their_thresholds():
     # a run measured before the excess column: the share minus the 5-token uniform share (0.32 reads 0)
     old = m.drop(columns=["sink_excess_max", "resid_bos_over_median"]).assign(sink_share_max=[0.32] * 4)
     assert llm_onsets(old)["attention_sink"] is None and llm_onsets(old)["massive_activation"] is None
+
+
+def test_dips_are_counted_and_the_stop_counts_from_the_latest_rise():
+    from engine.grokking.analysis import dips_after_grokking
+    from engine.grokking.training import latest_rise
+
+    dipped = _metrics([0.1, 0.96, 0.90, 0.96, 0.97, 0.94, 0.98, 0.99])
+    assert dips_after_grokking(dipped, 150) == (1, 0.94)  # one evaluation below 95% after the grokking step
+    assert dips_after_grokking(dipped, None) == (0, None)
+    assert latest_rise(dipped, 0.95) == 300  # rose at 50, 150 and 300: the stop counts from 300
+    assert latest_rise(_metrics([0.1, 0.5]), 0.95) is None
+    assert latest_rise(_metrics([0.97, 0.99]), 0.95) == 0

@@ -7,7 +7,9 @@ The study itself (engine.attention.study.run_study) caches every finished head u
 cache/attention_study/, so a stopped job resumes where it ended when it is started again with the same
 settings. Its cache is not anyone's run: it is the deterministic result of (model, settings), shared by
 everyone who asks for the same. The command line (`python -m engine attention-study`) runs it in the
-foreground through `run_here`, uncapped: the same validation and resume, its first Ctrl-C the page's Stop.
+foreground through `run_here`, uncapped: the same validation and resume, its first Ctrl-C the page's Stop, and
+its `--executor`. With LAB_EXECUTOR=ray (engine.core.executor.server_executor) a job studies the heads on Ray
+workers (engine.attention.distributed).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import json
 import threading
 from collections.abc import Callable
 
+from engine.attention.distributed import on_ray
 from engine.attention.study import run_study
 from engine.attention.study_config import StudyConfig
 from engine.attention.study_result import StudyResult
 from engine.core import jobs
 from engine.core.errors import LabError
+from engine.core.executor import ExecutorConfig, server_executor
 from engine.core.jobs import RUNNER, Job, ctrl_c_stops
 from engine.core.model import LoadedModel
 
@@ -60,6 +64,7 @@ def start(lm: LoadedModel, person: str, config: StudyConfig) -> tuple[Job, bool]
     person is over their disk quota or already runs jobs_per_person jobs. The job's result is the
     StudyResult, or None when it was stopped (the finished heads stay cached)."""
     config.validate()
+    executor = server_executor()
     model = (lm.name, lm.quantization)
     key = job_key(model, config)
     running = RUNNER.running(key)
@@ -69,7 +74,13 @@ def start(lm: LoadedModel, person: str, config: StudyConfig) -> tuple[Job, bool]
     label = f"attention study of {lm.name}"
 
     def work(job: Job):
-        return run_study(lm, config, lambda done, total, message: job.progress(done, total, message), job.stop_event)
+        return run_study(
+            lm,
+            config,
+            lambda done, total, message: job.progress(done, total, message),
+            job.stop_event,
+            elsewhere=on_ray(executor),
+        )
 
     with _LOCK:
         _STARTED[key] = StudyJob(model, config)
@@ -106,11 +117,18 @@ STOPPED_TEXT = "Stopped: the finished heads are cached; the same command continu
 
 
 def run_here(
-    lm: LoadedModel, config: StudyConfig, progress: Callable[[int, int, str], None] | None = None
+    lm: LoadedModel,
+    config: StudyConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> StudyResult | None:
-    """The command line's study of `lm` in this process: validated as on the page (StudyConfig.validate), run or
-    resumed from the cached heads, or only read with `config.report_only` (engine.attention.study.run_study);
-    the first Ctrl-C stops it after the held-out prompt in flight, as the page's Stop: None then (STOPPED_TEXT)."""
+    """The command line's study of `lm`: validated as on the page (StudyConfig.validate, ExecutorConfig.validate),
+    run or resumed from the cached heads, or only read with `config.report_only` (engine.attention.study.run_study);
+    the missing heads studied in this process, or on Ray workers with `executor` ray (distributed.on_ray). The
+    first Ctrl-C stops it after the held-out prompt in flight (on Ray: ends the workers), as the page's Stop: None
+    then (STOPPED_TEXT)."""
     config.validate()
+    if executor is not None:
+        executor.validate()
     with ctrl_c_stops() as stop:
-        return run_study(lm, config, progress, stop, report_only=config.report_only)
+        return run_study(lm, config, progress, stop, report_only=config.report_only, elsewhere=on_ray(executor))

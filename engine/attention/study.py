@@ -87,6 +87,9 @@ STUDY_VERSION = 1
 RANDOM_LEN = 10  # random word tokens per sequence (each sequence appears twice)
 SOURCE_SHARES = {"prose": 0.6, "questions": 0.2, "attention set": 0.2}
 ProgressFn = Callable[[int, int, str], None]
+# studies the run's heads missing from `records` (adding and caching each as it comes back), calling
+# came_back(message) after each; False when `stop` ended it first
+HeadsElsewhere = Callable[["StudyRun", dict, Callable[[str], None], "threading.Event | None"], bool]
 Predictions = list[dict[int, np.ndarray]]  # one {query row: weights [i + 1]} per held-out prompt
 
 
@@ -553,31 +556,59 @@ def prepare(lm: LoadedModel, config: StudyConfig, progress: ProgressFn | None = 
     return StudyRun(lm, config, train, heldout, description, heads, how, folder, mode, shape)
 
 
+CONTROL_FILE = "control.npz"
+
+
+def load_control(run: StudyRun) -> tuple[Predictions, float] | None:
+    """The cached no-explanation control of the run's prompt set and its seconds, or None (absent or unreadable)."""
+    path = run.folder / CONTROL_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return _unflatten(data["pred"], heldout_queries(run.heldout, run.config.queries)), float(data["seconds"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_control(folder: Path, preds: Predictions, seconds: float) -> None:
+    """The no-explanation control of a prompt set, written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, pred=_flatten(preds).astype(np.float32), seconds=np.asarray(seconds))
+    atomic_write(folder / CONTROL_FILE, buffer.getvalue())
+
+
+def simulate_control(
+    heldout: Sequence[AttentionResult],
+    n_queries: int,
+    speaker: SelfExplainer,
+    step: Callable[[str], None],
+    stop: threading.Event | None = None,
+) -> tuple[Predictions, float] | None:
+    """The simulator with no explanation on every held-out prompt and the seconds it took; None when
+    `stop` is set midway."""
+    start = time.perf_counter()
+    preds = []
+    for n, (res, q) in enumerate(zip(heldout, heldout_queries(heldout, n_queries)), 1):
+        if stop is not None and stop.is_set():
+            return None
+        step(f"control (no explanation): held-out prompt {n} of {len(heldout)}")
+        preds.append(speaker.simulate(NO_EXPLANATION, res, q))
+    return preds, time.perf_counter() - start
+
+
 def _control(
     run: StudyRun, speaker: SelfExplainer, step: Callable[[str], None], stop: threading.Event | None
 ) -> tuple[Predictions, float] | None:
     """The simulator with no explanation on every held-out prompt, cached once per prompt set, and the
     seconds it took when it ran; None when `stop` is set midway (nothing cached)."""
-    path = run.folder / "control.npz"
-    hq = heldout_queries(run.heldout, run.config.queries)
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                return _unflatten(data["pred"], hq), float(data["seconds"])
-        except (OSError, ValueError, KeyError):
-            pass
-    start = time.perf_counter()
-    preds = []
-    for n, (res, q) in enumerate(zip(run.heldout, hq), 1):
-        if stop is not None and stop.is_set():
-            return None
-        step(f"control (no explanation): held-out prompt {n} of {len(run.heldout)}")
-        preds.append(speaker.simulate(NO_EXPLANATION, res, q))
-    seconds = time.perf_counter() - start
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, pred=_flatten(preds).astype(np.float32), seconds=np.asarray(seconds))
-    atomic_write(path, buffer.getvalue())
-    return preds, seconds
+    cached = load_control(run)
+    if cached is not None:
+        return cached
+    made = simulate_control(run.heldout, run.config.queries, speaker, step, stop)
+    if made is not None:
+        save_control(run.folder, *made)
+    return made
 
 
 def run_study(
@@ -587,13 +618,16 @@ def run_study(
     stop: threading.Event | None = None,
     speaker: SelfExplainer | None = None,
     report_only: bool = False,
+    elsewhere: HeadsElsewhere | None = None,
 ) -> StudyResult | None:
     """Run (or resume) the study for a loaded model; None when `stop` was set before it finished.
 
     `progress(done, total, message)` after every unit of work (a held-out prompt simulated, an explanation
     written, a head finished). Finished heads are cached, so a later call continues where this one ended.
     The result (study_result.StudyResult) is written to the cache folder once every head is done;
-    `report_only` only reads it (LabError when that run has not finished)."""
+    `report_only` only reads it (LabError when that run has not finished). `elsewhere` studies the heads
+    missing from the cache (and the control) somewhere else first, e.g. on Ray workers, one task per group
+    of heads (engine.attention.distributed.on_ray); this process runs the prompts once, and scores."""
     started = time.perf_counter()
     say = progress or (lambda done, total, message: None)
     say(0, 1, "running every prompt once")
@@ -617,6 +651,14 @@ def run_study(
         say(min(done[0], total), total, message)
         done[0] += 1
 
+    if elsewhere is not None:
+
+        def came_back(message: str) -> None:
+            controlled = len(run.heldout) if load_control(run) is not None else 0
+            say(controlled + per_head * len(records), total, message)
+
+        if not elsewhere(run, records, came_back, stop):
+            return None
     controlled = _control(run, speaker, step, stop)
     if controlled is None:
         return None

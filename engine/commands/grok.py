@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
     add_options(sweep, GrokConfig, skip=("seed", "weight_decay"))
     add_options(sweep, SweepConfig)
     add_options(sweep, RunOptions)
+    add_options(sweep, ExecutorConfig)
     sweep.set_defaults(func=run_sweep)
     study = subparsers.add_parser(
         "grok-study",
@@ -81,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    """Seeds x weight decays through engine.grokking.jobs.sweep_here (validation, resume, Ctrl-C as a stop)."""
+    """Seeds x weight decays through engine.grokking.jobs.sweep_here (validation, resume, Ctrl-C as a stop), on
+    the executor of --executor / --workers (this process, the local pool or Ray: engine.grokking.pool)."""
     from engine.grokking import jobs
     from engine.grokking.analysis import connection, plain_summary, sweep_table
 
     base = _config(args)
     plan: SweepConfig = from_args(SweepConfig, args)
     options: RunOptions = from_args(RunOptions, args)
+    executor: ExecutorConfig = from_args(ExecutorConfig, args)
 
     def on_run(summary: RunSummary, done: int, total: int) -> None:
         print(
@@ -97,7 +100,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
 
     summaries = jobs.sweep_here(
-        base, plan.seeds, plan.weight_decays, root=options.out, on_run=on_run, threads=options.threads
+        base,
+        plan.seeds,
+        plan.weight_decays,
+        root=options.out,
+        on_run=on_run,
+        threads=options.threads,
+        executor=executor,
+        workers=plan.workers,
     )
     table = sweep_table(summaries, plan.measure)
     print(table.drop(columns=["key"]).to_string(index=False))

@@ -72,6 +72,8 @@ def register(subparsers) -> None:
     add_options(study, StudyConfig)
     add_options(study, GenerationConfig)
     add_options(study, BatchOptions)
+    add_options(study, ExecutorConfig)
+    add_options(study, ShardOptions)
     add_options(study, EvalOptions, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS})
     study.add_argument("--quiet", action="store_true", help="no progress lines")
     study.set_defaults(func=study_command)
@@ -157,7 +159,13 @@ def study_command(args) -> int:
             print(message, file=sys.stderr, flush=True)
 
     paths = run_study(
-        config, from_args(GenerationConfig, args), from_args(EvalOptions, args), from_args(BatchOptions, args), log
+        config,
+        from_args(GenerationConfig, args),
+        from_args(EvalOptions, args),
+        from_args(BatchOptions, args),
+        log,
+        from_args(ExecutorConfig, args),
+        from_args(ShardOptions, args),
     )
     for path in paths:
         print(path)
@@ -217,12 +225,13 @@ def run(args) -> int:
                 print(f"\r{message} ({rate:.1f}/min)", end="", file=sys.stderr, flush=True)
 
         if on_ray is not None:
-            written = on_ray.generate(
+            written, where = jobs.generate_on_ray_here(
+                on_ray,
                 run,
                 limit=total,
+                progress=lambda done, _total, message: report(done, message),
                 batch_questions=args.batch_questions,
                 shard_questions=args.shard_questions,
-                progress=lambda done, _total, message: report(done, message),
             )
         else:
             written, where = jobs.generate_here(
@@ -232,9 +241,9 @@ def run(args) -> int:
                 progress=lambda done, total_, _seconds: report(done, f"{done}/{total_} questions"),
                 batch_questions=args.batch_questions,
             )
-            if where.state == "stopped":
-                print(f"\n{where.text(jobs.COMMAND_RESUMES)}", file=sys.stderr)
-                return STOPPED
+        if where.state == "stopped":
+            print(f"\n{where.text(jobs.COMMAND_RESUMES)}", file=sys.stderr)
+            return STOPPED
     finally:
         if on_ray is not None:
             on_ray.close()

@@ -72,6 +72,40 @@ class ExecutorConfig:
             raise LabError("--ray-gpus must be 0 or more.")
 
 
+ENV_EXECUTOR = "LAB_EXECUTOR"  # the server's jobs: local | ray
+ENV_SETTINGS = {  # the server's jobs: environment variable -> ExecutorConfig field
+    "LAB_RAY_ADDRESS": "ray_address",
+    "LAB_RAY_WORKERS": "ray_workers",
+    "LAB_RAY_CPUS": "ray_cpus",
+    "LAB_RAY_GPUS": "ray_gpus",
+}
+
+
+def server_executor(environ: dict[str, str] | None = None) -> ExecutorConfig:
+    """Where the lab server's long jobs run (the page has no executor flags): LAB_EXECUTOR (`local`, the
+    default, or `ray`), with LAB_RAY_ADDRESS, LAB_RAY_WORKERS, LAB_RAY_CPUS and LAB_RAY_GPUS as the
+    command line's --ray-* flags; read when a job starts. LabError naming the variable for a bad value."""
+    environ = os.environ if environ is None else environ
+    kind = environ.get(ENV_EXECUTOR, "").strip() or "local"
+    if kind not in ("local", "ray"):
+        raise LabError(f"{ENV_EXECUTOR}={kind!r} is not an executor: set it to local or ray (docs/cluster.md).")
+    values: dict[str, Any] = {"executor": kind}
+    for name, field in ENV_SETTINGS.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        if field == "ray_address":
+            values[field] = text
+            continue
+        try:
+            values[field] = float(text) if field == "ray_gpus" else int(text)
+        except ValueError as err:
+            raise LabError(f"{name}={text!r} is not a number (docs/cluster.md).") from err
+    config = ExecutorConfig(**values)
+    config.validate()
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerPlan:
     """How many Ray workers run, and what each one reserves (CPUs = its torch threads)."""
@@ -300,6 +334,7 @@ def run_shards(
     pool: list[Any] | None = None,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    poll_s: float | None = None,
 ) -> int:
     """Run `shards` on `plan.workers` actors; returns how many shards were rerun after a worker died.
 
@@ -307,7 +342,8 @@ def run_shards(
     `on_item(shard, item)` takes each item in this process as it arrives. When a worker dies, `retry(shard)`
     gives the payload of what is left of its shard (None: nothing) and a fresh worker takes it; a shard
     whose workers died MAX_ATTEMPTS times ends the run (LabError). `progress(done, total, message)` after
-    each shard, counted in shards. `stop()` true ends the loop between items.
+    each shard, counted in shards. `stop()` true ends the loop between items, and also every `poll_s`
+    seconds while no item arrives (None: only between items).
 
     `pool`: idle actors (each loaded once) to use before starting new ones; the actors idle at the end go
     back into it, for the caller's next call and its own cleanup. On an error or KeyboardInterrupt, and for
@@ -342,7 +378,10 @@ def run_shards(
                 shard.attempts += 1
                 actor = idle.pop()
                 running[call(actor, shard)] = (actor, shard)
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
+            if not ready and stop is not None and stop():
+                queue.clear()
+                break
             for stream in ready:
                 actor, shard = running[stream]
                 try:

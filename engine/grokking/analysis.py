@@ -4,11 +4,13 @@ Events of one run (steps; None when the event does not happen within the run):
 - memorisation step: first evaluation step with train accuracy >= MEMORISATION_ACCURACY (0.99);
 - grokking steps: first evaluation step with test accuracy >= HALF_GROK_ACCURACY (grok_50) and
   >= GROK_ACCURACY (grok_95) (engine.grokking.config);
-- outcome (`grok_outcome`): "grokked" when test accuracy, once at GROK_ACCURACY, stays there at every evaluation
-  of the hold window (GROK_HOLD_STEPS, or stop_after_grok when smaller; stated as hold_steps); "collapsed" when
-  it falls below inside the window; "unconfirmed" when the run ended inside the window; "never" when it did not
-  reach it. Only "grokked" runs count as grokked (grok_step); the rest are censored (engine.grokking.survival),
-  counted, never dropped;
+- outcome (`grok_outcome`): "grokked" at the first evaluation from which test accuracy stays >= GROK_ACCURACY at
+  every evaluation of the hold window (GROK_HOLD_STEPS, or stop_after_grok when smaller; stated as hold_steps);
+  "unconfirmed" when the run ended inside the window of its latest rise with accuracy still there; "collapsed"
+  when it reached GROK_ACCURACY but fell below inside every window it observed; "never" when it did not reach
+  it. Only "grokked" runs count as grokked (grok_step); the rest are censored (engine.grokking.survival),
+  counted, never dropped. Dips below GROK_ACCURACY after the first rise and after the grokking step are
+  counted (dips_after_first_95, dips_after_grok) and reported with the lowest accuracy after grokking;
 - onset of a measure: the first checkpoint from which the measure stays "on" at EVERY later
   checkpoint of the run (so a brief spike is not an onset), the earliest over matrices / layers:
   * max_over_median: max|w|/median|w| of a matrix >= `ratio_factor` (OnsetSettings) x its value at step 0;
@@ -67,14 +69,13 @@ from engine.grokking.config import (
     MEMORISATION_ACCURACY,
     GrokConfig,
     validate,
-    validate_sweep,
 )
 from engine.grokking.llm import GrokLlama, LlmData, llm_data
 from engine.grokking.llm_measures import LlmMeasureSettings, candidate_weights, measure_llm_checkpoint, zeroing_outcome
 from engine.grokking.measures import MeasureSettings, measure_checkpoint
 from engine.grokking.runs import GrokRun, RunEvents, RunSummary, open_run, run_for
 from engine.grokking.tasks import Dataset
-from engine.grokking.training import Stop, should_stop, train
+from engine.grokking.training import Stop, train
 
 # the llm measures at every checkpoint: 256 examples per split and 2 random draws keep them under 20% of
 # training time at checkpoint_every = 50 (benchmarks/bench_grokking.py)
@@ -180,19 +181,35 @@ def hold_steps_of(stop_after_grok: int) -> int:
 def grok_outcome(metrics: pd.DataFrame, hold_steps: int = GROK_HOLD_STEPS) -> tuple[str, int | None, int]:
     """(outcome, grokking step or None, time) of a run's metrics (see the module docstring).
 
-    time: the grokking step of a grokked run; the step test accuracy fell below GROK_ACCURACY of a collapsed
-    one; the last step of a run that never reached it or ended inside the window."""
+    The grokking step is the first evaluation s with test accuracy >= GROK_ACCURACY at every evaluation of
+    [s, s + hold_steps], the window fully observed. Without one: "unconfirmed" when the run ended inside the
+    window of its latest rise to GROK_ACCURACY with accuracy still there, "collapsed" when accuracy reached it
+    but fell below in every window the run observed, "never" when it never reached it.
+
+    time: the grokking step of a grokked run; the last step of every other run (censored there)."""
     last = int(metrics["step"].iloc[-1]) if len(metrics) else 0
     first = first_reaching(metrics, "test_acc", GROK_ACCURACY)
     if first is None:
         return "never", None, last
-    window = metrics[(metrics["step"] >= first) & (metrics["step"] <= first + hold_steps)]
-    fell = window.loc[window["test_acc"] < GROK_ACCURACY, "step"]
-    if len(fell):
-        return "collapsed", None, int(fell.iloc[0])
-    if last < first + hold_steps:
-        return "unconfirmed", None, last
-    return "grokked", first, first
+    steps = metrics["step"].to_numpy()
+    above = (metrics["test_acc"] >= GROK_ACCURACY).to_numpy()
+    for i in np.flatnonzero(above):
+        start = int(steps[i])
+        if start + hold_steps > last:
+            break
+        window = (steps >= start) & (steps <= start + hold_steps)
+        if above[window].all():
+            return "grokked", start, start
+    return ("unconfirmed" if above[-1] else "collapsed"), None, last
+
+
+def dips_after_grokking(metrics: pd.DataFrame, grok_step: int | None) -> tuple[int, float | None]:
+    """(evaluations below GROK_ACCURACY after the grokking step, lowest test accuracy after it) of a grokked
+    run; (0, None) for a run that did not grok. A held grokking step followed by dips is reported, not hidden."""
+    if grok_step is None:
+        return 0, None
+    after = metrics.loc[metrics["step"] >= grok_step, "test_acc"]
+    return int((after < GROK_ACCURACY).sum()), float(after.min())
 
 
 def run_events(
@@ -207,7 +224,8 @@ def run_events(
     mem = first_reaching(metrics, "train_acc", MEMORISATION_ACCURACY)
     outcome, grok, time_ = grok_outcome(metrics, hold_steps)
     first = first_reaching(metrics, "test_acc", GROK_ACCURACY)
-    after = metrics.loc[metrics["step"] >= first, "test_acc"] if first is not None else pd.Series(dtype=float)
+    dips, lowest = dips_after_grokking(metrics, grok)
+    reached = metrics.loc[metrics["step"] >= first, "test_acc"] if first is not None else pd.Series(dtype=float)
     found = onsets(measures, settings) if llm_measures is None else llm_onsets(llm_measures, settings)
     return {
         "memorisation_step": mem,
@@ -224,7 +242,9 @@ def run_events(
         "grok_step": grok,
         "time": time_,
         "hold_steps": hold_steps,
-        "min_test_acc_after_grok": float(after.min()) if len(after) else None,
+        "min_test_acc_after_grok": lowest,
+        "dips_after_grok": dips,
+        "dips_after_first_95": int((reached < GROK_ACCURACY).sum()),
     }
 
 
@@ -379,42 +399,6 @@ def load_run(
 
 def sweep_configs(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[float]) -> list[GrokConfig]:
     return [base.replace(seed=int(s), weight_decay=float(wd)) for wd in weight_decays for s in seeds]
-
-
-def run_sweep(
-    base: GrokConfig,
-    seeds: Sequence[int],
-    weight_decays: Sequence[float],
-    *,
-    root: Path | None = None,
-    stop: Stop = None,
-    on_start: Callable[[GrokConfig, int, int], None] | None = None,
-    on_run: Callable[[RunSummary, int, int], None] | None = None,
-    threads: int | None = None,
-    owner: str | None = None,
-    max_checkpoints: int = MAX_CHECKPOINTS,
-) -> list[RunSummary]:
-    """Run (or reopen) every seed x weight decay configuration, each a run of its own.
-
-    on_start(config, done, total) before each run, on_run(summary, done, total) after it; `stop`
-    ends the current run at its next step and skips the rest. A stopped sweep resumes: finished runs
-    reopen from their cache and a stopped run from its last checkpoint."""
-    configs = sweep_configs(base, seeds, weight_decays)
-    validate_sweep(len(configs))
-    for config in configs:
-        validate(config)
-    summaries: list[RunSummary] = []
-    for config in configs:
-        if should_stop(stop):
-            break
-        if on_start:
-            on_start(config, len(summaries), len(configs))
-        summaries.append(
-            run_experiment(config, root=root, stop=stop, threads=threads, owner=owner, max_checkpoints=max_checkpoints)
-        )
-        if on_run:
-            on_run(summaries[-1], len(summaries), len(configs))
-    return summaries
 
 
 def sweep_table(summaries: Sequence[RunSummary], measure: str = "super_weight") -> pd.DataFrame:

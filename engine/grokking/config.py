@@ -115,11 +115,11 @@ SINK_TASK_PRESET: dict[str, Any] = {
     "n_layers": 2,
     "d_model": 64,
     "d_mlp": 128,
-    "lr": 3e-3,
+    "lr": 1.5e-3,
     "p": 23,
     "context": "markov",
     "seq_len": 24,
-    "batch_size": 64,
+    "batch_size": 128,
     "weight_decay": 1.0,
     "eval_every": 50,
     "checkpoint_every": 100,
@@ -278,6 +278,10 @@ class SweepConfig:
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds")
     weight_decays: tuple[float, ...] = option((0.3, 1.0), "weight decays (0 usually does not grok: a contrast)")
     measure: Measure = option("super_weight", "onset measure to correlate with the grokking step")
+    workers: int = option(
+        1, "runs trained at once: 1 = one after another in this process (at --threads); N > 1 = a local pool of N "
+        "processes, 1 torch thread each (as grok-study); --executor ray: Ray workers instead"
+    )
 
 
 @dataclass(frozen=True)
@@ -317,10 +321,10 @@ class StudyConfig:
     filler_vocab: FillerVocab = option("numbers", "markov filler over the number tokens or 8 symbols of its own")
     train_frac: float = option(0.6, "fraction of the pairs used for training")
     weight_decay: float = option(1.0, "AdamW weight decay")
-    lr: float = option(3e-3, "AdamW learning rate")
+    lr: float = option(1.5e-3, "AdamW learning rate")
     warmup_steps: int = option(50, "linear warmup steps")
     grad_clip: float = option(1.0, "gradient norm clip")
-    batch_size: int = option(64, "minibatch size (sequences)")
+    batch_size: int = option(128, "minibatch size (sequences)")
     steps: int = option(3000, "step cap: a run that has not grokked by then is censored there")
     n_layers: int = option(2, "decoder layers", flag="--layers")
     d_model: int = option(64, "width")

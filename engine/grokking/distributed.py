@@ -32,10 +32,13 @@ from typing import Any
 from engine.core.executor import ExecutorConfig, Shard, WorkerPlan, ray_module, run_shards, start_ray
 from engine.core.paths import atomic_write
 from engine.core.runstore import CLAIM_FILE
-from engine.grokking.config import GrokConfig
+from engine.grokking.analysis import summarize
+from engine.grokking.config import MAX_CHECKPOINTS, GrokConfig
 from engine.grokking.runs import GrokRun, RunSummary, open_run, run_for
+from engine.grokking.training import Stop, should_stop
 
 WORKER_PREFIX = "lab-grok-"  # Ray actor names: lab-grok-<token>-<n>
+STOP_POLL_S = 1.0  # with a `stop`, how often the driver looks at it while no snapshot arrives
 OnRun = Callable[[GrokConfig, RunSummary | None, str], None]
 Files = dict[str, bytes]
 
@@ -54,10 +57,12 @@ class Snapshot:
 
 @dataclass
 class RayTraining:
-    """What `train_runs` did: the (config, error) of each failed run, and the runs rerun after a worker died."""
+    """What `train_runs` did: the (config, error) of each failed run, the runs rerun after a worker died,
+    and the summary of each run a `stop` ended mid-way (as far as it reached the driver)."""
 
     errors: list[tuple[GrokConfig, str]]
     reruns: int
+    stopped: dict[GrokConfig, RunSummary] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,12 +118,14 @@ class GrokWorker:
         os.environ["LAB_GROK_THREADS"] = str(threads)
         self.threads = threads
 
-    def train(self, config: GrokConfig, files: Files) -> Iterator[Snapshot]:
+    def train(
+        self, config: GrokConfig, files: Files, owner: str | None = None, max_checkpoints: int = MAX_CHECKPOINTS
+    ) -> Iterator[Snapshot]:
         """Snapshots of the run (see the module doc); `files`: the run folder as the driver has it."""
         from engine.grokking.analysis import run_experiment
 
         with tempfile.TemporaryDirectory(prefix="lab-grok-") as root:
-            run = run_for(config, Path(root))
+            run = run_for(config, Path(root), owner)
             for rel, data in files.items():
                 (run.path / rel).parent.mkdir(parents=True, exist_ok=True)
                 (run.path / rel).write_bytes(data)
@@ -135,7 +142,14 @@ class GrokWorker:
 
             def train() -> None:
                 try:
-                    summary = run_experiment(config, root=Path(root), on_eval=on_eval, threads=self.threads)
+                    summary = run_experiment(
+                        config,
+                        root=Path(root),
+                        on_eval=on_eval,
+                        threads=self.threads,
+                        owner=owner,
+                        max_checkpoints=max_checkpoints,
+                    )
                     out.put(watch.snapshot(final=True, summary=summary))
                 except Exception as err:  # noqa: BLE001 - one failed run must not end the study
                     out.put(watch.snapshot(final=True, error=f"{type(err).__name__}: {err}"))
@@ -163,19 +177,28 @@ def train_runs(
     root: Path | None = None,
     on_run: OnRun | None = None,
     plan: WorkerPlan | None = None,
+    *,
+    owner: str | None = None,
+    max_checkpoints: int = MAX_CHECKPOINTS,
+    stop: Stop = None,
+    on_start: Callable[[GrokConfig], None] | None = None,
 ) -> RayTraining:
     """Train `configs` on Ray workers (one actor task per run), writing each run's folder into the run
-    store (under `root`); returns the failed runs and how many runs were rerun after a worker died.
-    `plan`: from `start_ray` (called here when None: LabError before any work when the cluster is
-    unreachable or too small)."""
+    store (under `root`, the runs of `owner`); returns the failed runs and how many runs were rerun after a
+    worker died. `plan`: from `start_ray` (called here when None: LabError before any work when the cluster
+    is unreachable or too small). `on_start(config)` when a run is handed to a worker. `stop` (checked as
+    snapshots arrive, at least every STOP_POLL_S seconds) ends the runs in flight: their workers end, each
+    keeps what reached the driver and is marked stopped at its last checkpoint there (a rerun resumes it);
+    the runs not started are skipped."""
     plan = plan or start_ray(executor, shards=len(configs))
     ray = ray_module()
     actor_class = ray.remote(GrokWorker)
     options = {"num_cpus": plan.cpus, "num_gpus": plan.gpus, "max_restarts": 0}
     token = uuid.uuid4().hex[:8]
-    runs = [open_run(config, root) for config in configs]
+    runs = [open_run(config, root, owner=owner) for config in configs]
     errors: list[tuple[GrokConfig, str]] = []
     ended: set[int] = set()
+    handed: set[int] = set()  # runs given to a worker in this call
 
     def make_worker(index: int):
         """A fresh actor, named `lab-grok-<token>-<n>` (tests kill one by name)."""
@@ -183,7 +206,10 @@ def train_runs(
 
     def call(actor, shard: Shard):
         index, files = shard.payload
-        return actor.train.options(num_returns="streaming").remote(configs[index], files)
+        if on_start is not None and index not in handed:
+            on_start(configs[index])
+        handed.add(index)
+        return actor.train.options(num_returns="streaming").remote(configs[index], files, owner, max_checkpoints)
 
     def on_item(shard: Shard, snapshot: Snapshot) -> None:
         index = shard.payload[0]
@@ -207,9 +233,26 @@ def train_runs(
         shards = [Shard(f"run {run.run_id}", (i, resume_files(run))) for i, run in enumerate(runs)]
         idle: list[Any] = []
         try:
-            reruns = run_shards(plan, make_worker, call, shards, on_item, retry, pool=idle)
+            reruns = run_shards(
+                plan,
+                make_worker,
+                call,
+                shards,
+                on_item,
+                retry,
+                pool=idle,
+                stop=(lambda: should_stop(stop)) if stop is not None else None,
+                poll_s=STOP_POLL_S if stop is not None else None,
+            )
         finally:
             for actor in idle:  # the workers left idle at the end: nothing stays running
                 ray.kill(actor)
-    return RayTraining(errors, reruns)
+        stopped = {}
+        for index in sorted(handed - ended):
+            run = runs[index]
+            if run.metrics_path.exists():
+                step = max(run.checkpoint_steps(), default=0)
+                run.set_status("stopped", step, f"stopped at step {step} (its last checkpoint; it resumes from there)")
+                stopped[configs[index]] = summarize(run)
+    return RayTraining(errors, reruns, stopped)
 

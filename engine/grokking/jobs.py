@@ -22,8 +22,9 @@ What the place that starts a job checks for its person (on the lab server: owner
 and jobs, ui.access; on the command line: nothing) is passed in as a `Gate`.
 
 The command line (`python -m engine grok`, `grok-sweep`) trains in the foreground through `run_here` and
-`sweep_here`: the same validation, the same resume (from the last checkpoint) and reopening (a finished run),
-a Ctrl-C that stops like the tab's Stop, and the same words for how a run ended (`ended_text`).
+`sweep_here` (the sweep on the command's executor: this process, a local pool or Ray, engine.grokking.pool): the
+same validation, the same resume (from the last checkpoint) and reopening (a finished run), a Ctrl-C that stops
+like the tab's Stop, and the same words for how a run ended (`ended_text`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from typing import Literal, get_args
 
 from engine.core.db import lab_db
 from engine.core.errors import LabError
+from engine.core.executor import ExecutorConfig, server_executor
 from engine.core.jobs import RUNNER, Job, ctrl_c_stops
 from engine.core.processes import StopTimeout, run_in_process
 from engine.core.runstore import RunFolder, run_id_for
-from engine.grokking import process
-from engine.grokking.analysis import run_experiment, run_sweep, sweep_configs
+from engine.grokking import pool, process
+from engine.grokking.analysis import run_experiment, sweep_configs
 from engine.grokking.config import TRAIN_THREADS, GrokConfig, validate
 from engine.grokking.runs import CACHE_TOPIC, GrokRun, RunSummary, get_run, open_run, run_for
 
@@ -371,15 +373,32 @@ def sweep_here(
     root: Path | None = None,
     on_run: Callable[[RunSummary, int, int], None] | None = None,
     threads: int | None = None,
+    executor: ExecutorConfig | None = None,
+    workers: int = 1,
 ) -> list[RunSummary]:
-    """The command line's sweep of seeds x weight decays in this process: every weight decay validated before
-    anything trains, then each run trained, resumed or reopened (analysis.run_sweep; `on_run(summary, done,
-    total)` after each). The first Ctrl-C stops the run in training at its next step and skips the rest; the
-    same command resumes the sweep."""
+    """The command line's sweep of seeds x weight decays: the executor, the worker count and every weight decay
+    validated before anything trains, then each run trained, resumed or reopened (pool.run_sweep: in this process,
+    in `workers` local processes, or on Ray with `executor` ray; `on_run(summary, done, total)` after each). The
+    first Ctrl-C is a stop: the rest are skipped, and the run in flight stops at its next step (in this process),
+    finishes (in the pool) or stops at its last checkpoint that came back (on Ray); the same command resumes."""
+    if executor is not None:
+        executor.validate()
+    if workers < 1:
+        raise LabError("--workers must be at least 1.")
     for wd in weight_decays:
         validate(base.replace(weight_decay=wd))
     with ctrl_c_stops() as stop:
-        return run_sweep(base, seeds, weight_decays, root=root, stop=stop, on_run=on_run, threads=threads)
+        return pool.run_sweep(
+            base,
+            seeds,
+            weight_decays,
+            root=root,
+            stop=stop,
+            on_run=on_run,
+            threads=threads,
+            executor=executor,
+            workers=workers,
+        )
 
 
 # ------------------------------------------------------------------------------------------ sweeps
@@ -421,10 +440,13 @@ def start_sweep(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[
     configs = sweep_configs(base, seeds, weight_decays)
     key = sweep_key(configs, gate.person)
     person = gate.person
+    executor = server_executor()
 
     def work(job: Job) -> list[RunSummary]:
         summaries: list[RunSummary] = []
         job.result = summaries  # the summaries so far, for every session watching the sweep
+        if executor.executor == "ray":
+            return _sweep_on_ray(job, summaries)
 
         def on_message(message: process.Message) -> None:
             if isinstance(message, process.SweepRunStarted):
@@ -443,6 +465,33 @@ def start_sweep(base: GrokConfig, seeds: Sequence[int], weight_decays: Sequence[
             for run in (run_of(config, person) for config in configs):
                 if not run.is_claimed():  # the ended child's claims are gone; a claimed run trains elsewhere
                     stopped_if_running(run)
+        return summaries
+
+    def _sweep_on_ray(job: Job, summaries: list[RunSummary]) -> list[RunSummary]:
+        """The sweep's runs on Ray workers, one task per run (engine.grokking.pool): this job's thread is
+        the driver, which writes each run's folder as it comes back; a stop ends the runs in flight at
+        the last checkpoint that reached it."""
+        job.progress(0, len(configs), "starting the Ray workers")
+
+        def on_start(config: GrokConfig, done: int, total: int) -> None:
+            job.progress(done, total, f"seed {config.seed}, wd {config.weight_decay:g} on Ray")
+
+        def on_run(summary: RunSummary, done: int, total: int) -> None:
+            summaries.append(summary)
+            job.progress(done, total)
+
+        extra = {} if gate.max_checkpoints is None else {"max_checkpoints": gate.max_checkpoints}
+        pool.run_sweep(
+            base,
+            list(seeds),
+            list(weight_decays),
+            stop=job.stop_event,
+            on_start=on_start,
+            on_run=on_run,
+            owner=person,
+            executor=executor,
+            **extra,
+        )
         return summaries
 
     label = f"grokking sweep of {len(configs)} runs"

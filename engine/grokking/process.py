@@ -1,7 +1,7 @@
 """Grokking training as the entry of a child process (engine.core.processes.run_in_process).
 
 Module-level functions (a spawned child imports them by name) that run analysis.run_experiment or
-analysis.run_sweep with run_in_process's `stop` and `report`: the training's callbacks become typed messages,
+pool.run_sweep with run_in_process's `stop` and `report`: the training's callbacks become typed messages,
 in order, that the waiting job thread applies (engine.grokking.jobs: progress, the sweep's summaries so far):
 
 - Loading(resume_step): the child is up (torch imported) and builds the data and model, or loads the
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.grokking import analysis
+from engine.grokking import analysis, pool
 from engine.grokking.config import GrokConfig
 from engine.grokking.runs import RunSummary, run_for
 
@@ -97,9 +97,9 @@ def train_sweep(
     threads: int | None = None,
     max_checkpoints: int | None = None,
 ) -> list[RunSummary]:
-    """A sweep (analysis.run_sweep): each run claims itself while it trains (in this child process)."""
+    """A sweep (pool.run_sweep, in this process): each run claims itself while it trains (in this child process)."""
     extra = {} if max_checkpoints is None else {"max_checkpoints": max_checkpoints}
-    return analysis.run_sweep(
+    return pool.run_sweep(
         base,
         list(seeds),
         list(weight_decays),

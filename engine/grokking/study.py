@@ -23,10 +23,8 @@ The report (`report_dir`): summary.md, runs.csv, PNG figures, study_log.json (wa
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from engine.core.options import shell_command, to_flags
 from engine.core.paths import atomic_write
 from engine.core.provenance import git_commit, machine, machine_line, utc_now, versions, versions_line
 from engine.grokking import survival
-from engine.grokking.analysis import OnsetSettings, run_experiment, summarize
+from engine.grokking.analysis import OnsetSettings, summarize
 from engine.grokking.config import (
     ARM_LABELS,
     GROK_ACCURACY,
@@ -50,6 +48,7 @@ from engine.grokking.config import (
     validate_study,
 )
 from engine.grokking.measure_registry import REGISTRY, label, traces
+from engine.grokking.pool import train_all
 from engine.grokking.runs import RunSummary, run_for
 
 LAG_MEASURES = ("attention_sink", "massive_activation", "super_weight", "super_activation")
@@ -65,25 +64,14 @@ CHECK_COLUMNS = (  # llm_measures.csv columns of the manipulation checks (runs.c
 # ------------------------------------------------------------------------------------------ running
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ["LAB_GROK_THREADS"] = "1"
-
-
-def _run_one(config: GrokConfig, root: str | None) -> RunSummary:
-    return run_experiment(config, root=Path(root) if root else None, threads=1)
-
-
 def run_study(
     study: StudyConfig,
     on_run: Callable[[GrokConfig, RunSummary | None, str], None] | None = None,
     executor: ExecutorConfig | None = None,
 ) -> float:
-    """Train every run of the study that is not finished yet (in study.workers processes, or on Ray workers
-    when `executor` says ray: engine.grokking.distributed); returns the wall seconds of this session (also
-    appended to study_log.json)."""
+    """Train every run of the study that is not finished yet (engine.grokking.pool.train_all: in
+    study.workers processes, or on Ray workers when `executor` says ray); returns the wall seconds of this
+    session (also appended to study_log.json)."""
     validate_study(study)
     configs = study.configs()
     root = Path(study.root) if study.root else None
@@ -91,32 +79,8 @@ def run_study(
     start, t0 = time.time(), time.perf_counter()
     errors = []
     if todo:
-        if executor is not None and executor.executor == "ray":
-            from engine.grokking.distributed import train_runs
-
-            errors = train_runs(todo, executor, root, on_run).errors
-        elif study.workers <= 1:
-            _worker_init()
-            for config in todo:
-                summary = _run_one(config, study.root)
-                if on_run:
-                    on_run(config, summary, "")
-        else:
-            import multiprocessing
-
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(study.workers, mp_context=ctx, initializer=_worker_init) as pool:
-                futures = {pool.submit(_run_one, c, study.root): c for c in todo}
-                for future in as_completed(futures):
-                    config = futures[future]
-                    try:
-                        summary = future.result()
-                        error = ""
-                    except Exception as err:  # noqa: BLE001 - one failed run must not end the study
-                        summary, error = None, f"{type(err).__name__}: {err}"
-                        errors.append((config, error))
-                    if on_run:
-                        on_run(config, summary, error)
+        trained = train_all(todo, executor=executor, workers=study.workers, root=root, threads=1, on_run=on_run)
+        errors = trained.errors
     seconds = time.perf_counter() - t0
     _log_session(Path(study.report_dir), start, seconds, len(todo), len(errors))
     return seconds
@@ -173,6 +137,8 @@ def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -
                     "final_train_acc": summary["final_train_acc"],
                     "final_test_acc": summary["final_test_acc"],
                     "min_test_acc_after_grok": summary["min_test_acc_after_grok"],
+                    "dips_after_grok": summary.get("dips_after_grok", 0),
+                    "dips_after_first_95": summary.get("dips_after_first_95", 0),
                     "final_train_loss": float(metrics["train_loss"].iloc[-1]),
                     "loss_spike": _loss_spike(metrics),
                     "zeroing_verdict": zeroing.get("verdict"),
@@ -397,7 +363,7 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
     lines += ["## 1. Formation check (positive control): does anything form in the control arm?", ""]
     lines += _formation_lines(formation, settings)
     lines += ["", "## 2. Outcomes per arm (censored, never dropped)", ""]
-    lines += _outcome_lines(outcomes, base.stop_after_grok)
+    lines += _outcome_lines(outcomes, table)
     lines += ["", "## 3. Arms compared on paired seeds", ""]
     lines += _comparison_lines(tests)
     lines += ["", "## 4. Manipulation checks (last checkpoint; median over finished runs)", ""]
@@ -415,8 +381,8 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
         "[BOS], the layer whose down projection writes the largest |y| at BOS, its row = argmax |y|, its column = "
         "argmax |x| of the down projection's input; the random arm zeroes one uniformly drawn weight of that matrix.",
         f"- Step cap {study.steps}; evaluation every {study.eval_every} steps; measures at every checkpoint "
-        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after first reaching 95% "
-        "(-1: to the cap).",
+        f"({study.checkpoint_every} steps); a run goes on {study.stop_after_grok} steps after test accuracy last rose "
+        "to 95% (a dip below and a new rise restart the count; -1: to the cap).",
         f"- Runs finished: {n_done} of {n_total}" + ("." if n_done == n_total else " (the rest not trained yet)."),
         f"- Command: `{command_line(study)}` (or `make study-grok`); report only: add `--report-only`.",
         f"- Wall time: {wall / 60:.1f} min over {len(log)} session(s) with {study.workers} worker processes "
@@ -436,10 +402,11 @@ def write_report(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) 
     lines += [
         "## Definitions",
         "",
-        f"- Grokked: test accuracy >= {GROK_ACCURACY:.0%} first reached and held at every evaluation of the next "
-        f"{min(200, base.stop_after_grok)} steps (the hold window). Collapsed: fell below inside the window "
-        "(censored at that step); never: not reached by the cap (censored there); unconfirmed: the run ended "
-        "inside the window (censored at its end).",
+        f"- Grokked at the first evaluation from which test accuracy stays >= {GROK_ACCURACY:.0%} at every "
+        f"evaluation of the next {min(200, base.stop_after_grok)} steps (the hold window). Collapsed: reached it "
+        "but fell below inside every window the run observed; never: not reached by the cap; unconfirmed: the run "
+        "ended inside the window of its latest rise. The three are censored at the run's last step. Dips below "
+        "95% after the first rise and after grokking are counted in the outcome table, never hidden.",
         f"- Sink: attention share on BOS (mean over heads, queries 1..T-1, examples) minus the share uniform causal "
         f"attention gives, max over layers, >= {settings.sink_excess:g} and staying so at every later checkpoint.",
         f"- Massive activation: max |h| of the residual stream at BOS / median |h|, max over layers, >= "
@@ -542,17 +509,24 @@ def _formation_lines(formation: pd.DataFrame, settings: OnsetSettings) -> list[s
     return lines
 
 
-def _outcome_lines(outcomes: list[ArmOutcomes], stop_after_grok: int) -> list[str]:
+def _outcome_lines(outcomes: list[ArmOutcomes], table: pd.DataFrame) -> list[str]:
     lines = [
         "| arm | runs | grokked (held) | collapsed | never | unconfirmed | KM median grokking step | "
-        "P(grokked by the last event) |",
-        "|---|---|---|---|---|---|---|---|",
+        "P(grokked by the last event) | runs that dipped below 95% after first reaching it | "
+        "grokked runs that dipped after grokking | lowest test accuracy after grokking |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         last = float(o.km["grokked"].iloc[-1]) if len(o.km) else 0.0
+        part = table[(table["arm"] == o.arm) & table["outcome"].notna()]
+        dipped = int((part.get("dips_after_first_95", pd.Series(dtype=float)).fillna(0) > 0).sum())
+        grokked = part[part["outcome"] == "grokked"]
+        dipped_after = int((grokked.get("dips_after_grok", pd.Series(dtype=float)).fillna(0) > 0).sum())
+        lowest = grokked.get("min_test_acc_after_grok", pd.Series(dtype=float)).min()
         lines.append(
             f"| {o.arm} | {o.n} | {o.counts['grokked']} | {o.counts['collapsed']} | {o.counts['never']} | "
-            f"{o.counts['unconfirmed']} | {_fmt(o.median_step)} | {last:.2f} |"
+            f"{o.counts['unconfirmed']} | {_fmt(o.median_step)} | {last:.2f} | {dipped} | {dipped_after} | "
+            f"{_fmt(lowest, 3)} |"
         )
     return lines
 

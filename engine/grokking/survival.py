@@ -2,10 +2,10 @@
 differences of log grokking step with bootstrap intervals, and onset lags of a measure (correlational).
 
 A run's outcome (engine.grokking.analysis.grok_outcome) gives its time and event:
-- "grokked": event at the grokking step (test accuracy >= 95% first reached and held for the stated window);
-- "never" (not reached by the step cap) and "unconfirmed" (the run ended inside the window): censored at the
-  run's last step;
-- "collapsed" (reached, then fell below 95% inside the window): censored at the step it fell.
+- "grokked": event at the grokking step (the first evaluation from which test accuracy stays >= 95% for the
+  stated window);
+- "never" (not reached by the step cap), "unconfirmed" (the run ended inside the window of its latest rise) and
+  "collapsed" (reached 95% but fell below inside every window it observed): censored at the run's last step.
 No run is dropped: a censored run stays in the risk set up to its censoring time.
 
 Libraries: scipy.stats.ecdf on scipy.stats.CensoredData (Kaplan-Meier with a Greenwood interval),

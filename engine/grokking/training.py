@@ -221,7 +221,11 @@ def _train_claimed(
         writer = csv.writer(handle)
         if new_file:
             writer.writerow(METRIC_COLUMNS)
-        end_step = config.steps
+        # stop_after_grok counts from the latest time test accuracy rose to GROK_ACCURACY (a dip below and a
+        # new rise restart it), so every run that reaches it can show whether it then holds (analysis.grok_outcome)
+        reached_at = latest_rise(run.metrics(), GROK_ACCURACY) if resumed else None
+        end_step = config.steps if reached_at is None else _end_after(config, reached_at)
+        below = True if reached_at is None else bool(run.metrics()["test_acc"].iloc[-1] < GROK_ACCURACY)
         while True:
             is_eval = step % config.eval_every == 0 or step == end_step
             model.train()
@@ -258,8 +262,9 @@ def _train_claimed(
                     mem_step = step
                 if grok_step is None and test_acc >= GROK_ACCURACY:
                     grok_step = step
-                    if config.stop_after_grok >= 0:
-                        end_step = min(config.steps, _round_up(step + config.stop_after_grok, config.eval_every))
+                if below and test_acc >= GROK_ACCURACY:
+                    end_step = _end_after(config, step)
+                below = test_acc < GROK_ACCURACY
                 if on_eval:
                     on_eval(row)
             done = step >= end_step
@@ -311,6 +316,25 @@ def _train_claimed(
                 _append_row(zeroing_path, ZEROING_COLUMNS, zeroing.apply(model.lm, bos_id, step))
             if step % config.eval_every == 0:
                 run.set_status("running", step)
+
+
+def latest_rise(metrics, threshold: float) -> int | None:
+    """The step of the latest evaluation at which test accuracy rose to >= threshold (the first evaluation, or
+    one after an evaluation below it); None when it never reached it."""
+    if metrics is None or not len(metrics):
+        return None
+    acc = metrics["test_acc"].to_numpy()
+    steps = metrics["step"].to_numpy()
+    rises = [i for i in range(len(acc)) if acc[i] >= threshold and (i == 0 or acc[i - 1] < threshold)]
+    return int(steps[rises[-1]]) if rises else None
+
+
+def _end_after(config: GrokConfig, reached: int) -> int:
+    """The last step of a run whose test accuracy rose to GROK_ACCURACY at `reached`: stop_after_grok steps
+    later (rounded up to an evaluation), the step cap at most; the cap when stop_after_grok < 0."""
+    if config.stop_after_grok < 0:
+        return config.steps
+    return min(config.steps, _round_up(reached + config.stop_after_grok, config.eval_every))
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 from engine.core.embedded import EMBEDDED_LM
 from engine.core.embedder import load_embedder
 from engine.core.errors import LabError
+from engine.core.executor import ExecutorConfig
 from engine.core.loading import load_model
 from engine.core.model import LoadedModel
 from engine.core.options import option, shell_command, to_flags
@@ -36,8 +37,9 @@ from engine.core.paths import atomic_write, shared_data_dir
 from engine.core.provenance import machine, utc_now
 from engine.uq import confirmation, export, questions, report
 from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.distributed import ShardOptions
 from engine.uq.evaluation import Evaluation, entailment_judge, evaluate_run
-from engine.uq.generation import default_template, generate_run, open_run_for
+from engine.uq.generator import Generator
 from engine.uq.store import UqRun, get_run
 
 WEBQUESTIONS_FILE = "webquestions_test.csv"
@@ -174,30 +176,50 @@ def read_manifest(out: Path) -> dict:
     return manifest
 
 
+def _generator(
+    config: StudyConfig, batch: BatchOptions, executor: ExecutorConfig | None, shards: ShardOptions, total: int
+) -> Generator:
+    """The study's generation on its executor (engine.uq.generator): the model here, or on Ray workers."""
+    return Generator(
+        config.model,
+        executor,
+        total=total,
+        batch_questions=batch.batch_questions,
+        shard_questions=shards.shard_questions,
+    )
+
+
 def generate(
     config: StudyConfig,
     generation: GenerationConfig,
     options: EvalOptions,
     batch: BatchOptions,
     log: Callable[[str], None] = print,
-) -> tuple[LoadedModel, list[StudySet]]:
-    """Load the model and generate what is missing of each set's run (resumable); writes study.json."""
+    executor: ExecutorConfig | None = None,
+    shards: ShardOptions = ShardOptions(),
+) -> tuple[LoadedModel | None, list[StudySet]]:
+    """Generate what is missing of each set's run (resumable) on `executor` (default: this process, which
+    loads the model; ray: Ray workers, and this process loads none); writes study.json. Returns the model
+    when this process loaded it, and the sets."""
     sets = _question_sets(config)
-    lm = load_model(config.model)
-    generation = dataclasses.replace(generation, prompt_template=default_template(lm))
+    largest = max(len(qset.frame) for _, _, qset, _ in sets)
+    total_hint = min(largest, config.limit) if config.limit else largest
     out, done = Path(config.out), []
-    for name, title, qset, description in sets:
-        run = open_run_for(lm, qset.frame, generation, source=f"{name}: {qset.source}")
-        total = run.total(config.limit)
-        already, start = run.done(total), time.perf_counter()
-        log(f"{name}: run {run.run_id}, {already}/{total} questions already generated")
+    with _generator(config, batch, executor, shards, total_hint) as generator:
+        log(f"generating on {generator.where}")
+        generation = dataclasses.replace(generation, prompt_template=generator.facts["template"])
+        for name, title, qset, description in sets:
+            run = generator.open_run(qset.frame, generation, source=f"{name}: {qset.source}")
+            total = run.total(config.limit)
+            already, start = run.done(total), time.perf_counter()
+            log(f"{name}: run {run.run_id}, {already}/{total} questions already generated")
 
-        def progress(count: int, total_: int, seconds: float, name=name, already=already, start=start) -> None:
-            rate = 60 * (count - already) / max(time.perf_counter() - start, 1e-9)
-            log(f"{name}: {count}/{total_} questions ({rate:.1f}/min)")
+            def progress(count: int, total_: int, message: str, name=name, already=already, start=start) -> None:
+                rate = 60 * (count - already) / max(time.perf_counter() - start, 1e-9)
+                log(f"{name}: {count}/{total_} questions ({rate:.1f}/min){message.partition(' questions')[2]}")
 
-        generate_run(lm, run, limit=total, progress=progress, batch_questions=batch.batch_questions)
-        done.append(StudySet(name, title, description, run.run_id, total, time.perf_counter() - start))
+            generator.generate(run, total, progress)
+            done.append(StudySet(name, title, description, run.run_id, total, time.perf_counter() - start))
         _write_manifest(
             out,
             {
@@ -208,11 +230,12 @@ def generate(
                 "prompt_template": generation.prompt_template,
                 "options": dataclasses.asdict(options),
                 "sets": [dataclasses.asdict(s) for s in done],
-                "machine": machine(lm.device),
+                "machine": machine(generator.facts["device"]),
+                "executor": generator.where,
                 "written": utc_now(),
             },
         )
-    return lm, done
+    return generator.lm, done
 
 
 def evaluate(
@@ -242,9 +265,12 @@ def run_confirmation(
     options: EvalOptions,
     batch: BatchOptions,
     log: Callable[[str], None] = print,
+    executor: ExecutorConfig | None = None,
+    shards: ShardOptions = ShardOptions(),
 ) -> list[Path]:
     """The confirmation stage (engine.uq.confirmation): generate what is missing of the confirmation run
-    (resumable), fit on the exploration run, test the fixed contrast once, rewrite the report."""
+    (resumable) on `executor` (as `generate`), fit on the exploration run, test the fixed contrast once,
+    rewrite the report."""
     out = Path(config.out)
     plan = confirmation.read_plan(out)
     confirmation.check_request(plan, out, config.contrast)
@@ -254,13 +280,14 @@ def run_confirmation(
     if explore_entry is None or explore_entry["run_id"] != plan["exploration"]["run_id"]:
         raise LabError(f"The study in {out} does not name the exploration run the plan was fixed on.")
     start = time.perf_counter()
-    lm = load_model(config.model)
-    generation = dataclasses.replace(generation, prompt_template=default_template(lm))
     qset, description = webquestions_confirmation(config.webquestions, config.sample_seed)
-    run = open_run_for(lm, qset.frame, generation, source=f"confirmation: {qset.source}")
-    total = run.total(config.limit)
-    log(f"confirmation: run {run.run_id}, {run.done(total)}/{total} questions already generated")
-    generate_run(lm, run, limit=total, batch_questions=batch.batch_questions)
+    total_hint = min(len(qset.frame), config.limit) if config.limit else len(qset.frame)
+    with _generator(config, batch, executor, shards, total_hint) as generator:
+        generation = dataclasses.replace(generation, prompt_template=generator.facts["template"])
+        run = generator.open_run(qset.frame, generation, source=f"confirmation: {qset.source}")
+        total = run.total(config.limit)
+        log(f"confirmation: run {run.run_id}, {run.done(total)}/{total} questions already generated")
+        generator.generate(run, total)
     generated = time.perf_counter() - start
     explore = get_run(explore_entry["run_id"])
     log(f"confirmation: fitting on {explore_entry['total']} exploration questions, testing on {total}")
@@ -290,12 +317,17 @@ def run_study(
     options: EvalOptions,
     batch: BatchOptions,
     log: Callable[[str], None] = print,
+    executor: ExecutorConfig | None = None,
+    shards: ShardOptions = ShardOptions(),
 ) -> list[Path]:
-    """Generate (unless `report_only`), evaluate and write the report; returns the files written. With
-    `confirm`: the confirmation stage (`run_confirmation`) instead, then the report again."""
+    """Generate (unless `report_only`) on `executor` (default: this process; ray: Ray workers), evaluate
+    and write the report; returns the files written. With `confirm`: the confirmation stage
+    (`run_confirmation`) instead, then the report again."""
     config.validate()
+    if executor is not None:
+        executor.validate()
     if config.confirm:
-        paths = run_confirmation(config, generation, options, batch, log)
+        paths = run_confirmation(config, generation, options, batch, log, executor, shards)
         config = dataclasses.replace(config, confirm=False, report_only=True)
         return paths + run_study(config, generation, options, batch, log)
     if options.nli_model:
@@ -304,7 +336,7 @@ def run_study(
     start = time.perf_counter()
     lm = None
     if not config.report_only:
-        lm, _ = generate(dataclasses.replace(config, out=str(out)), generation, options, batch, log)
+        lm, _ = generate(dataclasses.replace(config, out=str(out)), generation, options, batch, log, executor, shards)
     manifest = read_manifest(out)
     if config.report_only:
         options = dataclasses.replace(options, seed=manifest["generation"]["seed"])

@@ -168,12 +168,12 @@ ESTIMATOR_HOMES = {  # where an estimator's name may be written out: its registr
     "engine/uq/estimators.py": "the registry",
     "engine/uq/config.py": "USUAL_SCORE, SEMANTIC_SCORE, CURVE_BASELINES: the deliberate default choices",
 }
-MEASURE_HOMES = {  # where a grokking LLM measure's name may be written out
+MEASURE_HOMES = {  # where a grokking LLM measure's name may be written out (config's labels are its views)
     "engine/grokking/measure_registry.py": "the registry",
-    "engine/grokking/config.py": "the LlmMeasure Literal and LLM_MEASURE_LABELS the registry reads",
 }
 MEASURE_EXCEPTIONS = {  # (file, name): why the name is written there
-    ("engine/grokking/config.py", "super_weight"): "SweepConfig's default measure",
+    ("engine/grokking/config.py", "super_weight"): "a toy-model measure (config.Measure) and SweepConfig's default",
+    ("engine/grokking/config.py", "massive_activation"): "a toy-model measure (config.Measure, MEASURE_LABELS)",
     ("engine/grokking/analysis.py", "super_weight"): "a toy-model onset (config.Measure) and the sweep's default",
     ("engine/grokking/analysis.py", "massive_activation"): "a toy-model onset (config.Measure, MEASURE_LABELS)",
     ("engine/grokking/study.py", "attention_sink"): "LAG_MEASURES: the study's chosen measures",
@@ -238,3 +238,13 @@ def test_a_score_name_written_in_a_report_is_caught():
     assert name_literals(report, ESTIMATORS) == []
     planted = report + '\nCHOSEN = ("semantic_entropy", f"{1}_spread")\n'
     assert name_literals(planted, ESTIMATORS) == [(planted.count("\n"), "semantic_entropy")]
+
+
+def test_a_measure_name_written_outside_its_registry_is_caught():
+    from engine.grokking.config import LLM_MEASURE_LABELS
+    from engine.grokking.measure_registry import REGISTRY
+
+    assert dict(LLM_MEASURE_LABELS) == {name: spec.label for name, spec in REGISTRY.items()}  # a view, not a copy
+    study = (ROOT / "engine" / "grokking" / "study.py").read_text(encoding="utf-8")
+    planted = study + '\nCHOSEN = ("fourier", f"onset_{1}")\n'
+    assert name_literals(planted, REGISTRY) == [*name_literals(study, REGISTRY), (planted.count("\n"), "fourier")]

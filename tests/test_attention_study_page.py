@@ -20,7 +20,7 @@ from engine.attention.study_config import StudyConfig
 from engine.attention.study_result import _clean
 from engine.core.jobs import RUNNER
 from ui import attention_study
-from ui.attention_atlas import NOT_STUDIED, atlas_chart, atlas_frame
+from ui.attention_atlas import NOT_STUDIED, NOT_STUDIED_COLOUR, atlas_chart, atlas_frame
 from ui.attention_charts import HEAD_PICK
 
 PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "3_Attention_self_interpretation.py")
@@ -122,10 +122,10 @@ def test_a_run_from_the_page_shows_progress_is_found_after_a_reload_then_shows_t
     release = threading.Event()
     real = study_jobs.run_study
 
-    def held(lm, config, progress, stop):  # the real study, once the test has seen it running
+    def held(lm, config, progress, stop, elsewhere=None):  # the real study, once the test has seen it running
         progress(0, 1, "waiting for the test")
         release.wait(120)
-        return real(lm, config, progress, stop)
+        return real(lm, config, progress, stop, elsewhere=elsewhere)
 
     monkeypatch.setattr(study_jobs, "run_study", held)
     at = open_page(tiny_gemma3_dir, **FIELDS)
@@ -224,6 +224,15 @@ def test_the_atlas_has_every_head_marks_the_unstudied_and_is_clickable(tiny_resu
     cells = spec["layer"][0]["encoding"]
     assert cells["x"]["field"] == "layer" and cells["y"]["field"] == "head"  # layers as columns
     assert "datum.layer == 1 && datum.head == 2" in json.dumps(cells["stroke"])
+    # "not studied" is a legend entry, and every legend sits below the grid (a legend on the right is cut at
+    # the grid's height in Streamlit's renderer, which hid "not studied")
+    assert cells["color"]["scale"]["domain"][-1] == NOT_STUDIED
+    assert cells["color"]["scale"]["range"][-1] == NOT_STUDIED_COLOUR
+    shape = spec["layer"][1]["encoding"]["shape"]
+    assert cells["color"]["legend"]["orient"] == "bottom" and shape["legend"]["orient"] == "bottom"
+    every = studied.assign(layer=[0, 0, 0], head=[0, 1, 2])
+    domain = atlas_chart(every).to_dict()["layer"][0]["encoding"]["color"]["scale"]["domain"]
+    assert NOT_STUDIED not in domain and domain == list(dict.fromkeys(domain))
 
 
 def test_study_jobs_join_stop_by_the_owner_only_and_count_against_jobs_per_person(lab, tiny_gemma3, monkeypatch):
@@ -238,9 +247,9 @@ def test_study_jobs_join_stop_by_the_owner_only_and_count_against_jobs_per_perso
     release = threading.Event()
     real = study_jobs.run_study
 
-    def held(lm, config, progress, stop):
+    def held(lm, config, progress, stop, elsewhere=None):
         release.wait(120)
-        return real(lm, config, progress, stop)
+        return real(lm, config, progress, stop, elsewhere=elsewhere)
 
     monkeypatch.setattr(study_jobs, "run_study", held)
     config = StudyConfig(model=tiny_gemma3.name, train=3, heldout=4, random=1, queries=2, max_heads=1, **TINY)

@@ -184,8 +184,13 @@ def test_a_stopped_sweep_resumes(tmp_path):
     assert "seconds" not in second[0] and second[0]["key"] == first[0]["key"]  # reopened from its cache
 
 
-def test_a_measure_registered_in_one_place_appears_in_onsets_the_study_table_and_the_charts(tmp_path):
-    from engine.grokking.measure_registry import ChartPanel, MeasureSpec, register, unregister
+def test_a_measure_registered_in_one_place_appears_in_onsets_labels_the_study_tables_and_the_charts(tmp_path):
+    """One register() in this test and no other edit: the measure is computed at every checkpoint, has an onset,
+    its label is in config's labels (the tab's onset table) and the run's summary sentence, the tab charts its
+    panel, and the study report has it in runs.csv, its tables and its trace figure."""
+    from engine.grokking.config import LLM_MEASURE_LABELS
+    from engine.grokking.measure_registry import ChartPanel, MeasureSpec, register, traces, unregister
+    from engine.grokking.runs import list_runs
     from ui.grokking_charts import llm_panels
 
     def compute(model, data, settings) -> dict[str, float]:
@@ -193,10 +198,20 @@ def test_a_measure_registered_in_one_place_appears_in_onsets_the_study_table_and
 
     panel = ChartPanel("Dummy norm over training", "norm")
     register(
-        MeasureSpec("dummy", "a dummy measure", ("dummy_norm",), lambda m, s: m["dummy_norm"] > 0, compute, panel)
+        MeasureSpec(
+            "dummy",
+            "a dummy measure",
+            ("dummy_norm",),
+            lambda m, s: m["dummy_norm"] > 0,
+            compute,
+            panel,
+            trace=("dummy_norm", "norm of the dummy"),
+        )
     )
     try:
+        assert LLM_MEASURE_LABELS["dummy"] == "a dummy measure" and "dummy" in LLM_MEASURES
         assert (["dummy_norm"], "norm", "Dummy norm over training", "linear") in llm_panels()
+        assert traces()["dummy_norm"] == "norm of the dummy"
         report = tmp_path / "report"
         argv = [
             "grok-study",
@@ -207,9 +222,19 @@ def test_a_measure_registered_in_one_place_appears_in_onsets_the_study_table_and
         assert main(argv) == 0
         runs_csv = pd.read_csv(report / "runs.csv")
         assert runs_csv["onset_dummy"].tolist() == [0]  # on at every checkpoint: onset at step 0
-        assert "| a dummy measure | 1 of 1 (median 0) |" in (report / "summary.md").read_text()
+        assert runs_csv["max_dummy_norm"].iloc[0] > 0
+        summary_md = (report / "summary.md").read_text()
+        assert "| a dummy measure | 1 of 1 (median 0) |" in summary_md  # the table of every registered measure
+        header = next(line for line in summary_md.splitlines() if line.startswith("| arm | seed |"))
+        assert "onset_dummy" in header and "max_dummy_norm" in header  # the runs table
+        assert (report / "measures.png").exists()  # the trace figure (its columns: traces())
+        (run,) = list_runs(tmp_path / "runs")
+        summary = analysis.summarize(run)
+        assert summary["onsets"]["dummy"] == 0
+        assert "a dummy measure: onset at step 0" in analysis.run_summary_text(summary)
     finally:
         unregister("dummy")
+    assert "dummy" not in LLM_MEASURE_LABELS and "dummy_norm" not in traces()
 
 
 @pytest.mark.parametrize("command", ["grok", "grok-sweep", "grok-study"])

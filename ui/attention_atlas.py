@@ -22,6 +22,9 @@ SELF_MARKS = {
     "no difference": ("circle", "#636363"),
     "below the control": ("triangle-down", "#d73027"),
 }
+# legends below the grid: Streamlit's renderer cuts a legend on the right at the grid's height (a few heads:
+# only its first entries showed, never "not studied"); the near-white "not studied" swatch gets an outline
+LEGEND = {"orient": "bottom", "direction": "vertical", "labelLimit": 0, "titleLimit": 0}
 COLUMNS = [
     "layer",
     "head",
@@ -57,7 +60,8 @@ def atlas_chart(frame: pd.DataFrame, selected: tuple[int, int] | None = None) ->
     n_layers, n_heads = int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1
     data = frame.rename(columns={"layer.head": "layer_head"})  # a "." in a field name is a path in Vega-Lite
     functions = [RULE_TITLES[r] for r in RULES]
-    present = [f for f in functions if f in set(data["best external function"])] + [NOT_STUDIED]
+    drawn = set(data["best external function"])
+    present = [f for f in functions if f in drawn] + ([NOT_STUDIED] if NOT_STUDIED in drawn else [])
     colours = _palette(functions, present)
     layer, head = selected if selected is not None else (-1, -1)
     pick = alt.selection_point(name=HEAD_PICK, fields=["layer", "head"], on="click", toggle=False)
@@ -86,7 +90,7 @@ def atlas_chart(frame: pd.DataFrame, selected: tuple[int, int] | None = None) ->
                 title="best external function (detector)",
                 sort=present,
                 scale=alt.Scale(domain=present, range=colours),
-                legend=alt.Legend(labelLimit=0, titleLimit=0),
+                legend=alt.Legend(symbolStrokeColor="#969696", symbolStrokeWidth=0.5, **LEGEND),
             ),
             stroke=alt.condition(is_selected, alt.value(HIGHLIGHT), alt.value("white")),
             strokeWidth=alt.condition(is_selected, alt.value(3), alt.value(1)),
@@ -106,7 +110,7 @@ def atlas_chart(frame: pd.DataFrame, selected: tuple[int, int] | None = None) ->
                 "self vs control:N",
                 title="self-explanation vs no-explanation control",
                 scale=alt.Scale(domain=marked, range=[SELF_MARKS[k][0] for k in marked]),
-                legend=alt.Legend(labelLimit=0, titleLimit=0),
+                legend=alt.Legend(**LEGEND),
             ),
             fill=alt.Fill(
                 "self vs control:N",

@@ -146,10 +146,7 @@ def run_panel(run: runs.GrokRun, writable: bool) -> None:
         resume = "Press Start to resume." if writable else "Only its owner can resume it."
         st.warning(f"{note.text()} {resume}", icon=":material/pause_circle:")
     elif status.get("state") == "failed" and job is None:
-        st.error(
-            f"Run failed: {str(status.get('message')).rstrip('.')}. Its checkpoints are kept; press Start to resume.",
-            icon=":material/error:",
-        )
+        st.error(jobs.ended_text(run), icon=":material/error:")
     if metrics.empty:
         if job is None and not run.is_claimed():
             st.info("Not trained yet: press Start to train it.", icon=":material/play_arrow:")

@@ -6,9 +6,10 @@ a closed tab.
 The study itself (engine.attention.study.run_study) caches every finished head under
 cache/attention_study/, so a stopped job resumes where it ended when it is started again with the same
 settings. Its cache is not anyone's run: it is the deterministic result of (model, settings), shared by
-everyone who asks for the same. The command line runs it in the foreground
-(`python -m engine attention-study`), uncapped. With LAB_EXECUTOR=ray (engine.core.executor.
-server_executor) a job studies the heads on Ray workers (engine.attention.distributed).
+everyone who asks for the same. The command line (`python -m engine attention-study`) runs it in the
+foreground through `run_here`, uncapped: the same validation and resume, its first Ctrl-C the page's Stop, and
+its `--executor`. With LAB_EXECUTOR=ray (engine.core.executor.server_executor) a job studies the heads on Ray
+workers (engine.attention.distributed).
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import dataclasses
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 
 from engine.attention.distributed import on_ray
 from engine.attention.study import run_study
 from engine.attention.study_config import StudyConfig
+from engine.attention.study_result import StudyResult
 from engine.core import jobs
 from engine.core.errors import LabError
-from engine.core.executor import server_executor
-from engine.core.jobs import RUNNER, Job
+from engine.core.executor import ExecutorConfig, server_executor
+from engine.core.jobs import RUNNER, Job, ctrl_c_stops
 from engine.core.model import LoadedModel
 
 KEY_PREFIX = "attention-study:"  # every study job's key starts with it
@@ -108,3 +111,24 @@ def latest_job_of(person: str, model: tuple[str, str] | None = None) -> Job | No
         and (model is None or (job.key in _STARTED and _STARTED[job.key].model == model))
     ]
     return max(mine, key=lambda job: job.started, default=None)
+
+
+STOPPED_TEXT = "Stopped: the finished heads are cached; the same command continues from them."
+
+
+def run_here(
+    lm: LoadedModel,
+    config: StudyConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    executor: ExecutorConfig | None = None,
+) -> StudyResult | None:
+    """The command line's study of `lm`: validated as on the page (StudyConfig.validate, ExecutorConfig.validate),
+    run or resumed from the cached heads, or only read with `config.report_only` (engine.attention.study.run_study);
+    the missing heads studied in this process, or on Ray workers with `executor` ray (distributed.on_ray). The
+    first Ctrl-C stops it after the held-out prompt in flight (on Ray: ends the workers), as the page's Stop: None
+    then (STOPPED_TEXT)."""
+    config.validate()
+    if executor is not None:
+        executor.validate()
+    with ctrl_c_stops() as stop:
+        return run_study(lm, config, progress, stop, report_only=config.report_only, elsewhere=on_ray(executor))

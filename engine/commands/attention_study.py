@@ -13,6 +13,8 @@ from engine.attention.study_config import StudyConfig
 from engine.core.executor import ExecutorConfig
 from engine.core.options import add_options, from_args
 
+STOPPED = 130  # exit code of a study stopped with Ctrl-C (the finished heads stay cached), as after an interrupt
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,13 +28,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from engine.attention.distributed import on_ray
-    from engine.attention.study import run_study
+    """The study through engine.attention.jobs.run_here (validation, resume, Ctrl-C as a stop, as on the page), the
+    missing heads in this process or on Ray workers (--executor ray)."""
+    from engine.attention import jobs
     from engine.attention.study_report import write_report
     from engine.core.loading import load_model
 
     config = from_args(StudyConfig, args)
-    config.validate()
+    config.validate()  # before the model loads
     executor = from_args(ExecutorConfig, args)
     executor.validate()
     last = [0.0]
@@ -46,7 +49,10 @@ def run(args) -> int:
             print(f"[{done}/{total}] {elapsed / 60:.1f} min: {message}", file=sys.stderr, flush=True)
 
     lm = load_model(config.model)
-    result = run_study(lm, config, progress, report_only=config.report_only, elsewhere=on_ray(executor))
+    result = jobs.run_here(lm, config, progress, executor)
+    if result is None:
+        print(jobs.STOPPED_TEXT, file=sys.stderr)
+        return STOPPED
     paths = write_report(result, config.out, config.reduced)
     print(result.verdict)
     for path in paths:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.core.errors import LabError
 from engine.core.executor import ExecutorConfig
 from engine.core.options import add_options, from_args
 from engine.grokking.config import LLM_PRESET, GrokConfig, RunOptions, StudyConfig, SweepConfig
+
+if TYPE_CHECKING:
+    from engine.grokking.runs import GrokRun, RunSummary
+
+STOPPED = 130  # exit code of a run or sweep stopped with Ctrl-C (resumable), as a shell reports an interrupt
 
 
 def register(subparsers: Any) -> None:
@@ -50,15 +54,15 @@ def _config(args: argparse.Namespace, **overrides: Any) -> GrokConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.grokking.analysis import run_experiment, run_summary_text
-    from engine.grokking.config import validate
-    from engine.grokking.runs import open_run
+    """One run through engine.grokking.jobs.run_here (validation, resume, Ctrl-C as a stop, as on the tab)."""
+    from engine.grokking import jobs
+    from engine.grokking.analysis import run_summary_text
 
     config = _config(args)
     options: RunOptions = from_args(RunOptions, args)
-    validate(config)
-    run = open_run(config, run_dir=options.out)
-    print(f"{config.describe()}\nrun folder: {run.path}", file=sys.stderr)
+
+    def on_open(run: GrokRun) -> None:
+        print(f"{config.describe()}\nrun folder: {run.path}", file=sys.stderr)
 
     def on_eval(row: dict[str, Any]) -> None:
         print(
@@ -67,27 +71,26 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    summary = run_experiment(config, run_dir=options.out, on_eval=on_eval, threads=options.threads)
+    run, summary = jobs.run_here(config, run_dir=options.out, on_open=on_open, on_eval=on_eval, threads=options.threads)
     print(run_summary_text(summary))
     print(f"wrote {run.metrics_path}, {run.summary_path}, {len(run.checkpoint_steps())} checkpoints")
+    ended = jobs.ended_text(run, jobs.COMMAND_RESUMES)
+    if ended:
+        print(ended, file=sys.stderr)
+        return STOPPED
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    """Seeds x weight decays through engine.grokking.jobs.sweep_here (validation, resume, Ctrl-C as a stop), on
+    the executor of --executor / --workers (this process, the local pool or Ray: engine.grokking.pool)."""
+    from engine.grokking import jobs
     from engine.grokking.analysis import connection, plain_summary, sweep_table
-    from engine.grokking.config import validate
-    from engine.grokking.pool import run_sweep as sweep
-    from engine.grokking.runs import RunSummary
 
     base = _config(args)
     plan: SweepConfig = from_args(SweepConfig, args)
     options: RunOptions = from_args(RunOptions, args)
     executor: ExecutorConfig = from_args(ExecutorConfig, args)
-    executor.validate()
-    if plan.workers < 1:
-        raise LabError("--workers must be at least 1.")
-    for wd in plan.weight_decays:
-        validate(base.replace(weight_decay=wd))
 
     def on_run(summary: RunSummary, done: int, total: int) -> None:
         print(
@@ -96,7 +99,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    summaries = sweep(
+    summaries = jobs.sweep_here(
         base,
         plan.seeds,
         plan.weight_decays,
@@ -110,6 +113,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(table.drop(columns=["key"]).to_string(index=False))
     print()
     print(plain_summary(connection(table), plan.measure))
+    stopped = [s for s in summaries if s.get("state") == "stopped"]
+    if stopped or len(summaries) < len(plan.seeds) * len(plan.weight_decays):
+        print(f"Stopped after {len(summaries)} run(s): {jobs.COMMAND_RESUMES} resumes the sweep.", file=sys.stderr)
+        return STOPPED
     return 0
 
 

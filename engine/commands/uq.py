@@ -2,10 +2,10 @@
 `python -m engine uq-study`: the study (1000 WebQuestions + the bundled set, then `--confirm`, report in
 reports/uq), and `python -m engine uq-marks sample|agreement`: the judges against hand marks.
 
-Same engine calls as the page (engine.uq.generation, .evaluation, .export): same inputs and seed give
-the same numbers. The run is saved question by question in cache/uq/<run_id>/, so an interrupted
-command resumes when rerun. Flags, defaults and help come from `GenerationConfig`, `BatchOptions`,
-`EvalOptions` and `StudyConfig`.
+Same engine calls as the page (engine.uq.jobs, .generation, .evaluation, .export): same inputs and seed
+give the same numbers. The run is saved question by question in cache/uq/<run_id>/, so a stopped (Ctrl-C)
+or interrupted command resumes when rerun; on Ray the workers generate (engine.uq.distributed).
+Flags, defaults and help come from `GenerationConfig`, `BatchOptions`, `EvalOptions` and `StudyConfig`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from engine.core.errors import LabError
 from engine.core.executor import ExecutorConfig
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
-from engine.uq import questions
+from engine.uq import jobs, questions
 from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.distributed import RayGeneration, ShardOptions
 from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
 from engine.uq.export import write_outputs
-from engine.uq.generation import default_template, generate_run, open_run_for
+from engine.uq.generation import default_template, open_run_for
 from engine.uq.store import open_run
 from engine.uq.study import StudyConfig, run_study
+
+STOPPED = 130  # exit code of a generation stopped with Ctrl-C (resumable), as a shell reports an interrupt
 
 
 def register(subparsers) -> None:
@@ -223,21 +225,25 @@ def run(args) -> int:
                 print(f"\r{message} ({rate:.1f}/min)", end="", file=sys.stderr, flush=True)
 
         if on_ray is not None:
-            written = on_ray.generate(
+            written, where = jobs.generate_on_ray_here(
+                on_ray,
                 run,
                 limit=total,
+                progress=lambda done, _total, message: report(done, message),
                 batch_questions=args.batch_questions,
                 shard_questions=args.shard_questions,
-                progress=lambda done, _total, message: report(done, message),
             )
         else:
-            written = generate_run(
+            written, where = jobs.generate_here(
                 lm,
                 run,
                 limit=total,
                 progress=lambda done, total_, _seconds: report(done, f"{done}/{total_} questions"),
                 batch_questions=args.batch_questions,
             )
+        if where.state == "stopped":
+            print(f"\n{where.text(jobs.COMMAND_RESUMES)}", file=sys.stderr)
+            return STOPPED
     finally:
         if on_ray is not None:
             on_ray.close()

@@ -10,6 +10,9 @@ and checks `job.stopping` between steps; whatever it returns is `job.result`; a 
 On the shared server a job belongs to the person who started it (`Job.owner`, `start_owned`): it
 counts against their jobs_per_person and disk quota, and `JobRunner.latest_of` finds it again for them
 after a reload or a closed tab.
+
+On the command line a feature's job module runs the same work in the foreground; `ctrl_c_stops` turns the
+first Ctrl-C into the stop a page's Stop button asks for (the work ends cleanly at its next step, resumable).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import contextvars
 import dataclasses
 import logging
 import os
+import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -319,3 +324,26 @@ def start_owned(
 
     threading.Thread(target=watch, name=f"lab-job-end-{key}", daemon=True).start()
     return job
+
+
+@contextlib.contextmanager
+def ctrl_c_stops() -> Iterator[threading.Event]:
+    """Foreground work on the command line: the first Ctrl-C (SIGINT) sets the yielded event, which the work reads
+    as a stop (it ends cleanly at its next step, as after a page's Stop); a second Ctrl-C interrupts at once
+    (KeyboardInterrupt). Outside the main thread, where no signal handler can be set, nothing is installed."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nStopping at the next step (Ctrl-C again to interrupt now).", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterator, KeysView, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -43,21 +44,8 @@ TASK_LABELS: dict[str, str] = {
     "cube_ab": "(a^3 + a*b) mod p",
 }
 INVERSE_TASKS = frozenset({"div"})  # tasks that need b^-1 mod p: b != 0 only, and p prime
-# onset measures of the LLM-shaped model (engine.grokking.llm_measures; onsets in engine.grokking.analysis)
-LlmMeasure = Literal[
-    "super_weight",
-    "super_weight_train",
-    "super_weight_test",
-    "top_weight_causal",
-    "super_activation",
-    "persisting_activation",
-    "fourier",
-    "attention_sink",
-    "massive_activation",
-]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 MEASURES: tuple[str, ...] = get_args(Measure)
-LLM_MEASURES: tuple[str, ...] = get_args(LlmMeasure)
 MODEL_LABELS: dict[str, str] = {
     "mlp": "one-hot MLP",
     "transformer": "transformer (no LayerNorm)",
@@ -70,17 +58,30 @@ MEASURE_LABELS: dict[str, str] = {
     "top_coordinate": "stable top coordinate",
     "massive_activation": "massive activation",
 }
-LLM_MEASURE_LABELS: dict[str, str] = {
-    "super_weight": "super weight (scan + causal, train or test)",
-    "super_weight_train": "super weight (scan + causal on train)",
-    "super_weight_test": "super weight (scan + causal on test)",
-    "top_weight_causal": "a top-|w| or scan weight is causal",
-    "super_activation": "super activation at BOS",
-    "persisting_activation": "persisting BOS activation",
-    "fourier": "few key Fourier frequencies",
-    "attention_sink": "attention sink on BOS (share above uniform)",
-    "massive_activation": "massive activation (residual |h| at BOS / median)",
-}
+
+
+class _RegisteredMeasures(Mapping[str, str]):
+    """name -> label of every onset measure of the LLM-shaped model, read from engine.grokking.measure_registry
+    at each use (a measure registered later is in it; the registry, which imports pandas, loads when first read)."""
+
+    @staticmethod
+    def _labels() -> dict[str, str]:
+        from engine.grokking.measure_registry import REGISTRY
+
+        return {name: spec.label for name, spec in REGISTRY.items()}
+
+    def __getitem__(self, name: str) -> str:
+        return self._labels()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._labels())
+
+    def __len__(self) -> int:
+        return len(self._labels())
+
+
+LLM_MEASURE_LABELS: Mapping[str, str] = _RegisteredMeasures()  # the registry's names and labels
+LLM_MEASURES: KeysView[str] = LLM_MEASURE_LABELS.keys()  # the registry's names, in registration order
 
 MEMORISATION_ACCURACY = 0.99  # train accuracy that marks memorisation
 HALF_GROK_ACCURACY = 0.50  # test accuracy of the first grokking event

@@ -20,6 +20,11 @@ the user asked for the stop), or "failed" (an error; the checkpoints are kept an
 
 What the place that starts a job checks for its person (on the lab server: ownership, the person's disk quota
 and jobs, ui.access; on the command line: nothing) is passed in as a `Gate`.
+
+The command line (`python -m engine grok`, `grok-sweep`) trains in the foreground through `run_here` and
+`sweep_here` (the sweep on the command's executor: this process, a local pool or Ray, engine.grokking.pool): the
+same validation, the same resume (from the last checkpoint) and reopening (a finished run), a Ctrl-C that stops
+like the tab's Stop, and the same words for how a run ended (`ended_text`).
 """
 
 from __future__ import annotations
@@ -28,17 +33,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 from engine.core.db import lab_db
 from engine.core.errors import LabError
-from engine.core.executor import server_executor
-from engine.core.jobs import RUNNER, Job
+from engine.core.executor import ExecutorConfig, server_executor
+from engine.core.jobs import RUNNER, Job, ctrl_c_stops
 from engine.core.processes import StopTimeout, run_in_process
 from engine.core.runstore import RunFolder, run_id_for
 from engine.grokking import pool, process
-from engine.grokking.analysis import sweep_configs
-from engine.grokking.config import TRAIN_THREADS, GrokConfig
+from engine.grokking.analysis import run_experiment, sweep_configs
+from engine.grokking.config import TRAIN_THREADS, GrokConfig, validate
 from engine.grokking.runs import CACHE_TOPIC, GrokRun, RunSummary, get_run, open_run, run_for
 
 Phase = Literal["starting", "loading", "training", "stopping"]
@@ -122,11 +128,12 @@ class StopNote:
     last_evaluation: int | None
     eval_every: int
 
-    def text(self) -> str:
+    def text(self, resume: str = "Start") -> str:
+        """The stop in words; `resume`: what resumes the run (the tab's Start, or the command run again)."""
         if self.checkpoint is None:
-            kept = "no checkpoint was kept yet, so Start trains it from the beginning"
+            kept = f"no checkpoint was kept yet, so {resume} trains it from the beginning"
         else:
-            kept = f"checkpoint {self.checkpoint} is the last kept, and Start resumes from it"
+            kept = f"checkpoint {self.checkpoint} is the last kept, and {resume} resumes from it"
         if self.last_evaluation is None:
             curves = "no evaluation was made yet"
         else:
@@ -237,6 +244,18 @@ def stop_note(run: GrokRun) -> StopNote | None:
     )
 
 
+def ended_text(run: GrokRun, resume: str = "Start") -> str | None:
+    """How the run ended when it did not finish, in words (None: finished, running or new): stopped (StopNote) or
+    failed (its error; the checkpoints are kept). `resume`: what resumes it (the tab's Start, or the command)."""
+    note = stop_note(run)
+    if note is not None:
+        return note.text(resume)
+    status = run.status()
+    if status.get("state") == "failed":
+        return f"Run failed: {str(status.get('message')).rstrip('.')}. Its checkpoints are kept; {resume} resumes it."
+    return None
+
+
 def _work(run: GrokRun, config: GrokConfig, max_checkpoints: int | None) -> Callable[[Job], RunSummary | None]:
     def work(job: Job) -> RunSummary | None:
         """In a child process, under this job's claim of the run (claim=False there). A child ended because it
@@ -317,6 +336,69 @@ def find_mine(config: GrokConfig | None, person: str | None) -> GrokRun | None:
             if run.owner == person:
                 return run
     return None
+
+
+# ------------------------------------------------------------------------------------------ on the command line
+
+COMMAND_RESUMES = "the same command"  # what resumes a run the command line stopped (ended_text's `resume`)
+
+
+def run_here(
+    config: GrokConfig,
+    *,
+    run_dir: Path | None = None,
+    on_open: Callable[[GrokRun], None] | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+    threads: int | None = None,
+) -> tuple[GrokRun, RunSummary]:
+    """The command line's run of `config` in this process (a person's own machine: no gate, no child process):
+    validated (a refused setting raises FieldError, naming its flag), opened (`on_open(run)`: where it is), then
+    trained, resumed from its last checkpoint, or reopened when finished (analysis.run_experiment, under the
+    run's claim: LabError when another process trains it). The first Ctrl-C stops it at its next step with a
+    checkpoint, as the tab's Stop does (`ended_text` then says where it stopped). Returns (run, summary)."""
+    validate(config)
+    run = open_run(config, run_dir=run_dir)
+    if on_open is not None:
+        on_open(run)
+    with ctrl_c_stops() as stop:
+        summary = run_experiment(config, run_dir=run_dir, on_eval=on_eval, stop=stop, threads=threads)
+    return run, summary
+
+
+def sweep_here(
+    base: GrokConfig,
+    seeds: Sequence[int],
+    weight_decays: Sequence[float],
+    *,
+    root: Path | None = None,
+    on_run: Callable[[RunSummary, int, int], None] | None = None,
+    threads: int | None = None,
+    executor: ExecutorConfig | None = None,
+    workers: int = 1,
+) -> list[RunSummary]:
+    """The command line's sweep of seeds x weight decays: the executor, the worker count and every weight decay
+    validated before anything trains, then each run trained, resumed or reopened (pool.run_sweep: in this process,
+    in `workers` local processes, or on Ray with `executor` ray; `on_run(summary, done, total)` after each). The
+    first Ctrl-C is a stop: the rest are skipped, and the run in flight stops at its next step (in this process),
+    finishes (in the pool) or stops at its last checkpoint that came back (on Ray); the same command resumes."""
+    if executor is not None:
+        executor.validate()
+    if workers < 1:
+        raise LabError("--workers must be at least 1.")
+    for wd in weight_decays:
+        validate(base.replace(weight_decay=wd))
+    with ctrl_c_stops() as stop:
+        return pool.run_sweep(
+            base,
+            seeds,
+            weight_decays,
+            root=root,
+            stop=stop,
+            on_run=on_run,
+            threads=threads,
+            executor=executor,
+            workers=workers,
+        )
 
 
 # ------------------------------------------------------------------------------------------ sweeps

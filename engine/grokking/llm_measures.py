@@ -62,6 +62,7 @@ from engine.grokking.llm import (
     as_loaded_model,
     evaluate_ids,
 )
+from engine.grokking.measure_registry import uniform_bos_share
 from engine.superweights import detect
 
 
@@ -406,11 +407,6 @@ def super_activations(
 
 # ---------------------------------------------------------------------------------------------
 # 3. Attention sinks
-
-
-def uniform_bos_share(seq_len: int) -> float:
-    """The BOS share of uniform causal attention, averaged over queries 1..T-1: mean_{i=1..T-1} 1 / (i + 1)."""
-    return float(np.mean(1.0 / np.arange(2, seq_len + 1))) if seq_len > 1 else 1.0
 
 
 def sink_scores(att: torch.Tensor) -> dict[str, float]:

@@ -15,6 +15,7 @@ reopens from its cache, a stopped or killed one resumes from its last checkpoint
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -50,8 +51,11 @@ def where(executor: ExecutorConfig | None, workers: int) -> Where:
 
 
 def _worker_init() -> None:
+    """A pool worker: one torch thread; Ctrl-C ignored (the terminal sends it to the whole process group, and the
+    driver's first Ctrl-C is a stop that lets the runs in flight finish: engine.core.jobs.ctrl_c_stops)."""
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     os.environ["LAB_GROK_THREADS"] = "1"
 

@@ -47,18 +47,12 @@ from engine.grokking.config import (
     StudyConfig,
     validate_study,
 )
-from engine.grokking.measure_registry import REGISTRY, label
+from engine.grokking.measure_registry import REGISTRY, label, traces
 from engine.grokking.pool import train_all
 from engine.grokking.runs import RunSummary, run_for
 
 LAG_MEASURES = ("attention_sink", "massive_activation", "super_weight", "super_activation")
-TRACE_COLUMNS = {  # llm_measures.csv columns drawn against the step
-    "sink_excess_max": "attention on BOS above uniform (max layer)",
-    "resid_bos_over_median": "residual |h| at BOS / median (max layer)",
-    "bos_over_median": "down-projection output at BOS / median",
-    "max_ppl_ratio_train": "max perplexity ratio, one weight zeroed (train)",
-}
-CHECK_COLUMNS = (
+CHECK_COLUMNS = (  # llm_measures.csv columns of the manipulation checks (runs.csv adds the registered traces)
     "resid_bos_over_median",
     "sink_excess_max",
     "sink_head_excess_max",
@@ -112,8 +106,8 @@ def _log_session(report_dir: Path, start: float, seconds: float, n_trained: int,
 
 def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -> pd.DataFrame:
     """One row per run: arm, seed, outcome and survival time/event, events, onsets of every registered measure
-    (measure_registry), the largest and last-checkpoint values of CHECK_COLUMNS, the zeroing verdict, state and
-    training seconds."""
+    (measure_registry), the largest and last-checkpoint values of `_value_columns()`, the zeroing verdict, state
+    and training seconds."""
     root = Path(study.root) if study.root else None
     rows = []
     for arm, config in study.runs():
@@ -151,7 +145,7 @@ def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -
                     **{f"onset_{m}": summary["onsets"].get(m) for m in REGISTRY},
                 }
             )
-            for column in CHECK_COLUMNS:
+            for column in _value_columns():
                 values = measures[column] if column in measures else pd.Series(dtype=float)
                 row[f"max_{column}"] = float(values.max()) if len(values) else np.nan
                 row[f"last_{column}"] = float(values.iloc[-1]) if len(values) else np.nan
@@ -161,6 +155,12 @@ def study_table(study: StudyConfig, settings: OnsetSettings = OnsetSettings()) -
         if column not in frame:
             frame[column] = np.nan
     return frame
+
+
+def _value_columns() -> list[str]:
+    """The columns whose largest and last-checkpoint values the runs table holds: CHECK_COLUMNS, then every
+    registered measure's trace column (measure_registry.traces) not among them."""
+    return list(dict.fromkeys([*CHECK_COLUMNS, *traces()]))
 
 
 def _loss_spike(metrics: pd.DataFrame) -> bool:
@@ -277,17 +277,18 @@ def _figures(study: StudyConfig, table: pd.DataFrame, outcomes: list[ArmOutcomes
         (out / name).write_bytes(chart_png(chart))
         written.append(name)
 
-    curves, traces = [], []
+    curves, drawn = [], []
+    trace_labels = traces()  # column -> label of every registered measure's trace
     for arm, config in study.runs():
         run = run_for(config, root)
         metrics = run.metrics()
         if len(metrics):
             curves.append(metrics[["step", "train_acc", "test_acc"]].assign(seed=config.seed, arm=arm))
         measures = run.llm_measures()
-        present = [c for c in TRACE_COLUMNS if c in measures]
+        present = [c for c in trace_labels if c in measures]
         if len(measures) and present:
             part = measures[["step", *present]].melt("step", var_name="measure")
-            traces.append(part.assign(arm=arm, run=f"{arm} seed {config.seed}"))
+            drawn.append(part.assign(arm=arm, run=f"{arm} seed {config.seed}"))
     if curves:
         frame = pd.concat(curves).melt(id_vars=["step", "seed", "arm"], value_vars=["train_acc", "test_acc"])
         frame["run"] = "seed " + frame["seed"].astype(str) + " " + frame["variable"]
@@ -320,9 +321,9 @@ def _figures(study: StudyConfig, table: pd.DataFrame, outcomes: list[ArmOutcomes
             .properties(width=360, height=240, title="Grokking step with censoring, per arm")
         )
         save(chart, "kaplan_meier.png")
-    if traces:
-        frame = pd.concat(traces)
-        frame["measure"] = frame["measure"].map(TRACE_COLUMNS)
+    if drawn:
+        frame = pd.concat(drawn)
+        frame["measure"] = frame["measure"].map(trace_labels)
         chart = (
             alt.Chart(frame)
             .mark_line(opacity=0.6)
@@ -644,22 +645,27 @@ def _registry_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+RUN_COLUMNS = (  # the report's runs table: these, then per measure with a trace its onset and largest value
+    "arm",
+    "seed",
+    "state",
+    "outcome",
+    "memorisation_step",
+    "grok_95_step",
+    "time",
+    "final_test_acc",
+    "min_test_acc_after_grok",
+)
+
+
 def _markdown_table(table: pd.DataFrame) -> str:
+    """The report's runs table: RUN_COLUMNS, the onset of every registered measure with a trace and its trace
+    column's largest value (measure_registry), and the training seconds."""
+    traced = [spec for spec in REGISTRY.values() if spec.trace is not None]
     columns = [
-        "arm",
-        "seed",
-        "state",
-        "outcome",
-        "memorisation_step",
-        "grok_95_step",
-        "time",
-        "final_test_acc",
-        "min_test_acc_after_grok",
-        "onset_attention_sink",
-        "onset_massive_activation",
-        "onset_super_weight",
-        "max_sink_excess_max",
-        "max_resid_bos_over_median",
+        *RUN_COLUMNS,
+        *[f"onset_{spec.name}" for spec in traced],
+        *[f"max_{spec.trace[0]}" for spec in traced if spec.trace is not None],
         "train_seconds",
     ]
     frame = table[[c for c in columns if c in table]].copy()

@@ -3,8 +3,10 @@ start one (their disk quota and jobs_per_person, engine.core.jobs), whose run it
 starting or resuming it in the background, stopping it, telling a stopped run from a failed one, and
 finding a person's job again after a reload or a closed tab.
 
-The command line generates in the foreground with `engine.uq.generation.generate_run` (a person's own
-machine has no quota); both write the same run folders, and the run's claim keeps two writers apart.
+The command line generates in the foreground through `generate_here` (a person's own machine has no quota), or
+`generate_on_ray_here` with `--executor ray`: the same generation, resume and stop (its first Ctrl-C), and the
+same words for where the run stands (`GenerationStatus.text`); all write the same run folders, and the run's
+claim keeps two writers apart.
 Every outcome a page shows is a typed value with its one line (`Started.line`, `GenerationStatus.line`).
 With LAB_EXECUTOR=ray (engine.core.executor.server_executor) a job generates on Ray workers instead of
 this process: the same records, the same run folder.
@@ -13,7 +15,8 @@ this process: the same records, the same run folder.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
@@ -21,17 +24,22 @@ from engine.core import jobs
 from engine.core.db import lab_db
 from engine.core.errors import LabError
 from engine.core.executor import ExecutorConfig, server_executor
-from engine.core.jobs import RUNNER, Job
+from engine.core.jobs import RUNNER, Job, ctrl_c_stops
 from engine.core.model import LoadedModel
 from engine.uq import store
 from engine.uq.config import GenerationConfig
-from engine.uq.generation import job_key, open_run_for, run_for_model, start_generation
+from engine.uq.generation import Progress, generate_run, job_key, open_run_for, run_for_model, start_generation
 from engine.uq.generator import Generator
 from engine.uq.store import UqRun
+
+if TYPE_CHECKING:
+    from engine.uq.distributed import RayGeneration
 
 TOPIC = store.TOPIC
 KEY_PREFIX = job_key("")  # every generation job's key starts with it; the run id follows
 
+PAGE_RESUMES = "press Generate with the same settings to resume."
+COMMAND_RESUMES = "run the same command to resume."
 GenerationState = Literal["idle", "running", "stopping", "finished", "stopped", "failed", "interrupted"]
 
 
@@ -78,9 +86,12 @@ class GenerationStatus:
 
     @property
     def line(self) -> str:
+        return self.text(PAGE_RESUMES)
+
+    def text(self, resume: str) -> str:
+        """Where the run stands in one line; `resume`: how to resume a stopped, failed or interrupted run."""
         of_set = f" of the set's {self.in_set:,}" if self.done < self.in_set else ""
         saved = f"{self.done:,}{of_set} questions saved"
-        resume = "press Generate with the same settings to resume."
         if self.state in ("running", "stopping"):
             verb = "Stopping" if self.state == "stopping" else "Generating"
             return f"{verb}: {self.done:,}/{self.total:,} questions saved."
@@ -196,3 +207,38 @@ def latest_job_of(person: str) -> Job | None:
     """The newest generation job `person` started in this server process, running or ended: the job a
     page finds again after a reload or a closed tab."""
     return RUNNER.latest_of(person, KEY_PREFIX)
+
+
+def generate_here(
+    lm: LoadedModel, run: UqRun, *, limit: int, progress: Progress | None = None, batch_questions: int = 0
+) -> tuple[int, GenerationStatus]:
+    """The command line's generation of the run's first `limit` questions, in this process: the missing ones
+    only (a rerun resumes), under the run's claim (LabError when another session or process writes it), the
+    first Ctrl-C a stop after the question in flight, as the page's Stop. (questions written now, the status)."""
+    with ctrl_c_stops() as stop:
+        written = generate_run(lm, run, limit=limit, progress=progress, stop=stop, batch_questions=batch_questions)
+    return written, status(run)
+
+
+def generate_on_ray_here(
+    ray: RayGeneration,
+    run: UqRun,
+    *,
+    limit: int,
+    progress: Callable[[int, int, str], None] | None = None,
+    batch_questions: int = 0,
+    shard_questions: int = 0,
+) -> tuple[int, GenerationStatus]:
+    """`generate_here` on the Ray workers of `ray` (engine.uq.distributed.RayGeneration, the command line's
+    `--executor ray`): the same missing questions, claim and run folder; `progress(done, total, message)` per
+    record and shard; the first Ctrl-C a stop that ends the workers, the saved records kept. (written, status)."""
+    with ctrl_c_stops() as stop:
+        written = ray.generate(
+            run,
+            limit=limit,
+            batch_questions=batch_questions,
+            shard_questions=shard_questions,
+            progress=progress,
+            stop=stop,
+        )
+    return written, status(run)

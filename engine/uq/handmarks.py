@@ -14,19 +14,55 @@ stratification), so the weighted numbers estimate the whole run's, not the overs
     kappa_j = Cohen's kappa of judge j against the marks with sample_weight w (sklearn cohen_kappa_score).
 With fewer than MIN_FOR_KAPPA marked answers, or one class only among the marks or the verdicts, the
 kappa is not computed and the row says "too few hand marks for a kappa".
+
+Marks made in the lab (`save_hand_marks`) are the run owner's: a file `hand_marks.csv` in the run folder in
+the format `read_marks` reads (question_id, answer, mark, note), each change a locked read-modify-write of
+the whole file written atomically, so two of the owner's tabs never lose a mark.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import threading
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 import pandas as pd
 
+from engine.core.db import lab_db
 from engine.core.errors import LabError
+from engine.core.paths import atomic_write
+from engine.uq.config import EvalOptions, MarkSample
+from engine.uq.records import QuestionRecord
+from engine.uq.store import TOPIC, UqRun
 
 MIN_FOR_KAPPA = 30
 SAMPLE_COLUMNS = ("question_id", "stratum", "answer")
 MARK_COLUMNS = ("question_id", "answer", "mark")
+FILE_COLUMNS = (*MARK_COLUMNS, "note")  # a marks file as the lab writes it
+VERDICT_COLUMNS = {"auto": "auto", "contains": "contains", "f1_correct": "f1", "embedding": "embedding"}
 TOO_FEW = "too few hand marks for a kappa"
+HAND_MARKS_FILE = "hand_marks.csv"
+_WRITE_LOCK = threading.Lock()
+
+
+def judge_verdicts(records: list[QuestionRecord], options: EvalOptions, embedder) -> tuple[pd.Series, pd.DataFrame]:
+    """(the graded answer per question id, the automatic judges' verdicts: auto, contains, f1, embedding;
+    None where a question has no reference) at the thresholds of `options`."""
+    from engine.uq import correctness
+
+    ids = [r.id for r in records]
+    auto = correctness.grade_automatic(
+        [r.answer for r in records],
+        [r.references for r in records],
+        f1_threshold=options.f1_threshold,
+        embedder=embedder,
+        embedding_threshold=options.embedding_threshold,
+    )
+    auto.index = pd.Index(ids, name="id")
+    verdicts = auto[[c for c in VERDICT_COLUMNS if c in auto.columns]].rename(columns=VERDICT_COLUMNS)
+    return pd.Series([r.answer for r in records], index=ids), verdicts
 
 
 def disagreement(verdicts: pd.DataFrame) -> pd.Series:
@@ -62,6 +98,18 @@ def draw_sample(
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
 
 
+def sample_for(answers: pd.Series, verdicts: pd.DataFrame, settings: MarkSample) -> pd.DataFrame:
+    """`draw_sample` with the settings of `settings` (checked against their ranges first)."""
+    settings.validate()
+    return draw_sample(
+        answers,
+        verdicts,
+        n_random=settings.n_random,
+        n_disagreement=settings.n_disagreement,
+        seed=settings.sample_seed,
+    )
+
+
 def read_marks(path) -> pd.DataFrame:
     """A marks file (CSV: question_id, answer, mark as true/false or 1/0); LabError naming what is wrong."""
     try:
@@ -81,18 +129,25 @@ def read_marks(path) -> pd.DataFrame:
     return frame.assign(mark=marks.astype(bool), answer=frame["answer"].fillna(""))
 
 
-def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Per judge: n marked, weighted accuracy and kappa against the hand marks (module docstring), and a
-    note on marks left out (unknown question or an answer that is not the run's)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    differs = disagreement(verdicts)
+def matched_marks(marks: pd.DataFrame, answers: pd.Series) -> tuple[pd.DataFrame, str]:
+    """The marks of the run's answers (index = question id, the last mark of a question kept) and a note on
+    the marks left out: a question that is not in the run, or an answer that is not the run's answer."""
     known = marks["question_id"].isin(answers.index)
     same = known & (marks["answer"].str.strip() == answers.reindex(marks["question_id"]).fillna("").str.strip().values)
     used = marks[same].drop_duplicates("question_id", keep="last").set_index("question_id")
     note = ""
     if (~same).any():
         note = f"{int((~same).sum())} mark(s) left out: their question is not in the run or their answer differs"
+    return used, note
+
+
+def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per judge: n marked, weighted accuracy and kappa against the hand marks (module docstring), and a
+    note on marks left out (unknown question or an answer that is not the run's)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    differs = disagreement(verdicts)
+    used, note = matched_marks(marks, answers)
     stratum = differs.reindex(used.index).fillna(False).astype(bool)
     population = differs.dropna().astype(bool)
     weights = np.ones(len(used))
@@ -114,3 +169,55 @@ def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFr
             row["kappa"] = float(cohen_kappa_score(y_mark, y_judge, sample_weight=w))
         rows.append(row)
     return pd.DataFrame(rows, columns=["judge", "n", "accuracy", "kappa", "note"]), note
+
+
+# ---------------------------------------------------------------- marks made in the lab
+
+
+def hand_marks_path(run: UqRun):
+    return run.path / HAND_MARKS_FILE
+
+
+def load_hand_marks(run: UqRun) -> pd.DataFrame:
+    """The marks made in the lab on `run` (FILE_COLUMNS; mark bool, note "" when none); empty when none."""
+    path = hand_marks_path(run)
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=bool if c == "mark" else object) for c in FILE_COLUMNS})
+    frame = read_marks(path)
+    frame["note"] = frame["note"].fillna("").astype(str) if "note" in frame.columns else ""
+    return frame[list(FILE_COLUMNS)]
+
+
+def marks_csv(marks: pd.DataFrame) -> bytes:
+    """A marks frame as the CSV `read_marks` reads (question_id, answer, mark as true / false, note)."""
+    out = marks[list(FILE_COLUMNS)].assign(mark=marks["mark"].map({True: "true", False: "false"}))
+    return out.to_csv(index=False).encode("utf-8")
+
+
+@contextlib.contextmanager
+def _locked(run: UqRun) -> Iterator[None]:
+    """This process's lock and an exclusive flock beside the marks file (other processes)."""
+    with _WRITE_LOCK, open(run.path / f".{HAND_MARKS_FILE}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def save_hand_marks(run: UqRun, person: str, changes: Mapping[str, tuple[str, bool | None, str]]) -> pd.DataFrame:
+    """Set the marks of some questions, {question id: (answer, mark, note)} (mark None removes it), keeping
+    the others; only the run's owner `person` may (LabError otherwise). Returns every mark after the change."""
+    lab_db().require_write(TOPIC, run.run_id, person)
+    with _locked(run):
+        marks = load_hand_marks(run).set_index("question_id")
+        for qid, (answer, mark, note) in changes.items():
+            if mark is None:
+                marks = marks.drop(index=str(qid), errors="ignore")
+            else:
+                marks.loc[str(qid), ["answer", "mark", "note"]] = [str(answer), bool(mark), str(note or "")]
+        marks.index.name = "question_id"
+        frame = marks.reset_index()
+        frame["mark"] = frame["mark"].astype(bool)
+        atomic_write(hand_marks_path(run), marks_csv(frame))
+    return frame[list(FILE_COLUMNS)]

@@ -133,7 +133,7 @@ def marked_contrasts(
             "random sample",
             by_id[by_id.index.isin(random_ids)],
             random_note + (" " if random_note else "") + "The disagreement stratum is left out: it over-samples "
-            "the answers the judges disagree on, which are harder to rank, so its AUROCs are not the run's.",
+            "the answers the judges disagree on, so with it the AUROCs would not be the run's.",
         ),
         (
             "all marked",

@@ -24,7 +24,7 @@ from engine.core.errors import LabError
 from engine.core.options import default_of, help_of
 from engine.uq import handmarks
 from engine.uq.config import MARK_EXTRA_RANGE, MARK_SAMPLE_RANGE, MARK_SEED_RANGE, EvalOptions, MarkSample
-from engine.uq.store import UqRun
+from engine.uq.store import TOPIC, UqRun
 from ui import access, models
 from ui.fields import between, number_field
 from ui.state import compute, recall
@@ -52,7 +52,7 @@ def blind_toggle() -> bool:
 def render(run: UqRun) -> None:
     """The marking view of `run` for its owner; a notice for anyone else."""
     st.header("Mark answers blind")
-    run_access = access.access_of("uq", run.run_id)
+    run_access = access.access_of(TOPIC, run.run_id)
     if not run_access.writable_by(access.me()):
         whose = (
             "was made outside the server (with the command line), so it has no owner here"

@@ -246,3 +246,83 @@ def test_the_draws_settings_are_checked():
     answers, verdicts, _ = run_frame()
     sample = hm.sample_for(answers, verdicts, MarkSample(n_random=20, n_disagreement=5, sample_seed=4))
     pd.testing.assert_frame_equal(sample, hm.draw_sample(answers, verdicts, n_random=20, n_disagreement=5, seed=4))
+
+
+# ---------------------------------------------------------------- the study's report on a marks file
+
+
+def _fake_study(tmp_path, monkeypatch):
+    """A finished fake run as the study's WebQuestions set, its evaluation (planted scores: the discriminant's
+    semantic spread finds the truly wrong answers), and the marks of every answer in OUT/hand_marks."""
+    import types
+
+    from engine.uq import study
+
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(study, "load_embedder", HashEmbedder)
+    run = fake_run(240)  # the default draw: 150 at random, 50 more where the judges disagree
+    records = run.load_records()
+    ids = [r.id for r in records]
+    truth = pd.Series([i % 3 != 1 for i in range(len(ids))], index=ids)
+    judge = pd.Series([i % 3 == 0 for i in range(len(ids))], index=ids)
+    results = planted_scores(truth, judge).assign(answer=[r.answer for r in records], correct=judge)
+    evaluation = types.SimpleNamespace(records=records, results=results.rename_axis("id").reset_index())
+    out = tmp_path / "report"
+    (out / "hand_marks").mkdir(parents=True)
+    pd.DataFrame({"question_id": ids, "answer": results["answer"], "mark": truth.to_numpy()}).to_csv(
+        out / "hand_marks" / "marks.csv", index=False
+    )
+    (out / "hand_marks" / "marker_notes.md").write_text("- **Who marked:** a test fixture (planted), blind.\n")
+    (out / "hand_marks" / "agreement.md").write_text("# how\n")
+    entry = study.StudySet("webquestions", "WebQuestions", "fake", run.run_id, len(ids))
+    return out, [(entry, run, evaluation)], truth
+
+
+def test_the_report_writes_the_hand_marks_paragraph_from_the_marks_file(tmp_path, monkeypatch):
+    from engine.uq import report, study
+    from engine.uq.config import EvalOptions
+
+    out, evaluations, truth = _fake_study(tmp_path, monkeypatch)
+    path = study.hand_marks_path(study.StudyConfig(out=str(out)))
+    assert path == out / study.HAND_MARKS
+    check = study.check_exploration_marks(path, evaluations, EvalOptions())
+    assert (check.n_marked, check.n_right, check.error) == (240, 160, "")
+    random_part = check.part("random sample")
+    assert (random_part.n, check.part("all marked").n) == (MarkSample().n_random, 240)
+    name = "spread, discriminant: semantic subspace vs full state"
+    plan = {"contrast": {"name": name}}
+    confirmed = {"sentence": "Useful: on the unseen confirmation questions ..."}
+    text = "\n".join(report.hand_marks_section(check, out, plan, confirmed))
+    best = check.agreement.sort_values("kappa", ascending=False).iloc[0]
+    assert f"The `{best['judge']}` judge agrees best with 240 answers marked blind" in text
+    assert f"accuracy {best['accuracy']:.2f}, stratum-weighted Cohen's kappa {best['kappa']:.2f}" in text
+    assert "by a test fixture: [hand_marks/agreement.md](hand_marks/agreement.md)" in text
+    focal = next(r for r in random_part.rows if r["name"] == name)
+    assert focal["p_holm"] < 0.05 and "the confirmed contrast holds" in text
+    row = (
+        f"| exploration, random sample of the marked answers | hand marks | {random_part.n} ({random_part.n_right} / "
+        f"{random_part.n_wrong}) | {name} | {focal['estimate']:+.3f} | [{focal['ci_low']:+.3f}, "
+        f"{focal['ci_high']:+.3f}] | {focal['p']:.3g} | {focal['p_holm']:.3g} | {focal['mde']:.3f} |"
+    )
+    assert row in text
+    # the whole report carries it right after the answer; 'none' leaves it out; a missing named file is refused
+    whole = report.summary_report({}, [], [], seconds={}, report_machine={}, plan=None, hand_marks=check, out=out)
+    assert whole.index("**Against hand marks.**") < whole.index("## Pre-registered contrasts")
+    assert study.hand_marks_path(study.StudyConfig(out=str(out), hand_marks="none")) is None
+    with pytest.raises(LabError, match="No hand marks file"):
+        study.hand_marks_path(study.StudyConfig(out=str(out), hand_marks=str(tmp_path / "missing.csv")))
+    assert study.hand_marks_path(study.StudyConfig(out=str(tmp_path / "elsewhere"))) is None
+
+
+def test_the_report_says_why_too_few_marks_grade_no_contrast(tmp_path, monkeypatch):
+    from engine.uq import report, study
+    from engine.uq.config import EvalOptions
+
+    out, evaluations, _truth = _fake_study(tmp_path, monkeypatch)
+    marks = hm.read_marks(out / study.HAND_MARKS)
+    marks.assign(mark=[True] * 235 + [False] * 5).to_csv(tmp_path / "few.csv", index=False)
+    path = study.hand_marks_path(study.StudyConfig(out=str(out), hand_marks=str(tmp_path / "few.csv")))
+    check = study.check_exploration_marks(path, evaluations, EvalOptions())
+    assert check.parts == [] and "Too few hand marks for an AUROC" in check.error
+    text = "\n".join(report.hand_marks_section(check, out, None, None))
+    assert "The contrasts are not graded by them: Too few hand marks" in text and "| set |" not in text

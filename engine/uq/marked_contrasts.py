@@ -15,6 +15,10 @@ the smaller n. DeLong needs no resampling, so there is no floor on p; at n ~ 150
 and its width and the MDE say how large an effect the part could find. A part with fewer than
 MIN_PER_CLASS answers marked right or wrong is refused: an AUROC needs both classes, and with a handful of
 one class DeLong's variance (a covariance over that class's structural components) is not reliable.
+
+`check_hand_marks` gathers what the study's report says of a marks file (engine.uq.report): each judge's
+agreement with the marks (engine.uq.handmarks.judge_agreement) and both parts' contrasts, or why the contrasts
+could not be graded.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from engine.core.errors import LabError
-from engine.uq.config import SEMANTIC_SCORE, USUAL_SCORE
+from engine.uq import handmarks
+from engine.uq.config import SEMANTIC_SCORE, USUAL_SCORE, MarkSample
 from engine.uq.contrasts import ContrastVerdict, contrast_verdict, planned, run_contrasts
 
 Part = Literal["random sample", "all marked"]
@@ -148,6 +153,55 @@ def marked_contrasts(
         )
         for name, ids, note in parts
     ]
+
+
+@dataclasses.dataclass
+class HandMarkCheck:
+    """A marks file against one run: `n_marked` marks of the run's answers (`n_right` marked right), each
+    judge's agreement with them (handmarks.judge_agreement's table), both parts' contrasts (`parts`, empty
+    when they could not be graded, `error` saying why) and the note on marks left out."""
+
+    marks_path: str
+    judge_name: str  # the judge whose verdicts grade the same answers beside the marks
+    n_marked: int
+    n_right: int
+    agreement: pd.DataFrame
+    parts: list[MarkedContrasts]
+    error: str = ""
+    note: str = ""
+
+    def part(self, name: Part) -> MarkedContrasts | None:
+        return next((p for p in self.parts if p.part == name), None)
+
+
+def check_hand_marks(
+    marks: pd.DataFrame,
+    answers: pd.Series,
+    verdicts: pd.DataFrame,
+    scores: pd.DataFrame,
+    *,
+    marks_path: str = "",
+    judge: pd.Series | None = None,
+    judge_name: str = "auto",
+    settings: MarkSample | None = None,
+    usual: str = USUAL_SCORE,
+    semantic: str = SEMANTIC_SCORE,
+) -> HandMarkCheck:
+    """`marks` (handmarks.read_marks) against the run whose graded answers are `answers` and the judges'
+    verdicts `verdicts` (handmarks.judge_verdicts), `scores` one column per score (index = question id) and
+    `judge` the verdicts of the judge `judge_name`; the sample is redrawn with `settings` (default:
+    MarkSample()) to tell the random part apart. Too few marks of a class is no error here: the contrasts are
+    left out and `error` says why."""
+    used, note = handmarks.matched_marks(marks, answers)
+    agreement, _ = handmarks.judge_agreement(marks, answers, verdicts)
+    n_right = int(used["mark"].astype(bool).sum())
+    check = HandMarkCheck(str(marks_path), judge_name, len(used), n_right, agreement, [], note=note)
+    try:
+        sample = handmarks.sample_for(answers, verdicts, settings or MarkSample())
+        check.parts = marked_contrasts(scores, used, sample, judge=judge, usual=usual, semantic=semantic)
+    except LabError as err:
+        check.error = str(err)
+    return check
 
 
 def _cell(value: float, fmt: str) -> str:

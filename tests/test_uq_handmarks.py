@@ -218,26 +218,36 @@ def test_the_command_grades_the_contrasts_by_a_marks_file(tmp_path, monkeypatch,
     assert "is not this run's" in capsys.readouterr().err
 
 
-def test_marks_made_in_the_lab_are_the_owners_and_kept(tmp_path, monkeypatch):
+def test_marks_made_in_the_lab_are_private_to_each_person_and_kept(tmp_path, monkeypatch):
     from engine.core.db import lab_db
 
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
     run = fake_run(6)
-    with pytest.raises(LabError, match="made outside the server"):
-        hm.save_hand_marks(run, "alice", {"q000": ("alpha 0 omega", True, "")})
+    hm.save_hand_marks(run, "bob", {"q000": ("alpha 0 omega", False, "bob")})  # no owner: bob's own file
+    assert hm.hand_marks_path(run, "bob") == run.path / "hand_marks" / "bob.csv" and hm.load_hand_marks(run).empty
     lab_db().claim_run("uq", run.run_id, "alice")
-    with pytest.raises(LabError, match="belongs to someone else"):
+    with pytest.raises(LabError, match="someone else's private run"):
         hm.save_hand_marks(run, "bob", {"q000": ("alpha 0 omega", True, "")})
+    with pytest.raises(LabError, match="Not a person's id"):
+        hm.hand_marks_path(run, "../alice")
     hm.save_hand_marks(run, "alice", {"q000": ("alpha 0 omega", True, ""), "q001": ("nothing at all", False, "x")})
     hm.save_hand_marks(run, "alice", {"q001": ("nothing at all", True, "on second thought")})
-    marks = hm.load_hand_marks(run)
+    marks = hm.load_hand_marks(run, "alice")
     assert marks.to_dict("records") == [
         {"question_id": "q000", "answer": "alpha 0 omega", "mark": True, "note": ""},
         {"question_id": "q001", "answer": "nothing at all", "mark": True, "note": "on second thought"},
     ]
+    pd.testing.assert_frame_equal(hm.load_hand_marks(run), marks)  # the owner's file: hand_marks.csv
     pd.testing.assert_frame_equal(hm.read_marks(hm.hand_marks_path(run))[list(hm.FILE_COLUMNS)].fillna(""), marks)
     hm.save_hand_marks(run, "alice", {"q000": ("alpha 0 omega", None, "")})
-    assert list(hm.load_hand_marks(run)["question_id"]) == ["q001"]
+    assert list(hm.load_hand_marks(run, "alice")["question_id"]) == ["q001"]
+    lab_db().set_shared("uq", run.run_id, "alice", True)  # shared: bob reads it, and marks it in his own file
+    hm.save_hand_marks(run, "bob", {"q001": ("nothing at all", False, "")})
+    assert hm.load_hand_marks(run, "bob")[["question_id", "mark", "note"]].values.tolist() == [
+        ["q000", False, "bob"],
+        ["q001", False, ""],
+    ]
+    assert hm.load_hand_marks(run, "alice")["mark"].tolist() == [True]
 
 
 def test_the_draws_settings_are_checked():

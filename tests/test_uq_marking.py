@@ -1,6 +1,7 @@
 """The uncertainty page's blind marking view (ui/uq_marking.py): the owner marks a seeded sample one answer at a
 time without any judge's verdict or the stratum on screen, a mark is saved and survives a reload, the judges'
-agreement appears (with "too few hand marks for a kappa" at a few marks); anyone else gets a notice.
+agreement appears (with "too few hand marks for a kappa" at a few marks); on a run without an owner (the study's)
+or one shared with them, anyone marks in private: their marks are kept over a reload and nobody else sees them.
 
 The run is written without a model (tests/test_uq_handmarks.fake_run: 90 questions whose judges disagree on a
 third) and the sentence embedder is a seeded stand-in, so no real model loads.
@@ -22,7 +23,9 @@ from engine.uq.config import EvalOptions, MarkSample
 PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "2_Semantic_uncertainty.py")
 ALICE_KEY = "alice-key-marking-0123456789"
 BOB_KEY = "bob-key-marking-0123456789ab"
+CAROL_KEY = "carol-key-marking-0123456789"
 ALICE = hashlib.sha256(ALICE_KEY.encode()).hexdigest()[:16]  # ui.identity.owner_id of the key
+BOB = hashlib.sha256(BOB_KEY.encode()).hexdigest()[:16]
 VERDICT_WORDS = {"judge", "correct", "auto", "contains", "f1", "embedding", "stratum", "manual", "llm judge"}
 
 
@@ -108,14 +111,44 @@ def test_the_owner_marks_blind_and_the_mark_survives_a_reload(run, tiny_gemma3_d
     assert any("Too few hand marks for a kappa" in i.value for i in again.info)
 
 
-def test_anyone_but_the_owner_gets_a_notice_and_nothing_of_the_marks(run, tiny_gemma3_dir):
-    outside = _open(tiny_gemma3_dir, run.run_id, BOB_KEY)  # made outside the server: no owner
-    assert any("made outside the server" in i.value and "uq-marks sample" in i.value for i in outside.info)
-    assert not outside.text and not any(b.key == "uq_mark_right" for b in outside.button)
+def test_anyone_marks_a_run_without_owner_in_private_and_keeps_their_marks(run, tiny_gemma3_dir):
+    ids = _sample(run)
+    bob = _open(tiny_gemma3_dir, run.run_id, BOB_KEY)  # made outside the server (the study's runs): no owner
+    assert not bob.error, [e.value for e in bob.error]
+    assert _card(bob, ids[0]) and "0 of 25 answers marked" in _shown_text(bob)
+    bob.text_input(key=f"uq_mark_note_{ids[0]}").set_value("bob's own reading")
+    bob.button(key="uq_mark_wrong").click().run()
+    assert not bob.exception, bob.exception
+    assert handmarks.load_hand_marks(run).empty  # not the run's (owner's) marks file
+    mine = handmarks.load_hand_marks(run, BOB)
+    assert mine.to_dict("records") == [
+        {"question_id": ids[0], "answer": mine["answer"][0], "mark": False, "note": "bob's own reading"}
+    ]
+    assert handmarks.hand_marks_path(run, BOB) == run.path / "hand_marks" / f"{BOB}.csv"
+
+    again = _open(tiny_gemma3_dir, run.run_id, BOB_KEY)  # a reload keeps them
+    assert "1 of 25 answers marked" in _shown_text(again) and _card(again, ids[1])
+    (marks_table,) = [d.value for d in again.dataframe if "mark" in d.value.columns]
+    assert list(marks_table["question id"]) == [ids[0]] and list(marks_table["mark"]) == ["wrong"]
+    again.toggle(key="uq_mark_agreement").set_value(True).run()
+    assert any((d.value["answers marked"] == 1).all() for d in again.dataframe if "Cohen's kappa" in d.value.columns)
+
+    carol = _open(tiny_gemma3_dir, run.run_id, CAROL_KEY)  # someone else sees none of Bob's marks
+    assert "0 of 25 answers marked" in _shown_text(carol) and _card(carol, ids[0])
+    assert "bob's own reading" not in _shown_text(carol) and "You marked it" not in _shown_text(carol)
+    assert not any("mark" in d.value.columns for d in carol.dataframe) and not carol.get("download_button")
+    assert not any(t.key == "uq_mark_agreement" for t in carol.toggle)
+
+
+def test_on_a_shared_run_the_owner_and_a_reader_keep_their_marks_apart(run, tiny_gemma3_dir):
     lab_db().claim_run("uq", run.run_id, ALICE, "fake.csv")
     lab_db().set_shared("uq", run.run_id, ALICE, True)
     handmarks.save_hand_marks(run, ALICE, {"q000": ("alpha 0 omega", True, "alice's note")})
+    assert handmarks.hand_marks_path(run, ALICE) == handmarks.hand_marks_path(run)  # the owner's: hand_marks.csv
     bob = _open(tiny_gemma3_dir, run.run_id, BOB_KEY)
-    assert any("Hand marks are the run owner's" in i.value for i in bob.info)
-    assert "alice's note" not in _shown_text(bob) and not bob.text
+    assert not bob.error, [e.value for e in bob.error]
+    assert "alice's note" not in _shown_text(bob) and "0 of 25 answers marked" in _shown_text(bob)
     assert not any("mark" in d.value.columns for d in bob.dataframe)
+    bob.button(key="uq_mark_right").click().run()
+    assert len(handmarks.load_hand_marks(run, BOB)) == 1
+    assert handmarks.load_hand_marks(run, ALICE)["note"].tolist() == ["alice's note"]  # the owner's, unchanged

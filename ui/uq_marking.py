@@ -4,13 +4,17 @@ the automatic judges graded them (engine.uq.handmarks).
 The seeded sample (handmarks.draw_sample: answers drawn at random plus answers the judges disagree on) is
 shown one answer at a time in the run's order, with the question, the reference answers and the model's
 answer only: never a judge's verdict, a score, nor which stratum an answer was drawn from. Right / Wrong
-save a mark (with an optional note) through the engine, into the run folder's hand_marks.csv (the file
-`uq-marks agreement --marks` reads), so a reload keeps them; Skip passes an answer for this session. While
-this view is on the page shows nothing of the run's results (ui.uq_view), so no verdict is one scroll away.
+save a mark (with an optional note) through the engine, into the person's marks file in the run folder (the
+format `uq-marks agreement|contrasts --marks` reads), so a reload keeps them; Skip passes an answer for this
+session. While this view is on the page shows nothing of the run's results (ui.uq_view), so no verdict is one
+scroll away.
 
-Marks are the run owner's, as the results' manual marks are (ui.access): only the owner marks and sees
-them. Once marks exist, the owner may open each judge's agreement with them (handmarks.judge_agreement);
-it is off by default, because with a few marks it tells how the judges graded those answers.
+Marks are private to the person who makes them (handmarks.hand_marks_path): the owner of a run marks it in
+its `hand_marks.csv`; anyone else who may see the run (one made with the command line, as the study's are, or
+one shared with the group) marks it in a file of their own, which nobody else is shown. Once marks exist, the
+person may open each judge's agreement with their marks (handmarks.judge_agreement); it is off by default,
+because with a few marks it tells how the judges graded those answers. The download is their marks file, to
+be committed as the study's marks (reports/uq/hand_marks/marks.csv, read by the study's report).
 
 URL: `uq_blind` (this view on), `uq_mark_n`, `uq_mark_extra`, `uq_mark_seed` (the draw).
 """
@@ -50,27 +54,25 @@ def blind_toggle() -> bool:
 
 
 def render(run: UqRun) -> None:
-    """The marking view of `run` for its owner; a notice for anyone else."""
+    """The marking view of `run` for whoever may see it, with their own marks."""
     st.header("Mark answers blind")
-    run_access = access.access_of(TOPIC, run.run_id)
-    if not run_access.writable_by(access.me()):
-        whose = (
-            "was made outside the server (with the command line), so it has no owner here"
-            if run_access.owner is None
-            else f"is {access.owner_label(run_access)}"
-        )
-        st.info(
-            f"Hand marks are the run owner's, and this run {whose}. Mark your own run here, or mark this one with "
-            f"the command line: `python -m engine uq-marks sample --run {run.run_id} --out sample.csv`, then "
-            f"`uq-marks agreement --run {run.run_id} --marks marks.csv`.",
-            icon=":material/lock:",
-        )
+    person = access.me()
+    try:
+        handmarks.hand_marks_path(run, person)
+    except LabError as err:
+        st.info(str(err), icon=":material/lock:")
         return
+    whose = (
+        "they are saved with your run"
+        if access.can_write(TOPIC, run.run_id)
+        else f"this run is {access.owner_label(access.access_of(TOPIC, run.run_id))}, so they are kept apart from "
+        "its owner's and anyone else's, and only you see them"
+    )
     st.caption(
         "One answer at a time: the question, the reference answers and the model's answer, nothing else (no "
         "judge's verdict, no score, not why it was drawn). Mark it right if it names the right thing, even in "
-        "other words; your marks are saved with the run as you go (hand_marks.csv, the format `python -m engine "
-        "uq-marks agreement --marks` reads)."
+        f"other words. Your marks are private and saved as you go ({whose}); download them below for "
+        "`python -m engine uq-marks agreement|contrasts --marks`."
     )
     settings = _settings()
     if settings is None:
@@ -79,7 +81,7 @@ def render(run: UqRun) -> None:
     if drawn is None:
         return
     items, answers, verdicts = drawn
-    marks = handmarks.load_hand_marks(run)
+    marks = handmarks.load_hand_marks(run, person)
     _card(run, items, marks)
     _marks_table(items, marks)
     _agreement(marks, answers, verdicts)
@@ -201,7 +203,7 @@ def _go_to() -> None:
 
 
 def _save(run: UqRun, qid: str, answer: str, mark: bool, note_key: str) -> None:
-    """Save one mark through the engine (the owner's; LabError shown if not) and move on."""
+    """Save one mark through the engine (this person's own marks; a LabError is shown) and move on."""
     try:
         handmarks.save_hand_marks(run, access.me(), {qid: (answer, mark, st.session_state.get(note_key, ""))})
     except LabError as err:
@@ -227,13 +229,15 @@ def _marks_table(items: pd.DataFrame, marks: pd.DataFrame) -> None:
     table = table.assign(mark=table["mark"].map(MARK_TEXT))[["question_id", "question", "answer", "mark", "note"]]
     st.dataframe(readable(table, {"question_id": "question id"}), hide_index=True, width="stretch")
     st.download_button(
-        "hand_marks.csv",
+        "Download my marks",
         handmarks.marks_csv(marks),
-        "hand_marks.csv",
+        "marks.csv",
         "text/csv",
         key="uq_mark_download",
         icon=":material/download:",
-        help="question_id, answer, mark, note: the file `python -m engine uq-marks agreement|contrasts --marks` reads",
+        help="question_id, answer, mark, note: the file `python -m engine uq-marks agreement|contrasts --marks` "
+        "reads. Committed as reports/uq/hand_marks/marks.csv, it is the study's hand marks: the report "
+        "(`make study-uq ARGS=--report-only`) grades the judges and the contrasts by it.",
     )
 
 

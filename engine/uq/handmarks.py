@@ -15,17 +15,21 @@ stratification), so the weighted numbers estimate the whole run's, not the overs
 With fewer than MIN_FOR_KAPPA marked answers, or one class only among the marks or the verdicts, the
 kappa is not computed and the row says "too few hand marks for a kappa".
 
-Marks made in the lab (`save_hand_marks`) are the run owner's: a file `hand_marks.csv` in the run folder in
-the format `read_marks` reads (question_id, answer, mark, note), each change a locked read-modify-write of
-the whole file written atomically, so two of the owner's tabs never lose a mark.
+Marks made in the lab (`save_hand_marks`) are private to the person who made them (an owner id, engine.core.db):
+the run owner's are `hand_marks.csv` in the run folder; anyone else who may read the run (one made with the command
+line, which has no owner, or one shared with the group) marks it in `hand_marks/<owner id>.csv` there, which only
+they are shown. Every file is in the format `read_marks` reads (question_id, answer, mark, note), each change a
+locked read-modify-write of the whole file written atomically, so two tabs of one person never lose a mark.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,7 +47,9 @@ MARK_COLUMNS = ("question_id", "answer", "mark")
 FILE_COLUMNS = (*MARK_COLUMNS, "note")  # a marks file as the lab writes it
 VERDICT_COLUMNS = {"auto": "auto", "contains": "contains", "f1_correct": "f1", "embedding": "embedding"}
 TOO_FEW = "too few hand marks for a kappa"
-HAND_MARKS_FILE = "hand_marks.csv"
+HAND_MARKS_FILE = "hand_marks.csv"  # the run owner's marks
+PERSONAL_DIR = "hand_marks"  # everyone else's: <owner id>.csv
+_PERSON = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # an owner id as a file name (never a path)
 _WRITE_LOCK = threading.Lock()
 
 
@@ -174,17 +180,29 @@ def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFr
 # ---------------------------------------------------------------- marks made in the lab
 
 
-def hand_marks_path(run: UqRun):
-    return run.path / HAND_MARKS_FILE
+def hand_marks_path(run: UqRun, person: str | None = None) -> Path:
+    """The file of `person`'s marks on `run` (module docstring); the owner's `hand_marks.csv` when `person`
+    is None (the command line) or owns the run. LabError when `person` may not read the run."""
+    if person is None:
+        return run.path / HAND_MARKS_FILE
+    if not _PERSON.match(person):
+        raise LabError("Not a person's id: hand marks are kept per owner id (letters, digits, '-' and '_').")
+    access = lab_db().access(TOPIC, run.run_id)
+    if not access.readable_by(person):
+        raise LabError("This run is someone else's private run: you can neither see nor mark it.")
+    return run.path / HAND_MARKS_FILE if access.writable_by(person) else run.path / PERSONAL_DIR / f"{person}.csv"
 
 
-def load_hand_marks(run: UqRun) -> pd.DataFrame:
-    """The marks made in the lab on `run` (FILE_COLUMNS; mark bool, note "" when none); empty when none."""
-    path = hand_marks_path(run)
+def load_hand_marks(run: UqRun, person: str | None = None) -> pd.DataFrame:
+    """`person`'s marks on `run` (hand_marks_path; FILE_COLUMNS, mark bool, note "" when none); empty when none."""
+    path = hand_marks_path(run, person)
     if not path.is_file():
         return pd.DataFrame({c: pd.Series(dtype=bool if c == "mark" else object) for c in FILE_COLUMNS})
     frame = read_marks(path)
-    frame["note"] = frame["note"].fillna("").astype(str) if "note" in frame.columns else ""
+    if "note" in frame.columns:
+        frame["note"] = frame["note"].astype(object).where(frame["note"].notna(), "").astype(str)
+    else:
+        frame["note"] = ""
     return frame[list(FILE_COLUMNS)]
 
 
@@ -195,9 +213,10 @@ def marks_csv(marks: pd.DataFrame) -> bytes:
 
 
 @contextlib.contextmanager
-def _locked(run: UqRun) -> Iterator[None]:
-    """This process's lock and an exclusive flock beside the marks file (other processes)."""
-    with _WRITE_LOCK, open(run.path / f".{HAND_MARKS_FILE}.lock", "a") as handle:
+def _locked(path: Path) -> Iterator[None]:
+    """This process's lock and an exclusive flock beside the marks file `path` (other processes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _WRITE_LOCK, open(path.parent / f".{path.name}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -206,11 +225,12 @@ def _locked(run: UqRun) -> Iterator[None]:
 
 
 def save_hand_marks(run: UqRun, person: str, changes: Mapping[str, tuple[str, bool | None, str]]) -> pd.DataFrame:
-    """Set the marks of some questions, {question id: (answer, mark, note)} (mark None removes it), keeping
-    the others; only the run's owner `person` may (LabError otherwise). Returns every mark after the change."""
-    lab_db().require_write(TOPIC, run.run_id, person)
-    with _locked(run):
-        marks = load_hand_marks(run).set_index("question_id")
+    """Set `person`'s marks of some questions, {question id: (answer, mark, note)} (mark None removes it),
+    keeping the others, in their own file (hand_marks_path: LabError when they may not read the run).
+    Returns every mark of theirs after the change."""
+    path = hand_marks_path(run, person)
+    with _locked(path):
+        marks = load_hand_marks(run, person).set_index("question_id")
         for qid, (answer, mark, note) in changes.items():
             if mark is None:
                 marks = marks.drop(index=str(qid), errors="ignore")
@@ -219,5 +239,5 @@ def save_hand_marks(run: UqRun, person: str, changes: Mapping[str, tuple[str, bo
         marks.index.name = "question_id"
         frame = marks.reset_index()
         frame["mark"] = frame["mark"].astype(bool)
-        atomic_write(hand_marks_path(run), marks_csv(frame))
+        atomic_write(path, marks_csv(frame))
     return frame[list(FILE_COLUMNS)]

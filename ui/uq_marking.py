@@ -65,8 +65,8 @@ def render(run: UqRun) -> None:
     whose = (
         "they are saved with your run"
         if access.can_write(TOPIC, run.run_id)
-        else f"this run is {access.owner_label(access.access_of(TOPIC, run.run_id))}, so they are kept apart from "
-        "its owner's and anyone else's, and only you see them"
+        else f"the run is not yours ({access.owner_label(access.access_of(TOPIC, run.run_id))}): your marks are "
+        "kept apart from its owner's and anyone else's, and only you see them"
     )
     st.caption(
         "One answer at a time: the question, the reference answers and the model's answer, nothing else (no "

@@ -7,7 +7,8 @@ a run (a private run of someone else opens a notice and nothing of it); the addr
 the run shown, so a reload or a copied link shows it again (runs are on disk).
 
 URL: `uq_run` (the run), `uq_limit`, `uq_prompt`, `uq_k`, `uq_temp`, `uq_max_new`, `uq_seed` (generation,
-bound widgets), and the results' `uq_judge`, `uq_f1`, `uq_emb`, `uq_score` (ui.uq_results). Uploads and
+bound widgets), the results' `uq_judge`, `uq_f1`, `uq_emb`, `uq_score` (ui.uq_results), and `uq_blind`: the
+blind marking view instead of the results (ui.uq_marking, with its own parameters). Uploads and
 generation settings are checked in Python against the engine's bounds (engine.uq.config) and the server's
 limits (engine.core.limits): a bad value is named with the reason under its field and disables only
 Generate; results on screen stay.
@@ -20,7 +21,7 @@ import streamlit as st
 
 from engine.uq import estimators
 from engine.uq import jobs as uq_jobs
-from ui import access, uq_results
+from ui import access, uq_marking, uq_results
 from ui.uq_new_run import generation, limit_field, question_set
 from ui.uq_runs import (
     PICK,
@@ -88,7 +89,10 @@ def render() -> None:
         writable = access.share_toggle(TOPIC, run.run_id, "uq").writable_by(access.me())
         bad_records(run)
         progress_panel(run, writable)
-        uq_results.render(run)
+        if run.done() and uq_marking.blind_toggle():
+            uq_marking.render(run)  # the results (every judge's verdict) stay hidden while marking
+        else:
+            uq_results.render(run)
         if writable:
             delete_button(run)
 

@@ -1,6 +1,7 @@
 """`python -m engine uq --questions FILE --out DIR`: A1 / A2 / A3 of semantic vs usual uncertainty,
 `python -m engine uq-study`: the study (1000 WebQuestions + the bundled set, then `--confirm`, report in
-reports/uq), and `python -m engine uq-marks sample|agreement`: the judges against hand marks.
+reports/uq), and `python -m engine uq-marks sample|agreement|contrasts`: the judges against hand marks and the
+study's contrasts graded by them.
 
 Same engine calls as the page (engine.uq.jobs, .generation, .evaluation, .export): same inputs and seed
 give the same numbers. The run is saved question by question in cache/uq/<run_id>/, so a stopped (Ctrl-C)
@@ -23,7 +24,7 @@ from engine.core.executor import ExecutorConfig
 from engine.core.loading import load_model
 from engine.core.options import add_options, from_args
 from engine.uq import jobs, questions
-from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
+from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig, MarkSample
 from engine.uq.distributed import RayGeneration, ShardOptions
 from engine.uq.evaluation import entailment_judge, evaluate_run, run_llm_judge
 from engine.uq.export import write_outputs
@@ -83,65 +84,87 @@ def register(subparsers) -> None:
 def register_marks(subparsers) -> None:
     marks = subparsers.add_parser(
         "uq-marks",
-        help="hand marks for the judges: draw the answers to mark (sample) or measure each judge against marks",
+        help="hand marks for the judges: draw the answers to mark (sample), measure each judge against marks "
+        "(agreement), or grade the study's contrasts by the marks (contrasts)",
     )
     marks.add_argument(
         "action",
-        choices=("sample", "agreement"),
+        choices=("sample", "agreement", "contrasts"),
         help="sample: write the answers to mark; "
-        "agreement: each judge's accuracy and stratum-weighted Cohen's kappa against a marks file",
+        "agreement: each judge's accuracy and stratum-weighted Cohen's kappa against a marks file; "
+        "contrasts: the primary and same-rank-control contrasts with the hand mark as the label, on the random "
+        "sample and on all marked answers",
     )
     marks.add_argument("--run", required=True, help="run id (cache/uq/<run_id>), e.g. the study's WebQuestions run")
     marks.add_argument("--limit", type=int, default=None, help="only the run's first N questions")
     marks.add_argument("--out", default=None, help="sample: the CSV to write (question_id, stratum, answer)")
-    marks.add_argument("--marks", default=None, help="agreement: the marks CSV (question_id, answer, mark)")
-    marks.add_argument("--n", type=int, default=150, help="sample: answers drawn at random (default: %(default)s)")
+    marks.add_argument("--marks", default=None, help="agreement, contrasts: the marks CSV (question_id, answer, mark)")
     marks.add_argument(
-        "--disagreements", type=int, default=50, help="sample: extra answers the judges disagree on (%(default)s)"
+        "--results",
+        default=None,
+        help="contrasts: the run's results.csv with every score (e.g. reports/uq/webquestions/results.csv of the "
+        "study); without it the run is evaluated again (minutes: the correctness probes are refitted)",
     )
-    marks.add_argument("--sample-seed", type=int, default=0, help="sample: seed of the draw (default: %(default)s)")
+    add_options(marks, MarkSample)
     add_options(marks, EvalOptions, skip=("seed",), defaults={"n_seeds": CLI_FOLD_SEEDS})
     marks.set_defaults(func=marks_command)
 
 
 def marks_command(args) -> int:
-    """`uq-marks sample|agreement` (engine.uq.handmarks)."""
-    import pandas as pd
-
+    """`uq-marks sample|agreement|contrasts` (engine.uq.handmarks, engine.uq.marked_contrasts)."""
     from engine.core.paths import atomic_write
-    from engine.uq import correctness, handmarks
+    from engine.uq import handmarks
     from engine.uq.store import get_run
 
     options = from_args(EvalOptions, args)
+    settings = from_args(MarkSample, args)
     run = get_run(args.run)
     records = run.load_records(args.limit)
-    ids = [r.id for r in records]
-    auto = correctness.grade_automatic(
-        [r.answer for r in records],
-        [r.references for r in records],
-        f1_threshold=options.f1_threshold,
-        embedder=load_embedder(),
-        embedding_threshold=options.embedding_threshold,
-    )
-    auto.index = pd.Index(ids, name="id")
-    verdicts = auto[["auto", "contains", "f1_correct", "embedding"]].rename(columns={"f1_correct": "f1"})
-    answers = pd.Series([r.answer for r in records], index=ids)
+    answers, verdicts = handmarks.judge_verdicts(records, options, load_embedder())
     if args.action == "sample":
         if not args.out:
             raise LabError("uq-marks sample needs --out (the CSV of answers to mark).")
-        sample = handmarks.draw_sample(
-            answers, verdicts, n_random=args.n, n_disagreement=args.disagreements, seed=args.sample_seed
-        )
+        sample = handmarks.sample_for(answers, verdicts, settings)
         atomic_write(Path(args.out), sample.to_csv(index=False).encode("utf-8"))
         counts = sample["stratum"].value_counts().to_dict()
         print(f"{len(sample)} answers to mark ({counts}) written to {args.out}")
         return 0
     if not args.marks:
-        raise LabError("uq-marks agreement needs --marks (the CSV of hand marks: question_id, answer, mark).")
-    table, note = handmarks.judge_agreement(handmarks.read_marks(args.marks), answers, verdicts)
-    print(table.to_string(index=False))
+        raise LabError(f"uq-marks {args.action} needs --marks (the CSV of hand marks: question_id, answer, mark).")
+    marks = handmarks.read_marks(args.marks)
+    if args.action == "agreement":
+        table, note = handmarks.judge_agreement(marks, answers, verdicts)
+        print(table.to_string(index=False))
+        if note:
+            print(note)
+        return 0
+    return _marked_contrasts(args, run, options, settings, marks, answers, verdicts)
+
+
+def _marked_contrasts(args, run, options, settings, marks, answers, verdicts) -> int:
+    """`uq-marks contrasts`: both parts as markdown (engine.uq.marked_contrasts)."""
+    from engine.uq import handmarks, marked_contrasts
+
+    used, note = handmarks.matched_marks(marks, answers)
+    sample = handmarks.sample_for(answers, verdicts, settings)
+    if args.results:
+        results = marked_contrasts.read_results(args.results)
+        ids = results.index.intersection(answers.index)
+        differ = ids[results.loc[ids, "answer"].str.strip().to_numpy() != answers[ids].str.strip().to_numpy()]
+        if len(differ) or not used.index.isin(results.index).all():
+            raise LabError(
+                f"The results file {args.results} is not this run's: its answers differ from run {run.run_id} "
+                "or it lacks marked questions."
+            )
+    else:
+        results = evaluate_run(run, load_embedder(), options, limit=args.limit).results.set_index("id")
+    parts = marked_contrasts.marked_contrasts(
+        results, used, sample, judge=results["correct"], usual=options.usual, semantic=options.semantic
+    )
     if note:
-        print(note)
+        print(note + "\n")
+    for part in parts:
+        print(marked_contrasts.part_markdown(part, options.judge) + "\n")
     return 0
 
 

@@ -137,3 +137,29 @@ class EvalOptions:
         "the generating language model judges entailment for the meaning clusters (up to K(K-1) forward "
         "passes a question; slow, never in the default study)",
     )
+
+
+MARK_SAMPLE_RANGE = (1, 100_000)  # answers drawn at random for hand marks (at most the run's graded answers)
+MARK_EXTRA_RANGE = (0, 100_000)  # extra answers from the judges' disagreement stratum
+MARK_SEED_RANGE = (0, 2**32 - 1)  # numpy default_rng seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkSample:
+    """Which answers of a run are drawn to be marked by hand (engine.uq.handmarks.draw_sample)."""
+
+    n_random: int = option(150, "answers drawn at random (a simple random sample of the graded answers)", flag="--n")
+    n_disagreement: int = option(
+        50, "extra answers drawn from those the automatic judges disagree on (oversampled)", flag="--disagreements"
+    )
+    sample_seed: int = option(0, "seed of the draw (numpy default_rng)")
+
+    def validate(self) -> None:
+        """LabError for a setting outside its range."""
+        for name, value, (low, high) in (
+            ("The random sample size", self.n_random, MARK_SAMPLE_RANGE),
+            ("The number of extra disagreements", self.n_disagreement, MARK_EXTRA_RANGE),
+            ("The sample seed", self.sample_seed, MARK_SEED_RANGE),
+        ):
+            if not low <= value <= high:
+                raise LabError(f"{name} must be between {low:,} and {high:,} (got {value:,}).")

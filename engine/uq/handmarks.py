@@ -14,19 +14,61 @@ stratification), so the weighted numbers estimate the whole run's, not the overs
     kappa_j = Cohen's kappa of judge j against the marks with sample_weight w (sklearn cohen_kappa_score).
 With fewer than MIN_FOR_KAPPA marked answers, or one class only among the marks or the verdicts, the
 kappa is not computed and the row says "too few hand marks for a kappa".
+
+Marks made in the lab (`save_hand_marks`) are private to the person who made them (an owner id, engine.core.db):
+the run owner's are `hand_marks.csv` in the run folder; anyone else who may read the run (one made with the command
+line, which has no owner, or one shared with the group) marks it in `hand_marks/<owner id>.csv` there, which only
+they are shown. Every file is in the format `read_marks` reads (question_id, answer, mark, note), each change a
+locked read-modify-write of the whole file written atomically, so two tabs of one person never lose a mark.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from engine.core.db import lab_db
 from engine.core.errors import LabError
+from engine.core.paths import atomic_write
+from engine.uq.config import EvalOptions, MarkSample
+from engine.uq.records import QuestionRecord
+from engine.uq.store import TOPIC, UqRun
 
 MIN_FOR_KAPPA = 30
 SAMPLE_COLUMNS = ("question_id", "stratum", "answer")
 MARK_COLUMNS = ("question_id", "answer", "mark")
+FILE_COLUMNS = (*MARK_COLUMNS, "note")  # a marks file as the lab writes it
+VERDICT_COLUMNS = {"auto": "auto", "contains": "contains", "f1_correct": "f1", "embedding": "embedding"}
 TOO_FEW = "too few hand marks for a kappa"
+HAND_MARKS_FILE = "hand_marks.csv"  # the run owner's marks
+PERSONAL_DIR = "hand_marks"  # everyone else's: <owner id>.csv
+_PERSON = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # an owner id as a file name (never a path)
+_WRITE_LOCK = threading.Lock()
+
+
+def judge_verdicts(records: list[QuestionRecord], options: EvalOptions, embedder) -> tuple[pd.Series, pd.DataFrame]:
+    """(the graded answer per question id, the automatic judges' verdicts: auto, contains, f1, embedding;
+    None where a question has no reference) at the thresholds of `options`."""
+    from engine.uq import correctness
+
+    ids = [r.id for r in records]
+    auto = correctness.grade_automatic(
+        [r.answer for r in records],
+        [r.references for r in records],
+        f1_threshold=options.f1_threshold,
+        embedder=embedder,
+        embedding_threshold=options.embedding_threshold,
+    )
+    auto.index = pd.Index(ids, name="id")
+    verdicts = auto[[c for c in VERDICT_COLUMNS if c in auto.columns]].rename(columns=VERDICT_COLUMNS)
+    return pd.Series([r.answer for r in records], index=ids), verdicts
 
 
 def disagreement(verdicts: pd.DataFrame) -> pd.Series:
@@ -62,6 +104,18 @@ def draw_sample(
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
 
 
+def sample_for(answers: pd.Series, verdicts: pd.DataFrame, settings: MarkSample) -> pd.DataFrame:
+    """`draw_sample` with the settings of `settings` (checked against their ranges first)."""
+    settings.validate()
+    return draw_sample(
+        answers,
+        verdicts,
+        n_random=settings.n_random,
+        n_disagreement=settings.n_disagreement,
+        seed=settings.sample_seed,
+    )
+
+
 def read_marks(path) -> pd.DataFrame:
     """A marks file (CSV: question_id, answer, mark as true/false or 1/0); LabError naming what is wrong."""
     try:
@@ -81,18 +135,25 @@ def read_marks(path) -> pd.DataFrame:
     return frame.assign(mark=marks.astype(bool), answer=frame["answer"].fillna(""))
 
 
-def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Per judge: n marked, weighted accuracy and kappa against the hand marks (module docstring), and a
-    note on marks left out (unknown question or an answer that is not the run's)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    differs = disagreement(verdicts)
+def matched_marks(marks: pd.DataFrame, answers: pd.Series) -> tuple[pd.DataFrame, str]:
+    """The marks of the run's answers (index = question id, the last mark of a question kept) and a note on
+    the marks left out: a question that is not in the run, or an answer that is not the run's answer."""
     known = marks["question_id"].isin(answers.index)
     same = known & (marks["answer"].str.strip() == answers.reindex(marks["question_id"]).fillna("").str.strip().values)
     used = marks[same].drop_duplicates("question_id", keep="last").set_index("question_id")
     note = ""
     if (~same).any():
         note = f"{int((~same).sum())} mark(s) left out: their question is not in the run or their answer differs"
+    return used, note
+
+
+def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per judge: n marked, weighted accuracy and kappa against the hand marks (module docstring), and a
+    note on marks left out (unknown question or an answer that is not the run's)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    differs = disagreement(verdicts)
+    used, note = matched_marks(marks, answers)
     stratum = differs.reindex(used.index).fillna(False).astype(bool)
     population = differs.dropna().astype(bool)
     weights = np.ones(len(used))
@@ -114,3 +175,69 @@ def judge_agreement(marks: pd.DataFrame, answers: pd.Series, verdicts: pd.DataFr
             row["kappa"] = float(cohen_kappa_score(y_mark, y_judge, sample_weight=w))
         rows.append(row)
     return pd.DataFrame(rows, columns=["judge", "n", "accuracy", "kappa", "note"]), note
+
+
+# ---------------------------------------------------------------- marks made in the lab
+
+
+def hand_marks_path(run: UqRun, person: str | None = None) -> Path:
+    """The file of `person`'s marks on `run` (module docstring); the owner's `hand_marks.csv` when `person`
+    is None (the command line) or owns the run. LabError when `person` may not read the run."""
+    if person is None:
+        return run.path / HAND_MARKS_FILE
+    if not _PERSON.match(person):
+        raise LabError("Not a person's id: hand marks are kept per owner id (letters, digits, '-' and '_').")
+    access = lab_db().access(TOPIC, run.run_id)
+    if not access.readable_by(person):
+        raise LabError("This run is someone else's private run: you can neither see nor mark it.")
+    return run.path / HAND_MARKS_FILE if access.writable_by(person) else run.path / PERSONAL_DIR / f"{person}.csv"
+
+
+def load_hand_marks(run: UqRun, person: str | None = None) -> pd.DataFrame:
+    """`person`'s marks on `run` (hand_marks_path; FILE_COLUMNS, mark bool, note "" when none); empty when none."""
+    path = hand_marks_path(run, person)
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=bool if c == "mark" else object) for c in FILE_COLUMNS})
+    frame = read_marks(path)
+    if "note" in frame.columns:
+        frame["note"] = frame["note"].astype(object).where(frame["note"].notna(), "").astype(str)
+    else:
+        frame["note"] = ""
+    return frame[list(FILE_COLUMNS)]
+
+
+def marks_csv(marks: pd.DataFrame) -> bytes:
+    """A marks frame as the CSV `read_marks` reads (question_id, answer, mark as true / false, note)."""
+    out = marks[list(FILE_COLUMNS)].assign(mark=marks["mark"].map({True: "true", False: "false"}))
+    return out.to_csv(index=False).encode("utf-8")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """This process's lock and an exclusive flock beside the marks file `path` (other processes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _WRITE_LOCK, open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def save_hand_marks(run: UqRun, person: str, changes: Mapping[str, tuple[str, bool | None, str]]) -> pd.DataFrame:
+    """Set `person`'s marks of some questions, {question id: (answer, mark, note)} (mark None removes it),
+    keeping the others, in their own file (hand_marks_path: LabError when they may not read the run).
+    Returns every mark of theirs after the change."""
+    path = hand_marks_path(run, person)
+    with _locked(path):
+        marks = load_hand_marks(run, person).set_index("question_id")
+        for qid, (answer, mark, note) in changes.items():
+            if mark is None:
+                marks = marks.drop(index=str(qid), errors="ignore")
+            else:
+                marks.loc[str(qid), ["answer", "mark", "note"]] = [str(answer), bool(mark), str(note or "")]
+        marks.index.name = "question_id"
+        frame = marks.reset_index()
+        frame["mark"] = frame["mark"].astype(bool)
+        atomic_write(path, marks_csv(frame))
+    return frame[list(FILE_COLUMNS)]

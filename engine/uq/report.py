@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +31,11 @@ from engine.core.paths import atomic_write
 from engine.core.provenance import git_commit, versions, versions_line
 from engine.uq.config import CURVE_BASELINES
 from engine.uq.confirmation import PLAN, RESULT
-from engine.uq.contrasts import contrasts_markdown
+from engine.uq.contrasts import ALPHA, contrasts_markdown
 from engine.uq.decompositions import DECOMPOSITIONS
 from engine.uq.evaluation import Evaluation
 from engine.uq.export import judges_markdown
+from engine.uq.marked_contrasts import HandMarkCheck
 from engine.uq.metrics import summary_markdown
 
 ATTRIBUTION = (
@@ -491,6 +493,98 @@ def seed_answer(evaluations: Sequence[tuple[str, Evaluation]], plan: dict | None
     return lines
 
 
+MARKER_NOTES = "marker_notes.md"  # beside a marks file: its "**Who marked:**" line names the marker
+AGREEMENT_NOTES = "agreement.md"  # beside a marks file: how the marks were made and read
+
+
+def _marker(marks_path: Path) -> str:
+    """Who made the marks, from the "**Who marked:**" line of MARKER_NOTES beside the marks file (up to the
+    first parenthesis, comma or full stop); "" when there is none."""
+    notes = marks_path.parent / MARKER_NOTES
+    text = notes.read_text(encoding="utf-8") if notes.is_file() else ""
+    found = re.search(r"\*\*Who marked:\*\*\s*([^(,.;\n]+)", text)
+    return found.group(1).strip() if found else ""
+
+
+def _p(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def hand_marks_section(check: HandMarkCheck, out: Path, plan: dict | None, confirmed: dict | None) -> list[str]:
+    """The paragraph on a marks file (engine.uq.marked_contrasts.check_hand_marks): the judge that agrees
+    best with the marks, then the contrast fixed for confirmation graded by the marks on their random sample
+    (beside the chosen judge on the same answers) and whether any other primary contrast passes Holm there."""
+    marks_path = Path(check.marks_path)
+    notes = marks_path.parent / AGREEMENT_NOTES
+    target = notes if notes.is_file() else marks_path
+    link = Path(os.path.relpath(target.resolve(), Path(out).resolve())).as_posix()
+    marker = _marker(marks_path)
+    where = f"{'by ' + marker + ': ' if marker else ''}[{link}]({link})"
+    if not check.n_marked:
+        return [f"**Against hand marks.** None of the marks in {where} is of this run's answers. {check.note}", ""]
+    table = check.agreement.assign(rank=check.agreement["kappa"].fillna(-np.inf))
+    best = table.sort_values(["rank", "accuracy"], ascending=False, kind="stable").iloc[0]
+    kappa = "" if _nan(best["kappa"]) else f", stratum-weighted Cohen's kappa {best['kappa']:.2f}"
+    lines = [
+        f"**Against hand marks.** The `{best['judge']}` judge agrees best with {check.n_marked} answers marked "
+        f"blind (accuracy {best['accuracy']:.2f}{kappa}; {where})."
+    ]
+    random_part = check.part("random sample")
+    if random_part is None:
+        lines[0] += f" The contrasts are not graded by them: {check.error}"
+        return [lines[0], ""]
+    primary = [r for r in random_part.rows if r["family"] == "primary" and not _nan(r["p_holm"])]
+    name = plan["contrast"]["name"] if plan else None
+    focal = next((r for r in primary if r["name"] == name), None)
+    judged = {r["name"]: r for r in random_part.judge_rows}
+    passes = [r for r in primary if r["estimate"] > 0 and r["p_holm"] < ALPHA]
+    lead = (
+        f" Graded by those marks instead of the judge, on the {random_part.n} of them drawn at random (the "
+        "disagreement stratum left out: it over-samples borderline answers), "
+    )
+    if focal is None:
+        lines[0] += lead + random_part.verdict.sentence
+        shown = passes
+    else:
+        which = "confirmed contrast" if confirmed and str(confirmed.get("sentence", "")).startswith("Useful") else (
+            "contrast fixed for confirmation"
+        )
+        holds = "holds" if focal in passes else "does not pass Holm at that n"
+        j = judged.get(focal["name"])
+        beside = (
+            f" (the `{check.judge_name}` judge on the same answers: {j['estimate']:+.3f}, "
+            f"Holm p = {_p(j['p_holm'])})"
+            if j and not _nan(j["estimate"])
+            else ""
+        )
+        others = [r for r in passes if r is not focal]
+        rest = [r for r in primary if r is not focal]
+        if others:
+            k = len(others)
+            tail = f"{k} other primary contrast{'s' if k > 1 else ''} also pass{'' if k > 1 else 'es'} Holm there"
+        else:
+            mdes = [r["mde"] for r in rest if not _nan(r["mde"])]
+            span = f" (minimal detectable effects {min(mdes):.2f}–{max(mdes):.2f})" if mdes else ""
+            tail = f"no other primary contrast passes Holm at that n{span}"
+        lines[0] += lead + f"the {which} {holds}{beside}; {tail}:"
+        shown = [focal, *others]
+    lines.append("")
+    if shown:
+        lines += [
+            "| set | label | n (right / wrong) | contrast | ΔAUROC | 95% CI | p | p (Holm) | MDE |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        n_text = f"{random_part.n} ({random_part.n_right} / {random_part.n_wrong})"
+        for r in shown:
+            lines.append(
+                f"| exploration, random sample of the marked answers | hand marks | {n_text} | {r['name']} | "
+                f"{r['estimate']:+.3f} | [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p']:.3g} | "
+                f"{r['p_holm']:.3g} | {r['mde']:.3f} |"
+            )
+        lines.append("")
+    return lines
+
+
 def summary_report(
     manifest: dict,
     sets: Sequence,
@@ -500,11 +594,16 @@ def summary_report(
     report_machine: dict,
     plan: dict | None = None,
     confirmed: dict | None = None,
+    hand_marks: HandMarkCheck | None = None,
+    out: Path = Path("."),
 ) -> str:
     """summary.md of the study: the seed's answer first (A1, A2, A3, A3 with the decomposition, the
-    confirmation's sentence), the contrast tables, the tables under each judge, the figures, how it was made."""
+    confirmation's sentence, the exploration run against hand marks when `hand_marks` is given; links relative
+    to `out`), the contrast tables, the tables under each judge, the figures, how it was made."""
     lines = ["# Is decomposition into semantic / surface subspaces useful for reducing errors?", ""]
     lines += seed_answer(evaluations, plan, confirmed)
+    if hand_marks is not None:
+        lines += hand_marks_section(hand_marks, out, plan, confirmed)
     lines += ["## Pre-registered contrasts (with against without the decomposition)", ""]
     for title, evaluation in evaluations:
         s = evaluation.summary
@@ -576,8 +675,10 @@ def write_report(
     *,
     seconds: dict[str, float],
     report_machine: dict,
+    hand_marks: HandMarkCheck | None = None,
 ) -> list[Path]:
-    """summary.md and figures/*.png in `out` from (StudySet, Evaluation) pairs; returns the paths."""
+    """summary.md and figures/*.png in `out` from (StudySet, Evaluation) pairs (and the exploration run's
+    hand marks, when given); returns the paths."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     titled = [(s.title, e) for s, e in evaluations]
@@ -592,6 +693,8 @@ def write_report(
         report_machine=report_machine,
         plan=plan,
         confirmed=confirmed,
+        hand_marks=hand_marks,
+        out=out,
     )
     atomic_write(out / "summary.md", text.encode("utf-8"))
     return [out / "summary.md", *paths]

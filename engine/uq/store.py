@@ -5,7 +5,9 @@ run. Besides the store's `config.json`, `status.json` and claim, a run holds `qu
 `records/<index>.npz` (one per question, written atomically: a killed process never leaves half a
 record) and `scores/<key>.json` (cached scores). Manual marks and LLM-judge verdicts are rows of the
 lab's state database (engine.core.db, one transaction per change); `marks.json` / `judge_llm.json`
-written by earlier lab versions are imported into it once.
+written by earlier lab versions are imported into it once. Blind hand marks, made to measure the judges and
+never overriding them, are private to each person: the owner's `hand_marks.csv`, anyone else's
+`hand_marks/<owner id>.csv` (engine.uq.handmarks).
 
 Crash safety: a record that cannot be read (truncated, not a zip, wrong keys or shapes) is reported by
 `bad_records` and is not counted as done, so the next generation writes it again; loading never raises

@@ -9,7 +9,9 @@ question in a later call or session, generates what is missing (engine.uq.genera
 (engine.uq.evaluation: every score, paired differences, the verdict under each judge), writes each set's
 results.csv / summary.json / summary.md, and finally the report (engine.uq.report: summary.md and PNG
 figures) in `out`. `study.json` in `out` names the runs, so `report_only` rebuilds the report from the
-cached runs alone: no model, no generation.
+cached runs alone: no model, no generation. When the report folder holds the exploration run's blind hand
+marks (`hand_marks/marks.csv`, or the file `hand_marks` names), the report grades the judges and the
+contrasts by them (engine.uq.marked_contrasts.check_hand_marks).
 
 The sample: `numpy.random.default_rng(sample_seed).choice(n_rows, webquestions, replace=False)`, kept in
 the file's order; `limit` takes the first N questions of each set (a quick end-to-end check: the same
@@ -35,14 +37,16 @@ from engine.core.model import LoadedModel
 from engine.core.options import option, shell_command, to_flags
 from engine.core.paths import atomic_write, shared_data_dir
 from engine.core.provenance import machine, utc_now
-from engine.uq import confirmation, export, questions, report
+from engine.uq import confirmation, export, handmarks, questions, report
 from engine.uq.config import CLI_FOLD_SEEDS, BatchOptions, EvalOptions, GenerationConfig
 from engine.uq.distributed import ShardOptions
 from engine.uq.evaluation import Evaluation, entailment_judge, evaluate_run
 from engine.uq.generator import Generator
+from engine.uq.marked_contrasts import HandMarkCheck, check_hand_marks
 from engine.uq.store import UqRun, get_run
 
 WEBQUESTIONS_FILE = "webquestions_test.csv"
+HAND_MARKS = "hand_marks/marks.csv"  # in the report folder: the exploration run's blind hand marks
 MANIFEST = "study.json"
 MANIFEST_VERSION = 1
 
@@ -68,6 +72,11 @@ class StudyConfig:
         "the exploration questions, test the contrast fixed in OUT/" + confirmation.PLAN + " once",
     )
     contrast: str = option("", "with --confirm: the contrast to confirm (refused unless it is the fixed one)")
+    hand_marks: str = option(
+        "",
+        "hand marks of the exploration run (CSV: question_id, answer, mark) the report grades the judges and the "
+        f"contrasts by; default OUT/{HAND_MARKS} when it exists, 'none' to leave them out",
+    )
 
     def validate(self) -> None:
         if self.webquestions < 0:
@@ -311,6 +320,45 @@ def run_confirmation(
     return paths
 
 
+def hand_marks_path(config: StudyConfig) -> Path | None:
+    """The marks file the report reads: `config.hand_marks`, else OUT/HAND_MARKS when it exists; None for
+    'none' or when there is no default file (a named file that does not exist is a LabError)."""
+    if config.hand_marks.strip().lower() == "none":
+        return None
+    if config.hand_marks.strip():
+        path = Path(config.hand_marks)
+        if not path.is_file():
+            raise LabError(f"No hand marks file {path}: name an existing marks CSV, or --hand-marks none.")
+        return path
+    path = Path(config.out) / HAND_MARKS
+    return path if path.is_file() else None
+
+
+def check_exploration_marks(
+    path: Path, evaluations: list[tuple[StudySet, UqRun, Evaluation]], options: EvalOptions
+) -> HandMarkCheck | None:
+    """The WebQuestions (exploration) run against the marks in `path` (engine.uq.marked_contrasts.
+    check_hand_marks, the sample drawn with MarkSample's defaults, as the marking view and `uq-marks` do);
+    None without a WebQuestions set."""
+    found = next(((s, e) for s, _r, e in evaluations if s.name == "webquestions"), None)
+    if found is None:
+        return None
+    _set, evaluation = found
+    answers, verdicts = handmarks.judge_verdicts(evaluation.records, options, load_embedder())
+    results = evaluation.results.set_index("id")
+    return check_hand_marks(
+        handmarks.read_marks(path),
+        answers,
+        verdicts,
+        results,
+        marks_path=str(path),
+        judge=results["correct"],
+        judge_name=options.judge,
+        usual=options.usual,
+        semantic=options.semantic,
+    )
+
+
 def run_study(
     config: StudyConfig,
     generation: GenerationConfig,
@@ -333,6 +381,7 @@ def run_study(
     if options.nli_model:
         entailment_judge(options)  # a missing NLI model says so before any generation
     out = Path(config.out)
+    marks_path = hand_marks_path(config)  # a named file that is missing says so before any work
     start = time.perf_counter()
     lm = None
     if not config.report_only:
@@ -351,11 +400,13 @@ def run_study(
             s = evaluation.summary
             confirmation.fix_contrast(out, s.contrasts, run_id=run.run_id, n=s.n, judge=s.judge)
             paths.append(out / confirmation.PLAN)
+    hand_marks = None if marks_path is None else check_exploration_marks(marks_path, evaluations, options)
     paths += report.write_report(
         out,
         manifest,
         [(s, e) for s, _r, e in evaluations],
         seconds={"generation_this_call": generated, "scoring_and_report": time.perf_counter() - start - generated},
         report_machine=machine(),
+        hand_marks=hand_marks,
     )
     return paths

@@ -271,3 +271,15 @@ def test_study_jobs_join_stop_by_the_owner_only_and_count_against_jobs_per_perso
         release.set()
     assert job.wait(120) and job.state == "stopped" and job.result is None
     assert not study_jobs.stop("alice", job.key)  # nothing runs now
+
+
+def test_a_second_models_report_in_a_subfolder_is_found(lab, tiny_result, tiny_gemma3_dir):
+    from engine.core.loading import load_model
+
+    lm = load_model(str(tiny_gemma3_dir))
+    root = lab / "report"
+    write_report(root / "other_model", tiny_result, reduced=True)  # e.g. reports/attention/smollm2
+    found = attention_study.report_for(lm)
+    assert found is not None and "other_model" in found.source and found.reduced
+    (root / "other_model" / "atlas.json").unlink()
+    assert attention_study.report_for(lm) is None

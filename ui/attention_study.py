@@ -113,8 +113,12 @@ def atlas_click(shape: Shape) -> None:
 
 
 def report_for(lm: LoadedModel, folder: Path | None = None) -> Found | None:
-    """The committed report (atlas.json of `folder`, default REPORT_DIR) when it is of this model."""
-    folder = Path(folder or REPORT_DIR)
+    """The committed report of this model: atlas.json of `folder`, default REPORT_DIR or one of its subfolders
+    (e.g. reports/attention/smollm2 for a second model)."""
+    if folder is None:
+        subfolders = sorted(p for p in REPORT_DIR.iterdir() if p.is_dir()) if REPORT_DIR.is_dir() else []
+        return next((f for f in (report_for(lm, d) for d in [REPORT_DIR, *subfolders]) if f is not None), None)
+    folder = Path(folder)
     try:
         data = json.loads((folder / "atlas.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

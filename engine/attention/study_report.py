@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.attention.config import SCORE_QUERIES
 from engine.attention.rules import RULE_TITLES, RULES
-from engine.attention.study_config import HELDOUT_PROMPTS
+from engine.attention.study_config import HELDOUT_PROMPTS, TRAIN_PROMPTS
 from engine.attention.study_result import LAYER_DELTA, StudyResult, _clean
 from engine.core.figures import chart_png
 from engine.core.provenance import git_commit, machine, machine_line, provenance, utc_now, versions, versions_line
@@ -175,7 +176,19 @@ def _md_table(frame: pd.DataFrame, floats: str = "{:.3f}") -> str:
 def summary_markdown(result: StudyResult, reduced: bool, command: str) -> str:
     """summary.md (module docstring)."""
     lines = []
-    if reduced:
+    full_prompts = (
+        result.n_train >= TRAIN_PROMPTS
+        and result.n_heldout >= HELDOUT_PROMPTS
+        and int(result.config["queries"]) >= SCORE_QUERIES
+    )
+    if reduced and full_prompts:
+        lines.append(
+            f"**A SAMPLE of heads, not every head:** {result.heads_how}, at the study's sizes ({result.n_train} "
+            f"train / {result.n_heldout} held-out prompts, {result.config['queries']} queries per prompt); the "
+            "verdict is about the sampled heads."
+        )
+        lines.append("")
+    elif reduced:
         lines.append(
             f"**REDUCED RUN, not the study:** {result.n_train} train / {result.n_heldout} held-out prompts, "
             f"{result.config['queries']} queries per prompt, {result.heads_how}; it proves the command end to end. "

@@ -110,6 +110,10 @@ class HostileSession:
 
         async def scan(text: str) -> None:
             await set_text(page, seen, "sw_prompts", text)
+            await wait_idle_async(page, SHORT_MS)
+            button = page.locator(".st-key-sw_scan button").filter(visible=True).first
+            if await button.count() and not await button.is_enabled():
+                return  # refused as typed: the field's error names the limit and Scan is off, nothing to press
             await click(page, seen, "sw_scan")
 
         n = limits.prompts_per_request + 1

@@ -120,7 +120,7 @@ class Person:
         keep_text(seen, "scan", text)
         chosen = page.locator(".st-key-sw_ablate_cands")
         seen.scan["candidates"] = CANDIDATE.findall(await chosen.text_content() or "") if await chosen.count() else []
-        rejected = re.search(r"Rejected: (\d+) spike", text)
+        rejected = re.search(r"Minor: (\d+) weight", text)  # the detector's minor weights (`rejected` in the engine)
         seen.scan["rejected"] = int(rejected.group(1)) if rejected else 0
         rule = re.search(r"Rule: .*", text)
         seen.scan["caption"] = rule.group(0) if rule else ""

@@ -133,6 +133,9 @@ def test_result_statistics_and_report(planted, tmp_path):
     assert (tmp_path / "rep" / "summary.md").read_text().startswith("**REDUCED RUN, not the study:**")
     back = load_report(tmp_path / "rep")
     assert back.verdict == result.verdict and back.atlas().shape[0] == 3
+    write_report(result, tmp_path / "rep" / "second_model", reduced=True)  # a second model's report inside
+    write_report(result, tmp_path / "rep", reduced=False)  # rewriting the main report keeps it
+    assert load_report(tmp_path / "rep" / "second_model") is not None
     result.save(tmp_path)
     assert StudyResult.load(tmp_path).contrasts[0]["estimate"] == pytest.approx(result.contrasts[0]["estimate"])
 

@@ -268,7 +268,8 @@ def summary_markdown(result: StudyResult, reduced: bool, command: str) -> str:
 
 
 def write_report(result: StudyResult, out: str | Path, reduced: bool) -> list[Path]:
-    """Every report file into `out` (module docstring); returns their paths."""
+    """Every report file into `out` (module docstring), replaced at once; subfolders of `out` (other reports)
+    are kept. Returns the paths in `out`."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -283,6 +284,9 @@ def write_report(result: StudyResult, out: str | Path, reduced: bool) -> list[Pa
     (tmp / "atlas.png").write_bytes(chart_png(atlas_chart(result)))
     (tmp / "layers.png").write_bytes(chart_png(layers_chart(result)))
     if out.exists():
+        for child in out.iterdir():  # other reports kept in subfolders (e.g. a second model's) stay
+            if child.is_dir() and not (tmp / child.name).exists():
+                os.replace(child, tmp / child.name)
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)

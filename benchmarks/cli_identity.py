@@ -58,92 +58,34 @@ VOLATILE_IN = {"status.json": {"time"}}  # per file: a run's status time (summar
 
 @dataclass(frozen=True)
 class Case:
-    """One feature's command: its arguments (`{out}`: the output folder) at the old and at the new checkout (the
-    new side may add flags that select the old behaviour where a default changed on purpose), and why."""
+    """One feature's command: its arguments (`{out}`: the output folder) at the old checkout and, where they
+    differ, at the new one (the new side may add flags that select the old behaviour where a default changed on
+    purpose), and why."""
 
     feature: str
     old: tuple[str, ...]
-    new: tuple[str, ...]
+    new_args: tuple[str, ...] | None = None
     note: str = ""
+
+    @property
+    def new(self) -> tuple[str, ...]:
+        """The new checkout's arguments (the old side's unless set)."""
+        return self.old if self.new_args is None else self.new_args
 
 
 PROMPT = "The cat sat on the mat. The cat"
+UQ_ARGS = ("uq", "--questions", "default", "--limit", "2", "--samples", "2", "--max-new-tokens", "8", "--quiet")
+GROK_ARGS = ("grok", "--p", "7", "--steps", "60", "--eval-every", "20", "--checkpoint-every", "20", "--threads", "1")
 CASES = (
-    Case(
-        "uq",
-        (
-            "uq",
-            "--questions",
-            "default",
-            "--limit",
-            "2",
-            "--samples",
-            "2",
-            "--max-new-tokens",
-            "8",
-            "--quiet",
-            "--out",
-            "{out}",
-        ),
-        (
-            "uq",
-            "--questions",
-            "default",
-            "--limit",
-            "2",
-            "--samples",
-            "2",
-            "--max-new-tokens",
-            "8",
-            "--quiet",
-            "--out",
-            "{out}",
-        ),
-    ),
-    Case(
-        "grok",
-        (
-            "grok",
-            "--p",
-            "7",
-            "--steps",
-            "60",
-            "--eval-every",
-            "20",
-            "--checkpoint-every",
-            "20",
-            "--threads",
-            "1",
-            "--out",
-            "{out}",
-        ),
-        (
-            "grok",
-            "--p",
-            "7",
-            "--steps",
-            "60",
-            "--eval-every",
-            "20",
-            "--checkpoint-every",
-            "20",
-            "--threads",
-            "1",
-            "--out",
-            "{out}",
-        ),
-    ),
+    Case("uq", (*UQ_ARGS, "--out", "{out}")),
+    Case("grok", (*GROK_ARGS, "--out", "{out}")),
     Case(
         "superweights",
         ("superweights", "--no-ablation", "--out", "{out}"),
         ("superweights", "--no-ablation", "--no-confirm", "--column", "input", "--out", "{out}"),
         "new side: --column input (the paper's rule, the old default) and --no-confirm (the causal test is new)",
     ),
-    Case(
-        "attention",
-        ("attention", "--prompt", PROMPT, "--out", "{out}"),
-        ("attention", "--prompt", PROMPT, "--out", "{out}"),
-    ),
+    Case("attention", ("attention", "--prompt", PROMPT, "--out", "{out}")),
 )
 
 

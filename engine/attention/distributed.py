@@ -165,20 +165,14 @@ def study_on_ray(
         Shard("control" if g.control else f"heads {g.heads[0][0]}.{g.heads[0][1]}-{g.heads[-1][0]}.{g.heads[-1][1]}", g)
         for g in groups
     ]
-    idle: list[Any] = []
-    try:
-        run_shards(
-            plan,
-            make_worker,
-            call,
-            shards,
-            on_item,
-            retry,
-            pool=idle,
-            stop=stop.is_set if stop is not None else None,
-            poll_s=STOP_POLL_S if stop is not None else None,
-        )
-    finally:
-        for actor in idle:  # the workers left idle at the end: nothing stays running
-            ray.kill(actor)
+    run_shards(  # no pool: the workers left idle at the end are ended, nothing stays running
+        plan,
+        make_worker,
+        call,
+        shards,
+        on_item,
+        retry,
+        stop=stop.is_set if stop is not None else None,
+        poll_s=STOP_POLL_S if stop is not None else None,
+    )
     return control_done[0] and all(key in records for key in run.heads)

@@ -346,7 +346,8 @@ def run_shards(
     seconds while no item arrives (None: only between items).
 
     `pool`: idle actors (each loaded once) to use before starting new ones; the actors idle at the end go
-    back into it, for the caller's next call and its own cleanup. On an error or KeyboardInterrupt, and for
+    back into it, for the caller's next call and its own cleanup. Without a `pool` the actors idle at the end
+    are killed here (a command that keeps no workers leaves nothing running). On an error or KeyboardInterrupt, and for
     the actors still busy when `stop()` ends the loop, every actor is killed on the way out, so an
     interrupted driver leaves nothing running.
     """
@@ -355,7 +356,8 @@ def run_shards(
     total = len(queue)
     finished = 0
     reruns = 0
-    pool = pool if pool is not None else []
+    keep = pool is not None
+    pool = pool if keep else []
     idle: list[Any] = []
     started: list[Any] = []
     clean = False
@@ -422,9 +424,10 @@ def run_shards(
         clean = True
         return reruns
     finally:
-        if clean:
+        if clean and keep:
             pool.extend(idle)
-        for actor in started if not clean else [a for a, _ in running.values()]:
+        ended = [a for a, _ in running.values()] + ([] if keep else idle)
+        for actor in started if not clean else ended:
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already dead or its cluster gone: nothing left to end

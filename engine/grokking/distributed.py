@@ -231,22 +231,16 @@ def train_runs(
         for run in runs:
             claims.enter_context(run.claim("trained"))
         shards = [Shard(f"run {run.run_id}", (i, resume_files(run))) for i, run in enumerate(runs)]
-        idle: list[Any] = []
-        try:
-            reruns = run_shards(
-                plan,
-                make_worker,
-                call,
-                shards,
-                on_item,
-                retry,
-                pool=idle,
-                stop=(lambda: should_stop(stop)) if stop is not None else None,
-                poll_s=STOP_POLL_S if stop is not None else None,
-            )
-        finally:
-            for actor in idle:  # the workers left idle at the end: nothing stays running
-                ray.kill(actor)
+        reruns = run_shards(  # no pool: the workers left idle at the end are ended, nothing stays running
+            plan,
+            make_worker,
+            call,
+            shards,
+            on_item,
+            retry,
+            stop=(lambda: should_stop(stop)) if stop is not None else None,
+            poll_s=STOP_POLL_S if stop is not None else None,
+        )
         stopped = {}
         for index in sorted(handed - ended):
             run = runs[index]

@@ -178,6 +178,7 @@ def _train_claimed(
     )
     ema = _GrokfastEMA(config.grokfast_alpha, config.grokfast_lamb) if config.grokfast else None
     step, elapsed0, grok_step, mem_step = 0, 0.0, None, None
+    reached_at, below = None, True  # the latest rise of test accuracy to GROK_ACCURACY; below it now
     resumed = run.resume_path.exists() and bool(run.checkpoint_steps())  # from a checkpoint, step 0 included
 
     if resumed:
@@ -194,6 +195,8 @@ def _train_claimed(
         elapsed0 = float(metrics["elapsed_s"].iloc[-1]) if len(metrics) else 0.0
         memorised = metrics.loc[metrics["train_acc"] >= MEMORISATION_ACCURACY, "step"]
         mem_step = int(memorised.iloc[0]) if len(memorised) else None
+        reached_at = latest_rise(metrics, GROK_ACCURACY)
+        below = reached_at is None or bool(metrics["test_acc"].iloc[-1] < GROK_ACCURACY)
         for extra in run.checkpoint_steps():
             if extra > step:
                 run.checkpoint_path(extra).unlink(missing_ok=True)
@@ -223,9 +226,7 @@ def _train_claimed(
             writer.writerow(METRIC_COLUMNS)
         # stop_after_grok counts from the latest time test accuracy rose to GROK_ACCURACY (a dip below and a
         # new rise restart it), so every run that reaches it can show whether it then holds (analysis.grok_outcome)
-        reached_at = latest_rise(run.metrics(), GROK_ACCURACY) if resumed else None
         end_step = config.steps if reached_at is None else _end_after(config, reached_at)
-        below = True if reached_at is None else bool(run.metrics()["test_acc"].iloc[-1] < GROK_ACCURACY)
         while True:
             is_eval = step % config.eval_every == 0 or step == end_step
             model.train()
@@ -321,7 +322,7 @@ def _train_claimed(
 def latest_rise(metrics, threshold: float) -> int | None:
     """The step of the latest evaluation at which test accuracy rose to >= threshold (the first evaluation, or
     one after an evaluation below it); None when it never reached it."""
-    if metrics is None or not len(metrics):
+    if not len(metrics):
         return None
     acc = metrics["test_acc"].to_numpy()
     steps = metrics["step"].to_numpy()

@@ -403,6 +403,20 @@ def _table(judge: Judge, judged: _Judged, options: EvalOptions) -> JudgeTable:
 # ---------------------------------------------------------------- entry points
 
 
+def automatic_grades(records: list[QuestionRecord], options: EvalOptions, embedder) -> pd.DataFrame:
+    """The automatic judges' grades of each record's answer against its references (correctness.grade_automatic
+    at the thresholds of `options`), indexed by question id."""
+    auto = correctness.grade_automatic(
+        [r.answer for r in records],
+        [r.references for r in records],
+        f1_threshold=options.f1_threshold,
+        embedder=embedder,
+        embedding_threshold=options.embedding_threshold,
+    )
+    auto.index = pd.Index([r.id for r in records], name="id")
+    return auto
+
+
 def evaluate_records(
     records: list[QuestionRecord],
     embedder,
@@ -423,14 +437,7 @@ def evaluate_records(
         raise LabError("No generated answers yet: run generation first.")
     marks = marks or {}
     ids = [r.id for r in records]
-    auto = correctness.grade_automatic(
-        [r.answer for r in records],
-        [r.references for r in records],
-        f1_threshold=options.f1_threshold,
-        embedder=embedder,
-        embedding_threshold=options.embedding_threshold,
-    )
-    auto.index = pd.Index(ids, name="id")
+    auto = automatic_grades(records, options, embedder)
     if llm_verdicts:
         auto["llm"] = [llm_verdicts.get(i) for i in ids]
     if options.judge == "llm" and "llm" not in auto.columns:

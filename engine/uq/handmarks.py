@@ -56,17 +56,10 @@ _WRITE_LOCK = threading.Lock()
 def judge_verdicts(records: list[QuestionRecord], options: EvalOptions, embedder) -> tuple[pd.Series, pd.DataFrame]:
     """(the graded answer per question id, the automatic judges' verdicts: auto, contains, f1, embedding;
     None where a question has no reference) at the thresholds of `options`."""
-    from engine.uq import correctness
+    from engine.uq.evaluation import automatic_grades
 
     ids = [r.id for r in records]
-    auto = correctness.grade_automatic(
-        [r.answer for r in records],
-        [r.references for r in records],
-        f1_threshold=options.f1_threshold,
-        embedder=embedder,
-        embedding_threshold=options.embedding_threshold,
-    )
-    auto.index = pd.Index(ids, name="id")
+    auto = automatic_grades(records, options, embedder)
     verdicts = auto[[c for c in VERDICT_COLUMNS if c in auto.columns]].rename(columns=VERDICT_COLUMNS)
     return pd.Series([r.answer for r in records], index=ids), verdicts
 

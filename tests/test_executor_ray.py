@@ -295,12 +295,20 @@ def test_a_generation_job_with_the_ray_executor_generates_on_ray_and_reports_pro
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LAB_EXECUTOR", "ray")
     monkeypatch.setenv("LAB_RAY_WORKERS", "2")
+    from engine.core.jobs import Job
+
+    seen = []  # every progress call the job gets (polling the job could miss fast ones)
+    report = Job.progress
+
+    def recorded(job, done, total=None, message="", seconds=None):
+        seen.append((int(done), message))
+        return report(job, done, total, message, seconds)
+
+    monkeypatch.setattr(Job, "progress", recorded)
     config = dataclasses.replace(GENERATION, prompt_template=FEW_SHOT_TEMPLATE)
     frame = questions.default_questions().frame
     started = uq_jobs.start(tiny_gemma3, "erin", frame, config, source="default", limit=N, batch_questions=BATCH)
-    seen = []
-    while not started.job.wait(0.2):
-        seen.append((started.job.done, started.job.message))
+    started.job.wait()
     assert started.job.error is None and started.job.result == N
     _same_records(started.run.load_records(), local_results[1])
     assert any("Ray worker" in message for _, message in seen) and any("shard" in message for _, message in seen)

@@ -159,12 +159,21 @@ def test_a_sweep_job_with_the_ray_executor_runs_on_ray_and_reports_progress(tmp_
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LAB_EXECUTOR", "ray")
     monkeypatch.setenv("LAB_RAY_WORKERS", "2")
-    calls, seen = [], []
+    calls = []
     train_runs = distributed.train_runs
     monkeypatch.setattr(distributed, "train_runs", lambda *a, **k: calls.append(a[0]) or train_runs(*a, **k))
+    from engine.core.jobs import Job
+
+    seen = []  # every progress call the job gets (polling the job could miss fast ones)
+    report = Job.progress
+
+    def recorded(job, done, total=None, message="", seconds=None):
+        seen.append((int(done), total, message))
+        return report(job, done, total, message, seconds)
+
+    monkeypatch.setattr(Job, "progress", recorded)
     job = jobs.start_sweep(SWEEP_BASE, [0, 1], [1.0])
-    while not job.wait(0.2):
-        seen.append((job.done, job.total, job.message))
+    job.wait()
     assert job.error is None and len(calls) == 1 and len(calls[0]) == 2  # both runs, one Ray call
     assert [s["state"] for s in job.result] == ["finished", "finished"] and (job.done, job.total) == (2, 2)
     assert any("on Ray" in message for _, _, message in seen)
